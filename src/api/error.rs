@@ -1,0 +1,71 @@
+//! The JSON error answer and the mapping from domain errors to HTTP status.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use crate::auth::TokenError;
+use crate::service::IssueError;
+
+/// An error answer: `{"error": code, "message": what to do, "request_id"}`.
+#[derive(Debug, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    status: StatusCode,
+    error: &'static str,
+    message: String,
+    request_id: String,
+}
+
+impl ApiError {
+    /// An error with an explicit status.
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+        request_id: String,
+    ) -> Self {
+        ApiError {
+            status,
+            error: code,
+            message,
+            request_id,
+        }
+    }
+
+    /// Maps a failed issuance. 5xx messages say little; the log has the cause.
+    pub fn from_issue(e: IssueError, request_id: String) -> Self {
+        let code = e.code();
+        let (status, message) = match &e {
+            IssueError::BadRequest { message, .. } => (StatusCode::BAD_REQUEST, message.clone()),
+            IssueError::Token(TokenError::IssuerUnavailable { issuer, .. }) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the signing keys of issuer {issuer} cannot be fetched right now; retry later"),
+            ),
+            IssueError::Token(t) => (StatusCode::UNAUTHORIZED, t.to_string()),
+            IssueError::Denied(d) => (StatusCode::FORBIDDEN, d.to_string()),
+            IssueError::Store(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the audit store is unavailable, so no certificate was issued; retry later with a fresh token".into(),
+            ),
+            IssueError::Mint(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error; the CA log has details under this request_id".into(),
+            ),
+        };
+        ApiError::new(status, code, message, request_id)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        let rid = HeaderValue::from_str(&self.request_id).ok();
+        let mut r = (status, Json(self)).into_response();
+        if let Some(v) = rid {
+            r.headers_mut().insert("x-request-id", v);
+        }
+        r
+    }
+}

@@ -1,0 +1,92 @@
+//! Audit records: one per issuance and one per refusal, stored durably
+//! before any certificate is returned.
+
+use serde::Serialize;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A user certificate was issued.
+    CertIssued,
+    /// A certificate request was refused (token, input or policy).
+    CertDenied,
+}
+
+impl EventKind {
+    /// Stable name stored and exported.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::CertIssued => "cert_issued",
+            EventKind::CertDenied => "cert_denied",
+        }
+    }
+}
+
+/// One audit record. Holds no token and no key material: tokens appear
+/// only as their replay id (`issuer:jti` or a hash), keys as fingerprints.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    /// Unix milliseconds.
+    pub time_ms: u64,
+    /// What happened.
+    pub event: EventKind,
+    /// The request id returned to the client.
+    pub request_id: String,
+    /// Client socket address.
+    pub client_addr: Option<String>,
+    /// Issuer name, once the token named a trusted one.
+    pub issuer: Option<String>,
+    /// Token subject, once verified.
+    pub subject: Option<String>,
+    /// Requested role.
+    pub role: Option<String>,
+    /// Stable code of the refusal (e.g. `token_expired`, `claim_mismatch`).
+    pub reason_code: Option<String>,
+    /// Human reason of the refusal, naming the failed check or rule.
+    pub reason: Option<String>,
+    /// Certificate serial.
+    pub serial: Option<u64>,
+    /// Certificate key id.
+    pub key_id: Option<String>,
+    /// Granted principals.
+    pub principals: Vec<String>,
+    /// Certificate validity start (unix seconds).
+    pub valid_after: Option<u64>,
+    /// Certificate validity end (unix seconds).
+    pub valid_before: Option<u64>,
+    /// `SHA256:` fingerprint of the certified public key.
+    pub key_fingerprint: Option<String>,
+    /// Replay id of the token used.
+    pub token_id: Option<String>,
+    /// When that token expires (unix seconds), for restoring the replay cache.
+    pub token_exp: Option<u64>,
+    /// Digest of the policy version that decided.
+    pub policy_digest: Option<String>,
+}
+
+impl AuditRecord {
+    /// An empty record of `event` at `time_ms`.
+    pub fn new(event: EventKind, time_ms: u64, request_id: &str) -> AuditRecord {
+        AuditRecord {
+            time_ms,
+            event,
+            request_id: request_id.to_string(),
+            client_addr: None,
+            issuer: None,
+            subject: None,
+            role: None,
+            reason_code: None,
+            reason: None,
+            serial: None,
+            key_id: None,
+            principals: Vec::new(),
+            valid_after: None,
+            valid_before: None,
+            key_fingerprint: None,
+            token_id: None,
+            token_exp: None,
+            policy_digest: None,
+        }
+    }
+}

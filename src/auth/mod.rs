@@ -1,0 +1,580 @@
+//! Workload authentication: a bearer JWT in, [`VerifiedToken`] out.
+//!
+//! Checks, in order: size, header (`alg` must be asymmetric; `none` and HMAC
+//! never), `iss` exactly one configured issuer, key by `kid` (refetching the
+//! issuer's JWKS once, rate-limited, for an unknown kid), `alg` equal to the
+//! key's pinned algorithm, signature, `aud` contains our audience, `exp`,
+//! `nbf`, `iat` with bounded leeway, `sub` present. Replay is checked
+//! separately ([`replay::ReplayCache`]) right before minting, so a token that
+//! policy refuses is not burnt.
+
+pub mod jwks;
+pub mod replay;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::IssuerConfig;
+use jwks::{IssuerKeys, JwksError};
+
+/// Why a token was not accepted. Each variant is one check; none carries
+/// the token itself.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// No `Authorization: Bearer` header.
+    #[error("no bearer token; send Authorization: Bearer <workload JWT>")]
+    Missing,
+    /// Above the size limit.
+    #[error("token is {len} bytes, above the limit of {max}")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Not a JWT.
+    #[error("token is not a well-formed JWT: {0}")]
+    Malformed(String),
+    /// `alg` is `none`, HMAC or unknown.
+    #[error(
+        "token algorithm {0} is not accepted; issuers must sign with RS*, PS*, ES256/384 or EdDSA"
+    )]
+    AlgorithmNotAllowed(String),
+    /// `iss` matches no configured issuer.
+    #[error("token issuer {0:?} is not trusted by this CA")]
+    UnknownIssuer(String),
+    /// The issuer has no key with this kid.
+    #[error("issuer {issuer} has no signing key {kid:?}")]
+    UnknownKey {
+        /// Issuer name.
+        issuer: String,
+        /// The token's kid.
+        kid: String,
+    },
+    /// `alg` differs from the key's algorithm.
+    #[error("token alg {token} does not match the issuer key's algorithm {key}")]
+    AlgorithmMismatch {
+        /// Header alg.
+        token: String,
+        /// The key's pinned alg.
+        key: String,
+    },
+    /// Signature did not verify.
+    #[error("token signature is not valid")]
+    BadSignature,
+    /// `aud` lacks our audience.
+    #[error("token audience does not contain {expected:?}; request the token with that audience")]
+    WrongAudience {
+        /// The configured audience.
+        expected: String,
+    },
+    /// `exp` passed.
+    #[error("token expired at {exp} (now {now}); get a fresh token")]
+    Expired {
+        /// The token's exp.
+        exp: u64,
+        /// Our clock.
+        now: u64,
+    },
+    /// `nbf` in the future.
+    #[error("token is not valid before {nbf} (now {now})")]
+    NotYetValid {
+        /// The token's nbf.
+        nbf: u64,
+        /// Our clock.
+        now: u64,
+    },
+    /// `iat` in the future.
+    #[error("token was issued in the future ({iat}, now {now}); check the issuer's clock")]
+    IssuedInFuture {
+        /// The token's iat.
+        iat: u64,
+        /// Our clock.
+        now: u64,
+    },
+    /// A required claim is missing or has the wrong type.
+    #[error("token claim {0:?} is missing or not of the expected type")]
+    MissingClaim(&'static str),
+    /// This token already minted a certificate.
+    #[error("token was already used to obtain a certificate; get a fresh token")]
+    Replayed,
+    /// The issuer's keys could not be fetched (server-side; 503).
+    #[error("keys of issuer {issuer} are unavailable: {reason}")]
+    IssuerUnavailable {
+        /// Issuer name.
+        issuer: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl TokenError {
+    /// Stable code for API errors and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::Missing => "missing_token",
+            TokenError::TooLarge { .. } => "token_too_large",
+            TokenError::Malformed(_) => "malformed_token",
+            TokenError::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
+            TokenError::UnknownIssuer(_) => "unknown_issuer",
+            TokenError::UnknownKey { .. } => "unknown_key",
+            TokenError::AlgorithmMismatch { .. } => "algorithm_mismatch",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::WrongAudience { .. } => "wrong_audience",
+            TokenError::Expired { .. } => "token_expired",
+            TokenError::NotYetValid { .. } => "token_not_yet_valid",
+            TokenError::IssuedInFuture { .. } => "token_issued_in_future",
+            TokenError::MissingClaim(_) => "missing_claim",
+            TokenError::Replayed => "token_replayed",
+            TokenError::IssuerUnavailable { .. } => "issuer_unavailable",
+        }
+    }
+}
+
+/// A bearer token string; `Debug` never prints it.
+#[derive(Clone)]
+pub struct BearerToken(zeroize::Zeroizing<String>);
+
+impl BearerToken {
+    /// Wraps a token.
+    pub fn new(s: String) -> BearerToken {
+        BearerToken(zeroize::Zeroizing::new(s))
+    }
+    /// The token text, for verification only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken([redacted])")
+    }
+}
+
+/// Claims of a token whose signature, issuer, audience and times were
+/// checked. Only [`Verifier::verify`] makes one.
+#[derive(Debug, Clone)]
+pub struct VerifiedToken {
+    issuer: String,
+    subject: String,
+    claims: Map<String, Value>,
+    replay_id: String,
+    expires_at: u64,
+    replay_protection: bool,
+}
+
+impl VerifiedToken {
+    /// The configured issuer name (not the URL).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+    /// The `sub` claim.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+    /// All claims.
+    pub fn claims(&self) -> &Map<String, Value> {
+        &self.claims
+    }
+    /// Identifies this token for replay checks: `issuer:jti`, or a hash of
+    /// the token if it has no jti. Never the token itself.
+    pub fn replay_id(&self) -> &str {
+        &self.replay_id
+    }
+    /// `exp`, unix seconds.
+    pub fn expires_at(&self) -> u64 {
+        self.expires_at
+    }
+    /// Whether the issuer requires single use.
+    pub fn replay_protection(&self) -> bool {
+        self.replay_protection
+    }
+}
+
+struct Issuer {
+    cfg: IssuerConfig,
+    keys: IssuerKeys,
+}
+
+/// Verifies workload tokens against the configured issuers.
+pub struct Verifier {
+    by_url: HashMap<String, Arc<Issuer>>,
+    max_token_bytes: usize,
+}
+
+fn num(claims: &Map<String, Value>, name: &str) -> Option<Result<u64, ()>> {
+    claims.get(name).map(|v| match v {
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            .ok_or(()),
+        _ => Err(()),
+    })
+}
+
+fn alg_allowed(alg: Algorithm) -> bool {
+    !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+impl Verifier {
+    /// Builds a verifier for `issuers`.
+    pub fn new(issuers: &[IssuerConfig], http: reqwest::Client) -> Verifier {
+        let by_url = issuers
+            .iter()
+            .map(|c| {
+                (
+                    c.url.clone(),
+                    Arc::new(Issuer {
+                        cfg: c.clone(),
+                        keys: IssuerKeys::new(c, http.clone()),
+                    }),
+                )
+            })
+            .collect();
+        let max_token_bytes = issuers
+            .iter()
+            .map(|c| c.max_token_bytes)
+            .max()
+            .unwrap_or(16 * 1024);
+        Verifier {
+            by_url,
+            max_token_bytes,
+        }
+    }
+
+    /// Fetches every issuer's keys once; returns the failures (issuer name, error).
+    pub async fn warm(&self) -> Vec<(String, JwksError)> {
+        let mut failed = Vec::new();
+        for iss in self.by_url.values() {
+            if let Err(e) = iss.keys.warm().await {
+                failed.push((iss.cfg.name.clone(), e));
+            }
+        }
+        failed
+    }
+
+    /// Verifies `token` at time `now` (unix seconds).
+    pub async fn verify(&self, token: &str, now: u64) -> Result<VerifiedToken, TokenError> {
+        if token.len() > self.max_token_bytes {
+            return Err(TokenError::TooLarge {
+                len: token.len(),
+                max: self.max_token_bytes,
+            });
+        }
+        let mut parts = token.split('.');
+        let (Some(h64), Some(p64), Some(_s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed(
+                "expected three dot-separated parts".into(),
+            ));
+        };
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header_json: Value = b64
+            .decode(h64)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| TokenError::Malformed("header is not base64url JSON".into()))?;
+        let alg_name = header_json
+            .get("alg")
+            .and_then(|a| a.as_str())
+            .ok_or_else(|| TokenError::Malformed("header has no alg".into()))?;
+        let alg: Algorithm = alg_name
+            .parse()
+            .map_err(|_| TokenError::AlgorithmNotAllowed(format!("{alg_name:?}")))?;
+        if !alg_allowed(alg) {
+            return Err(TokenError::AlgorithmNotAllowed(alg_name.to_string()));
+        }
+        let kid = header_json.get("kid").and_then(|k| k.as_str());
+        // The issuer decides which keys apply, so read `iss` before the
+        // signature check; nothing else from the payload is trusted yet.
+        let unverified: Map<String, Value> = b64
+            .decode(p64)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| TokenError::Malformed("payload is not base64url JSON object".into()))?;
+        let iss = unverified
+            .get("iss")
+            .and_then(|v| v.as_str())
+            .ok_or(TokenError::MissingClaim("iss"))?;
+        let issuer = self
+            .by_url
+            .get(iss)
+            .ok_or_else(|| TokenError::UnknownIssuer(iss.chars().take(200).collect()))?
+            .clone();
+        if token.len() > issuer.cfg.max_token_bytes {
+            return Err(TokenError::TooLarge {
+                len: token.len(),
+                max: issuer.cfg.max_token_bytes,
+            });
+        }
+        let key = issuer
+            .keys
+            .key_for(kid, alg)
+            .await
+            .map_err(|e| TokenError::IssuerUnavailable {
+                issuer: issuer.cfg.name.clone(),
+                reason: e.to_string(),
+            })?
+            .ok_or_else(|| TokenError::UnknownKey {
+                issuer: issuer.cfg.name.clone(),
+                kid: kid.unwrap_or("").chars().take(100).collect(),
+            })?;
+        if key.alg != alg {
+            return Err(TokenError::AlgorithmMismatch {
+                token: alg_name.to_string(),
+                key: format!("{:?}", key.alg),
+            });
+        }
+        let mut v = Validation::new(key.alg);
+        // Time, issuer and audience are checked below with our own clock
+        // and precise errors; jsonwebtoken checks signature and alg only.
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.validate_aud = false;
+        v.required_spec_claims.clear();
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &v).map_err(|e| match e
+                .kind()
+            {
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
+                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
+                    TokenError::AlgorithmMismatch {
+                        token: alg_name.to_string(),
+                        key: format!("{:?}", key.alg),
+                    }
+                }
+                other => TokenError::Malformed(format!("{other:?}")),
+            })?;
+        let claims = data.claims;
+        self.check_claims(&issuer.cfg, claims, token, now)
+    }
+
+    fn check_claims(
+        &self,
+        cfg: &IssuerConfig,
+        claims: Map<String, Value>,
+        token: &str,
+        now: u64,
+    ) -> Result<VerifiedToken, TokenError> {
+        if claims.get("iss").and_then(|v| v.as_str()) != Some(cfg.url.as_str()) {
+            return Err(TokenError::UnknownIssuer("(changed after parse)".into()));
+        }
+        let aud_ok = match claims.get("aud") {
+            Some(Value::String(a)) => a == &cfg.audience,
+            Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(&cfg.audience)),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err(TokenError::WrongAudience {
+                expected: cfg.audience.clone(),
+            });
+        }
+        let leeway = cfg.leeway.as_secs();
+        let exp = match num(&claims, "exp") {
+            Some(Ok(e)) => e,
+            _ => return Err(TokenError::MissingClaim("exp")),
+        };
+        if now >= exp.saturating_add(leeway) {
+            return Err(TokenError::Expired { exp, now });
+        }
+        match num(&claims, "nbf") {
+            Some(Ok(nbf)) if nbf > now.saturating_add(leeway) => {
+                return Err(TokenError::NotYetValid { nbf, now })
+            }
+            Some(Err(())) => return Err(TokenError::MissingClaim("nbf")),
+            _ => {}
+        }
+        match num(&claims, "iat") {
+            Some(Ok(iat)) if iat > now.saturating_add(leeway) => {
+                return Err(TokenError::IssuedInFuture { iat, now })
+            }
+            Some(Err(())) => return Err(TokenError::MissingClaim("iat")),
+            _ => {}
+        }
+        let subject = match claims.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 1024 => s.clone(),
+            _ => return Err(TokenError::MissingClaim("sub")),
+        };
+        let replay_id = match claims.get("jti") {
+            Some(Value::String(j)) if !j.is_empty() && j.len() <= 256 => {
+                format!("{}:jti:{j}", cfg.name)
+            }
+            _ => {
+                let h = Sha256::digest(token.as_bytes());
+                let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+                format!("{}:sha256:{hex}", cfg.name)
+            }
+        };
+        Ok(VerifiedToken {
+            issuer: cfg.name.clone(),
+            subject,
+            claims,
+            replay_id,
+            expires_at: exp.saturating_add(leeway),
+            replay_protection: cfg.replay_protection,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+    use std::time::Duration;
+
+    // A fixed Ed25519 test key (RFC 8037 A.1).
+    const PKCS8_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g\n-----END PRIVATE KEY-----\n";
+    const JWKS: &str = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"k1"}]}"#;
+    const NOW: u64 = 1_800_000_000;
+
+    fn verifier(dir: &tempfile::TempDir) -> Verifier {
+        let p = dir.path().join("jwks.json");
+        std::fs::write(&p, JWKS).unwrap();
+        let cfg = IssuerConfig {
+            name: "k8s".into(),
+            url: "https://kubernetes.default.svc".into(),
+            audience: "mayfly".into(),
+            jwks_file: Some(p),
+            replay_protection: true,
+            leeway: Duration::from_secs(30),
+            max_token_bytes: 4096,
+        };
+        Verifier::new(&[cfg], reqwest::Client::new())
+    }
+
+    fn sign(claims: Value, kid: &str) -> String {
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = Some(kid.into());
+        let k = EncodingKey::from_ed_pem(PKCS8_PEM.as_bytes()).unwrap();
+        jsonwebtoken::encode(&h, &claims, &k).unwrap()
+    }
+
+    fn good() -> Value {
+        json!({"iss": "https://kubernetes.default.svc", "aud": ["x", "mayfly"], "sub": "system:serviceaccount:backup:restic",
+               "exp": NOW + 300, "iat": NOW - 10, "nbf": NOW - 10, "jti": "j1"})
+    }
+
+    fn with(k: &str, v: Value) -> Value {
+        let mut c = good();
+        c[k] = v;
+        c
+    }
+
+    fn b64(v: &Value) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+    }
+
+    #[tokio::test]
+    async fn valid_token_verifies() {
+        let d = tempfile::tempdir().unwrap();
+        let t = verifier(&d).verify(&sign(good(), "k1"), NOW).await.unwrap();
+        assert_eq!(t.subject(), "system:serviceaccount:backup:restic");
+        assert_eq!(t.issuer(), "k8s");
+        assert_eq!(t.replay_id(), "k8s:jti:j1");
+    }
+
+    #[tokio::test]
+    async fn each_check_names_itself() {
+        let d = tempfile::tempdir().unwrap();
+        let v = verifier(&d);
+        let cases: Vec<(String, &str)> = vec![
+            (sign(with("exp", json!(NOW - 31)), "k1"), "token_expired"),
+            (
+                sign(with("nbf", json!(NOW + 100)), "k1"),
+                "token_not_yet_valid",
+            ),
+            (
+                sign(with("iat", json!(NOW + 100)), "k1"),
+                "token_issued_in_future",
+            ),
+            (sign(with("aud", json!("other")), "k1"), "wrong_audience"),
+            (
+                sign(with("iss", json!("https://evil")), "k1"),
+                "unknown_issuer",
+            ),
+            (sign(with("sub", json!(5)), "k1"), "missing_claim"),
+            (sign(good(), "k2"), "unknown_key"),
+            ("a.b".into(), "malformed_token"),
+            ("x".repeat(5000), "token_too_large"),
+        ];
+        for (tok, code) in cases {
+            let e = v.verify(&tok, NOW).await.unwrap_err();
+            assert_eq!(e.code(), code, "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn alg_none_and_hmac_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let v = verifier(&d);
+        let none = format!(
+            "{}.{}.",
+            b64(&json!({"alg":"none","kid":"k1"})),
+            b64(&good())
+        );
+        assert_eq!(
+            v.verify(&none, NOW).await.unwrap_err().code(),
+            "algorithm_not_allowed"
+        );
+        // HMAC keyed with the public key bytes: the classic confusion attack.
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
+            .unwrap();
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("k1".into());
+        let t = jsonwebtoken::encode(&h, &good(), &EncodingKey::from_secret(&x)).unwrap();
+        assert_eq!(
+            v.verify(&t, NOW).await.unwrap_err().code(),
+            "algorithm_not_allowed"
+        );
+    }
+
+    #[tokio::test]
+    async fn tampered_payload_fails_signature() {
+        let d = tempfile::tempdir().unwrap();
+        let t = sign(good(), "k1");
+        let parts: Vec<&str> = t.split('.').collect();
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(&with("sub", json!("root"))),
+            parts[2]
+        );
+        assert_eq!(
+            verifier(&d).verify(&forged, NOW).await.unwrap_err().code(),
+            "bad_signature"
+        );
+    }
+
+    #[tokio::test]
+    async fn alg_must_match_key() {
+        let d = tempfile::tempdir().unwrap();
+        let t = format!(
+            "{}.{}.AAAA",
+            b64(&json!({"alg":"RS256","kid":"k1"})),
+            b64(&good())
+        );
+        assert_eq!(
+            verifier(&d).verify(&t, NOW).await.unwrap_err().code(),
+            "algorithm_mismatch"
+        );
+    }
+
+    #[tokio::test]
+    async fn token_without_jti_is_identified_by_hash() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = good();
+        c.as_object_mut().unwrap().remove("jti");
+        let t = verifier(&d).verify(&sign(c, "k1"), NOW).await.unwrap();
+        assert!(t.replay_id().starts_with("k8s:sha256:"));
+    }
+}

@@ -1,0 +1,258 @@
+//! `mayfly bench`: a load generator that measures certificates per second
+//! through the whole path (HTTP, token verification, policy, signing,
+//! durable audit) against an in-process CA on loopback.
+//!
+//! It creates a throw-away data directory, an issuer whose keys it holds
+//! (a `jwks_file` issuer), and one token per request (tokens are single
+//! use), then fires them from `concurrency` clients.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::encoding::AsDer;
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+
+/// Token algorithm used by the bench issuer.
+#[derive(Debug, Clone, Copy)]
+pub enum BenchAlg {
+    /// RSA-2048 PKCS#1 v1.5 SHA-256 (GitHub Actions, GitLab).
+    Rs256,
+    /// ECDSA P-256 SHA-256.
+    Es256,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Total certificate requests.
+    pub requests: usize,
+    /// Concurrent clients.
+    pub concurrency: usize,
+    /// Token algorithm.
+    pub alg: BenchAlg,
+}
+
+/// What was measured.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    /// Requests that got a certificate.
+    pub ok: usize,
+    /// Requests that failed.
+    pub failed: usize,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Latency percentiles (p50, p90, p99, max).
+    pub latency: [Duration; 4],
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rate = self.ok as f64 / self.elapsed.as_secs_f64();
+        writeln!(
+            f,
+            "certificates issued: {} (failed: {})",
+            self.ok, self.failed
+        )?;
+        writeln!(
+            f,
+            "elapsed:             {:.3} s",
+            self.elapsed.as_secs_f64()
+        )?;
+        writeln!(f, "throughput:          {rate:.0} certs/s")?;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        write!(
+            f,
+            "latency ms:          p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+            ms(self.latency[0]),
+            ms(self.latency[1]),
+            ms(self.latency[2]),
+            ms(self.latency[3])
+        )
+    }
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn issuer_key(alg: BenchAlg) -> Result<(EncodingKey, Algorithm), String> {
+    match alg {
+        BenchAlg::Rs256 => {
+            let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+                .map_err(|e| e.to_string())?;
+            let der =
+                AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&kp).map_err(|e| e.to_string())?;
+            let k = EncodingKey::from_rsa_pem(pem("PRIVATE KEY", der.as_ref()).as_bytes())
+                .map_err(|e| e.to_string())?;
+            Ok((k, Algorithm::RS256))
+        }
+        BenchAlg::Es256 => {
+            let rng = aws_lc_rs::rand::SystemRandom::new();
+            let doc = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+                &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                &rng,
+            )
+            .map_err(|e| e.to_string())?;
+            let k = EncodingKey::from_ec_pem(pem("PRIVATE KEY", doc.as_ref()).as_bytes())
+                .map_err(|e| e.to_string())?;
+            Ok((k, Algorithm::ES256))
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Runs the benchmark.
+pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let policy_dir = dir.path().join("ca-policy");
+    std::fs::create_dir_all(&policy_dir).map_err(|e| e.to_string())?;
+    std::fs::write(
+        policy_dir.join("bench.toml"),
+        "description = \"load test\"\nowner = \"bench@localhost\"\nissuer = \"bench\"\n\
+         principals = [\"deploy\"]\nmax_ttl = \"5m\"\n[claims]\nsub = \"bench-*\"\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let (key, alg) = issuer_key(opts.alg)?;
+    let mut jwk =
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&key, alg).map_err(|e| e.to_string())?;
+    jwk.common.key_id = Some("bench".into());
+    let jwks = serde_json::json!({ "keys": [jwk] });
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, jwks.to_string()).map_err(|e| e.to_string())?;
+    let cfg_text = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\npolicy_dir = {:?}\n\
+         [[issuer]]\nname = \"bench\"\nurl = \"https://bench.invalid\"\naudience = \"mayfly\"\njwks_file = {:?}\n",
+        dir.path().join("data"),
+        policy_dir,
+        jwks_path
+    );
+    let cfg = Config::parse(&cfg_text).map_err(|e| e.to_string())?;
+    let service = Arc::new(crate::server::build(&cfg).map_err(|e| e.to_string())?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let app = api::router(
+        AppState {
+            service,
+            request_timeout: cfg.request_timeout,
+        },
+        cfg.max_body_bytes,
+    );
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
+    });
+
+    eprintln!("signing {} tokens ({alg:?})...", opts.requests);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut header = Header::new(alg);
+    header.kid = Some("bench".into());
+    let tokens: Vec<String> = (0..opts.requests)
+        .map(|i| {
+            let claims = serde_json::json!({
+                "iss": "https://bench.invalid", "aud": "mayfly", "sub": format!("bench-{}", i % 100),
+                "iat": now, "exp": now + 600, "jti": format!("bench-{i}"),
+            });
+            jsonwebtoken::encode(&header, &claims, &key).map_err(|e| e.to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    let subject = ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+        .map_err(|e| e.to_string())?
+        .public_key()
+        .to_openssh()
+        .map_err(|e| e.to_string())?;
+    let body = serde_json::json!({"role": "bench", "public_key": subject}).to_string();
+    let tokens = Arc::new(tokens);
+    let next = Arc::new(AtomicUsize::new(0));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(opts.concurrency)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let url = format!("http://{addr}/v1/certs/user");
+    eprintln!(
+        "running {} requests with {} clients...",
+        opts.requests, opts.concurrency
+    );
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..opts.concurrency.max(1) {
+        let (tokens, next, http, url, body) = (
+            tokens.clone(),
+            next.clone(),
+            http.clone(),
+            url.clone(),
+            body.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut failed = 0usize;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(tok) = tokens.get(i) else { break };
+                let t0 = Instant::now();
+                let r = http
+                    .post(&url)
+                    .bearer_auth(tok)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match r {
+                    Ok(resp) if resp.status().is_success() => {
+                        let _ = resp.bytes().await;
+                        lat.push(t0.elapsed());
+                    }
+                    _ => failed += 1,
+                }
+            }
+            (lat, failed)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut failed = 0;
+    for w in workers {
+        let (l, f) = w.await.map_err(|e| e.to_string())?;
+        lat.extend(l);
+        failed += f;
+    }
+    let elapsed = started.elapsed();
+    server.abort();
+    lat.sort();
+    Ok(BenchReport {
+        ok: lat.len(),
+        failed,
+        elapsed,
+        latency: [
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.9),
+            percentile(&lat, 0.99),
+            lat.last().copied().unwrap_or_default(),
+        ],
+    })
+}

@@ -1,0 +1,168 @@
+//! The certificate authority: CA keys on disk, and minting OpenSSH user
+//! certificates from a [`CertSpec`] that policy already decided.
+//!
+//! Minting applies no policy. It re-checks the spec's hard bounds just before
+//! signing, so a bug upstream cannot produce a golden ticket.
+
+pub mod keys;
+pub mod krl;
+pub mod spec;
+
+use std::time::Duration;
+
+pub use keys::{CaKey, KeyFileError};
+pub use spec::{
+    key_id, CertSpec, Extension, Principal, PrincipalError, SubjectKey, SubjectKeyError,
+    MAX_PRINCIPALS, MAX_USER_CERT_TTL,
+};
+
+use rand_core::OsRng;
+use ssh_key::certificate::{Builder, CertType};
+
+/// Why minting refused a spec (a bug upstream, never a user error).
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    /// The spec breaks a hard bound.
+    #[error("certificate spec out of bounds: {0}")]
+    OutOfBounds(&'static str),
+    /// ssh-key refused to build or sign.
+    #[error("signing failed: {0}")]
+    Sign(#[from] ssh_key::Error),
+}
+
+/// Slack above [`MAX_USER_CERT_TTL`] for the backdated part of the window.
+const MAX_BACKDATE: Duration = Duration::from_secs(3600);
+
+/// Signs user certificates with the CA key.
+pub struct Authority {
+    key: CaKey,
+}
+
+impl Authority {
+    /// Wraps a loaded CA key.
+    pub fn new(key: CaKey) -> Authority {
+        Authority { key }
+    }
+
+    /// The CA public key as one OpenSSH line (no newline), for `TrustedUserCAKeys`.
+    pub fn public_key_line(&self) -> String {
+        self.key.public_key_line()
+    }
+
+    /// The CA key's `SHA256:` fingerprint.
+    pub fn fingerprint(&self) -> String {
+        self.key.fingerprint()
+    }
+
+    /// Signs `spec` into an OpenSSH user certificate.
+    pub fn mint(&self, spec: &CertSpec) -> Result<ssh_key::Certificate, MintError> {
+        check_bounds(spec)?;
+        let mut b = Builder::new_with_random_nonce(
+            &mut OsRng,
+            spec.subject.0.key_data().clone(),
+            spec.valid_after,
+            spec.valid_before,
+        )?;
+        b.serial(spec.serial)?;
+        b.key_id(spec.key_id.clone())?;
+        b.cert_type(CertType::User)?;
+        for p in &spec.principals {
+            b.valid_principal(p.as_str())?;
+        }
+        if let Some(cmd) = &spec.force_command {
+            b.critical_option("force-command", cmd.clone())?;
+        }
+        if !spec.source_address.is_empty() {
+            let list: Vec<String> = spec.source_address.iter().map(|n| n.to_string()).collect();
+            b.critical_option("source-address", list.join(","))?;
+        }
+        for e in &spec.extensions {
+            b.extension(e.as_str(), "")?;
+        }
+        Ok(b.sign(self.key.signer())?)
+    }
+}
+
+fn check_bounds(spec: &CertSpec) -> Result<(), MintError> {
+    if spec.principals.is_empty() {
+        return Err(MintError::OutOfBounds("no principals"));
+    }
+    if spec.principals.len() > MAX_PRINCIPALS {
+        return Err(MintError::OutOfBounds("too many principals"));
+    }
+    if spec.serial == 0 {
+        return Err(MintError::OutOfBounds("serial 0"));
+    }
+    if spec.valid_before <= spec.valid_after {
+        return Err(MintError::OutOfBounds("empty validity window"));
+    }
+    if spec.valid_before - spec.valid_after > (MAX_USER_CERT_TTL + MAX_BACKDATE).as_secs() {
+        return Err(MintError::OutOfBounds("validity window too long"));
+    }
+    if spec.key_id.is_empty() || spec.key_id.len() > 512 {
+        return Err(MintError::OutOfBounds("key id length"));
+    }
+    if let Some(cmd) = &spec.force_command {
+        if cmd.is_empty() || cmd.chars().any(|c| c.is_control()) {
+            return Err(MintError::OutOfBounds("force_command"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(subject: SubjectKey) -> CertSpec {
+        CertSpec {
+            subject,
+            serial: 42,
+            key_id: "mayfly:deploy:gh:repo:1:42".into(),
+            principals: vec![Principal::parse("deploy").unwrap()],
+            valid_after: 1_700_000_000,
+            valid_before: 1_700_000_300,
+            extensions: vec![Extension::PermitPty],
+            force_command: Some("/bin/true".into()),
+            source_address: vec!["10.0.0.0/8".parse().unwrap()],
+        }
+    }
+
+    fn subject() -> SubjectKey {
+        let k = ssh_key::PrivateKey::random(&mut OsRng, ssh_key::Algorithm::Ed25519).unwrap();
+        SubjectKey::parse(&k.public_key().to_openssh().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn minted_certificate_carries_exactly_the_spec() {
+        let ca = Authority::new(CaKey::generate());
+        let cert = ca.mint(&spec(subject())).unwrap();
+        assert_eq!(cert.serial(), 42);
+        assert_eq!(cert.valid_principals(), ["deploy".to_string()]);
+        assert_eq!(cert.valid_after(), 1_700_000_000);
+        assert_eq!(cert.valid_before(), 1_700_000_300);
+        assert_eq!(cert.extensions().len(), 1);
+        assert_eq!(cert.critical_options().len(), 2);
+        let fp = ssh_key::PublicKey::from_openssh(&ca.public_key_line())
+            .unwrap()
+            .fingerprint(Default::default());
+        cert.validate_at(1_700_000_100, &[fp]).unwrap();
+    }
+
+    #[test]
+    fn mint_refuses_out_of_bounds_specs() {
+        let ca = Authority::new(CaKey::generate());
+        let mut s = spec(subject());
+        s.principals.clear();
+        assert!(ca.mint(&s).is_err());
+        let mut s = spec(subject());
+        s.valid_before = s.valid_after + 30 * 24 * 3600;
+        assert!(ca.mint(&s).is_err());
+        let mut s = spec(subject());
+        s.serial = 0;
+        assert!(ca.mint(&s).is_err());
+        let mut s = spec(subject());
+        s.force_command = Some("a\nb".into());
+        assert!(ca.mint(&s).is_err());
+    }
+}

@@ -1,0 +1,327 @@
+//! The checked parts a certificate is made of: principals, extensions, TTLs,
+//! subject keys and the complete [`CertSpec`] that policy hands to minting.
+
+use std::fmt;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// Longest principal we accept; sshd user names are far shorter.
+pub const MAX_PRINCIPAL_LEN: usize = 64;
+/// Most principals one certificate may carry.
+pub const MAX_PRINCIPALS: usize = 32;
+/// Hard ceiling on any user certificate lifetime, whatever a policy says.
+pub const MAX_USER_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Why a string is not a valid principal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrincipalError {
+    /// Empty string.
+    #[error("principal is empty")]
+    Empty,
+    /// Longer than [`MAX_PRINCIPAL_LEN`].
+    #[error("principal is longer than {MAX_PRINCIPAL_LEN} bytes")]
+    TooLong,
+    /// Starts with a character that tools would read as an option or hidden name.
+    #[error("principal {0:?} must start with a letter, digit or '_'")]
+    BadStart(String),
+    /// Contains a character outside the grammar.
+    #[error("principal {shown} contains {bad}, allowed are A-Z a-z 0-9 . _ - @")]
+    BadChar {
+        /// The principal, escaped for display.
+        shown: String,
+        /// The offending character, escaped.
+        bad: String,
+    },
+}
+
+/// A certificate principal that passed the grammar
+/// `[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}`.
+///
+/// The grammar is deliberately narrow: no commas (sshd splits
+/// `AuthorizedPrincipalsFile` options and `principals=` on them), no
+/// whitespace or control characters (log and file injection), no `*`/`?`
+/// (pattern lists), no non-ASCII (confusable look-alikes), no leading `-`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Principal(String);
+
+impl Principal {
+    /// Checks `s` against the principal grammar.
+    pub fn parse(s: &str) -> Result<Principal, PrincipalError> {
+        if s.is_empty() {
+            return Err(PrincipalError::Empty);
+        }
+        if s.len() > MAX_PRINCIPAL_LEN {
+            return Err(PrincipalError::TooLong);
+        }
+        if let Some(bad) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@')))
+        {
+            return Err(PrincipalError::BadChar {
+                shown: format!("{s:?}"),
+                bad: format!("{bad:?}"),
+            });
+        }
+        let first = s.as_bytes()[0];
+        if !(first.is_ascii_alphanumeric() || first == b'_') {
+            return Err(PrincipalError::BadStart(s.to_string()));
+        }
+        Ok(Principal(s.to_string()))
+    }
+
+    /// The principal text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// An OpenSSH certificate extension a role may permit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Extension {
+    /// `permit-pty`
+    PermitPty,
+    /// `permit-port-forwarding`
+    PermitPortForwarding,
+    /// `permit-agent-forwarding`
+    PermitAgentForwarding,
+    /// `permit-X11-forwarding`
+    PermitX11Forwarding,
+    /// `permit-user-rc`
+    PermitUserRc,
+    /// `no-touch-required` (FIDO keys)
+    NoTouchRequired,
+}
+
+impl Extension {
+    /// All extensions, in the order OpenSSH sorts them.
+    pub const ALL: [Extension; 6] = [
+        Extension::NoTouchRequired,
+        Extension::PermitX11Forwarding,
+        Extension::PermitAgentForwarding,
+        Extension::PermitPortForwarding,
+        Extension::PermitPty,
+        Extension::PermitUserRc,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Extension::PermitPty => "permit-pty",
+            Extension::PermitPortForwarding => "permit-port-forwarding",
+            Extension::PermitAgentForwarding => "permit-agent-forwarding",
+            Extension::PermitX11Forwarding => "permit-X11-forwarding",
+            Extension::PermitUserRc => "permit-user-rc",
+            Extension::NoTouchRequired => "no-touch-required",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Extension> {
+        Extension::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+/// A subject key that may be certified, with its checked algorithm.
+#[derive(Clone)]
+pub struct SubjectKey(pub(crate) ssh_key::PublicKey);
+
+/// Why a bot's public key is not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectKeyError {
+    /// Not an OpenSSH public key line.
+    #[error("public_key is not an OpenSSH public key line (\"ssh-ed25519 AAAA...\"): {0}")]
+    Malformed(String),
+    /// A type we refuse to certify.
+    #[error("public_key type {0} is not accepted; use ssh-ed25519, ecdsa-sha2-nistp256/384, or ssh-rsa of at least 3072 bits")]
+    Unsupported(String),
+    /// RSA key below the minimum size.
+    #[error("RSA public_key has {bits} bits; at least 3072 are required")]
+    RsaTooSmall {
+        /// Size of the offered key.
+        bits: u32,
+    },
+}
+
+/// Minimum RSA modulus size for subject keys.
+pub const MIN_RSA_BITS: u32 = 3072;
+
+impl SubjectKey {
+    /// Parses and checks an OpenSSH public key line.
+    pub fn parse(line: &str) -> Result<SubjectKey, SubjectKeyError> {
+        let line = line.trim();
+        if line.len() > 16 * 1024 {
+            return Err(SubjectKeyError::Malformed("longer than 16 KiB".into()));
+        }
+        let key = ssh_key::PublicKey::from_openssh(line)
+            .map_err(|e| SubjectKeyError::Malformed(e.to_string()))?;
+        use ssh_key::public::KeyData;
+        match key.key_data() {
+            KeyData::Ed25519(_) => {}
+            KeyData::Ecdsa(e) => match e.curve() {
+                ssh_key::EcdsaCurve::NistP256 | ssh_key::EcdsaCurve::NistP384 => {}
+                other => return Err(SubjectKeyError::Unsupported(format!("ecdsa {other}"))),
+            },
+            KeyData::Rsa(r) => {
+                let n = r.n.as_positive_bytes().unwrap_or(&[]);
+                let bits = rsa_bits(n);
+                if bits < MIN_RSA_BITS {
+                    return Err(SubjectKeyError::RsaTooSmall { bits });
+                }
+            }
+            other => {
+                return Err(SubjectKeyError::Unsupported(
+                    other.algorithm().as_str().to_string(),
+                ))
+            }
+        }
+        Ok(SubjectKey(ssh_key::PublicKey::new(
+            key.key_data().clone(),
+            "",
+        )))
+    }
+
+    /// `SHA256:...` fingerprint, as `ssh-keygen -l` and sshd logs print it.
+    pub fn fingerprint(&self) -> String {
+        self.0.fingerprint(ssh_key::HashAlg::Sha256).to_string()
+    }
+
+    /// Algorithm name, e.g. `ssh-ed25519`.
+    pub fn algorithm(&self) -> String {
+        self.0.algorithm().as_str().to_string()
+    }
+
+    /// OpenSSH one-line form.
+    pub fn to_openssh(&self) -> String {
+        self.0.to_openssh().unwrap_or_default()
+    }
+}
+
+fn rsa_bits(n: &[u8]) -> u32 {
+    let n = match n.iter().position(|b| *b != 0) {
+        Some(i) => &n[i..],
+        None => return 0,
+    };
+    match n.first() {
+        Some(first) => (n.len() as u32 - 1) * 8 + (8 - first.leading_zeros()),
+        None => 0,
+    }
+}
+
+impl fmt::Debug for SubjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SubjectKey({})", self.fingerprint())
+    }
+}
+
+/// Everything a user certificate will say, decided by policy before minting.
+#[derive(Debug, Clone)]
+pub struct CertSpec {
+    /// The key being certified.
+    pub subject: SubjectKey,
+    /// Serial number, unique for this CA.
+    pub serial: u64,
+    /// Key ID: links the certificate (and sshd's log line) to its audit record.
+    pub key_id: String,
+    /// Principals the certificate is valid for.
+    pub principals: Vec<Principal>,
+    /// Unix seconds; already backdated.
+    pub valid_after: u64,
+    /// Unix seconds; exclusive end.
+    pub valid_before: u64,
+    /// Extensions granted (nothing else is permitted).
+    pub extensions: Vec<Extension>,
+    /// `force-command` critical option.
+    pub force_command: Option<String>,
+    /// `source-address` critical option.
+    pub source_address: Vec<IpNet>,
+}
+
+/// Builds the key ID `mayfly:<role>:<issuer>:<sub>:<serial>`, keeping only
+/// characters that are safe in sshd logs and shells.
+pub fn key_id(role: &str, issuer: &str, subject: &str, serial: u64) -> String {
+    fn clean(s: &str, max: usize) -> String {
+        s.chars()
+            .take(max)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-/@=+".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    }
+    format!(
+        "mayfly:{}:{}:{}:{serial}",
+        clean(role, 64),
+        clean(issuer, 64),
+        clean(subject, 128)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn principal_injection_attempts_are_refused() {
+        for bad in [
+            "a,root", "*", "deploy\n", "-oProxy", "", " deploy", "dep loy", "root?",
+            "dеploy", // Cyrillic e
+            ".hidden", "a\u{0}b",
+        ] {
+            assert!(Principal::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["deploy", "gh-acme", "svc.backup", "_ci", "user@realm", "a"] {
+            assert!(Principal::parse(good).is_ok(), "{good:?} refused");
+        }
+        assert!(Principal::parse(&"a".repeat(65)).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn accepted_principals_only_hold_grammar_characters(s in "\\PC{0,80}") {
+            if let Ok(p) = Principal::parse(&s) {
+                prop_assert!(p.as_str().len() <= MAX_PRINCIPAL_LEN);
+                prop_assert!(p.as_str().bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b)));
+                prop_assert!(!p.as_str().starts_with(['-', '.', '@']));
+            }
+        }
+
+        #[test]
+        fn key_id_never_holds_separators_from_input(role in ".*", sub in ".*") {
+            let k = key_id(&role, "gh", &sub, 7);
+            prop_assert!(!k.chars().any(|c| c.is_whitespace() || c == ',' || c.is_control() || c == '"'));
+            prop_assert!(k.ends_with(":7"));
+        }
+    }
+
+    #[test]
+    fn rsa_bit_count() {
+        assert_eq!(rsa_bits(&[0x80, 0, 0]), 24);
+        assert_eq!(rsa_bits(&[0, 0x01, 0]), 9);
+    }
+
+    #[test]
+    fn dsa_and_small_keys_are_refused() {
+        assert!(matches!(
+            SubjectKey::parse("ssh-ed25519 AAAA"),
+            Err(SubjectKeyError::Malformed(_))
+        ));
+        assert!(SubjectKey::parse("garbage").is_err());
+    }
+}

@@ -1,0 +1,333 @@
+//! Bot side: find the workload token, make a fresh key, get it certified,
+//! and either write key + certificate to a directory (`mayfly cert`) or
+//! hand them to `ssh` through an in-process agent (`mayfly ssh`) so the
+//! private key never touches disk.
+pub mod agent;
+pub mod token;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand_core::OsRng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::is_loopback_http;
+
+/// Why the bot did not get a certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No token.
+    #[error(transparent)]
+    Token(#[from] token::TokenSourceError),
+    /// The server URL is unusable.
+    #[error("--server {url}: {reason}")]
+    ServerUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Could not reach the server.
+    #[error("cannot reach the CA at {url}: {reason}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server said no.
+    #[error("the CA refused ({status} {code}): {message} [request_id {request_id}]")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Error code.
+        code: String,
+        /// Server's explanation.
+        message: String,
+        /// Request id to quote to the CA operator.
+        request_id: String,
+    },
+    /// The answer could not be understood.
+    #[error("the CA's answer is not understood: {0}")]
+    BadAnswer(String),
+    /// Local file or process trouble.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Body of `POST /v1/certs/user`.
+#[derive(Debug, Serialize)]
+struct CertBody<'a> {
+    role: &'a str,
+    public_key: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    principals: Option<&'a [String]>,
+}
+
+/// Successful answer of `POST /v1/certs/user`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct CertAnswer {
+    /// OpenSSH certificate line.
+    pub certificate: String,
+    /// Serial.
+    pub serial: u64,
+    /// Key id.
+    pub key_id: String,
+    /// Principals.
+    pub principals: Vec<String>,
+    /// Unix seconds.
+    pub valid_after: u64,
+    /// Unix seconds.
+    pub valid_before: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorAnswer {
+    error: String,
+    message: String,
+    #[serde(default)]
+    request_id: String,
+}
+
+/// What the bot asks for.
+#[derive(Debug, Clone)]
+pub struct CertOptions {
+    /// CA base URL.
+    pub server: String,
+    /// Role.
+    pub role: String,
+    /// Lifetime, if not the role default.
+    pub ttl: Option<Duration>,
+    /// Subset of principals.
+    pub principals: Option<Vec<String>>,
+    /// Where the token comes from.
+    pub token: token::TokenSource,
+    /// Allow `http://` to a non-loopback server (sends the token in clear).
+    pub insecure_http: bool,
+}
+
+fn check_server(url: &str, insecure_http: bool) -> Result<url::Url, ClientError> {
+    let u = url::Url::parse(url).map_err(|e| ClientError::ServerUrl {
+        url: url.into(),
+        reason: e.to_string(),
+    })?;
+    match u.scheme() {
+        "https" => Ok(u),
+        "http" if is_loopback_http(&u) || insecure_http => Ok(u),
+        "http" => Err(ClientError::ServerUrl {
+            url: url.into(),
+            reason: "plain http would send the token in clear; use https (http only for loopback)"
+                .into(),
+        }),
+        other => Err(ClientError::ServerUrl {
+            url: url.into(),
+            reason: format!("scheme {other} is not http(s)"),
+        }),
+    }
+}
+
+/// A fresh Ed25519 key pair, made in memory.
+pub fn fresh_key() -> Result<ssh_key::PrivateKey, ClientError> {
+    ssh_key::PrivateKey::random(&mut OsRng, ssh_key::Algorithm::Ed25519).map_err(|e| {
+        ClientError::Io {
+            what: "generating a key".into(),
+            source: std::io::Error::other(e.to_string()),
+        }
+    })
+}
+
+/// Asks the CA to certify `key`'s public half.
+pub async fn request_cert(
+    opts: &CertOptions,
+    key: &ssh_key::PrivateKey,
+) -> Result<(CertAnswer, ssh_key::Certificate), ClientError> {
+    let base = check_server(&opts.server, opts.insecure_http)?;
+    let token = token::discover(&opts.token, &|k| std::env::var(k).ok()).await?;
+    let url = base
+        .join("v1/certs/user")
+        .map_err(|e| ClientError::ServerUrl {
+            url: opts.server.clone(),
+            reason: e.to_string(),
+        })?;
+    let public = key.public_key().to_openssh().map_err(|e| ClientError::Io {
+        what: "encoding the public key".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let body = CertBody {
+        role: &opts.role,
+        public_key: &public,
+        ttl_seconds: opts.ttl.map(|t| t.as_secs()),
+        principals: opts.principals.as_deref(),
+    };
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| ClientError::Unreachable {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+    let resp = http
+        .post(url.clone())
+        .bearer_auth(token.expose())
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| ClientError::Unreachable {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
+        url: url.to_string(),
+        reason: e.to_string(),
+    })?;
+    if !status.is_success() {
+        return Err(match serde_json::from_slice::<ErrorAnswer>(&bytes) {
+            Ok(e) => ClientError::Refused {
+                status: status.as_u16(),
+                code: e.error,
+                message: e.message,
+                request_id: e.request_id,
+            },
+            Err(_) => ClientError::Refused {
+                status: status.as_u16(),
+                code: "http_error".into(),
+                message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+                request_id: String::new(),
+            },
+        });
+    }
+    let answer: CertAnswer =
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+    let cert = ssh_key::Certificate::from_openssh(&answer.certificate)
+        .map_err(|e| ClientError::BadAnswer(format!("certificate does not parse: {e}")))?;
+    if cert.public_key() != key.public_key().key_data() {
+        return Err(ClientError::BadAnswer(
+            "certificate is not for the key we sent".into(),
+        ));
+    }
+    Ok((answer, cert))
+}
+
+/// File names `mayfly cert --out DIR` writes.
+pub const KEY_FILE: &str = "id_ed25519";
+/// Public key file name.
+pub const PUB_FILE: &str = "id_ed25519.pub";
+/// Certificate file name (what `ssh` looks for next to the key).
+pub const CERT_FILE: &str = "id_ed25519-cert.pub";
+
+/// `mayfly cert`: writes a fresh key (0600), its public key and certificate
+/// into `out`, each atomically. Returns the certificate path.
+pub async fn cert_to_dir(
+    opts: &CertOptions,
+    out: &Path,
+) -> Result<(CertAnswer, PathBuf), ClientError> {
+    let key = fresh_key()?;
+    let (answer, _cert) = request_cert(opts, &key).await?;
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| ClientError::Io { what, source }
+    };
+    std::fs::create_dir_all(out).map_err(io(&format!("creating {}", out.display())))?;
+    let pem = key
+        .to_openssh(ssh_key::LineEnding::LF)
+        .map_err(|e| ClientError::Io {
+            what: "encoding the private key".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    let public = key.public_key().to_openssh().unwrap_or_default();
+    let write = crate::ca::keys::write_atomic;
+    let key_path = out.join(KEY_FILE);
+    write(&key_path, pem.as_bytes(), 0o600)
+        .map_err(io(&format!("writing {}", key_path.display())))?;
+    let pub_path = out.join(PUB_FILE);
+    write(&pub_path, format!("{public}\n").as_bytes(), 0o644)
+        .map_err(io(&format!("writing {}", pub_path.display())))?;
+    let cert_path = out.join(CERT_FILE);
+    write(
+        &cert_path,
+        format!("{}\n", answer.certificate).as_bytes(),
+        0o644,
+    )
+    .map_err(io(&format!("writing {}", cert_path.display())))?;
+    Ok((answer, cert_path))
+}
+
+/// `mayfly ssh`: certifies an in-memory key, serves it from a private agent
+/// for the certificate's lifetime, runs `ssh_program` with `args`, and
+/// returns its exit code.
+pub async fn ssh_with_cert(
+    opts: &CertOptions,
+    ssh_program: &str,
+    args: &[String],
+) -> Result<i32, ClientError> {
+    let key = fresh_key()?;
+    let (answer, cert) = request_cert(opts, &key).await?;
+    let expires = UNIX_EPOCH + Duration::from_secs(answer.valid_before);
+    let agent = agent::Agent::spawn(
+        agent::AgentIdentity {
+            private_key: key,
+            certificate: cert,
+        },
+        expires,
+    )
+    .map_err(|source| ClientError::Io {
+        what: "starting the in-process ssh agent".into(),
+        source,
+    })?;
+    tracing::debug!(serial = answer.serial, key_id = %answer.key_id, "certificate obtained; running ssh");
+    let status = tokio::process::Command::new(ssh_program)
+        .arg("-o")
+        .arg(format!("IdentityAgent={}", agent.socket_path().display()))
+        .args(args)
+        .env("SSH_AUTH_SOCK", agent.socket_path())
+        .kill_on_drop(true)
+        .status()
+        .await
+        .map_err(|source| ClientError::Io {
+            what: format!("running {ssh_program}"),
+            source,
+        })?;
+    drop(agent);
+    Ok(exit_code(status))
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(sig)) => 128 + sig,
+        _ => 1,
+    }
+}
+
+/// Seconds until `valid_before`, for messages.
+pub fn remaining(valid_before: u64) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    valid_before.saturating_sub(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        assert!(check_server("http://127.0.0.1:8400", false).is_ok());
+        assert!(check_server("https://ca.example.com", false).is_ok());
+        assert!(check_server("http://ca.example.com", false).is_err());
+        assert!(check_server("http://ca.example.com", true).is_ok());
+        assert!(check_server("ftp://x", true).is_err());
+    }
+}

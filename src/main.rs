@@ -1,0 +1,311 @@
+//! The `mayfly` command: parses arguments and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use mayfly::client::{self, token::TokenSource, CertOptions};
+use mayfly::config::{Config, LogFormat};
+
+/// Ephemeral SSH certificate authority for machines.
+#[derive(Parser)]
+#[command(name = "mayfly", version, about)]
+struct Cli {
+    /// More output on stderr (bot commands are quiet by default).
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the CA (embedded defaults without --config).
+    Serve {
+        /// Path to mayfly.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate or try out policy files.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Get a fresh key and certificate into a directory.
+    Cert {
+        #[command(flatten)]
+        req: RequestArgs,
+        /// Directory for id_ed25519, id_ed25519.pub and id_ed25519-cert.pub.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Get an in-memory key and certificate and run ssh with them.
+    Ssh {
+        #[command(flatten)]
+        req: RequestArgs,
+        /// The ssh program to run.
+        #[arg(long, default_value = "ssh")]
+        ssh_program: String,
+        /// Arguments for ssh (after --).
+        #[arg(last = true, required = true)]
+        args: Vec<String>,
+    },
+    /// Measure certificates/s through the full path on loopback.
+    Bench {
+        /// Total requests.
+        #[arg(long, default_value_t = 5000)]
+        requests: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Token signature algorithm: rs256 or es256.
+        #[arg(long, default_value = "rs256")]
+        alg: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Check every role file in DIR; exit 1 with file:line: reason on errors.
+    Check {
+        /// Policy directory.
+        #[arg(default_value = "ca-policy")]
+        dir: PathBuf,
+        /// Also check roles against the issuers in this config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Evaluate a claims JSON file against a role and print the decision.
+    Test {
+        /// Policy directory.
+        #[arg(long, default_value = "ca-policy")]
+        dir: PathBuf,
+        /// Role to evaluate.
+        #[arg(long)]
+        role: String,
+        /// Issuer name the claims come from.
+        #[arg(long)]
+        issuer: String,
+        /// JSON file with the token's claims.
+        #[arg(long)]
+        claims: PathBuf,
+        /// Requested principals.
+        #[arg(long = "principal")]
+        principals: Vec<String>,
+        /// Requested TTL, e.g. 5m.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct RequestArgs {
+    /// CA base URL, e.g. https://ca.example.com.
+    #[arg(long, env = "MAYFLY_SERVER")]
+    server: String,
+    /// Role (policy file name) to request.
+    #[arg(long)]
+    role: String,
+    /// File holding the workload token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Audience to request from CI token endpoints.
+    #[arg(long, default_value = "mayfly")]
+    audience: String,
+    /// Certificate lifetime, e.g. 5m (default: the role's).
+    #[arg(long)]
+    ttl: Option<String>,
+    /// Principal to request (repeatable; default: all the role grants).
+    #[arg(long = "principal")]
+    principals: Vec<String>,
+    /// Allow plain http to a non-loopback CA (sends the token in clear).
+    #[arg(long)]
+    insecure_http: bool,
+}
+
+fn parse_ttl(s: &Option<String>) -> anyhow::Result<Option<Duration>> {
+    s.as_deref()
+        .map(|t| {
+            humantime::parse_duration(t).with_context(|| format!("--ttl {t:?}: write e.g. 5m"))
+        })
+        .transpose()
+}
+
+impl RequestArgs {
+    fn options(&self) -> anyhow::Result<CertOptions> {
+        Ok(CertOptions {
+            server: self.server.clone(),
+            role: self.role.clone(),
+            ttl: parse_ttl(&self.ttl)?,
+            principals: (!self.principals.is_empty()).then(|| self.principals.clone()),
+            token: TokenSource {
+                token_file: self.token_file.clone(),
+                audience: self.audience.clone(),
+            },
+            insecure_http: self.insecure_http,
+        })
+    }
+}
+
+fn init_logging(default: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mayfly: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let quiet = if cli.verbose { "debug" } else { "warn" };
+    match cli.cmd {
+        Cmd::Serve { config } => {
+            let cfg = Config::load(config.as_deref(), &|k| std::env::var(k).ok())?;
+            init_logging("info", cfg.log_format);
+            if config.is_none() {
+                tracing::info!("no --config given: using embedded defaults (listen 127.0.0.1:8400, data ./mayfly-data, policies ./ca-policy)");
+            }
+            runtime()?.block_on(mayfly::server::serve(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Policy(PolicyCmd::Check { dir, config }) => {
+            let policy = match mayfly::policy::load_dir(&dir) {
+                Ok(p) => p,
+                Err(errs) => {
+                    for e in &errs {
+                        eprintln!("{e}");
+                    }
+                    eprintln!("{} error(s) in {}", errs.len(), dir.display());
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            if let Some(c) = config {
+                let cfg = Config::load(Some(&c), &|_| None)?;
+                let names: Vec<&str> = cfg.issuers.iter().map(|i| i.name.as_str()).collect();
+                if let Err(errs) = mayfly::policy::load::check_issuers(&policy, &names) {
+                    for e in &errs {
+                        eprintln!("{e}");
+                    }
+                    return Ok(ExitCode::from(1));
+                }
+            }
+            println!(
+                "{}: {} role(s) OK ({})",
+                dir.display(),
+                policy.roles.len(),
+                policy.roles.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Policy(PolicyCmd::Test {
+            dir,
+            role,
+            issuer,
+            claims,
+            principals,
+            ttl,
+        }) => {
+            let policy = mayfly::policy::load_dir(&dir).map_err(|errs| {
+                anyhow::anyhow!(errs
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"))
+            })?;
+            let text = std::fs::read_to_string(&claims)
+                .with_context(|| format!("reading {}", claims.display()))?;
+            let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+                .with_context(|| {
+                    format!("{} must hold a JSON object of claims", claims.display())
+                })?;
+            let req = mayfly::policy::CertRequest {
+                principals: (!principals.is_empty()).then_some(principals),
+                ttl: parse_ttl(&ttl)?,
+            };
+            match policy.evaluate(&role, &issuer, &claims, &req) {
+                Ok(g) => {
+                    let p: Vec<&str> = g.principals.iter().map(|p| p.as_str()).collect();
+                    let e: Vec<&str> = g.extensions.iter().map(|e| e.as_str()).collect();
+                    println!(
+                        "allow role={role} principals={p:?} ttl={}s extensions={e:?}",
+                        g.ttl.as_secs()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(d) => {
+                    println!("deny {}: {d}", d.code.as_str());
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Cmd::Cert { req, out } => {
+            init_logging(quiet, LogFormat::Text);
+            let opts = req.options()?;
+            let (answer, path) = runtime()?.block_on(client::cert_to_dir(&opts, &out))?;
+            if cli.verbose {
+                eprintln!(
+                    "certificate serial {} key_id {} principals {:?}, valid for {}s",
+                    answer.serial,
+                    answer.key_id,
+                    answer.principals,
+                    client::remaining(answer.valid_before)
+                );
+            }
+            println!("{}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ssh {
+            req,
+            ssh_program,
+            args,
+        } => {
+            init_logging(quiet, LogFormat::Text);
+            let opts = req.options()?;
+            let code = runtime()?.block_on(client::ssh_with_cert(&opts, &ssh_program, &args))?;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        Cmd::Bench {
+            requests,
+            concurrency,
+            alg,
+        } => {
+            init_logging("warn", LogFormat::Text);
+            let alg = match alg.as_str() {
+                "rs256" => mayfly::bench::BenchAlg::Rs256,
+                "es256" => mayfly::bench::BenchAlg::Es256,
+                other => anyhow::bail!("--alg {other:?}: use rs256 or es256"),
+            };
+            let report = runtime()?
+                .block_on(mayfly::bench::run(mayfly::bench::BenchOptions {
+                    requests,
+                    concurrency,
+                    alg,
+                }))
+                .map_err(anyhow::Error::msg)?;
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

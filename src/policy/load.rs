@@ -1,0 +1,522 @@
+//! Reading and validating role files. Every error carries file, line and a
+//! reason; loading refuses the whole directory if any file is invalid.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use super::{ClaimRule, Pattern, Policy, PrincipalTemplate, Role, Segment};
+use crate::ca::{Extension, Principal, MAX_PRINCIPALS, MAX_USER_CERT_TTL};
+
+/// Shortest lifetime a role may grant; below this clock skew eats the cert.
+pub const MIN_TTL: Duration = Duration::from_secs(10);
+
+/// File names in the policy directory that are not roles.
+pub const NOT_ROLES: [&str; 1] = ["cases.toml"];
+
+/// One problem in one policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line (1 if the whole file is at fault).
+    pub line: usize,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    description: Spanned<String>,
+    owner: Spanned<String>,
+    issuer: Spanned<String>,
+    principals: Spanned<Vec<Spanned<String>>>,
+    max_ttl: Spanned<String>,
+    default_ttl: Option<Spanned<String>>,
+    #[serde(default)]
+    extensions: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    source_address: Option<Spanned<Vec<Spanned<String>>>>,
+    force_command: Option<Spanned<String>>,
+    claims: Option<Spanned<BTreeMap<Spanned<String>, Spanned<OneOrMany>>>>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map(|t| t.bytes().filter(|b| *b == b'\n').count() + 1)
+        .unwrap_or(1)
+}
+
+/// Whether `name` is a valid role name (also the file stem).
+pub fn valid_role_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn parse_template(s: &str) -> Result<PrincipalTemplate, String> {
+    let mut segments = Vec::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        match rest.find('{') {
+            Some(0) => {
+                let end = rest
+                    .find('}')
+                    .ok_or_else(|| format!("principal {s:?}: '{{' without '}}'"))?;
+                let name = &rest[1..end];
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+                {
+                    return Err(format!(
+                        "principal {s:?}: bad claim name {name:?} in template"
+                    ));
+                }
+                segments.push(Segment::Claim(name.to_string()));
+                rest = &rest[end + 1..];
+            }
+            Some(i) => {
+                segments.push(Segment::Literal(rest[..i].to_string()));
+                rest = &rest[i..];
+            }
+            None => {
+                segments.push(Segment::Literal(rest.to_string()));
+                rest = "";
+            }
+        }
+    }
+    for seg in &segments {
+        if let Segment::Literal(l) = seg {
+            if l.contains('}') {
+                return Err(format!("principal {s:?}: '}}' without '{{'"));
+            }
+        }
+    }
+    // Literal parts must already be grammar-clean; a claim-only principal
+    // is checked at issuance time.
+    let probe: String = segments
+        .iter()
+        .map(|seg| match seg {
+            Segment::Literal(l) => l.as_str(),
+            Segment::Claim(_) => "x",
+        })
+        .collect();
+    Principal::parse(&probe).map_err(|e| format!("principal {s:?}: {e}"))?;
+    Ok(PrincipalTemplate {
+        source: s.to_string(),
+        segments,
+    })
+}
+
+#[cfg(test)]
+pub(crate) fn parse_template_for_test(s: &str) -> PrincipalTemplate {
+    parse_template(s).expect("valid template")
+}
+
+fn parse_ttl(s: &str, field: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{field} = {s:?} is not a duration ({e}); write e.g. \"5m\""))?;
+    if d < MIN_TTL {
+        return Err(format!("{field} = {s:?} is below the minimum of 10s"));
+    }
+    if d > MAX_USER_CERT_TTL {
+        return Err(format!("{field} = {s:?} is above the ceiling of 24h"));
+    }
+    Ok(d)
+}
+
+/// Parses one role file's text. `name` is the role name (file stem).
+pub fn parse_role(name: &str, file: &Path, text: &str) -> Result<Role, Vec<PolicyError>> {
+    let err = |span: std::ops::Range<usize>, message: String| PolicyError {
+        file: file.to_path_buf(),
+        line: line_of(text, span.start),
+        message,
+    };
+    if !valid_role_name(name) {
+        return Err(vec![PolicyError {
+            file: file.to_path_buf(),
+            line: 1,
+            message: format!(
+                "role name {name:?} (the file name) must be 1-64 characters of a-z 0-9 - _, starting with a letter or digit"
+            ),
+        }]);
+    }
+    let raw: RawRole = toml::from_str(text).map_err(|e| {
+        vec![err(
+            e.span().unwrap_or(0..0),
+            e.message().trim().to_string(),
+        )]
+    })?;
+    let mut errors = Vec::new();
+    for (field, v) in [("description", &raw.description), ("owner", &raw.owner)] {
+        if v.get_ref().trim().is_empty() {
+            errors.push(err(v.span(), format!("{field} must not be empty")));
+        }
+    }
+    if raw.issuer.get_ref().is_empty() {
+        errors.push(err(
+            raw.issuer.span(),
+            "issuer must name an [[issuer]]".into(),
+        ));
+    }
+    let mut principals = Vec::new();
+    if raw.principals.get_ref().is_empty() {
+        errors.push(err(
+            raw.principals.span(),
+            "principals must list at least one principal".into(),
+        ));
+    }
+    if raw.principals.get_ref().len() > MAX_PRINCIPALS {
+        errors.push(err(
+            raw.principals.span(),
+            format!("at most {MAX_PRINCIPALS} principals"),
+        ));
+    }
+    for p in raw.principals.get_ref() {
+        match parse_template(p.get_ref()) {
+            Ok(t) => principals.push(t),
+            Err(m) => errors.push(err(p.span(), m)),
+        }
+    }
+    let max_ttl = parse_ttl(raw.max_ttl.get_ref(), "max_ttl")
+        .map_err(|m| errors.push(err(raw.max_ttl.span(), m)))
+        .ok();
+    let default_ttl = match &raw.default_ttl {
+        Some(d) => parse_ttl(d.get_ref(), "default_ttl")
+            .map_err(|m| errors.push(err(d.span(), m)))
+            .ok(),
+        None => max_ttl,
+    };
+    if let (Some(m), Some(d), Some(ds)) = (max_ttl, default_ttl, &raw.default_ttl) {
+        if d > m {
+            errors.push(err(
+                ds.span(),
+                format!(
+                    "default_ttl {} is above max_ttl {}",
+                    ds.get_ref(),
+                    raw.max_ttl.get_ref()
+                ),
+            ));
+        }
+    }
+    let mut extensions = Vec::new();
+    if let Some(exts) = &raw.extensions {
+        for e in exts.get_ref() {
+            match Extension::parse(e.get_ref()) {
+                Some(x) if !extensions.contains(&x) => extensions.push(x),
+                Some(_) => {}
+                None => {
+                    let names: Vec<&str> = Extension::ALL.iter().map(|x| x.as_str()).collect();
+                    errors.push(err(
+                        e.span(),
+                        format!("unknown extension {:?}; known: {names:?}", e.get_ref()),
+                    ))
+                }
+            }
+        }
+    }
+    let mut source_address = Vec::new();
+    if let Some(addrs) = &raw.source_address {
+        for a in addrs.get_ref() {
+            let s = a.get_ref();
+            let parsed = s.parse::<ipnet::IpNet>().or_else(|_| {
+                s.parse::<std::net::IpAddr>()
+                    .map(ipnet::IpNet::from)
+                    .map_err(|_| ())
+            });
+            match parsed {
+                Ok(n) => source_address.push(n),
+                Err(_) => errors.push(err(
+                    a.span(),
+                    format!(
+                        "source_address {s:?} is not an IP address or CIDR like \"10.0.0.0/8\""
+                    ),
+                )),
+            }
+        }
+        if addrs.get_ref().is_empty() {
+            errors.push(err(
+                addrs.span(),
+                "source_address is empty; remove it to allow any source".into(),
+            ));
+        }
+    }
+    if let Some(fc) = &raw.force_command {
+        let c = fc.get_ref();
+        if c.trim().is_empty() || c.chars().any(|ch| ch.is_control()) {
+            errors.push(err(
+                fc.span(),
+                "force_command must be a non-empty single line".into(),
+            ));
+        }
+    }
+    let mut claims = Vec::new();
+    match &raw.claims {
+        None => errors.push(PolicyError {
+            file: file.to_path_buf(),
+            line: 1,
+            message: "a [claims] table is required: without it any token from the issuer could use this role".into(),
+        }),
+        Some(c) if c.get_ref().is_empty() => errors.push(err(
+            c.span(),
+            "[claims] must constrain at least one claim (e.g. sub)".into(),
+        )),
+        Some(c) => {
+            for (k, v) in c.get_ref() {
+                let patterns: Vec<Pattern> = match v.get_ref() {
+                    OneOrMany::One(s) => vec![Pattern::new(s)],
+                    OneOrMany::Many(list) => list.iter().map(|s| Pattern::new(s)).collect(),
+                };
+                if patterns.is_empty() {
+                    errors.push(err(
+                        v.span(),
+                        format!("claim {:?} lists no accepted values", k.get_ref()),
+                    ));
+                }
+                claims.push(ClaimRule {
+                    claim: k.get_ref().clone(),
+                    patterns,
+                });
+            }
+        }
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| e.line);
+        return Err(errors);
+    }
+    let (Some(max_ttl), Some(default_ttl)) = (max_ttl, default_ttl) else {
+        return Err(errors);
+    };
+    Ok(Role {
+        name: name.to_string(),
+        file: file.to_path_buf(),
+        description: raw.description.into_inner(),
+        owner: raw.owner.into_inner(),
+        issuer: raw.issuer.into_inner(),
+        principals,
+        max_ttl,
+        default_ttl,
+        extensions,
+        source_address,
+        force_command: raw.force_command.map(|f| f.into_inner()),
+        claims,
+    })
+}
+
+/// Loads every `*.toml` role file in `dir`. Any invalid file fails the load;
+/// all errors found are returned, sorted by file and line.
+pub fn load_dir(dir: &Path) -> Result<Policy, Vec<PolicyError>> {
+    let fail = |message: String| {
+        vec![PolicyError {
+            file: dir.to_path_buf(),
+            line: 1,
+            message,
+        }]
+    };
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| fail(format!("cannot read policy directory: {e}")))?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    for e in entries {
+        let e = e.map_err(|e| fail(format!("cannot read policy directory: {e}")))?;
+        let p = e.path();
+        let fname = e.file_name().to_string_lossy().to_string();
+        if fname.starts_with('.') || NOT_ROLES.contains(&fname.as_str()) {
+            continue;
+        }
+        if p.extension().and_then(|x| x.to_str()) == Some("toml") && p.is_file() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    let mut hasher = Sha256::new();
+    let mut roles = BTreeMap::new();
+    let mut errors = Vec::new();
+    for f in &files {
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(PolicyError {
+                    file: f.clone(),
+                    line: 1,
+                    message: format!("cannot read: {e}"),
+                });
+                continue;
+            }
+        };
+        let name = f
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(text.as_bytes());
+        hasher.update([0]);
+        match parse_role(&name, f, &text) {
+            Ok(r) => {
+                roles.insert(name, r);
+            }
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let digest = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(Policy { roles, digest })
+}
+
+/// Checks that every role names a configured issuer.
+pub fn check_issuers(policy: &Policy, issuers: &[&str]) -> Result<(), Vec<PolicyError>> {
+    let errors: Vec<PolicyError> = policy
+        .roles
+        .values()
+        .filter(|r| !issuers.contains(&r.issuer.as_str()))
+        .map(|r| PolicyError {
+            file: r.file.clone(),
+            line: 1,
+            message: format!(
+                "issuer {:?} is not configured; configured issuers: {issuers:?}",
+                r.issuer
+            ),
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"description = "d"
+owner = "o"
+issuer = "gh"
+principals = ["deploy"]
+max_ttl = "10m"
+[claims]
+sub = "x"
+"#;
+
+    fn parse(text: &str) -> Result<Role, Vec<PolicyError>> {
+        parse_role("r", Path::new("r.toml"), text)
+    }
+
+    #[test]
+    fn good_role_parses_with_default_ttl_equal_to_max() {
+        let r = parse(GOOD).unwrap();
+        assert_eq!(r.default_ttl, Duration::from_secs(600));
+        assert!(r.extensions.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let bad = GOOD.replace("principals = [\"deploy\"]", "principals = [\"a,root\"]");
+        let e = parse(&bad).unwrap_err();
+        assert_eq!(e[0].line, 4, "{e:?}");
+        assert!(e[0].message.contains("a,root"));
+        let bad = GOOD.replace("max_ttl = \"10m\"", "max_ttl = \"10 parsecs\"");
+        assert_eq!(parse(&bad).unwrap_err()[0].line, 5);
+        let bad = format!("{GOOD}extensions = [\"permit-everything\"]\n");
+        // extensions after [claims] is a claim (string array), so this parses
+        // as a claim; put it before the table instead.
+        assert!(parse(&bad).is_ok());
+        let bad = GOOD.replace("[claims]", "extensions = [\"permit-all\"]\n[claims]");
+        let e = parse(&bad).unwrap_err();
+        assert!(e[0].message.contains("permit-all"), "{e:?}");
+        assert_eq!(e[0].line, 6);
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_owner_are_errors() {
+        let bad = GOOD.replace("owner = \"o\"\n", "");
+        assert!(parse(&bad).unwrap_err()[0].message.contains("owner"));
+        let bad = GOOD.replace("[claims]", "maxttl = \"1m\"\n[claims]");
+        assert!(parse(&bad).unwrap_err()[0].message.contains("maxttl"));
+    }
+
+    #[test]
+    fn role_without_claims_is_refused() {
+        let bad = GOOD.replace("[claims]\nsub = \"x\"\n", "");
+        assert!(parse(&bad).unwrap_err()[0].message.contains("[claims]"));
+    }
+
+    #[test]
+    fn default_above_max_is_refused() {
+        let bad = GOOD.replace(
+            "max_ttl = \"10m\"",
+            "max_ttl = \"10m\"\ndefault_ttl = \"11m\"",
+        );
+        assert!(parse(&bad).unwrap_err()[0]
+            .message
+            .contains("above max_ttl"));
+        let bad = GOOD.replace("max_ttl = \"10m\"", "max_ttl = \"48h\"");
+        assert!(parse(&bad).is_err());
+    }
+
+    #[test]
+    fn templates_parse_and_bad_templates_are_refused() {
+        let t = parse_template("gh-{repository_owner}").unwrap();
+        assert_eq!(t.segments.len(), 2);
+        assert!(parse_template("{a").is_err());
+        assert!(parse_template("a}").is_err());
+        assert!(parse_template("{}").is_err());
+        assert!(parse_template("-{x}").is_err());
+        assert!(parse_template("a b{x}").is_err());
+    }
+
+    #[test]
+    fn source_address_accepts_cidr_and_ip() {
+        let r = parse(&GOOD.replace(
+            "[claims]",
+            "source_address = [\"10.0.0.0/8\", \"192.0.2.1\"]\n[claims]",
+        ))
+        .unwrap();
+        assert_eq!(r.source_address.len(), 2);
+        assert!(
+            parse(&GOOD.replace("[claims]", "source_address = [\"10.0.0.0/33\"]\n[claims]"))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn bad_role_names_are_refused() {
+        assert!(parse_role("Deploy", Path::new("Deploy.toml"), GOOD).is_err());
+        assert!(parse_role("-x", Path::new("-x.toml"), GOOD).is_err());
+    }
+}

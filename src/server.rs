@@ -1,0 +1,238 @@
+//! `mayfly serve`: load config, policy, keys and store, then serve HTTP until
+//! SIGINT/SIGTERM, draining in-flight requests.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::api::{self, AppState};
+use crate::auth::Verifier;
+use crate::ca::{self, CaKey};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::policy;
+use crate::service::{SerialAllocator, Service, ServiceParts};
+use crate::store::{sqlite::Sqlite, Backend, Store};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Data directory problem.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Invalid policy: refuse to start.
+    #[error("policy in {dir} is invalid, refusing to start:\n{errors}")]
+    Policy {
+        /// The policy directory.
+        dir: PathBuf,
+        /// One line per error.
+        errors: String,
+    },
+    /// CA key problem.
+    #[error(transparent)]
+    Key(#[from] ca::KeyFileError),
+    /// Store problem.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Listening failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Other I/O.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// File names inside `data_dir`.
+pub mod files {
+    /// User CA private key.
+    pub const USER_CA_KEY: &str = "user_ca";
+    /// User CA public key (for `TrustedUserCAKeys`).
+    pub const USER_CA_PUB: &str = "user_ca.pub";
+    /// Host CA private key.
+    pub const HOST_CA_KEY: &str = "host_ca";
+    /// Host CA public key (for `@cert-authority`).
+    pub const HOST_CA_PUB: &str = "host_ca.pub";
+    /// SQLite database.
+    pub const DATABASE: &str = "mayfly.db";
+}
+
+fn ensure_data_dir(dir: &Path) -> Result<(), StartError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let err = |source| StartError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
+    }
+    if !dir.is_dir() {
+        return Err(err(std::io::Error::other("not a directory")));
+    }
+    Ok(())
+}
+
+fn load_ca(
+    dir: &Path,
+    key_name: &str,
+    pub_name: &str,
+    what: &str,
+) -> Result<ca::Authority, StartError> {
+    let key_path = dir.join(key_name);
+    let (key, created) = CaKey::load_or_generate(&key_path)?;
+    if created {
+        tracing::info!(path = %key_path.display(), fingerprint = %key.fingerprint(),
+            "generated a new {what} CA key (unencrypted, mode 0600)");
+    }
+    let line = format!("{}\n", key.public_key_line());
+    ca::keys::write_atomic(&dir.join(pub_name), line.as_bytes(), 0o644)?;
+    Ok(ca::Authority::new(key))
+}
+
+/// Loads the policy directory or explains every problem.
+pub fn load_policy(dir: &Path, cfg: &Config) -> Result<policy::Policy, StartError> {
+    let p = policy::load_dir(dir).map_err(|errs| StartError::Policy {
+        dir: dir.to_path_buf(),
+        errors: errs
+            .iter()
+            .map(|e| format!("  {e}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    })?;
+    let names: Vec<&str> = cfg.issuers.iter().map(|i| i.name.as_str()).collect();
+    if let Err(errs) = policy::load::check_issuers(&p, &names) {
+        for e in errs {
+            tracing::warn!("{e}; this role cannot be used until the issuer is configured");
+        }
+    }
+    Ok(p)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Builds the service from config (keys, policy, store), without listening.
+pub fn build(cfg: &Config) -> Result<Service, StartError> {
+    ensure_data_dir(&cfg.data_dir)?;
+    let policy = load_policy(&cfg.policy_dir, cfg)?;
+    let user_ca = load_ca(
+        &cfg.data_dir,
+        files::USER_CA_KEY,
+        files::USER_CA_PUB,
+        "user",
+    )?;
+    let host_ca = load_ca(
+        &cfg.data_dir,
+        files::HOST_CA_KEY,
+        files::HOST_CA_PUB,
+        "host",
+    )?;
+    let mut db = Sqlite::open(&cfg.data_dir.join(files::DATABASE), cfg.store_busy_timeout)?;
+    let now = now_secs();
+    let serials = SerialAllocator::new(db.max_serial()?, now);
+    let used_tokens = db.used_tokens(now)?;
+    let store = Store::start(db)?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .build()
+        .map_err(std::io::Error::other)?;
+    let verifier = Verifier::new(&cfg.issuers, http);
+    tracing::info!(roles = policy.roles.len(), digest = %policy.digest, dir = %cfg.policy_dir.display(), "policy loaded");
+    Ok(Service::new(
+        ServiceParts {
+            verifier,
+            policy,
+            ca: user_ca,
+            host_ca,
+            store,
+            used_tokens,
+            serials,
+            backdate: cfg.backdate,
+            metrics: Arc::new(Metrics::default()),
+        },
+        SystemTime::now(),
+    ))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down; draining in-flight requests");
+}
+
+/// Runs the CA until a shutdown signal.
+pub async fn serve(cfg: Config) -> Result<(), StartError> {
+    let service = Arc::new(build(&cfg)?);
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr()?;
+    {
+        let s = service.clone();
+        tokio::spawn(async move {
+            for (name, e) in s.verifier().warm().await {
+                tracing::warn!(issuer = %name, error = %e,
+                    "issuer keys not available yet; its tokens get 503 until a fetch succeeds");
+            }
+        });
+    }
+    let pub_path = cfg.data_dir.join(files::USER_CA_PUB);
+    tracing::info!(
+        listen = %addr,
+        user_ca = %service.user_ca().fingerprint(),
+        "mayfly CA serving on http://{addr}"
+    );
+    tracing::info!(
+        "user CA public key: {} (also GET http://{addr}/v1/ca/user.pub). Point sshd at it: \
+         curl -fsS http://{addr}/v1/ca/user.pub > /etc/ssh/mayfly_user_ca.pub and add \
+         `TrustedUserCAKeys /etc/ssh/mayfly_user_ca.pub` to sshd_config",
+        pub_path.display()
+    );
+    let state = AppState {
+        service,
+        request_timeout: cfg.request_timeout,
+    };
+    let app = api::router(state, cfg.max_body_bytes);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
+    Ok(())
+}

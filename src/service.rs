@@ -1,0 +1,366 @@
+//! One certificate request, end to end: auth -> policy -> ca -> audit/store.
+//! The HTTP layer only translates to and from this.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::audit::{AuditRecord, EventKind};
+use crate::auth::replay::ReplayCache;
+use crate::auth::{TokenError, VerifiedToken, Verifier};
+use crate::ca::{self, key_id, CertSpec, MintError, SubjectKey};
+use crate::metrics::Metrics;
+use crate::policy::{CertRequest, Denial, Policy};
+use crate::store::{Store, StoreError};
+
+/// A bot's request for a user certificate.
+#[derive(Debug)]
+pub struct UserCertRequest {
+    /// The bearer token (never logged).
+    pub token: Option<crate::auth::BearerToken>,
+    /// Requested role.
+    pub role: String,
+    /// OpenSSH public key line.
+    pub public_key: String,
+    /// Requested lifetime.
+    pub ttl_seconds: Option<u64>,
+    /// Requested subset of principals.
+    pub principals: Option<Vec<String>>,
+    /// Id for logs and the audit record.
+    pub request_id: String,
+    /// Client address.
+    pub client_addr: Option<SocketAddr>,
+}
+
+/// An issued certificate.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Issued {
+    /// OpenSSH certificate line.
+    pub certificate: String,
+    /// Serial.
+    pub serial: u64,
+    /// Key id.
+    pub key_id: String,
+    /// Principals.
+    pub principals: Vec<String>,
+    /// Unix seconds.
+    pub valid_after: u64,
+    /// Unix seconds.
+    pub valid_before: u64,
+}
+
+/// Why no certificate was issued.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// Malformed request (400).
+    #[error("{message}")]
+    BadRequest {
+        /// Stable code.
+        code: &'static str,
+        /// What to fix.
+        message: String,
+    },
+    /// Token not accepted (401; 503 for an unavailable issuer).
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// Policy said no (403).
+    #[error(transparent)]
+    Denied(#[from] Denial),
+    /// Could not record the issuance: no certificate (503).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Minting failed (500).
+    #[error(transparent)]
+    Mint(#[from] MintError),
+}
+
+impl IssueError {
+    /// Stable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            IssueError::BadRequest { code, .. } => code,
+            IssueError::Token(t) => t.code(),
+            IssueError::Denied(d) => d.code.as_str(),
+            IssueError::Store(_) => "store_unavailable",
+            IssueError::Mint(_) => "internal",
+        }
+    }
+}
+
+/// Allocates certificate serials that are never reused, even across
+/// restarts and even if the database were lost: each run starts above both
+/// the highest recorded serial and `start_time << 24`.
+pub struct SerialAllocator {
+    next: AtomicU64,
+}
+
+impl SerialAllocator {
+    /// Starts above `max_recorded` and the clock-derived floor.
+    pub fn new(max_recorded: u64, now_secs: u64) -> SerialAllocator {
+        let floor = now_secs << 24;
+        SerialAllocator {
+            next: AtomicU64::new(max_recorded.max(floor).saturating_add(1)),
+        }
+    }
+
+    /// The next serial.
+    pub fn next(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Everything a request needs, shared by all requests.
+pub struct Service {
+    verifier: Verifier,
+    policy: RwLock<Arc<Policy>>,
+    ca: ca::Authority,
+    host_ca: ca::Authority,
+    store: Store,
+    replay: ReplayCache,
+    serials: SerialAllocator,
+    backdate: Duration,
+    metrics: Arc<Metrics>,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Parts to build a [`Service`].
+pub struct ServiceParts {
+    /// Token verifier.
+    pub verifier: Verifier,
+    /// Loaded policy.
+    pub policy: Policy,
+    /// User CA.
+    pub ca: ca::Authority,
+    /// Host CA.
+    pub host_ca: ca::Authority,
+    /// Store handle.
+    pub store: Store,
+    /// Used tokens restored from the store.
+    pub used_tokens: Vec<(String, u64)>,
+    /// Serial allocator.
+    pub serials: SerialAllocator,
+    /// Backdating of `valid_after`.
+    pub backdate: Duration,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Service {
+    /// Assembles the service.
+    pub fn new(p: ServiceParts, now: SystemTime) -> Service {
+        let replay = ReplayCache::new();
+        let now_s = unix(now);
+        for (id, exp) in &p.used_tokens {
+            replay.claim(id, *exp, now_s);
+        }
+        Service {
+            verifier: p.verifier,
+            policy: RwLock::new(Arc::new(p.policy)),
+            ca: p.ca,
+            host_ca: p.host_ca,
+            store: p.store,
+            replay,
+            serials: p.serials,
+            backdate: p.backdate,
+            metrics: p.metrics,
+        }
+    }
+
+    /// The token verifier (to warm issuer keys).
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// The user CA.
+    pub fn user_ca(&self) -> &ca::Authority {
+        &self.ca
+    }
+
+    /// The host CA.
+    pub fn host_ca(&self) -> &ca::Authority {
+        &self.host_ca
+    }
+
+    /// Metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Issues a user certificate, or explains why not. The certificate is
+    /// returned only after its audit record is durable.
+    pub async fn issue_user_cert(
+        &self,
+        req: UserCertRequest,
+        now: SystemTime,
+    ) -> Result<Issued, IssueError> {
+        let mut rec = AuditRecord::new(EventKind::CertDenied, unix_ms(now), &req.request_id);
+        rec.client_addr = req.client_addr.map(|a| a.to_string());
+        rec.role = Some(req.role.chars().take(128).collect());
+        let result = self.decide_and_mint(&req, now, &mut rec).await;
+        match &result {
+            Ok(issued) => {
+                self.metrics.issued(&req.role);
+                tracing::info!(
+                    request_id = %req.request_id, role = %req.role,
+                    issuer = rec.issuer.as_deref().unwrap_or(""),
+                    subject = rec.subject.as_deref().unwrap_or(""),
+                    serial = issued.serial, key_id = %issued.key_id,
+                    principals = ?issued.principals, valid_before = issued.valid_before,
+                    "certificate issued"
+                );
+            }
+            Err(e) => {
+                let code = e.code();
+                self.metrics.denied(&req.role, code);
+                match e {
+                    IssueError::Store(se) => {
+                        tracing::error!(request_id = %req.request_id, role = %req.role, error = %se,
+                            "audit record not stored; no certificate issued");
+                    }
+                    IssueError::Mint(me) => {
+                        tracing::error!(request_id = %req.request_id, role = %req.role, error = %me, "minting failed");
+                    }
+                    _ => {
+                        tracing::info!(request_id = %req.request_id, role = %req.role, code,
+                            issuer = rec.issuer.as_deref().unwrap_or(""),
+                            subject = rec.subject.as_deref().unwrap_or(""),
+                            reason = %e, "certificate denied");
+                    }
+                }
+                if !matches!(e, IssueError::Store(_)) {
+                    rec.event = EventKind::CertDenied;
+                    rec.reason_code = Some(code.to_string());
+                    rec.reason = Some(e.to_string());
+                    rec.serial = None;
+                    // A refusal is recorded too; if that record fails the
+                    // answer stays the same, since no credential leaves.
+                    if let Err(se) = self.store.append(rec).await {
+                        tracing::error!(request_id = %req.request_id, error = %se, "audit record of a denial not stored");
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    async fn decide_and_mint(
+        &self,
+        req: &UserCertRequest,
+        now: SystemTime,
+        rec: &mut AuditRecord,
+    ) -> Result<Issued, IssueError> {
+        let now_s = unix(now);
+        let token = req.token.as_ref().ok_or(TokenError::Missing)?;
+        let verified: VerifiedToken = self.verifier.verify(token.expose(), now_s).await?;
+        rec.issuer = Some(verified.issuer().to_string());
+        rec.subject = Some(verified.subject().to_string());
+        rec.token_id = Some(verified.replay_id().to_string());
+        rec.token_exp = Some(verified.expires_at());
+
+        let subject = SubjectKey::parse(&req.public_key).map_err(|e| IssueError::BadRequest {
+            code: match e {
+                ca::SubjectKeyError::Malformed(_) => "invalid_public_key",
+                _ => "unsupported_key_type",
+            },
+            message: e.to_string(),
+        })?;
+        rec.key_fingerprint = Some(subject.fingerprint());
+        let ttl = match req.ttl_seconds {
+            None => None,
+            Some(0) => {
+                return Err(IssueError::BadRequest {
+                    code: "invalid_ttl",
+                    message: "ttl_seconds must be above 0; omit it for the role's default".into(),
+                })
+            }
+            Some(s) => Some(Duration::from_secs(s)),
+        };
+        let policy = self.policy();
+        rec.policy_digest = Some(policy.digest.clone());
+        let grant = policy.evaluate(
+            &req.role,
+            verified.issuer(),
+            verified.claims(),
+            &CertRequest {
+                principals: req.principals.clone(),
+                ttl,
+            },
+        )?;
+
+        if verified.replay_protection()
+            && !self
+                .replay
+                .claim(verified.replay_id(), verified.expires_at(), now_s)
+        {
+            return Err(TokenError::Replayed.into());
+        }
+
+        let serial = self.serials.next();
+        let spec = CertSpec {
+            subject,
+            serial,
+            key_id: key_id(&req.role, verified.issuer(), verified.subject(), serial),
+            principals: grant.principals,
+            valid_after: now_s.saturating_sub(self.backdate.as_secs()),
+            valid_before: now_s.saturating_add(grant.ttl.as_secs()),
+            extensions: grant.extensions,
+            force_command: grant.force_command,
+            source_address: grant.source_address,
+        };
+        let cert = self.ca.mint(&spec)?;
+        let line = cert
+            .to_openssh()
+            .map_err(|e| IssueError::Mint(MintError::Sign(e)))?;
+        let principals: Vec<String> = spec.principals.iter().map(|p| p.to_string()).collect();
+        rec.event = EventKind::CertIssued;
+        rec.serial = Some(serial);
+        rec.key_id = Some(spec.key_id.clone());
+        rec.principals = principals.clone();
+        rec.valid_after = Some(spec.valid_after);
+        rec.valid_before = Some(spec.valid_before);
+        self.store.append(rec.clone()).await?;
+        Ok(Issued {
+            certificate: line,
+            serial,
+            key_id: spec.key_id,
+            principals,
+            valid_after: spec.valid_after,
+            valid_before: spec.valid_before,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_start_above_recorded_and_clock_floor() {
+        let a = SerialAllocator::new(5, 1_800_000_000);
+        let first = a.next();
+        assert!(first > 1_800_000_000u64 << 24);
+        assert_eq!(a.next(), first + 1);
+        let b = SerialAllocator::new(u64::MAX - 10, 1);
+        assert_eq!(b.next(), u64::MAX - 9);
+    }
+}
