@@ -190,8 +190,13 @@ impl Served {
     fn identities(&self, now: SystemTime) -> Vec<u8> {
         let mut out = vec![SSH_AGENT_IDENTITIES_ANSWER];
         if self.is_live(now) {
-            put_u32(&mut out, 1);
+            // The plain key is listed too (as `ssh-add` does): ssh pairs an
+            // explicit `IdentityFile`/`CertificateFile` with the agent only
+            // by the plain key, which `IdentitiesOnly yes` requires.
+            put_u32(&mut out, 2);
             put_string(&mut out, &self.certificate_blob);
+            put_string(&mut out, self.comment.as_bytes());
+            put_string(&mut out, &self.public_key_blob);
             put_string(&mut out, self.comment.as_bytes());
         } else {
             put_u32(&mut out, 0);
@@ -424,7 +429,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn ssh_add_lists_the_certificate_with_its_key_id() {
+    async fn ssh_add_lists_the_certificate_and_its_key_with_the_key_id() {
         let id = identity(Algorithm::Ed25519);
         let line = cert_line(&id);
         let agent = Agent::spawn(id, live()).expect("spawn");
@@ -433,12 +438,13 @@ mod tests {
         assert!(out.status.success(), "ssh-add -L failed: {out:?}");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let listed: Vec<&str> = stdout.lines().collect();
-        assert_eq!(listed.len(), 1, "{stdout}");
+        assert_eq!(listed.len(), 2, "{stdout}");
         let mut fields = listed[0].split_whitespace();
         let mut expected = line.split_whitespace();
         assert_eq!(fields.next(), expected.next());
         assert_eq!(fields.next(), expected.next());
         assert_eq!(fields.next(), Some(KEY_ID));
+        assert!(listed[1].starts_with("ssh-ed25519 "), "{stdout}");
     }
 
     async fn ssh_keygen_signature_verifies(algorithm: Algorithm) {
@@ -531,7 +537,7 @@ mod tests {
         assert!(!out.status.success(), "ssh-add -D should fail: {out:?}");
         let out = run("ssh-add", &["-L"], &agent, tmp.path()).await;
         assert!(out.status.success(), "{out:?}");
-        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
     }
 
     #[tokio::test]

@@ -272,6 +272,29 @@ pub async fn ssh_with_cert(
     let key = fresh_key()?;
     let (answer, cert) = request_cert(opts, &key).await?;
     let expires = UNIX_EPOCH + Duration::from_secs(answer.valid_before);
+    // Only public material goes to disk: naming the public key and the
+    // certificate as identity files makes ssh use them (through the agent,
+    // which holds the private key) even under `IdentitiesOnly yes`.
+    let public_dir = tempfile::Builder::new()
+        .prefix("mayfly-ssh-")
+        .tempdir()
+        .map_err(|source| ClientError::Io {
+            what: "creating a temporary directory".into(),
+            source,
+        })?;
+    let pub_path = public_dir.path().join(PUB_FILE);
+    let cert_path = public_dir.path().join(CERT_FILE);
+    let public = key.public_key().to_openssh().unwrap_or_default();
+    for (path, line) in [(&pub_path, &public), (&cert_path, &answer.certificate)] {
+        // 0600 although public: ssh checks identity-file permissions as if
+        // they were private keys and ignores "too open" ones.
+        crate::ca::keys::write_atomic(path, format!("{line}\n").as_bytes(), 0o600).map_err(
+            |source| ClientError::Io {
+                what: format!("writing {}", path.display()),
+                source,
+            },
+        )?;
+    }
     let agent = agent::Agent::spawn(
         agent::AgentIdentity {
             private_key: key,
@@ -287,6 +310,10 @@ pub async fn ssh_with_cert(
     let status = tokio::process::Command::new(ssh_program)
         .arg("-o")
         .arg(format!("IdentityAgent={}", agent.socket_path().display()))
+        .arg("-o")
+        .arg(format!("IdentityFile={}", pub_path.display()))
+        .arg("-o")
+        .arg(format!("CertificateFile={}", cert_path.display()))
         .args(args)
         .env("SSH_AUTH_SOCK", agent.socket_path())
         .kill_on_drop(true)
