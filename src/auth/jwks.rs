@@ -162,6 +162,7 @@ pub struct IssuerKeys {
     source: Source,
     issuer_url: String,
     http: reqwest::Client,
+    refetch_interval: Duration,
     state: RwLock<CacheState>,
     refresh: tokio::sync::Mutex<()>,
 }
@@ -209,6 +210,7 @@ impl IssuerKeys {
             source,
             issuer_url: cfg.url.clone(),
             http,
+            refetch_interval: REFETCH_INTERVAL,
             state: RwLock::new(CacheState {
                 keys: None,
                 fetched_at: None,
@@ -217,6 +219,11 @@ impl IssuerKeys {
             }),
             refresh: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Changes the minimum time between two fetches (default 30 s).
+    pub fn set_refetch_interval(&mut self, d: Duration) {
+        self.refetch_interval = d;
     }
 
     async fn fetch(&self) -> Result<KeySet, JwksError> {

@@ -249,6 +249,16 @@ impl Verifier {
         }
     }
 
+    /// Changes the minimum time between two JWKS fetches of one issuer
+    /// (default [`jwks::REFETCH_INTERVAL`]).
+    pub fn set_refetch_interval(&mut self, d: std::time::Duration) {
+        for iss in self.by_url.values_mut() {
+            if let Some(i) = Arc::get_mut(iss) {
+                i.keys.set_refetch_interval(d);
+            }
+        }
+    }
+
     /// Fetches every issuer's keys once; returns the failures (issuer name, error).
     pub async fn warm(&self) -> Vec<(String, JwksError)> {
         let mut failed = Vec::new();
@@ -566,6 +576,27 @@ mod tests {
         assert_eq!(
             verifier(&d).verify(&t, NOW).await.unwrap_err().code(),
             "algorithm_mismatch"
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_kid_triggers_one_rate_limited_refetch() {
+        let d = tempfile::tempdir().unwrap();
+        let mut v = verifier(&d);
+        assert!(v.verify(&sign(good(), "k1"), NOW).await.is_ok());
+        // The issuer rotates: the same key now also published as k2.
+        let rotated = JWKS.replace("\"kid\":\"k1\"}", "\"kid\":\"k1\"},{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"x\":\"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo\",\"kid\":\"k2\"}");
+        std::fs::write(d.path().join("jwks.json"), rotated).unwrap();
+        // Within the refetch interval the new kid is not looked up again.
+        assert_eq!(
+            v.verify(&sign(good(), "k2"), NOW).await.unwrap_err().code(),
+            "unknown_key"
+        );
+        v.set_refetch_interval(Duration::ZERO);
+        assert!(v.verify(&sign(good(), "k2"), NOW).await.is_ok());
+        assert_eq!(
+            v.verify(&sign(good(), "k3"), NOW).await.unwrap_err().code(),
+            "unknown_key"
         );
     }
 
