@@ -269,11 +269,11 @@ impl IssuerKeys {
         let stale = st.fetched_at.is_none_or(|t| t.elapsed() > MAX_KEY_AGE);
         let may_fetch = st
             .last_attempt
-            .is_none_or(|t| t.elapsed() > REFETCH_INTERVAL);
+            .is_none_or(|t| t.elapsed() >= self.refetch_interval);
         (st.keys.clone(), stale, may_fetch)
     }
 
-    /// Refetches unless another refetch happened within [`REFETCH_INTERVAL`].
+    /// Refetches unless another refetch happened within the refetch interval.
     /// Keeps the old keys if the fetch fails.
     async fn refetch(&self) -> Result<(), JwksError> {
         let _single_flight = self.refresh.lock().await;
