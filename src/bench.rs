@@ -48,6 +48,8 @@ pub struct BenchReport {
     pub elapsed: Duration,
     /// Latency percentiles (p50, p90, p99, max).
     pub latency: [Duration; 4],
+    /// `cert_issued` records found in the database afterwards.
+    pub audited: u64,
 }
 
 impl std::fmt::Display for BenchReport {
@@ -228,7 +230,20 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
                         let _ = resp.bytes().await;
                         lat.push(t0.elapsed());
                     }
-                    _ => failed += 1,
+                    Ok(resp) => {
+                        failed += 1;
+                        let status = resp.status();
+                        let text = resp.text().await.unwrap_or_default();
+                        if failed <= 3 {
+                            eprintln!("request failed: {status} {text}");
+                        }
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        if failed <= 3 {
+                            eprintln!("request failed: {e}");
+                        }
+                    }
                 }
             }
             (lat, failed)
@@ -244,6 +259,12 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     let elapsed = started.elapsed();
     server.abort();
     lat.sort();
+    let audited = crate::store::sqlite::Sqlite::open(
+        &cfg.data_dir.join(crate::server::files::DATABASE),
+        cfg.store_busy_timeout,
+    )
+    .and_then(|db| db.count_events("cert_issued"))
+    .map_err(|e| e.to_string())?;
     Ok(BenchReport {
         ok: lat.len(),
         failed,
@@ -254,5 +275,6 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
             percentile(&lat, 0.99),
             lat.last().copied().unwrap_or_default(),
         ],
+        audited,
     })
 }

@@ -327,11 +327,11 @@ impl IssuerKeys {
                 return Ok(Some(k.clone()));
             }
         }
-        if may_fetch {
-            let r = self.refetch().await;
-            if keys.is_none() {
-                r?;
-            }
+        // Single-flight and rate-limited inside: a request that arrives
+        // while another fetch is running waits for it instead of failing.
+        let r = self.refetch().await;
+        if keys.is_none() {
+            r?;
         }
         match self.snapshot().0 {
             Some(ks) => Ok(ks.find(kid, alg).cloned()),

@@ -75,6 +75,20 @@ impl Sqlite {
     }
 }
 
+impl Sqlite {
+    /// Number of audit records of `event` (e.g. `cert_issued`).
+    pub fn count_events(&self, event: &str) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM audit WHERE event = ?1",
+                [event],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(err)
+    }
+}
+
 fn opt_i64(v: Option<u64>) -> Option<i64> {
     v.map(|x| x as i64)
 }
