@@ -62,6 +62,11 @@ impl std::fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
+            "audit records found: {} (read back from the database)",
+            self.audited
+        )?;
+        writeln!(
+            f,
             "elapsed:             {:.3} s",
             self.elapsed.as_secs_f64()
         )?;
