@@ -12,6 +12,9 @@ use rand_core::OsRng;
 use ssh_key::private::{Ed25519Keypair, KeypairData};
 use ssh_key::public::KeyData;
 
+use super::signer::{CaSigner, SignError};
+use ed25519_dalek::Signer as _;
+
 /// Why a CA key file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
@@ -41,29 +44,35 @@ pub enum KeyFileError {
     },
 }
 
-/// The CA's Ed25519 signing key. `Debug` never shows key material and the
-/// secret is zeroized on drop (ed25519-dalek's `zeroize` feature).
+/// A file-backed Ed25519 CA key, held as an `ed25519_dalek::SigningKey` so
+/// each signature does not rebuild the key. `Debug` never shows key
+/// material and the secret is zeroized on drop (ed25519-dalek's `zeroize`).
 pub struct CaKey {
-    signer: CaSigner,
+    signer: FileSigner,
 }
 
-/// Signs certificates with a held `ed25519_dalek::SigningKey`.
-pub(crate) struct CaSigner {
+struct FileSigner {
     key: ed25519_dalek::SigningKey,
     public: KeyData,
+    path: Option<PathBuf>,
 }
 
-impl signature::Signer<ssh_key::Signature> for CaSigner {
-    fn try_sign(&self, msg: &[u8]) -> Result<ssh_key::Signature, signature::Error> {
-        let sig = self.key.sign(msg);
-        ssh_key::Signature::new(ssh_key::Algorithm::Ed25519, sig.to_bytes().to_vec())
-            .map_err(|_| signature::Error::new())
+impl CaSigner for CaKey {
+    fn public_key(&self) -> &KeyData {
+        &self.signer.public
     }
-}
 
-impl From<&CaSigner> for KeyData {
-    fn from(s: &CaSigner) -> KeyData {
-        s.public.clone()
+    fn sign(&self, msg: &[u8]) -> Result<ssh_key::Signature, SignError> {
+        let sig = self.signer.key.sign(msg);
+        ssh_key::Signature::new(ssh_key::Algorithm::Ed25519, sig.to_bytes().to_vec())
+            .map_err(|e| SignError(e.to_string()))
+    }
+
+    fn describe(&self) -> String {
+        match &self.signer.path {
+            Some(p) => format!("file {}", p.display()),
+            None => "in-memory key".into(),
+        }
     }
 }
 
@@ -84,12 +93,12 @@ impl CaKey {
             key.verifying_key().to_bytes(),
         ));
         CaKey {
-            signer: CaSigner { key, public },
+            signer: FileSigner {
+                key,
+                public,
+                path: None,
+            },
         }
-    }
-
-    pub(crate) fn signer(&self) -> &CaSigner {
-        &self.signer
     }
 
     /// One OpenSSH public key line, no trailing newline.
@@ -151,9 +160,13 @@ impl CaKey {
             ));
         }
         match pk.key_data() {
-            KeypairData::Ed25519(kp) => Ok(CaKey::from_dalek(
-                ed25519_dalek::SigningKey::from_bytes(&kp.private.to_bytes()),
-            )),
+            KeypairData::Ed25519(kp) => {
+                let mut k = CaKey::from_dalek(ed25519_dalek::SigningKey::from_bytes(
+                    &kp.private.to_bytes(),
+                ));
+                k.signer.path = Some(path.to_path_buf());
+                Ok(k)
+            }
             other => Err(invalid(format!(
                 "it holds a {} key; the CA key must be Ed25519",
                 other.algorithm().map(|a| a.to_string()).unwrap_or_default()

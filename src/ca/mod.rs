@@ -6,11 +6,13 @@
 
 pub mod keys;
 pub mod krl;
+pub mod signer;
 pub mod spec;
 
 use std::time::Duration;
 
 pub use keys::{CaKey, KeyFileError};
+pub use signer::{CaSigner, SignError};
 pub use spec::{
     key_id, CertSpec, Extension, Principal, PrincipalError, SubjectKey, SubjectKeyError,
     MAX_PRINCIPALS, MAX_USER_CERT_TTL,
@@ -33,25 +35,35 @@ pub enum MintError {
 /// Slack above [`MAX_USER_CERT_TTL`] for the backdated part of the window.
 const MAX_BACKDATE: Duration = Duration::from_secs(3600);
 
-/// Signs user certificates with the CA key.
+/// Signs certificates with one CA key (file or HSM).
 pub struct Authority {
-    key: CaKey,
+    key: Box<dyn CaSigner>,
 }
 
 impl Authority {
     /// Wraps a loaded CA key.
-    pub fn new(key: CaKey) -> Authority {
-        Authority { key }
+    pub fn new(key: impl CaSigner + 'static) -> Authority {
+        Authority { key: Box::new(key) }
     }
 
     /// The CA public key as one OpenSSH line (no newline), for `TrustedUserCAKeys`.
     pub fn public_key_line(&self) -> String {
-        self.key.public_key_line()
+        signer::public_key_line(self.key.public_key(), "mayfly-ca")
     }
 
     /// The CA key's `SHA256:` fingerprint.
     pub fn fingerprint(&self) -> String {
-        self.key.fingerprint()
+        signer::fingerprint(self.key.public_key())
+    }
+
+    /// The CA public key.
+    pub fn public_key(&self) -> &ssh_key::public::KeyData {
+        self.key.public_key()
+    }
+
+    /// Where the key lives.
+    pub fn describe(&self) -> String {
+        self.key.describe()
     }
 
     /// Signs `spec` into an OpenSSH user certificate.
@@ -79,7 +91,7 @@ impl Authority {
         for e in &spec.extensions {
             b.extension(e.as_str(), "")?;
         }
-        Ok(b.sign(self.key.signer())?)
+        Ok(b.sign(&signer::BuilderSigner(self.key.as_ref()))?)
     }
 }
 
