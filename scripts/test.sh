@@ -41,6 +41,8 @@ apt_install() {
 # --- OpenSSH: the real sshd, ssh and ssh-keygen ---------------------------
 missing=()
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+# SoftHSM2: a real PKCS#11 token for the HSM-backed CA key tests (tests/hsm.rs)
+command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
 if ! command -v ssh >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1; then
     missing+=(openssh-client)
 fi

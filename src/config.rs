@@ -45,8 +45,59 @@ struct RawConfig {
     max_body_bytes: Option<usize>,
     store_busy_timeout: Option<String>,
     log_format: Option<String>,
+    ca: Option<RawCa>,
+    insecure_http: Option<bool>,
+    tls: Option<RawTls>,
     #[serde(default, rename = "issuer")]
     issuers: Vec<RawIssuer>,
+    #[serde(default, rename = "admin")]
+    admins: Vec<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    issuer: String,
+    claims: std::collections::BTreeMap<String, RawClaimValue>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawClaimValue {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Who may use the admin API: tokens from `issuer` whose claims all match.
+#[derive(Debug, Clone)]
+pub struct AdminRule {
+    /// An `[[issuer]]` name.
+    pub issuer: String,
+    /// Claim name -> accepted values (exact or `*` glob), any of.
+    pub claims: Vec<(String, Vec<String>)>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    client_ca_file: Option<PathBuf>,
+    reload_interval: Option<String>,
+}
+
+/// `[tls]`: serve HTTPS with this certificate instead of plain HTTP.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key of the leaf (PKCS#8, RSA or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA certificates that client certificates are verified against;
+    /// when set, clients are asked for a certificate (not required).
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the certificate and key files are checked for changes.
+    pub reload_interval: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,6 +152,16 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Trusted issuers.
     pub issuers: Vec<IssuerConfig>,
+    /// Admin identities (`[[admin]]`); none means the admin API refuses everyone.
+    pub admins: Vec<AdminRule>,
+    /// Where the CA private keys live and how they are protected (`[ca]`).
+    pub ca: CaKeyConfig,
+    /// HTTPS settings; `None` serves plain HTTP (allowed on loopback only,
+    /// unless `insecure_http`).
+    pub tls: Option<TlsConfig>,
+    /// Dangerous: allow plain HTTP on a non-loopback address, so bearer
+    /// tokens cross the network in clear.
+    pub insecure_http: bool,
 }
 
 /// Log line format.
@@ -111,6 +172,9 @@ pub enum LogFormat {
     /// One JSON object per line, for log shippers.
     Json,
 }
+
+/// How often `[tls]` certificate files are checked for changes by default.
+pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Longest leeway an operator may configure: more would make `exp` meaningless.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
@@ -127,6 +191,10 @@ impl Default for Config {
             store_busy_timeout: Duration::from_secs(2),
             log_format: LogFormat::Text,
             issuers: Vec::new(),
+            admins: Vec::new(),
+            ca: CaKeyConfig::default(),
+            tls: None,
+            insecure_http: false,
         }
     }
 }
@@ -254,6 +322,27 @@ impl Config {
                 }
             };
         }
+        c.insecure_http = raw.insecure_http.unwrap_or(false);
+        if let Some(t) = raw.tls {
+            let reload_interval = match t.reload_interval {
+                Some(r) => duration("tls.reload_interval", &r)?,
+                None => DEFAULT_TLS_RELOAD_INTERVAL,
+            };
+            if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&reload_interval) {
+                return Err(ConfigError::Invalid(
+                    "tls.reload_interval must be between 1s and 1h".into(),
+                ));
+            }
+            c.tls = Some(TlsConfig {
+                cert_file: t.cert_file,
+                key_file: t.key_file,
+                client_ca_file: t.client_ca_file,
+                reload_interval,
+            });
+        }
+        if let Some(rc) = raw.ca.take() {
+            c.ca = CaKeyConfig::from_raw(rc)?;
+        }
         for ri in raw.issuers {
             let name_ok = !ri.name.is_empty()
                 && ri.name.len() <= 64
@@ -316,7 +405,347 @@ impl Config {
                 max_token_bytes,
             });
         }
+        for a in raw.admins {
+            if !c.issuers.iter().any(|i| i.name == a.issuer) {
+                return Err(ConfigError::Invalid(format!(
+                    "[[admin]] issuer {:?} is not an [[issuer]] name",
+                    a.issuer
+                )));
+            }
+            if a.claims.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "[[admin]] needs at least one claim in [admin.claims] (e.g. sub = \"alice@example.com\")".into(),
+                ));
+            }
+            c.admins.push(AdminRule {
+                issuer: a.issuer,
+                claims: a
+                    .claims
+                    .into_iter()
+                    .map(|(k, v)| {
+                        (
+                            k,
+                            match v {
+                                RawClaimValue::One(s) => vec![s],
+                                RawClaimValue::Many(l) => l,
+                            },
+                        )
+                    })
+                    .collect(),
+            });
+        }
         Ok(c)
+    }
+}
+
+// ---- [ca]: where the CA private keys live and how they are protected ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCa {
+    backend: Option<String>,
+    key_protection: Option<String>,
+    passphrase_file: Option<PathBuf>,
+    pkcs11_module: Option<PathBuf>,
+    token_label: Option<String>,
+    user_key_label: Option<String>,
+    host_key_label: Option<String>,
+    pin_file: Option<PathBuf>,
+    generate_if_missing: Option<bool>,
+    key_type: Option<String>,
+}
+
+/// `[ca]`: where the CA private keys live and how they are protected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaKeyConfig {
+    /// OpenSSH private key files in `data_dir` (`backend = "file"`, the default).
+    File {
+        /// Whether the files are encrypted with a passphrase.
+        protection: KeyProtection,
+        /// Where the passphrase is read from, before the systemd credential
+        /// `mayfly-ca-passphrase` and `$MAYFLY_CA_PASSPHRASE`.
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Keys inside a PKCS#11 token (an HSM); they never leave it (`backend = "pkcs11"`).
+    Pkcs11(Pkcs11Config),
+}
+
+impl Default for CaKeyConfig {
+    /// Unencrypted key files, so that a first run needs no set-up (the server
+    /// warns that the key is unencrypted).
+    fn default() -> Self {
+        CaKeyConfig::File {
+            protection: KeyProtection::None,
+            passphrase_file: None,
+        }
+    }
+}
+
+/// How a file-backed CA key is protected at rest (`key_protection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyProtection {
+    /// Plain OpenSSH key file, mode 0600 (`"none"`).
+    None,
+    /// OpenSSH's encrypted key format: bcrypt-pbkdf + aes256-ctr (`"passphrase"`).
+    Passphrase,
+}
+
+/// `[ca] backend = "pkcs11"`: which module, token and keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pkcs11Config {
+    /// Absolute path of the PKCS#11 module (`pkcs11_module`).
+    pub module: PathBuf,
+    /// Label of the token that holds the keys (`token_label`).
+    pub token_label: String,
+    /// Label of the user CA key pair (`user_key_label`, default `mayfly-user-ca`).
+    pub user_key_label: String,
+    /// Label of the host CA key pair (`host_key_label`, default `mayfly-host-ca`).
+    pub host_key_label: String,
+    /// Where the user PIN is read from, before the systemd credential
+    /// `mayfly-pkcs11-pin` and `$MAYFLY_PKCS11_PIN` (`pin_file`).
+    pub pin_file: Option<PathBuf>,
+    /// Create a key pair in the token when none has the label (`generate_if_missing`).
+    pub generate_if_missing: bool,
+    /// The type of key that `generate_if_missing` creates (`key_type`).
+    pub key_type: CaKeyType,
+}
+
+impl Pkcs11Config {
+    /// The token label of the key pair for the CA key named `key_name`
+    /// (`user_ca`, `host_ca`; any other name maps to `mayfly-<name>` with
+    /// `_` turned into `-`).
+    pub fn key_label(&self, key_name: &str) -> String {
+        match key_name {
+            "user_ca" => self.user_key_label.clone(),
+            "host_ca" => self.host_key_label.clone(),
+            other => format!("mayfly-{}", other.replace('_', "-")),
+        }
+    }
+}
+
+/// A CA key type that mayfly can create in a token (`key_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaKeyType {
+    /// `"ed25519"` (the default; the token must support CKM_EDDSA).
+    Ed25519,
+    /// `"ecdsa-p256"`.
+    EcdsaP256,
+    /// `"ecdsa-p384"`.
+    EcdsaP384,
+    /// `"rsa-3072"`, signing with rsa-sha2-512.
+    Rsa3072,
+    /// `"rsa-4096"`, signing with rsa-sha2-512.
+    Rsa4096,
+}
+
+impl CaKeyType {
+    /// Parses the `key_type` value.
+    pub fn parse(s: &str) -> Option<CaKeyType> {
+        Some(match s {
+            "ed25519" => CaKeyType::Ed25519,
+            "ecdsa-p256" => CaKeyType::EcdsaP256,
+            "ecdsa-p384" => CaKeyType::EcdsaP384,
+            "rsa-3072" => CaKeyType::Rsa3072,
+            "rsa-4096" => CaKeyType::Rsa4096,
+            _ => return None,
+        })
+    }
+
+    /// The `key_type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaKeyType::Ed25519 => "ed25519",
+            CaKeyType::EcdsaP256 => "ecdsa-p256",
+            CaKeyType::EcdsaP384 => "ecdsa-p384",
+            CaKeyType::Rsa3072 => "rsa-3072",
+            CaKeyType::Rsa4096 => "rsa-4096",
+        }
+    }
+}
+
+/// Longest token label PKCS#11 can hold (32 bytes, blank padded).
+const MAX_TOKEN_LABEL: usize = 32;
+
+impl CaKeyConfig {
+    fn from_raw(r: RawCa) -> Result<CaKeyConfig, ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(format!("[ca] {m}")));
+        match r.backend.as_deref().unwrap_or("file") {
+            "file" => {
+                let pkcs11_only = [
+                    ("pkcs11_module", r.pkcs11_module.is_some()),
+                    ("token_label", r.token_label.is_some()),
+                    ("user_key_label", r.user_key_label.is_some()),
+                    ("host_key_label", r.host_key_label.is_some()),
+                    ("pin_file", r.pin_file.is_some()),
+                    ("generate_if_missing", r.generate_if_missing.is_some()),
+                    ("key_type", r.key_type.is_some()),
+                ];
+                if let Some((key, _)) = pkcs11_only.iter().find(|(_, set)| *set) {
+                    return bad(format!(
+                        "{key} applies only to backend = \"pkcs11\" (backend is \"file\")"
+                    ));
+                }
+                let protection = match r.key_protection.as_deref() {
+                    None | Some("none") => KeyProtection::None,
+                    Some("passphrase") => KeyProtection::Passphrase,
+                    Some(other) => {
+                        return bad(format!(
+                            "key_protection = {other:?}; use \"passphrase\" or \"none\""
+                        ))
+                    }
+                };
+                // A passphrase that would silently not be used must not
+                // leave a new key written in clear.
+                if protection == KeyProtection::None && r.passphrase_file.is_some() {
+                    return bad(
+                        "passphrase_file is set but key_protection is not \"passphrase\"; \
+                         add key_protection = \"passphrase\""
+                            .into(),
+                    );
+                }
+                Ok(CaKeyConfig::File {
+                    protection,
+                    passphrase_file: r.passphrase_file,
+                })
+            }
+            "pkcs11" => {
+                if r.key_protection.is_some() || r.passphrase_file.is_some() {
+                    return bad(
+                        "key_protection and passphrase_file apply only to backend = \"file\"; \
+                         a PKCS#11 token protects its keys itself (give its PIN with pin_file)"
+                            .into(),
+                    );
+                }
+                let Some(module) = r.pkcs11_module else {
+                    return bad("backend = \"pkcs11\" needs pkcs11_module, e.g. \
+                         \"/usr/lib/softhsm/libsofthsm2.so\""
+                        .into());
+                };
+                if !module.is_absolute() {
+                    return bad(format!(
+                        "pkcs11_module = {:?} must be an absolute path (a bare name would be \
+                         looked up in the library search path)",
+                        module.display().to_string()
+                    ));
+                }
+                let Some(token_label) = r.token_label else {
+                    return bad("backend = \"pkcs11\" needs token_label".into());
+                };
+                if token_label.is_empty() || token_label.len() > MAX_TOKEN_LABEL {
+                    return bad(format!(
+                        "token_label = {token_label:?} must be 1-{MAX_TOKEN_LABEL} bytes"
+                    ));
+                }
+                let user_key_label = r.user_key_label.unwrap_or_else(|| "mayfly-user-ca".into());
+                let host_key_label = r.host_key_label.unwrap_or_else(|| "mayfly-host-ca".into());
+                for (key, v) in [
+                    ("user_key_label", &user_key_label),
+                    ("host_key_label", &host_key_label),
+                ] {
+                    if v.is_empty() || v.len() > 256 || v.chars().any(char::is_control) {
+                        return bad(format!("{key} = {v:?} must be 1-256 printable characters"));
+                    }
+                }
+                if user_key_label == host_key_label {
+                    return bad(format!(
+                        "user_key_label and host_key_label are both {user_key_label:?}; \
+                         the user and host CAs need different keys"
+                    ));
+                }
+                let key_type = match r.key_type.as_deref() {
+                    None => CaKeyType::Ed25519,
+                    Some(t) => CaKeyType::parse(t).ok_or_else(|| {
+                        ConfigError::Invalid(format!(
+                            "[ca] key_type = {t:?}; use \"ed25519\", \"ecdsa-p256\", \
+                             \"ecdsa-p384\", \"rsa-3072\" or \"rsa-4096\""
+                        ))
+                    })?,
+                };
+                Ok(CaKeyConfig::Pkcs11(Pkcs11Config {
+                    module,
+                    token_label,
+                    user_key_label,
+                    host_key_label,
+                    pin_file: r.pin_file,
+                    generate_if_missing: r.generate_if_missing.unwrap_or(false),
+                    key_type,
+                }))
+            }
+            other => bad(format!("backend = {other:?}; use \"file\" or \"pkcs11\"")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod ca_section_tests {
+    use super::*;
+
+    #[test]
+    fn no_ca_section_means_unencrypted_files() {
+        assert_eq!(
+            Config::parse("").expect("test step").ca,
+            CaKeyConfig::default()
+        );
+    }
+
+    #[test]
+    fn passphrase_protection_with_a_passphrase_file() {
+        let c = Config::parse(
+            "[ca]\nkey_protection = \"passphrase\"\npassphrase_file = \"/run/pass\"\n",
+        )
+        .expect("test step");
+        assert_eq!(
+            c.ca,
+            CaKeyConfig::File {
+                protection: KeyProtection::Passphrase,
+                passphrase_file: Some(PathBuf::from("/run/pass")),
+            }
+        );
+    }
+
+    #[test]
+    fn passphrase_file_without_passphrase_protection_is_refused() {
+        let err = Config::parse("[ca]\npassphrase_file = \"/run/pass\"\n").expect_err("must fail");
+        assert!(err.to_string().contains("key_protection"), "{err}");
+    }
+
+    #[test]
+    fn pkcs11_backend_needs_module_and_token_and_has_label_defaults() {
+        let c = Config::parse(
+            "[ca]\nbackend = \"pkcs11\"\npkcs11_module = \"/usr/lib/softhsm/libsofthsm2.so\"\n\
+             token_label = \"mayfly\"\n",
+        )
+        .expect("test step");
+        let CaKeyConfig::Pkcs11(p) = c.ca else {
+            panic!("not pkcs11: {:?}", c.ca)
+        };
+        assert_eq!(p.key_label("user_ca"), "mayfly-user-ca");
+        assert_eq!(p.key_label("host_ca"), "mayfly-host-ca");
+        assert_eq!(p.key_type, CaKeyType::Ed25519);
+        assert!(!p.generate_if_missing);
+        let err = Config::parse("[ca]\nbackend = \"pkcs11\"\ntoken_label = \"t\"\n")
+            .expect_err("must fail");
+        assert!(err.to_string().contains("pkcs11_module"), "{err}");
+        let err = Config::parse(
+            "[ca]\nbackend = \"pkcs11\"\npkcs11_module = \"libsofthsm2.so\"\ntoken_label = \"t\"\n",
+        )
+        .expect_err("must fail");
+        assert!(err.to_string().contains("absolute"), "{err}");
+    }
+
+    #[test]
+    fn options_of_the_other_backend_are_refused() {
+        let err = Config::parse("[ca]\npin_file = \"/p\"\n").expect_err("must fail");
+        assert!(err.to_string().contains("pin_file"), "{err}");
+        let err = Config::parse(
+            "[ca]\nbackend = \"pkcs11\"\npkcs11_module = \"/m.so\"\ntoken_label = \"t\"\n\
+             key_protection = \"passphrase\"\n",
+        )
+        .expect_err("must fail");
+        assert!(err.to_string().contains("key_protection"), "{err}");
+        assert!(Config::parse("[ca]\nbackend = \"vault\"\n").is_err());
+        assert!(Config::parse("[ca]\nkey_protection = \"maybe\"\n").is_err());
+        assert!(Config::parse("[ca]\nkeyprotection = \"none\"\n").is_err());
     }
 }
 
@@ -346,6 +775,27 @@ mod tests {
         assert!(Config::parse(&t("http://example.com")).is_err());
         assert!(Config::parse(&t("http://127.0.0.1:9000")).is_ok());
         assert!(Config::parse(&t("https://example.com")).is_ok());
+    }
+
+    #[test]
+    fn tls_section_needs_cert_and_key_and_bounds_the_reload_interval() {
+        let c = Config::parse("[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n").unwrap();
+        let t = c.tls.expect("tls");
+        assert_eq!(t.cert_file, PathBuf::from("c.pem"));
+        assert_eq!(t.client_ca_file, None);
+        assert_eq!(t.reload_interval, DEFAULT_TLS_RELOAD_INTERVAL);
+        assert!(!c.insecure_http);
+        let err = Config::parse("[tls]\ncert_file = \"c.pem\"\n").unwrap_err();
+        assert!(err.to_string().contains("key_file"), "{err}");
+        assert!(Config::parse(
+            "[tls]\ncert_file = \"c\"\nkey_file = \"k\"\nreload_interval = \"10ms\"\n"
+        )
+        .is_err());
+        assert!(
+            Config::parse("insecure_http = true\n")
+                .unwrap()
+                .insecure_http
+        );
     }
 
     #[test]

@@ -9,6 +9,15 @@ use clap::{Args, Parser, Subcommand};
 
 use mayfly::client::{self, token::TokenSource, CertOptions};
 use mayfly::config::{Config, LogFormat};
+use mayfly::revocation;
+use mayfly::store::{CertFilter, DisabledKey};
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 /// Ephemeral SSH certificate authority for machines.
 #[derive(Parser)]
@@ -51,6 +60,38 @@ enum Cmd {
         #[arg(last = true, required = true)]
         args: Vec<String>,
     },
+    /// Revoke certificates on the CA host; the next /v1/krl includes them.
+    Revoke {
+        /// The CA's mayfly.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Revoke this serial.
+        #[arg(long, conflicts_with_all = ["key_id", "subject"])]
+        serial: Option<u64>,
+        /// Revoke the certificate with this key id (as sshd logs it).
+        #[arg(long, conflicts_with_all = ["serial", "subject", "role"])]
+        key_id: Option<String>,
+        /// Revoke every unexpired certificate of this role (or, with --subject, of that identity in this role).
+        #[arg(long)]
+        role: Option<String>,
+        /// Revoke every unexpired certificate of this identity (needs --issuer).
+        #[arg(long, requires = "issuer")]
+        subject: Option<String>,
+        /// Issuer name of --subject.
+        #[arg(long, requires = "subject")]
+        issuer: Option<String>,
+        /// Why (recorded in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Disable, enable and list identities and roles.
+    #[command(subcommand)]
+    Identity(IdentityCmd),
+    /// Host side: sync CA keys and KRL, get host certificates.
+    #[command(subcommand)]
+    Host(mayfly::hostsync::HostCmd),
+    /// Print @cert-authority lines for known_hosts from the CA's host keys.
+    KnownHosts(mayfly::hostsync::KnownHostsArgs),
     /// Measure certificates/s through the full path on loopback.
     Bench {
         /// Total requests.
@@ -62,6 +103,42 @@ enum Cmd {
         /// Token signature algorithm: rs256 or es256.
         #[arg(long, default_value = "rs256")]
         alg: String,
+    },
+}
+
+#[derive(Args)]
+struct IdentityTarget {
+    /// The CA's mayfly.toml.
+    #[arg(long)]
+    config: PathBuf,
+    /// Issuer name of the identity.
+    #[arg(long, requires = "subject")]
+    issuer: Option<String>,
+    /// Token subject of the identity.
+    #[arg(long, requires = "issuer")]
+    subject: Option<String>,
+    /// A role: alone, the whole role; with --issuer/--subject, that identity in this role only.
+    #[arg(long)]
+    role: Option<String>,
+    /// Why (recorded in the audit log).
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
+#[derive(Subcommand)]
+enum IdentityCmd {
+    /// Stop all future issuance and revoke live certificates.
+    Disable(IdentityTarget),
+    /// Allow issuance again (revoked certificates stay revoked).
+    Enable(IdentityTarget),
+    /// List disabled identities and roles.
+    List {
+        /// The CA's mayfly.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -286,6 +363,124 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let code = runtime()?.block_on(client::ssh_with_cert(&opts, &ssh_program, &args))?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
+        Cmd::Revoke {
+            config,
+            serial,
+            key_id,
+            role,
+            subject,
+            issuer,
+            reason,
+        } => {
+            init_logging(quiet, LogFormat::Text);
+            let cfg = Config::load(Some(&config), &|k| std::env::var(k).ok())?;
+            let filter = match (serial, key_id, role, issuer, subject) {
+                (Some(n), None, None, None, None) => CertFilter::Serial(n),
+                (None, Some(k), None, None, None) => CertFilter::KeyId(k),
+                (None, None, Some(r), None, None) => CertFilter::Role(r),
+                (None, None, role, Some(issuer), Some(subject)) => CertFilter::Identity { issuer, subject, role },
+                _ => anyhow::bail!("name what to revoke: --serial N, --key-id ID, --role R, or --subject S --issuer I"),
+            };
+            let actor = revocation::cli_actor(&|k| std::env::var(k).ok());
+            let rt = runtime()?;
+            let outcome = rt.block_on(async {
+                let store = revocation::open_store(&cfg)?;
+                revocation::revoke(&store, filter, &reason, &actor, unix_now()).await
+            })?;
+            for c in &outcome.revoked {
+                println!(
+                    "revoked serial {} key_id {} (valid until {})",
+                    c.serial, c.key_id, c.valid_before
+                );
+            }
+            eprintln!(
+                "{} certificate(s) revoked; KRL version {}",
+                outcome.revoked.len(),
+                outcome.krl_version
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Identity(IdentityCmd::List { config, json }) => {
+            let cfg = Config::load(Some(&config), &|k| std::env::var(k).ok())?;
+            let store = revocation::open_store(&cfg)?;
+            let list = store.read(|b| b.disabled())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("nothing is disabled");
+            } else {
+                println!(
+                    "{:<10} {:<12} {:<40} {:<16} {}",
+                    "STATUS", "ISSUER", "SUBJECT", "ROLE", "REASON (BY)"
+                );
+                for d in list {
+                    println!(
+                        "{:<10} {:<12} {:<40} {:<16} {} ({})",
+                        "disabled",
+                        if d.key.issuer.is_empty() {
+                            "*"
+                        } else {
+                            &d.key.issuer
+                        },
+                        if d.key.subject.is_empty() {
+                            "*"
+                        } else {
+                            &d.key.subject
+                        },
+                        if d.key.role.is_empty() {
+                            "*"
+                        } else {
+                            &d.key.role
+                        },
+                        d.reason,
+                        d.actor
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Identity(cmd @ (IdentityCmd::Disable(_) | IdentityCmd::Enable(_))) => {
+            init_logging(quiet, LogFormat::Text);
+            let (t, enable) = match cmd {
+                IdentityCmd::Disable(t) => (t, false),
+                IdentityCmd::Enable(t) => (t, true),
+                IdentityCmd::List { .. } => unreachable!("matched above"),
+            };
+            let cfg = Config::load(Some(&t.config), &|k| std::env::var(k).ok())?;
+            let target = DisabledKey {
+                issuer: t.issuer.unwrap_or_default(),
+                subject: t.subject.unwrap_or_default(),
+                role: t.role.unwrap_or_default(),
+            };
+            let actor = revocation::cli_actor(&|k| std::env::var(k).ok());
+            let o = runtime()?.block_on(async {
+                let store = revocation::open_store(&cfg)?;
+                revocation::set_disabled(&store, target, enable, &t.reason, &actor, unix_now())
+                    .await
+            })?;
+            let what = if o.target.subject.is_empty() {
+                format!("role {}", o.target.role)
+            } else if o.target.role.is_empty() {
+                format!("identity {}/{}", o.target.issuer, o.target.subject)
+            } else {
+                format!(
+                    "identity {}/{} in role {}",
+                    o.target.issuer, o.target.subject, o.target.role
+                )
+            };
+            let state = if enable { "enabled" } else { "disabled" };
+            if o.changed {
+                println!("{what} {state}");
+            } else {
+                println!("{what} was already {state}");
+            }
+            for c in &o.revoked {
+                println!("revoked serial {} key_id {}", c.serial, c.key_id);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Host(cmd) => mayfly::hostsync::run_host(cmd, cli.verbose),
+        Cmd::KnownHosts(args) => mayfly::hostsync::run_known_hosts(args),
         Cmd::Bench {
             requests,
             concurrency,

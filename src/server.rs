@@ -144,11 +144,12 @@ pub fn build(cfg: &Config) -> Result<Service, StartError> {
         files::HOST_CA_PUB,
         "host",
     )?;
-    let mut db = Sqlite::open(&cfg.data_dir.join(files::DATABASE), cfg.store_busy_timeout)?;
+    let db_path = cfg.data_dir.join(files::DATABASE);
+    let mut db = Sqlite::open(&db_path, cfg.store_busy_timeout)?;
     let now = now_secs();
     let serials = SerialAllocator::new(db.max_serial()?, now);
     let used_tokens = db.used_tokens(now)?;
-    let store = Store::start(db)?;
+    let store = Store::start(db, Sqlite::open(&db_path, cfg.store_busy_timeout)?)?;
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
@@ -168,6 +169,7 @@ pub fn build(cfg: &Config) -> Result<Service, StartError> {
             serials,
             backdate: cfg.backdate,
             metrics: Arc::new(Metrics::default()),
+            admins: cfg.admins.clone(),
         },
         SystemTime::now(),
     ))

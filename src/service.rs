@@ -9,14 +9,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::audit::{AuditRecord, EventKind};
 use crate::auth::replay::ReplayCache;
 use crate::auth::{TokenError, VerifiedToken, Verifier};
-use crate::ca::{self, key_id, CertSpec, MintError, SubjectKey};
+use crate::ca::{self, key_id, CertKind, CertSpec, MintError, SubjectKey};
 use crate::metrics::Metrics;
-use crate::policy::{CertRequest, Denial, Policy};
+use crate::policy::{CertRequest, Denial, DenialCode, HostCertRequest, Policy};
+use crate::store::{DisabledKey, StateVersion};
 use crate::store::{Store, StoreError};
+use std::collections::HashSet;
+use std::sync::Mutex;
 
-/// A bot's request for a user certificate.
+/// A bot's (or host's) request for a certificate.
 #[derive(Debug)]
 pub struct UserCertRequest {
+    /// User or host certificate.
+    pub kind: CertKind,
+    /// Host names (host certificates only).
+    pub hostnames: Option<Vec<String>>,
     /// The bearer token (never logged).
     pub token: Option<crate::auth::BearerToken>,
     /// Requested role.
@@ -121,6 +128,30 @@ pub struct Service {
     serials: SerialAllocator,
     backdate: Duration,
     metrics: Arc<Metrics>,
+    admin: Mutex<AdminCache>,
+    admins: Vec<(String, Vec<crate::policy::ClaimRule>)>,
+}
+
+/// Revocation/deactivation state cached from the store, reloaded whenever
+/// the store's state version changes (also by `mayfly revoke` on the CA host).
+#[derive(Default)]
+struct AdminCache {
+    version: Option<StateVersion>,
+    disabled: HashSet<DisabledKey>,
+    krl: Option<Arc<KrlSnapshot>>,
+}
+
+/// An encoded KRL and its HTTP validators.
+#[derive(Debug)]
+pub struct KrlSnapshot {
+    /// KRL version (the store's state version).
+    pub version: u64,
+    /// Unix seconds of the last revocation change.
+    pub generated_date: u64,
+    /// The encoded KRL.
+    pub bytes: Vec<u8>,
+    /// Strong ETag.
+    pub etag: String,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -155,6 +186,8 @@ pub struct ServiceParts {
     pub backdate: Duration,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+    /// Who may use the admin API.
+    pub admins: Vec<crate::config::AdminRule>,
 }
 
 impl Service {
@@ -175,7 +208,141 @@ impl Service {
             serials: p.serials,
             backdate: p.backdate,
             metrics: p.metrics,
+            admin: Mutex::new(AdminCache::default()),
+            admins: p
+                .admins
+                .into_iter()
+                .map(|a| {
+                    let rules = a
+                        .claims
+                        .into_iter()
+                        .map(|(claim, values)| crate::policy::ClaimRule {
+                            claim,
+                            patterns: values
+                                .iter()
+                                .map(|v| crate::policy::Pattern::new(v))
+                                .collect(),
+                        })
+                        .collect();
+                    (a.issuer, rules)
+                })
+                .collect(),
         }
+    }
+
+    /// Checks an admin API token: verified like a bot token (without
+    /// single use) and matched against the `[[admin]]` rules. Returns the
+    /// actor name for audit records; refusals are audited.
+    pub async fn authorize_admin(
+        &self,
+        token: Option<&crate::auth::BearerToken>,
+        action: &str,
+        request_id: &str,
+        now: SystemTime,
+    ) -> Result<String, IssueError> {
+        let result = async {
+            let token = token.ok_or(TokenError::Missing)?;
+            let v = self.verifier.verify(token.expose(), unix(now)).await?;
+            let mut why = format!("no [[admin]] rule names issuer {:?}", v.issuer());
+            for (issuer, rules) in &self.admins {
+                if issuer != v.issuer() {
+                    continue;
+                }
+                match crate::policy::match_claims(rules, v.claims()) {
+                    Ok(()) => return Ok(format!("admin:{}:{}", v.issuer(), v.subject())),
+                    Err((rule, msg)) => why = format!("admin {rule}: {msg}"),
+                }
+            }
+            Err(IssueError::Denied(Denial {
+                code: DenialCode::NotAdmin,
+                rule: "admin".into(),
+                message: format!("{} is not an administrator: {why}", v.subject()),
+            }))
+        }
+        .await;
+        if let Err(e) = &result {
+            let mut rec = AuditRecord::new(EventKind::AdminDenied, unix_ms(now), request_id);
+            rec.reason_code = Some(e.code().to_string());
+            rec.reason = Some(format!("{action}: {e}"));
+            if let Err(se) = self.store.append(rec).await {
+                tracing::error!(error = %se, "audit record of a refused admin call not stored");
+            }
+            tracing::warn!(request_id, action, code = e.code(), reason = %e, "admin call refused");
+        }
+        result
+    }
+
+    /// The store handle (for admin operations).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Reloads the revocation/deactivation cache if the store changed.
+    fn refresh_admin(&self) -> Result<(), StoreError> {
+        let v = self.store.read(|b| b.state_version())?;
+        let mut g = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        if g.version == Some(v) {
+            return Ok(());
+        }
+        let disabled = self.store.read(|b| b.disabled())?;
+        g.disabled = disabled.into_iter().map(|d| d.key).collect();
+        g.krl = None;
+        g.version = Some(v);
+        Ok(())
+    }
+
+    /// Which disabled entry, if any, blocks this identity in this role.
+    fn disabled_for(
+        &self,
+        issuer: &str,
+        subject: &str,
+        role: &str,
+    ) -> Result<Option<DisabledKey>, StoreError> {
+        self.refresh_admin()?;
+        let g = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let candidates = [
+            DisabledKey {
+                issuer: issuer.into(),
+                subject: subject.into(),
+                role: String::new(),
+            },
+            DisabledKey {
+                issuer: issuer.into(),
+                subject: subject.into(),
+                role: role.into(),
+            },
+            DisabledKey {
+                issuer: String::new(),
+                subject: String::new(),
+                role: role.into(),
+            },
+        ];
+        Ok(candidates.into_iter().find(|k| g.disabled.contains(k)))
+    }
+
+    /// The current KRL (rebuilt when revocations changed).
+    pub fn krl(&self, now: SystemTime) -> Result<Arc<KrlSnapshot>, StoreError> {
+        self.refresh_admin()?;
+        let version = {
+            let g = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(k) = &g.krl {
+                return Ok(k.clone());
+            }
+            g.version.unwrap_or_default()
+        };
+        let revocations = self.store.read(|b| b.live_revocations(unix(now)))?;
+        let bytes = crate::revocation::encode_krl(&revocations, version);
+        let snap = Arc::new(KrlSnapshot {
+            version: version.version,
+            generated_date: version.changed_at,
+            etag: format!("\"krl-{}-{}\"", version.version, bytes.len()),
+            bytes,
+        });
+        let mut g = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        if g.version == Some(version) {
+            g.krl = Some(snap.clone());
+        }
+        Ok(snap)
     }
 
     /// The token verifier (to warm issuer keys).
@@ -297,15 +464,45 @@ impl Service {
         };
         let policy = self.policy();
         rec.policy_digest = Some(policy.digest.clone());
-        let grant = policy.evaluate(
-            &req.role,
-            verified.issuer(),
-            verified.claims(),
-            &CertRequest {
-                principals: req.principals.clone(),
-                ttl,
-            },
-        )?;
+        rec.cert_type = Some(req.kind.as_str().to_string());
+        let grant = match req.kind {
+            CertKind::User => policy.evaluate(
+                &req.role,
+                verified.issuer(),
+                verified.claims(),
+                &CertRequest {
+                    principals: req.principals.clone(),
+                    ttl,
+                },
+            )?,
+            CertKind::Host => policy.evaluate_host(
+                &req.role,
+                verified.issuer(),
+                verified.claims(),
+                &HostCertRequest {
+                    hostnames: req.hostnames.clone(),
+                    ttl,
+                },
+            )?,
+        };
+        if let Some(d) = self.disabled_for(verified.issuer(), verified.subject(), &req.role)? {
+            let what = if d.subject.is_empty() {
+                format!("role {:?} is disabled", d.role)
+            } else if d.role.is_empty() {
+                format!("identity {}/{} is disabled", d.issuer, d.subject)
+            } else {
+                format!(
+                    "identity {}/{} is disabled for role {:?}",
+                    d.issuer, d.subject, d.role
+                )
+            };
+            return Err(Denial {
+                code: DenialCode::Disabled,
+                rule: "deactivation".into(),
+                message: format!("{what}; ask the CA operator (`mayfly identity enable`)"),
+            }
+            .into());
+        }
 
         if verified.replay_protection()
             && !self
@@ -316,10 +513,19 @@ impl Service {
         }
 
         let serial = self.serials.next();
+        let authority = match req.kind {
+            CertKind::User => &self.ca,
+            CertKind::Host => &self.host_ca,
+        };
+        let kid = key_id(&req.role, verified.issuer(), verified.subject(), serial);
         let spec = CertSpec {
+            kind: req.kind,
             subject,
             serial,
-            key_id: key_id(&req.role, verified.issuer(), verified.subject(), serial),
+            key_id: match req.kind {
+                CertKind::User => kid,
+                CertKind::Host => kid.replacen("mayfly:", "mayfly-host:", 1),
+            },
             principals: grant.principals,
             valid_after: now_s.saturating_sub(self.backdate.as_secs()),
             valid_before: now_s.saturating_add(grant.ttl.as_secs()),
@@ -327,7 +533,7 @@ impl Service {
             force_command: grant.force_command,
             source_address: grant.source_address,
         };
-        let cert = self.ca.mint(&spec)?;
+        let cert = authority.mint(&spec)?;
         let line = cert
             .to_openssh()
             .map_err(|e| IssueError::Mint(MintError::Sign(e)))?;
@@ -338,6 +544,7 @@ impl Service {
         rec.principals = principals.clone();
         rec.valid_after = Some(spec.valid_after);
         rec.valid_before = Some(spec.valid_before);
+        rec.ca_key = Some(authority.public_key_line());
         self.store.append(rec.clone()).await?;
         Ok(Issued {
             certificate: line,

@@ -2,11 +2,12 @@
 //! into the JSON error shape `{"error", "message", "request_id"}`; this is
 //! the one place that maps domain errors to status codes.
 
+pub mod admin;
 pub mod error;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -18,7 +19,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use crate::auth::BearerToken;
-use crate::ca::krl;
+use crate::ca::CertKind;
 use crate::service::{Service, UserCertRequest};
 pub use error::ApiError;
 
@@ -41,7 +42,17 @@ struct UserCertBody {
     principals: Option<Vec<String>>,
 }
 
-fn request_id() -> String {
+/// Body of `POST /v1/certs/host`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostCertBody {
+    role: String,
+    public_key: String,
+    ttl_seconds: Option<u64>,
+    hostnames: Option<Vec<String>>,
+}
+
+pub(crate) fn request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
@@ -53,6 +64,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/ca/host.pub", get(host_ca))
         .route("/v1/krl", get(krl_handler))
         .route("/v1/certs/user", post(user_cert))
+        .route("/v1/certs/host", post(host_cert))
+        .route("/v1/admin/revoke", post(admin::revoke))
+        .route("/v1/admin/disable", post(admin::disable))
+        .route("/v1/admin/enable", post(admin::enable))
+        .route("/v1/admin/disabled", get(admin::list_disabled))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -95,19 +111,99 @@ async fn host_ca(State(s): State<AppState>) -> Response {
     text(format!("{}\n", s.service.host_ca().public_key_line()))
 }
 
-async fn krl_handler() -> Response {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    (
+async fn krl_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let rid = request_id();
+    let snap = match s.service.krl(SystemTime::now()) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(request_id = %rid, error = %e, "cannot build the KRL");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the revocation list cannot be read right now; hosts keep their last good copy"
+                    .into(),
+                rid,
+            )
+            .into_response();
+        }
+    };
+    let last_modified = httpdate(snap.generated_date);
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim() == snap.etag || t.trim() == "*")
+        });
+    let mut h = vec![
+        (header::ETAG, HeaderValue::from_str(&snap.etag).ok()),
+        (
+            header::LAST_MODIFIED,
+            HeaderValue::from_str(&last_modified).ok(),
+        ),
+        (
+            header::CACHE_CONTROL,
+            Some(HeaderValue::from_static("no-cache")),
+        ),
+        (
+            header::HeaderName::from_static("x-krl-version"),
+            HeaderValue::from_str(&snap.version.to_string()).ok(),
+        ),
+    ];
+    if not_modified {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        for (k, v) in h.drain(..) {
+            if let Some(v) = v {
+                r.headers_mut().insert(k, v);
+            }
+        }
+        return r;
+    }
+    let mut r = (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
         )],
-        krl::encode_empty(now, now, "mayfly"),
+        snap.bytes.clone(),
     )
-        .into_response()
+        .into_response();
+    for (k, v) in h {
+        if let Some(v) = v {
+            r.headers_mut().insert(k, v);
+        }
+    }
+    r
+}
+
+/// RFC 7231 IMF-fixdate for `Last-Modified`.
+fn httpdate(unix: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = (unix / 86400) as i64;
+    let secs = unix % 86400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        DAYS[(days.rem_euclid(7)) as usize],
+        d,
+        MONTHS[(m - 1) as usize],
+        y,
+        secs / 3600,
+        (secs % 3600) / 60,
+        secs % 60
+    )
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -126,7 +222,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-fn bearer(headers: &HeaderMap) -> Result<Option<BearerToken>, &'static str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<BearerToken>, &'static str> {
     let Some(v) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -152,52 +248,114 @@ async fn user_cert(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let started = Instant::now();
-    let rid = request_id();
-    let bad = |status: StatusCode, code: &'static str, msg: String| {
-        ApiError::new(status, code, msg, rid.clone()).into_response()
-    };
-    let body =
-        match body {
-            Ok(b) => b,
-            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => return bad(
+    cert_request(s, addr, headers, body, CertKind::User).await
+}
+
+async fn host_cert(
+    State(s): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    cert_request(s, addr, headers, body, CertKind::Host).await
+}
+
+/// Reads a JSON body with the body-limit rejection mapped to our error shape.
+fn read_json<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    shape: &str,
+    rid: &str,
+) -> Result<T, Response> {
+    let body = match body {
+        Ok(b) => b,
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
-                "request body is too large; send only role, public_key, ttl_seconds and principals"
-                    .into(),
-            ),
-            Err(r) => return bad(StatusCode::BAD_REQUEST, "bad_request", r.body_text()),
-        };
+                format!("request body is too large; send only {shape}"),
+                rid.to_string(),
+            )
+            .into_response())
+        }
+        Err(r) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                r.body_text(),
+                rid.to_string(),
+            )
+            .into_response())
+        }
+    };
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("body must be JSON {{{shape}}}: {e}"),
+            rid.to_string(),
+        )
+        .into_response()
+    })
+}
+
+async fn cert_request(
+    s: AppState,
+    addr: SocketAddr,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    kind: CertKind,
+) -> Response {
+    let started = Instant::now();
+    let rid = request_id();
     let token = match bearer(&headers) {
         Ok(t) => t,
         Err(m) => {
-            return bad(
+            return ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "malformed_authorization",
                 m.into(),
+                rid,
             )
+            .into_response()
         }
     };
-    let parsed: UserCertBody = match serde_json::from_slice(&body) {
-        Ok(p) => p,
-        Err(e) => {
-            return bad(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!(
-                    "body must be JSON {{\"role\", \"public_key\", \"ttl_seconds\"?, \"principals\"?}}: {e}"
-                ),
-            )
+    let req = match kind {
+        CertKind::User => {
+            let shape = "\"role\", \"public_key\", \"ttl_seconds\"?, \"principals\"?";
+            let b: UserCertBody = match read_json(body, shape, &rid) {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            UserCertRequest {
+                kind,
+                hostnames: None,
+                token,
+                role: b.role,
+                public_key: b.public_key,
+                ttl_seconds: b.ttl_seconds,
+                principals: b.principals,
+                request_id: rid.clone(),
+                client_addr: Some(addr),
+            }
         }
-    };
-    let req = UserCertRequest {
-        token,
-        role: parsed.role,
-        public_key: parsed.public_key,
-        ttl_seconds: parsed.ttl_seconds,
-        principals: parsed.principals,
-        request_id: rid.clone(),
-        client_addr: Some(addr),
+        CertKind::Host => {
+            let shape = "\"role\", \"public_key\", \"ttl_seconds\"?, \"hostnames\"?";
+            let b: HostCertBody = match read_json(body, shape, &rid) {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            UserCertRequest {
+                kind,
+                hostnames: b.hostnames,
+                token,
+                role: b.role,
+                public_key: b.public_key,
+                ttl_seconds: b.ttl_seconds,
+                principals: None,
+                request_id: rid.clone(),
+                client_addr: Some(addr),
+            }
+        }
     };
     let fut = s.service.issue_user_cert(req, SystemTime::now());
     let resp = match tokio::time::timeout(s.request_timeout, fut).await {
@@ -209,12 +367,14 @@ async fn user_cert(
             r
         }
         Ok(Err(e)) => ApiError::from_issue(e, rid).into_response(),
-        Err(_) => bad(
+        Err(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "timeout",
             "the CA could not answer in time; no certificate was issued, retry with a fresh token"
                 .into(),
-        ),
+            rid,
+        )
+        .into_response(),
     };
     s.service.metrics().observe(started.elapsed());
     resp

@@ -11,6 +11,14 @@ pub enum EventKind {
     CertIssued,
     /// A certificate request was refused (token, input or policy).
     CertDenied,
+    /// A certificate was revoked.
+    CertRevoked,
+    /// An identity or role was disabled.
+    Disabled,
+    /// An identity or role was re-enabled.
+    Enabled,
+    /// An admin API call was refused.
+    AdminDenied,
 }
 
 impl EventKind {
@@ -19,6 +27,10 @@ impl EventKind {
         match self {
             EventKind::CertIssued => "cert_issued",
             EventKind::CertDenied => "cert_denied",
+            EventKind::CertRevoked => "cert_revoked",
+            EventKind::Disabled => "disabled",
+            EventKind::Enabled => "enabled",
+            EventKind::AdminDenied => "admin_denied",
         }
     }
 }
@@ -63,6 +75,12 @@ pub struct AuditRecord {
     pub token_exp: Option<u64>,
     /// Digest of the policy version that decided.
     pub policy_digest: Option<String>,
+    /// `user` or `host` for certificate events.
+    pub cert_type: Option<String>,
+    /// OpenSSH line of the CA key that signed (certificate events).
+    pub ca_key: Option<String>,
+    /// Who performed an administrative action (`cli:<user>` or `admin:<issuer>:<sub>`).
+    pub actor: Option<String>,
 }
 
 impl AuditRecord {
@@ -87,6 +105,9 @@ impl AuditRecord {
             token_id: None,
             token_exp: None,
             policy_digest: None,
+            cert_type: None,
+            ca_key: None,
+            actor: None,
         }
     }
 }

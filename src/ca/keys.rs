@@ -1,6 +1,16 @@
 //! CA key files: generated once, written 0600 with write-then-rename, never
-//! overwritten, and held in memory as an `ed25519_dalek::SigningKey` so each
-//! signature does not rebuild the key.
+//! overwritten, optionally encrypted at rest with OpenSSH's own format
+//! (bcrypt-pbkdf + aes256-ctr, readable by `ssh-keygen`), and held in memory
+//! as an `ed25519_dalek::SigningKey` so each signature does not rebuild the
+//! key.
+//!
+//! [`open_ca_signer`] is the one entry point for start-up: it turns the
+//! `[ca]` config into a [`CaSigner`], whether the key is a file in
+//! `data_dir` or lives in a PKCS#11 token ([`super::pkcs11`]).
+//!
+//! Secrets (the key passphrase, the token PIN) come from, in order, a file
+//! named in the config, a systemd credential (`LoadCredential=`, found in
+//! `$CREDENTIALS_DIRECTORY`), or an environment variable; see [`read_secret`].
 
 use std::fmt;
 use std::fs;
@@ -11,11 +21,27 @@ use std::path::{Path, PathBuf};
 use rand_core::OsRng;
 use ssh_key::private::{Ed25519Keypair, KeypairData};
 use ssh_key::public::KeyData;
+use zeroize::Zeroizing;
 
+use super::pkcs11::{Pkcs11Error, Pkcs11Signer};
 use super::signer::{CaSigner, SignError};
+use crate::config::{CaKeyConfig, KeyProtection};
 use ed25519_dalek::Signer as _;
 
-/// Why a CA key file could not be used.
+/// Name of the systemd credential that holds the CA key passphrase.
+pub const PASSPHRASE_CREDENTIAL: &str = "mayfly-ca-passphrase";
+/// Environment variable that may hold the CA key passphrase (least preferred:
+/// the environment is visible to the same user in `/proc/<pid>/environ`).
+pub const PASSPHRASE_ENV: &str = "MAYFLY_CA_PASSPHRASE";
+/// Name of the systemd credential that holds the PKCS#11 user PIN.
+pub const PIN_CREDENTIAL: &str = "mayfly-pkcs11-pin";
+/// Environment variable that may hold the PKCS#11 user PIN.
+pub const PIN_ENV: &str = "MAYFLY_PKCS11_PIN";
+
+/// Longest secret read from a file; a larger file is a mistake, not a passphrase.
+const MAX_SECRET_BYTES: u64 = 4096;
+
+/// Why a CA key could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     /// Reading or writing failed.
@@ -26,7 +52,7 @@ pub enum KeyFileError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The file exists but is not an unencrypted OpenSSH Ed25519 private key.
+    /// The file exists but is not an OpenSSH Ed25519 private key.
     #[error("CA key file {path} is not usable: {reason}; mayfly never overwrites an existing CA key, fix or move the file")]
     Invalid {
         /// The file.
@@ -42,6 +68,331 @@ pub enum KeyFileError {
         /// Its current mode bits.
         mode: u32,
     },
+    /// `key_protection = "passphrase"` but the existing file is not encrypted.
+    #[error(
+        "CA key file {path} is not encrypted but [ca] key_protection = \"passphrase\"; \
+             encrypt it in place with `ssh-keygen -p -f {path}` using the passphrase mayfly \
+             reads ({origin}), or set key_protection = \"none\""
+    )]
+    NotEncrypted {
+        /// The file.
+        path: PathBuf,
+        /// Where the passphrase came from (never the passphrase).
+        origin: String,
+    },
+    /// The file is encrypted but no passphrase protection is configured.
+    #[error(
+        "CA key file {path} is encrypted; set [ca] key_protection = \"passphrase\" and give \
+             the passphrase in [ca] passphrase_file, the systemd credential \
+             {PASSPHRASE_CREDENTIAL} or ${PASSPHRASE_ENV}"
+    )]
+    Encrypted {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The passphrase does not decrypt the file.
+    #[error(
+        "cannot decrypt CA key file {path} with the passphrase from {origin}: wrong \
+             passphrase (or a damaged file)"
+    )]
+    WrongPassphrase {
+        /// The file.
+        path: PathBuf,
+        /// Where the passphrase came from (never the passphrase).
+        origin: String,
+    },
+    /// The passphrase or PIN could not be read.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The PKCS#11 token or key could not be used.
+    #[error(transparent)]
+    Pkcs11(#[from] Pkcs11Error),
+}
+
+/// Why a secret (passphrase, PIN) could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// None of the places a secret may come from has it.
+    #[error(
+        "no {what}: set [ca] {file_key} in the config, or provide the systemd credential \
+             {credential} (LoadCredential={credential}:..., read from \
+             $CREDENTIALS_DIRECTORY/{credential}), or set ${env_var}"
+    )]
+    Missing {
+        /// What the secret is for ("CA key passphrase").
+        what: &'static str,
+        /// The config key naming a file.
+        file_key: &'static str,
+        /// The systemd credential name.
+        credential: &'static str,
+        /// The environment variable.
+        env_var: &'static str,
+    },
+    /// A file that should hold the secret could not be read.
+    #[error("cannot read the {what} from {path}: {source}")]
+    Io {
+        /// What the secret is for.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The secret is empty (or only a newline).
+    #[error("the {what} from {origin} is empty")]
+    Empty {
+        /// What the secret is for.
+        what: &'static str,
+        /// Where it came from.
+        origin: String,
+    },
+    /// The file holding the secret can be read by every user.
+    #[error("{path} holds the {what} but has mode {mode:o}; run `chmod o-rwx {path}`")]
+    Permissions {
+        /// What the secret is for.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Its mode bits.
+        mode: u32,
+    },
+}
+
+/// Where a kind of secret may come from, in order.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretSources<'a> {
+    /// What the secret is for, for messages ("CA key passphrase").
+    pub what: &'static str,
+    /// The config key that names a file (`passphrase_file`).
+    pub file_key: &'static str,
+    /// The file named in the config, if any; when set, it is the only source.
+    pub file: Option<&'a Path>,
+    /// The systemd credential name (a file in `$CREDENTIALS_DIRECTORY`).
+    pub credential: &'static str,
+    /// The environment variable.
+    pub env_var: &'static str,
+}
+
+impl<'a> SecretSources<'a> {
+    /// The sources of the file-backed CA key passphrase.
+    pub fn passphrase(file: Option<&'a Path>) -> Self {
+        SecretSources {
+            what: "CA key passphrase",
+            file_key: "passphrase_file",
+            file,
+            credential: PASSPHRASE_CREDENTIAL,
+            env_var: PASSPHRASE_ENV,
+        }
+    }
+
+    /// The sources of the PKCS#11 user PIN.
+    pub fn pin(file: Option<&'a Path>) -> Self {
+        SecretSources {
+            what: "PKCS#11 user PIN",
+            file_key: "pin_file",
+            file,
+            credential: PIN_CREDENTIAL,
+            env_var: PIN_ENV,
+        }
+    }
+}
+
+/// A passphrase or PIN, zeroized on drop; `Debug` shows only where it came from.
+pub struct Secret {
+    value: Zeroizing<String>,
+    source: String,
+}
+
+impl Secret {
+    /// Wraps `value`, read from `source` (a description, e.g. `file /run/pass`).
+    pub fn new(value: Zeroizing<String>, source: impl Into<String>) -> Secret {
+        Secret {
+            value,
+            source: source.into(),
+        }
+    }
+
+    /// The secret itself; do not log or copy it.
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+
+    /// Where it came from, safe to show.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(from {}, [redacted])", self.source)
+    }
+}
+
+/// Reads a secret from the first source that has it: the configured file;
+/// else `$CREDENTIALS_DIRECTORY/<credential>` if that file exists; else the
+/// environment variable. A configured file that is unreadable is an error,
+/// never a fallback to another source. One trailing newline is removed.
+pub fn read_secret(
+    sources: &SecretSources<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Secret, SecretError> {
+    let what = sources.what;
+    if let Some(path) = sources.file {
+        return read_secret_file(what, path, format!("file {}", path.display()));
+    }
+    if let Some(dir) = env("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) {
+        let path = Path::new(&dir).join(sources.credential);
+        if path.exists() {
+            return read_secret_file(
+                what,
+                &path,
+                format!("systemd credential {}", sources.credential),
+            );
+        }
+    }
+    if let Some(v) = env(sources.env_var) {
+        return finish_secret(what, Zeroizing::new(v), format!("${}", sources.env_var));
+    }
+    Err(SecretError::Missing {
+        what,
+        file_key: sources.file_key,
+        credential: sources.credential,
+        env_var: sources.env_var,
+    })
+}
+
+fn read_secret_file(
+    what: &'static str,
+    path: &Path,
+    source: String,
+) -> Result<Secret, SecretError> {
+    use std::io::Read as _;
+    let io = |source| SecretError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = fs::File::open(path).map_err(io)?;
+    let mode = f.metadata().map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o007 != 0 {
+        return Err(SecretError::Permissions {
+            what,
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let mut bytes = Zeroizing::new(Vec::new());
+    f.take(MAX_SECRET_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_SECRET_BYTES {
+        return Err(io(std::io::Error::other(format!(
+            "longer than {MAX_SECRET_BYTES} bytes"
+        ))));
+    }
+    let text = std::str::from_utf8(&bytes).map_err(|_| io(std::io::Error::other("not UTF-8")))?;
+    finish_secret(what, Zeroizing::new(text.to_string()), source)
+}
+
+fn finish_secret(
+    what: &'static str,
+    mut value: Zeroizing<String>,
+    source: String,
+) -> Result<Secret, SecretError> {
+    // `echo pass > file` and systemd's SetCredential= add one newline.
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
+        }
+    }
+    if value.is_empty() {
+        return Err(SecretError::Empty {
+            what,
+            origin: source,
+        });
+    }
+    Ok(Secret::new(value, source))
+}
+
+/// Opens the CA key `key_name` (`user_ca`, `host_ca`) as `[ca]` says: the
+/// file `data_dir/<key_name>` (generated if missing, encrypted when
+/// `key_protection = "passphrase"`), or the key labelled for `key_name` in a
+/// PKCS#11 token. Returns the signer and whether the key was just created.
+/// `env` looks up environment variables (`CREDENTIALS_DIRECTORY`,
+/// `MAYFLY_CA_PASSPHRASE`, `MAYFLY_PKCS11_PIN`).
+pub fn open_ca_signer(
+    cfg: &CaKeyConfig,
+    data_dir: &Path,
+    key_name: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Box<dyn CaSigner>, bool), KeyFileError> {
+    match cfg {
+        CaKeyConfig::File {
+            protection,
+            passphrase_file,
+        } => {
+            let path = data_dir.join(key_name);
+            let passphrase = match protection {
+                KeyProtection::None => None,
+                KeyProtection::Passphrase => Some(read_secret(
+                    &SecretSources::passphrase(passphrase_file.as_deref()),
+                    env,
+                )?),
+            };
+            let (key, created) = CaKey::open_or_generate(&path, passphrase.as_ref())?;
+            Ok((Box::new(key), created))
+        }
+        CaKeyConfig::Pkcs11(p) => {
+            let pin = read_secret(&SecretSources::pin(p.pin_file.as_deref()), env)?;
+            let (signer, created) = Pkcs11Signer::open(p, &p.key_label(key_name), &pin)?;
+            Ok((Box::new(signer), created))
+        }
+    }
+}
+
+/// A start-up warning for `[ca]` settings that leave the CA key weakly
+/// protected, or `None`. Log it at `warn` once.
+pub fn at_rest_warning(cfg: &CaKeyConfig) -> Option<&'static str> {
+    match cfg {
+        CaKeyConfig::File {
+            protection: KeyProtection::None,
+            ..
+        } => Some(
+            "CA keys are stored unencrypted (mode 0600): anyone who can read data_dir can sign \
+             certificates. Set [ca] key_protection = \"passphrase\" (encrypt existing keys with \
+             `ssh-keygen -p -f <file>`) or use backend = \"pkcs11\"",
+        ),
+        _ => None,
+    }
+}
+
+// Lets the lead pass the boxed signer from `open_ca_signer` to
+// `Authority::new`, which takes `impl CaSigner`.
+impl CaSigner for Box<dyn CaSigner> {
+    fn public_key(&self) -> &KeyData {
+        self.as_ref().public_key()
+    }
+
+    fn sign(&self, msg: &[u8]) -> Result<ssh_key::Signature, SignError> {
+        self.as_ref().sign(msg)
+    }
+
+    fn describe(&self) -> String {
+        self.as_ref().describe()
+    }
+}
+
+/// How a loaded key file is protected, for [`CaSigner::describe`].
+#[derive(Debug, Clone)]
+enum AtRest {
+    /// Generated in memory, never written.
+    Memory,
+    /// A plain file.
+    Plain(PathBuf),
+    /// An encrypted file: path, KDF rounds, cipher name.
+    Encrypted(PathBuf, u32, String),
 }
 
 /// A file-backed Ed25519 CA key, held as an `ed25519_dalek::SigningKey` so
@@ -54,7 +405,7 @@ pub struct CaKey {
 struct FileSigner {
     key: ed25519_dalek::SigningKey,
     public: KeyData,
-    path: Option<PathBuf>,
+    at_rest: AtRest,
 }
 
 impl CaSigner for CaKey {
@@ -69,9 +420,13 @@ impl CaSigner for CaKey {
     }
 
     fn describe(&self) -> String {
-        match &self.signer.path {
-            Some(p) => format!("file {}", p.display()),
-            None => "in-memory key".into(),
+        match &self.signer.at_rest {
+            AtRest::Memory => "in-memory key".into(),
+            AtRest::Plain(p) => format!("file {} (unencrypted)", p.display()),
+            AtRest::Encrypted(p, rounds, cipher) => format!(
+                "file {} (encrypted: bcrypt-pbkdf {rounds} rounds, {cipher})",
+                p.display()
+            ),
         }
     }
 }
@@ -96,7 +451,7 @@ impl CaKey {
             signer: FileSigner {
                 key,
                 public,
-                path: None,
+                at_rest: AtRest::Memory,
             },
         }
     }
@@ -116,15 +471,30 @@ impl CaKey {
             .to_string()
     }
 
-    /// Loads the key at `path`, or generates and writes one if the file does
-    /// not exist. Returns the key and whether it was just created.
+    /// Loads the unencrypted key at `path`, or generates and writes one if
+    /// the file does not exist. Returns the key and whether it was just created.
     pub fn load_or_generate(path: &Path) -> Result<(CaKey, bool), KeyFileError> {
-        match fs::metadata(path) {
-            Ok(_) => Ok((CaKey::load(path)?, false)),
+        CaKey::open_or_generate(path, None)
+    }
+
+    /// Loads the key at `path`, or generates and writes one if the file does
+    /// not exist. With `passphrase` the file must be (and a new file is)
+    /// encrypted; without, it must not be. Returns the key and whether it
+    /// was just created.
+    pub fn open_or_generate(
+        path: &Path,
+        passphrase: Option<&Secret>,
+    ) -> Result<(CaKey, bool), KeyFileError> {
+        match fs::symlink_metadata(path) {
+            Ok(_) => Ok((CaKey::open(path, passphrase)?, false)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = CaKey::generate();
-                key.write_new(path)?;
-                Ok((key, true))
+                match passphrase {
+                    None => key.write_new(path)?,
+                    Some(p) => key.write_new_encrypted(path, p)?,
+                }
+                // Reload so that `describe` reports what is on disk.
+                Ok((CaKey::open(path, passphrase)?, true))
             }
             Err(source) => Err(KeyFileError::Io {
                 path: path.to_path_buf(),
@@ -135,6 +505,13 @@ impl CaKey {
 
     /// Loads an existing unencrypted OpenSSH Ed25519 key file.
     pub fn load(path: &Path) -> Result<CaKey, KeyFileError> {
+        CaKey::open(path, None)
+    }
+
+    /// Loads an existing key file: encrypted (OpenSSH format, any cipher
+    /// ssh-key supports) when `passphrase` is given, plain otherwise; the
+    /// other kind is refused with a message that says how to fix it.
+    pub fn open(path: &Path, passphrase: Option<&Secret>) -> Result<CaKey, KeyFileError> {
         let io = |source| KeyFileError::Io {
             path: path.to_path_buf(),
             source,
@@ -147,43 +524,102 @@ impl CaKey {
                 mode,
             });
         }
-        let text = zeroize::Zeroizing::new(fs::read_to_string(path).map_err(io)?);
+        let text = Zeroizing::new(fs::read_to_string(path).map_err(io)?);
         let invalid = |reason: String| KeyFileError::Invalid {
             path: path.to_path_buf(),
             reason,
         };
         let pk = ssh_key::PrivateKey::from_openssh(text.as_bytes())
             .map_err(|e| invalid(e.to_string()))?;
-        if pk.is_encrypted() {
-            return Err(invalid(
-                "it is encrypted, which this version cannot read".into(),
-            ));
-        }
+        let (pk, at_rest) = match (pk.is_encrypted(), passphrase) {
+            (false, None) => (pk, AtRest::Plain(path.to_path_buf())),
+            (true, None) => {
+                return Err(KeyFileError::Encrypted {
+                    path: path.to_path_buf(),
+                })
+            }
+            (false, Some(p)) => {
+                return Err(KeyFileError::NotEncrypted {
+                    path: path.to_path_buf(),
+                    origin: p.source().to_string(),
+                })
+            }
+            (true, Some(p)) => {
+                let rounds = match pk.kdf() {
+                    ssh_key::Kdf::Bcrypt { rounds, .. } => *rounds,
+                    _ => 0,
+                };
+                let at_rest =
+                    AtRest::Encrypted(path.to_path_buf(), rounds, pk.cipher().as_str().into());
+                let plain = pk.decrypt(p.expose().as_bytes()).map_err(|_| {
+                    KeyFileError::WrongPassphrase {
+                        path: path.to_path_buf(),
+                        origin: p.source().to_string(),
+                    }
+                })?;
+                (plain, at_rest)
+            }
+        };
         match pk.key_data() {
             KeypairData::Ed25519(kp) => {
-                let mut k = CaKey::from_dalek(ed25519_dalek::SigningKey::from_bytes(
-                    &kp.private.to_bytes(),
-                ));
-                k.signer.path = Some(path.to_path_buf());
+                let secret = Zeroizing::new(kp.private.to_bytes());
+                let mut k = CaKey::from_dalek(ed25519_dalek::SigningKey::from_bytes(&secret));
+                if k.signer.public != pk.public_key().key_data().clone() {
+                    return Err(invalid(
+                        "its public key does not match its private key".into(),
+                    ));
+                }
+                k.signer.at_rest = at_rest;
                 Ok(k)
             }
             other => Err(invalid(format!(
-                "it holds a {} key; the CA key must be Ed25519",
+                "it holds a {} key; a CA key file must be Ed25519 (use backend = \"pkcs11\" \
+                 for ECDSA or RSA keys)",
                 other.algorithm().map(|a| a.to_string()).unwrap_or_default()
             ))),
         }
     }
 
-    /// Writes the key to a new file (0600, fsynced, renamed into place);
-    /// fails if `path` already exists.
+    /// Writes the key to a new unencrypted file (0600, fsynced, linked into
+    /// place); fails if `path` already exists.
     pub fn write_new(&self, path: &Path) -> Result<(), KeyFileError> {
+        let pk = self.to_private_key(path)?;
+        self.write_pem(path, &pk)
+    }
+
+    /// Writes the key to a new file encrypted with `passphrase` in OpenSSH's
+    /// format (bcrypt-pbkdf, 16 rounds as `ssh-keygen`; aes256-ctr); fails
+    /// if `path` already exists. `ssh-keygen -y -f <path>` reads it back.
+    pub fn write_new_encrypted(
+        &self,
+        path: &Path,
+        passphrase: &Secret,
+    ) -> Result<(), KeyFileError> {
+        let plain = self.to_private_key(path)?;
+        let pk = plain
+            .encrypt(&mut OsRng, passphrase.expose().as_bytes())
+            .map_err(|e| KeyFileError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(format!("encrypting the key: {e}")),
+            })?;
+        self.write_pem(path, &pk)
+    }
+
+    fn to_private_key(&self, path: &Path) -> Result<ssh_key::PrivateKey, KeyFileError> {
+        let kp = Ed25519Keypair::from(&self.signer.key);
+        ssh_key::PrivateKey::new(KeypairData::Ed25519(kp), "mayfly-user-ca").map_err(|e| {
+            KeyFileError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })
+    }
+
+    fn write_pem(&self, path: &Path, pk: &ssh_key::PrivateKey) -> Result<(), KeyFileError> {
         let io = |source| KeyFileError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let kp = Ed25519Keypair::from(&self.signer.key);
-        let pk = ssh_key::PrivateKey::new(KeypairData::Ed25519(kp), "mayfly-user-ca")
-            .map_err(|e| io(std::io::Error::other(e.to_string())))?;
         let pem = pk
             .to_openssh(ssh_key::LineEnding::LF)
             .map_err(|e| io(std::io::Error::other(e.to_string())))?;
@@ -232,15 +668,19 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    fn secret(s: &str) -> Secret {
+        Secret::new(Zeroizing::new(s.to_string()), "test")
+    }
+
     #[test]
     fn generated_key_is_written_0600_and_reloaded_not_overwritten() {
-        let d = tempfile::tempdir().unwrap();
+        let d = tempfile::tempdir().expect("test step");
         let p = d.path().join("user_ca");
-        let (k1, created) = CaKey::load_or_generate(&p).unwrap();
+        let (k1, created) = CaKey::load_or_generate(&p).expect("test step");
         assert!(created);
-        let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        let mode = fs::metadata(&p).expect("test step").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let (k2, created) = CaKey::load_or_generate(&p).unwrap();
+        let (k2, created) = CaKey::load_or_generate(&p).expect("test step");
         assert!(!created);
         assert_eq!(k1.public_key_line(), k2.public_key_line());
         assert!(
@@ -248,30 +688,128 @@ mod tests {
             "existing key must not be replaced"
         );
         assert!(!format!("{k1:?}").contains("PRIVATE"));
+        assert!(
+            k2.describe().ends_with("(unencrypted)"),
+            "{}",
+            k2.describe()
+        );
     }
 
     #[test]
     fn corrupt_key_file_is_an_error_not_a_new_key() {
-        let d = tempfile::tempdir().unwrap();
+        let d = tempfile::tempdir().expect("test step");
         let p = d.path().join("user_ca");
-        fs::write(&p, "junk").unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(&p, "junk").expect("test step");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).expect("test step");
         assert!(matches!(
             CaKey::load_or_generate(&p),
             Err(KeyFileError::Invalid { .. })
         ));
-        assert_eq!(fs::read_to_string(&p).unwrap(), "junk");
+        assert_eq!(fs::read_to_string(&p).expect("test step"), "junk");
     }
 
     #[test]
     fn world_readable_key_is_refused() {
-        let d = tempfile::tempdir().unwrap();
+        let d = tempfile::tempdir().expect("test step");
         let p = d.path().join("user_ca");
-        CaKey::generate().write_new(&p).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        CaKey::generate().write_new(&p).expect("test step");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).expect("test step");
         assert!(matches!(
             CaKey::load(&p),
             Err(KeyFileError::Permissions { .. })
+        ));
+    }
+
+    #[test]
+    fn encrypted_key_round_trips_and_refuses_the_wrong_passphrase() {
+        let d = tempfile::tempdir().expect("test step");
+        let p = d.path().join("user_ca");
+        let (k1, created) =
+            CaKey::open_or_generate(&p, Some(&secret("correct horse"))).expect("test step");
+        assert!(created);
+        assert!(fs::read_to_string(&p)
+            .expect("test step")
+            .contains("OPENSSH PRIVATE KEY"));
+        assert!(k1
+            .describe()
+            .contains("encrypted: bcrypt-pbkdf 16 rounds, aes256-ctr"));
+        let (k2, created) =
+            CaKey::open_or_generate(&p, Some(&secret("correct horse"))).expect("test step");
+        assert!(!created);
+        assert_eq!(k1.public_key_line(), k2.public_key_line());
+        let err = CaKey::open(&p, Some(&secret("wrong"))).expect_err("must fail");
+        assert!(matches!(err, KeyFileError::WrongPassphrase { .. }), "{err}");
+        assert!(!err.to_string().contains("wrong\""), "{err}");
+        assert!(matches!(
+            CaKey::open(&p, None),
+            Err(KeyFileError::Encrypted { .. })
+        ));
+    }
+
+    #[test]
+    fn plain_key_is_refused_when_a_passphrase_is_expected() {
+        let d = tempfile::tempdir().expect("test step");
+        let p = d.path().join("user_ca");
+        CaKey::generate().write_new(&p).expect("test step");
+        let err = CaKey::open(&p, Some(&secret("x"))).expect_err("must fail");
+        assert!(err.to_string().contains("ssh-keygen -p -f"), "{err}");
+    }
+
+    #[test]
+    fn secret_sources_are_tried_in_order_and_a_missing_one_names_all_three() {
+        let d = tempfile::tempdir().expect("test step");
+        let f = d.path().join("pass");
+        fs::write(&f, "from-file\n").expect("test step");
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).expect("test step");
+        fs::write(d.path().join(PASSPHRASE_CREDENTIAL), "from-cred").expect("test step");
+        fs::set_permissions(
+            d.path().join(PASSPHRASE_CREDENTIAL),
+            fs::Permissions::from_mode(0o400),
+        )
+        .expect("test step");
+        let dir = d.path().to_str().expect("test step").to_string();
+        let env_all = move |k: &str| match k {
+            "CREDENTIALS_DIRECTORY" => Some(dir.clone()),
+            PASSPHRASE_ENV => Some("from-env".into()),
+            _ => None,
+        };
+        let s = read_secret(&SecretSources::passphrase(Some(&f)), &env_all).expect("test step");
+        assert_eq!(s.expose(), "from-file");
+        let s = read_secret(&SecretSources::passphrase(None), &env_all).expect("test step");
+        assert_eq!(s.expose(), "from-cred");
+        let env_only = |k: &str| (k == PASSPHRASE_ENV).then(|| "from-env".to_string());
+        let s = read_secret(&SecretSources::passphrase(None), &env_only).expect("test step");
+        assert_eq!(s.expose(), "from-env");
+        assert!(!format!("{s:?}").contains("from-env\""));
+        let err = read_secret(&SecretSources::passphrase(None), &|_| None).expect_err("must fail");
+        let msg = err.to_string();
+        for needle in [
+            "passphrase_file",
+            "CREDENTIALS_DIRECTORY/mayfly-ca-passphrase",
+            "MAYFLY_CA_PASSPHRASE",
+        ] {
+            assert!(msg.contains(needle), "{msg}");
+        }
+        // A configured file that is missing is an error, not a fallback.
+        let gone = d.path().join("gone");
+        assert!(read_secret(&SecretSources::passphrase(Some(&gone)), &env_all).is_err());
+    }
+
+    #[test]
+    fn world_readable_or_empty_secret_files_are_refused() {
+        let d = tempfile::tempdir().expect("test step");
+        let f = d.path().join("pass");
+        fs::write(&f, "x").expect("test step");
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).expect("test step");
+        assert!(matches!(
+            read_secret(&SecretSources::passphrase(Some(&f)), &|_| None),
+            Err(SecretError::Permissions { .. })
+        ));
+        fs::write(&f, "\n").expect("test step");
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).expect("test step");
+        assert!(matches!(
+            read_secret(&SecretSources::passphrase(Some(&f)), &|_| None),
+            Err(SecretError::Empty { .. })
         ));
     }
 }

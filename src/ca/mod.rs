@@ -6,6 +6,7 @@
 
 pub mod keys;
 pub mod krl;
+pub mod pkcs11;
 pub mod signer;
 pub mod spec;
 
@@ -14,8 +15,8 @@ use std::time::Duration;
 pub use keys::{CaKey, KeyFileError};
 pub use signer::{CaSigner, SignError};
 pub use spec::{
-    key_id, CertSpec, Extension, Principal, PrincipalError, SubjectKey, SubjectKeyError,
-    MAX_PRINCIPALS, MAX_USER_CERT_TTL,
+    key_id, CertKind, CertSpec, Extension, Principal, PrincipalError, SubjectKey, SubjectKeyError,
+    MAX_HOST_CERT_TTL, MAX_PRINCIPALS, MAX_USER_CERT_TTL,
 };
 
 use rand_core::OsRng;
@@ -77,7 +78,10 @@ impl Authority {
         )?;
         b.serial(spec.serial)?;
         b.key_id(spec.key_id.clone())?;
-        b.cert_type(CertType::User)?;
+        b.cert_type(match spec.kind {
+            CertKind::User => CertType::User,
+            CertKind::Host => CertType::Host,
+        })?;
         for p in &spec.principals {
             b.valid_principal(p.as_str())?;
         }
@@ -108,7 +112,20 @@ fn check_bounds(spec: &CertSpec) -> Result<(), MintError> {
     if spec.valid_before <= spec.valid_after {
         return Err(MintError::OutOfBounds("empty validity window"));
     }
-    if spec.valid_before - spec.valid_after > (MAX_USER_CERT_TTL + MAX_BACKDATE).as_secs() {
+    let ceiling = match spec.kind {
+        CertKind::User => MAX_USER_CERT_TTL,
+        CertKind::Host => MAX_HOST_CERT_TTL,
+    };
+    if spec.kind == CertKind::Host
+        && (!spec.extensions.is_empty()
+            || spec.force_command.is_some()
+            || !spec.source_address.is_empty())
+    {
+        return Err(MintError::OutOfBounds(
+            "host certificates carry no options or extensions",
+        ));
+    }
+    if spec.valid_before - spec.valid_after > (ceiling + MAX_BACKDATE).as_secs() {
         return Err(MintError::OutOfBounds("validity window too long"));
     }
     if spec.key_id.is_empty() || spec.key_id.len() > 512 {
@@ -128,6 +145,7 @@ mod tests {
 
     fn spec(subject: SubjectKey) -> CertSpec {
         CertSpec {
+            kind: CertKind::User,
             subject,
             serial: 42,
             key_id: "mayfly:deploy:gh:repo:1:42".into(),

@@ -31,6 +31,15 @@ pub fn fingerprint(key: &KeyData) -> String {
     key.fingerprint(ssh_key::HashAlg::Sha256).to_string()
 }
 
+/// The SSH wire encoding of the public key in an OpenSSH line (what KRLs
+/// and protocol messages carry), or `None` if the line does not parse.
+pub fn key_blob(line: &str) -> Option<Vec<u8>> {
+    ssh_key::PublicKey::from_openssh(line.trim())
+        .ok()?
+        .to_bytes()
+        .ok()
+}
+
 /// Adapts a `dyn CaSigner` to what ssh-key's certificate builder expects.
 pub(crate) struct BuilderSigner<'a>(pub &'a dyn CaSigner);
 

@@ -226,9 +226,34 @@ impl fmt::Debug for SubjectKey {
     }
 }
 
-/// Everything a user certificate will say, decided by policy before minting.
+/// User or host certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CertKind {
+    /// For a client logging in (`TrustedUserCAKeys`).
+    #[default]
+    User,
+    /// For a server proving its identity (`@cert-authority`).
+    Host,
+}
+
+impl CertKind {
+    /// `user` or `host`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertKind::User => "user",
+            CertKind::Host => "host",
+        }
+    }
+}
+
+/// Hard ceiling on any host certificate lifetime.
+pub const MAX_HOST_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// Everything a certificate will say, decided by policy before minting.
 #[derive(Debug, Clone)]
 pub struct CertSpec {
+    /// User or host certificate.
+    pub kind: CertKind,
     /// The key being certified.
     pub subject: SubjectKey,
     /// Serial number, unique for this CA.

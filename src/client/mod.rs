@@ -345,6 +345,67 @@ pub fn remaining(valid_before: u64) -> u64 {
     valid_before.saturating_sub(now)
 }
 
+/// Checks a `--server` URL for a command that sends a token: https, or
+/// plain http to loopback only unless `insecure_http`.
+pub fn server_base(url: &str, insecure_http: bool) -> Result<url::Url, ClientError> {
+    check_server(url, insecure_http)
+}
+
+/// POSTs `body` as JSON to `path` under `base` with `token` as the bearer,
+/// and decodes a 2xx JSON answer. Error answers become
+/// [`ClientError::Refused`] with the server's code, message and request id,
+/// exactly as for `POST /v1/certs/user`.
+pub async fn post_json_with_token<B, A>(
+    base: &url::Url,
+    path: &str,
+    token: &token::Token,
+    body: &B,
+) -> Result<A, ClientError>
+where
+    B: Serialize + ?Sized,
+    A: serde::de::DeserializeOwned,
+{
+    let url = base.join(path).map_err(|e| ClientError::ServerUrl {
+        url: base.to_string(),
+        reason: e.to_string(),
+    })?;
+    let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+        url: url.to_string(),
+        reason: e.to_string(),
+    };
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(unreachable)?;
+    let resp = http
+        .post(url.clone())
+        .bearer_auth(token.expose())
+        .json(body)
+        .send()
+        .await
+        .map_err(unreachable)?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(unreachable)?;
+    if !status.is_success() {
+        return Err(match serde_json::from_slice::<ErrorAnswer>(&bytes) {
+            Ok(e) => ClientError::Refused {
+                status: status.as_u16(),
+                code: e.error,
+                message: e.message,
+                request_id: e.request_id,
+            },
+            Err(_) => ClientError::Refused {
+                status: status.as_u16(),
+                code: "http_error".into(),
+                message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+                request_id: String::new(),
+            },
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

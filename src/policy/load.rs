@@ -11,7 +11,9 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use super::{ClaimRule, Pattern, Policy, PrincipalTemplate, Role, Segment};
-use crate::ca::{Extension, Principal, MAX_PRINCIPALS, MAX_USER_CERT_TTL};
+use crate::ca::{
+    CertKind, Extension, Principal, MAX_HOST_CERT_TTL, MAX_PRINCIPALS, MAX_USER_CERT_TTL,
+};
 
 /// Shortest lifetime a role may grant; below this clock skew eats the cert.
 pub const MIN_TTL: Duration = Duration::from_secs(10);
@@ -51,7 +53,12 @@ struct RawRole {
     description: Spanned<String>,
     owner: Spanned<String>,
     issuer: Spanned<String>,
-    principals: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    cert_type: Option<Spanned<String>>,
+    #[serde(default)]
+    principals: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    hostnames: Option<Spanned<Vec<Spanned<String>>>>,
     max_ttl: Spanned<String>,
     default_ttl: Option<Spanned<String>>,
     #[serde(default)]
@@ -81,7 +88,7 @@ pub fn valid_role_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn parse_template(s: &str) -> Result<PrincipalTemplate, String> {
+fn split_template(s: &str) -> Result<Vec<Segment>, String> {
     let mut segments = Vec::new();
     let mut rest = s;
     while !rest.is_empty() {
@@ -120,16 +127,39 @@ fn parse_template(s: &str) -> Result<PrincipalTemplate, String> {
             }
         }
     }
-    // Literal parts must already be grammar-clean; a claim-only principal
-    // is checked at issuance time.
-    let probe: String = segments
+    Ok(segments)
+}
+
+fn probe(segments: &[Segment]) -> String {
+    segments
         .iter()
         .map(|seg| match seg {
             Segment::Literal(l) => l.as_str(),
             Segment::Claim(_) => "x",
         })
-        .collect();
-    Principal::parse(&probe).map_err(|e| format!("principal {s:?}: {e}"))?;
+        .collect()
+}
+
+fn parse_template(s: &str) -> Result<PrincipalTemplate, String> {
+    let segments = split_template(s)?;
+    // Literal parts must already be grammar-clean; a claim-only principal
+    // is checked at issuance time.
+    Principal::parse(&probe(&segments)).map_err(|e| format!("principal {s:?}: {e}"))?;
+    Ok(PrincipalTemplate {
+        source: s.to_string(),
+        segments,
+    })
+}
+
+/// A host-name pattern: host-name characters, `*` globs, `{claim}` templates.
+fn parse_hostname_pattern(s: &str) -> Result<PrincipalTemplate, String> {
+    let segments = split_template(s).map_err(|e| e.replace("principal", "hostname"))?;
+    let p = probe(&segments).replace('*', "x");
+    if !super::valid_hostname(&p) {
+        return Err(format!(
+            "hostname {s:?} is not a host-name pattern (labels of a-z 0-9 -, '*' globs, {{claim}} templates)"
+        ));
+    }
     Ok(PrincipalTemplate {
         source: s.to_string(),
         segments,
@@ -141,14 +171,17 @@ pub(crate) fn parse_template_for_test(s: &str) -> PrincipalTemplate {
     parse_template(s).expect("valid template")
 }
 
-fn parse_ttl(s: &str, field: &str) -> Result<Duration, String> {
+fn parse_ttl(s: &str, field: &str, ceiling: Duration) -> Result<Duration, String> {
     let d = humantime::parse_duration(s)
         .map_err(|e| format!("{field} = {s:?} is not a duration ({e}); write e.g. \"5m\""))?;
     if d < MIN_TTL {
         return Err(format!("{field} = {s:?} is below the minimum of 10s"));
     }
-    if d > MAX_USER_CERT_TTL {
-        return Err(format!("{field} = {s:?} is above the ceiling of 24h"));
+    if d > ceiling {
+        return Err(format!(
+            "{field} = {s:?} is above the ceiling of {}",
+            humantime::format_duration(ceiling)
+        ));
     }
     Ok(d)
 }
@@ -187,30 +220,110 @@ pub fn parse_role(name: &str, file: &Path, text: &str) -> Result<Role, Vec<Polic
             "issuer must name an [[issuer]]".into(),
         ));
     }
+    let cert_type = match raw.cert_type.as_ref().map(|c| c.get_ref().as_str()) {
+        None | Some("user") => CertKind::User,
+        Some("host") => CertKind::Host,
+        Some(other) => {
+            errors.push(err(
+                raw.cert_type.as_ref().map(|c| c.span()).unwrap_or(0..0),
+                format!("cert_type = {other:?}; use \"user\" or \"host\""),
+            ));
+            CertKind::User
+        }
+    };
     let mut principals = Vec::new();
-    if raw.principals.get_ref().is_empty() {
-        errors.push(err(
-            raw.principals.span(),
-            "principals must list at least one principal".into(),
-        ));
+    let mut hostnames = Vec::new();
+    match (cert_type, &raw.principals, &raw.hostnames) {
+        (CertKind::User, None, _) => errors.push(PolicyError {
+            file: file.to_path_buf(),
+            line: 1,
+            message: "principals is required: the login names this role may use".into(),
+        }),
+        (CertKind::User, _, Some(h)) => errors.push(err(
+            h.span(),
+            "hostnames is only for host roles (cert_type = \"host\")".into(),
+        )),
+        (CertKind::Host, Some(p), _) => errors.push(err(
+            p.span(),
+            "principals is only for user roles; host roles list hostnames".into(),
+        )),
+        (CertKind::Host, None, None) => errors.push(PolicyError {
+            file: file.to_path_buf(),
+            line: 1,
+            message: "hostnames is required for a host role".into(),
+        }),
+        _ => {}
     }
-    if raw.principals.get_ref().len() > MAX_PRINCIPALS {
-        errors.push(err(
-            raw.principals.span(),
-            format!("at most {MAX_PRINCIPALS} principals"),
-        ));
-    }
-    for p in raw.principals.get_ref() {
-        match parse_template(p.get_ref()) {
-            Ok(t) => principals.push(t),
-            Err(m) => errors.push(err(p.span(), m)),
+    if let Some(ps) = &raw.principals {
+        if ps.get_ref().is_empty() {
+            errors.push(err(
+                ps.span(),
+                "principals must list at least one principal".into(),
+            ));
+        }
+        if ps.get_ref().len() > MAX_PRINCIPALS {
+            errors.push(err(
+                ps.span(),
+                format!("at most {MAX_PRINCIPALS} principals"),
+            ));
+        }
+        for p in ps.get_ref() {
+            match parse_template(p.get_ref()) {
+                Ok(t) => principals.push(t),
+                Err(m) => errors.push(err(p.span(), m)),
+            }
         }
     }
-    let max_ttl = parse_ttl(raw.max_ttl.get_ref(), "max_ttl")
+    if let Some(hs) = &raw.hostnames {
+        if hs.get_ref().is_empty() || hs.get_ref().len() > MAX_PRINCIPALS {
+            errors.push(err(
+                hs.span(),
+                format!("hostnames must list 1 to {MAX_PRINCIPALS} names or patterns"),
+            ));
+        }
+        for h in hs.get_ref() {
+            match parse_hostname_pattern(h.get_ref()) {
+                Ok(t) => hostnames.push(t),
+                Err(m) => errors.push(err(h.span(), m)),
+            }
+        }
+    }
+    if cert_type == CertKind::Host {
+        let forbidden = [
+            (
+                "extensions",
+                raw.extensions
+                    .as_ref()
+                    .filter(|e| !e.get_ref().is_empty())
+                    .map(|e| e.span()),
+            ),
+            (
+                "source_address",
+                raw.source_address.as_ref().map(|e| e.span()),
+            ),
+            (
+                "force_command",
+                raw.force_command.as_ref().map(|e| e.span()),
+            ),
+        ];
+        for (name, span) in forbidden {
+            if let Some(span) = span {
+                errors.push(err(
+                    span,
+                    format!("{name} does not apply to host certificates"),
+                ));
+            }
+        }
+    }
+    let ceiling = match cert_type {
+        CertKind::User => MAX_USER_CERT_TTL,
+        CertKind::Host => MAX_HOST_CERT_TTL,
+    };
+    let max_ttl = parse_ttl(raw.max_ttl.get_ref(), "max_ttl", ceiling)
         .map_err(|m| errors.push(err(raw.max_ttl.span(), m)))
         .ok();
     let default_ttl = match &raw.default_ttl {
-        Some(d) => parse_ttl(d.get_ref(), "default_ttl")
+        Some(d) => parse_ttl(d.get_ref(), "default_ttl", ceiling)
             .map_err(|m| errors.push(err(d.span(), m)))
             .ok(),
         None => max_ttl,
@@ -328,6 +441,8 @@ pub fn parse_role(name: &str, file: &Path, text: &str) -> Result<Role, Vec<Polic
         source_address,
         force_command: raw.force_command.map(|f| f.into_inner()),
         claims,
+        cert_type,
+        hostnames,
     })
 }
 
@@ -512,6 +627,27 @@ sub = "x"
             parse(&GOOD.replace("[claims]", "source_address = [\"10.0.0.0/33\"]\n[claims]"))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn host_roles_list_hostnames_and_nothing_user_only() {
+        let host = r#"description = "d"
+owner = "o"
+issuer = "k8s"
+cert_type = "host"
+hostnames = ["*.nodes.example.com", "{node}.example.com"]
+max_ttl = "30d"
+[claims]
+sub = "x"
+"#;
+        let r = parse(host).unwrap();
+        assert_eq!(r.cert_type, CertKind::Host);
+        assert_eq!(r.hostnames.len(), 2);
+        assert!(parse(&host.replace("max_ttl = \"30d\"", "max_ttl = \"100d\"")).is_err());
+        assert!(parse(&host.replace("[claims]", "principals = [\"root\"]\n[claims]")).is_err());
+        assert!(parse(&host.replace("[claims]", "force_command = \"x\"\n[claims]")).is_err());
+        assert!(parse(&host.replace("*.nodes", "a,b")).is_err());
+        assert!(parse(&GOOD.replace("[claims]", "hostnames = [\"a\"]\n[claims]")).is_err());
     }
 
     #[test]

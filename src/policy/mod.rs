@@ -15,7 +15,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde_json::{Map, Value};
 
-use crate::ca::{Extension, Principal};
+use crate::ca::{CertKind, Extension, Principal};
 pub use glob::Pattern;
 pub use load::{load_dir, PolicyError};
 
@@ -77,6 +77,10 @@ pub struct Role {
     pub force_command: Option<String>,
     /// Claim constraints; all must match.
     pub claims: Vec<ClaimRule>,
+    /// User or host certificates.
+    pub cert_type: CertKind,
+    /// Host roles: allowed host names (globs and `{claim}` templates).
+    pub hostnames: Vec<PrincipalTemplate>,
 }
 
 /// Every loaded role, by name.
@@ -139,6 +143,12 @@ pub enum DenialCode {
     PrincipalInvalid,
     /// Requested TTL above the role's max.
     TtlExceedsMax,
+    /// A user certificate from a host role or the reverse.
+    WrongCertType,
+    /// The identity or role is disabled.
+    Disabled,
+    /// The caller is not an administrator.
+    NotAdmin,
 }
 
 impl DenialCode {
@@ -151,6 +161,9 @@ impl DenialCode {
             DenialCode::PrincipalNotAllowed => "principal_not_allowed",
             DenialCode::PrincipalInvalid => "principal_invalid",
             DenialCode::TtlExceedsMax => "ttl_exceeds_max",
+            DenialCode::WrongCertType => "wrong_cert_type",
+            DenialCode::Disabled => "disabled",
+            DenialCode::NotAdmin => "not_admin",
         }
     }
 }
@@ -179,7 +192,188 @@ fn short(s: &str) -> String {
     format!("{out:?}")
 }
 
+/// Checks every claim rule against `claims`; on failure returns the rule
+/// name (`claims.<name>`) and a message naming the claim and its value.
+pub fn match_claims(
+    rules: &[ClaimRule],
+    claims: &Map<String, Value>,
+) -> Result<(), (String, String)> {
+    for rule in rules {
+        let rule_name = format!("claims.{}", rule.claim);
+        let Some(v) = claims.get(&rule.claim) else {
+            return Err((rule_name, format!("token has no claim {:?}", rule.claim)));
+        };
+        let values = claim_values(v);
+        if !values
+            .iter()
+            .any(|val| rule.patterns.iter().any(|p| p.matches(val)))
+        {
+            let wanted: Vec<&str> = rule.patterns.iter().map(|p| p.as_str()).collect();
+            let got = values.first().map(|s| short(s)).unwrap_or_default();
+            return Err((
+                rule_name,
+                format!(
+                    "claim {:?} is {got}, which matches none of {wanted:?}",
+                    rule.claim
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `s` is a DNS host name (labels of A-Z a-z 0-9 -, not starting or
+/// ending with -, at most 253 characters) or an IP address literal.
+pub fn valid_hostname(s: &str) -> bool {
+    if s.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// What a host asked for.
+#[derive(Debug, Clone, Default)]
+pub struct HostCertRequest {
+    /// Host names for the certificate; `None` means the role's exact names.
+    pub hostnames: Option<Vec<String>>,
+    /// Requested lifetime; `None` means the role's default.
+    pub ttl: Option<Duration>,
+}
+
 impl Role {
+    /// Decides a host certificate request. Pure.
+    pub fn evaluate_host(
+        &self,
+        issuer: &str,
+        claims: &Map<String, Value>,
+        req: &HostCertRequest,
+    ) -> Result<Grant, Denial> {
+        if issuer != self.issuer {
+            return Err(self.deny(
+                DenialCode::IssuerMismatch,
+                "issuer",
+                format!(
+                    "role accepts tokens from issuer {:?}, this one is from {issuer:?}",
+                    self.issuer
+                ),
+            ));
+        }
+        if let Err((rule, message)) = match_claims(&self.claims, claims) {
+            return Err(self.deny(DenialCode::ClaimMismatch, &rule, message));
+        }
+        if self.cert_type != CertKind::Host {
+            return Err(self.deny(
+                DenialCode::WrongCertType,
+                "cert_type",
+                "this role issues user certificates; request them with POST /v1/certs/user".into(),
+            ));
+        }
+        // Expand `{claim}` in the allowed patterns; substituted values must
+        // be host-name labels so a claim cannot smuggle in a wildcard.
+        let mut patterns = Vec::with_capacity(self.hostnames.len());
+        for t in &self.hostnames {
+            let mut s = String::new();
+            for seg in &t.segments {
+                match seg {
+                    Segment::Literal(l) => s.push_str(l),
+                    Segment::Claim(c) => match claims.get(c) {
+                        Some(Value::String(v))
+                            if valid_hostname(v) && v.parse::<std::net::IpAddr>().is_err() =>
+                        {
+                            s.push_str(v)
+                        }
+                        _ => {
+                            return Err(self.deny(
+                                DenialCode::PrincipalInvalid,
+                                "hostnames",
+                                format!(
+                                    "template {:?} needs claim {c:?} to be a host name",
+                                    t.source
+                                ),
+                            ))
+                        }
+                    },
+                }
+            }
+            patterns.push(Pattern::new(&s.to_ascii_lowercase()));
+        }
+        let names: Vec<String> = match &req.hostnames {
+            Some(asked) if !asked.is_empty() => asked.clone(),
+            _ => patterns
+                .iter()
+                .filter(|p| !p.is_glob())
+                .map(|p| p.as_str().to_string())
+                .collect(),
+        };
+        if names.is_empty() {
+            return Err(self.deny(
+                DenialCode::PrincipalNotAllowed,
+                "hostnames",
+                "name the host names to certify (\"hostnames\"); this role only has patterns"
+                    .into(),
+            ));
+        }
+        let mut principals = Vec::with_capacity(names.len());
+        for n in &names {
+            let lower = n.to_ascii_lowercase();
+            if !valid_hostname(&lower) {
+                return Err(self.deny(
+                    DenialCode::PrincipalInvalid,
+                    "hostnames",
+                    format!("{} is not a host name", short(n)),
+                ));
+            }
+            if !patterns.iter().any(|p| p.matches(&lower)) {
+                let allowed: Vec<&str> = patterns.iter().map(|p| p.as_str()).collect();
+                return Err(self.deny(
+                    DenialCode::PrincipalNotAllowed,
+                    "hostnames",
+                    format!(
+                        "host name {} is not allowed; this role allows {allowed:?}",
+                        short(n)
+                    ),
+                ));
+            }
+            let p = Principal::parse(&lower)
+                .map_err(|e| self.deny(DenialCode::PrincipalInvalid, "hostnames", e.to_string()))?;
+            if !principals.contains(&p) {
+                principals.push(p);
+            }
+        }
+        let ttl = self.ttl_for(req.ttl)?;
+        Ok(Grant {
+            principals,
+            ttl,
+            extensions: Vec::new(),
+            force_command: None,
+            source_address: Vec::new(),
+        })
+    }
+
+    fn ttl_for(&self, asked: Option<Duration>) -> Result<Duration, Denial> {
+        match asked {
+            None => Ok(self.default_ttl),
+            Some(t) if t > self.max_ttl => Err(self.deny(
+                DenialCode::TtlExceedsMax,
+                "max_ttl",
+                format!(
+                    "requested ttl {}s is above max_ttl {}s; ask for less",
+                    t.as_secs(),
+                    self.max_ttl.as_secs()
+                ),
+            )),
+            Some(t) => Ok(t),
+        }
+    }
+
     fn deny(&self, code: DenialCode, rule: &str, message: String) -> Denial {
         Denial {
             code,
@@ -252,31 +446,15 @@ impl Role {
                 ),
             ));
         }
-        for rule in &self.claims {
-            let rule_name = format!("claims.{}", rule.claim);
-            let Some(v) = claims.get(&rule.claim) else {
-                return Err(self.deny(
-                    DenialCode::ClaimMismatch,
-                    &rule_name,
-                    format!("token has no claim {:?}", rule.claim),
-                ));
-            };
-            let values = claim_values(v);
-            if !values
-                .iter()
-                .any(|val| rule.patterns.iter().any(|p| p.matches(val)))
-            {
-                let wanted: Vec<&str> = rule.patterns.iter().map(|p| p.as_str()).collect();
-                let got = values.first().map(|s| short(s)).unwrap_or_default();
-                return Err(self.deny(
-                    DenialCode::ClaimMismatch,
-                    &rule_name,
-                    format!(
-                        "claim {:?} is {got}, which matches none of {wanted:?}",
-                        rule.claim
-                    ),
-                ));
-            }
+        if let Err((rule, message)) = match_claims(&self.claims, claims) {
+            return Err(self.deny(DenialCode::ClaimMismatch, &rule, message));
+        }
+        if self.cert_type != CertKind::User {
+            return Err(self.deny(
+                DenialCode::WrongCertType,
+                "cert_type",
+                "this role issues host certificates; request them with POST /v1/certs/host".into(),
+            ));
         }
         let granted = self.principals_for(claims)?;
         let principals = match &req.principals {
@@ -307,21 +485,7 @@ impl Role {
                 out
             }
         };
-        let ttl = match req.ttl {
-            None => self.default_ttl,
-            Some(t) if t > self.max_ttl => {
-                return Err(self.deny(
-                    DenialCode::TtlExceedsMax,
-                    "max_ttl",
-                    format!(
-                        "requested ttl {}s is above max_ttl {}s; ask for less",
-                        t.as_secs(),
-                        self.max_ttl.as_secs()
-                    ),
-                ))
-            }
-            Some(t) => t,
-        };
+        let ttl = self.ttl_for(req.ttl)?;
         Ok(Grant {
             principals,
             ttl,
@@ -332,7 +496,32 @@ impl Role {
     }
 }
 
+fn unknown_role(role: &str) -> Denial {
+    Denial {
+        code: DenialCode::UnknownRole,
+        rule: "role".into(),
+        message: format!(
+            "no role named {}; roles are the file names in the CA's policy directory",
+            short(role)
+        ),
+    }
+}
+
 impl Policy {
+    /// Looks up `role` and evaluates a host certificate request against it.
+    pub fn evaluate_host(
+        &self,
+        role: &str,
+        issuer: &str,
+        claims: &Map<String, Value>,
+        req: &HostCertRequest,
+    ) -> Result<Grant, Denial> {
+        match self.roles.get(role) {
+            Some(r) => r.evaluate_host(issuer, claims, req),
+            None => Err(unknown_role(role)),
+        }
+    }
+
     /// Looks up `role` and evaluates the request against it.
     pub fn evaluate(
         &self,
@@ -343,14 +532,7 @@ impl Policy {
     ) -> Result<Grant, Denial> {
         match self.roles.get(role) {
             Some(r) => r.evaluate(issuer, claims, req),
-            None => Err(Denial {
-                code: DenialCode::UnknownRole,
-                rule: "role".into(),
-                message: format!(
-                    "no role named {}; roles are the file names in the CA's policy directory",
-                    short(role)
-                ),
-            }),
+            None => Err(unknown_role(role)),
         }
     }
 }

@@ -1,14 +1,19 @@
 //! Durable storage behind one interface. Only this module writes SQL.
 //!
-//! Writes go through a single writer thread that commits whatever records
-//! arrived while the previous commit was in flight as one transaction
-//! (group commit): each request still waits until *its* record is durable,
-//! but concurrent requests share one fsync instead of queueing for their own.
+//! Writes go through a single writer thread that commits whatever audit
+//! records arrived while the previous commit was in flight as one
+//! transaction (group commit): each request still waits until *its* record
+//! is durable, but concurrent requests share one fsync instead of queueing
+//! for their own. Administrative changes (revocations, deactivations) run on
+//! the same thread, each in its own transaction together with its audit
+//! record. Reads use a separate connection.
 
 pub mod sqlite;
 
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
+
+use serde::Serialize;
 
 use crate::audit::AuditRecord;
 
@@ -26,7 +31,100 @@ pub enum StoreError {
     WriterGone,
 }
 
-/// A storage backend, driven from the writer thread (blocking is fine here).
+/// An issued certificate as recorded in the audit log.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct IssuedCert {
+    /// Serial.
+    pub serial: u64,
+    /// Key id.
+    pub key_id: String,
+    /// `user` or `host`.
+    pub cert_type: String,
+    /// Role.
+    pub role: String,
+    /// Issuer name.
+    pub issuer: String,
+    /// Token subject.
+    pub subject: String,
+    /// Unix seconds.
+    pub valid_before: u64,
+    /// OpenSSH line of the CA key that signed it.
+    pub ca_key: String,
+}
+
+/// Which issued certificates an operation is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertFilter {
+    /// One serial.
+    Serial(u64),
+    /// One key id.
+    KeyId(String),
+    /// Every certificate of a role.
+    Role(String),
+    /// Every certificate of one identity (optionally only for one role).
+    Identity {
+        /// Issuer name.
+        issuer: String,
+        /// Token subject.
+        subject: String,
+        /// Only this role, if set.
+        role: Option<String>,
+    },
+}
+
+/// A revocation to record.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Revocation {
+    /// OpenSSH line of the CA key whose certificate is revoked.
+    pub ca_key: String,
+    /// Revoked serial (the KRL's serial section).
+    pub serial: Option<u64>,
+    /// Revoked key id (the KRL's key-id section).
+    pub key_id: Option<String>,
+    /// When the certificate expires anyway; the KRL drops it after this.
+    pub expires_at: u64,
+    /// Why.
+    pub reason: String,
+    /// Who.
+    pub actor: String,
+}
+
+/// What is disabled: a whole role, or an identity (optionally for one role).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct DisabledKey {
+    /// Issuer name ("" for a role).
+    pub issuer: String,
+    /// Subject ("" for a role).
+    pub subject: String,
+    /// Role ("" for an identity in every role).
+    pub role: String,
+}
+
+/// A disabled entry with its reason.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DisabledEntry {
+    /// What is disabled.
+    #[serde(flatten)]
+    pub key: DisabledKey,
+    /// Unix milliseconds.
+    pub time_ms: u64,
+    /// Why.
+    pub reason: String,
+    /// Who.
+    pub actor: String,
+}
+
+/// Revision of the revocation/deactivation state; bumps on every change so
+/// readers (the KRL cache, other processes) notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StateVersion {
+    /// Monotonic counter.
+    pub version: u64,
+    /// Unix seconds of the last change.
+    pub changed_at: u64,
+}
+
+/// A storage backend (blocking; driven from the writer thread or a reader).
 pub trait Backend: Send + 'static {
     /// Appends records in one durable transaction: all or none.
     fn append_batch(&mut self, records: &[AuditRecord]) -> Result<(), StoreError>;
@@ -34,50 +132,100 @@ pub trait Backend: Send + 'static {
     fn max_serial(&mut self) -> Result<u64, StoreError>;
     /// Replay ids of tokens that minted a certificate and expire after `now`.
     fn used_tokens(&mut self, now: u64) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Issued certificates matching `filter` that are still valid at `now`
+    /// and not revoked.
+    fn live_certs(&mut self, filter: &CertFilter, now: u64) -> Result<Vec<IssuedCert>, StoreError>;
+    /// Records revocations and their audit records in one transaction,
+    /// bumping the state version. Already-revoked serials are kept once.
+    fn revoke(
+        &mut self,
+        revocations: &[Revocation],
+        audit: &[AuditRecord],
+        now: u64,
+    ) -> Result<StateVersion, StoreError>;
+    /// Revocations whose certificates are still valid at `now`.
+    fn live_revocations(&mut self, now: u64) -> Result<Vec<Revocation>, StoreError>;
+    /// Disables (`Some(entry)`) or re-enables (`None`) `key`, with its audit
+    /// record, in one transaction. Returns whether anything changed.
+    fn set_disabled(
+        &mut self,
+        key: &DisabledKey,
+        entry: Option<&DisabledEntry>,
+        audit: &AuditRecord,
+        now: u64,
+    ) -> Result<bool, StoreError>;
+    /// Every disabled entry.
+    fn disabled(&mut self) -> Result<Vec<DisabledEntry>, StoreError>;
+    /// The current state version.
+    fn state_version(&mut self) -> Result<StateVersion, StoreError>;
 }
 
-type Reply = tokio::sync::oneshot::Sender<Result<(), StoreError>>;
+type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
+type Task = Box<dyn FnOnce(&mut dyn Backend) + Send>;
 
 enum Job {
-    Append(Box<AuditRecord>, Reply),
+    Append(Box<AuditRecord>, Reply<()>),
+    Run(Task),
 }
 
-/// Handle for appending audit records durably; cheap to clone.
+/// Handle to the store: durable appends and admin changes through the
+/// writer thread, reads through a reader connection. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::Sender<Job>,
+    reader: Arc<Mutex<Box<dyn Backend>>>,
 }
 
 impl Store {
-    /// Starts the writer thread over `backend`.
-    pub fn start<B: Backend>(mut backend: B) -> std::io::Result<Store> {
+    /// Starts the writer thread over `writer`; `reader` serves reads.
+    pub fn start<B: Backend, R: Backend>(writer: B, reader: R) -> std::io::Result<Store> {
         let (tx, rx) = mpsc::channel::<Job>();
+        let mut backend: Box<dyn Backend> = Box::new(writer);
         thread::Builder::new()
             .name("mayfly-store-writer".into())
             .spawn(move || {
                 let mut records = Vec::with_capacity(MAX_BATCH);
                 let mut replies = Vec::with_capacity(MAX_BATCH);
-                while let Ok(job) = rx.recv() {
-                    let Job::Append(r, reply) = job;
-                    records.push(*r);
-                    replies.push(reply);
-                    while records.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(Job::Append(r, reply)) => {
-                                records.push(*r);
-                                replies.push(reply);
-                            }
+                let mut pending: Option<Job> = None;
+                loop {
+                    let job = match pending.take() {
+                        Some(j) => j,
+                        None => match rx.recv() {
+                            Ok(j) => j,
                             Err(_) => break,
+                        },
+                    };
+                    match job {
+                        Job::Run(task) => task(backend.as_mut()),
+                        Job::Append(r, reply) => {
+                            records.push(*r);
+                            replies.push(reply);
+                            while records.len() < MAX_BATCH {
+                                match rx.try_recv() {
+                                    Ok(Job::Append(r, reply)) => {
+                                        records.push(*r);
+                                        replies.push(reply);
+                                    }
+                                    Ok(other) => {
+                                        pending = Some(other);
+                                        break;
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                            let results = commit(backend.as_mut(), &records);
+                            for (reply, res) in replies.drain(..).zip(results) {
+                                let _ = reply.send(res);
+                            }
+                            records.clear();
                         }
                     }
-                    let results = commit(&mut backend, &records);
-                    for (reply, res) in replies.drain(..).zip(results) {
-                        let _ = reply.send(res);
-                    }
-                    records.clear();
                 }
             })?;
-        Ok(Store { tx })
+        Ok(Store {
+            tx,
+            reader: Arc::new(Mutex::new(Box::new(reader))),
+        })
     }
 
     /// Appends one record and returns once it is durable.
@@ -88,11 +236,35 @@ impl Store {
             .map_err(|_| StoreError::WriterGone)?;
         wait.await.map_err(|_| StoreError::WriterGone)?
     }
+
+    /// Runs a write on the writer thread and returns its result once committed.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Backend) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, wait) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
+        let task: Task = Box::new(move |b| {
+            let _ = reply.send(f(b));
+        });
+        self.tx
+            .send(Job::Run(task))
+            .map_err(|_| StoreError::WriterGone)?;
+        wait.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Runs a read on the reader connection (blocking; short queries only).
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Backend) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut g = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        f(g.as_mut())
+    }
 }
 
 /// Commits a batch; if the batch fails, retries record by record so one bad
 /// record (e.g. a duplicate serial) does not fail its neighbours.
-fn commit<B: Backend>(backend: &mut B, records: &[AuditRecord]) -> Vec<Result<(), StoreError>> {
+fn commit(backend: &mut dyn Backend, records: &[AuditRecord]) -> Vec<Result<(), StoreError>> {
     match backend.append_batch(records) {
         Ok(()) => vec![Ok(()); records.len()],
         Err(e) if records.len() == 1 => vec![Err(e)],

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags};
 
-use super::{Backend, StoreError};
+use super::{
+    Backend, CertFilter, DisabledEntry, DisabledKey, IssuedCert, Revocation, StateVersion,
+    StoreError,
+};
 use crate::audit::AuditRecord;
 
 const SCHEMA: &str = r#"
@@ -36,8 +39,36 @@ CREATE UNIQUE INDEX IF NOT EXISTS audit_serial ON audit(serial) WHERE serial IS 
 CREATE INDEX IF NOT EXISTS audit_token ON audit(token_exp) WHERE token_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS audit_subject ON audit(issuer, subject);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
-INSERT OR IGNORE INTO meta (k, v) VALUES ('schema_version', '1');
+INSERT OR IGNORE INTO meta (k, v) VALUES ('schema_version', '2');
+INSERT OR IGNORE INTO meta (k, v) VALUES ('state_version', '0');
+INSERT OR IGNORE INTO meta (k, v) VALUES ('state_changed_at', '0');
+CREATE TABLE IF NOT EXISTS revocations (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_ms     INTEGER NOT NULL,
+    ca_key      TEXT NOT NULL,
+    serial      INTEGER,
+    key_id      TEXT,
+    expires_at  INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    actor       TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS revocations_serial ON revocations(ca_key, serial) WHERE serial IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS revocations_key_id ON revocations(ca_key, key_id) WHERE key_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS revocations_expiry ON revocations(expires_at);
+CREATE TABLE IF NOT EXISTS disabled (
+    issuer   TEXT NOT NULL,
+    subject  TEXT NOT NULL,
+    role     TEXT NOT NULL,
+    time_ms  INTEGER NOT NULL,
+    reason   TEXT NOT NULL,
+    actor    TEXT NOT NULL,
+    PRIMARY KEY (issuer, subject, role)
+);
 "#;
+
+/// Columns added after schema version 1, added to older databases on open.
+const ADDED_AUDIT_COLUMNS: [(&str, &str); 3] =
+    [("cert_type", "TEXT"), ("ca_key", "TEXT"), ("actor", "TEXT")];
 
 fn err(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -66,6 +97,7 @@ impl Sqlite {
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        migrate(&conn)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -89,6 +121,111 @@ impl Sqlite {
     }
 }
 
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let mut st = conn
+        .prepare("SELECT name FROM pragma_table_info('audit')")
+        .map_err(err)?;
+    let have: Vec<String> = st
+        .query_map([], |r| r.get(0))
+        .map_err(err)?
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    for (col, ty) in ADDED_AUDIT_COLUMNS {
+        if !have.iter().any(|h| h == col) {
+            conn.execute_batch(&format!("ALTER TABLE audit ADD COLUMN {col} {ty}"))
+                .map_err(err)?;
+        }
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS audit_live ON audit(valid_before) WHERE event = 'cert_issued';
+         UPDATE meta SET v = '2' WHERE k = 'schema_version';",
+    )
+    .map_err(err)
+}
+
+fn insert_audit(tx: &rusqlite::Transaction<'_>, records: &[AuditRecord]) -> Result<(), StoreError> {
+    let mut st = tx
+        .prepare_cached(
+            "INSERT INTO audit (time_ms, event, request_id, client_addr, issuer, subject, role,
+                reason_code, reason, serial, key_id, principals, valid_after, valid_before,
+                key_fingerprint, token_id, token_exp, policy_digest, cert_type, ca_key, actor)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+        )
+        .map_err(err)?;
+    for r in records {
+        let principals = serde_json::to_string(&r.principals).unwrap_or_else(|_| "[]".into());
+        // Only issuance records claim the serial: a revocation record
+        // mentions the serial it revoked, which the unique index must allow.
+        let serial = match r.event {
+            crate::audit::EventKind::CertIssued => opt_i64(r.serial),
+            _ => None,
+        };
+        let reason = match (r.event, r.serial) {
+            (crate::audit::EventKind::CertRevoked, Some(s)) => Some(format!(
+                "serial {s}: {}",
+                r.reason.as_deref().unwrap_or_default()
+            )),
+            _ => r.reason.clone(),
+        };
+        st.execute(params![
+            r.time_ms as i64,
+            r.event.as_str(),
+            r.request_id,
+            r.client_addr,
+            r.issuer,
+            r.subject,
+            r.role,
+            r.reason_code,
+            reason,
+            serial,
+            r.key_id,
+            principals,
+            opt_i64(r.valid_after),
+            opt_i64(r.valid_before),
+            r.key_fingerprint,
+            r.token_id,
+            opt_i64(r.token_exp),
+            r.policy_digest,
+            r.cert_type,
+            r.ca_key,
+            r.actor,
+        ])
+        .map_err(err)?;
+    }
+    Ok(())
+}
+
+fn bump_version(tx: &rusqlite::Transaction<'_>, now: u64) -> Result<StateVersion, StoreError> {
+    tx.execute(
+        "UPDATE meta SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT) WHERE k = 'state_version'",
+        [],
+    )
+    .map_err(err)?;
+    // changed_at never goes backwards, even if the clock does.
+    tx.execute(
+        "UPDATE meta SET v = CAST(MAX(CAST(v AS INTEGER), ?1) AS TEXT) WHERE k = 'state_changed_at'",
+        [now as i64],
+    )
+    .map_err(err)?;
+    read_version(tx)
+}
+
+fn read_version(conn: &Connection) -> Result<StateVersion, StoreError> {
+    let get = |k: &str| -> Result<u64, StoreError> {
+        conn.query_row(
+            "SELECT CAST(v AS INTEGER) FROM meta WHERE k = ?1",
+            [k],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|v| v as u64)
+        .map_err(err)
+    };
+    Ok(StateVersion {
+        version: get("state_version")?,
+        changed_at: get("state_changed_at")?,
+    })
+}
+
 fn opt_i64(v: Option<u64>) -> Option<i64> {
     v.map(|x| x as i64)
 }
@@ -101,41 +238,7 @@ impl Backend for Sqlite {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(err)?;
-        {
-            let mut st = tx
-                .prepare_cached(
-                    "INSERT INTO audit (time_ms, event, request_id, client_addr, issuer, subject, role,
-                        reason_code, reason, serial, key_id, principals, valid_after, valid_before,
-                        key_fingerprint, token_id, token_exp, policy_digest)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
-                )
-                .map_err(err)?;
-            for r in records {
-                let principals =
-                    serde_json::to_string(&r.principals).unwrap_or_else(|_| "[]".into());
-                st.execute(params![
-                    r.time_ms as i64,
-                    r.event.as_str(),
-                    r.request_id,
-                    r.client_addr,
-                    r.issuer,
-                    r.subject,
-                    r.role,
-                    r.reason_code,
-                    r.reason,
-                    opt_i64(r.serial),
-                    r.key_id,
-                    principals,
-                    opt_i64(r.valid_after),
-                    opt_i64(r.valid_before),
-                    r.key_fingerprint,
-                    r.token_id,
-                    opt_i64(r.token_exp),
-                    r.policy_digest,
-                ])
-                .map_err(err)?;
-            }
-        }
+        insert_audit(&tx, records)?;
         tx.commit().map_err(err)
     }
 
@@ -161,6 +264,192 @@ impl Backend for Sqlite {
             })
             .map_err(err)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    }
+
+    fn live_certs(&mut self, filter: &CertFilter, now: u64) -> Result<Vec<IssuedCert>, StoreError> {
+        let base = "SELECT serial, COALESCE(key_id, ''), COALESCE(cert_type, 'user'), COALESCE(role, ''),
+                    COALESCE(issuer, ''), COALESCE(subject, ''), valid_before, COALESCE(ca_key, '')
+                    FROM audit a WHERE event = 'cert_issued' AND valid_before > ?1 AND serial IS NOT NULL
+                    AND NOT EXISTS (SELECT 1 FROM revocations r
+                        WHERE r.ca_key = a.ca_key AND (r.serial = a.serial OR r.key_id = a.key_id))";
+        let now = now as i64;
+        let (sql, args): (String, Vec<rusqlite::types::Value>) = match filter {
+            CertFilter::Serial(n) => (
+                format!("{base} AND serial = ?2"),
+                vec![now.into(), (*n as i64).into()],
+            ),
+            CertFilter::KeyId(k) => (
+                format!("{base} AND key_id = ?2"),
+                vec![now.into(), k.clone().into()],
+            ),
+            CertFilter::Role(r) => (
+                format!("{base} AND role = ?2"),
+                vec![now.into(), r.clone().into()],
+            ),
+            CertFilter::Identity {
+                issuer,
+                subject,
+                role: None,
+            } => (
+                format!("{base} AND issuer = ?2 AND subject = ?3"),
+                vec![now.into(), issuer.clone().into(), subject.clone().into()],
+            ),
+            CertFilter::Identity {
+                issuer,
+                subject,
+                role: Some(role),
+            } => (
+                format!("{base} AND issuer = ?2 AND subject = ?3 AND role = ?4"),
+                vec![
+                    now.into(),
+                    issuer.clone().into(),
+                    subject.clone().into(),
+                    role.clone().into(),
+                ],
+            ),
+        };
+        let mut st = self.conn.prepare_cached(&sql).map_err(err)?;
+        let rows = st
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                Ok(IssuedCert {
+                    serial: r.get::<_, i64>(0)? as u64,
+                    key_id: r.get(1)?,
+                    cert_type: r.get(2)?,
+                    role: r.get(3)?,
+                    issuer: r.get(4)?,
+                    subject: r.get(5)?,
+                    valid_before: r.get::<_, i64>(6)? as u64,
+                    ca_key: r.get(7)?,
+                })
+            })
+            .map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    }
+
+    fn revoke(
+        &mut self,
+        revocations: &[Revocation],
+        audit: &[AuditRecord],
+        now: u64,
+    ) -> Result<StateVersion, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO revocations (time_ms, ca_key, serial, key_id, expires_at, reason, actor)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(err)?;
+            for r in revocations {
+                st.execute(params![
+                    (now as i64) * 1000,
+                    r.ca_key,
+                    opt_i64(r.serial),
+                    r.key_id,
+                    r.expires_at as i64,
+                    r.reason,
+                    r.actor
+                ])
+                .map_err(err)?;
+            }
+        }
+        insert_audit(&tx, audit)?;
+        let v = bump_version(&tx, now)?;
+        tx.commit().map_err(err)?;
+        Ok(v)
+    }
+
+    fn live_revocations(&mut self, now: u64) -> Result<Vec<Revocation>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT ca_key, serial, key_id, expires_at, reason, actor FROM revocations
+                 WHERE expires_at > ?1 ORDER BY id",
+            )
+            .map_err(err)?;
+        let rows = st
+            .query_map([now as i64], |r| {
+                Ok(Revocation {
+                    ca_key: r.get(0)?,
+                    serial: r.get::<_, Option<i64>>(1)?.map(|s| s as u64),
+                    key_id: r.get(2)?,
+                    expires_at: r.get::<_, i64>(3)? as u64,
+                    reason: r.get(4)?,
+                    actor: r.get(5)?,
+                })
+            })
+            .map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    }
+
+    fn set_disabled(
+        &mut self,
+        key: &DisabledKey,
+        entry: Option<&DisabledEntry>,
+        audit: &AuditRecord,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let changed = match entry {
+            Some(e) => tx
+                .execute(
+                    "INSERT OR IGNORE INTO disabled (issuer, subject, role, time_ms, reason, actor)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        key.issuer,
+                        key.subject,
+                        key.role,
+                        e.time_ms as i64,
+                        e.reason,
+                        e.actor
+                    ],
+                )
+                .map_err(err)?,
+            None => tx
+                .execute(
+                    "DELETE FROM disabled WHERE issuer = ?1 AND subject = ?2 AND role = ?3",
+                    params![key.issuer, key.subject, key.role],
+                )
+                .map_err(err)?,
+        };
+        insert_audit(&tx, std::slice::from_ref(audit))?;
+        bump_version(&tx, now)?;
+        tx.commit().map_err(err)?;
+        Ok(changed > 0)
+    }
+
+    fn disabled(&mut self) -> Result<Vec<DisabledEntry>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT issuer, subject, role, time_ms, reason, actor FROM disabled ORDER BY issuer, subject, role",
+            )
+            .map_err(err)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(DisabledEntry {
+                    key: DisabledKey {
+                        issuer: r.get(0)?,
+                        subject: r.get(1)?,
+                        role: r.get(2)?,
+                    },
+                    time_ms: r.get::<_, i64>(3)? as u64,
+                    reason: r.get(4)?,
+                    actor: r.get(5)?,
+                })
+            })
+            .map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    }
+
+    fn state_version(&mut self) -> Result<StateVersion, StoreError> {
+        read_version(&self.conn)
     }
 }
 
@@ -199,7 +488,11 @@ mod tests {
     async fn concurrent_appends_all_commit_and_a_bad_one_fails_alone() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("m.db");
-        let store = Store::start(Sqlite::open(&p, Duration::from_millis(100)).unwrap()).unwrap();
+        let store = Store::start(
+            Sqlite::open(&p, Duration::from_millis(100)).unwrap(),
+            Sqlite::open(&p, Duration::from_millis(100)).unwrap(),
+        )
+        .unwrap();
         let mut tasks = Vec::new();
         for i in 1..=200u64 {
             let s = store.clone();

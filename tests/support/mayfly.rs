@@ -177,3 +177,277 @@ fn spawn_server(dir: &Path, config_path: &Path, port: u16) -> Result<Proc, Strin
 fn toml_string(p: &Path) -> String {
     serde_json::to_string(p.to_str().expect("path is UTF-8")).expect("quote path")
 }
+
+// ---- HTTPS: `mayfly serve` with `[tls]`, checked with a test CA ----
+
+/// A TLS client's trust and (optional) client certificate, for
+/// [`https_request`].
+pub fn tls_client_config(
+    ca_pem: &Path,
+    client_cert: Option<(&Path, &Path)>,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    tls_client_config_versions(ca_pem, client_cert, rustls::DEFAULT_VERSIONS)
+}
+
+/// As [`tls_client_config`], offering only `versions`.
+pub fn tls_client_config_versions(
+    ca_pem: &Path,
+    client_cert: Option<(&Path, &Path)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_pem).expect("read CA PEM") {
+        roots
+            .add(cert.expect("CA PEM parses"))
+            .expect("add CA root");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .expect("protocol versions")
+    .with_root_certificates(roots);
+    let config = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .expect("read client cert")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("client cert PEM parses");
+            let key = PrivateKeyDer::from_pem_file(key).expect("client key PEM parses");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client cert and key")
+        }
+    };
+    std::sync::Arc::new(config)
+}
+
+/// What one HTTPS request saw.
+#[derive(Debug)]
+pub struct TlsResponse {
+    /// The HTTP answer.
+    pub response: http::Response,
+    /// DER of the certificate the server presented.
+    pub server_cert: Vec<u8>,
+    /// The negotiated ALPN protocol, if any.
+    pub alpn: Option<Vec<u8>>,
+}
+
+/// `GET path` over TLS to `127.0.0.1:port`, verifying the server as
+/// `server_name` (`localhost` or `127.0.0.1`). An `Err` carries rustls'
+/// reason (handshake failure, alert) in its message.
+pub fn https_get(
+    port: u16,
+    server_name: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    path: &str,
+) -> std::io::Result<TlsResponse> {
+    use std::io::{Read, Write};
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(std::io::Error::other)?;
+    let conn = rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+    let sock = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+    sock.set_write_timeout(Some(Duration::from_secs(30)))?;
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    let server_cert = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    let alpn = tls.conn.alpn_protocol().map(|p| p.to_vec());
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: {server_name}:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    tls.flush()?;
+    let mut raw = Vec::new();
+    match tls.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A peer that closes without close_notify after a complete answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    let response = parse_http(&raw)?;
+    Ok(TlsResponse {
+        response,
+        server_cert,
+        alpn,
+    })
+}
+
+/// Parses a `Connection: close` HTTP/1.1 answer with a Content-Length body.
+fn parse_http(raw: &[u8]) -> std::io::Result<http::Response> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if let Some(len) = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+    {
+        body.truncate(len);
+    }
+    Ok(http::Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+impl Mayfly {
+    /// Like [`Mayfly::start`] for a server with a `[tls]` section in
+    /// `config_toml_extra`: ready when `GET https://localhost:PORT/healthz`,
+    /// verified against the CA certificates in `ca_pem`, answers 200.
+    /// (`restart` polls plain HTTP, so it is not for TLS servers.)
+    pub fn start_tls(config_toml_extra: &str, policies: &[(&str, &str)], ca_pem: &Path) -> Mayfly {
+        let client = tls_client_config(ca_pem, None);
+        let dir = temp_dir("server");
+        let policy_dir = dir.path().join("ca-policy");
+        std::fs::create_dir_all(&policy_dir).expect("create ca-policy dir");
+        for (role, toml) in policies {
+            std::fs::write(policy_dir.join(format!("{role}.toml")), toml)
+                .unwrap_or_else(|e| panic!("write policy {role}: {e}"));
+        }
+        let config_path = dir.path().join("mayfly.toml");
+        let mut last_failure = String::new();
+        for _attempt in 0..3 {
+            let port = free_port();
+            let config = format!(
+                "listen = \"127.0.0.1:{port}\"\ndata_dir = {}\npolicy_dir = {}\n{config_toml_extra}\n",
+                toml_string(&dir.path().join("data")),
+                toml_string(&policy_dir),
+            );
+            std::fs::write(&config_path, config).expect("write mayfly.toml");
+            let mut cmd = Command::new(Mayfly::bin());
+            cmd.arg("serve")
+                .arg("--config")
+                .arg(&config_path)
+                .current_dir(dir.path());
+            for (key, _) in std::env::vars_os() {
+                if key.to_string_lossy().starts_with("MAYFLY_") {
+                    cmd.env_remove(key);
+                }
+            }
+            if std::env::var_os("RUST_LOG").is_none() {
+                cmd.env("RUST_LOG", "info");
+            }
+            let mut proc = Proc::spawn("mayfly", cmd, dir.path());
+            let healthy = wait_for(START_TIMEOUT, Duration::from_millis(50), || {
+                if proc.exited().is_some() {
+                    return Some(false);
+                }
+                match https_get(port, "localhost", client.clone(), "/healthz") {
+                    Ok(r) if r.response.status == 200 => Some(true),
+                    _ => None,
+                }
+            });
+            match healthy {
+                Some(true) => {
+                    return Mayfly {
+                        port,
+                        config_path,
+                        proc: Some(proc),
+                        dir,
+                    }
+                }
+                Some(false) => {
+                    last_failure = proc.report();
+                    if !last_failure.contains("in use") {
+                        break;
+                    }
+                }
+                None => {
+                    proc.kill();
+                    last_failure = format!(
+                        "https /healthz not 200 within {START_TIMEOUT:?}\n{}",
+                        proc.report()
+                    );
+                    break;
+                }
+            }
+        }
+        panic!("mayfly serve (TLS) did not become healthy:\n{last_failure}");
+    }
+
+    /// `https://localhost:PORT`.
+    pub fn https_url(&self) -> String {
+        format!("https://localhost:{}", self.port)
+    }
+}
+
+// ---- start-up that may fail: `mayfly serve` expected to refuse to start ----
+
+impl Mayfly {
+    /// Like [`Mayfly::start`], but a server that does not become healthy
+    /// (e.g. it exits because of its config or CA key) is an `Err` carrying
+    /// its report (how it exited, stdout, stderr) instead of a panic.
+    pub fn try_start(config_toml_extra: &str, policies: &[(&str, &str)]) -> Result<Mayfly, String> {
+        let dir = temp_dir("server");
+        let policy_dir = dir.path().join("ca-policy");
+        std::fs::create_dir_all(&policy_dir).expect("create ca-policy dir");
+        for (role, toml) in policies {
+            std::fs::write(policy_dir.join(format!("{role}.toml")), toml)
+                .unwrap_or_else(|e| panic!("write policy {role}: {e}"));
+        }
+        let config_path = dir.path().join("mayfly.toml");
+        let mut last_failure = String::new();
+        for _attempt in 0..3 {
+            let port = free_port();
+            let config = format!(
+                "listen = \"127.0.0.1:{port}\"\ndata_dir = {}\npolicy_dir = {}\n{config_toml_extra}\n",
+                toml_string(&dir.path().join("data")),
+                toml_string(&policy_dir),
+            );
+            std::fs::write(&config_path, config).expect("write mayfly.toml");
+            match spawn_server(dir.path(), &config_path, port) {
+                Ok(proc) => {
+                    return Ok(Mayfly {
+                        port,
+                        config_path,
+                        proc: Some(proc),
+                        dir,
+                    })
+                }
+                Err(report) => {
+                    let retry = report.contains("in use");
+                    last_failure = report;
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last_failure)
+    }
+
+    /// Like [`Mayfly::restart`], but a server that does not come back is an
+    /// `Err` carrying its report instead of a panic.
+    pub fn try_restart(&mut self) -> Result<(), String> {
+        self.stop();
+        let proc = spawn_server(self.dir.path(), &self.config_path, self.port)?;
+        self.proc = Some(proc);
+        Ok(())
+    }
+}

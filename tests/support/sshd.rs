@@ -30,7 +30,7 @@ impl Sshd {
     /// Starts sshd trusting the user-CA public key lines in
     /// `trusted_ca_pub` (the contents of a `TrustedUserCAKeys` file).
     pub fn start(trusted_ca_pub: &str) -> Sshd {
-        Sshd::start_inner(trusted_ca_pub, None)
+        Sshd::start_inner(trusted_ca_pub, None, None)
     }
 
     /// Like [`Sshd::start`], with `RevokedKeys` pointing at `revoked_keys`
@@ -41,10 +41,32 @@ impl Sshd {
         if !revoked_keys.exists() {
             std::fs::write(revoked_keys, b"").expect("create an empty RevokedKeys file");
         }
-        Sshd::start_inner(trusted_ca_pub, Some(revoked_keys.to_path_buf()))
+        Sshd::start_inner(trusted_ca_pub, Some(revoked_keys.to_path_buf()), None)
     }
 
-    fn start_inner(trusted_ca_pub: &str, revoked_keys: Option<PathBuf>) -> Sshd {
+    /// Like [`Sshd::start_with_revoked_keys`], and presents a host
+    /// certificate: `make_cert` gets the path of sshd's new host public key
+    /// and returns the path of its certificate (`HostCertificate`).
+    pub fn start_with_host_cert(
+        trusted_ca_pub: &str,
+        revoked_keys: &Path,
+        make_cert: &dyn Fn(&Path) -> PathBuf,
+    ) -> Sshd {
+        if !revoked_keys.exists() {
+            std::fs::write(revoked_keys, b"").expect("create an empty RevokedKeys file");
+        }
+        Sshd::start_inner(
+            trusted_ca_pub,
+            Some(revoked_keys.to_path_buf()),
+            Some(make_cert),
+        )
+    }
+
+    fn start_inner(
+        trusted_ca_pub: &str,
+        revoked_keys: Option<PathBuf>,
+        make_host_cert: Option<&dyn Fn(&Path) -> PathBuf>,
+    ) -> Sshd {
         require_root("Sshd::start");
         let sshd = find_program("sshd", &["/usr/sbin/sshd"], "openssh-server");
         ensure_privsep_dir();
@@ -63,6 +85,7 @@ impl Sshd {
             "-f",
             path_str(&host_key),
         ]);
+        let host_cert = make_host_cert.map(|f| f(&host_key.with_extension("pub")));
         let trusted_ca_path = dir.path().join("trusted_user_ca_keys");
         std::fs::write(&trusted_ca_path, trusted_ca_pub).expect("write TrustedUserCAKeys file");
 
@@ -72,7 +95,13 @@ impl Sshd {
             let config_path = dir.path().join(format!("sshd_config.{port}"));
             std::fs::write(
                 &config_path,
-                sshd_config(port, &host_key, &trusted_ca_path, revoked_keys.as_deref()),
+                sshd_config(
+                    port,
+                    &host_key,
+                    &trusted_ca_path,
+                    revoked_keys.as_deref(),
+                    host_cert.as_deref(),
+                ),
             )
             .expect("write sshd_config");
 
@@ -201,6 +230,7 @@ fn sshd_config(
     host_key: &Path,
     trusted_ca: &Path,
     revoked_keys: Option<&Path>,
+    host_cert: Option<&Path>,
 ) -> String {
     let mut c = String::new();
     let _ = writeln!(
@@ -213,6 +243,9 @@ fn sshd_config(
     let _ = writeln!(c, "TrustedUserCAKeys {}", trusted_ca.display());
     if let Some(krl) = revoked_keys {
         let _ = writeln!(c, "RevokedKeys {}", krl.display());
+    }
+    if let Some(cert) = host_cert {
+        let _ = writeln!(c, "HostCertificate {}", cert.display());
     }
     for line in [
         "AuthorizedKeysFile none",

@@ -1,0 +1,280 @@
+//! Taking access away: revoking issued certificates (published in the KRL
+//! that hosts load as sshd `RevokedKeys`) and disabling identities or roles
+//! so they get no new certificates. Used by the CLI on the CA host and by
+//! the admin HTTP API; every change is durable, with its audit record,
+//! before the call returns.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::audit::{AuditRecord, EventKind};
+use crate::ca::krl;
+use crate::store::{
+    CertFilter, DisabledEntry, DisabledKey, IssuedCert, Revocation, StateVersion, Store, StoreError,
+};
+
+/// Why a revocation or deactivation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    /// Nothing matched.
+    #[error("{0}")]
+    NothingMatched(String),
+    /// Bad arguments.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed; nothing was changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a revocation did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RevokeOutcome {
+    /// The certificates revoked.
+    pub revoked: Vec<IssuedCert>,
+    /// The KRL version that includes them.
+    pub krl_version: u64,
+}
+
+/// What a deactivation did.
+#[derive(Debug, Clone, Serialize)]
+pub struct DisableOutcome {
+    /// What was disabled or enabled.
+    pub target: DisabledKey,
+    /// False if it already was in that state.
+    pub changed: bool,
+    /// Live certificates revoked along with the deactivation.
+    pub revoked: Vec<IssuedCert>,
+}
+
+fn now_ms(now: u64) -> u64 {
+    now.saturating_mul(1000)
+}
+
+fn describe(filter: &CertFilter) -> String {
+    match filter {
+        CertFilter::Serial(s) => format!("serial {s}"),
+        CertFilter::KeyId(k) => format!("key id {k:?}"),
+        CertFilter::Role(r) => format!("role {r:?}"),
+        CertFilter::Identity {
+            issuer,
+            subject,
+            role,
+        } => match role {
+            Some(r) => format!("identity {issuer}/{subject} in role {r:?}"),
+            None => format!("identity {issuer}/{subject}"),
+        },
+    }
+}
+
+/// Revokes every unexpired certificate matching `filter`. By key id the
+/// KRL gets a key-id entry; otherwise serial entries.
+pub async fn revoke(
+    store: &Store,
+    filter: CertFilter,
+    reason: &str,
+    actor: &str,
+    now: u64,
+) -> Result<RevokeOutcome, RevokeError> {
+    if reason.chars().any(|c| c.is_control()) || reason.len() > 1024 {
+        return Err(RevokeError::Invalid(
+            "--reason must be one line of at most 1024 bytes".into(),
+        ));
+    }
+    let certs = {
+        let f = filter.clone();
+        store.read(move |b| b.live_certs(&f, now))?
+    };
+    if certs.is_empty() {
+        return Err(RevokeError::NothingMatched(format!(
+            "no unexpired, unrevoked certificate matches {}; expired certificates need no revocation",
+            describe(&filter)
+        )));
+    }
+    let by_key_id = matches!(filter, CertFilter::KeyId(_));
+    let revocations: Vec<Revocation> = certs
+        .iter()
+        .map(|c| Revocation {
+            ca_key: c.ca_key.clone(),
+            serial: (!by_key_id).then_some(c.serial),
+            key_id: by_key_id.then(|| c.key_id.clone()),
+            expires_at: c.valid_before,
+            reason: reason.to_string(),
+            actor: actor.to_string(),
+        })
+        .collect();
+    let audit: Vec<AuditRecord> = certs
+        .iter()
+        .map(|c| {
+            let mut r = AuditRecord::new(EventKind::CertRevoked, now_ms(now), "admin");
+            r.serial = Some(c.serial);
+            r.key_id = Some(c.key_id.clone());
+            r.role = Some(c.role.clone());
+            r.issuer = Some(c.issuer.clone());
+            r.subject = Some(c.subject.clone());
+            r.valid_before = Some(c.valid_before);
+            r.cert_type = Some(c.cert_type.clone());
+            r.ca_key = Some(c.ca_key.clone());
+            r.reason = Some(reason.to_string());
+            r.reason_code = Some(format!("revoked by {}", describe(&filter)));
+            r.actor = Some(actor.to_string());
+            r
+        })
+        .collect();
+    let v: StateVersion = store
+        .write(move |b| b.revoke(&revocations, &audit, now))
+        .await?;
+    tracing::info!(target_filter = %describe(&filter), count = certs.len(), krl_version = v.version, actor, "certificates revoked");
+    Ok(RevokeOutcome {
+        revoked: certs,
+        krl_version: v.version,
+    })
+}
+
+/// Disables `target` (no new certificates) and revokes its live
+/// certificates; or, with `enable`, lifts the deactivation only (revoked
+/// certificates stay revoked).
+pub async fn set_disabled(
+    store: &Store,
+    target: DisabledKey,
+    enable: bool,
+    reason: &str,
+    actor: &str,
+    now: u64,
+) -> Result<DisableOutcome, RevokeError> {
+    if target.role.is_empty() && (target.issuer.is_empty() || target.subject.is_empty()) {
+        return Err(RevokeError::Invalid(
+            "name an identity (--issuer and --subject) or a role (--role)".into(),
+        ));
+    }
+    if !target.role.is_empty() && target.issuer.is_empty() != target.subject.is_empty() {
+        return Err(RevokeError::Invalid(
+            "--issuer and --subject go together".into(),
+        ));
+    }
+    let mut rec = AuditRecord::new(
+        if enable {
+            EventKind::Enabled
+        } else {
+            EventKind::Disabled
+        },
+        now_ms(now),
+        "admin",
+    );
+    rec.issuer = (!target.issuer.is_empty()).then(|| target.issuer.clone());
+    rec.subject = (!target.subject.is_empty()).then(|| target.subject.clone());
+    rec.role = (!target.role.is_empty()).then(|| target.role.clone());
+    rec.reason = Some(reason.to_string());
+    rec.actor = Some(actor.to_string());
+    let entry = (!enable).then(|| DisabledEntry {
+        key: target.clone(),
+        time_ms: now_ms(now),
+        reason: reason.to_string(),
+        actor: actor.to_string(),
+    });
+    let key = target.clone();
+    let changed = store
+        .write(move |b| b.set_disabled(&key, entry.as_ref(), &rec, now))
+        .await?;
+    let mut revoked = Vec::new();
+    if !enable {
+        let filter = if target.subject.is_empty() {
+            CertFilter::Role(target.role.clone())
+        } else {
+            CertFilter::Identity {
+                issuer: target.issuer.clone(),
+                subject: target.subject.clone(),
+                role: (!target.role.is_empty()).then(|| target.role.clone()),
+            }
+        };
+        match revoke(store, filter, &format!("disabled: {reason}"), actor, now).await {
+            Ok(o) => revoked = o.revoked,
+            Err(RevokeError::NothingMatched(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(DisableOutcome {
+        target,
+        changed,
+        revoked,
+    })
+}
+
+/// Opens the CA's store for an administrative command on the CA host
+/// (`mayfly revoke`, `mayfly identity ...`); safe while the server runs.
+pub fn open_store(cfg: &crate::config::Config) -> Result<Store, RevokeError> {
+    use crate::store::sqlite::Sqlite;
+    let db = cfg.data_dir.join(crate::server::files::DATABASE);
+    if !db.exists() {
+        return Err(RevokeError::Invalid(format!(
+            "no database at {}; is --config the CA's config and has the CA run once?",
+            db.display()
+        )));
+    }
+    let w = Sqlite::open(
+        &db,
+        cfg.store_busy_timeout
+            .max(std::time::Duration::from_secs(5)),
+    )?;
+    let r = Sqlite::open(
+        &db,
+        cfg.store_busy_timeout
+            .max(std::time::Duration::from_secs(5)),
+    )?;
+    Store::start(w, r).map_err(|e| RevokeError::Store(StoreError::Backend(e.to_string())))
+}
+
+/// The actor name for CLI actions: `cli:<login>`.
+pub fn cli_actor(env: &dyn Fn(&str) -> Option<String>) -> String {
+    let who = env("SUDO_USER")
+        .or_else(|| env("USER"))
+        .or_else(|| env("LOGNAME"))
+        .unwrap_or_else(|| "unknown".into());
+    format!(
+        "cli:{}",
+        who.chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(64)
+            .collect::<String>()
+    )
+}
+
+/// Encodes the KRL of `revocations` (grouped by CA key) at `version`.
+pub fn encode_krl(revocations: &[Revocation], version: StateVersion) -> Vec<u8> {
+    let mut by_ca: BTreeMap<&str, (Vec<u64>, Vec<String>)> = BTreeMap::new();
+    for r in revocations {
+        let e = by_ca.entry(r.ca_key.as_str()).or_default();
+        if let Some(s) = r.serial {
+            e.0.push(s);
+        }
+        if let Some(k) = &r.key_id {
+            e.1.push(k.clone());
+        }
+    }
+    let mut certs = Vec::new();
+    for (ca_line, (serials, key_ids)) in by_ca {
+        // A line that no longer parses cannot be scoped to its CA; it is
+        // skipped rather than published as "revoked under any CA".
+        let Some(blob) = crate::ca::signer::key_blob(ca_line) else {
+            tracing::error!(
+                ca_key = ca_line,
+                "revocation names an unparseable CA key; skipped in KRL"
+            );
+            continue;
+        };
+        certs.push(krl::CertSection {
+            ca_key_blob: blob,
+            serials,
+            key_ids,
+        });
+    }
+    krl::encode(&krl::KrlSpec {
+        krl_version: version.version,
+        generated_date: version.changed_at,
+        comment: "mayfly".into(),
+        certs,
+        explicit_keys: Vec::new(),
+        sha256_fingerprints: Vec::new(),
+    })
+}

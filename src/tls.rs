@@ -1,0 +1,954 @@
+//! Transport security for `mayfly serve`: HTTPS with rustls, certificate
+//! files reloaded when they change, optional client certificates for
+//! operators, and the rule that plain HTTP stays on loopback.
+//!
+//! ```text
+//!  TcpListener --accept--> handshake task (timeout, bounded count)
+//!                            rustls ServerConfig (aws-lc-rs, TLS 1.3 + 1.2)
+//!                              cert:   CertReloader (swapped when files change)
+//!                              client: WebPkiClientVerifier, requested not required
+//!                 --channel--> TlsListener (axum::serve::Listener)
+//!                 --> axum::serve (graceful shutdown as for plain HTTP)
+//!                 --> per connection: ConnectInfo<SocketAddr> + ClientIdentity
+//!                     inserted into every request, then the Router
+//! ```
+//!
+//! Why this shape: `axum::serve` accepts any [`Listener`], so TLS plugs in
+//! under the same server loop, graceful shutdown and `ConnectInfo` as plain
+//! HTTP, without a second HTTP stack (axum-server) or a hand-written hyper
+//! loop. Handshakes run in their own tasks so one slow client cannot stall
+//! `accept`. Only `http/1.1` is offered by ALPN: the axum build has no HTTP/2
+//! support, and advertising `h2` without serving it would break clients.
+//!
+//! rustls never renegotiates and implements no TLS below 1.2, so neither
+//! needs configuring. The crypto provider is aws-lc-rs, the same library
+//! that verifies JWTs. Client CA files are read at start-up only; CRLs are
+//! not checked (client certificates for operators should be short-lived).
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::response::Response;
+use axum::serve::{IncomingStream, Listener};
+use axum::Router;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use x509_cert::der::Decode;
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::SubjectAltName;
+
+use crate::config::TlsConfig;
+
+/// A client that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in flight at once; further connections wait in the kernel's
+/// accept queue, so a flood of idle sockets cannot exhaust memory.
+const MAX_HANDSHAKES: usize = 512;
+
+/// Why TLS could not be set up, or why plain HTTP is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file could not be read.
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        /// Which file this is (`tls.cert_file`, ...).
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The certificate file holds no usable PEM certificate.
+    #[error("{path}: {reason}; tls.cert_file must hold PEM \"CERTIFICATE\" blocks, the server's certificate first, then its intermediates")]
+    BadCertificate {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The key file holds no usable private key.
+    #[error("{path}: {reason}; tls.key_file must hold one PEM \"PRIVATE KEY\" (PKCS#8), \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\" block")]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (never key material).
+        reason: String,
+    },
+    /// Key and certificate do not belong together.
+    #[error("{key} is not the private key of the certificate in {cert}")]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// The client CA file is unusable.
+    #[error("{path}: {reason}; tls.client_ca_file must hold the PEM certificates of the CAs that issue operator client certificates")]
+    ClientCa {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Config(String),
+    /// Plain HTTP on a network address without the explicit, dangerous opt-in.
+    #[error(
+        "refusing to serve plain HTTP on {addr}: it is not a loopback address, so bearer tokens \
+         would cross the network in clear. Configure TLS in mayfly.toml:\n\n  [tls]\n  \
+         cert_file = \"/etc/mayfly/tls/cert.pem\"\n  key_file = \"/etc/mayfly/tls/key.pem\"\n\n\
+         or listen on 127.0.0.1 behind a TLS-terminating proxy, or (dangerous) start with \
+         --insecure-http or set insecure_http = true"
+    )]
+    PlainHttpRefused {
+        /// The configured listen address.
+        addr: SocketAddr,
+    },
+}
+
+/// How `mayfly serve` will talk to clients, decided by [`check_listen`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTPS (a `[tls]` section is configured).
+    Https,
+    /// Plain HTTP on a loopback address.
+    LoopbackHttp,
+    /// Plain HTTP on a network address, allowed by `insecure_http`: dangerous.
+    InsecureHttp,
+}
+
+/// Decides the transport: plain HTTP is allowed on loopback, or elsewhere
+/// only with `insecure_http`.
+pub fn check_listen(
+    addr: SocketAddr,
+    tls: bool,
+    insecure_http: bool,
+) -> Result<Transport, TlsError> {
+    if tls {
+        Ok(Transport::Https)
+    } else if addr.ip().is_loopback() {
+        Ok(Transport::LoopbackHttp)
+    } else if insecure_http {
+        Ok(Transport::InsecureHttp)
+    } else {
+        Err(TlsError::PlainHttpRefused { addr })
+    }
+}
+
+/// The rustls crypto provider mayfly uses everywhere it builds a TLS config.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Describes a PEM error without echoing file contents (the key file's
+/// contents are secret).
+fn pem_reason(e: &pem::Error) -> &'static str {
+    match e {
+        pem::Error::NoItemsFound => "no PEM block of the expected kind found",
+        pem::Error::MissingSectionEnd { .. } => "a PEM block has no END line",
+        pem::Error::IllegalSectionStart { .. } => "a PEM BEGIN line is malformed",
+        pem::Error::Base64Decode(_) => "a PEM block is not valid base64",
+        _ => "not valid PEM",
+    }
+}
+
+/// Reads PEM certificates; at least one must be present.
+fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {what}: {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_reason(&e).to_string())?;
+    if certs.is_empty() {
+        return Err("no PEM certificate found".into());
+    }
+    Ok(certs)
+}
+
+/// Loads a certificate chain and its private key, checking that they belong
+/// together.
+pub fn load_certified_key(
+    cert_file: &Path,
+    key_file: &Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    let chain = read_certs("tls.cert_file", cert_file).map_err(|reason| match reason {
+        r if r.starts_with("cannot read") => TlsError::Read {
+            what: "tls.cert_file",
+            path: cert_file.to_path_buf(),
+            source: io::Error::other(r),
+        },
+        reason => TlsError::BadCertificate {
+            path: cert_file.to_path_buf(),
+            reason,
+        },
+    })?;
+    if let Some(leaf) = chain.first() {
+        if let Err(e) = x509_cert::Certificate::from_der(leaf) {
+            return Err(TlsError::BadCertificate {
+                path: cert_file.to_path_buf(),
+                reason: format!("the first certificate is not valid X.509 ({e})"),
+            });
+        }
+    }
+    let key_pem = zeroize::Zeroizing::new(read_file("tls.key_file", key_file)?);
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::BadKey {
+        path: key_file.to_path_buf(),
+        reason: pem_reason(&e).into(),
+    })?;
+    CertifiedKey::from_der(chain, key, provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
+            cert: cert_file.to_path_buf(),
+            key: key_file.to_path_buf(),
+        },
+        // The end-entity certificate failed to parse inside rustls.
+        rustls::Error::InvalidCertificate(c) => TlsError::BadCertificate {
+            path: cert_file.to_path_buf(),
+            reason: format!("the first certificate is unusable ({c:?})"),
+        },
+        _ => TlsError::BadKey {
+            path: key_file.to_path_buf(),
+            reason: "the key cannot be used for TLS signatures (unsupported type or curve)".into(),
+        },
+    })
+}
+
+/// What a log line says about a served certificate: its subject, expiry
+/// and SHA-256 fingerprint.
+fn describe_leaf(key: &CertifiedKey) -> String {
+    let Some(leaf) = key.cert.first() else {
+        return "no certificate".into();
+    };
+    let fingerprint: String = Sha256::digest(leaf.as_ref())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    match x509_cert::Certificate::from_der(leaf) {
+        Ok(c) => {
+            let not_after = c.tbs_certificate.validity.not_after.to_system_time();
+            let days = not_after
+                .duration_since(SystemTime::now())
+                .map(|d| format!("expires in {} days", d.as_secs() / 86_400))
+                .unwrap_or_else(|_| "EXPIRED".into());
+            let secs = not_after
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            format!(
+                "subject \"{}\", not_after {secs} ({days}), sha256 {fingerprint}",
+                c.tbs_certificate.subject
+            )
+        }
+        Err(_) => format!("sha256 {fingerprint}"),
+    }
+}
+
+/// Identity of one version of a file on disk: a rename, rewrite or
+/// symlink swap (Kubernetes secret volumes) changes at least one field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> io::Result<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        Ok(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+        })
+    }
+}
+
+/// The server certificate in force, swapped for a new one when the
+/// certificate or key file changes; a bad new file leaves the old one
+/// serving.
+pub struct CertReloader {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+    /// The file versions last tried (loaded or refused), so a bad file is
+    /// reported once, not on every poll.
+    seen: Mutex<Option<(FileStamp, FileStamp)>>,
+}
+
+impl fmt::Debug for CertReloader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertReloader")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertReloader {
+    /// Loads the certificate and key; fails if they are unusable.
+    pub fn load(
+        cert_file: &Path,
+        key_file: &Path,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<CertReloader, TlsError> {
+        let stamps = FileStamp::of(cert_file)
+            .and_then(|c| FileStamp::of(key_file).map(|k| (c, k)))
+            .ok();
+        let key = load_certified_key(cert_file, key_file, &provider)?;
+        tracing::info!(cert_file = %cert_file.display(), "TLS certificate loaded: {}", describe_leaf(&key));
+        Ok(CertReloader {
+            cert_file: cert_file.to_path_buf(),
+            key_file: key_file.to_path_buf(),
+            provider,
+            current: RwLock::new(Arc::new(key)),
+            seen: Mutex::new(stamps),
+        })
+    }
+
+    /// The certificate and key served to the next handshake.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reloads the files if either changed since the last attempt.
+    /// `Ok(true)`: a new certificate is in force; `Ok(false)`: nothing
+    /// changed; `Err`: the new files are unusable and the old certificate
+    /// stays in force (the same files are not retried until they change).
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let stamp = |what, path: &Path| {
+            FileStamp::of(path).map_err(|source| TlsError::Read {
+                what,
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let now = (
+            stamp("tls.cert_file", &self.cert_file)?,
+            stamp("tls.key_file", &self.key_file)?,
+        );
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if *seen == Some(now) {
+                return Ok(false);
+            }
+            *seen = Some(now);
+        }
+        let key = load_certified_key(&self.cert_file, &self.key_file, &self.provider)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+        Ok(true)
+    }
+
+    /// Polls the files every `every` until the returned task is aborted,
+    /// logging each reload and each refusal (once per bad version).
+    pub fn watch(self: Arc<Self>, every: Duration) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            let mut last_error: Option<String> = None;
+            loop {
+                tick.tick().await;
+                let me = self.clone();
+                let outcome = tokio::task::spawn_blocking(move || me.reload_if_changed()).await;
+                match outcome {
+                    Ok(Ok(true)) => {
+                        last_error = None;
+                        tracing::info!(cert_file = %self.cert_file.display(),
+                            "TLS certificate reloaded: {}", describe_leaf(&self.current()));
+                    }
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => {
+                        let msg = e.to_string();
+                        if last_error.as_deref() != Some(msg.as_str()) {
+                            tracing::error!(
+                                "TLS certificate not reloaded, the previous one stays in force: {msg}"
+                            );
+                            last_error = Some(msg);
+                        }
+                    }
+                    Err(e) => tracing::error!("TLS certificate reload task failed: {e}"),
+                }
+            }
+        })
+    }
+}
+
+impl ResolvesServerCert for CertReloader {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// A loaded `[tls]` configuration, ready to serve.
+pub struct ServerTls {
+    config: Arc<ServerConfig>,
+    reloader: Arc<CertReloader>,
+    reload_interval: Duration,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("reloader", &self.reloader)
+            .field("reload_interval", &self.reload_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Reads the certificate, key and client CA files and builds the rustls
+    /// server configuration (TLS 1.3 and 1.2, ALPN `http/1.1`).
+    pub fn load(cfg: &TlsConfig) -> Result<ServerTls, TlsError> {
+        let provider = provider();
+        let reloader = Arc::new(CertReloader::load(
+            &cfg.cert_file,
+            &cfg.key_file,
+            provider.clone(),
+        )?);
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let builder = match &cfg.client_ca_file {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let bad = |reason: String| TlsError::ClientCa {
+                    path: path.clone(),
+                    reason,
+                };
+                let mut roots = RootCertStore::empty();
+                for cert in read_certs("tls.client_ca_file", path).map_err(bad)? {
+                    roots.add(cert).map_err(|e| {
+                        bad(format!("a certificate is unusable as a trust anchor ({e})"))
+                    })?;
+                }
+                // Requested, not required: bots authenticate with bearer
+                // tokens; a presented certificate must still verify.
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .allow_unauthenticated()
+                        .build()
+                        .map_err(|e| bad(e.to_string()))?;
+                tracing::info!(client_ca_file = %path.display(),
+                    "TLS client certificates are requested and verified against these CAs");
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(reloader.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(ServerTls {
+            config: Arc::new(config),
+            reloader,
+            reload_interval: cfg.reload_interval,
+        })
+    }
+
+    /// The certificate reloader (its `current()` is what clients see).
+    pub fn reloader(&self) -> &Arc<CertReloader> {
+        &self.reloader
+    }
+}
+
+/// Aborts a task when dropped, so background work ends with its owner.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Completed TLS connections, for `axum::serve`. A background task accepts
+/// TCP connections and runs each handshake in its own task.
+struct TlsListener {
+    local: SocketAddr,
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    _accept: AbortOnDrop,
+}
+
+impl TlsListener {
+    fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> io::Result<TlsListener> {
+        let local = tcp.local_addr()?;
+        let (tx, ready) = mpsc::channel(64);
+        let acceptor = TlsAcceptor::from(config);
+        let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let (stream, peer) = match tcp.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        accept_error(e).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            // The receiver is gone only while shutting down.
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener {
+            local,
+            ready,
+            _accept: AbortOnDrop(accept),
+        })
+    }
+}
+
+/// As `axum::serve` does for TCP: connection-level errors are the peer's
+/// business; anything else (e.g. out of file descriptors) is logged and
+/// retried after a pause.
+async fn accept_error(e: io::Error) {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!("accept error: {e}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+impl Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            // The accept task ended (it only does when aborted): accept nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// The verified TLS client certificate's identity, for handlers that
+/// require an operator certificate: the subject DN (RFC 4514, e.g.
+/// `CN=alice,O=ops`), or if the subject is empty the first subject
+/// alternative name (`DNS:..`, `URI:..`, `email:..`, `IP:..`). `None` when
+/// no certificate was presented or the connection is plain HTTP.
+///
+/// Present on every request as an extension; extracting it never fails.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientIdentity(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIdentity {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<ClientIdentity>()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+/// The identity string of a (verified) client certificate, as described on
+/// [`ClientIdentity`]; `None` if the DER does not parse or names nobody.
+pub fn client_identity(cert_der: &[u8]) -> Option<String> {
+    let cert = x509_cert::Certificate::from_der(cert_der).ok()?;
+    let tbs = &cert.tbs_certificate;
+    if !tbs.subject.0.is_empty() {
+        return Some(tbs.subject.to_string());
+    }
+    let (_, san) = tbs.get::<SubjectAltName>().ok()??;
+    san.0.iter().find_map(|name| match name {
+        GeneralName::DnsName(n) => Some(format!("DNS:{}", n.as_str())),
+        GeneralName::UniformResourceIdentifier(u) => Some(format!("URI:{}", u.as_str())),
+        GeneralName::Rfc822Name(e) => Some(format!("email:{}", e.as_str())),
+        GeneralName::IpAddress(ip) => match ip.as_bytes().len() {
+            4 => <[u8; 4]>::try_from(ip.as_bytes())
+                .ok()
+                .map(|b| format!("IP:{}", std::net::Ipv4Addr::from(b))),
+            16 => <[u8; 16]>::try_from(ip.as_bytes())
+                .ok()
+                .map(|b| format!("IP:{}", std::net::Ipv6Addr::from(b))),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+/// Makes the per-connection service: reads the peer's address and verified
+/// client certificate once per connection.
+#[derive(Clone)]
+struct TlsMakeService {
+    router: Router,
+}
+
+impl<'a> tower::Service<IncomingStream<'a, TlsListener>> for TlsMakeService {
+    type Response = ConnService;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<ConnService, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, incoming: IncomingStream<'a, TlsListener>) -> Self::Future {
+        let (_, conn) = incoming.io().get_ref();
+        let identity = conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| client_identity(leaf));
+        std::future::ready(Ok(ConnService {
+            router: self.router.clone(),
+            remote: *incoming.remote_addr(),
+            identity: ClientIdentity(identity),
+        }))
+    }
+}
+
+/// The router, with this connection's `ConnectInfo<SocketAddr>` and
+/// [`ClientIdentity`] put into each request.
+#[derive(Clone)]
+struct ConnService {
+    router: Router,
+    remote: SocketAddr,
+    identity: ClientIdentity,
+}
+
+impl tower::Service<Request> for ConnService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = <Router as tower::Service<Request>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        <Router as tower::Service<Request>>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        req.extensions_mut().insert(ConnectInfo(self.remote));
+        req.extensions_mut().insert(self.identity.clone());
+        self.router.call(req)
+    }
+}
+
+/// Serves `app` over TLS on `listener` until `shutdown` completes, then
+/// drains in-flight requests; reloads the certificate files meanwhile.
+pub async fn serve<F>(
+    listener: TcpListener,
+    tls: ServerTls,
+    app: Router,
+    shutdown: F,
+) -> io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let _watch = AbortOnDrop(tls.reloader.clone().watch(tls.reload_interval));
+    let listener = TlsListener::new(listener, tls.config)?;
+    axum::serve(listener, TlsMakeService { router: app })
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, SanType};
+
+    fn ca() -> (rcgen::Certificate, Issuer<'static, KeyPair>) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test CA");
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert, Issuer::new(params, key))
+    }
+
+    fn leaf(
+        issuer: &Issuer<'_, KeyPair>,
+        dn: &[(DnType, &str)],
+        sans: Vec<SanType>,
+    ) -> (rcgen::Certificate, KeyPair) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        for (t, v) in dn {
+            params.distinguished_name.push(t.clone(), *v);
+        }
+        params.subject_alt_names = sans;
+        let key = KeyPair::generate().unwrap();
+        (params.signed_by(&key, issuer).unwrap(), key)
+    }
+
+    #[test]
+    fn identity_is_the_subject_dn() {
+        let (_, issuer) = ca();
+        let (cert, _) = leaf(
+            &issuer,
+            &[
+                (DnType::OrganizationName, "ops"),
+                (DnType::CommonName, "alice"),
+            ],
+            vec![SanType::DnsName("alice.example".try_into().unwrap())],
+        );
+        assert_eq!(
+            client_identity(cert.der()).as_deref(),
+            Some("CN=alice,O=ops")
+        );
+    }
+
+    #[test]
+    fn identity_falls_back_to_the_first_san_when_the_subject_is_empty() {
+        let (_, issuer) = ca();
+        let (cert, _) = leaf(
+            &issuer,
+            &[],
+            vec![
+                SanType::URI("spiffe://example.org/admin".try_into().unwrap()),
+                SanType::DnsName("bot.example".try_into().unwrap()),
+            ],
+        );
+        assert_eq!(
+            client_identity(cert.der()).as_deref(),
+            Some("URI:spiffe://example.org/admin")
+        );
+        let (cert, _) = leaf(&issuer, &[], vec![SanType::IpAddress([10, 0, 0, 1].into())]);
+        assert_eq!(client_identity(cert.der()).as_deref(), Some("IP:10.0.0.1"));
+    }
+
+    #[test]
+    fn identity_of_garbage_or_an_anonymous_cert_is_none() {
+        assert_eq!(client_identity(b"not a certificate"), None);
+        let (_, issuer) = ca();
+        let (cert, _) = leaf(&issuer, &[], vec![]);
+        assert_eq!(client_identity(cert.der()), None);
+    }
+
+    #[tokio::test]
+    async fn identity_extractor_defaults_to_none_on_plain_http() {
+        let (mut parts, ()) = axum::http::Request::new(()).into_parts();
+        let got = ClientIdentity::from_request_parts(&mut parts, &()).await;
+        assert_eq!(got, Ok(ClientIdentity(None)));
+        parts
+            .extensions
+            .insert(ClientIdentity(Some("CN=alice".into())));
+        let got = ClientIdentity::from_request_parts(&mut parts, &()).await;
+        assert_eq!(got, Ok(ClientIdentity(Some("CN=alice".into()))));
+    }
+
+    #[test]
+    fn plain_http_is_refused_off_loopback_unless_insecure() {
+        let lo: SocketAddr = "127.0.0.1:8400".parse().unwrap();
+        let lo6: SocketAddr = "[::1]:8400".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:8400".parse().unwrap();
+        assert_eq!(
+            check_listen(lo, false, false).unwrap(),
+            Transport::LoopbackHttp
+        );
+        assert_eq!(
+            check_listen(lo6, false, false).unwrap(),
+            Transport::LoopbackHttp
+        );
+        assert_eq!(check_listen(any, true, false).unwrap(), Transport::Https);
+        assert_eq!(
+            check_listen(any, false, true).unwrap(),
+            Transport::InsecureHttp
+        );
+        let err = check_listen(any, false, false).unwrap_err().to_string();
+        assert!(err.contains("0.0.0.0:8400"), "{err}");
+        assert!(
+            err.contains("[tls]") && err.contains("--insecure-http"),
+            "{err}"
+        );
+    }
+
+    fn write_atomic(path: &Path, data: &[u8]) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, data).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    struct Files {
+        dir: tempfile::TempDir,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    impl Files {
+        fn new() -> Files {
+            Files {
+                dir: tempfile::tempdir().unwrap(),
+                issuer: ca().1,
+            }
+        }
+        fn cert(&self) -> PathBuf {
+            self.dir.path().join("cert.pem")
+        }
+        fn key(&self) -> PathBuf {
+            self.dir.path().join("key.pem")
+        }
+        /// Writes a fresh server cert + key; returns the cert DER.
+        fn rotate(&self) -> Vec<u8> {
+            let (cert, key) = leaf(
+                &self.issuer,
+                &[(DnType::CommonName, "mayfly")],
+                vec![SanType::DnsName("localhost".try_into().unwrap())],
+            );
+            write_atomic(&self.cert(), cert.pem().as_bytes());
+            write_atomic(&self.key(), key.serialize_pem().as_bytes());
+            cert.der().to_vec()
+        }
+    }
+
+    #[test]
+    fn changed_files_are_reloaded_and_bad_ones_keep_the_old_certificate() {
+        let f = Files::new();
+        let first = f.rotate();
+        let r = CertReloader::load(&f.cert(), &f.key(), provider()).unwrap();
+        assert_eq!(r.current().cert[0].as_ref(), &first[..]);
+        assert!(!r.reload_if_changed().unwrap(), "nothing changed yet");
+
+        let second = f.rotate();
+        assert!(r.reload_if_changed().unwrap());
+        assert_eq!(r.current().cert[0].as_ref(), &second[..]);
+
+        write_atomic(&f.cert(), b"garbage\n");
+        let err = r.reload_if_changed().unwrap_err();
+        assert!(matches!(err, TlsError::BadCertificate { .. }), "{err}");
+        assert_eq!(r.current().cert[0].as_ref(), &second[..], "old cert stays");
+        assert!(
+            !r.reload_if_changed().unwrap(),
+            "a bad version is tried once"
+        );
+
+        let third = f.rotate();
+        assert!(r.reload_if_changed().unwrap());
+        assert_eq!(r.current().cert[0].as_ref(), &third[..]);
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_the_certificate_is_refused() {
+        let f = Files::new();
+        f.rotate();
+        let other = KeyPair::generate().unwrap();
+        write_atomic(&f.key(), other.serialize_pem().as_bytes());
+        let err = load_certified_key(&f.cert(), &f.key(), &provider()).unwrap_err();
+        assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn unreadable_or_empty_files_name_the_file_and_the_fix() {
+        let f = Files::new();
+        f.rotate();
+        std::fs::write(f.key(), "-----BEGIN PRIVATE KEY-----\nAAAA\n").unwrap();
+        let err = load_certified_key(&f.cert(), &f.key(), &provider()).unwrap_err();
+        let s = err.to_string();
+        assert!(matches!(err, TlsError::BadKey { .. }), "{s}");
+        assert!(s.contains("key.pem") && s.contains("PRIVATE KEY"), "{s}");
+        std::fs::write(f.cert(), "").unwrap();
+        let err = load_certified_key(&f.cert(), &f.key(), &provider()).unwrap_err();
+        assert!(matches!(err, TlsError::BadCertificate { .. }), "{err}");
+        let missing = f.dir.path().join("nope.pem");
+        let err = load_certified_key(&missing, &f.key(), &provider()).unwrap_err();
+        assert!(err.to_string().contains("nope.pem"), "{err}");
+    }
+
+    fn pem_block(label: &str, der: &[u8]) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            lines.join("\n")
+        )
+    }
+
+    /// The inner key of a PKCS#8 PrivateKeyInfo: PKCS#1 RSAPrivateKey or
+    /// SEC1 ECPrivateKey, the formats `openssl genrsa`/`ecparam` write.
+    fn pkcs8_inner(pkcs8: &[u8]) -> Vec<u8> {
+        use x509_cert::der::asn1::OctetString;
+        use x509_cert::der::{Reader, SliceReader};
+        let mut r = SliceReader::new(pkcs8).unwrap();
+        let key: OctetString = r
+            .sequence(|r| {
+                let _version: u8 = r.decode()?;
+                let _alg: x509_cert::spki::AlgorithmIdentifierOwned = r.decode()?;
+                r.decode()
+            })
+            .unwrap();
+        key.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn rsa_pkcs1_and_sec1_keys_load() {
+        let f = Files::new();
+        for (key, label) in [
+            (
+                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+                    .unwrap(),
+                "RSA PRIVATE KEY",
+            ),
+            (KeyPair::generate().unwrap(), "EC PRIVATE KEY"),
+        ] {
+            let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+            params.distinguished_name = DistinguishedName::new();
+            let cert = params.signed_by(&key, &f.issuer).unwrap();
+            let inner = pkcs8_inner(&key.serialize_der());
+            write_atomic(&f.cert(), cert.pem().as_bytes());
+            write_atomic(&f.key(), pem_block(label, &inner).as_bytes());
+            load_certified_key(&f.cert(), &f.key(), &provider())
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+        }
+    }
+}
