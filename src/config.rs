@@ -779,13 +779,14 @@ mod tests {
 
     #[test]
     fn tls_section_needs_cert_and_key_and_bounds_the_reload_interval() {
-        let c = Config::parse("[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n").unwrap();
+        let c = Config::parse("[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n")
+            .expect("valid config");
         let t = c.tls.expect("tls");
         assert_eq!(t.cert_file, PathBuf::from("c.pem"));
         assert_eq!(t.client_ca_file, None);
         assert_eq!(t.reload_interval, DEFAULT_TLS_RELOAD_INTERVAL);
         assert!(!c.insecure_http);
-        let err = Config::parse("[tls]\ncert_file = \"c.pem\"\n").unwrap_err();
+        let err = Config::parse("[tls]\ncert_file = \"c.pem\"\n").expect_err("must fail");
         assert!(err.to_string().contains("key_file"), "{err}");
         assert!(Config::parse(
             "[tls]\ncert_file = \"c\"\nkey_file = \"k\"\nreload_interval = \"10ms\"\n"
@@ -793,7 +794,7 @@ mod tests {
         .is_err());
         assert!(
             Config::parse("insecure_http = true\n")
-                .unwrap()
+                .expect("valid config")
                 .insecure_http
         );
     }

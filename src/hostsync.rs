@@ -23,7 +23,7 @@
 //! prints the host-CA keys as `@cert-authority` lines for clients.
 
 use std::io::Write as _;
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -186,8 +186,12 @@ pub struct KrlInfo {
     pub generated_date: u64,
 }
 
-/// Checks that `bytes` is an OpenSSH KRL and returns its header, or the
+/// Checks that `bytes` is a whole OpenSSH KRL and returns its header, or the
 /// parser's reason it is not.
+///
+/// The whole file is parsed, not just the header: sshd refuses every
+/// public-key login when it cannot parse its `RevokedKeys` file, so a KRL cut
+/// short in its sections is as dangerous as a missing one.
 pub fn check_krl(bytes: &[u8]) -> Result<KrlInfo, String> {
     if bytes.len() > MAX_KRL_BYTES {
         return Err(format!(
@@ -195,10 +199,10 @@ pub fn check_krl(bytes: &[u8]) -> Result<KrlInfo, String> {
             bytes.len()
         ));
     }
-    let (version, generated_date) = krl::parse_header(bytes).map_err(|e| e.to_string())?;
+    let parsed = krl::parse(bytes).map_err(|e| e.to_string())?;
     Ok(KrlInfo {
-        version,
-        generated_date,
+        version: parsed.krl_version,
+        generated_date: parsed.generated_date,
     })
 }
 
@@ -470,7 +474,7 @@ async fn fetch(
 ) -> Result<Fetched, SyncError> {
     let unreachable = |e: reqwest::Error| SyncError::Unreachable {
         url: url.to_string(),
-        reason: error_chain(&e),
+        reason: describe_http_error(&e),
     };
     let mut req = http.get(url.clone());
     if let Some(tag) = if_none_match {
@@ -513,19 +517,23 @@ async fn fetch(
     Ok(Fetched::Body { bytes, etag })
 }
 
-/// `e` and its causes on one line (reqwest hides the useful part in sources).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let c_s = c.to_string();
-        if !s.contains(&c_s) {
-            s.push_str(": ");
-            s.push_str(&c_s);
-        }
-        cur = c.source();
+/// What went wrong with a request, in a few words and the root cause
+/// (reqwest's own message repeats the URL and hides the cause in sources).
+fn describe_http_error(e: &reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_body() || e.is_decode() {
+        "the transfer broke off"
+    } else {
+        "request failed"
+    };
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
     }
-    s
+    format!("{what}: {root}")
 }
 
 /// Reads `path`, `None` if it does not exist.
@@ -547,56 +555,60 @@ fn installed_krl(dir: &Path) -> Result<Option<KrlInfo>, SyncError> {
 }
 
 /// One file written to a temporary name in its directory, fsynced, mode
-/// 0644, waiting to be renamed over the real one. Dropping it removes it.
+/// 0644, waiting to be renamed over the real one. Dropping it before
+/// [`commit`] removes the temporary file.
 struct Staged {
-    tmp: tempfile::NamedTempFile,
+    tmp: PathBuf,
     dest: PathBuf,
+    committed: bool,
 }
 
-fn stage(dir: &Path, name: &str, contents: &[u8]) -> Result<Staged, SyncError> {
-    let io = |what: &'static str| {
-        move |e| SyncError::Io {
-            what,
-            path: dir.join(name),
-            source: plain(e),
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
         }
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io("creating a temporary file for"))?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
-        .map_err(io("setting the mode of a temporary file for"))?;
-    tmp.write_all(contents)
-        .and_then(|()| tmp.flush())
-        .map_err(io("writing a temporary file for"))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(io("syncing a temporary file for"))?;
-    Ok(Staged {
-        tmp,
-        dest: dir.join(name),
-    })
-}
-
-/// The OS error without the temporary file's random name, which tempfile
-/// adds and which is gone by the time anyone reads the message.
-fn plain(e: std::io::Error) -> std::io::Error {
-    match e.raw_os_error() {
-        Some(code) => std::io::Error::from_raw_os_error(code),
-        None => e,
     }
 }
 
-fn commit(s: Staged) -> Result<(), SyncError> {
-    let dest = s.dest;
-    s.tmp.persist(&dest).map_err(|e| SyncError::Io {
+fn stage(dir: &Path, name: &str, contents: &[u8]) -> Result<Staged, SyncError> {
+    let dest = dir.join(name);
+    let io = |what: &'static str| {
+        let path = dest.clone();
+        move |source| SyncError::Io { what, path, source }
+    };
+    let tmp = dir.join(format!(
+        "{TEMP_PREFIX}{}.tmp",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(&tmp)
+        .map_err(io("creating a temporary file for"))?;
+    let staged = Staged {
+        tmp,
+        dest: dest.clone(),
+        committed: false,
+    };
+    // The umask may have taken bits away; sshd only needs to read.
+    file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
+        .map_err(io("setting the mode of a temporary file for"))?;
+    file.write_all(contents)
+        .map_err(io("writing a temporary file for"))?;
+    file.sync_all()
+        .map_err(io("syncing a temporary file for"))?;
+    Ok(staged)
+}
+
+fn commit(mut s: Staged) -> Result<(), SyncError> {
+    std::fs::rename(&s.tmp, &s.dest).map_err(|source| SyncError::Io {
         what: "renaming a temporary file onto",
-        path: dest.clone(),
-        source: plain(e.error),
+        path: s.dest.clone(),
+        source,
     })?;
+    s.committed = true;
     Ok(())
 }
 
@@ -1220,6 +1232,27 @@ mod tests {
         }
         assert!(check_krl(b"SSHKRL\n\0garbage").is_err());
         assert!(check_krl(b"ssh-ed25519 AAAA\n").is_err());
+    }
+
+    #[test]
+    fn krl_cut_inside_its_sections_is_refused() {
+        let full = krl::encode(&krl::KrlSpec {
+            krl_version: 9,
+            generated_date: 1_700_000_000,
+            comment: "test".into(),
+            certs: vec![krl::CertSection {
+                ca_key_blob: Vec::new(),
+                serials: vec![3, 5, 1000],
+                key_ids: vec!["job-1".into()],
+            }],
+            ..Default::default()
+        });
+        assert_eq!(check_krl(&full).map(|i| i.version), Ok(9));
+        let header_len = krl::encode_empty(9, 1_700_000_000, "test").len();
+        assert!(krl::parse_header(&full[..full.len() - 1]).is_ok());
+        for cut in header_len + 1..full.len() {
+            assert!(check_krl(&full[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

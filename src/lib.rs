@@ -45,6 +45,7 @@ pub mod hostsync;
 pub mod metrics;
 pub mod policy;
 pub mod revocation;
+pub mod rotation;
 pub mod server;
 pub mod service;
 pub mod store;

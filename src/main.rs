@@ -37,6 +37,10 @@ enum Cmd {
         /// Path to mayfly.toml.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Dangerous: allow plain HTTP on a non-loopback address (bearer
+        /// tokens cross the network in clear); prefer [tls] in mayfly.toml.
+        #[arg(long)]
+        insecure_http: bool,
     },
     /// Validate or try out policy files.
     #[command(subcommand)]
@@ -84,6 +88,9 @@ enum Cmd {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// CA keys: rotation and status.
+    #[command(subcommand)]
+    Ca(CaCmd),
     /// Disable, enable and list identities and roles.
     #[command(subcommand)]
     Identity(IdentityCmd),
@@ -123,6 +130,40 @@ struct IdentityTarget {
     /// Why (recorded in the audit log).
     #[arg(long, default_value = "")]
     reason: String,
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Rotate a CA key without downtime: --stage, wait for hosts to sync, --activate, wait for old certs to expire, --retire.
+    Rotate {
+        /// The CA's mayfly.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Create and publish the next key.
+        #[arg(long, group = "step")]
+        stage: bool,
+        /// Switch signing to the staged key.
+        #[arg(long, group = "step")]
+        activate: bool,
+        /// Drop the previous key (refused while certificates it signed are valid).
+        #[arg(long, group = "step")]
+        retire: bool,
+        /// With --retire: retire even though certificates it signed are still valid.
+        #[arg(long, requires = "retire")]
+        force: bool,
+        /// Rotate the host CA instead of the user CA.
+        #[arg(long)]
+        host: bool,
+    },
+    /// Show CA keys: slot, fingerprint, age, which one signs.
+    Status {
+        /// The CA's mayfly.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -199,6 +240,10 @@ struct RequestArgs {
     /// Allow plain http to a non-loopback CA (sends the token in clear).
     #[arg(long)]
     insecure_http: bool,
+    /// PEM file of the CA(s) that signed the CA server's TLS certificate;
+    /// trusted instead of the built-in roots (like curl --cacert).
+    #[arg(long, env = "MAYFLY_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 fn parse_ttl(s: &Option<String>) -> anyhow::Result<Option<Duration>> {
@@ -221,6 +266,7 @@ impl RequestArgs {
                 audience: self.audience.clone(),
             },
             insecure_http: self.insecure_http,
+            ca_file: self.ca_file.clone(),
         })
     }
 }
@@ -258,8 +304,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let quiet = if cli.verbose { "debug" } else { "warn" };
     match cli.cmd {
-        Cmd::Serve { config } => {
-            let cfg = Config::load(config.as_deref(), &|k| std::env::var(k).ok())?;
+        Cmd::Serve {
+            config,
+            insecure_http,
+        } => {
+            let mut cfg = Config::load(config.as_deref(), &|k| std::env::var(k).ok())?;
+            cfg.insecure_http |= insecure_http;
             init_logging("info", cfg.log_format);
             if config.is_none() {
                 tracing::info!("no --config given: using embedded defaults (listen 127.0.0.1:8400, data ./mayfly-data, policies ./ca-policy)");
@@ -476,6 +526,69 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             for c in &o.revoked {
                 println!("revoked serial {} key_id {}", c.serial, c.key_id);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ca(CaCmd::Rotate {
+            config,
+            stage,
+            activate,
+            retire,
+            force,
+            host,
+        }) => {
+            init_logging(quiet, LogFormat::Text);
+            let cfg = Config::load(Some(&config), &|k| std::env::var(k).ok())?;
+            let step = match (stage, activate, retire) {
+                (true, false, false) => mayfly::rotation::Step::Stage,
+                (false, true, false) => mayfly::rotation::Step::Activate,
+                (false, false, true) => mayfly::rotation::Step::Retire { force },
+                _ => anyhow::bail!("name one step: --stage, --activate or --retire"),
+            };
+            let which = if host {
+                mayfly::rotation::Which::Host
+            } else {
+                mayfly::rotation::Which::User
+            };
+            let actor = revocation::cli_actor(&|k| std::env::var(k).ok());
+            let summary = runtime()?.block_on(mayfly::rotation::rotate(
+                &cfg,
+                which,
+                step,
+                &actor,
+                unix_now(),
+            ))?;
+            println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ca(CaCmd::Status { config, json }) => {
+            let cfg = Config::load(Some(&config), &|k| std::env::var(k).ok())?;
+            let keys = mayfly::rotation::status(&cfg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&keys)?);
+            } else {
+                println!(
+                    "{:<5} {:<9} {:<6} {:<52} {:>10}  {}",
+                    "CA", "SLOT", "SIGNS", "FINGERPRINT", "AGE", "LOCATION"
+                );
+                for k in keys {
+                    let age = k
+                        .age_seconds
+                        .map(|s| {
+                            humantime::format_duration(std::time::Duration::from_secs(s))
+                                .to_string()
+                        })
+                        .unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:<5} {:<9} {:<6} {:<52} {:>10}  {}",
+                        k.ca,
+                        k.slot.as_str(),
+                        if k.signs { "yes" } else { "no" },
+                        k.fingerprint,
+                        age,
+                        k.location
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -7,11 +7,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::api::{self, AppState};
 use crate::auth::Verifier;
-use crate::ca::{self, CaKey};
+use crate::ca;
+use crate::ca::rotation::KeyRing;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy;
-use crate::service::{SerialAllocator, Service, ServiceParts};
+use crate::service::{KeyLoader, SerialAllocator, Service, ServiceParts};
 use crate::store::{sqlite::Sqlite, Backend, Store};
 
 /// Why the server could not start.
@@ -36,6 +37,9 @@ pub enum StartError {
     /// CA key problem.
     #[error(transparent)]
     Key(#[from] ca::KeyFileError),
+    /// CA key ring problem (e.g. an interrupted rotation).
+    #[error("CA keys: {0}")]
+    Rotation(String),
     /// Store problem.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -47,6 +51,9 @@ pub enum StartError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// TLS set-up failed, or plain HTTP off loopback was not allowed.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// Other I/O.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -85,21 +92,20 @@ fn ensure_data_dir(dir: &Path) -> Result<(), StartError> {
     Ok(())
 }
 
-fn load_ca(
-    dir: &Path,
-    key_name: &str,
-    pub_name: &str,
-    what: &str,
-) -> Result<ca::Authority, StartError> {
-    let key_path = dir.join(key_name);
-    let (key, created) = CaKey::load_or_generate(&key_path)?;
+fn load_ring(cfg: &Config, base: &str, pub_name: &str, what: &str) -> Result<KeyRing, StartError> {
+    let (ring, created) =
+        ca::rotation::load(&cfg.ca, &cfg.data_dir, base, &|k| std::env::var(k).ok())
+            .map_err(|e| StartError::Rotation(e.to_string()))?;
     if created {
-        tracing::info!(path = %key_path.display(), fingerprint = %key.fingerprint(),
-            "generated a new {what} CA key (unencrypted, mode 0600)");
+        tracing::info!(key = %ring.active.describe(), fingerprint = %ring.active.fingerprint(),
+            "generated a new {what} CA key");
     }
-    let line = format!("{}\n", key.public_key_line());
-    ca::keys::write_atomic(&dir.join(pub_name), line.as_bytes(), 0o644)?;
-    Ok(ca::Authority::new(key))
+    ca::keys::write_atomic(
+        &cfg.data_dir.join(pub_name),
+        ring.public_lines().as_bytes(),
+        0o644,
+    )?;
+    Ok(ring)
 }
 
 /// Loads the policy directory or explains every problem.
@@ -132,18 +138,11 @@ fn now_secs() -> u64 {
 pub fn build(cfg: &Config) -> Result<Service, StartError> {
     ensure_data_dir(&cfg.data_dir)?;
     let policy = load_policy(&cfg.policy_dir, cfg)?;
-    let user_ca = load_ca(
-        &cfg.data_dir,
-        files::USER_CA_KEY,
-        files::USER_CA_PUB,
-        "user",
-    )?;
-    let host_ca = load_ca(
-        &cfg.data_dir,
-        files::HOST_CA_KEY,
-        files::HOST_CA_PUB,
-        "host",
-    )?;
+    if let Some(w) = ca::keys::at_rest_warning(&cfg.ca) {
+        tracing::warn!("{w}");
+    }
+    let user_keys = load_ring(cfg, files::USER_CA_KEY, files::USER_CA_PUB, "user")?;
+    let host_keys = load_ring(cfg, files::HOST_CA_KEY, files::HOST_CA_PUB, "host")?;
     let db_path = cfg.data_dir.join(files::DATABASE);
     let mut db = Sqlite::open(&db_path, cfg.store_busy_timeout)?;
     let now = now_secs();
@@ -162,8 +161,12 @@ pub fn build(cfg: &Config) -> Result<Service, StartError> {
         ServiceParts {
             verifier,
             policy,
-            ca: user_ca,
-            host_ca,
+            user_keys,
+            host_keys,
+            key_loader: Some(KeyLoader {
+                cfg: cfg.ca.clone(),
+                data_dir: cfg.data_dir.clone(),
+            }),
             store,
             used_tokens,
             serials,
@@ -196,6 +199,11 @@ async fn shutdown_signal() {
 
 /// Runs the CA until a shutdown signal.
 pub async fn serve(cfg: Config) -> Result<(), StartError> {
+    use crate::tls::{self, Transport};
+    // Refuse a clear-text network listener and unusable TLS files before
+    // anything is created on disk.
+    let transport = tls::check_listen(cfg.listen, cfg.tls.is_some(), cfg.insecure_http)?;
+    let server_tls = cfg.tls.as_ref().map(tls::ServerTls::load).transpose()?;
     let service = Arc::new(build(&cfg)?);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -214,14 +222,30 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         });
     }
     let pub_path = cfg.data_dir.join(files::USER_CA_PUB);
+    let scheme = if server_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(
         listen = %addr,
-        user_ca = %service.user_ca().fingerprint(),
-        "mayfly CA serving on http://{addr}"
+        user_ca = %service.user_keys().active.fingerprint(),
+        "mayfly CA serving on {scheme}://{addr}"
     );
+    match transport {
+        Transport::InsecureHttp => tracing::warn!(
+            "DANGER: insecure_http: serving plain HTTP on {addr}, which is not a loopback \
+             address. Bearer tokens and certificates cross the network in clear and can be \
+             stolen or replaced. Configure [tls] cert_file and key_file instead."
+        ),
+        Transport::Https if cfg.insecure_http => {
+            tracing::info!("insecure_http has no effect: TLS is configured")
+        }
+        _ => {}
+    }
     tracing::info!(
-        "user CA public key: {} (also GET http://{addr}/v1/ca/user.pub). Point sshd at it: \
-         curl -fsS http://{addr}/v1/ca/user.pub > /etc/ssh/mayfly_user_ca.pub and add \
+        "user CA public key: {} (also GET {scheme}://{addr}/v1/ca/user.pub). Point sshd at it: \
+         curl -fsS {scheme}://{addr}/v1/ca/user.pub > /etc/ssh/mayfly_user_ca.pub and add \
          `TrustedUserCAKeys /etc/ssh/mayfly_user_ca.pub` to sshd_config",
         pub_path.display()
     );
@@ -230,11 +254,16 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         request_timeout: cfg.request_timeout,
     };
     let app = api::router(state, cfg.max_body_bytes);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    match server_tls {
+        Some(server_tls) => tls::serve(listener, server_tls, app, shutdown_signal()).await?,
+        None => {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown_signal())
+            .await?
+        }
+    }
     Ok(())
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::audit::{AuditRecord, EventKind};
 use crate::auth::replay::ReplayCache;
 use crate::auth::{TokenError, VerifiedToken, Verifier};
+use crate::ca::rotation::KeyRing;
 use crate::ca::{self, key_id, CertKind, CertSpec, MintError, SubjectKey};
 use crate::metrics::Metrics;
 use crate::policy::{CertRequest, Denial, DenialCode, HostCertRequest, Policy};
@@ -117,12 +118,29 @@ impl SerialAllocator {
     }
 }
 
+/// Loads CA key rings from `data_dir` as `[ca]` says.
+pub struct KeyLoader {
+    /// `[ca]` settings.
+    pub cfg: crate::config::CaKeyConfig,
+    /// Where key files live.
+    pub data_dir: std::path::PathBuf,
+}
+
+impl KeyLoader {
+    /// Loads the ring of `base` (`user_ca` / `host_ca`).
+    pub fn load(&self, base: &str) -> Result<KeyRing, ca::rotation::RotationError> {
+        ca::rotation::load(&self.cfg, &self.data_dir, base, &|k| std::env::var(k).ok())
+            .map(|(r, _)| r)
+    }
+}
+
 /// Everything a request needs, shared by all requests.
 pub struct Service {
     verifier: Verifier,
     policy: RwLock<Arc<Policy>>,
-    ca: ca::Authority,
-    host_ca: ca::Authority,
+    user_keys: RwLock<Arc<KeyRing>>,
+    host_keys: RwLock<Arc<KeyRing>>,
+    key_loader: Option<KeyLoader>,
     store: Store,
     replay: ReplayCache,
     serials: SerialAllocator,
@@ -172,10 +190,12 @@ pub struct ServiceParts {
     pub verifier: Verifier,
     /// Loaded policy.
     pub policy: Policy,
-    /// User CA.
-    pub ca: ca::Authority,
-    /// Host CA.
-    pub host_ca: ca::Authority,
+    /// User CA keys.
+    pub user_keys: KeyRing,
+    /// Host CA keys.
+    pub host_keys: KeyRing,
+    /// Reloads the key rings after a rotation (None: keys are fixed).
+    pub key_loader: Option<KeyLoader>,
     /// Store handle.
     pub store: Store,
     /// Used tokens restored from the store.
@@ -201,8 +221,9 @@ impl Service {
         Service {
             verifier: p.verifier,
             policy: RwLock::new(Arc::new(p.policy)),
-            ca: p.ca,
-            host_ca: p.host_ca,
+            user_keys: RwLock::new(Arc::new(p.user_keys)),
+            host_keys: RwLock::new(Arc::new(p.host_keys)),
+            key_loader: p.key_loader,
             store: p.store,
             replay,
             serials: p.serials,
@@ -277,6 +298,14 @@ impl Service {
         &self.store
     }
 
+    /// Picks up changes made by other processes (revocations, rotations);
+    /// errors are logged and the state in force is kept.
+    pub fn refresh(&self) {
+        if let Err(e) = self.refresh_admin() {
+            tracing::warn!(error = %e, "cannot read the store's state version");
+        }
+    }
+
     /// Reloads the revocation/deactivation cache if the store changed.
     fn refresh_admin(&self) -> Result<(), StoreError> {
         let v = self.store.read(|b| b.state_version())?;
@@ -287,7 +316,12 @@ impl Service {
         let disabled = self.store.read(|b| b.disabled())?;
         g.disabled = disabled.into_iter().map(|d| d.key).collect();
         g.krl = None;
+        let first = g.version.is_none();
         g.version = Some(v);
+        drop(g);
+        if !first {
+            self.reload_keys();
+        }
         Ok(())
     }
 
@@ -350,14 +384,42 @@ impl Service {
         &self.verifier
     }
 
-    /// The user CA.
-    pub fn user_ca(&self) -> &ca::Authority {
-        &self.ca
+    /// The user CA keys in force.
+    pub fn user_keys(&self) -> Arc<KeyRing> {
+        self.user_keys
+            .read()
+            .map(|k| k.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    /// The host CA.
-    pub fn host_ca(&self) -> &ca::Authority {
-        &self.host_ca
+    /// The host CA keys in force.
+    pub fn host_keys(&self) -> Arc<KeyRing> {
+        self.host_keys
+            .read()
+            .map(|k| k.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Reloads both key rings from disk (after `mayfly ca rotate`). On
+    /// failure the keys in force stay and the error is logged.
+    fn reload_keys(&self) {
+        let Some(loader) = &self.key_loader else {
+            return;
+        };
+        for (base, slot) in [("user_ca", &self.user_keys), ("host_ca", &self.host_keys)] {
+            match loader.load(base) {
+                Ok(ring) => {
+                    let mut g = slot.write().unwrap_or_else(|p| p.into_inner());
+                    if g.public_lines() != ring.public_lines() {
+                        tracing::info!(ca = base, active = %ring.active.fingerprint(), "CA keys reloaded");
+                    }
+                    *g = Arc::new(ring);
+                }
+                Err(e) => {
+                    tracing::error!(ca = base, error = %e, "reloading CA keys failed; keeping the keys in force")
+                }
+            }
+        }
     }
 
     /// Metrics registry.
@@ -513,10 +575,11 @@ impl Service {
         }
 
         let serial = self.serials.next();
-        let authority = match req.kind {
-            CertKind::User => &self.ca,
-            CertKind::Host => &self.host_ca,
+        let ring = match req.kind {
+            CertKind::User => self.user_keys(),
+            CertKind::Host => self.host_keys(),
         };
+        let authority = &ring.active;
         let kid = key_id(&req.role, verified.issuer(), verified.subject(), serial);
         let spec = CertSpec {
             kind: req.kind,

@@ -702,14 +702,14 @@ mod tests {
     use rcgen::{CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, SanType};
 
     fn ca() -> (rcgen::Certificate, Issuer<'static, KeyPair>) {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("test setup");
         params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params.distinguished_name = DistinguishedName::new();
         params
             .distinguished_name
             .push(DnType::CommonName, "test CA");
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
+        let key = KeyPair::generate().expect("test setup");
+        let cert = params.self_signed(&key).expect("test setup");
         (cert, Issuer::new(params, key))
     }
 
@@ -718,14 +718,14 @@ mod tests {
         dn: &[(DnType, &str)],
         sans: Vec<SanType>,
     ) -> (rcgen::Certificate, KeyPair) {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("test setup");
         params.distinguished_name = DistinguishedName::new();
         for (t, v) in dn {
             params.distinguished_name.push(t.clone(), *v);
         }
         params.subject_alt_names = sans;
-        let key = KeyPair::generate().unwrap();
-        (params.signed_by(&key, issuer).unwrap(), key)
+        let key = KeyPair::generate().expect("test setup");
+        (params.signed_by(&key, issuer).expect("test setup"), key)
     }
 
     #[test]
@@ -737,7 +737,9 @@ mod tests {
                 (DnType::OrganizationName, "ops"),
                 (DnType::CommonName, "alice"),
             ],
-            vec![SanType::DnsName("alice.example".try_into().unwrap())],
+            vec![SanType::DnsName(
+                "alice.example".try_into().expect("test setup"),
+            )],
         );
         assert_eq!(
             client_identity(cert.der()).as_deref(),
@@ -752,8 +754,8 @@ mod tests {
             &issuer,
             &[],
             vec![
-                SanType::URI("spiffe://example.org/admin".try_into().unwrap()),
-                SanType::DnsName("bot.example".try_into().unwrap()),
+                SanType::URI("spiffe://example.org/admin".try_into().expect("test setup")),
+                SanType::DnsName("bot.example".try_into().expect("test setup")),
             ],
         );
         assert_eq!(
@@ -786,23 +788,28 @@ mod tests {
 
     #[test]
     fn plain_http_is_refused_off_loopback_unless_insecure() {
-        let lo: SocketAddr = "127.0.0.1:8400".parse().unwrap();
-        let lo6: SocketAddr = "[::1]:8400".parse().unwrap();
-        let any: SocketAddr = "0.0.0.0:8400".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:8400".parse().expect("test setup");
+        let lo6: SocketAddr = "[::1]:8400".parse().expect("test setup");
+        let any: SocketAddr = "0.0.0.0:8400".parse().expect("test setup");
         assert_eq!(
-            check_listen(lo, false, false).unwrap(),
+            check_listen(lo, false, false).expect("test setup"),
             Transport::LoopbackHttp
         );
         assert_eq!(
-            check_listen(lo6, false, false).unwrap(),
+            check_listen(lo6, false, false).expect("test setup"),
             Transport::LoopbackHttp
         );
-        assert_eq!(check_listen(any, true, false).unwrap(), Transport::Https);
         assert_eq!(
-            check_listen(any, false, true).unwrap(),
+            check_listen(any, true, false).expect("test setup"),
+            Transport::Https
+        );
+        assert_eq!(
+            check_listen(any, false, true).expect("test setup"),
             Transport::InsecureHttp
         );
-        let err = check_listen(any, false, false).unwrap_err().to_string();
+        let err = check_listen(any, false, false)
+            .expect_err("must fail")
+            .to_string();
         assert!(err.contains("0.0.0.0:8400"), "{err}");
         assert!(
             err.contains("[tls]") && err.contains("--insecure-http"),
@@ -812,8 +819,8 @@ mod tests {
 
     fn write_atomic(path: &Path, data: &[u8]) {
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, data).unwrap();
-        std::fs::rename(&tmp, path).unwrap();
+        std::fs::write(&tmp, data).expect("test setup");
+        std::fs::rename(&tmp, path).expect("test setup");
     }
 
     struct Files {
@@ -824,7 +831,7 @@ mod tests {
     impl Files {
         fn new() -> Files {
             Files {
-                dir: tempfile::tempdir().unwrap(),
+                dir: tempfile::tempdir().expect("test setup"),
                 issuer: ca().1,
             }
         }
@@ -839,7 +846,9 @@ mod tests {
             let (cert, key) = leaf(
                 &self.issuer,
                 &[(DnType::CommonName, "mayfly")],
-                vec![SanType::DnsName("localhost".try_into().unwrap())],
+                vec![SanType::DnsName(
+                    "localhost".try_into().expect("test setup"),
+                )],
             );
             write_atomic(&self.cert(), cert.pem().as_bytes());
             write_atomic(&self.key(), key.serialize_pem().as_bytes());
@@ -851,25 +860,28 @@ mod tests {
     fn changed_files_are_reloaded_and_bad_ones_keep_the_old_certificate() {
         let f = Files::new();
         let first = f.rotate();
-        let r = CertReloader::load(&f.cert(), &f.key(), provider()).unwrap();
+        let r = CertReloader::load(&f.cert(), &f.key(), provider()).expect("test setup");
         assert_eq!(r.current().cert[0].as_ref(), &first[..]);
-        assert!(!r.reload_if_changed().unwrap(), "nothing changed yet");
+        assert!(
+            !r.reload_if_changed().expect("test setup"),
+            "nothing changed yet"
+        );
 
         let second = f.rotate();
-        assert!(r.reload_if_changed().unwrap());
+        assert!(r.reload_if_changed().expect("test setup"));
         assert_eq!(r.current().cert[0].as_ref(), &second[..]);
 
         write_atomic(&f.cert(), b"garbage\n");
-        let err = r.reload_if_changed().unwrap_err();
+        let err = r.reload_if_changed().expect_err("must fail");
         assert!(matches!(err, TlsError::BadCertificate { .. }), "{err}");
         assert_eq!(r.current().cert[0].as_ref(), &second[..], "old cert stays");
         assert!(
-            !r.reload_if_changed().unwrap(),
+            !r.reload_if_changed().expect("test setup"),
             "a bad version is tried once"
         );
 
         let third = f.rotate();
-        assert!(r.reload_if_changed().unwrap());
+        assert!(r.reload_if_changed().expect("test setup"));
         assert_eq!(r.current().cert[0].as_ref(), &third[..]);
     }
 
@@ -877,9 +889,9 @@ mod tests {
     fn a_key_that_does_not_match_the_certificate_is_refused() {
         let f = Files::new();
         f.rotate();
-        let other = KeyPair::generate().unwrap();
+        let other = KeyPair::generate().expect("test setup");
         write_atomic(&f.key(), other.serialize_pem().as_bytes());
-        let err = load_certified_key(&f.cert(), &f.key(), &provider()).unwrap_err();
+        let err = load_certified_key(&f.cert(), &f.key(), &provider()).expect_err("must fail");
         assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
     }
 
@@ -887,16 +899,16 @@ mod tests {
     fn unreadable_or_empty_files_name_the_file_and_the_fix() {
         let f = Files::new();
         f.rotate();
-        std::fs::write(f.key(), "-----BEGIN PRIVATE KEY-----\nAAAA\n").unwrap();
-        let err = load_certified_key(&f.cert(), &f.key(), &provider()).unwrap_err();
+        std::fs::write(f.key(), "-----BEGIN PRIVATE KEY-----\nAAAA\n").expect("test setup");
+        let err = load_certified_key(&f.cert(), &f.key(), &provider()).expect_err("must fail");
         let s = err.to_string();
         assert!(matches!(err, TlsError::BadKey { .. }), "{s}");
         assert!(s.contains("key.pem") && s.contains("PRIVATE KEY"), "{s}");
-        std::fs::write(f.cert(), "").unwrap();
-        let err = load_certified_key(&f.cert(), &f.key(), &provider()).unwrap_err();
+        std::fs::write(f.cert(), "").expect("test setup");
+        let err = load_certified_key(&f.cert(), &f.key(), &provider()).expect_err("must fail");
         assert!(matches!(err, TlsError::BadCertificate { .. }), "{err}");
         let missing = f.dir.path().join("nope.pem");
-        let err = load_certified_key(&missing, &f.key(), &provider()).unwrap_err();
+        let err = load_certified_key(&missing, &f.key(), &provider()).expect_err("must fail");
         assert!(err.to_string().contains("nope.pem"), "{err}");
     }
 
@@ -906,7 +918,7 @@ mod tests {
         let lines: Vec<&str> = b64
             .as_bytes()
             .chunks(64)
-            .map(|c| std::str::from_utf8(c).unwrap())
+            .map(|c| std::str::from_utf8(c).expect("test setup"))
             .collect();
         format!(
             "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
@@ -919,14 +931,14 @@ mod tests {
     fn pkcs8_inner(pkcs8: &[u8]) -> Vec<u8> {
         use x509_cert::der::asn1::OctetString;
         use x509_cert::der::{Reader, SliceReader};
-        let mut r = SliceReader::new(pkcs8).unwrap();
+        let mut r = SliceReader::new(pkcs8).expect("test setup");
         let key: OctetString = r
             .sequence(|r| {
                 let _version: u8 = r.decode()?;
                 let _alg: x509_cert::spki::AlgorithmIdentifierOwned = r.decode()?;
                 r.decode()
             })
-            .unwrap();
+            .expect("test setup");
         key.as_bytes().to_vec()
     }
 
@@ -936,14 +948,15 @@ mod tests {
         for (key, label) in [
             (
                 KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
-                    .unwrap(),
+                    .expect("test setup"),
                 "RSA PRIVATE KEY",
             ),
-            (KeyPair::generate().unwrap(), "EC PRIVATE KEY"),
+            (KeyPair::generate().expect("test setup"), "EC PRIVATE KEY"),
         ] {
-            let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+            let mut params =
+                CertificateParams::new(vec!["localhost".to_string()]).expect("test setup");
             params.distinguished_name = DistinguishedName::new();
-            let cert = params.signed_by(&key, &f.issuer).unwrap();
+            let cert = params.signed_by(&key, &f.issuer).expect("test setup");
             let inner = pkcs8_inner(&key.serialize_der());
             write_atomic(&f.cert(), cert.pem().as_bytes());
             write_atomic(&f.key(), pem_block(label, &inner).as_bytes());

@@ -263,8 +263,14 @@ fn mayfly_serve_starts_with_an_encrypted_key_and_refuses_a_wrong_passphrase() {
     let on_disk = ssh_keygen_public(&key_path, PASSPHRASE).expect("ssh-keygen decrypts the CA key");
     assert_eq!(key_fields(&served.text()), key_fields(&on_disk));
     assert!(ssh_keygen_public(&ca.data_dir().join("host_ca"), PASSPHRASE).is_ok());
+    let text = std::fs::read_to_string(&key_path).expect("read the CA key");
+    let on_disk_key = ssh_key::PrivateKey::from_openssh(&text).expect("OpenSSH key format");
+    assert!(
+        on_disk_key.is_encrypted(),
+        "mayfly serve wrote an unencrypted key"
+    );
     let log = ca.stderr_log();
-    assert!(log.contains("encrypted"), "{log}");
+    assert!(log.contains("(encrypted: bcrypt-pbkdf"), "{log}");
     assert!(!log.contains(PASSPHRASE), "passphrase in the log: {log}");
 
     let wrong = "hunter2-not-it";

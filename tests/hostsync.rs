@@ -692,7 +692,12 @@ fn truncated_krl_keeps_the_last_good_files() {
     // Cut inside the header, announced as such.
     ca.route("/v1/krl", Canned::ok(newer[..30].to_vec()));
     let out = host_sync(&ca.url(), dir, &[]);
-    assert_failed_and_kept(&out, "KRL", dir, &before, &[]);
+    assert_failed_and_kept(&out, "truncated", dir, &before, &[]);
+
+    // Header intact, revocation sections cut short: sshd could not load it.
+    ca.route("/v1/krl", Canned::ok(newer[..newer.len() - 4].to_vec()));
+    let out = host_sync(&ca.url(), dir, &[]);
+    assert_failed_and_kept(&out, "truncated", dir, &before, &[]);
 
     // Cut on the wire: Content-Length promises more than arrives.
     ca.route(

@@ -325,3 +325,50 @@ fn concurrent_signatures_from_many_threads_all_verify() {
         );
     }
 }
+
+#[test]
+fn ec_key_without_a_public_key_object_is_an_error_that_says_so() {
+    use cryptoki::object::{Attribute, ObjectClass};
+    use cryptoki::session::UserType;
+    let label = "no-public-object";
+    drop(hsm_key(label, CaKeyType::EcdsaP256));
+    // Remove the public half, as when only a private key was imported.
+    let ctx = mayfly::ca::pkcs11::shared_context(softhsm().module()).expect("module");
+    let slot = ctx
+        .get_slots_with_token()
+        .expect("slots")
+        .into_iter()
+        .find(|s| {
+            ctx.get_token_info(*s)
+                .map(|i| i.label().trim_end() == TOKEN)
+                .unwrap_or(false)
+        })
+        .expect("test token");
+    let rw = ctx.open_rw_session(slot).expect("rw session");
+    match rw.login(UserType::User, Some(&cryptoki::types::AuthPin::from(PIN))) {
+        Ok(())
+        | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {
+        }
+        Err(e) => panic!("login: {e}"),
+    }
+    let public = rw
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])
+        .expect("find public key");
+    assert_eq!(public.len(), 1);
+    rw.destroy_object(public[0]).expect("destroy public key");
+
+    let err = Pkcs11Signer::open(
+        &config(TOKEN, CaKeyType::EcdsaP256, false),
+        label,
+        &pin(PIN),
+    )
+    .expect_err("no public key to read");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(label) && msg.contains("public key object"),
+        "{msg}"
+    );
+}

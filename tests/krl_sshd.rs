@@ -4,6 +4,9 @@
 //! `RevokedKeys` pointing at our KRL must refuse revoked certificates and
 //! accept the others.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::BTreeSet;

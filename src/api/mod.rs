@@ -104,11 +104,13 @@ fn text(body: String) -> Response {
 }
 
 async fn user_ca(State(s): State<AppState>) -> Response {
-    text(format!("{}\n", s.service.user_ca().public_key_line()))
+    s.service.refresh();
+    text(s.service.user_keys().public_lines())
 }
 
 async fn host_ca(State(s): State<AppState>) -> Response {
-    text(format!("{}\n", s.service.host_ca().public_key_line()))
+    s.service.refresh();
+    text(s.service.host_keys().public_lines())
 }
 
 async fn krl_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
@@ -208,10 +210,11 @@ fn httpdate(unix: u64) -> String {
 
 async fn metrics(State(s): State<AppState>) -> Response {
     let p = s.service.policy();
-    let body =
-        s.service
-            .metrics()
-            .render(&s.service.user_ca().fingerprint(), &p.digest, p.roles.len());
+    let body = s.service.metrics().render(
+        &s.service.user_keys().active.fingerprint(),
+        &p.digest,
+        p.roles.len(),
+    );
     (
         [(
             header::CONTENT_TYPE,

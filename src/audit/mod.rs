@@ -19,6 +19,8 @@ pub enum EventKind {
     Enabled,
     /// An admin API call was refused.
     AdminDenied,
+    /// A CA key rotation step (stage, activate, retire).
+    CaKeyRotated,
 }
 
 impl EventKind {
@@ -31,6 +33,7 @@ impl EventKind {
             EventKind::Disabled => "disabled",
             EventKind::Enabled => "enabled",
             EventKind::AdminDenied => "admin_denied",
+            EventKind::CaKeyRotated => "ca_key_rotated",
         }
     }
 }

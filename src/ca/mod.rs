@@ -7,6 +7,7 @@
 pub mod keys;
 pub mod krl;
 pub mod pkcs11;
+pub mod rotation;
 pub mod signer;
 pub mod spec;
 
@@ -45,6 +46,11 @@ impl Authority {
     /// Wraps a loaded CA key.
     pub fn new(key: impl CaSigner + 'static) -> Authority {
         Authority { key: Box::new(key) }
+    }
+
+    /// Wraps an already boxed signer (file or HSM).
+    pub fn from_boxed(key: Box<dyn CaSigner>) -> Authority {
+        Authority { key }
     }
 
     /// The CA public key as one OpenSSH line (no newline), for `TrustedUserCAKeys`.

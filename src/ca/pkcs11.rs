@@ -150,6 +150,15 @@ enum Kind {
 }
 
 impl Kind {
+    fn of(key_type: CaKeyType) -> Kind {
+        match key_type {
+            CaKeyType::Ed25519 => Kind::Ed25519,
+            CaKeyType::EcdsaP256 => Kind::EcdsaP256,
+            CaKeyType::EcdsaP384 => Kind::EcdsaP384,
+            CaKeyType::Rsa3072 | CaKeyType::Rsa4096 => Kind::Rsa,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Kind::Ed25519 => "ed25519",
@@ -235,44 +244,62 @@ impl Pkcs11Signer {
             module: module.clone(),
             token: token.clone(),
             pin_source: pin.source().to_string(),
-            reason: e.to_string(),
+            reason: match e {
+                CkError::Pkcs11(RvError::PinIncorrect, _) => "wrong PIN".into(),
+                CkError::Pkcs11(RvError::PinLocked, _) => {
+                    "the user PIN is locked (too many wrong PINs); unlock it with the SO PIN".into()
+                }
+                CkError::Pkcs11(RvError::PinExpired, _) => "the PIN has expired".into(),
+                other => other.to_string(),
+            },
         })?;
 
-        let mut created = false;
-        let private =
-            match find_one(&session, ObjectClass::PRIVATE_KEY, label)
-                .map_err(op("C_FindObjects"))?
-            {
-                Found::One(h) => h,
-                Found::Many(n) => {
-                    return Err(key_err(format!(
-                        "{n} private keys have this label; give the CA key a unique label"
-                    )))
-                }
-                Found::None if cfg.generate_if_missing => {
-                    let rw = ctx
-                        .open_rw_session(slot)
-                        .map_err(op("C_OpenSession (read-write)"))?;
-                    let h = generate(&rw, cfg.key_type, label).map_err(|e| {
-                        key_err(format!(
-                            "generating a {} key pair failed: {e}",
-                            cfg.key_type.as_str()
-                        ))
-                    })?;
-                    created = true;
-                    h
-                }
-                Found::None => return Err(key_err(
-                    "no private key with this label in the token; create it (e.g. `pkcs11-tool \
-                     --keypairgen --key-type EC:prime256v1 --label <label> --login`) or set [ca] \
-                     generate_if_missing = true"
-                        .into(),
-                )),
-            };
-        let (kind, public) = read_public(&session, private, label).map_err(&key_err)?;
         let mechanisms = ctx
             .get_mechanism_list(slot)
             .map_err(op("C_GetMechanismList"))?;
+        let mut created = false;
+        let private = match find_one(&session, ObjectClass::PRIVATE_KEY, label)
+            .map_err(op("C_FindObjects"))?
+        {
+            Found::One(h) => h,
+            Found::Many(n) => {
+                return Err(key_err(format!(
+                    "{n} private keys have this label; give the CA key a unique label"
+                )))
+            }
+            Found::None if cfg.generate_if_missing => {
+                let kind = Kind::of(cfg.key_type);
+                if !mechanisms.contains(&kind.mechanism_type()) {
+                    return Err(key_err(format!(
+                        "cannot generate a {} key: the token does not offer {}; choose \
+                             another [ca] key_type",
+                        cfg.key_type.as_str(),
+                        kind.mechanism_name()
+                    )));
+                }
+                let rw = ctx
+                    .open_rw_session(slot)
+                    .map_err(op("C_OpenSession (read-write)"))?;
+                let h = generate(&rw, cfg.key_type, label).map_err(|e| {
+                    key_err(format!(
+                        "generating a {} key pair failed: {e}",
+                        cfg.key_type.as_str()
+                    ))
+                })?;
+                created = true;
+                h
+            }
+            Found::None => {
+                return Err(key_err(format!(
+                    "no private key with this label in the token; create one (e.g. \
+                         `pkcs11-tool --module {} --token-label {token} --login --keypairgen \
+                         --key-type EC:prime256v1 --label {label}`) or set [ca] \
+                         generate_if_missing = true",
+                    module.display()
+                )))
+            }
+        };
+        let (kind, public) = read_public(&session, private, label).map_err(&key_err)?;
         if !mechanisms.contains(&kind.mechanism_type()) {
             return Err(key_err(format!(
                 "the key is {} but the token does not offer {}",
@@ -457,6 +484,10 @@ fn find_token(ctx: &Pkcs11, module: &Path, token: &str) -> Result<Slot, Pkcs11Er
         let Ok(info) = ctx.get_token_info(slot) else {
             continue;
         };
+        // SoftHSM and others always show one blank token to initialize.
+        if !info.token_initialized() {
+            continue;
+        }
         let l = info.label().trim_end().to_string();
         if l == token {
             matching.push(slot);
@@ -553,11 +584,20 @@ fn read_public(
         }
     };
     let need = |which: AttributeType| -> Result<Vec<u8>, String> {
-        bytes_attr(session, public, which)?
-            .or(bytes_attr(session, private, which)?)
-            .ok_or_else(|| {
-                format!("the token shows no {which:?} for this key (no public key object with this label?)")
-            })
+        if let Some(v) = bytes_attr(session, public, which)? {
+            return Ok(v);
+        }
+        // Some tokens keep public attributes on the private key too (RSA
+        // modulus and exponent always); a refusal there is not an error.
+        if public != private {
+            if let Ok(Some(v)) = bytes_attr(session, private, which) {
+                return Ok(v);
+            }
+        }
+        Err(format!(
+            "the token shows no {which:?} for this key (is there no public key object with \
+             this label?)"
+        ))
     };
     if key_type == KeyType::EC_EDWARDS {
         let params = need(AttributeType::EcParams)?;

@@ -111,6 +111,9 @@ pub struct CertOptions {
     pub token: token::TokenSource,
     /// Allow `http://` to a non-loopback server (sends the token in clear).
     pub insecure_http: bool,
+    /// PEM CA certificate(s) trusted for the server's TLS certificate
+    /// instead of the built-in web roots (`--ca-file`).
+    pub ca_file: Option<PathBuf>,
 }
 
 fn check_server(url: &str, insecure_http: bool) -> Result<url::Url, ClientError> {
@@ -133,6 +136,74 @@ fn check_server(url: &str, insecure_http: bool) -> Result<url::Url, ClientError>
     }
 }
 
+/// The HTTP client for the CA at `base`: rustls with the built-in web
+/// roots, or with only the certificates in `ca_file` (like curl `--cacert`),
+/// which then requires an `https://` server.
+pub fn http_client(
+    base: &url::Url,
+    ca_file: Option<&Path>,
+) -> Result<reqwest::Client, ClientError> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+        .min_tls_version(reqwest::tls::Version::TLS_1_2);
+    if let Some(path) = ca_file {
+        if base.scheme() != "https" {
+            return Err(ClientError::ServerUrl {
+                url: base.to_string(),
+                reason: "--ca-file is for a CA served over TLS; use an https:// URL".into(),
+            });
+        }
+        let bad = |source: std::io::Error| ClientError::Io {
+            what: format!("--ca-file {}", path.display()),
+            source,
+        };
+        let pem = std::fs::read(path).map_err(bad)?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| bad(std::io::Error::other(e.to_string())))?;
+        if certs.is_empty() {
+            return Err(bad(std::io::Error::other(
+                "no PEM certificate found; give the CA certificate that signed the server's TLS certificate",
+            )));
+        }
+        builder = builder.tls_built_in_root_certs(false);
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| ClientError::Unreachable {
+        url: base.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// A request error with its causes (the TLS reason is only in the causes)
+/// and what to do when the server's certificate is not trusted.
+fn send_error(e: &reqwest::Error, ca_file: Option<&Path>) -> String {
+    let mut msg = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        cause = c.source();
+    }
+    if msg.contains("certificate") {
+        match ca_file {
+            None => msg.push_str(
+                "; if the CA server's TLS certificate comes from a private CA, pass --ca-file with that CA's PEM certificate",
+            ),
+            Some(p) => msg.push_str(&format!(
+                "; check that the server's certificate is signed by a CA in {} and names this host",
+                p.display()
+            )),
+        }
+    }
+    msg
+}
+
 /// A fresh Ed25519 key pair, made in memory.
 pub fn fresh_key() -> Result<ssh_key::PrivateKey, ClientError> {
     ssh_key::PrivateKey::random(&mut OsRng, ssh_key::Algorithm::Ed25519).map_err(|e| {
@@ -149,6 +220,8 @@ pub async fn request_cert(
     key: &ssh_key::PrivateKey,
 ) -> Result<(CertAnswer, ssh_key::Certificate), ClientError> {
     let base = check_server(&opts.server, opts.insecure_http)?;
+    // Before the token: a bad --ca-file must not cost a single-use token.
+    let http = http_client(&base, opts.ca_file.as_deref())?;
     let token = token::discover(&opts.token, &|k| std::env::var(k).ok()).await?;
     let url = base
         .join("v1/certs/user")
@@ -166,14 +239,6 @@ pub async fn request_cert(
         ttl_seconds: opts.ttl.map(|t| t.as_secs()),
         principals: opts.principals.as_deref(),
     };
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| ClientError::Unreachable {
-            url: url.to_string(),
-            reason: e.to_string(),
-        })?;
     let resp = http
         .post(url.clone())
         .bearer_auth(token.expose())
@@ -182,7 +247,7 @@ pub async fn request_cert(
         .await
         .map_err(|e| ClientError::Unreachable {
             url: url.to_string(),
-            reason: e.to_string(),
+            reason: send_error(&e, opts.ca_file.as_deref()),
         })?;
     let status = resp.status();
     let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {

@@ -158,6 +158,11 @@ pub trait Backend: Send + 'static {
     fn disabled(&mut self) -> Result<Vec<DisabledEntry>, StoreError>;
     /// The current state version.
     fn state_version(&mut self) -> Result<StateVersion, StoreError>;
+    /// Latest `valid_before` of any certificate signed by `ca_key` (0 if none).
+    fn last_expiry_by_ca(&mut self, ca_key: &str) -> Result<u64, StoreError>;
+    /// Appends `audit` and bumps the state version in one transaction (for
+    /// changes other processes must notice, such as CA key rotation).
+    fn record_change(&mut self, audit: &AuditRecord, now: u64) -> Result<StateVersion, StoreError>;
 }
 
 type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;

@@ -76,7 +76,8 @@ fn err(e: rusqlite::Error) -> StoreError {
 
 /// The SQLite store.
 pub struct Sqlite {
-    conn: Connection,
+    /// The connection; report queries in sibling modules use it read-only.
+    pub(crate) conn: Connection,
 }
 
 impl Sqlite {
@@ -450,6 +451,29 @@ impl Backend for Sqlite {
 
     fn state_version(&mut self) -> Result<StateVersion, StoreError> {
         read_version(&self.conn)
+    }
+
+    fn last_expiry_by_ca(&mut self, ca_key: &str) -> Result<u64, StoreError> {
+        let v: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT MAX(valid_before) FROM audit WHERE event = 'cert_issued' AND ca_key = ?1",
+                [ca_key],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        Ok(v.unwrap_or(0) as u64)
+    }
+
+    fn record_change(&mut self, audit: &AuditRecord, now: u64) -> Result<StateVersion, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        insert_audit(&tx, std::slice::from_ref(audit))?;
+        let v = bump_version(&tx, now)?;
+        tx.commit().map_err(err)?;
+        Ok(v)
     }
 }
 

@@ -1,0 +1,198 @@
+//! CA key rotation without downtime, walked through with a real sshd whose
+//! `TrustedUserCAKeys` file is maintained by `mayfly host sync`: logins work
+//! at every step, and the retired key's certificates stop working.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::json;
+use support::{http, keygen_ed25519, ClientSpec, Mayfly, Oidc, Sshd};
+
+const DEPLOY_POLICY: &str = r#"
+description = "Deploy from CI"
+owner = "platform@example.com"
+issuer = "ci"
+principals = ["deploy"]
+max_ttl = "10m"
+[claims]
+repository = "acme/*"
+"#;
+
+fn mayfly(args: &[&str]) -> Output {
+    Command::new(Mayfly::bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run mayfly")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn signing_ca(cert: &Path) -> String {
+    let out = ok(Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(cert)
+        .output()
+        .expect("ssh-keygen"));
+    out.lines()
+        .find(|l| l.contains("Signing CA:"))
+        .and_then(|l| l.split_whitespace().find(|w| w.starts_with("SHA256:")))
+        .expect("signing CA line")
+        .to_string()
+}
+
+#[test]
+fn user_ca_rotates_with_logins_working_at_every_step() {
+    let oidc = Oidc::start(&[
+        ClientSpec::new("deploy-rs", "RS256").claims(json!({"repository": "acme/api"}))
+    ]);
+    let ca = Mayfly::start(&oidc.issuer_toml("ci"), &[("deploy", DEPLOY_POLICY)]);
+    let work = support::temp_dir("rotation");
+    let sync_dir = work.path().join("etc-ssh-mayfly");
+    std::fs::create_dir_all(&sync_dir).expect("mkdir");
+    let cfg = ca.config_path().to_str().expect("utf8").to_string();
+    let sync = || {
+        ok(mayfly(&[
+            "host",
+            "sync",
+            "--server",
+            &ca.url(),
+            "--dir",
+            sync_dir.to_str().expect("utf8"),
+        ]));
+    };
+    sync();
+    let synced_ca = sync_dir.join("user_ca.pub");
+    let sshd = Sshd::start_with_revoked_keys(
+        &std::fs::read_to_string(&synced_ca).expect("ca"),
+        &sync_dir.join("revoked.krl"),
+    );
+    // sshd reads its TrustedUserCAKeys at every login: point it at the
+    // file the sync agent maintains.
+    std::fs::remove_file(sshd.trusted_ca_path()).expect("rm");
+    std::os::unix::fs::symlink(&synced_ca, sshd.trusted_ca_path()).expect("symlink");
+
+    let cert = || -> (PathBuf, PathBuf) {
+        let (key, public) = keygen_ed25519(work.path());
+        let auth = format!("Bearer {}", oidc.token("deploy-rs"));
+        let r = http::post_json(
+            &format!("{}/v1/certs/user", ca.url()),
+            &[("Authorization", auth.as_str())],
+            &json!({"role": "deploy", "public_key": public}),
+        )
+        .expect("POST");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let path = PathBuf::from(format!("{}-cert.pub", key.display()));
+        std::fs::write(
+            &path,
+            format!("{}\n", r.json()["certificate"].as_str().expect("cert")),
+        )
+        .expect("write");
+        (key, path)
+    };
+    let login = |k: &(PathBuf, PathBuf)| sshd.ssh("deploy", &k.0, &k.1, "true").status.success();
+    let status = || ok(mayfly(&["ca", "status", "--config", &cfg]));
+
+    let old = cert();
+    assert!(login(&old));
+    let old_fp = signing_ca(&old.1);
+    assert!(status().contains(&old_fp));
+
+    // 1. Stage: the next key is published and synced; the old one still signs.
+    let out = ok(mayfly(&["ca", "rotate", "--stage", "--config", &cfg]));
+    assert!(out.contains("staged next key"), "{out}");
+    sync();
+    assert_eq!(
+        std::fs::read_to_string(&synced_ca)
+            .expect("ca")
+            .lines()
+            .count(),
+        2
+    );
+    assert!(login(&old));
+    let during = cert();
+    assert_eq!(
+        signing_ca(&during.1),
+        old_fp,
+        "staging must not change the signing key"
+    );
+    assert!(login(&during));
+    let st = status();
+    assert!(st.contains("next") && st.contains("active"), "{st}");
+
+    // 2. Activate: new certs are signed by the new key, which hosts already trust.
+    let out = ok(mayfly(&["ca", "rotate", "--activate", "--config", &cfg]));
+    assert!(out.contains("signs now"), "{out}");
+    let new = cert();
+    let new_fp = signing_ca(&new.1);
+    assert_ne!(new_fp, old_fp);
+    assert!(login(&new), "new key's cert before any further sync");
+    sync();
+    assert!(login(&new));
+    assert!(
+        login(&old),
+        "certs of the previous key keep working until retired"
+    );
+
+    // 3. Retire: refused while old certs are valid, forced here.
+    let out = mayfly(&["ca", "rotate", "--retire", "--config", &cfg]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("are valid for another"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(mayfly(&[
+        "ca", "rotate", "--retire", "--force", "--config", &cfg,
+    ]));
+    sync();
+    let published = std::fs::read_to_string(&synced_ca).expect("ca");
+    assert_eq!(published.lines().count(), 1, "{published}");
+    assert!(login(&new), "logins with the new key keep working");
+    assert!(!login(&old), "the retired key is no longer trusted");
+    let after = cert();
+    assert!(login(&after));
+    assert!(!status().contains(&old_fp));
+
+    // Every step is in the audit log.
+    let db = rusqlite::Connection::open(ca.data_dir().join("mayfly.db")).expect("db");
+    let n: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE event = 'ca_key_rotated'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(n, 3);
+
+    // Host CA rotates the same way; known_hosts lines follow.
+    ok(mayfly(&[
+        "ca", "rotate", "--stage", "--host", "--config", &cfg,
+    ]));
+    let kh = ok(mayfly(&[
+        "known-hosts",
+        "--server",
+        &ca.url(),
+        "--domain",
+        "*.example.com",
+    ]));
+    assert_eq!(
+        kh.lines()
+            .filter(|l| l.starts_with("@cert-authority"))
+            .count(),
+        2,
+        "{kh}"
+    );
+}
