@@ -41,6 +41,7 @@ apt_install() {
 # --- OpenSSH: the real sshd, ssh and ssh-keygen ---------------------------
 missing=()
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v socat >/dev/null 2>&1 || missing+=(socat)  # syslog listener for tests/audit_export.rs
 # SoftHSM2: a real PKCS#11 token for the HSM-backed CA key tests (tests/hsm.rs)
 command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
 if ! command -v ssh >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1; then
@@ -98,5 +99,8 @@ cargo test --release --all-targets "$@"
 
 say "mayfly policy check ca-policy"
 cargo run --release --quiet -- policy check ca-policy
+
+say "mayfly policy test ca-policy --cases ca-policy/cases.toml"
+cargo run --release --quiet -- policy test ca-policy --cases ca-policy/cases.toml
 
 say "all tests passed"

@@ -48,6 +48,7 @@ struct RawConfig {
     ca: Option<RawCa>,
     insecure_http: Option<bool>,
     tls: Option<RawTls>,
+    audit: Option<RawAudit>,
     #[serde(default, rename = "issuer")]
     issuers: Vec<RawIssuer>,
     #[serde(default, rename = "admin")]
@@ -162,6 +163,8 @@ pub struct Config {
     /// Dangerous: allow plain HTTP on a non-loopback address, so bearer
     /// tokens cross the network in clear.
     pub insecure_http: bool,
+    /// Audit streaming and checkpoints (`[audit]`).
+    pub audit: AuditConfig,
 }
 
 /// Log line format.
@@ -195,6 +198,7 @@ impl Default for Config {
             ca: CaKeyConfig::default(),
             tls: None,
             insecure_http: false,
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -340,6 +344,9 @@ impl Config {
                 reload_interval,
             });
         }
+        if let Some(ra) = raw.audit.take() {
+            c.audit = AuditConfig::from_raw(ra)?;
+        }
         if let Some(rc) = raw.ca.take() {
             c.ca = CaKeyConfig::from_raw(rc)?;
         }
@@ -433,6 +440,106 @@ impl Config {
                     })
                     .collect(),
             });
+        }
+        Ok(c)
+    }
+}
+
+// ---- [audit]: live streaming of audit records and signed checkpoints ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    jsonl_file: Option<PathBuf>,
+    jsonl_max_bytes: Option<u64>,
+    jsonl_keep: Option<usize>,
+    jsonl_stdout: Option<bool>,
+    syslog: Option<String>,
+    checkpoint_every: Option<u64>,
+    checkpoint_interval: Option<String>,
+}
+
+/// `[audit]`: where audit records are streamed as they are committed, and
+/// how often the chain head is signed. See `docs/audit-schema.md`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Append each record as a JSON line to this file (`jsonl_file`).
+    pub jsonl_file: Option<PathBuf>,
+    /// Rotate the file when it would grow past this size; 0 never rotates
+    /// (`jsonl_max_bytes`, default 100 MiB).
+    pub jsonl_max_bytes: u64,
+    /// Rotated files kept (`FILE.1` .. `FILE.<n>`; `jsonl_keep`, default 5).
+    pub jsonl_keep: usize,
+    /// Also write each record as a JSON line to standard output (`jsonl_stdout`).
+    pub jsonl_stdout: bool,
+    /// Send each record to syslog (`syslog = "udp://host:514"` or `"tcp://host:514"`).
+    pub syslog: Option<crate::audit::syslog::SyslogTarget>,
+    /// Sign a checkpoint after this many records (`checkpoint_every`, default 1000).
+    pub checkpoint_every: u64,
+    /// ... or after this long when anything was written (`checkpoint_interval`, default 60s).
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            jsonl_file: None,
+            jsonl_max_bytes: 100 * 1024 * 1024,
+            jsonl_keep: 5,
+            jsonl_stdout: false,
+            syslog: None,
+            checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl AuditConfig {
+    fn from_raw(r: RawAudit) -> Result<AuditConfig, ConfigError> {
+        let mut c = AuditConfig {
+            jsonl_file: r.jsonl_file,
+            ..AuditConfig::default()
+        };
+        if let Some(m) = r.jsonl_max_bytes {
+            if m != 0 && m < 4096 {
+                return Err(ConfigError::Invalid(
+                    "audit.jsonl_max_bytes must be 0 (never rotate) or at least 4096".into(),
+                ));
+            }
+            c.jsonl_max_bytes = m;
+        }
+        if let Some(k) = r.jsonl_keep {
+            if k > 1000 {
+                return Err(ConfigError::Invalid(
+                    "audit.jsonl_keep must be at most 1000".into(),
+                ));
+            }
+            c.jsonl_keep = k;
+        }
+        c.jsonl_stdout = r.jsonl_stdout.unwrap_or(false);
+        if let Some(s) = r.syslog {
+            c.syslog = Some(
+                crate::audit::syslog::SyslogTarget::parse(&s)
+                    .map_err(|e| ConfigError::Invalid(format!("audit.{e}")))?,
+            );
+        }
+        if let Some(n) = r.checkpoint_every {
+            if n == 0 {
+                return Err(ConfigError::Invalid(
+                    "audit.checkpoint_every must be at least 1".into(),
+                ));
+            }
+            c.checkpoint_every = n;
+        }
+        if let Some(t) = r.checkpoint_interval {
+            c.checkpoint_interval = duration("audit.checkpoint_interval", &t)?;
+            if !(Duration::from_secs(1)..=Duration::from_secs(86_400))
+                .contains(&c.checkpoint_interval)
+            {
+                return Err(ConfigError::Invalid(
+                    "audit.checkpoint_interval must be between 1s and 24h".into(),
+                ));
+            }
         }
         Ok(c)
     }

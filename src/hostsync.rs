@@ -437,7 +437,9 @@ fn base_url(server: &str, insecure_http: bool) -> Result<url::Url, SyncError> {
     Ok(u)
 }
 
-fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, SyncError> {
+/// The HTTP client for the CA at `base`: rustls with the built-in web roots,
+/// or with only the certificates in `ca_file`; no redirects.
+fn http_client(base: &url::Url, ca_file: Option<&Path>) -> Result<reqwest::Client, SyncError> {
     let mut b = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
@@ -449,6 +451,11 @@ fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, SyncError> {
             path: path.to_path_buf(),
             reason,
         };
+        if base.scheme() != "https" {
+            return Err(bad(format!(
+                "is for a CA served over TLS, but {base} is not https"
+            )));
+        }
         let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
         if certs.is_empty() {
@@ -505,7 +512,7 @@ async fn fetch(
         .headers()
         .get(reqwest::header::ETAG)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= MAX_ETAG_BYTES)
+        .filter(|v| valid_etag(v))
         .map(str::to_string);
     let mut bytes = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
@@ -515,6 +522,12 @@ async fn fetch(
         bytes.extend_from_slice(&chunk);
     }
     Ok(Fetched::Body { bytes, etag })
+}
+
+/// An ETag worth storing and sending back: short, printable ASCII. A
+/// damaged `.revoked.krl.etag` is ignored rather than breaking every run.
+fn valid_etag(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_ETAG_BYTES && s.bytes().all(|b| (0x21..0x7f).contains(&b))
 }
 
 /// What went wrong with a request, in a few words and the root cause
@@ -630,7 +643,7 @@ fn remove_stale_temps(dir: &Path) {
 /// KRL into `opts.dir`. On error nothing on disk has changed.
 pub async fn sync(opts: &SyncOptions) -> Result<SyncOutcome, SyncError> {
     let base = base_url(&opts.server, opts.insecure_http)?;
-    let http = http_client(opts.ca_file.as_deref())?;
+    let http = http_client(&base, opts.ca_file.as_deref())?;
     let dir = opts.dir.as_path();
     let join = |p: &str| {
         base.join(p).map_err(|e| SyncError::ServerUrl {
@@ -665,7 +678,7 @@ pub async fn sync(opts: &SyncOptions) -> Result<SyncOutcome, SyncError> {
         Some(_) => read_optional(&etag_path)?
             .and_then(|b| String::from_utf8(b).ok())
             .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty() && s.len() <= MAX_ETAG_BYTES),
+            .filter(|s| valid_etag(s)),
         None => None,
     };
 
@@ -751,7 +764,7 @@ pub async fn sync(opts: &SyncOptions) -> Result<SyncOutcome, SyncError> {
 
     // Stage every file first, so a full or read-only disk fails before any
     // real file is replaced. Dropping a Staged removes its temporary file.
-    let krl_staged = match &new_krl {
+    let mut krl_staged = match &new_krl {
         Some((bytes, _)) => Some(stage(dir, KRL_FILE, bytes)?),
         None => None,
     };
@@ -764,21 +777,25 @@ pub async fn sync(opts: &SyncOptions) -> Result<SyncOutcome, SyncError> {
         None => None,
     };
 
-    // Another run may have installed a newer KRL meanwhile.
+    // Another run may have installed this or a newer KRL meanwhile.
     if let (Some((_, info)), Some(now)) = (&new_krl, installed_krl(dir)?) {
-        if decide_krl(Some(now.version), info.version) != KrlDecision::Install {
-            return Err(SyncError::OlderKrl {
-                url: krl_url.to_string(),
-                server: info.version,
-                path: krl_path,
-                installed: now.version,
-            });
+        match decide_krl(Some(now.version), info.version) {
+            KrlDecision::Install => {}
+            KrlDecision::Unchanged => krl_staged = None,
+            KrlDecision::Older => {
+                return Err(SyncError::OlderKrl {
+                    url: krl_url.to_string(),
+                    server: info.version,
+                    path: krl_path,
+                    installed: now.version,
+                })
+            }
         }
     }
     // The KRL goes first (revocations are the urgent part), and the ETag
     // only after the KRL it names: an ETag newer than the installed KRL
     // would make the CA answer 304 and hold a revocation back.
-    if new_krl.is_some() && etag_staged.is_none() {
+    if krl_staged.is_some() && etag_staged.is_none() {
         // The old ETag no longer matches the file; never send it again.
         match std::fs::remove_file(&etag_path) {
             Ok(()) => {}
@@ -792,6 +809,7 @@ pub async fn sync(opts: &SyncOptions) -> Result<SyncOutcome, SyncError> {
             }
         }
     }
+    let krl_updated = krl_staged.is_some();
     if let Some(s) = krl_staged {
         commit(s)?;
     }
@@ -801,7 +819,7 @@ pub async fn sync(opts: &SyncOptions) -> Result<SyncOutcome, SyncError> {
     if let Some(s) = etag_staged {
         commit(s)?;
     }
-    if new_krl.is_some() || ca_changed || new_etag.is_some() {
+    if krl_updated || ca_changed || new_etag.is_some() {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|source| SyncError::Io {
@@ -812,7 +830,7 @@ pub async fn sync(opts: &SyncOptions) -> Result<SyncOutcome, SyncError> {
     }
     Ok(SyncOutcome {
         krl_version,
-        krl_updated: new_krl.is_some(),
+        krl_updated,
         ca_updated: ca_changed,
         ca_keys: ca.key_lines().len(),
     })
@@ -875,6 +893,8 @@ pub struct HostCertOptions {
     pub token: TokenSource,
     /// Where to write the certificate (default: [`default_cert_path`]).
     pub out: Option<PathBuf>,
+    /// PEM bundle of the only roots trusted for the CA's TLS certificate.
+    pub ca_file: Option<PathBuf>,
     /// Allow plain http to a non-loopback CA (sends the token in clear).
     pub insecure_http: bool,
 }
@@ -898,6 +918,8 @@ pub async fn host_cert(opts: &HostCertOptions) -> anyhow::Result<(CertAnswer, Pa
         )
     })?;
     let public = key.to_openssh().context("encoding the host public key")?;
+    // Before the token: a bad --ca-file must not cost a single-use token.
+    let http = http_client(&base, opts.ca_file.as_deref())?;
     let token = client::token::discover(&opts.token, &|k| std::env::var(k).ok()).await?;
     let body = HostCertBody {
         role: &opts.role,
@@ -906,7 +928,7 @@ pub async fn host_cert(opts: &HostCertOptions) -> anyhow::Result<(CertAnswer, Pa
         ttl_seconds: opts.ttl.map(|t| t.as_secs()),
     };
     let answer: CertAnswer =
-        client::post_json_with_token(&base, "v1/certs/host", &token, &body).await?;
+        client::post_json_with_token(&http, &base, "v1/certs/host", &token, &body).await?;
     let cert = ssh_key::Certificate::from_openssh(answer.certificate.trim())
         .context("the CA's certificate does not parse")?;
     if cert.cert_type() != ssh_key::certificate::CertType::Host {
@@ -948,7 +970,7 @@ pub async fn known_hosts(
     insecure_http: bool,
 ) -> Result<Vec<String>, SyncError> {
     let base = base_url(server, insecure_http)?;
-    let http = http_client(ca_file)?;
+    let http = http_client(&base, ca_file)?;
     let url = base
         .join("v1/ca/host.pub")
         .map_err(|e| SyncError::ServerUrl {
@@ -995,9 +1017,9 @@ pub struct SyncArgs {
     /// Directory for user_ca.pub and revoked.krl.
     #[arg(long, default_value = "/etc/ssh/mayfly")]
     pub dir: PathBuf,
-    /// PEM file of the CA roots to trust for the server's TLS certificate
-    /// (instead of the built-in web roots).
-    #[arg(long)]
+    /// PEM file of the CA(s) that signed the CA server's TLS certificate;
+    /// trusted instead of the built-in roots (like curl --cacert).
+    #[arg(long, env = "MAYFLY_CA_FILE")]
     pub ca_file: Option<PathBuf>,
     /// Allow plain http to a non-loopback CA (anyone on the path could then
     /// choose which CA this host trusts).
@@ -1032,6 +1054,10 @@ pub struct HostCertArgs {
     /// Where to write the certificate (default: <key without .pub>-cert.pub).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// PEM file of the CA(s) that signed the CA server's TLS certificate;
+    /// trusted instead of the built-in roots (like curl --cacert).
+    #[arg(long, env = "MAYFLY_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Allow plain http to a non-loopback CA (sends the token in clear).
     #[arg(long)]
     pub insecure_http: bool,
@@ -1047,8 +1073,9 @@ pub struct KnownHostsArgs {
     /// (repeatable).
     #[arg(long = "domain", required = true)]
     pub domains: Vec<String>,
-    /// PEM file of the CA roots to trust for the server's TLS certificate.
-    #[arg(long)]
+    /// PEM file of the CA(s) that signed the CA server's TLS certificate;
+    /// trusted instead of the built-in roots (like curl --cacert).
+    #[arg(long, env = "MAYFLY_CA_FILE")]
     pub ca_file: Option<PathBuf>,
     /// Allow plain http to a non-loopback CA.
     #[arg(long)]
@@ -1108,6 +1135,7 @@ pub fn run_host(cmd: HostCmd, verbose: bool) -> anyhow::Result<ExitCode> {
                     audience: a.audience,
                 },
                 out: a.out,
+                ca_file: a.ca_file,
                 insecure_http: a.insecure_http,
             };
             let (answer, path) = runtime()?.block_on(host_cert(&opts))?;

@@ -35,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod approval;
 pub mod audit;
 pub mod auth;
 pub mod bench;
@@ -42,8 +43,12 @@ pub mod ca;
 pub mod client;
 pub mod config;
 pub mod hostsync;
+pub mod inventory;
+pub mod limits;
 pub mod metrics;
 pub mod policy;
+pub mod reload;
+pub mod report;
 pub mod revocation;
 pub mod rotation;
 pub mod server;

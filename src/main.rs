@@ -88,6 +88,9 @@ enum Cmd {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Just-in-time approvals: list, approve, deny (with your own OIDC token).
+    #[command(subcommand)]
+    Request(RequestCmd),
     /// CA keys: rotation and status.
     #[command(subcommand)]
     Ca(CaCmd),
@@ -186,6 +189,7 @@ enum IdentityCmd {
 #[derive(Subcommand)]
 enum PolicyCmd {
     /// Check every role file in DIR; exit 1 with file:line: reason on errors.
+    /// Risky grants are printed as warnings (exit 0 unless --deny-warnings).
     Check {
         /// Policy directory.
         #[arg(default_value = "ca-policy")]
@@ -193,9 +197,45 @@ enum PolicyCmd {
         /// Also check roles against the issuers in this config.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Exit 1 on warnings too.
+        #[arg(long)]
+        deny_warnings: bool,
     },
-    /// Evaluate a claims JSON file against a role and print the decision.
+    /// Evaluate a claims JSON file against a role and print the decision, or
+    /// run a table of cases (--cases); exit 1 on any case that does not come
+    /// out as expected.
     Test {
+        /// Policy directory (or --dir; default ca-policy).
+        #[arg(value_name = "DIR", conflicts_with = "dir")]
+        dir_arg: Option<PathBuf>,
+        /// Policy directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// A cases file ([[case]] tables) to run instead of one request.
+        #[arg(long, conflicts_with_all = ["role", "issuer", "claims", "principals", "ttl"])]
+        cases: Option<PathBuf>,
+        /// Role to evaluate.
+        #[arg(long, required_unless_present = "cases")]
+        role: Option<String>,
+        /// Issuer name the claims come from.
+        #[arg(long, required_unless_present = "cases")]
+        issuer: Option<String>,
+        /// JSON file with the token's claims.
+        #[arg(long, required_unless_present = "cases")]
+        claims: Option<PathBuf>,
+        /// Requested principals.
+        #[arg(long = "principal")]
+        principals: Vec<String>,
+        /// Requested TTL, e.g. 5m.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Evaluate at this time (RFC 3339) instead of now; with --cases,
+        /// for cases without their own `at`.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Show, step by step, how policy decides one request.
+    Explain {
         /// Policy directory.
         #[arg(long, default_value = "ca-policy")]
         dir: PathBuf,
@@ -214,6 +254,80 @@ enum PolicyCmd {
         /// Requested TTL, e.g. 5m.
         #[arg(long)]
         ttl: Option<String>,
+        /// Evaluate at this time (RFC 3339) instead of now.
+        #[arg(long)]
+        at: Option<String>,
+        /// The bot's key type, e.g. ssh-ed25519, to check key_types too.
+        #[arg(long)]
+        key_type: Option<String>,
+        /// With --key-type ssh-rsa: the key size in bits.
+        #[arg(long, requires = "key_type")]
+        rsa_bits: Option<u32>,
+    },
+}
+
+#[derive(Args)]
+struct ApproverArgs {
+    /// CA base URL.
+    #[arg(long, env = "MAYFLY_SERVER")]
+    server: String,
+    /// File holding your own OIDC token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Audience to request from CI token endpoints.
+    #[arg(long, default_value = "mayfly")]
+    audience: String,
+    /// Allow plain http to a non-loopback CA (sends the token in clear).
+    #[arg(long)]
+    insecure_http: bool,
+    /// PEM file with the CA certificate(s) that signed the server's TLS certificate.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+}
+
+impl ApproverArgs {
+    fn options(&self) -> client::ApproverOptions {
+        client::ApproverOptions {
+            server: self.server.clone(),
+            token: TokenSource {
+                token_file: self.token_file.clone(),
+                audience: self.audience.clone(),
+            },
+            insecure_http: self.insecure_http,
+            ca_file: self.ca_file.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum RequestCmd {
+    /// List pending approval requests you may decide.
+    List {
+        #[command(flatten)]
+        who: ApproverArgs,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending request.
+    Approve {
+        /// Approval request id (apr_...).
+        id: String,
+        /// Why (audited).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        who: ApproverArgs,
+    },
+    /// Deny a pending request.
+    Deny {
+        /// Approval request id (apr_...).
+        id: String,
+        /// Why (audited).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        who: ApproverArgs,
     },
 }
 
@@ -244,6 +358,9 @@ struct RequestArgs {
     /// trusted instead of the built-in roots (like curl --cacert).
     #[arg(long, env = "MAYFLY_CA_FILE")]
     ca_file: Option<PathBuf>,
+    /// How long to wait for a human approval when the role needs one.
+    #[arg(long)]
+    approval_timeout: Option<String>,
 }
 
 fn parse_ttl(s: &Option<String>) -> anyhow::Result<Option<Duration>> {
@@ -267,6 +384,11 @@ impl RequestArgs {
             },
             insecure_http: self.insecure_http,
             ca_file: self.ca_file.clone(),
+            approval_timeout: match &self.approval_timeout {
+                Some(t) => humantime::parse_duration(t)
+                    .with_context(|| format!("--approval-timeout {t:?}: write e.g. 15m"))?,
+                None => client::DEFAULT_APPROVAL_TIMEOUT,
+            },
         })
     }
 }
@@ -317,7 +439,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(mayfly::server::serve(cfg))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Policy(PolicyCmd::Check { dir, config }) => {
+        Cmd::Policy(PolicyCmd::Check {
+            dir,
+            config,
+            deny_warnings,
+        }) => {
             let policy = match mayfly::policy::load_dir(&dir) {
                 Ok(p) => p,
                 Err(errs) => {
@@ -338,22 +464,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(1));
                 }
             }
+            let warnings = mayfly::policy::lint::lint(&policy);
+            for w in &warnings {
+                eprintln!("{w}");
+            }
+            if deny_warnings && !warnings.is_empty() {
+                eprintln!(
+                    "{} warning(s) in {} (--deny-warnings)",
+                    warnings.len(),
+                    dir.display()
+                );
+                return Ok(ExitCode::from(1));
+            }
             println!(
                 "{}: {} role(s) OK ({})",
                 dir.display(),
                 policy.roles.len(),
                 policy.roles.keys().cloned().collect::<Vec<_>>().join(", ")
             );
+            if !warnings.is_empty() {
+                eprintln!("{} warning(s)", warnings.len());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Policy(PolicyCmd::Test {
+            dir_arg,
             dir,
+            cases,
             role,
             issuer,
             claims,
             principals,
             ttl,
+            at,
         }) => {
+            let dir = dir_arg
+                .or(dir)
+                .unwrap_or_else(|| PathBuf::from("ca-policy"));
             let policy = mayfly::policy::load_dir(&dir).map_err(|errs| {
                 anyhow::anyhow!(errs
                     .iter()
@@ -361,17 +508,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .collect::<Vec<_>>()
                     .join("\n"))
             })?;
-            let text = std::fs::read_to_string(&claims)
-                .with_context(|| format!("reading {}", claims.display()))?;
-            let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
-                .with_context(|| {
-                    format!("{} must hold a JSON object of claims", claims.display())
-                })?;
+            let now = match &at {
+                Some(t) => mayfly::policy::window::unix_from_timestamp(
+                    mayfly::policy::window::parse_instant(t)
+                        .map_err(|e| anyhow::anyhow!("--at {e}"))?,
+                ),
+                None => unix_now(),
+            };
+            if let Some(file) = cases {
+                let list = match mayfly::policy::cases::load_cases(&file) {
+                    Ok(c) => c,
+                    Err(errs) => {
+                        for e in &errs {
+                            eprintln!("{e}");
+                        }
+                        eprintln!("{} error(s) in {}", errs.len(), file.display());
+                        return Ok(ExitCode::from(1));
+                    }
+                };
+                let report = mayfly::policy::cases::run(&policy, &file, list, now);
+                for n in &report.notes {
+                    eprintln!("note: {n}");
+                }
+                println!("{report}");
+                return Ok(if report.failed() == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
+            let (Some(role), Some(issuer), Some(claims)) = (role, issuer, claims) else {
+                anyhow::bail!("name --role, --issuer and --claims, or --cases FILE");
+            };
+            let claims =
+                mayfly::policy::explain::read_claims_file(&claims).map_err(anyhow::Error::msg)?;
             let req = mayfly::policy::CertRequest {
                 principals: (!principals.is_empty()).then_some(principals),
                 ttl: parse_ttl(&ttl)?,
             };
-            match policy.evaluate(&role, &issuer, &claims, &req) {
+            match policy.evaluate(&role, &issuer, &claims, &req, now) {
                 Ok(g) => {
                     let p: Vec<&str> = g.principals.iter().map(|p| p.as_str()).collect();
                     let e: Vec<&str> = g.extensions.iter().map(|e| e.as_str()).collect();
@@ -386,6 +561,54 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(2))
                 }
             }
+        }
+        Cmd::Policy(PolicyCmd::Explain {
+            dir,
+            role,
+            issuer,
+            claims,
+            principals,
+            ttl,
+            at,
+            key_type,
+            rsa_bits,
+        }) => {
+            let policy = mayfly::policy::load_dir(&dir).map_err(|errs| {
+                anyhow::anyhow!(errs
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"))
+            })?;
+            let now = match &at {
+                Some(t) => mayfly::policy::window::unix_from_timestamp(
+                    mayfly::policy::window::parse_instant(t)
+                        .map_err(|e| anyhow::anyhow!("--at {e}"))?,
+                ),
+                None => unix_now(),
+            };
+            let claims =
+                mayfly::policy::explain::read_claims_file(&claims).map_err(anyhow::Error::msg)?;
+            let req = mayfly::policy::CertRequest {
+                principals: (!principals.is_empty()).then_some(principals),
+                ttl: parse_ttl(&ttl)?,
+            };
+            let key = key_type.map(|k| mayfly::policy::KeyFacts::declared(&k, rsa_bits));
+            let e = mayfly::policy::explain::explain(
+                &policy,
+                &role,
+                &issuer,
+                &claims,
+                &req,
+                now,
+                key.as_ref(),
+            );
+            println!("{e}");
+            Ok(if e.decision.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
         }
         Cmd::Cert { req, out } => {
             init_logging(quiet, LogFormat::Text);
@@ -588,6 +811,54 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         age,
                         k.location
                     );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Request(cmd) => {
+            init_logging(quiet, LogFormat::Text);
+            let rt = runtime()?;
+            match cmd {
+                RequestCmd::List { who, json } => {
+                    let list = rt.block_on(client::list_requests(&who.options()))?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&list)?);
+                    } else if list.is_empty() {
+                        println!("no pending requests you can decide");
+                    } else {
+                        println!(
+                            "{:<38} {:<14} {:<30} {:<20} {:>8}  {}",
+                            "ID", "ROLE", "REQUESTER", "PRINCIPALS", "EXPIRES", "VOTES"
+                        );
+                        for r in list {
+                            println!(
+                                "{:<38} {:<14} {:<30} {:<20} {:>7}s  {}/{}",
+                                r.id,
+                                r.role,
+                                format!("{}:{}", r.issuer, r.subject),
+                                r.principals.join(","),
+                                client::remaining(r.expires_at),
+                                r.votes.iter().filter(|v| v.approve).count(),
+                                r.required
+                            );
+                        }
+                    }
+                }
+                RequestCmd::Approve { id, reason, who } => {
+                    let r =
+                        rt.block_on(client::vote_request(&who.options(), &id, true, &reason))?;
+                    println!(
+                        "{}: {} ({} of {} approvals)",
+                        r.id,
+                        r.status.as_str(),
+                        r.votes.iter().filter(|v| v.approve).count(),
+                        r.required
+                    );
+                }
+                RequestCmd::Deny { id, reason, who } => {
+                    let r =
+                        rt.block_on(client::vote_request(&who.options(), &id, false, &reason))?;
+                    println!("{}: {}", r.id, r.status.as_str());
                 }
             }
             Ok(ExitCode::SUCCESS)

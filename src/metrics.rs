@@ -1,28 +1,113 @@
-//! Prometheus counters and a latency histogram, rendered as text.
+//! Prometheus metrics, rendered in the text exposition format (0.0.4).
+//!
+//! Counters and histograms live in memory and count from process start.
+//! Gauges that describe durable state (audit records, live revocations,
+//! disabled identities, CA key age) are read at scrape time from the data
+//! directory, so they are right after a restart and include changes made by
+//! other processes (`mayfly revoke`, `mayfly identity disable`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::store::reports::{ReportDb, ScrapeGauges};
 
 /// Upper bounds (seconds) of the request latency histogram buckets.
 const BUCKETS: [f64; 10] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0,
 ];
 
-#[derive(Default)]
+/// Upper bounds (seconds) of the store commit latency histogram buckets:
+/// an fsync ranges from sub-millisecond (NVMe) to seconds (a busy disk).
+const STORE_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Most distinct issuers kept for the JWKS error counter.
+const MAX_ISSUER_LABELS: usize = 64;
+
+/// JWKS fetch failures by issuer URL. Process-wide because the key cache
+/// (`auth`) sits below the service that owns [`Metrics`] and has no handle
+/// to it; issuers come from the config, so the label set is bounded.
+static JWKS_FETCH_ERRORS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+/// Counts one failed fetch of `issuer`'s discovery document or JWKS.
+pub fn jwks_fetch_failed(issuer: &str) {
+    let mut g = JWKS_FETCH_ERRORS.lock().unwrap_or_else(|p| p.into_inner());
+    if g.len() >= MAX_ISSUER_LABELS && !g.contains_key(issuer) {
+        *g.entry("_other".into()).or_default() += 1;
+        return;
+    }
+    *g.entry(issuer.to_string()).or_default() += 1;
+}
+
+/// A cumulative histogram with fixed buckets.
+struct Histogram<const N: usize> {
+    bounds: [f64; N],
+    counts: [u64; N],
+    sum: f64,
+    total: u64,
+}
+
+impl<const N: usize> Histogram<N> {
+    fn new(bounds: [f64; N]) -> Self {
+        Histogram {
+            bounds,
+            counts: [0; N],
+            sum: 0.0,
+            total: 0,
+        }
+    }
+
+    fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, b) in self.bounds.iter().enumerate() {
+            if s <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += s;
+        self.total += 1;
+    }
+
+    fn write(&self, o: &mut String, name: &str, help: &str) {
+        family(o, name, "histogram", help);
+        let bucket = format!("{name}_bucket");
+        for (b, n) in self.bounds.iter().zip(self.counts) {
+            sample(o, &bucket, &[("le", &b.to_string())], n);
+        }
+        sample(o, &bucket, &[("le", "+Inf")], self.total);
+        sample(o, &format!("{name}_sum"), &[], self.sum);
+        sample(o, &format!("{name}_count"), &[], self.total);
+    }
+}
+
 struct Inner {
     issued: BTreeMap<String, u64>,
     denied: BTreeMap<(String, String), u64>,
-    latency_counts: [u64; BUCKETS.len()],
-    latency_sum: f64,
-    latency_total: u64,
+    latency: Histogram<{ BUCKETS.len() }>,
+    store: Histogram<{ STORE_BUCKETS.len() }>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            issued: BTreeMap::new(),
+            denied: BTreeMap::new(),
+            latency: Histogram::new(BUCKETS),
+            store: Histogram::new(STORE_BUCKETS),
+        }
+    }
 }
 
 /// Process-wide metrics.
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    data_dir: Option<PathBuf>,
+    db: Option<Arc<ReportDb>>,
 }
 
 /// Role names are bounded so a bot cannot grow the label set without limit.
@@ -38,7 +123,73 @@ fn label(role: &str) -> String {
     }
 }
 
+/// Escapes a label value: backslash, double quote and line feed.
+pub fn escape_label(v: &str) -> String {
+    let mut o = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => o.push_str("\\\\"),
+            '"' => o.push_str("\\\""),
+            '\n' => o.push_str("\\n"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// Escapes HELP text: backslash and line feed.
+fn escape_help(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {}", escape_help(help));
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+}
+
+fn sample(o: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    o.push_str(name);
+    if !labels.is_empty() {
+        o.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                o.push(',');
+            }
+            let _ = write!(o, "{k}=\"{}\"", escape_label(v));
+        }
+        o.push('}');
+    }
+    let _ = writeln!(o, " {value}");
+}
+
+/// Seconds since `path` was last modified, if it exists.
+fn file_age(path: &Path, now: SystemTime) -> Option<u64> {
+    let m = std::fs::metadata(path).ok()?.modified().ok()?;
+    Some(now.duration_since(m).map(|d| d.as_secs()).unwrap_or(0))
+}
+
 impl Metrics {
+    /// Metrics that also report the durable state under `data_dir`: audit
+    /// records, live revocations and disabled entries (from the database),
+    /// and the age of the CA key files.
+    pub fn for_data_dir(data_dir: &Path) -> Metrics {
+        let db = ReportDb::new(
+            &data_dir.join(crate::server::files::DATABASE),
+            Duration::from_secs(2),
+        );
+        Metrics {
+            inner: Mutex::default(),
+            data_dir: Some(data_dir.to_path_buf()),
+            db: Some(Arc::new(db)),
+        }
+    }
+
+    /// The report connection to the CA database, when built with
+    /// [`Metrics::for_data_dir`]; also serves the admin inventory API.
+    pub fn report_db(&self) -> Option<Arc<ReportDb>> {
+        self.db.clone()
+    }
+
     /// Counts an issued certificate.
     pub fn issued(&self, role: &str) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -53,70 +204,254 @@ impl Metrics {
 
     /// Records one certificate request's handling time.
     pub fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if s <= *b {
-                g.latency_counts[i] += 1;
-            }
-        }
-        g.latency_sum += s;
-        g.latency_total += 1;
+        g.latency.observe(d);
+    }
+
+    /// Records how long an issuance's audit record took to become durable
+    /// (queueing for the group commit included).
+    pub fn observe_store_commit(&self, d: Duration) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.store.observe(d);
     }
 
     /// Prometheus text exposition.
     pub fn render(&self, ca_fingerprint: &str, policy_digest: &str, roles: usize) -> String {
-        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        self.render_at(ca_fingerprint, policy_digest, roles, SystemTime::now())
+    }
+
+    /// Prometheus text exposition as of `now` (key ages, live revocations).
+    pub fn render_at(
+        &self,
+        ca_fingerprint: &str,
+        policy_digest: &str,
+        roles: usize,
+        now: SystemTime,
+    ) -> String {
+        let unix = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        // Read durable state before taking the lock: the counters must not
+        // wait for the database.
+        let gauges: Option<Result<ScrapeGauges, String>> = self.db.as_ref().map(|db| {
+            db.with(|s| s.scrape_gauges(unix))
+                .map_err(|e| e.to_string())
+        });
+        if let Some(Err(e)) = &gauges {
+            tracing::warn!(error = %e, "metrics: cannot read the audit database");
+        }
         let mut o = String::new();
-        let _ = writeln!(
-            o,
-            "# HELP mayfly_certs_issued_total User certificates issued."
-        );
-        let _ = writeln!(o, "# TYPE mayfly_certs_issued_total counter");
-        for (role, n) in &g.issued {
-            let _ = writeln!(o, "mayfly_certs_issued_total{{role=\"{role}\"}} {n}");
-        }
-        let _ = writeln!(
-            o,
-            "# HELP mayfly_certs_denied_total Certificate requests refused, by reason code."
-        );
-        let _ = writeln!(o, "# TYPE mayfly_certs_denied_total counter");
-        for ((role, code), n) in &g.denied {
-            let _ = writeln!(
-                o,
-                "mayfly_certs_denied_total{{role=\"{role}\",reason=\"{code}\"}} {n}"
+        {
+            let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            family(
+                &mut o,
+                "mayfly_certs_issued_total",
+                "counter",
+                "User certificates issued.",
+            );
+            for (role, n) in &g.issued {
+                sample(&mut o, "mayfly_certs_issued_total", &[("role", role)], n);
+            }
+            family(
+                &mut o,
+                "mayfly_certs_denied_total",
+                "counter",
+                "Certificate requests refused, by reason code.",
+            );
+            for ((role, code), n) in &g.denied {
+                sample(
+                    &mut o,
+                    "mayfly_certs_denied_total",
+                    &[("role", role), ("reason", code)],
+                    n,
+                );
+            }
+            g.latency.write(
+                &mut o,
+                "mayfly_cert_request_duration_seconds",
+                "Time to answer a certificate request.",
+            );
+            g.store.write(
+                &mut o,
+                "mayfly_store_commit_duration_seconds",
+                "Time until an issuance's audit record was durable (group-commit wait and fsync).",
             );
         }
-        let _ = writeln!(
-            o,
-            "# HELP mayfly_cert_request_duration_seconds Time to answer a certificate request."
+        family(
+            &mut o,
+            "mayfly_info",
+            "gauge",
+            "CA key and policy version in force.",
         );
-        let _ = writeln!(o, "# TYPE mayfly_cert_request_duration_seconds histogram");
-        for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "mayfly_cert_request_duration_seconds_bucket{{le=\"{b}\"}} {}",
-                g.latency_counts[i]
+        sample(
+            &mut o,
+            "mayfly_info",
+            &[
+                ("user_ca", ca_fingerprint),
+                ("policy_digest", policy_digest),
+                ("roles", &roles.to_string()),
+            ],
+            1,
+        );
+        family(
+            &mut o,
+            "mayfly_policy_info",
+            "gauge",
+            "Policy version in force: SHA-256 digest over the role files.",
+        );
+        sample(
+            &mut o,
+            "mayfly_policy_info",
+            &[("digest", policy_digest)],
+            1,
+        );
+        family(&mut o, "mayfly_policy_roles", "gauge", "Roles loaded.");
+        sample(&mut o, "mayfly_policy_roles", &[], roles);
+        {
+            let g = JWKS_FETCH_ERRORS.lock().unwrap_or_else(|p| p.into_inner());
+            family(
+                &mut o,
+                "mayfly_jwks_fetch_errors_total",
+                "counter",
+                "Failed fetches of an issuer's OIDC discovery document or JWKS, by issuer URL.",
             );
+            for (issuer, n) in g.iter() {
+                sample(
+                    &mut o,
+                    "mayfly_jwks_fetch_errors_total",
+                    &[("issuer", issuer)],
+                    n,
+                );
+            }
         }
-        let _ = writeln!(
-            o,
-            "mayfly_cert_request_duration_seconds_bucket{{le=\"+Inf\"}} {}",
-            g.latency_total
-        );
-        let _ = writeln!(
-            o,
-            "mayfly_cert_request_duration_seconds_sum {}",
-            g.latency_sum
-        );
-        let _ = writeln!(
-            o,
-            "mayfly_cert_request_duration_seconds_count {}",
-            g.latency_total
-        );
-        let _ = writeln!(o, "# HELP mayfly_info CA key and policy version in force.");
-        let _ = writeln!(o, "# TYPE mayfly_info gauge");
-        let _ = writeln!(o, "mayfly_info{{user_ca=\"{ca_fingerprint}\",policy_digest=\"{policy_digest}\",roles=\"{roles}\"}} 1");
+        if let Some(dir) = &self.data_dir {
+            family(
+                &mut o,
+                "mayfly_ca_key_age_seconds",
+                "gauge",
+                "Seconds since the active CA key file was written (absent for PKCS#11 keys).",
+            );
+            for (ca, file) in [
+                ("user", crate::server::files::USER_CA_KEY),
+                ("host", crate::server::files::HOST_CA_KEY),
+            ] {
+                if let Some(age) = file_age(&dir.join(file), now) {
+                    sample(&mut o, "mayfly_ca_key_age_seconds", &[("ca", ca)], age);
+                }
+            }
+        }
+        if let Some(gauges) = gauges {
+            family(
+                &mut o,
+                "mayfly_store_up",
+                "gauge",
+                "1 if the audit database answered this scrape's queries.",
+            );
+            sample(&mut o, "mayfly_store_up", &[], u8::from(gauges.is_ok()));
+            if let Ok(gv) = gauges {
+                family(
+                    &mut o,
+                    "mayfly_audit_records_total",
+                    "counter",
+                    "Audit records written (the length of the audit log; records are never deleted).",
+                );
+                sample(&mut o, "mayfly_audit_records_total", &[], gv.audit_records);
+                family(
+                    &mut o,
+                    "mayfly_revocations_live",
+                    "gauge",
+                    "Revoked certificates that have not expired yet (entries in the KRL).",
+                );
+                sample(&mut o, "mayfly_revocations_live", &[], gv.live_revocations);
+                family(
+                    &mut o,
+                    "mayfly_disabled",
+                    "gauge",
+                    "Deactivations in force: identity (every role), identity_role, or role.",
+                );
+                for (scope, n) in [
+                    ("identity", gv.disabled_identities),
+                    ("identity_role", gv.disabled_identity_roles),
+                    ("role", gv.disabled_roles),
+                ] {
+                    sample(&mut o, "mayfly_disabled", &[("scope", scope)], n);
+                }
+            }
+        }
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let mut o = String::new();
+        sample(&mut o, "m", &[("x", "q\"\n"), ("y", "z")], 2);
+        assert_eq!(o, "m{x=\"q\\\"\\n\",y=\"z\"} 2\n");
+    }
+
+    #[test]
+    fn histograms_are_cumulative_and_end_with_inf() {
+        let m = Metrics::default();
+        m.observe_store_commit(Duration::from_micros(300));
+        m.observe_store_commit(Duration::from_millis(30));
+        m.observe_store_commit(Duration::from_secs(5));
+        let out = m.render_at("SHA256:x", "d\"igest", 1, UNIX_EPOCH);
+        assert!(out.contains("mayfly_store_commit_duration_seconds_bucket{le=\"0.0005\"} 1\n"));
+        assert!(out.contains("mayfly_store_commit_duration_seconds_bucket{le=\"0.05\"} 2\n"));
+        assert!(out.contains("mayfly_store_commit_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(out.contains("mayfly_store_commit_duration_seconds_count 3\n"));
+        assert!(out.contains("mayfly_policy_info{digest=\"d\\\"igest\"} 1\n"));
+        // Without a data directory there are no store-backed gauges.
+        assert!(!out.contains("mayfly_store_up"));
+        // Every sample belongs to a family announced with HELP and TYPE.
+        let mut typed = std::collections::HashSet::new();
+        for line in out.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                typed.insert(rest.split(' ').next().unwrap().to_string());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|b| typed.contains(*b)))
+                    .unwrap_or(name);
+                assert!(typed.contains(base), "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn jwks_errors_are_counted_per_issuer() {
+        jwks_fetch_failed("https://issuer.test/a");
+        jwks_fetch_failed("https://issuer.test/a");
+        let out = Metrics::default().render_at("f", "d", 0, UNIX_EPOCH);
+        assert!(
+            out.contains("mayfly_jwks_fetch_errors_total{issuer=\"https://issuer.test/a\"} 2\n")
+        );
+    }
+
+    #[test]
+    fn data_dir_gauges_read_the_database_and_key_files() {
+        let d = tempfile::tempdir().unwrap();
+        let db = d.path().join(crate::server::files::DATABASE);
+        drop(crate::store::sqlite::Sqlite::open(&db, Duration::from_millis(100)).unwrap());
+        std::fs::write(d.path().join(crate::server::files::USER_CA_KEY), "k").unwrap();
+        let m = Metrics::for_data_dir(d.path());
+        let out = m.render_at("f", "d", 0, SystemTime::now() + Duration::from_secs(100));
+        assert!(out.contains("mayfly_store_up 1\n"), "{out}");
+        assert!(out.contains("mayfly_audit_records_total 0\n"));
+        assert!(out.contains("mayfly_disabled{scope=\"role\"} 0\n"));
+        let age = out
+            .lines()
+            .find_map(|l| l.strip_prefix("mayfly_ca_key_age_seconds{ca=\"user\"} "))
+            .unwrap();
+        assert!((99..=200).contains(&age.parse::<u64>().unwrap()), "{age}");
+        assert!(!out.contains("ca=\"host\""));
     }
 }

@@ -54,6 +54,9 @@ pub enum StartError {
     /// TLS set-up failed, or plain HTTP off loopback was not allowed.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The audit key, sinks or stream could not be set up.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::stream::StreamError),
     /// Other I/O.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -136,6 +139,17 @@ fn now_secs() -> u64 {
 
 /// Builds the service from config (keys, policy, store), without listening.
 pub fn build(cfg: &Config) -> Result<Service, StartError> {
+    let (service, audit) = build_with_audit(cfg)?;
+    // Runs until the store's writer thread (which holds its hook) ends.
+    audit.detach();
+    Ok(service)
+}
+
+/// As [`build`], also returning the audit stream (sinks, checkpoints) so
+/// that `serve` can stop it cleanly, with a final signed checkpoint.
+pub fn build_with_audit(
+    cfg: &Config,
+) -> Result<(Service, crate::audit::stream::AuditStream), StartError> {
     ensure_data_dir(&cfg.data_dir)?;
     let policy = load_policy(&cfg.policy_dir, cfg)?;
     if let Some(w) = ca::keys::at_rest_warning(&cfg.ca) {
@@ -148,7 +162,17 @@ pub fn build(cfg: &Config) -> Result<Service, StartError> {
     let now = now_secs();
     let serials = SerialAllocator::new(db.max_serial()?, now);
     let used_tokens = db.used_tokens(now)?;
-    let store = Store::start(db, Sqlite::open(&db_path, cfg.store_busy_timeout)?)?;
+    let audit = crate::audit::stream::AuditStream::start(
+        &cfg.audit,
+        &cfg.data_dir,
+        &db_path,
+        cfg.store_busy_timeout,
+    )?;
+    let store = Store::start_with_hook(
+        db,
+        Sqlite::open(&db_path, cfg.store_busy_timeout)?,
+        Some(audit.hook()),
+    )?;
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
@@ -157,7 +181,7 @@ pub fn build(cfg: &Config) -> Result<Service, StartError> {
         .map_err(std::io::Error::other)?;
     let verifier = Verifier::new(&cfg.issuers, http);
     tracing::info!(roles = policy.roles.len(), digest = %policy.digest, dir = %cfg.policy_dir.display(), "policy loaded");
-    Ok(Service::new(
+    let service = Service::new(
         ServiceParts {
             verifier,
             policy,
@@ -171,11 +195,12 @@ pub fn build(cfg: &Config) -> Result<Service, StartError> {
             used_tokens,
             serials,
             backdate: cfg.backdate,
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(Metrics::for_data_dir(&cfg.data_dir)),
             admins: cfg.admins.clone(),
         },
         SystemTime::now(),
-    ))
+    );
+    Ok((service, audit))
 }
 
 async fn shutdown_signal() {
@@ -204,7 +229,8 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     // anything is created on disk.
     let transport = tls::check_listen(cfg.listen, cfg.tls.is_some(), cfg.insecure_http)?;
     let server_tls = cfg.tls.as_ref().map(tls::ServerTls::load).transpose()?;
-    let service = Arc::new(build(&cfg)?);
+    let (service, audit) = build_with_audit(&cfg)?;
+    let service = Arc::new(service);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -221,6 +247,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
             }
         });
     }
+    crate::reload::spawn_watcher(service.clone(), cfg.clone());
     let pub_path = cfg.data_dir.join(files::USER_CA_PUB);
     let scheme = if server_tls.is_some() {
         "https"
@@ -265,5 +292,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
             .await?
         }
     }
+    // Stream what is left to the sinks and sign the final head.
+    let _ = tokio::task::spawn_blocking(move || audit.shutdown()).await;
     Ok(())
 }

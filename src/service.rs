@@ -39,6 +39,8 @@ pub struct UserCertRequest {
     pub request_id: String,
     /// Client address.
     pub client_addr: Option<SocketAddr>,
+    /// The approval request this call redeems (roles that need approval).
+    pub approval_request: Option<String>,
 }
 
 /// An issued certificate.
@@ -81,6 +83,19 @@ pub enum IssueError {
     /// Minting failed (500).
     #[error(transparent)]
     Mint(#[from] MintError),
+    /// The role needs approval; the request waits (202).
+    #[error("role needs approval: request {id} waits for {needed} approval(s) until {expires_at}; an approver runs `mayfly request approve {id}`")]
+    ApprovalPending {
+        /// Approval request id to poll with.
+        id: String,
+        /// Approvals still needed.
+        needed: u32,
+        /// Unix seconds.
+        expires_at: u64,
+    },
+    /// An approval step failed (403/404).
+    #[error(transparent)]
+    Approval(#[from] crate::approval::ApprovalError),
 }
 
 impl IssueError {
@@ -92,6 +107,8 @@ impl IssueError {
             IssueError::Denied(d) => d.code.as_str(),
             IssueError::Store(_) => "store_unavailable",
             IssueError::Mint(_) => "internal",
+            IssueError::ApprovalPending { .. } => "approval_pending",
+            IssueError::Approval(a) => a.code(),
         }
     }
 }
@@ -293,6 +310,200 @@ impl Service {
         result
     }
 
+    /// Creates (first call) or redeems (`approval_request` given) the
+    /// approval of a role that needs one. Returns `Ok` only for an approved
+    /// request, which is marked used in the same step.
+    async fn check_approval(
+        &self,
+        ap: &crate::approval::ApprovalPolicy,
+        req: &UserCertRequest,
+        verified: &VerifiedToken,
+        grant: &crate::policy::Grant,
+        rec: &AuditRecord,
+        now: SystemTime,
+    ) -> Result<(), IssueError> {
+        use crate::approval::{ApprovalError, ApprovalRequest, ApprovalStatus};
+        let now_s = unix(now);
+        let fingerprint = rec.key_fingerprint.clone().unwrap_or_default();
+        let mut arec = rec.clone();
+        match &req.approval_request {
+            None => {
+                let id = crate::approval::new_id();
+                let r = ApprovalRequest {
+                    id: id.clone(),
+                    role: req.role.clone(),
+                    issuer: verified.issuer().to_string(),
+                    subject: verified.subject().to_string(),
+                    key_fingerprint: fingerprint,
+                    principals: grant.principals.iter().map(|p| p.to_string()).collect(),
+                    ttl_seconds: grant.ttl.as_secs(),
+                    created_at: now_s,
+                    expires_at: now_s + ap.expires.as_secs(),
+                    required: ap.required,
+                    status: ApprovalStatus::Pending,
+                    votes: Vec::new(),
+                };
+                arec.event = EventKind::ApprovalRequested;
+                arec.reason = Some(format!(
+                    "approval request {id}: {} approval(s) needed",
+                    ap.required
+                ));
+                arec.principals = r.principals.clone();
+                let expires_at = r.expires_at;
+                self.store
+                    .write(move |b| b.approval_put(&r, &[arec]))
+                    .await?;
+                Err(IssueError::ApprovalPending {
+                    id,
+                    needed: ap.required,
+                    expires_at,
+                })
+            }
+            Some(id) => {
+                let id = id.clone();
+                let (issuer, subject, role) = (
+                    verified.issuer().to_string(),
+                    verified.subject().to_string(),
+                    req.role.clone(),
+                );
+                self.store
+                    .write(move |b| {
+                        let Some(mut r) = b.approval_get(&id)? else {
+                            return Ok(Err(ApprovalError::NotFound(id)));
+                        };
+                        if r.issuer != issuer
+                            || r.subject != subject
+                            || r.role != role
+                            || r.key_fingerprint != fingerprint
+                        {
+                            return Ok(Err(ApprovalError::Mismatch(id)));
+                        }
+                        match r.status_at(now_s) {
+                            ApprovalStatus::Approved => {
+                                r.status = ApprovalStatus::Used;
+                                arec.event = EventKind::ApprovalUsed;
+                                arec.reason = Some(format!("approval request {id} redeemed"));
+                                b.approval_put(&r, &[arec])?;
+                                Ok(Ok(None))
+                            }
+                            ApprovalStatus::Pending => Ok(Ok(Some(r))),
+                            other => Ok(Err(ApprovalError::NotPending {
+                                id,
+                                status: other.as_str().into(),
+                            })),
+                        }
+                    })
+                    .await?
+                    .map_err(IssueError::Approval)?
+                    .map_or(Ok(()), |r| {
+                        let approvals = r.votes.iter().filter(|v| v.approve).count() as u32;
+                        Err(IssueError::ApprovalPending {
+                            id: r.id,
+                            needed: r.required.saturating_sub(approvals),
+                            expires_at: r.expires_at,
+                        })
+                    })
+            }
+        }
+    }
+
+    /// Pending approval requests the caller may decide, after checking the
+    /// caller's token.
+    pub async fn pending_approvals(
+        &self,
+        token: Option<&crate::auth::BearerToken>,
+        now: SystemTime,
+    ) -> Result<Vec<crate::approval::ApprovalRequest>, IssueError> {
+        let v = self.verify_person(token, now).await?;
+        let policy = self.policy();
+        let all = self
+            .store
+            .read(|b| b.approval_list(Some(crate::approval::ApprovalStatus::Pending)))?;
+        Ok(all
+            .into_iter()
+            .filter(|r| r.status_at(unix(now)) == crate::approval::ApprovalStatus::Pending)
+            .filter(|r| {
+                policy
+                    .roles
+                    .get(&r.role)
+                    .and_then(|role| role.approval.as_ref())
+                    .is_some_and(|ap| ap.is_approver(v.issuer(), v.claims()))
+            })
+            .collect())
+    }
+
+    /// Verifies a person's token (approvers): like a bot token, not single use.
+    async fn verify_person(
+        &self,
+        token: Option<&crate::auth::BearerToken>,
+        now: SystemTime,
+    ) -> Result<VerifiedToken, IssueError> {
+        let token = token.ok_or(TokenError::Missing)?;
+        Ok(self.verifier.verify(token.expose(), unix(now)).await?)
+    }
+
+    /// Approves or denies approval request `id` as the caller.
+    pub async fn vote(
+        &self,
+        token: Option<&crate::auth::BearerToken>,
+        id: &str,
+        approve: bool,
+        reason: &str,
+        request_id: &str,
+        now: SystemTime,
+    ) -> Result<crate::approval::ApprovalRequest, IssueError> {
+        use crate::approval::ApprovalError;
+        let v = self.verify_person(token, now).await?;
+        let approver = format!("{}:{}", v.issuer(), v.subject());
+        let policy = self.policy();
+        let id_owned = id.to_string();
+        let current = self
+            .store
+            .read(|b| b.approval_get(&id_owned))?
+            .ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
+        let allowed = policy
+            .roles
+            .get(&current.role)
+            .and_then(|role| role.approval.as_ref())
+            .is_some_and(|ap| ap.is_approver(v.issuer(), v.claims()));
+        if !allowed {
+            return Err(ApprovalError::NotApprover(approver, current.role).into());
+        }
+        let now_s = unix(now);
+        let mut rec = AuditRecord::new(
+            if approve {
+                EventKind::ApprovalGranted
+            } else {
+                EventKind::ApprovalDenied
+            },
+            unix_ms(now),
+            request_id,
+        );
+        rec.role = Some(current.role.clone());
+        rec.issuer = Some(current.issuer.clone());
+        rec.subject = Some(current.subject.clone());
+        rec.actor = Some(format!("approver:{approver}"));
+        rec.reason = Some(format!("approval request {id}: {reason}"));
+        let (id, reason) = (id.to_string(), reason.to_string());
+        let updated = self
+            .store
+            .write(move |b| {
+                let Some(r) = b.approval_get(&id)? else {
+                    return Ok(Err(ApprovalError::NotFound(id)));
+                };
+                match crate::approval::apply_vote(r, &approver, approve, &reason, now_s) {
+                    Ok(r) => {
+                        b.approval_put(&r, &[rec])?;
+                        Ok(Ok(r))
+                    }
+                    Err(e) => Ok(Err(e)),
+                }
+            })
+            .await??;
+        tracing::info!(request_id, approval = %updated.id, status = updated.status.as_str(), "approval vote recorded");
+        Ok(updated)
+    }
+
     /// The store handle (for admin operations).
     pub fn store(&self) -> &Store {
         &self.store
@@ -427,6 +638,13 @@ impl Service {
         &self.metrics
     }
 
+    /// Puts a new policy in force; requests already running finish with
+    /// the one they started with.
+    pub fn set_policy(&self, policy: Policy) {
+        let mut g = self.policy.write().unwrap_or_else(|p| p.into_inner());
+        *g = Arc::new(policy);
+    }
+
     /// The policy in force.
     pub fn policy(&self) -> Arc<Policy> {
         self.policy
@@ -476,7 +694,7 @@ impl Service {
                             reason = %e, "certificate denied");
                     }
                 }
-                if !matches!(e, IssueError::Store(_)) {
+                if !matches!(e, IssueError::Store(_) | IssueError::ApprovalPending { .. }) {
                     rec.event = EventKind::CertDenied;
                     rec.reason_code = Some(code.to_string());
                     rec.reason = Some(e.to_string());
@@ -536,6 +754,7 @@ impl Service {
                     principals: req.principals.clone(),
                     ttl,
                 },
+                now_s,
             )?,
             CertKind::Host => policy.evaluate_host(
                 &req.role,
@@ -547,6 +766,7 @@ impl Service {
                 },
             )?,
         };
+        grant.admit_key(&crate::policy::KeyFacts::from(&subject))?;
         if let Some(d) = self.disabled_for(verified.issuer(), verified.subject(), &req.role)? {
             let what = if d.subject.is_empty() {
                 format!("role {:?} is disabled", d.role)
@@ -564,6 +784,11 @@ impl Service {
                 message: format!("{what}; ask the CA operator (`mayfly identity enable`)"),
             }
             .into());
+        }
+
+        if let Some(ap) = policy.roles.get(&req.role).and_then(|r| r.approval.clone()) {
+            self.check_approval(&ap, req, &verified, &grant, rec, now)
+                .await?;
         }
 
         if verified.replay_protection()
@@ -591,7 +816,10 @@ impl Service {
             },
             principals: grant.principals,
             valid_after: now_s.saturating_sub(self.backdate.as_secs()),
-            valid_before: now_s.saturating_add(grant.ttl.as_secs()),
+            // Policy already clipped the TTL; the window end bounds it again.
+            valid_before: now_s
+                .saturating_add(grant.ttl.as_secs())
+                .min(grant.window_end.unwrap_or(u64::MAX)),
             extensions: grant.extensions,
             force_command: grant.force_command,
             source_address: grant.source_address,
@@ -608,7 +836,10 @@ impl Service {
         rec.valid_after = Some(spec.valid_after);
         rec.valid_before = Some(spec.valid_before);
         rec.ca_key = Some(authority.public_key_line());
-        self.store.append(rec.clone()).await?;
+        let commit_started = std::time::Instant::now();
+        let stored = self.store.append(rec.clone()).await;
+        self.metrics.observe_store_commit(commit_started.elapsed());
+        stored?;
         Ok(Issued {
             certificate: line,
             serial,

@@ -180,14 +180,19 @@ fn pem_reason(e: &pem::Error) -> &'static str {
     }
 }
 
-/// Reads PEM certificates; at least one must be present.
-fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {what}: {e}"))?;
+/// Reads PEM certificates; at least one must be present. `bad` turns a
+/// content problem into the caller's error.
+fn read_certs(
+    what: &'static str,
+    path: &Path,
+    bad: impl Fn(String) -> TlsError,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read_file(what, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_reason(&e).to_string())?;
+        .map_err(|e| bad(pem_reason(&e).to_string()))?;
     if certs.is_empty() {
-        return Err("no PEM certificate found".into());
+        return Err(bad("no PEM certificate found".into()));
     }
     Ok(certs)
 }
@@ -199,16 +204,11 @@ pub fn load_certified_key(
     key_file: &Path,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, TlsError> {
-    let chain = read_certs("tls.cert_file", cert_file).map_err(|reason| match reason {
-        r if r.starts_with("cannot read") => TlsError::Read {
-            what: "tls.cert_file",
-            path: cert_file.to_path_buf(),
-            source: io::Error::other(r),
-        },
-        reason => TlsError::BadCertificate {
+    let chain = read_certs("tls.cert_file", cert_file, |reason| {
+        TlsError::BadCertificate {
             path: cert_file.to_path_buf(),
             reason,
-        },
+        }
     })?;
     if let Some(leaf) = chain.first() {
         if let Err(e) = x509_cert::Certificate::from_der(leaf) {
@@ -240,34 +240,47 @@ pub fn load_certified_key(
     })
 }
 
-/// What a log line says about a served certificate: its subject, expiry
-/// and SHA-256 fingerprint.
-fn describe_leaf(key: &CertifiedKey) -> String {
+/// Logs the certificate now served (`event` is "loaded" or "reloaded"),
+/// as a warning if it has expired.
+fn log_served(event: &str, cert_file: &Path, key: &CertifiedKey) {
+    let (about, expired) = describe_leaf(key);
+    if expired {
+        tracing::warn!(cert_file = %cert_file.display(),
+            "TLS certificate {event}, but it has EXPIRED and clients will refuse it: {about}");
+    } else {
+        tracing::info!(cert_file = %cert_file.display(), "TLS certificate {event}: {about}");
+    }
+}
+
+/// What a log line says about a served certificate (subject, expiry,
+/// SHA-256 fingerprint), and whether it has expired.
+fn describe_leaf(key: &CertifiedKey) -> (String, bool) {
     let Some(leaf) = key.cert.first() else {
-        return "no certificate".into();
+        return ("no certificate".into(), false);
     };
     let fingerprint: String = Sha256::digest(leaf.as_ref())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    match x509_cert::Certificate::from_der(leaf) {
-        Ok(c) => {
-            let not_after = c.tbs_certificate.validity.not_after.to_system_time();
-            let days = not_after
-                .duration_since(SystemTime::now())
-                .map(|d| format!("expires in {} days", d.as_secs() / 86_400))
-                .unwrap_or_else(|_| "EXPIRED".into());
-            let secs = not_after
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            format!(
-                "subject \"{}\", not_after {secs} ({days}), sha256 {fingerprint}",
-                c.tbs_certificate.subject
-            )
-        }
-        Err(_) => format!("sha256 {fingerprint}"),
-    }
+    let Ok(c) = x509_cert::Certificate::from_der(leaf) else {
+        return (format!("sha256 {fingerprint}"), false);
+    };
+    let not_after = c.tbs_certificate.validity.not_after.to_system_time();
+    let left = not_after.duration_since(SystemTime::now()).ok();
+    let secs = not_after
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = left
+        .map(|d| format!("expires in {} days", d.as_secs() / 86_400))
+        .unwrap_or_else(|| "expired".into());
+    (
+        format!(
+            "subject \"{}\", not_after {secs} ({days}), sha256 {fingerprint}",
+            c.tbs_certificate.subject
+        ),
+        left.is_none(),
+    )
 }
 
 /// Identity of one version of a file on disk: a rename, rewrite or
@@ -328,7 +341,7 @@ impl CertReloader {
             .and_then(|c| FileStamp::of(key_file).map(|k| (c, k)))
             .ok();
         let key = load_certified_key(cert_file, key_file, &provider)?;
-        tracing::info!(cert_file = %cert_file.display(), "TLS certificate loaded: {}", describe_leaf(&key));
+        log_served("loaded", cert_file, &key);
         Ok(CertReloader {
             cert_file: cert_file.to_path_buf(),
             key_file: key_file.to_path_buf(),
@@ -389,8 +402,7 @@ impl CertReloader {
                 match outcome {
                     Ok(Ok(true)) => {
                         last_error = None;
-                        tracing::info!(cert_file = %self.cert_file.display(),
-                            "TLS certificate reloaded: {}", describe_leaf(&self.current()));
+                        log_served("reloaded", &self.cert_file, &self.current());
                     }
                     Ok(Ok(false)) => {}
                     Ok(Err(e)) => {
@@ -452,7 +464,7 @@ impl ServerTls {
                     reason,
                 };
                 let mut roots = RootCertStore::empty();
-                for cert in read_certs("tls.client_ca_file", path).map_err(bad)? {
+                for cert in read_certs("tls.client_ca_file", path, bad)? {
                     roots.add(cert).map_err(|e| {
                         bad(format!("a certificate is unusable as a trust anchor ({e})"))
                     })?;
@@ -883,6 +895,29 @@ mod tests {
         let third = f.rotate();
         assert!(r.reload_if_changed().expect("test setup"));
         assert_eq!(r.current().cert[0].as_ref(), &third[..]);
+    }
+
+    #[test]
+    fn an_expired_certificate_still_loads_but_is_reported_as_expired() {
+        let f = Files::new();
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &f.issuer).expect("sign");
+        write_atomic(&f.cert(), cert.pem().as_bytes());
+        write_atomic(&f.key(), key.serialize_pem().as_bytes());
+        let loaded = load_certified_key(&f.cert(), &f.key(), &provider()).expect("loads");
+        let (about, expired) = describe_leaf(&loaded);
+        assert!(expired, "{about}");
+        assert!(about.contains("not_after 978307200"), "{about}");
+        f.rotate();
+        let loaded = load_certified_key(&f.cert(), &f.key(), &provider()).expect("loads");
+        let (about, expired) = describe_leaf(&loaded);
+        assert!(
+            !expired && about.contains("subject \"CN=mayfly\""),
+            "{about}"
+        );
     }
 
     #[test]

@@ -264,6 +264,7 @@ fn host_sync(server: &str, dir: &Path, extra: &[&str]) -> Output {
         .arg(dir)
         .args(extra)
         .env_remove("MAYFLY_SERVER")
+        .env_remove("MAYFLY_CA_FILE")
         .output()
         .expect("run mayfly host sync")
 }
@@ -443,14 +444,20 @@ fn sync_from_real_ca_installs_files_that_real_sshd_uses() {
     );
     assert_eq!(String::from_utf8_lossy(&login.stdout).trim(), "deploy");
 
+    // Nothing changed on the CA: the second run (ETag, then 304) rewrites nothing.
+    let before = snapshot(&dir, &[]);
+    assert!(
+        before.contains_key(".revoked.krl.etag"),
+        "the CA sends an ETag"
+    );
     let again = host_sync(&ca.url(), &dir, &["-v"]);
     assert_ok(&again);
-    let line = stderr(&again);
-    assert_eq!(line.lines().count(), 1, "{line}");
-    assert!(
-        line.starts_with("mayfly host sync: ") && line.contains("KRL version"),
-        "{line}"
+    let version = krl_version_by_ssh_keygen(&dir.join("revoked.krl"));
+    assert_eq!(
+        stderr(&again),
+        format!("mayfly host sync: unchanged (KRL version {version}, 1 user CA key)\n")
     );
+    assert!(snapshot(&dir, &[]) == before);
 }
 
 #[test]
@@ -519,6 +526,57 @@ fn known_hosts_prints_cert_authority_lines_for_the_host_ca() {
         .expect("run mayfly known-hosts");
     assert_eq!(bad.status.code(), Some(1));
     assert!(bad.stdout.is_empty());
+}
+
+/// A test TLS PKI made with rcgen: `ca.pem` and `server.crt`/`server.key`
+/// for localhost and 127.0.0.1, in `dir`.
+fn tls_pki(dir: &Path) -> PathBuf {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca_key = KeyPair::generate().expect("CA key");
+    let ca_cert = params.self_signed(&ca_key).expect("self-sign CA");
+    let ca_pem = dir.join("ca.pem");
+    std::fs::write(&ca_pem, ca_cert.pem()).expect("write ca.pem");
+    let issuer = Issuer::new(params, ca_key);
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("leaf params");
+    let key = KeyPair::generate().expect("leaf key");
+    let cert = leaf.signed_by(&key, &issuer).expect("sign leaf");
+    std::fs::write(dir.join("server.crt"), cert.pem()).expect("write server.crt");
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write server.key");
+    ca_pem
+}
+
+#[test]
+fn sync_over_https_trusts_the_ca_file_and_nothing_else() {
+    let pki = support::temp_dir("hostsync-tls");
+    let ca_pem = tls_pki(pki.path());
+    let quote = |p: PathBuf| serde_json::to_string(p.to_str().expect("utf-8")).expect("quote");
+    let tls = format!(
+        "\n[tls]\ncert_file = {}\nkey_file = {}\n",
+        quote(pki.path().join("server.crt")),
+        quote(pki.path().join("server.key"))
+    );
+    let ca = Mayfly::start_tls(&tls, &[], &ca_pem);
+    let server = ca.https_url();
+    let ca_file = ca_pem.to_str().expect("utf-8");
+    let tmp = support::temp_dir("hostsync");
+    let dir = tmp.path();
+
+    assert_ok(&host_sync(&server, dir, &["--ca-file", ca_file]));
+    let before = snapshot(dir, &[]);
+    assert!(before.contains_key("user_ca.pub") && before.contains_key("revoked.krl"));
+
+    // The built-in web roots do not know the test CA: refused, files kept.
+    let out = host_sync(&server, dir, &[]);
+    assert_failed_and_kept(&out, "certificate", dir, &before, &[]);
+
+    // --ca-file only makes sense for https.
+    let http_url = format!("http://127.0.0.1:{}", ca.port());
+    let out = host_sync(&http_url, dir, &["--ca-file", ca_file]);
+    assert_failed_and_kept(&out, "not https", dir, &before, &[]);
 }
 
 // ---------------------------------------------------------------------------

@@ -4,9 +4,6 @@
 //! `RevokedKeys` pointing at our KRL must refuse revoked certificates and
 //! accept the others.
 
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
-
 mod support;
 
 use std::collections::BTreeSet;
@@ -33,6 +30,10 @@ fn wire_blob(pub_line: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(b64)
         .expect("public key base64")
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("path is UTF-8")
 }
 
 fn write_krl(path: &Path, spec: &KrlSpec) {
@@ -205,7 +206,7 @@ fn ssh_keygen_agrees_with_our_krl_on_random_serial_sets() {
         // Key-ID revocations hold whatever the serial, including serial 0.
         certs.push((0, revoked_ids[0].to_string()));
         certs.push((
-            *serial_probes.last().unwrap() + 7_777_777,
+            *serial_probes.last().expect("probes") + 7_777_777,
             revoked_ids[1].to_string(),
         ));
         certs.push((0, "mayfly:not-revoked".to_string()));
@@ -223,13 +224,13 @@ fn ssh_keygen_agrees_with_our_krl_on_random_serial_sets() {
         };
         let krl_path = dir.path().join(format!("case{case}.krl"));
         write_krl(&krl_path, &spec);
-        let st = krl::stats(&std::fs::read(&krl_path).unwrap()).unwrap();
+        let st = krl::stats(&std::fs::read(&krl_path).expect("read KRL")).expect("our KRL parses");
         totals.serial_lists += st.serial_lists;
         totals.serial_ranges += st.serial_ranges;
         totals.serial_bitmaps += st.serial_bitmaps;
 
         let case_dir = dir.path().join(format!("case{case}"));
-        std::fs::create_dir(&case_dir).unwrap();
+        std::fs::create_dir(&case_dir).expect("create case dir");
         let paths = sign_many(&case_dir, &ca, &subject_pub, &certs);
         let verdicts = query_revoked(&krl_path, &paths);
         for ((serial, id), revoked_by_ssh_keygen) in certs.iter().zip(verdicts) {
@@ -242,7 +243,8 @@ fn ssh_keygen_agrees_with_our_krl_on_random_serial_sets() {
                 revoked.len()
             );
         }
-        let parsed = krl::parse(&std::fs::read(&krl_path).unwrap()).unwrap();
+        let parsed =
+            krl::parse(&std::fs::read(&krl_path).expect("read KRL")).expect("our KRL parses");
         assert_eq!(parsed.serial_count(), revoked.len());
     }
     // The cases exercised every serial encoding against the real reader.
@@ -336,34 +338,34 @@ fn we_read_what_ssh_keygen_writes() {
     spec.push_str(&format!("sha256: {hashed_pub}\n"));
     spec.push_str(&format!("sha1: {sha1_pub}\n"));
     let spec_path = dir.path().join("spec");
-    std::fs::write(&spec_path, spec).unwrap();
+    std::fs::write(&spec_path, spec).expect("write spec");
     let krl_path = dir.path().join("made-by-ssh-keygen.krl");
     run_ssh_keygen(&[
         "-k",
         "-f",
-        krl_path.to_str().unwrap(),
+        path_str(&krl_path),
         "-z",
         "42",
         "-s",
         &ca_pub,
-        spec_path.to_str().unwrap(),
+        path_str(&spec_path),
     ]);
 
-    let bytes = std::fs::read(&krl_path).unwrap();
-    let (version, date) = krl::parse_header(&bytes).unwrap();
+    let bytes = std::fs::read(&krl_path).expect("read ssh-keygen's KRL");
+    let (version, date) = krl::parse_header(&bytes).expect("header of ssh-keygen's KRL");
     assert_eq!(version, 42);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
+        .expect("clock after 1970")
         .as_secs();
     assert!(date.abs_diff(now) < 600, "generated_date {date}, now {now}");
 
-    let st = krl::stats(&bytes).unwrap();
+    let st = krl::stats(&bytes).expect("ssh-keygen's KRL parses");
     assert!(
         st.serial_ranges > 0 && st.serial_bitmaps > 0 && st.serial_lists > 0,
         "ssh-keygen used every serial encoding: {st:?}"
     );
-    let parsed = krl::parse(&bytes).unwrap();
+    let parsed = krl::parse(&bytes).expect("ssh-keygen's KRL parses");
     assert_eq!(parsed.krl_version, 42);
     assert_eq!(parsed.certs.len(), 1);
     assert_eq!(parsed.certs[0].ca_key_blob, ca_blob);
@@ -403,7 +405,7 @@ fn we_read_what_ssh_keygen_writes() {
             .args(["-Q", "-l", "-f"])
             .arg(path)
             .output()
-            .unwrap();
+            .expect("run ssh-keygen -Q -l");
         assert!(
             out.status.success(),
             "{}",
@@ -421,8 +423,8 @@ fn we_read_what_ssh_keygen_writes() {
 
 /// The raw SHA-1 of a public key, from `ssh-keygen -l -E sha1`.
 fn sha1_of(scratch: &Path, pub_line: &str) -> [u8; 20] {
-    std::fs::write(scratch, format!("{pub_line}\n")).unwrap();
-    let out = run_ssh_keygen(&["-l", "-E", "sha1", "-f", scratch.to_str().unwrap()]);
+    std::fs::write(scratch, format!("{pub_line}\n")).expect("write scratch key");
+    let out = run_ssh_keygen(&["-l", "-E", "sha1", "-f", path_str(scratch)]);
     let text = String::from_utf8_lossy(&out.stdout);
     let b64 = text
         .split_whitespace()
@@ -431,9 +433,9 @@ fn sha1_of(scratch: &Path, pub_line: &str) -> [u8; 20] {
         .unwrap_or_else(|| panic!("no SHA1 fingerprint in {text:?}"));
     base64::engine::general_purpose::STANDARD_NO_PAD
         .decode(b64)
-        .unwrap()
+        .expect("SHA1 fingerprint base64")
         .try_into()
-        .unwrap()
+        .expect("SHA1 fingerprint is 20 bytes")
 }
 
 #[test]
@@ -441,17 +443,17 @@ fn we_refuse_an_ssh_keygen_range_too_large_to_expand() {
     let dir = temp_dir("krl-huge");
     let (ca, _) = new_ca(dir.path());
     let spec_path = dir.path().join("spec");
-    std::fs::write(&spec_path, "serial: 1-100000000\n").unwrap();
+    std::fs::write(&spec_path, "serial: 1-100000000\n").expect("write spec");
     let krl_path = dir.path().join("huge.krl");
     run_ssh_keygen(&[
         "-k",
         "-f",
-        krl_path.to_str().unwrap(),
+        path_str(&krl_path),
         "-s",
         &format!("{}.pub", ca.display()),
-        spec_path.to_str().unwrap(),
+        path_str(&spec_path),
     ]);
-    let bytes = std::fs::read(&krl_path).unwrap();
+    let bytes = std::fs::read(&krl_path).expect("read ssh-keygen's KRL");
     assert!(matches!(
         krl::parse(&bytes),
         Err(KrlError::TooManySerials { .. })
@@ -471,12 +473,12 @@ fn sshd_refuses_revoked_certificates_and_accepts_the_rest() {
     // certificate sits beside its own private key file.
     let cert_for = |name: &str, id: &str, serial: u64| -> (PathBuf, PathBuf) {
         let key = dir.path().join(name);
-        std::fs::copy(&user, &key).unwrap();
+        std::fs::copy(&user, &key).expect("copy key");
         std::fs::copy(
             format!("{}.pub", user.display()),
             format!("{}.pub", key.display()),
         )
-        .unwrap();
+        .expect("copy public key");
         let cert = sign_user_cert(&ca, &key, id, &["deploy"], "+10m", serial);
         (key, cert)
     };
@@ -501,7 +503,7 @@ fn sshd_refuses_revoked_certificates_and_accepts_the_rest() {
         }],
         ..KrlSpec::default()
     };
-    let st = krl::stats(&krl::encode(&spec)).unwrap();
+    let st = krl::stats(&krl::encode(&spec)).expect("our KRL parses");
     assert!(
         st.serial_ranges > 0 && st.serial_bitmaps > 0 && st.serial_lists > 0,
         "{st:?}"
@@ -540,12 +542,12 @@ fn sshd_refuses_revoked_certificates_and_accepts_the_rest() {
 
     // sshd re-reads RevokedKeys at each login: with an empty KRL the same
     // certificate gets in, so it was our KRL that kept it out.
-    std::fs::write(&krl_path, krl::encode_empty(2, 1_750_000_100, "mayfly")).unwrap();
+    std::fs::write(&krl_path, krl::encode_empty(2, 1_750_000_100, "mayfly")).expect("write KRL");
     assert!(login(&revoked_serial).status.success(), "{}", sshd.log());
 
     // A KRL sshd cannot read locks everyone out (fail closed).
     let mut broken = krl::encode(&spec);
     broken.push(0x77);
-    std::fs::write(&krl_path, broken).unwrap();
+    std::fs::write(&krl_path, broken).expect("write KRL");
     assert_eq!(login(&good).status.code(), Some(255));
 }

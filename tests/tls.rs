@@ -403,8 +403,15 @@ fn client_certificates_are_requested_not_required_and_an_unknown_ca_is_refused_a
     // A certificate from another CA never reaches HTTP.
     let mallory = (pki.path("mallory.crt"), pki.path("mallory.key"));
     let err = get(Some((&mallory.0, &mallory.1))).expect_err("unknown client CA");
+    // Usually rustls' "received fatal alert: UnknownCA"; the server may close
+    // the socket before the alert is read, which the client sees as a reset.
     let msg = err.to_string();
-    assert!(msg.contains("alert") || msg.contains("UnknownCA"), "{msg}");
+    assert!(
+        ["alert", "UnknownCA", "reset", "Broken pipe"]
+            .iter()
+            .any(|m| msg.contains(m)),
+        "{msg}"
+    );
     // The server is unharmed.
     assert_eq!(get(None).expect("still serving").response.status, 200);
 }

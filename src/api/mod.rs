@@ -3,7 +3,9 @@
 //! the one place that maps domain errors to status codes.
 
 pub mod admin;
+pub mod approvals;
 pub mod error;
+pub mod inventory;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use serde::Deserialize;
 
 use crate::auth::BearerToken;
 use crate::ca::CertKind;
-use crate::service::{Service, UserCertRequest};
+use crate::service::{IssueError, Service, UserCertRequest};
 pub use error::ApiError;
 
 /// Shared state of the HTTP handlers.
@@ -40,6 +42,8 @@ struct UserCertBody {
     public_key: String,
     ttl_seconds: Option<u64>,
     principals: Option<Vec<String>>,
+    /// Redeems an approved approval request (roles that need approval).
+    approval_request: Option<String>,
 }
 
 /// Body of `POST /v1/certs/host`.
@@ -65,10 +69,14 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/krl", get(krl_handler))
         .route("/v1/certs/user", post(user_cert))
         .route("/v1/certs/host", post(host_cert))
+        .route("/v1/requests", get(approvals::list))
+        .route("/v1/requests/{id}/approve", post(approvals::approve))
+        .route("/v1/requests/{id}/deny", post(approvals::deny))
         .route("/v1/admin/revoke", post(admin::revoke))
         .route("/v1/admin/disable", post(admin::disable))
         .route("/v1/admin/enable", post(admin::enable))
         .route("/v1/admin/disabled", get(admin::list_disabled))
+        .route("/v1/identities", get(inventory::list_identities))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -339,6 +347,7 @@ async fn cert_request(
                 principals: b.principals,
                 request_id: rid.clone(),
                 client_addr: Some(addr),
+                approval_request: b.approval_request,
             }
         }
         CertKind::Host => {
@@ -357,9 +366,11 @@ async fn cert_request(
                 principals: None,
                 request_id: rid.clone(),
                 client_addr: Some(addr),
+                approval_request: None,
             }
         }
     };
+    let role = req.role.chars().take(64).collect::<String>();
     let fut = s.service.issue_user_cert(req, SystemTime::now());
     let resp = match tokio::time::timeout(s.request_timeout, fut).await {
         Ok(Ok(issued)) => {
@@ -368,6 +379,24 @@ async fn cert_request(
                 r.headers_mut().insert("x-request-id", v);
             }
             r
+        }
+        Ok(Err(IssueError::ApprovalPending {
+            id,
+            needed,
+            expires_at,
+        })) => {
+            let message = format!(
+                "role {role} needs approval: waiting for {needed} approval(s) of request {id} until {expires_at}; an approver runs `mayfly request approve {id}`"
+            );
+            let body = serde_json::json!({
+                "status": "pending",
+                "approval_request": id,
+                "approvals_needed": needed,
+                "expires_at": expires_at,
+                "message": message,
+                "request_id": rid,
+            });
+            (StatusCode::ACCEPTED, Json(body)).into_response()
         }
         Ok(Err(e)) => ApiError::from_issue(e, rid).into_response(),
         Err(_) => ApiError::new(

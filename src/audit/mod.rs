@@ -1,5 +1,29 @@
 //! Audit records: one per issuance and one per refusal, stored durably
-//! before any certificate is returned.
+//! before any certificate is returned, in an append-only, hash-chained log.
+//!
+//! * [`chain`]: the canonical record encoding, the SHA-256 chain and the
+//!   verifier (pure).
+//! * [`checkpoint`]: the audit key and signed checkpoints of the chain head.
+//! * [`verify`]: `mayfly audit verify` over the database or an export.
+//! * [`export`]: the ECS-like JSON Lines schema (`docs/audit-schema.md`).
+//! * [`stream`]: live streaming to sinks ([`syslog`], JSONL file, stdout)
+//!   and periodic checkpoints, off the request path.
+//! * [`search`]: `mayfly audit search`.
+//! * [`cli`]: the `mayfly audit ...` subcommands.
+//!
+//! The chain is computed by the store (`store::sqlite::insert_audit`),
+//! inside the write transaction that inserts the records, so every writer
+//! of the database (the server, `mayfly revoke` on the CA host) extends the
+//! same chain.
+
+pub mod chain;
+pub mod checkpoint;
+pub mod cli;
+pub mod export;
+pub mod search;
+pub mod stream;
+pub mod syslog;
+pub mod verify;
 
 use serde::Serialize;
 
@@ -21,6 +45,18 @@ pub enum EventKind {
     AdminDenied,
     /// A CA key rotation step (stage, activate, retire).
     CaKeyRotated,
+    /// A new policy version took effect.
+    PolicyReloaded,
+    /// A policy change was invalid and rejected.
+    PolicyRejected,
+    /// A role needing approval got a pending approval request.
+    ApprovalRequested,
+    /// An approver approved.
+    ApprovalGranted,
+    /// An approver denied.
+    ApprovalDenied,
+    /// An approved request was redeemed for a certificate.
+    ApprovalUsed,
 }
 
 impl EventKind {
@@ -34,6 +70,12 @@ impl EventKind {
             EventKind::Enabled => "enabled",
             EventKind::AdminDenied => "admin_denied",
             EventKind::CaKeyRotated => "ca_key_rotated",
+            EventKind::PolicyReloaded => "policy_reloaded",
+            EventKind::PolicyRejected => "policy_rejected",
+            EventKind::ApprovalRequested => "approval_requested",
+            EventKind::ApprovalGranted => "approval_granted",
+            EventKind::ApprovalDenied => "approval_denied",
+            EventKind::ApprovalUsed => "approval_used",
         }
     }
 }

@@ -296,6 +296,7 @@ impl IssuerKeys {
             Err(e) => {
                 tracing::warn!(issuer = %self.issuer_url, error = %e, "fetching issuer keys failed");
                 st.last_error = Some(e.to_string());
+                crate::metrics::jwks_fetch_failed(&self.issuer_url);
                 Err(e)
             }
         }

@@ -368,22 +368,6 @@ pub fn at_rest_warning(cfg: &CaKeyConfig) -> Option<&'static str> {
     }
 }
 
-// Lets the lead pass the boxed signer from `open_ca_signer` to
-// `Authority::new`, which takes `impl CaSigner`.
-impl CaSigner for Box<dyn CaSigner> {
-    fn public_key(&self) -> &KeyData {
-        self.as_ref().public_key()
-    }
-
-    fn sign(&self, msg: &[u8]) -> Result<ssh_key::Signature, SignError> {
-        self.as_ref().sign(msg)
-    }
-
-    fn describe(&self) -> String {
-        self.as_ref().describe()
-    }
-}
-
 /// How a loaded key file is protected, for [`CaSigner::describe`].
 #[derive(Debug, Clone)]
 enum AtRest {

@@ -47,6 +47,14 @@ pub enum ClientError {
         /// Request id to quote to the CA operator.
         request_id: String,
     },
+    /// Nobody approved in time.
+    #[error("no approval for request {id} after {waited}s; ask an approver, or raise --approval-timeout")]
+    ApprovalTimeout {
+        /// Approval request id.
+        id: String,
+        /// Seconds waited.
+        waited: u64,
+    },
     /// The answer could not be understood.
     #[error("the CA's answer is not understood: {0}")]
     BadAnswer(String),
@@ -69,6 +77,8 @@ struct CertBody<'a> {
     ttl_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     principals: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval_request: Option<&'a str>,
 }
 
 /// Successful answer of `POST /v1/certs/user`.
@@ -114,6 +124,22 @@ pub struct CertOptions {
     /// PEM CA certificate(s) trusted for the server's TLS certificate
     /// instead of the built-in web roots (`--ca-file`).
     pub ca_file: Option<PathBuf>,
+    /// How long to wait for a human approval (roles that need one).
+    pub approval_timeout: Duration,
+}
+
+/// Default wait for approvals.
+pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Poll interval while waiting for an approval.
+const APPROVAL_POLL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Deserialize)]
+struct PendingAnswer {
+    approval_request: String,
+    #[serde(default)]
+    approvals_needed: u32,
+    #[serde(default)]
+    expires_at: u64,
 }
 
 fn check_server(url: &str, insecure_http: bool) -> Result<url::Url, ClientError> {
@@ -222,7 +248,6 @@ pub async fn request_cert(
     let base = check_server(&opts.server, opts.insecure_http)?;
     // Before the token: a bad --ca-file must not cost a single-use token.
     let http = http_client(&base, opts.ca_file.as_deref())?;
-    let token = token::discover(&opts.token, &|k| std::env::var(k).ok()).await?;
     let url = base
         .join("v1/certs/user")
         .map_err(|e| ClientError::ServerUrl {
@@ -233,43 +258,82 @@ pub async fn request_cert(
         what: "encoding the public key".into(),
         source: std::io::Error::other(e.to_string()),
     })?;
-    let body = CertBody {
-        role: &opts.role,
-        public_key: &public,
-        ttl_seconds: opts.ttl.map(|t| t.as_secs()),
-        principals: opts.principals.as_deref(),
-    };
-    let resp = http
-        .post(url.clone())
-        .bearer_auth(token.expose())
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| ClientError::Unreachable {
+    let started = std::time::Instant::now();
+    let mut approval_request: Option<String> = None;
+    let bytes = loop {
+        // Fetched per attempt: a CI token source hands out a fresh one, and
+        // a waiting request is not charged against single use.
+        let token = token::discover(&opts.token, &|k| std::env::var(k).ok()).await?;
+        let body = CertBody {
+            role: &opts.role,
+            public_key: &public,
+            ttl_seconds: opts.ttl.map(|t| t.as_secs()),
+            principals: opts.principals.as_deref(),
+            approval_request: approval_request.as_deref(),
+        };
+        let resp = http
+            .post(url.clone())
+            .bearer_auth(token.expose())
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: url.to_string(),
+                reason: send_error(&e, opts.ca_file.as_deref()),
+            })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
             url: url.to_string(),
-            reason: send_error(&e, opts.ca_file.as_deref()),
+            reason: e.to_string(),
         })?;
-    let status = resp.status();
-    let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
-        url: url.to_string(),
-        reason: e.to_string(),
-    })?;
-    if !status.is_success() {
-        return Err(match serde_json::from_slice::<ErrorAnswer>(&bytes) {
-            Ok(e) => ClientError::Refused {
-                status: status.as_u16(),
-                code: e.error,
-                message: e.message,
-                request_id: e.request_id,
-            },
-            Err(_) => ClientError::Refused {
-                status: status.as_u16(),
-                code: "http_error".into(),
-                message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
-                request_id: String::new(),
-            },
-        });
-    }
+        if status == reqwest::StatusCode::ACCEPTED {
+            let p: PendingAnswer = serde_json::from_slice(&bytes)
+                .map_err(|e| ClientError::BadAnswer(format!("202 answer: {e}")))?;
+            let waited = started.elapsed();
+            if waited >= opts.approval_timeout {
+                return Err(ClientError::ApprovalTimeout {
+                    id: p.approval_request,
+                    waited: waited.as_secs(),
+                });
+            }
+            if approval_request.is_none() {
+                eprintln!(
+                    "mayfly: role {} needs approval; ask an approver to run: mayfly request approve {} --server {}",
+                    opts.role, p.approval_request, opts.server
+                );
+            }
+            eprint!(
+                "\rmayfly: waiting for approval of {} ({} more needed, request expires in {}s) ... {}s ",
+                p.approval_request,
+                p.approvals_needed,
+                remaining(p.expires_at),
+                waited.as_secs()
+            );
+            approval_request = Some(p.approval_request);
+            tokio::time::sleep(APPROVAL_POLL).await;
+            continue;
+        }
+        if approval_request.is_some() {
+            eprintln!();
+        }
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ErrorAnswer>(&bytes) {
+                Ok(e) => ClientError::Refused {
+                    status: status.as_u16(),
+                    code: e.error,
+                    message: e.message,
+                    request_id: e.request_id,
+                },
+                Err(_) => ClientError::Refused {
+                    status: status.as_u16(),
+                    code: "http_error".into(),
+                    message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+                    request_id: String::new(),
+                },
+            });
+        }
+        break bytes;
+    };
     let answer: CertAnswer =
         serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
     let cert = ssh_key::Certificate::from_openssh(&answer.certificate)
@@ -417,10 +481,11 @@ pub fn server_base(url: &str, insecure_http: bool) -> Result<url::Url, ClientErr
 }
 
 /// POSTs `body` as JSON to `path` under `base` with `token` as the bearer,
-/// and decodes a 2xx JSON answer. Error answers become
+/// using `http`, and decodes a 2xx JSON answer. Error answers become
 /// [`ClientError::Refused`] with the server's code, message and request id,
 /// exactly as for `POST /v1/certs/user`.
 pub async fn post_json_with_token<B, A>(
+    http: &reqwest::Client,
     base: &url::Url,
     path: &str,
     token: &token::Token,
@@ -434,15 +499,22 @@ where
         url: base.to_string(),
         reason: e.to_string(),
     })?;
-    let unreachable = |e: reqwest::Error| ClientError::Unreachable {
-        url: url.to_string(),
-        reason: e.to_string(),
+    let unreachable = |e: reqwest::Error| {
+        let mut reason = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !reason.contains(&text) {
+                reason.push_str(": ");
+                reason.push_str(&text);
+            }
+            cause = c.source();
+        }
+        ClientError::Unreachable {
+            url: url.to_string(),
+            reason,
+        }
     };
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(unreachable)?;
     let resp = http
         .post(url.clone())
         .bearer_auth(token.expose())
@@ -469,6 +541,97 @@ where
         });
     }
     serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer(e.to_string()))
+}
+
+/// Where an approver's commands go (`mayfly request ...`).
+#[derive(Debug, Clone)]
+pub struct ApproverOptions {
+    /// CA base URL.
+    pub server: String,
+    /// The approver's own OIDC token.
+    pub token: token::TokenSource,
+    /// Allow plain http to a non-loopback CA.
+    pub insecure_http: bool,
+    /// Extra TLS trust root.
+    pub ca_file: Option<PathBuf>,
+}
+
+async fn approver_call(
+    opts: &ApproverOptions,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, ClientError> {
+    let base = check_server(&opts.server, opts.insecure_http)?;
+    let http = http_client(&base, opts.ca_file.as_deref())?;
+    let token = token::discover(&opts.token, &|k| std::env::var(k).ok()).await?;
+    let url = base.join(path).map_err(|e| ClientError::ServerUrl {
+        url: opts.server.clone(),
+        reason: e.to_string(),
+    })?;
+    let req = match &body {
+        Some(b) => http.post(url.clone()).json(b),
+        None => http.get(url.clone()),
+    };
+    let resp =
+        req.bearer_auth(token.expose())
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: url.to_string(),
+                reason: send_error(&e, opts.ca_file.as_deref()),
+            })?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
+        url: url.to_string(),
+        reason: e.to_string(),
+    })?;
+    if !status.is_success() {
+        let e: ErrorAnswer = serde_json::from_slice(&bytes).map_err(|_| ClientError::Refused {
+            status: status.as_u16(),
+            code: "http_error".into(),
+            message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+            request_id: String::new(),
+        })?;
+        return Err(ClientError::Refused {
+            status: status.as_u16(),
+            code: e.error,
+            message: e.message,
+            request_id: e.request_id,
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer(e.to_string()))
+}
+
+/// Pending approval requests the caller may decide.
+pub async fn list_requests(
+    opts: &ApproverOptions,
+) -> Result<Vec<crate::approval::ApprovalRequest>, ClientError> {
+    let v = approver_call(opts, "v1/requests", None).await?;
+    serde_json::from_value(v).map_err(|e| ClientError::BadAnswer(e.to_string()))
+}
+
+/// Approves or denies a request.
+pub async fn vote_request(
+    opts: &ApproverOptions,
+    id: &str,
+    approve: bool,
+    reason: &str,
+) -> Result<crate::approval::ApprovalRequest, ClientError> {
+    let verb = if approve { "approve" } else { "deny" };
+    let id_ok = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !id_ok {
+        return Err(ClientError::ServerUrl {
+            url: id.to_string(),
+            reason: "not an approval request id (apr_...)".into(),
+        });
+    }
+    let v = approver_call(
+        opts,
+        &format!("v1/requests/{id}/{verb}"),
+        Some(serde_json::json!({ "reason": reason })),
+    )
+    .await?;
+    serde_json::from_value(v).map_err(|e| ClientError::BadAnswer(e.to_string()))
 }
 
 #[cfg(test)]

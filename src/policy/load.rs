@@ -10,6 +10,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
+use super::limits::{KeyType, RateLimit, RSA_CEILING_BITS, RSA_FLOOR_BITS};
+use super::window::{parse_hhmm, Days, Window};
 use super::{ClaimRule, Pattern, Policy, PrincipalTemplate, Role, Segment};
 use crate::ca::{
     CertKind, Extension, Principal, MAX_HOST_CERT_TTL, MAX_PRINCIPALS, MAX_USER_CERT_TTL,
@@ -20,6 +22,12 @@ pub const MIN_TTL: Duration = Duration::from_secs(10);
 
 /// File names in the policy directory that are not roles.
 pub const NOT_ROLES: [&str; 1] = ["cases.toml"];
+
+/// Most `[[window]]`s one role may have.
+pub const MAX_WINDOWS: usize = 32;
+
+/// Most unexpired certificates `max_active_certs` may allow.
+pub const MAX_ACTIVE_CERTS_CEILING: u32 = 1000;
 
 /// One problem in one policy file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +75,50 @@ struct RawRole {
     source_address: Option<Spanned<Vec<Spanned<String>>>>,
     force_command: Option<Spanned<String>>,
     claims: Option<Spanned<BTreeMap<Spanned<String>, Spanned<OneOrMany>>>>,
+    #[serde(default)]
+    approval: Option<Spanned<RawApproval>>,
+    #[serde(default)]
+    window: Option<Spanned<Vec<Spanned<RawWindow>>>>,
+    #[serde(default)]
+    key_types: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    min_rsa_bits: Option<Spanned<i64>>,
+    #[serde(default)]
+    source_address_claim: Option<Spanned<String>>,
+    #[serde(default)]
+    rate_limit: Option<Spanned<String>>,
+    #[serde(default)]
+    identity_rate_limit: Option<Spanned<String>>,
+    #[serde(default)]
+    max_active_certs: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    #[serde(default)]
+    days: Option<Spanned<Vec<Spanned<String>>>>,
+    start: Spanned<String>,
+    end: Spanned<String>,
+    timezone: Spanned<String>,
+}
+
+/// Whether `name` can be a claim name (as in `{claim}` templates).
+fn valid_claim_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApproval {
+    required: u32,
+    issuer: String,
+    approvers: Vec<String>,
+    expires: Option<String>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -421,6 +473,261 @@ pub fn parse_role(name: &str, file: &Path, text: &str) -> Result<Role, Vec<Polic
             }
         }
     }
+    let approval = match &raw.approval {
+        None => None,
+        Some(a) => {
+            let span = a.span();
+            let a = a.get_ref();
+            let expires = match &a.expires {
+                None => Some(std::time::Duration::from_secs(15 * 60)),
+                Some(e) => {
+                    match humantime::parse_duration(e) {
+                        Ok(d)
+                            if d >= Duration::from_secs(60)
+                                && d <= crate::approval::MAX_APPROVAL_EXPIRY =>
+                        {
+                            Some(d)
+                        }
+                        _ => {
+                            errors.push(err(span.clone(), format!("approval.expires = {e:?} must be a duration between 1m and 24h")));
+                            None
+                        }
+                    }
+                }
+            };
+            if a.required == 0 || a.required > 10 {
+                errors.push(err(
+                    span.clone(),
+                    "approval.required must be 1 to 10".into(),
+                ));
+            }
+            if a.approvers.is_empty() {
+                errors.push(err(
+                    span.clone(),
+                    "approval.approvers must name who may approve, e.g. [\"groups:sre\"]".into(),
+                ));
+            }
+            match (
+                crate::approval::ApprovalPolicy::parse_approvers(&a.approvers),
+                expires,
+            ) {
+                (Ok(approvers), Some(expires)) => Some(crate::approval::ApprovalPolicy {
+                    required: a.required,
+                    issuer: a.issuer.clone(),
+                    approvers,
+                    expires,
+                }),
+                (Err(m), _) => {
+                    errors.push(err(span, m));
+                    None
+                }
+                _ => None,
+            }
+        }
+    };
+    let mut lines = BTreeMap::new();
+    {
+        let mut at = |key: &str, span: std::ops::Range<usize>| {
+            lines.insert(key.to_string(), line_of(text, span.start));
+        };
+        at("description", raw.description.span());
+        at("owner", raw.owner.span());
+        at("issuer", raw.issuer.span());
+        at("max_ttl", raw.max_ttl.span());
+        let optional = [
+            ("cert_type", raw.cert_type.as_ref().map(|v| v.span())),
+            ("principals", raw.principals.as_ref().map(|v| v.span())),
+            ("hostnames", raw.hostnames.as_ref().map(|v| v.span())),
+            ("default_ttl", raw.default_ttl.as_ref().map(|v| v.span())),
+            ("extensions", raw.extensions.as_ref().map(|v| v.span())),
+            (
+                "source_address",
+                raw.source_address.as_ref().map(|v| v.span()),
+            ),
+            (
+                "force_command",
+                raw.force_command.as_ref().map(|v| v.span()),
+            ),
+            ("claims", raw.claims.as_ref().map(|v| v.span())),
+            ("key_types", raw.key_types.as_ref().map(|v| v.span())),
+            ("min_rsa_bits", raw.min_rsa_bits.as_ref().map(|v| v.span())),
+            (
+                "source_address_claim",
+                raw.source_address_claim.as_ref().map(|v| v.span()),
+            ),
+            ("rate_limit", raw.rate_limit.as_ref().map(|v| v.span())),
+            (
+                "identity_rate_limit",
+                raw.identity_rate_limit.as_ref().map(|v| v.span()),
+            ),
+            (
+                "max_active_certs",
+                raw.max_active_certs.as_ref().map(|v| v.span()),
+            ),
+        ];
+        for (key, span) in optional {
+            if let Some(span) = span {
+                at(key, span);
+            }
+        }
+        if let Some(c) = &raw.claims {
+            for k in c.get_ref().keys() {
+                at(&format!("claims.{}", k.get_ref()), k.span());
+            }
+        }
+        if let Some(ws) = &raw.window {
+            for (i, w) in ws.get_ref().iter().enumerate() {
+                at(&format!("window.{i}"), w.get_ref().start.span());
+            }
+        }
+        if let Some(ps) = &raw.principals {
+            for (i, p) in ps.get_ref().iter().enumerate() {
+                at(&format!("principals.{i}"), p.span());
+            }
+        }
+        if let Some(es) = &raw.extensions {
+            for e in es.get_ref() {
+                at(&format!("extensions.{}", e.get_ref()), e.span());
+            }
+        }
+    }
+    let mut windows = Vec::new();
+    if let Some(ws) = &raw.window {
+        if cert_type == CertKind::Host {
+            errors.push(err(
+                ws.span(),
+                "[[window]] is only for user roles; host certificates are not time-boxed by windows".into(),
+            ));
+        }
+        if ws.get_ref().len() > MAX_WINDOWS {
+            errors.push(err(
+                ws.span(),
+                format!("at most {MAX_WINDOWS} [[window]]s per role"),
+            ));
+        }
+        for w in ws.get_ref() {
+            let w = w.get_ref();
+            let days = match &w.days {
+                None => Some(Days::ALL),
+                Some(d) => {
+                    let names: Vec<&str> =
+                        d.get_ref().iter().map(|x| x.get_ref().as_str()).collect();
+                    Days::parse(&names)
+                        .map_err(|m| {
+                            let span = d
+                                .get_ref()
+                                .iter()
+                                .find(|x| Days::parse(&[x.get_ref()]).is_err())
+                                .map_or(d.span(), |x| x.span());
+                            errors.push(err(span, format!("window {m}")))
+                        })
+                        .ok()
+                }
+            };
+            let start = parse_hhmm(w.start.get_ref())
+                .map_err(|m| errors.push(err(w.start.span(), format!("window start {m}"))))
+                .ok();
+            let end = parse_hhmm(w.end.get_ref())
+                .map_err(|m| errors.push(err(w.end.span(), format!("window end {m}"))))
+                .ok();
+            let zone = super::window::lookup_tz(w.timezone.get_ref())
+                .map_err(|m| errors.push(err(w.timezone.span(), format!("window {m}"))))
+                .ok();
+            if let (Some(days), Some(start), Some(end), Some(_)) = (days, start, end, zone) {
+                match Window::new(days, start, end, w.timezone.get_ref()) {
+                    Ok(win) => windows.push(win),
+                    Err(m) => errors.push(err(w.timezone.span(), m)),
+                }
+            }
+        }
+        if ws.get_ref().is_empty() {
+            errors.push(err(ws.span(), "window is empty".into()));
+        }
+    }
+    let mut key_types = Vec::new();
+    match &raw.key_types {
+        None => key_types.extend(KeyType::ALL),
+        Some(ks) => {
+            if ks.get_ref().is_empty() {
+                errors.push(err(
+                    ks.span(),
+                    "key_types is empty, so no key could be certified; list types or remove it to accept all".into(),
+                ));
+            }
+            for k in ks.get_ref() {
+                match KeyType::parse(k.get_ref()) {
+                    Some(t) if !key_types.contains(&t) => key_types.push(t),
+                    Some(_) => {}
+                    None => {
+                        let known: Vec<&str> = KeyType::ALL.iter().map(|t| t.as_str()).collect();
+                        errors.push(err(
+                            k.span(),
+                            format!(
+                                "unknown key type {:?}; mayfly accepts {known:?}",
+                                k.get_ref()
+                            ),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+    let min_rsa_bits = match &raw.min_rsa_bits {
+        None => RSA_FLOOR_BITS,
+        Some(b) => {
+            let v = *b.get_ref();
+            if v < i64::from(RSA_FLOOR_BITS) || v > i64::from(RSA_CEILING_BITS) {
+                errors.push(err(
+                    b.span(),
+                    format!("min_rsa_bits = {v} must be between {RSA_FLOOR_BITS} and {RSA_CEILING_BITS}"),
+                ));
+                RSA_FLOOR_BITS
+            } else {
+                u32::try_from(v).unwrap_or(RSA_FLOOR_BITS)
+            }
+        }
+    };
+    if let Some(c) = &raw.source_address_claim {
+        if cert_type == CertKind::Host {
+            errors.push(err(
+                c.span(),
+                "source_address_claim does not apply to host certificates".into(),
+            ));
+        } else if !valid_claim_name(c.get_ref()) {
+            errors.push(err(
+                c.span(),
+                format!(
+                    "source_address_claim = {:?} is not a claim name",
+                    c.get_ref()
+                ),
+            ));
+        }
+    }
+    let mut rate = |v: &Option<Spanned<String>>, field: &str| -> Option<RateLimit> {
+        let v = v.as_ref()?;
+        v.get_ref()
+            .parse::<RateLimit>()
+            .map_err(|m| errors.push(err(v.span(), format!("{field}: {m}"))))
+            .ok()
+    };
+    let rate_limit = rate(&raw.rate_limit, "rate_limit");
+    let identity_rate_limit = rate(&raw.identity_rate_limit, "identity_rate_limit");
+    let max_active_certs = match &raw.max_active_certs {
+        None => None,
+        Some(m) => {
+            let v = *m.get_ref();
+            match u32::try_from(v) {
+                Ok(n) if (1..=MAX_ACTIVE_CERTS_CEILING).contains(&n) => Some(n),
+                _ => {
+                    errors.push(err(
+                        m.span(),
+                        format!("max_active_certs = {v} must be between 1 and {MAX_ACTIVE_CERTS_CEILING}"),
+                    ));
+                    None
+                }
+            }
+        }
+    };
     if !errors.is_empty() {
         errors.sort_by_key(|e| e.line);
         return Err(errors);
@@ -443,6 +750,15 @@ pub fn parse_role(name: &str, file: &Path, text: &str) -> Result<Role, Vec<Polic
         claims,
         cert_type,
         hostnames,
+        approval,
+        windows,
+        key_types,
+        min_rsa_bits,
+        source_address_claim: raw.source_address_claim.map(|c| c.into_inner()),
+        rate_limit,
+        identity_rate_limit,
+        max_active_certs,
+        lines,
     })
 }
 
@@ -654,5 +970,107 @@ sub = "x"
     fn bad_role_names_are_refused() {
         assert!(parse_role("Deploy", Path::new("Deploy.toml"), GOOD).is_err());
         assert!(parse_role("-x", Path::new("-x.toml"), GOOD).is_err());
+    }
+
+    fn with(extra: &str) -> Result<Role, Vec<PolicyError>> {
+        parse(&GOOD.replace("[claims]", &format!("{extra}\n[claims]")))
+    }
+
+    fn first_error(extra: &str) -> PolicyError {
+        with(extra).unwrap_err().remove(0)
+    }
+
+    #[test]
+    fn windows_parse_with_defaults_and_ranges() {
+        let r = parse(&format!(
+            "{GOOD}\n[[window]]\ndays = [\"mon-fri\", \"sun\"]\nstart = \"22:00\"\nend = \"02:00\"\ntimezone = \"europe/berlin\"\n\n[[window]]\nstart = \"12:00\"\nend = \"13:00\"\ntimezone = \"UTC\"\n"
+        ))
+        .unwrap();
+        assert_eq!(r.windows.len(), 2);
+        assert_eq!(
+            r.windows[0].to_string(),
+            "mon-fri,sun 22:00-02:00 (next day) Europe/Berlin"
+        );
+        assert_eq!(r.windows[1].to_string(), "every day 12:00-13:00 UTC");
+        assert_eq!(r.line("window.0"), 11);
+        assert_eq!(r.line("window.1"), 16);
+    }
+
+    #[test]
+    fn bad_windows_name_the_line() {
+        let win = |body: &str| parse(&format!("{GOOD}[[window]]\n{body}\n")).unwrap_err();
+        let e = win(
+            "days = [\"mon\", \"funday\"]\nstart = \"01:00\"\nend = \"03:00\"\ntimezone = \"UTC\"",
+        );
+        assert_eq!(
+            (e[0].line, e[0].message.contains("funday")),
+            (9, true),
+            "{e:?}"
+        );
+        let e = win("start = \"1am\"\nend = \"03:00\"\ntimezone = \"UTC\"");
+        assert_eq!(e[0].line, 9, "{e:?}");
+        assert!(e[0].message.starts_with("window start"), "{e:?}");
+        let e = win("start = \"01:00\"\nend = \"24:00\"\ntimezone = \"UTC\"");
+        assert_eq!(e[0].line, 10, "{e:?}");
+        let e = win("start = \"01:00\"\nend = \"03:00\"\ntimezone = \"Europe/Atlantis\"");
+        assert_eq!(e[0].line, 11, "{e:?}");
+        assert!(e[0].message.contains("Europe/Atlantis"), "{e:?}");
+        let e = win("start = \"01:00\"\nend = \"03:00\"");
+        assert!(e[0].message.contains("timezone"), "{e:?}");
+        let e = win("start = \"01:00\"\nend = \"03:00\"\ntimezone = \"UTC\"\nzone = \"UTC\"");
+        assert!(e[0].message.contains("zone"), "{e:?}");
+        let host = "description = \"d\"\nowner = \"o\"\nissuer = \"k8s\"\ncert_type = \"host\"\nhostnames = [\"a.example.com\"]\nmax_ttl = \"1d\"\n[claims]\nsub = \"x\"\n[[window]]\nstart = \"01:00\"\nend = \"03:00\"\ntimezone = \"UTC\"\n";
+        assert!(parse(host).unwrap_err()[0]
+            .message
+            .contains("only for user roles"));
+    }
+
+    #[test]
+    fn limits_default_to_everything_mayfly_accepts() {
+        let r = parse(GOOD).unwrap();
+        assert_eq!(r.key_types, KeyType::ALL.to_vec());
+        assert_eq!(r.min_rsa_bits, 3072);
+        assert_eq!(r.source_address_claim, None);
+        assert_eq!(r.rate_limit, None);
+        assert_eq!(r.identity_rate_limit, None);
+        assert_eq!(r.max_active_certs, None);
+        assert!(r.windows.is_empty());
+    }
+
+    #[test]
+    fn limits_parse() {
+        let r = with(
+            "key_types = [\"ssh-ed25519\", \"ecdsa-sha2-nistp256\", \"ssh-ed25519\"]\nmin_rsa_bits = 4096\nsource_address_claim = \"client_ip\"\nrate_limit = \"30/m\"\nidentity_rate_limit = \"5/m\"\nmax_active_certs = 3",
+        )
+        .unwrap();
+        assert_eq!(r.key_types, vec![KeyType::Ed25519, KeyType::EcdsaP256]);
+        assert_eq!(r.min_rsa_bits, 4096);
+        assert_eq!(r.source_address_claim.as_deref(), Some("client_ip"));
+        assert_eq!(r.rate_limit.unwrap().to_string(), "30/m");
+        assert_eq!(r.identity_rate_limit.unwrap().count, 5);
+        assert_eq!(r.max_active_certs, Some(3));
+        assert_eq!(r.line("rate_limit"), 9);
+    }
+
+    #[test]
+    fn bad_limits_name_the_line() {
+        for (extra, needle) in [
+            ("key_types = [\"ssh-dss\"]", "ssh-dss"),
+            ("key_types = []", "empty"),
+            ("min_rsa_bits = 2048", "between 3072"),
+            ("min_rsa_bits = 99999", "between 3072"),
+            ("source_address_claim = \"a b\"", "not a claim name"),
+            ("rate_limit = \"fast\"", "rate_limit"),
+            ("identity_rate_limit = \"0/m\"", "identity_rate_limit"),
+            ("max_active_certs = 0", "max_active_certs"),
+            ("max_active_certs = -3", "max_active_certs"),
+        ] {
+            let e = first_error(extra);
+            assert_eq!(e.line, 6, "{extra}: {e:?}");
+            assert!(e.message.contains(needle), "{extra}: {e:?}");
+        }
+        let e = first_error("min_rsa_bits = \"4096\"");
+        assert_eq!(e.line, 6, "{e:?}");
+        assert!(e.message.contains("expected i64"), "{e:?}");
     }
 }

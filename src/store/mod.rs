@@ -8,6 +8,8 @@
 //! the same thread, each in its own transaction together with its audit
 //! record. Reads use a separate connection.
 
+pub mod approvals;
+pub mod reports;
 pub mod sqlite;
 
 use std::sync::{mpsc, Arc, Mutex};
@@ -163,7 +165,26 @@ pub trait Backend: Send + 'static {
     /// Appends `audit` and bumps the state version in one transaction (for
     /// changes other processes must notice, such as CA key rotation).
     fn record_change(&mut self, audit: &AuditRecord, now: u64) -> Result<StateVersion, StoreError>;
+    /// Inserts or replaces an approval request, with its audit records, in one transaction.
+    fn approval_put(
+        &mut self,
+        req: &crate::approval::ApprovalRequest,
+        audit: &[AuditRecord],
+    ) -> Result<(), StoreError>;
+    /// One approval request.
+    fn approval_get(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<crate::approval::ApprovalRequest>, StoreError>;
+    /// Approval requests in a state (all if `None`).
+    fn approval_list(
+        &mut self,
+        status: Option<crate::approval::ApprovalStatus>,
+    ) -> Result<Vec<crate::approval::ApprovalRequest>, StoreError>;
 }
+
+/// Called on the writer thread after each write job; must not block.
+pub type AfterCommit = Box<dyn FnMut() + Send>;
 
 type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
 type Task = Box<dyn FnOnce(&mut dyn Backend) + Send>;
@@ -184,6 +205,18 @@ pub struct Store {
 impl Store {
     /// Starts the writer thread over `writer`; `reader` serves reads.
     pub fn start<B: Backend, R: Backend>(writer: B, reader: R) -> std::io::Result<Store> {
+        Store::start_with_hook(writer, reader, None)
+    }
+
+    /// As [`Store::start`], calling `after_commit` on the writer thread
+    /// after every write job (a group commit or an admin change), once the
+    /// waiting requests have their answers. The hook must not block: the
+    /// audit stream uses it to wake its own thread.
+    pub fn start_with_hook<B: Backend, R: Backend>(
+        writer: B,
+        reader: R,
+        mut after_commit: Option<AfterCommit>,
+    ) -> std::io::Result<Store> {
         let (tx, rx) = mpsc::channel::<Job>();
         let mut backend: Box<dyn Backend> = Box::new(writer);
         thread::Builder::new()
@@ -201,7 +234,12 @@ impl Store {
                         },
                     };
                     match job {
-                        Job::Run(task) => task(backend.as_mut()),
+                        Job::Run(task) => {
+                            task(backend.as_mut());
+                            if let Some(hook) = after_commit.as_mut() {
+                                hook();
+                            }
+                        }
                         Job::Append(r, reply) => {
                             records.push(*r);
                             replies.push(reply);
@@ -223,6 +261,9 @@ impl Store {
                                 let _ = reply.send(res);
                             }
                             records.clear();
+                            if let Some(hook) = after_commit.as_mut() {
+                                hook();
+                            }
                         }
                     }
                 }

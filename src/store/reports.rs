@@ -341,7 +341,9 @@ impl Sqlite {
     fn pairs(&self, sql: &str, since_ms: u64) -> Result<Vec<(String, u64)>, StoreError> {
         let mut st = self.conn.prepare_cached(sql).map_err(err)?;
         let rows = st
-            .query_map([i(since_ms)], |r| Ok((r.get::<_, String>(0)?, u(r.get(1)?))))
+            .query_map([i(since_ms)], |r| {
+                Ok((r.get::<_, String>(0)?, u(r.get(1)?)))
+            })
             .map_err(err)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(err)
     }
@@ -458,7 +460,10 @@ impl ReportDb {
     /// indexes) first if needed. A database that does not exist is an
     /// error, never created here. After a failure the connection is
     /// dropped, so the next call opens a fresh one.
-    pub fn with<T>(&self, f: impl FnOnce(&Sqlite) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Sqlite) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut g = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         if g.is_none() {
             if !self.path.exists() {
@@ -471,7 +476,7 @@ impl ReportDb {
             db.ensure_report_indexes()?;
             *g = Some(db);
         }
-        let res = match g.as_ref() {
+        let res = match g.as_mut() {
             Some(db) => f(db),
             None => Err(StoreError::Backend("report connection not open".into())),
         };
@@ -484,6 +489,7 @@ impl ReportDb {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::audit::{AuditRecord, EventKind};
     use crate::store::{Backend, DisabledEntry, DisabledKey};
@@ -552,7 +558,10 @@ mod tests {
 
         let w = s.role_window_usage(11 * day).unwrap();
         assert_eq!(w.len(), 1);
-        assert_eq!((w[0].issued, w[0].identities, w[0].max_ttl_used), (2, 2, 600));
+        assert_eq!(
+            (w[0].issued, w[0].identities, w[0].max_ttl_used),
+            (2, 2, 600)
+        );
         let all = s.role_all_time().unwrap();
         assert_eq!((all[0].issued, all[0].first_ms), (3, 10 * day));
         let p = s.principals_granted(0).unwrap();
@@ -587,7 +596,11 @@ mod tests {
         let g = s.scrape_gauges(0).unwrap();
         assert_eq!(g.audit_records, 9);
         assert_eq!(
-            (g.disabled_identities, g.disabled_identity_roles, g.disabled_roles),
+            (
+                g.disabled_identities,
+                g.disabled_identity_roles,
+                g.disabled_roles
+            ),
             (1, 1, 1)
         );
         assert_eq!(g.live_revocations, 0);

@@ -11,6 +11,9 @@ use super::{
     Backend, CertFilter, DisabledEntry, DisabledKey, IssuedCert, Revocation, StateVersion,
     StoreError,
 };
+use crate::audit::chain::{self, Hash, StoredRecord};
+use crate::audit::checkpoint::Checkpoint;
+use crate::audit::search::AuditQuery;
 use crate::audit::AuditRecord;
 
 const SCHEMA: &str = r#"
@@ -99,6 +102,7 @@ impl Sqlite {
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         migrate(&conn)?;
+        migrate_chain(&conn)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -144,56 +148,750 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     .map_err(err)
 }
 
-fn insert_audit(tx: &rusqlite::Transaction<'_>, records: &[AuditRecord]) -> Result<(), StoreError> {
+/// The stored form of `r` at position `seq`, before chaining: what the
+/// columns will hold, and so what the chain hash covers.
+fn stored_form(r: &AuditRecord, seq: u64) -> StoredRecord {
+    // Only issuance records claim the serial: a revocation record
+    // mentions the serial it revoked, which the unique index must allow.
+    let serial = match r.event {
+        crate::audit::EventKind::CertIssued => opt_i64(r.serial),
+        _ => None,
+    };
+    let reason = match (r.event, r.serial) {
+        (crate::audit::EventKind::CertRevoked, Some(s)) => Some(format!(
+            "serial {s}: {}",
+            r.reason.as_deref().unwrap_or_default()
+        )),
+        _ => r.reason.clone(),
+    };
+    StoredRecord {
+        seq,
+        time_ms: r.time_ms as i64,
+        event: r.event.as_str().to_string(),
+        request_id: r.request_id.clone(),
+        client_addr: r.client_addr.clone(),
+        issuer: r.issuer.clone(),
+        subject: r.subject.clone(),
+        role: r.role.clone(),
+        reason_code: r.reason_code.clone(),
+        reason,
+        serial,
+        key_id: r.key_id.clone(),
+        principals: r.principals.clone(),
+        valid_after: opt_i64(r.valid_after),
+        valid_before: opt_i64(r.valid_before),
+        key_fingerprint: r.key_fingerprint.clone(),
+        token_id: r.token_id.clone(),
+        token_exp: opt_i64(r.token_exp),
+        policy_digest: r.policy_digest.clone(),
+        cert_type: r.cert_type.clone(),
+        ca_key: r.ca_key.clone(),
+        actor: r.actor.clone(),
+        prev_hash: None,
+        hash: None,
+    }
+}
+
+/// Appends `records` to the hash chain. Runs inside a write transaction
+/// (IMMEDIATE: the write lock is held), so the head read here is the head
+/// for every process that writes this database (`mayfly revoke` on the CA
+/// host included): nothing is cached between transactions.
+pub(crate) fn insert_audit(
+    tx: &rusqlite::Transaction<'_>,
+    records: &[AuditRecord],
+) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let (mut seq, mut prev) = chain_head(tx)?;
     let mut st = tx
         .prepare_cached(
-            "INSERT INTO audit (time_ms, event, request_id, client_addr, issuer, subject, role,
+            "INSERT INTO audit (seq, time_ms, event, request_id, client_addr, issuer, subject, role,
                 reason_code, reason, serial, key_id, principals, valid_after, valid_before,
-                key_fingerprint, token_id, token_exp, policy_digest, cert_type, ca_key, actor)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                key_fingerprint, token_id, token_exp, policy_digest, cert_type, ca_key, actor,
+                prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
         )
         .map_err(err)?;
+    let mut scratch = Vec::with_capacity(1024);
     for r in records {
-        let principals = serde_json::to_string(&r.principals).unwrap_or_else(|_| "[]".into());
-        // Only issuance records claim the serial: a revocation record
-        // mentions the serial it revoked, which the unique index must allow.
-        let serial = match r.event {
-            crate::audit::EventKind::CertIssued => opt_i64(r.serial),
-            _ => None,
-        };
-        let reason = match (r.event, r.serial) {
-            (crate::audit::EventKind::CertRevoked, Some(s)) => Some(format!(
-                "serial {s}: {}",
-                r.reason.as_deref().unwrap_or_default()
-            )),
-            _ => r.reason.clone(),
-        };
+        seq += 1;
+        let row = stored_form(r, seq);
+        let hash = chain::record_hash_with(&row, &prev, &mut scratch);
         st.execute(params![
-            r.time_ms as i64,
-            r.event.as_str(),
-            r.request_id,
-            r.client_addr,
-            r.issuer,
-            r.subject,
-            r.role,
-            r.reason_code,
-            reason,
-            serial,
-            r.key_id,
-            principals,
-            opt_i64(r.valid_after),
-            opt_i64(r.valid_before),
-            r.key_fingerprint,
-            r.token_id,
-            opt_i64(r.token_exp),
-            r.policy_digest,
-            r.cert_type,
-            r.ca_key,
-            r.actor,
+            seq as i64,
+            row.time_ms,
+            row.event,
+            row.request_id,
+            row.client_addr,
+            row.issuer,
+            row.subject,
+            row.role,
+            row.reason_code,
+            row.reason,
+            row.serial,
+            row.key_id,
+            chain::principals_json(&row.principals),
+            row.valid_after,
+            row.valid_before,
+            row.key_fingerprint,
+            row.token_id,
+            row.token_exp,
+            row.policy_digest,
+            row.cert_type,
+            row.ca_key,
+            row.actor,
+            &prev[..],
+            &hash[..],
         ])
         .map_err(err)?;
+        prev = hash;
     }
     Ok(())
+}
+
+/// The last used seq and the hash the next record links to. The next seq
+/// continues after both the highest row and SQLite's AUTOINCREMENT counter,
+/// so rows deleted from the end leave a visible gap instead of being
+/// silently re-used.
+fn chain_head(conn: &Connection) -> Result<(u64, Hash), StoreError> {
+    use rusqlite::OptionalExtension as _;
+    let last: Option<(i64, Option<Vec<u8>>)> = conn
+        .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        .and_then(|mut st| {
+            st.query_row([], |r| Ok((r.get(0)?, r.get(1).ok().flatten())))
+                .optional()
+        })
+        .map_err(err)?;
+    let counter: Option<i64> = conn
+        .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'audit'")
+        .and_then(|mut st| st.query_row([], |r| r.get(0)).optional())
+        .map_err(err)?;
+    let last_seq = last.as_ref().map(|(s, _)| *s).unwrap_or(0);
+    let seq = last_seq.max(counter.unwrap_or(0)).max(0) as u64;
+    let prev = match last {
+        None => chain::GENESIS,
+        Some((_, Some(h))) if h.len() == 32 => {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(&h);
+            out
+        }
+        Some((s, _)) => {
+            // Only a row written outside mayfly lacks a hash; `audit verify`
+            // reports it. Issuance goes on, linked to the zero hash.
+            tracing::error!(
+                seq = s,
+                "audit: the last audit record has no valid chain hash (written outside mayfly?); run `mayfly audit verify`"
+            );
+            chain::GENESIS
+        }
+    };
+    Ok((seq, prev))
+}
+
+/// Audit-chain schema added in schema version 3: the chain columns, signed
+/// checkpoints, and indexes for `audit search` / `audit export --since`.
+const CHAIN_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq             INTEGER NOT NULL,
+    hash            BLOB NOT NULL,
+    time_ms         INTEGER NOT NULL,
+    key_fingerprint TEXT NOT NULL,
+    signature       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_key_id ON audit(key_id) WHERE key_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS audit_time ON audit(time_ms);
+"#;
+
+/// Columns of the audit table that the chain hash covers, in encoding
+/// order, followed by the chain columns. Reads select exactly these.
+pub(crate) const AUDIT_COLUMNS: &str = "seq, time_ms, event, request_id, client_addr, issuer, \
+    subject, role, reason_code, reason, serial, key_id, principals, valid_after, valid_before, \
+    key_fingerprint, token_id, token_exp, policy_digest, cert_type, ca_key, actor, prev_hash, hash";
+
+/// Meta keys of the chain.
+const META_LEGACY_THROUGH: &str = "audit_chain_legacy_through";
+const META_MIGRATED_AT: &str = "audit_chain_migrated_at_ms";
+const META_STREAM_CURSOR: &str = "audit_stream_cursor";
+
+fn table_columns(conn: &Connection, table: &str) -> Result<Vec<String>, StoreError> {
+    let mut st = conn
+        .prepare("SELECT name FROM pragma_table_info(?1)")
+        .map_err(err)?;
+    let cols = st
+        .query_map([table], |r| r.get(0))
+        .map_err(err)?
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(err);
+    cols
+}
+
+/// Adds the chain columns and tables, and chains the records of a database
+/// written before the chain existed, once (recorded in `meta`).
+fn migrate_chain(conn: &Connection) -> Result<(), StoreError> {
+    let have = table_columns(conn, "audit")?;
+    for col in ["prev_hash", "hash"] {
+        if !have.iter().any(|h| h == col) {
+            conn.execute_batch(&format!("ALTER TABLE audit ADD COLUMN {col} BLOB"))
+                .map_err(err)?;
+        }
+    }
+    conn.execute_batch(CHAIN_SCHEMA).map_err(err)?;
+    if legacy_rows_unchained(conn)? {
+        chain_legacy_rows(conn)?;
+    }
+    Ok(())
+}
+
+/// True when rows exist, none has a hash, and no migration was recorded:
+/// a database from before the chain. (Once anything is chained, a row
+/// without a hash is evidence for `audit verify`, never chained here.)
+fn legacy_rows_unchained(conn: &Connection) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM audit)
+            AND NOT EXISTS(SELECT 1 FROM audit WHERE hash IS NOT NULL)
+            AND NOT EXISTS(SELECT 1 FROM meta WHERE k = ?1)",
+        [META_LEGACY_THROUGH],
+        |r| r.get(0),
+    )
+    .map_err(err)
+}
+
+fn chain_legacy_rows(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+    let result = (|| {
+        // Another process may have done it while we waited for the lock.
+        if !legacy_rows_unchained(conn)? {
+            return Ok(0u64);
+        }
+        let mut prev = chain::GENESIS;
+        let mut last = 0u64;
+        let mut count = 0u64;
+        let mut scratch = Vec::with_capacity(1024);
+        loop {
+            let mut rows = Vec::with_capacity(10_000);
+            scan_rows(conn, last + 1, Some(10_000), &mut |r| {
+                rows.push(r);
+                true
+            })?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut up = conn
+                .prepare_cached("UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE seq = ?3")
+                .map_err(err)?;
+            for row in rows {
+                match row {
+                    Ok(r) => {
+                        let h = chain::record_hash_with(&r, &prev, &mut scratch);
+                        up.execute(params![&prev[..], &h[..], r.seq as i64])
+                            .map_err(err)?;
+                        prev = h;
+                        last = r.seq;
+                        count += 1;
+                    }
+                    Err(bad) => {
+                        // Left unchained: `audit verify` names it.
+                        tracing::warn!(seq = bad.seq, reason = %bad.what,
+                            "audit: legacy record cannot be read; left unchained");
+                        last = bad.seq;
+                    }
+                }
+            }
+        }
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (k, v) VALUES (?1, ?2), (?3, ?4)",
+            params![
+                META_LEGACY_THROUGH,
+                last.to_string(),
+                META_MIGRATED_AT,
+                now_ms().to_string()
+            ],
+        )
+        .map_err(err)?;
+        conn.execute("UPDATE meta SET v = '3' WHERE k = 'schema_version'", [])
+            .map_err(err)?;
+        Ok(count)
+    })();
+    match result {
+        Ok(n) => {
+            conn.execute_batch("COMMIT").map_err(err)?;
+            if n > 0 {
+                tracing::info!(
+                    records = n,
+                    "audit: chained {n} records written before the hash chain existed; \
+                     changes made to them before now cannot be detected"
+                );
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A stored row that cannot be read as an audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRow {
+    /// Its seq.
+    pub seq: u64,
+    /// What is wrong.
+    pub what: String,
+}
+
+fn col_text(row: &rusqlite::Row<'_>, i: usize, name: &str) -> Result<Option<String>, String> {
+    use rusqlite::types::ValueRef;
+    match row.get_ref(i).map_err(|e| e.to_string())? {
+        ValueRef::Null => Ok(None),
+        ValueRef::Text(t) => std::str::from_utf8(t)
+            .map(|s| Some(s.to_string()))
+            .map_err(|_| format!("column {name} is not valid UTF-8")),
+        other => Err(format!(
+            "column {name} holds {:?} data, not text",
+            other.data_type()
+        )),
+    }
+}
+
+fn col_int(row: &rusqlite::Row<'_>, i: usize, name: &str) -> Result<Option<i64>, String> {
+    use rusqlite::types::ValueRef;
+    match row.get_ref(i).map_err(|e| e.to_string())? {
+        ValueRef::Null => Ok(None),
+        ValueRef::Integer(n) => Ok(Some(n)),
+        other => Err(format!(
+            "column {name} holds {:?} data, not an integer",
+            other.data_type()
+        )),
+    }
+}
+
+fn col_hash(row: &rusqlite::Row<'_>, i: usize, name: &str) -> Result<Option<Hash>, String> {
+    use rusqlite::types::ValueRef;
+    match row.get_ref(i).map_err(|e| e.to_string())? {
+        ValueRef::Null => Ok(None),
+        ValueRef::Blob(b) if b.len() == 32 => {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(b);
+            Ok(Some(h))
+        }
+        other => Err(format!(
+            "column {name} is not a 32-byte hash ({:?})",
+            other.data_type()
+        )),
+    }
+}
+
+fn required<T>(v: Option<T>, name: &str) -> Result<T, String> {
+    v.ok_or_else(|| format!("column {name} is NULL"))
+}
+
+/// Reads one row selected with [`AUDIT_COLUMNS`], strictly: a value of a
+/// type mayfly never writes is an error, not a conversion.
+fn read_row(row: &rusqlite::Row<'_>) -> Result<Result<StoredRecord, BadRow>, rusqlite::Error> {
+    let seq_raw: i64 = row.get(0)?;
+    let seq = seq_raw.max(0) as u64;
+    let parse = || -> Result<StoredRecord, String> {
+        if seq_raw <= 0 {
+            return Err(format!("seq {seq_raw} is not positive"));
+        }
+        let principals_text = required(col_text(row, 12, "principals")?, "principals")?;
+        let principals: Vec<String> = serde_json::from_str(&principals_text)
+            .map_err(|_| "column principals is not a JSON array of strings".to_string())?;
+        if chain::principals_json(&principals) != principals_text {
+            return Err("column principals is not in canonical JSON form".into());
+        }
+        Ok(StoredRecord {
+            seq,
+            time_ms: required(col_int(row, 1, "time_ms")?, "time_ms")?,
+            event: required(col_text(row, 2, "event")?, "event")?,
+            request_id: required(col_text(row, 3, "request_id")?, "request_id")?,
+            client_addr: col_text(row, 4, "client_addr")?,
+            issuer: col_text(row, 5, "issuer")?,
+            subject: col_text(row, 6, "subject")?,
+            role: col_text(row, 7, "role")?,
+            reason_code: col_text(row, 8, "reason_code")?,
+            reason: col_text(row, 9, "reason")?,
+            serial: col_int(row, 10, "serial")?,
+            key_id: col_text(row, 11, "key_id")?,
+            principals,
+            valid_after: col_int(row, 13, "valid_after")?,
+            valid_before: col_int(row, 14, "valid_before")?,
+            key_fingerprint: col_text(row, 15, "key_fingerprint")?,
+            token_id: col_text(row, 16, "token_id")?,
+            token_exp: col_int(row, 17, "token_exp")?,
+            policy_digest: col_text(row, 18, "policy_digest")?,
+            cert_type: col_text(row, 19, "cert_type")?,
+            ca_key: col_text(row, 20, "ca_key")?,
+            actor: col_text(row, 21, "actor")?,
+            prev_hash: col_hash(row, 22, "prev_hash")?,
+            hash: col_hash(row, 23, "hash")?,
+        })
+    };
+    Ok(parse().map_err(|what| BadRow { seq, what }))
+}
+
+/// Calls `f` with each record from `from_seq` on, in seq order, until it
+/// returns false or `limit` rows were read.
+fn scan_rows(
+    conn: &Connection,
+    from_seq: u64,
+    limit: Option<usize>,
+    f: &mut dyn FnMut(Result<StoredRecord, BadRow>) -> bool,
+) -> Result<(), StoreError> {
+    let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE seq >= ?1 ORDER BY seq LIMIT ?2");
+    let mut st = conn.prepare_cached(&sql).map_err(err)?;
+    let limit = limit.map(|l| l as i64).unwrap_or(-1);
+    let mut rows = st
+        .query(params![from_seq.min(i64::MAX as u64) as i64, limit])
+        .map_err(err)?;
+    while let Some(row) = rows.next().map_err(err)? {
+        if !f(read_row(row).map_err(err)?) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Facts about the chain stored next to it, for `audit verify`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainMeta {
+    /// Records up to this seq existed before the chain and were chained
+    /// when the database was upgraded.
+    pub legacy_through: Option<u64>,
+    /// When that upgrade happened (unix ms).
+    pub migrated_at_ms: Option<i64>,
+    /// SQLite's AUTOINCREMENT counter: the highest seq ever used.
+    pub seq_counter: u64,
+    /// The highest seq present.
+    pub max_seq: u64,
+    /// Highest checkpoint id ever used.
+    pub checkpoint_counter: u64,
+}
+
+/// The audit-chain queries: verification, export, search, checkpoints.
+impl Sqlite {
+    /// Opens an existing database read-only: no schema change, no
+    /// migration (for `audit verify`, `export`, `search`).
+    pub fn open_read_only(path: &Path, busy_timeout: Duration) -> Result<Sqlite, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        conn.busy_timeout(busy_timeout).map_err(err)?;
+        let cols = table_columns(&conn, "audit")?;
+        if cols.is_empty() {
+            return Err(StoreError::Backend(format!(
+                "{} has no audit table",
+                path.display()
+            )));
+        }
+        for col in ["prev_hash", "hash", "cert_type", "ca_key", "actor"] {
+            if !cols.iter().any(|c| c == col) {
+                return Err(StoreError::Backend(format!(
+                    "{} predates the audit hash chain (no {col} column); start this version of \
+                     mayfly on it once to upgrade it",
+                    path.display()
+                )));
+            }
+        }
+        Ok(Sqlite { conn })
+    }
+
+    /// Calls `f` with each audit record from `from_seq` on, in seq order,
+    /// until it returns false or `limit` records were read. Rows that cannot
+    /// be read as records come as `Err`.
+    pub fn scan_audit(
+        &self,
+        from_seq: u64,
+        limit: Option<usize>,
+        f: &mut dyn FnMut(Result<StoredRecord, BadRow>) -> bool,
+    ) -> Result<(), StoreError> {
+        scan_rows(&self.conn, from_seq, limit, f)
+    }
+
+    /// The record at `seq`, if present.
+    pub fn audit_record(
+        &self,
+        seq: u64,
+    ) -> Result<Option<Result<StoredRecord, BadRow>>, StoreError> {
+        let mut out = None;
+        scan_rows(&self.conn, seq, Some(1), &mut |r| {
+            let at = match &r {
+                Ok(x) => x.seq,
+                Err(b) => b.seq,
+            };
+            if at == seq {
+                out = Some(r);
+            }
+            false
+        })?;
+        Ok(out)
+    }
+
+    /// The highest seq present and its hash (None when the log is empty).
+    pub fn audit_head(&self) -> Result<Option<(u64, Option<Hash>)>, StoreError> {
+        use rusqlite::OptionalExtension as _;
+        let last: Option<(i64, Option<Vec<u8>>)> = self
+            .conn
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1).ok().flatten())),
+            )
+            .optional()
+            .map_err(err)?;
+        Ok(last.map(|(s, h)| {
+            let h = h.filter(|h| h.len() == 32).map(|h| {
+                let mut out = [0u8; 32];
+                out.copy_from_slice(&h);
+                out
+            });
+            (s.max(0) as u64, h)
+        }))
+    }
+
+    /// The first seq whose record is at or after `time_ms` (export `--since`).
+    pub fn first_seq_since(&self, time_ms: i64) -> Result<Option<u64>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT MIN(seq) FROM audit WHERE time_ms >= ?1",
+                [time_ms],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .map(|v| v.map(|s| s.max(0) as u64))
+            .map_err(err)
+    }
+
+    /// Chain facts kept beside the records.
+    pub fn chain_meta(&self) -> Result<ChainMeta, StoreError> {
+        use rusqlite::OptionalExtension as _;
+        let meta = |k: &str| -> Result<Option<String>, StoreError> {
+            self.conn
+                .query_row("SELECT v FROM meta WHERE k = ?1", [k], |r| r.get(0))
+                .optional()
+                .map_err(err)
+        };
+        let counter = |name: &str| -> Result<u64, StoreError> {
+            self.conn
+                .query_row(
+                    "SELECT seq FROM sqlite_sequence WHERE name = ?1",
+                    [name],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+                .map(|v| v.unwrap_or(0).max(0) as u64)
+                .map_err(err)
+        };
+        Ok(ChainMeta {
+            legacy_through: meta(META_LEGACY_THROUGH)?.and_then(|v| v.parse().ok()),
+            migrated_at_ms: meta(META_MIGRATED_AT)?.and_then(|v| v.parse().ok()),
+            seq_counter: counter("audit")?,
+            max_seq: self.audit_head()?.map(|(s, _)| s).unwrap_or(0),
+            checkpoint_counter: counter("audit_checkpoints")?,
+        })
+    }
+
+    /// Every checkpoint, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<Result<Checkpoint, BadRow>>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, seq, hash, time_ms, key_fingerprint, signature
+                 FROM audit_checkpoints ORDER BY id",
+            )
+            .map_err(err)?;
+        let mut rows = st.query([]).map_err(err)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(err)? {
+            let id: i64 = row.get(0).map_err(err)?;
+            let seq = col_int(row, 1, "seq").ok().flatten().unwrap_or(0).max(0) as u64;
+            let parse = || -> Result<Checkpoint, String> {
+                Ok(Checkpoint {
+                    id,
+                    seq,
+                    hash: required(col_hash(row, 2, "hash")?, "hash")?,
+                    time_ms: required(col_int(row, 3, "time_ms")?, "time_ms")?,
+                    key_fingerprint: required(
+                        col_text(row, 4, "key_fingerprint")?,
+                        "key_fingerprint",
+                    )?,
+                    signature: required(col_text(row, 5, "signature")?, "signature")?,
+                })
+            };
+            out.push(parse().map_err(|what| BadRow {
+                seq,
+                what: format!("#{id}: {what}"),
+            }));
+        }
+        Ok(out)
+    }
+
+    /// The latest checkpoint's (seq, hash), if any (not verified).
+    pub fn checkpoints_last(&self) -> Result<Option<(u64, Hash)>, StoreError> {
+        use rusqlite::OptionalExtension as _;
+        let row: Option<(i64, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT seq, hash FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(err)?;
+        Ok(row.and_then(|(s, h)| {
+            <[u8; 32]>::try_from(h.as_slice())
+                .ok()
+                .map(|h| (s.max(0) as u64, h))
+        }))
+    }
+
+    /// Signs the current chain head with `sign` and stores the checkpoint,
+    /// in one write transaction (so the head cannot move in between).
+    /// Returns `None` when the log is empty or the head is already
+    /// checkpointed. `sign(seq, hash, time_ms)` returns the signature text.
+    pub fn write_checkpoint(
+        &mut self,
+        key_fingerprint: &str,
+        time_ms: i64,
+        sign: &dyn Fn(u64, &Hash, i64) -> Result<String, String>,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        use rusqlite::OptionalExtension as _;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let head: Option<(i64, Option<Vec<u8>>)> = tx
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1).ok().flatten())),
+            )
+            .optional()
+            .map_err(err)?;
+        let Some((seq, Some(hash))) = head else {
+            return Ok(None);
+        };
+        let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
+            return Ok(None);
+        };
+        let seq = seq.max(0) as u64;
+        let last: Option<i64> = tx
+            .query_row(
+                "SELECT seq FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)?;
+        if last == Some(seq as i64) {
+            return Ok(None);
+        }
+        let signature = sign(seq, &hash, time_ms).map_err(StoreError::Backend)?;
+        tx.execute(
+            "INSERT INTO audit_checkpoints (seq, hash, time_ms, key_fingerprint, signature)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![seq as i64, &hash[..], time_ms, key_fingerprint, signature],
+        )
+        .map_err(err)?;
+        let id = tx.last_insert_rowid();
+        tx.commit().map_err(err)?;
+        Ok(Some(Checkpoint {
+            id,
+            seq,
+            hash,
+            time_ms,
+            key_fingerprint: key_fingerprint.to_string(),
+            signature,
+        }))
+    }
+
+    /// Where live streaming to the audit sinks got to (last seq sent).
+    pub fn stream_cursor(&self) -> Result<Option<u64>, StoreError> {
+        use rusqlite::OptionalExtension as _;
+        self.conn
+            .query_row(
+                "SELECT v FROM meta WHERE k = ?1",
+                [META_STREAM_CURSOR],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map(|v| v.and_then(|v| v.parse().ok()))
+            .map_err(err)
+    }
+
+    /// Saves the streaming cursor.
+    pub fn set_stream_cursor(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO meta (k, v) VALUES (?1, ?2)",
+                params![META_STREAM_CURSOR, seq.to_string()],
+            )
+            .map(|_| ())
+            .map_err(err)
+    }
+
+    /// Records matching `q`, newest first, at most `q.limit`.
+    pub fn search_audit(
+        &self,
+        q: &AuditQuery,
+    ) -> Result<Vec<Result<StoredRecord, BadRow>>, StoreError> {
+        use rusqlite::types::Value;
+        let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE 1 = 1");
+        let mut args: Vec<Value> = Vec::new();
+        let mut add = |cond: &str, v: Value| {
+            args.push(v);
+            sql.push_str(&format!(" AND {cond} ?{}", args.len()));
+        };
+        if let Some(s) = &q.subject {
+            add("subject =", s.clone().into());
+        }
+        if let Some(s) = &q.issuer {
+            add("issuer =", s.clone().into());
+        }
+        if let Some(s) = &q.role {
+            add("role =", s.clone().into());
+        }
+        if let Some(s) = &q.key_id {
+            add("key_id =", s.clone().into());
+        }
+        if let Some(s) = &q.event {
+            add("event =", s.clone().into());
+        }
+        if let Some(t) = q.since_ms {
+            add("time_ms >=", t.into());
+        }
+        if let Some(n) = q.serial {
+            // A revocation keeps the serial it revoked in its reason
+            // ("serial N: ..."), since only issuance claims the column.
+            args.push((n as i64).into());
+            args.push(format!("serial {n}:%").into());
+            sql.push_str(&format!(
+                " AND (serial = ?{} OR (event = 'cert_revoked' AND serial IS NULL AND reason LIKE ?{}))",
+                args.len() - 1,
+                args.len()
+            ));
+        }
+        sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", q.limit.max(1)));
+        let mut st = self.conn.prepare(&sql).map_err(err)?;
+        let mut rows = st.query(rusqlite::params_from_iter(args)).map_err(err)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(err)? {
+            out.push(read_row(row).map_err(err)?);
+        }
+        Ok(out)
+    }
 }
 
 fn bump_version(tx: &rusqlite::Transaction<'_>, now: u64) -> Result<StateVersion, StoreError> {
@@ -232,6 +930,28 @@ fn opt_i64(v: Option<u64>) -> Option<i64> {
 }
 
 impl Backend for Sqlite {
+    fn approval_put(
+        &mut self,
+        req: &crate::approval::ApprovalRequest,
+        audit: &[AuditRecord],
+    ) -> Result<(), StoreError> {
+        self.approval_put_impl(req, audit)
+    }
+
+    fn approval_get(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<crate::approval::ApprovalRequest>, StoreError> {
+        self.approval_get_impl(id)
+    }
+
+    fn approval_list(
+        &mut self,
+        status: Option<crate::approval::ApprovalStatus>,
+    ) -> Result<Vec<crate::approval::ApprovalRequest>, StoreError> {
+        self.approval_list_impl(status)
+    }
+
     fn append_batch(&mut self, records: &[AuditRecord]) -> Result<(), StoreError> {
         // IMMEDIATE takes the write lock up front, so a locked database fails
         // here (after busy_timeout) rather than half-way through.
@@ -550,5 +1270,283 @@ mod tests {
         assert!(s.append_batch(&[rec(1)]).is_err());
         other.execute_batch("COMMIT").unwrap();
         s.append_batch(&[rec(1)]).unwrap();
+    }
+}
+
+// ---- audit chain tests ----
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+    use crate::audit::chain::Problem;
+    use crate::audit::checkpoint::AuditKey;
+    use crate::audit::verify::verify_db;
+    use crate::audit::EventKind;
+
+    fn rec(serial: u64) -> AuditRecord {
+        let mut r = AuditRecord::new(EventKind::CertIssued, 1_793_491_200_000 + serial, "req");
+        r.serial = Some(serial);
+        r.key_id = Some(format!("mayfly:deploy:ci:bot:{serial}"));
+        r.role = Some("deploy".into());
+        r.principals = vec!["deploy".into()];
+        r
+    }
+
+    fn open(p: &Path) -> Sqlite {
+        Sqlite::open(p, Duration::from_millis(500)).expect("open")
+    }
+
+    fn problems(db: &Sqlite, key: Option<&AuditKey>) -> Vec<Problem> {
+        let pk = key.map(|k| k.public());
+        verify_db(db, pk.as_ref(), "test").expect("verify").problems
+    }
+
+    fn sign(key: &AuditKey) -> impl Fn(u64, &Hash, i64) -> Result<String, String> + '_ {
+        move |s, h, t| key.sign(s, h, t).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn every_column_of_the_audit_table_is_covered_by_the_chain() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let db = open(&d.path().join("m.db"));
+        let mut cols = table_columns(&db.conn, "audit").expect("columns");
+        let mut covered: Vec<String> = AUDIT_COLUMNS
+            .split(',')
+            .map(|c| c.trim().to_string())
+            .collect();
+        cols.sort();
+        covered.sort();
+        assert_eq!(
+            cols, covered,
+            "a new audit column must be added to the chain encoding (new CHAIN_VERSION)"
+        );
+    }
+
+    #[test]
+    fn two_writers_extend_one_chain_and_it_verifies() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("m.db");
+        // The server's writer and `mayfly revoke`'s, on separate connections.
+        let mut a = open(&p);
+        let mut b = open(&p);
+        for i in 0..20u64 {
+            a.append_batch(&[rec(2 * i + 1), rec(2 * i + 1000)])
+                .expect("a");
+            b.record_change(&AuditRecord::new(EventKind::Disabled, 5, "admin"), 5)
+                .expect("b");
+        }
+        let r = verify_db(&a, None, "test").expect("verify");
+        assert!(r.is_intact(), "{r}");
+        assert_eq!(r.records, 60);
+        assert_eq!(r.range, Some((1, 60)));
+    }
+
+    #[test]
+    fn database_from_before_the_chain_is_chained_once_and_said_so() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("m.db");
+        {
+            let c = Connection::open(&p).expect("raw");
+            c.execute_batch(
+                "CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, time_ms INTEGER NOT NULL,
+                   event TEXT NOT NULL, request_id TEXT NOT NULL, client_addr TEXT, issuer TEXT,
+                   subject TEXT, role TEXT, reason_code TEXT, reason TEXT, serial INTEGER, key_id TEXT,
+                   principals TEXT NOT NULL DEFAULT '[]', valid_after INTEGER, valid_before INTEGER,
+                   key_fingerprint TEXT, token_id TEXT, token_exp INTEGER, policy_digest TEXT);
+                 INSERT INTO audit (time_ms, event, request_id, serial, principals)
+                   VALUES (1, 'cert_issued', 'r1', 11, '[\"deploy\"]'), (2, 'cert_denied', 'r2', NULL, '[]');",
+            )
+            .expect("legacy schema");
+        }
+        let mut db = open(&p);
+        db.append_batch(&[rec(12)]).expect("append");
+        let r = verify_db(&db, None, "test").expect("verify");
+        assert!(r.is_intact(), "{r}");
+        assert_eq!(r.records, 3);
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("records 1..2 were written before")),
+            "{r}"
+        );
+        // Reopening does not chain again, and an unchained row is evidence.
+        db.conn
+            .execute("UPDATE audit SET hash = NULL WHERE seq = 2", [])
+            .expect("tamper");
+        drop(db);
+        let db = open(&p);
+        assert_eq!(problems(&db, None), vec![Problem::Unchained { seq: 2 }]);
+    }
+
+    #[test]
+    fn rows_deleted_from_the_end_leave_a_gap_when_logging_resumes() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("m.db");
+        let mut db = open(&p);
+        db.append_batch(&[rec(1), rec(2), rec(3), rec(4)])
+            .expect("append");
+        db.conn
+            .execute("DELETE FROM audit WHERE seq >= 3", [])
+            .expect("truncate");
+        let p1 = problems(&db, None);
+        assert!(
+            matches!(
+                p1.first(),
+                Some(Problem::Truncated {
+                    last: 2,
+                    expected: 4,
+                    ..
+                })
+            ),
+            "{p1:?}"
+        );
+        db.append_batch(&[rec(5)]).expect("append");
+        assert_eq!(
+            problems(&db, None),
+            vec![Problem::Missing { from: 3, to: 4 }]
+        );
+    }
+
+    #[test]
+    fn checkpoints_are_signed_and_catch_a_rewritten_history() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("m.db");
+        let key = AuditKey::ephemeral();
+        let mut db = open(&p);
+        db.append_batch(&[rec(1), rec(2), rec(3)]).expect("append");
+        let cp = db
+            .write_checkpoint(&key.fingerprint(), 1000, &sign(&key))
+            .expect("checkpoint")
+            .expect("written");
+        assert_eq!(cp.seq, 3);
+        // Nothing new: no second checkpoint of the same head.
+        assert!(db
+            .write_checkpoint(&key.fingerprint(), 1001, &sign(&key))
+            .expect("checkpoint")
+            .is_none());
+        db.append_batch(&[rec(4)]).expect("append");
+        let r = verify_db(&db, Some(&key.public()), "test").expect("verify");
+        assert!(r.is_intact(), "{r}");
+        assert_eq!(r.checkpoints_signed_ok, 1);
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("1 record(s) after the last checkpoint")),
+            "{r}"
+        );
+
+        // Rewrite record 2 and recompute every hash after it: the chain is
+        // consistent again, but the signed checkpoint is not.
+        db.conn
+            .execute("UPDATE audit SET subject = 'mallory' WHERE seq = 2", [])
+            .expect("tamper");
+        let mut prev = chain::GENESIS;
+        let mut rows = Vec::new();
+        db.scan_audit(1, None, &mut |r| {
+            rows.push(r.expect("row"));
+            true
+        })
+        .expect("scan");
+        for r in &mut rows {
+            let h = chain::record_hash(r, &prev);
+            db.conn
+                .execute(
+                    "UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+                    params![&prev[..], &h[..], r.seq as i64],
+                )
+                .expect("rehash");
+            prev = h;
+        }
+        let p1 = problems(&db, Some(&key));
+        assert!(
+            matches!(&p1[..], [Problem::Checkpoint { seq: 3, what }] if what.contains("history rewritten")),
+            "{p1:?}"
+        );
+
+        // A checkpoint signed by another key, or edited, is refused.
+        let other = AuditKey::ephemeral();
+        db.conn
+            .execute("UPDATE audit_checkpoints SET time_ms = 999", [])
+            .expect("tamper checkpoint");
+        let p2 = problems(&db, Some(&key));
+        assert!(
+            p2.iter()
+                .any(|p| p.to_string().contains("signature does not match")),
+            "{p2:?}"
+        );
+        let p3 = problems(&db, Some(&other));
+        assert!(
+            p3.iter()
+                .any(|p| p.to_string().contains("not by the audit key")),
+            "{p3:?}"
+        );
+    }
+
+    #[test]
+    fn non_canonical_or_mistyped_columns_are_malformed() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("m.db");
+        let mut db = open(&p);
+        db.append_batch(&[rec(1), rec(2), rec(3)]).expect("append");
+        db.conn
+            .execute(
+                "UPDATE audit SET principals = '[ \"deploy\"]' WHERE seq = 2",
+                [],
+            )
+            .expect("tamper");
+        let p1 = problems(&db, None);
+        assert!(
+            matches!(&p1[..], [Problem::Malformed { seq: 2, what }] if what.contains("canonical")),
+            "{p1:?}"
+        );
+        db.conn
+            .execute(
+                "UPDATE audit SET principals = '[\"deploy\"]', time_ms = 'x' WHERE seq = 2",
+                [],
+            )
+            .expect("tamper");
+        let p2 = problems(&db, None);
+        assert!(
+            matches!(&p2[..], [Problem::Malformed { seq: 2, what }] if what.contains("time_ms")),
+            "{p2:?}"
+        );
+    }
+
+    #[test]
+    fn search_finds_by_key_id_and_serial_including_the_revocation() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("m.db");
+        let mut db = open(&p);
+        db.append_batch(&[rec(7), rec(8)]).expect("append");
+        let mut rv = AuditRecord::new(EventKind::CertRevoked, 9, "admin");
+        rv.serial = Some(7);
+        rv.key_id = Some("mayfly:deploy:ci:bot:7".into());
+        rv.reason = Some("leaked".into());
+        db.revoke(&[], &[rv], 9).expect("revoke");
+        let by_serial = db
+            .search_audit(&AuditQuery {
+                serial: Some(7),
+                ..AuditQuery::default()
+            })
+            .expect("search");
+        let events: Vec<String> = by_serial
+            .into_iter()
+            .map(|r| r.expect("row").event)
+            .collect();
+        assert_eq!(events, vec!["cert_revoked", "cert_issued"]);
+        let by_key = db
+            .search_audit(&AuditQuery {
+                key_id: Some("mayfly:deploy:ci:bot:8".into()),
+                ..AuditQuery::default()
+            })
+            .expect("search");
+        assert_eq!(by_key.len(), 1);
+        let limited = db
+            .search_audit(&AuditQuery {
+                role: Some("deploy".into()),
+                limit: 1,
+                ..AuditQuery::default()
+            })
+            .expect("search");
+        assert_eq!(limited.len(), 1);
     }
 }

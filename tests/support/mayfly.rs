@@ -263,12 +263,17 @@ pub fn https_get(
         .map(|c| c.to_vec())
         .unwrap_or_default();
     let alpn = tls.conn.alpn_protocol().map(|p| p.to_vec());
-    write!(
+    let mut raw = Vec::new();
+    let sent = write!(
         tls,
         "GET {path} HTTP/1.1\r\nHost: {server_name}:{port}\r\nConnection: close\r\n\r\n"
-    )?;
-    tls.flush()?;
-    let mut raw = Vec::new();
+    )
+    .and_then(|()| tls.flush());
+    if let Err(e) = sent {
+        // A server that refused us after the handshake (TLS 1.3 client
+        // auth) sent an alert first: report that rather than the broken pipe.
+        return Err(tls.read_to_end(&mut raw).err().unwrap_or(e));
+    }
     match tls.read_to_end(&mut raw) {
         Ok(_) => {}
         // A peer that closes without close_notify after a complete answer.

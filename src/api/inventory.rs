@@ -1,0 +1,98 @@
+//! `GET /v1/identities`: the identity inventory, for administrators only.
+//! The caller authenticates like the other admin endpoints (an OIDC token
+//! matched by an `[[admin]]` rule); a refusal is audited.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use super::{bearer, request_id, ApiError, AppState};
+use crate::inventory::{self, DEFAULT_STALE_DAYS};
+
+/// Query of `GET /v1/identities`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitiesQuery {
+    /// Days without a certificate after which an identity is stale (default 30).
+    stale_days: Option<u64>,
+}
+
+fn unavailable(rid: String) -> Response {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the inventory cannot be read right now; retry later".into(),
+        rid,
+    )
+    .into_response()
+}
+
+/// `GET /v1/identities[?stale_days=N]`: every identity the CA has seen,
+/// with roles, owners, first/last seen, certificates, last refusal and
+/// status (`active`, `disabled`, `stale`).
+pub async fn list_identities(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<IdentitiesQuery>, QueryRejection>,
+) -> Response {
+    let rid = request_id();
+    let token = match bearer(&headers) {
+        Ok(t) => t,
+        Err(m) => {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "malformed_authorization",
+                m.into(),
+                rid,
+            )
+            .into_response()
+        }
+    };
+    if let Err(e) = s
+        .service
+        .authorize_admin(token.as_ref(), "list_identities", &rid, SystemTime::now())
+        .await
+    {
+        return ApiError::from_issue(e, rid).into_response();
+    }
+    let stale_days = match query {
+        Ok(Query(q)) => q.stale_days.unwrap_or(DEFAULT_STALE_DAYS),
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("query must be ?stale_days=N: {}", e.body_text()),
+                rid,
+            )
+            .into_response()
+        }
+    };
+    let Some(db) = s.service.metrics().report_db() else {
+        tracing::error!(request_id = %rid, "no report database configured for the inventory");
+        return unavailable(rid);
+    };
+    let policy = s.service.policy();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let job = tokio::task::spawn_blocking(move || {
+        db.with(|sql| inventory::collect(sql, &policy, stale_days, now))
+    });
+    match job.await {
+        Ok(Ok(inv)) => Json(inv).into_response(),
+        Ok(Err(e)) => {
+            tracing::error!(request_id = %rid, error = %e, "inventory query failed");
+            unavailable(rid)
+        }
+        Err(e) => {
+            tracing::error!(request_id = %rid, error = %e, "inventory task failed");
+            unavailable(rid)
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! Just-in-time access: roles that need a human's approval before a
+//! certificate is minted.
+//!
+//! A bot whose request is allowed by policy but whose role says
+//! `[approval] required = N` gets `202 Accepted` with an approval request
+//! id. Approvers (people with their own OIDC token, matched like claims)
+//! list, approve or deny it; the requester cannot approve itself. Once
+//! approved, the same bot (same identity, role and public key) asks again
+//! with the id and gets the certificate — exactly once. Pending requests and
+//! approvals expire. Every step is audited.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::policy::ClaimRule;
+
+/// The `[approval]` table of a role.
+#[derive(Debug, Clone)]
+pub struct ApprovalPolicy {
+    /// Distinct approvals needed.
+    pub required: u32,
+    /// `[[issuer]]` name whose tokens approvers use.
+    pub issuer: String,
+    /// Who may approve: any one rule matching is enough (each is
+    /// `claim:pattern`, e.g. `groups:sre`, `sub:alice@example.com`;
+    /// `group:x` means `groups:x`).
+    pub approvers: Vec<ClaimRule>,
+    /// How long a request may wait, and how long an approval stays usable.
+    pub expires: Duration,
+}
+
+/// Longest an approval request may stay open.
+pub const MAX_APPROVAL_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
+impl ApprovalPolicy {
+    /// Parses `approvers` entries (`claim:pattern`).
+    pub fn parse_approvers(entries: &[String]) -> Result<Vec<ClaimRule>, String> {
+        entries
+            .iter()
+            .map(|e| {
+                let (claim, pattern) = e.split_once(':').ok_or_else(|| {
+                    format!("approver {e:?} must be claim:value, e.g. \"groups:sre\" or \"sub:alice@example.com\"")
+                })?;
+                let claim = if claim == "group" { "groups" } else { claim };
+                if claim.is_empty() || pattern.is_empty() {
+                    return Err(format!("approver {e:?} must be claim:value"));
+                }
+                Ok(ClaimRule {
+                    claim: claim.to_string(),
+                    patterns: vec![crate::policy::Pattern::new(pattern)],
+                })
+            })
+            .collect()
+    }
+
+    /// Whether an identity from `issuer` with `claims` may approve.
+    pub fn is_approver(&self, issuer: &str, claims: &Map<String, Value>) -> bool {
+        issuer == self.issuer
+            && self
+                .approvers
+                .iter()
+                .any(|r| crate::policy::match_claims(std::slice::from_ref(r), claims).is_ok())
+    }
+}
+
+/// State of an approval request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalStatus {
+    /// Waiting for approvals.
+    Pending,
+    /// Enough approvals; the requester may mint once.
+    Approved,
+    /// An approver said no.
+    Denied,
+    /// The certificate was minted.
+    Used,
+    /// Nobody decided in time, or the approval was not used in time.
+    Expired,
+}
+
+impl ApprovalStatus {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Approved => "approved",
+            ApprovalStatus::Denied => "denied",
+            ApprovalStatus::Used => "used",
+            ApprovalStatus::Expired => "expired",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<ApprovalStatus> {
+        [
+            ApprovalStatus::Pending,
+            ApprovalStatus::Approved,
+            ApprovalStatus::Denied,
+            ApprovalStatus::Used,
+            ApprovalStatus::Expired,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+    }
+}
+
+/// One vote.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Vote {
+    /// `issuer:subject` of the approver.
+    pub approver: String,
+    /// Approve or deny.
+    pub approve: bool,
+    /// Why.
+    pub reason: String,
+    /// Unix seconds.
+    pub time: u64,
+}
+
+/// An approval request as stored and shown to approvers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApprovalRequest {
+    /// Id (`apr_` + random).
+    pub id: String,
+    /// Role.
+    pub role: String,
+    /// Requester's issuer.
+    pub issuer: String,
+    /// Requester's subject.
+    pub subject: String,
+    /// `SHA256:` fingerprint of the key to certify.
+    pub key_fingerprint: String,
+    /// Principals that would be granted.
+    pub principals: Vec<String>,
+    /// Requested lifetime in seconds.
+    pub ttl_seconds: u64,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds: pending until then; once approved, usable until then.
+    pub expires_at: u64,
+    /// Approvals needed.
+    pub required: u32,
+    /// State.
+    pub status: ApprovalStatus,
+    /// Votes so far.
+    pub votes: Vec<Vote>,
+}
+
+impl ApprovalRequest {
+    /// The status at `now` (pending/approved requests past `expires_at` are expired).
+    pub fn status_at(&self, now: u64) -> ApprovalStatus {
+        match self.status {
+            ApprovalStatus::Pending | ApprovalStatus::Approved if now >= self.expires_at => {
+                ApprovalStatus::Expired
+            }
+            s => s,
+        }
+    }
+}
+
+/// A new random approval request id.
+pub fn new_id() -> String {
+    format!("apr_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Why an approval step was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApprovalError {
+    /// No such request.
+    #[error("no approval request {0}")]
+    NotFound(String),
+    /// The caller may not approve this role.
+    #[error("{0} is not an approver for role {1:?}")]
+    NotApprover(String, String),
+    /// Requester tried to approve its own request.
+    #[error("the requester cannot approve its own request")]
+    SelfApproval,
+    /// Already decided, used or expired.
+    #[error("approval request {id} is {status}")]
+    NotPending {
+        /// Id.
+        id: String,
+        /// Its state.
+        status: String,
+    },
+    /// The approval is for another identity, role or key.
+    #[error("approval request {0} was made for another identity, role or key")]
+    Mismatch(String),
+    /// Same approver twice.
+    #[error("{0} already voted on this request")]
+    AlreadyVoted(String),
+}
+
+impl ApprovalError {
+    /// Stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApprovalError::NotFound(_) => "approval_not_found",
+            ApprovalError::NotApprover(..) => "not_approver",
+            ApprovalError::SelfApproval => "self_approval",
+            ApprovalError::NotPending { .. } => "approval_not_pending",
+            ApprovalError::Mismatch(_) => "approval_mismatch",
+            ApprovalError::AlreadyVoted(_) => "already_voted",
+        }
+    }
+}
+
+/// Applies one vote (pure): checks self-approval, duplicate votes and
+/// state, and returns the updated request.
+pub fn apply_vote(
+    mut req: ApprovalRequest,
+    approver: &str,
+    approve: bool,
+    reason: &str,
+    now: u64,
+) -> Result<ApprovalRequest, ApprovalError> {
+    if approver == format!("{}:{}", req.issuer, req.subject) {
+        return Err(ApprovalError::SelfApproval);
+    }
+    let status = req.status_at(now);
+    if status != ApprovalStatus::Pending {
+        return Err(ApprovalError::NotPending {
+            id: req.id.clone(),
+            status: status.as_str().into(),
+        });
+    }
+    if req.votes.iter().any(|v| v.approver == approver) {
+        return Err(ApprovalError::AlreadyVoted(approver.into()));
+    }
+    req.votes.push(Vote {
+        approver: approver.into(),
+        approve,
+        reason: reason.into(),
+        time: now,
+    });
+    if !approve {
+        req.status = ApprovalStatus::Denied;
+    } else if req.votes.iter().filter(|v| v.approve).count() as u32 >= req.required {
+        req.status = ApprovalStatus::Approved;
+    }
+    Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> ApprovalRequest {
+        ApprovalRequest {
+            id: "apr_1".into(),
+            role: "deploy".into(),
+            issuer: "ci".into(),
+            subject: "bot".into(),
+            key_fingerprint: "SHA256:x".into(),
+            principals: vec!["deploy".into()],
+            ttl_seconds: 300,
+            created_at: 100,
+            expires_at: 1000,
+            required: 2,
+            status: ApprovalStatus::Pending,
+            votes: vec![],
+        }
+    }
+
+    #[test]
+    fn two_distinct_approvers_are_needed_and_one_denial_ends_it() {
+        let r = apply_vote(req(), "corp:alice", true, "ok", 200).unwrap();
+        assert_eq!(r.status, ApprovalStatus::Pending);
+        assert_eq!(
+            apply_vote(r.clone(), "corp:alice", true, "again", 201).unwrap_err(),
+            ApprovalError::AlreadyVoted("corp:alice".into())
+        );
+        let r2 = apply_vote(r.clone(), "corp:bob", true, "ok", 202).unwrap();
+        assert_eq!(r2.status, ApprovalStatus::Approved);
+        let r3 = apply_vote(r, "corp:bob", false, "no", 202).unwrap();
+        assert_eq!(r3.status, ApprovalStatus::Denied);
+    }
+
+    #[test]
+    fn requester_cannot_approve_itself() {
+        assert_eq!(
+            apply_vote(req(), "ci:bot", true, "", 200).unwrap_err(),
+            ApprovalError::SelfApproval
+        );
+    }
+
+    #[test]
+    fn expired_requests_take_no_votes() {
+        assert!(matches!(
+            apply_vote(req(), "corp:alice", true, "", 1000),
+            Err(ApprovalError::NotPending { .. })
+        ));
+    }
+
+    #[test]
+    fn approvers_parse_and_match() {
+        let rules =
+            ApprovalPolicy::parse_approvers(&["group:sre".into(), "sub:alice@*".into()]).unwrap();
+        let p = ApprovalPolicy {
+            required: 1,
+            issuer: "corp".into(),
+            approvers: rules,
+            expires: Duration::from_secs(900),
+        };
+        let c = |v: Value| v.as_object().unwrap().clone();
+        assert!(p.is_approver(
+            "corp",
+            &c(serde_json::json!({"sub": "x", "groups": ["dev", "sre"]}))
+        ));
+        assert!(p.is_approver("corp", &c(serde_json::json!({"sub": "alice@example.com"}))));
+        assert!(!p.is_approver("ci", &c(serde_json::json!({"sub": "alice@example.com"}))));
+        assert!(!p.is_approver("corp", &c(serde_json::json!({"sub": "mallory"}))));
+        assert!(ApprovalPolicy::parse_approvers(&["nocolon".into()]).is_err());
+    }
+}

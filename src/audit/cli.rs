@@ -1,0 +1,306 @@
+//! `mayfly audit verify | export | search`: the operator's side of the
+//! audit log, run on the CA host against its `mayfly.toml`. These only read
+//! the database (opened read-only), so they are safe while the server runs.
+//!
+//! Exit codes: 0 when all is well, 2 when `verify` found tampering (or
+//! `search` found nothing), 1 for errors (unreadable config or database).
+
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+
+use super::checkpoint::{self, AuditPublicKey};
+use super::search::{self, AuditQuery};
+use super::{export, verify};
+use crate::config::Config;
+use crate::store::sqlite::Sqlite;
+
+/// `mayfly audit ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCmd {
+    /// Check the audit log's hash chain and signed checkpoints (or an
+    /// exported file); name the first altered, deleted or reordered record.
+    Verify {
+        /// The CA's mayfly.toml (verifies its database).
+        #[arg(long, required_unless_present = "export")]
+        config: Option<PathBuf>,
+        /// Audit public key for checkpoint signatures (default
+        /// data_dir/audit_key.pub; pass a copy kept off the CA host).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Verify this exported JSON Lines file; with --config also check
+        /// that the database still holds every exported record unchanged.
+        #[arg(long)]
+        export: Option<PathBuf>,
+    },
+    /// Write audit records as JSON Lines (each line carries its chain hash).
+    Export {
+        /// The CA's mayfly.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// From this time: RFC 3339 (2026-11-01T00:00:00Z), unix seconds, or
+        /// a duration back from now (24h). Default: everything.
+        #[arg(long)]
+        since: Option<String>,
+        /// Output format (only jsonl).
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// Write to this file (atomically) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Find audit records; by --key-id answers "which job was this login?".
+    Search {
+        /// The CA's mayfly.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Token subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Issuer name.
+        #[arg(long)]
+        issuer: Option<String>,
+        /// Role.
+        #[arg(long)]
+        role: Option<String>,
+        /// Certificate serial (its issuance and revocation).
+        #[arg(long)]
+        serial: Option<u64>,
+        /// Certificate key id, as sshd logs it.
+        #[arg(long)]
+        key_id: Option<String>,
+        /// Event (cert_issued, cert_denied, cert_revoked, disabled, ...).
+        #[arg(long)]
+        event: Option<String>,
+        /// From this time (as for export).
+        #[arg(long)]
+        since: Option<String>,
+        /// Most records shown (the newest).
+        #[arg(long, default_value_t = search::DEFAULT_LIMIT)]
+        limit: usize,
+        /// JSON Lines (the export schema) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Longest a command waits for a database locked by a writer.
+const BUSY: Duration = Duration::from_secs(5);
+
+fn open_db(config: &Path) -> anyhow::Result<(Config, PathBuf, Sqlite)> {
+    let cfg = Config::load(Some(config), &|k| std::env::var(k).ok())?;
+    let path = cfg.data_dir.join(crate::server::files::DATABASE);
+    if !path.exists() {
+        anyhow::bail!(
+            "no database at {}; is --config the CA's config and has the CA run once?",
+            path.display()
+        );
+    }
+    let db = Sqlite::open_read_only(&path, BUSY.max(cfg.store_busy_timeout))
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok((cfg, path, db))
+}
+
+/// Runs one `mayfly audit` command; prints results on stdout.
+pub fn run_audit(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AuditCmd::Verify {
+            config,
+            key,
+            export,
+        } => run_verify(config.as_deref(), key.as_deref(), export.as_deref()),
+        AuditCmd::Export {
+            config,
+            since,
+            format,
+            out,
+        } => run_export(&config, since.as_deref(), &format, out.as_deref()),
+        AuditCmd::Search {
+            config,
+            subject,
+            issuer,
+            role,
+            serial,
+            key_id,
+            event,
+            since,
+            limit,
+            json,
+        } => {
+            let since_ms = since
+                .as_deref()
+                .map(|s| search::parse_since(s, SystemTime::now()))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let detail = key_id.is_some() || serial.is_some();
+            let q = AuditQuery {
+                subject,
+                issuer,
+                role,
+                serial,
+                key_id,
+                event,
+                since_ms,
+                limit: limit.max(1),
+            };
+            run_search(&config, &q, json, detail)
+        }
+    }
+}
+
+fn run_verify(
+    config: Option<&Path>,
+    key: Option<&Path>,
+    export_file: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let mut intact = true;
+    let mut out = std::io::stdout().lock();
+    let db = match config {
+        Some(c) => {
+            let (cfg, path, db) = open_db(c)?;
+            let key_path = key
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| cfg.data_dir.join(checkpoint::PUB_FILE));
+            let pk = if key.is_some() || key_path.exists() {
+                Some(AuditPublicKey::read(&key_path)?)
+            } else {
+                None
+            };
+            let report =
+                verify::verify_db(&db, pk.as_ref(), &format!("database {}", path.display()))?;
+            write!(out, "{report}")?;
+            if let Some(pk) = &pk {
+                writeln!(
+                    out,
+                    "audit key: {} ({})",
+                    pk.fingerprint(),
+                    key_path.display()
+                )?;
+            }
+            intact &= report.is_intact();
+            Some(db)
+        }
+        None => None,
+    };
+    if let Some(f) = export_file {
+        let file = std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?;
+        let report = verify::verify_export(
+            BufReader::new(file),
+            &format!("export {}", f.display()),
+            db.as_ref(),
+        )?;
+        write!(out, "{report}")?;
+        intact &= report.is_intact();
+    }
+    Ok(if intact {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+fn run_export(
+    config: &Path,
+    since: Option<&str>,
+    format: &str,
+    out: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    if format != "jsonl" {
+        anyhow::bail!("--format {format:?}: only jsonl is supported");
+    }
+    let (_, _, db) = open_db(config)?;
+    let from_seq = match since {
+        None => Some(1),
+        Some(s) => {
+            let ms = search::parse_since(s, SystemTime::now()).map_err(anyhow::Error::msg)?;
+            db.first_seq_since(ms)?
+        }
+    };
+    let summary = match (from_seq, out) {
+        (None, None) => export::ExportSummary::default(),
+        (Some(from), None) => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            export::export_jsonl(&db, from, &mut w)?
+        }
+        (from, Some(path)) => {
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let mut tmp = tempfile::Builder::new()
+                .prefix(".mayfly-export-")
+                .tempfile_in(dir)
+                .with_context(|| format!("creating a file in {}", dir.display()))?;
+            let summary = match from {
+                Some(from) => {
+                    let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+                    let s = export::export_jsonl(&db, from, &mut w)?;
+                    w.flush()?;
+                    s
+                }
+                None => export::ExportSummary::default(),
+            };
+            tmp.as_file().sync_all()?;
+            tmp.persist(path)
+                .map_err(|e| e.error)
+                .with_context(|| format!("writing {}", path.display()))?;
+            summary
+        }
+    };
+    for bad in &summary.unreadable {
+        eprintln!(
+            "mayfly: seq {} not exported: {} (run `mayfly audit verify`)",
+            bad.seq, bad.what
+        );
+    }
+    match summary.range {
+        Some((a, b)) => eprintln!("{} record(s) exported (seq {a}..{b})", summary.records),
+        None => eprintln!("no records to export"),
+    }
+    Ok(if summary.unreadable.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+fn run_search(config: &Path, q: &AuditQuery, json: bool, detail: bool) -> anyhow::Result<ExitCode> {
+    let (_, _, db) = open_db(config)?;
+    let mut rows = db.search_audit(q)?;
+    // Newest were fetched first; show oldest first.
+    rows.reverse();
+    let mut out = std::io::stdout().lock();
+    let mut records = Vec::with_capacity(rows.len());
+    for r in rows {
+        match r {
+            Ok(r) => records.push(r),
+            Err(bad) => eprintln!(
+                "mayfly: seq {} cannot be read: {} (run `mayfly audit verify`)",
+                bad.seq, bad.what
+            ),
+        }
+    }
+    if records.is_empty() {
+        eprintln!("no matching audit records");
+        return Ok(ExitCode::from(2));
+    }
+    if json {
+        for r in &records {
+            writeln!(out, "{}", export::to_json(r))?;
+        }
+    } else if detail {
+        for (i, r) in records.iter().enumerate() {
+            if i > 0 {
+                writeln!(out)?;
+            }
+            write!(out, "{}", search::render_details(r))?;
+        }
+    } else {
+        write!(out, "{}", search::render_table(&records))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,242 @@
+//! `mayfly audit search`: find records by who, what and when, and answer
+//! "which job was this login?" from the key id sshd logged.
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::chain::{self, StoredRecord};
+use super::export::{outcome, rfc3339_ms};
+
+/// Default number of records a search returns.
+pub const DEFAULT_LIMIT: usize = 50;
+
+/// What to search for; every set field must match (exactly).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Token subject.
+    pub subject: Option<String>,
+    /// Issuer name.
+    pub issuer: Option<String>,
+    /// Role.
+    pub role: Option<String>,
+    /// Certificate serial (issuance, and revocations of it).
+    pub serial: Option<u64>,
+    /// Certificate key id.
+    pub key_id: Option<String>,
+    /// Event name.
+    pub event: Option<String>,
+    /// Only records at or after this time (unix ms).
+    pub since_ms: Option<i64>,
+    /// Most records returned (the newest ones).
+    pub limit: usize,
+}
+
+impl Default for AuditQuery {
+    fn default() -> Self {
+        AuditQuery {
+            subject: None,
+            issuer: None,
+            role: None,
+            serial: None,
+            key_id: None,
+            event: None,
+            since_ms: None,
+            limit: DEFAULT_LIMIT,
+        }
+    }
+}
+
+/// Parses a `--since` value: RFC 3339 (`2026-11-01T00:00:00Z`), unix
+/// seconds (`1793491200`), or a duration back from `now` (`24h`, `30m`).
+/// Returns unix milliseconds.
+pub fn parse_since(s: &str, now: SystemTime) -> Result<i64, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse::<i64>()
+            .ok()
+            .and_then(|v| v.checked_mul(1000))
+            .ok_or_else(|| format!("--since {s:?}: number too large"));
+    }
+    let to_ms = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    };
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(to_ms(t));
+    }
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(to_ms(now.checked_sub(d).unwrap_or(UNIX_EPOCH)));
+    }
+    Err(format!(
+        "--since {s:?}: write an RFC 3339 time (2026-11-01T00:00:00Z), unix seconds, or a duration back from now (24h)"
+    ))
+}
+
+fn unix_s(v: i64) -> String {
+    rfc3339_ms(v.saturating_mul(1000)).replace(".000Z", "Z")
+}
+
+fn cell(s: &str, width: usize) -> String {
+    let mut out: String = s.chars().take(width).collect();
+    if s.chars().count() > width && width > 1 {
+        out.pop();
+        out.push('…');
+    }
+    format!("{out:<width$}")
+}
+
+/// A table, one record per line, oldest first.
+pub fn render_table(records: &[StoredRecord]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<24} {:>7} {:<13} {:<14} {:<36} WHAT",
+        "TIME (UTC)", "SEQ", "EVENT", "ROLE", "ISSUER/SUBJECT"
+    );
+    for r in records {
+        let who = match (&r.issuer, &r.subject) {
+            (Some(i), Some(s)) => format!("{i}/{s}"),
+            (Some(i), None) => i.clone(),
+            (None, Some(s)) => s.clone(),
+            (None, None) => r.actor.clone().unwrap_or_else(|| "-".into()),
+        };
+        let what = match r.event.as_str() {
+            "cert_issued" => format!(
+                "{} principals={}",
+                r.key_id.as_deref().unwrap_or("-"),
+                r.principals.join(",")
+            ),
+            _ => {
+                let mut w = String::new();
+                if let Some(k) = &r.key_id {
+                    w.push_str(k);
+                    w.push(' ');
+                }
+                if let Some(c) = &r.reason_code {
+                    w.push_str(c);
+                    w.push_str(": ");
+                }
+                w.push_str(r.reason.as_deref().unwrap_or(""));
+                w
+            }
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {:>7} {} {} {} {}",
+            rfc3339_ms(r.time_ms),
+            r.seq,
+            cell(&r.event, 13),
+            cell(r.role.as_deref().unwrap_or("-"), 14),
+            cell(&who, 36),
+            what.replace(['\n', '\r'], " ")
+        );
+    }
+    out
+}
+
+/// Every field of one record, one per line: the answer to "which job was
+/// this login?" when searched by key id.
+pub fn render_details(r: &StoredRecord) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "seq {}  {}  {} ({})",
+        r.seq,
+        rfc3339_ms(r.time_ms),
+        r.event,
+        outcome(&r.event)
+    );
+    let mut line = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            let _ = writeln!(out, "  {k:<13}{}", v.replace(['\n', '\r'], " "));
+        }
+    };
+    line("issuer", r.issuer.clone());
+    line("subject", r.subject.clone());
+    line("role", r.role.clone());
+    line("actor", r.actor.clone());
+    line("request id", Some(r.request_id.clone()));
+    line("client", r.client_addr.clone());
+    line("serial", r.serial.map(|s| (s as u64).to_string()));
+    line("key id", r.key_id.clone());
+    line(
+        "principals",
+        (!r.principals.is_empty()).then(|| r.principals.join(", ")),
+    );
+    line(
+        "valid",
+        match (r.valid_after, r.valid_before) {
+            (Some(a), Some(b)) => Some(format!("{} .. {}", unix_s(a), unix_s(b))),
+            (None, Some(b)) => Some(format!("until {}", unix_s(b))),
+            _ => None,
+        },
+    );
+    line("cert type", r.cert_type.clone());
+    line("public key", r.key_fingerprint.clone());
+    line("token", r.token_id.clone());
+    line("policy", r.policy_digest.clone());
+    line("code", r.reason_code.clone());
+    line("reason", r.reason.clone());
+    line("ca key", r.ca_key.clone());
+    line("hash", r.hash.as_ref().map(chain::hex));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn since_accepts_rfc3339_unix_seconds_and_durations() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_793_491_200);
+        assert_eq!(
+            parse_since("2026-11-01T00:00:00Z", now),
+            Ok(1_793_491_200_000)
+        );
+        assert_eq!(parse_since("1793491200", now), Ok(1_793_491_200_000));
+        assert_eq!(parse_since("24h", now), Ok((1_793_491_200 - 86_400) * 1000));
+        let err = parse_since("yesterday", now).expect_err("refused");
+        assert!(err.contains("RFC 3339"), "{err}");
+    }
+
+    #[test]
+    fn details_show_who_what_and_when() {
+        let r = StoredRecord {
+            seq: 3,
+            time_ms: 1_793_491_200_000,
+            event: "cert_issued".into(),
+            request_id: "req-9".into(),
+            client_addr: Some("10.1.2.3:5000".into()),
+            issuer: Some("ci".into()),
+            subject: Some("repo:acme/api".into()),
+            role: Some("deploy".into()),
+            serial: Some(77),
+            key_id: Some("mayfly:deploy:ci:repo_acme_api:77".into()),
+            principals: vec!["deploy".into()],
+            valid_after: Some(1_793_491_140),
+            valid_before: Some(1_793_491_500),
+            ..StoredRecord::default()
+        };
+        let d = render_details(&r);
+        for needle in [
+            "seq 3  2026-11-01T00:00:00.000Z  cert_issued (success)",
+            "issuer       ci",
+            "subject      repo:acme/api",
+            "request id   req-9",
+            "client       10.1.2.3:5000",
+            "principals   deploy",
+            "valid        2026-10-31T23:59:00Z .. 2026-11-01T00:05:00Z",
+        ] {
+            assert!(d.contains(needle), "{needle:?} not in\n{d}");
+        }
+        let t = render_table(&[r]);
+        assert!(t.contains("ci/repo:acme/api"), "{t}");
+        assert!(
+            t.contains("mayfly:deploy:ci:repo_acme_api:77 principals=deploy"),
+            "{t}"
+        );
+    }
+}

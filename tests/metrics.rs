@@ -1,0 +1,403 @@
+//! `/metrics` of a real `mayfly serve` after real issuances, refusals, a
+//! revocation and a deactivation, read the way Prometheus reads it: parsed
+//! by a Prometheus text-format parser (`prometheus-parse`) and checked
+//! line by line against the exposition grammar.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::{Command, Stdio};
+
+use prometheus_parse::{Sample, Scrape, Value};
+use serde_json::json;
+use support::{free_port, http, keygen_ed25519, ClientSpec, Mayfly, Oidc};
+
+const DEPLOY_POLICY: &str = r#"
+description = "Deploy acme services from CI"
+owner = "platform@example.com"
+issuer = "ci"
+principals = ["deploy"]
+max_ttl = "10m"
+[claims]
+repository = "acme/*"
+"#;
+
+fn labels_of(s: &Sample) -> BTreeMap<String, String> {
+    s.labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The value of the one sample of `metric` whose labels include `want`.
+fn value(scrape: &Scrape, metric: &str, want: &[(&str, &str)]) -> f64 {
+    let found: Vec<&Sample> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| want.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "{metric}{want:?}: {} samples: {:?}",
+        found.len(),
+        found
+    );
+    match &found[0].value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+        other => panic!("{metric} is not a scalar: {other:?}"),
+    }
+}
+
+/// The cumulative bucket counts of a histogram, with `+Inf` last.
+fn histogram(scrape: &Scrape, metric: &str) -> Vec<(f64, f64)> {
+    let s = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == metric)
+        .unwrap_or_else(|| panic!("no histogram {metric}"));
+    match &s.value {
+        Value::Histogram(h) => h.iter().map(|b| (b.less_than, b.count)).collect(),
+        other => panic!("{metric} is not a histogram: {other:?}"),
+    }
+}
+
+/// Splits `name{a="b",c="d"} value` by the exposition grammar, handling
+/// escapes in label values; panics on anything malformed.
+fn parse_sample_line(line: &str) -> (String, Vec<(String, String)>, String) {
+    let name_end = line
+        .find(['{', ' '])
+        .unwrap_or_else(|| panic!("no value: {line}"));
+    let name = &line[..name_end];
+    assert!(
+        !name.is_empty()
+            && name
+                .chars()
+                .enumerate()
+                .all(|(i, c)| c.is_ascii_alphabetic()
+                    || c == '_'
+                    || c == ':'
+                    || (i > 0 && c.is_ascii_digit())),
+        "bad metric name: {line}"
+    );
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(r) = rest.strip_prefix('{') {
+        let mut chars = r.char_indices().peekable();
+        loop {
+            let start = chars.peek().map(|(i, _)| *i).expect("label");
+            let mut key_end = start;
+            for (i, c) in chars.by_ref() {
+                if c == '=' {
+                    key_end = i;
+                    break;
+                }
+                assert!(
+                    c.is_ascii_alphanumeric() || c == '_',
+                    "bad label name: {line}"
+                );
+            }
+            let key = r[start..key_end].to_string();
+            assert_eq!(
+                chars.next().map(|(_, c)| c),
+                Some('"'),
+                "unquoted value: {line}"
+            );
+            let mut val = String::new();
+            loop {
+                match chars.next().map(|(_, c)| c) {
+                    Some('\\') => match chars.next().map(|(_, c)| c) {
+                        Some('\\') => val.push('\\'),
+                        Some('"') => val.push('"'),
+                        Some('n') => val.push('\n'),
+                        other => panic!("bad escape {other:?}: {line}"),
+                    },
+                    Some('"') => break,
+                    Some('\n') | None => panic!("unterminated value: {line}"),
+                    Some(c) => val.push(c),
+                }
+            }
+            labels.push((key, val));
+            match chars.next() {
+                Some((_, ',')) => continue,
+                Some((i, '}')) => {
+                    rest = &r[i + 1..];
+                    break;
+                }
+                other => panic!("expected , or }} got {other:?}: {line}"),
+            }
+        }
+    }
+    let v = rest
+        .strip_prefix(' ')
+        .unwrap_or_else(|| panic!("no space before value: {line}"));
+    assert!(
+        v == "+Inf" || v == "-Inf" || v == "NaN" || v.parse::<f64>().is_ok(),
+        "bad value: {line}"
+    );
+    (name.to_string(), labels, v.to_string())
+}
+
+/// The text format rules Prometheus relies on: HELP and TYPE once per
+/// family, before its samples; samples belong to a declared family; no
+/// duplicate series; histogram buckets cumulative and ending in `+Inf`
+/// equal to `_count`.
+fn check_exposition(text: &str) {
+    assert!(text.ends_with('\n'), "exposition must end with a newline");
+    let mut help = HashSet::new();
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut series = HashSet::new();
+    let mut buckets: HashMap<String, Vec<(String, f64)>> = HashMap::new();
+    let mut counts: HashMap<String, f64> = HashMap::new();
+    for line in text.lines() {
+        if let Some(r) = line.strip_prefix("# HELP ") {
+            let name = r.split(' ').next().expect("name");
+            assert!(help.insert(name.to_string()), "HELP twice: {name}");
+            assert!(!types.contains_key(name), "HELP after TYPE/samples: {name}");
+            continue;
+        }
+        if let Some(r) = line.strip_prefix("# TYPE ") {
+            let mut it = r.split(' ');
+            let (name, kind) = (it.next().expect("name"), it.next().expect("type"));
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line}"
+            );
+            assert!(help.contains(name), "TYPE without HELP: {name}");
+            assert!(
+                types.insert(name.into(), kind.into()).is_none(),
+                "TYPE twice: {name}"
+            );
+            continue;
+        }
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "stray line: {line:?}"
+        );
+        let (name, labels, v) = parse_sample_line(line);
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|base| types.get(*base).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(&name)
+            .to_string();
+        let kind = types
+            .get(&family)
+            .unwrap_or_else(|| panic!("sample before its TYPE: {line}"));
+        if kind == "counter" {
+            assert!(name.ends_with("_total"), "counter without _total: {name}");
+        }
+        assert!(
+            series.insert(line.rsplit_once(' ').expect("value").0.to_string()),
+            "duplicate series: {line}"
+        );
+        if name.ends_with("_bucket") {
+            let le = labels
+                .iter()
+                .find(|(k, _)| k == "le")
+                .map(|(_, v)| v.clone())
+                .expect("le");
+            buckets
+                .entry(family.clone())
+                .or_default()
+                .push((le, v.parse().expect("count")));
+        } else if name.ends_with("_count") && kind == "histogram" {
+            counts.insert(family.clone(), v.parse().expect("count"));
+        }
+    }
+    for (family, b) in &buckets {
+        let last = b.last().expect("buckets");
+        assert_eq!(last.0, "+Inf", "{family} must end with +Inf");
+        assert!(
+            b.windows(2).all(|w| w[0].1 <= w[1].1),
+            "{family} not cumulative: {b:?}"
+        );
+        assert_eq!(Some(&last.1), counts.get(family), "{family} +Inf != _count");
+    }
+}
+
+#[test]
+fn metrics_after_real_traffic_parse_and_show_every_series() {
+    let oidc = Oidc::start(&[
+        ClientSpec::new("deploy-rs", "RS256").claims(json!({"repository": "acme/api"})),
+        ClientSpec::new("intruder", "RS256").claims(json!({"repository": "evil/x"})),
+    ]);
+    // A second issuer whose discovery cannot be fetched (nothing listens
+    // there): its key fetches fail and must be counted.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let extra = format!(
+        "{}\n[[issuer]]\nname = \"down\"\nurl = \"{dead}\"\naudience = \"mayfly\"\n",
+        oidc.issuer_toml("ci")
+    );
+    let ca = Mayfly::start(&extra, &[("deploy", DEPLOY_POLICY)]);
+    let dir = support::temp_dir("metrics");
+    let cert = |client: &str, role: &str| {
+        let (_, public) = keygen_ed25519(dir.path());
+        let auth = format!("Bearer {}", oidc.token(client));
+        http::post_json(
+            &format!("{}/v1/certs/user", ca.url()),
+            &[("Authorization", auth.as_str())],
+            &json!({"role": role, "public_key": public}),
+        )
+        .expect("POST")
+    };
+    let first = cert("deploy-rs", "deploy");
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(cert("deploy-rs", "deploy").status, 200);
+    assert_eq!(cert("intruder", "deploy").json()["error"], "claim_mismatch");
+    assert_eq!(cert("deploy-rs", "nope").json()["error"], "unknown_role");
+
+    // An operator revokes one certificate and disables one identity.
+    let cfg = ca.config_path().to_str().expect("utf8").to_string();
+    let serial = first.json()["serial"].as_u64().expect("serial").to_string();
+    for args in [
+        vec![
+            "revoke",
+            "--serial",
+            serial.as_str(),
+            "--config",
+            cfg.as_str(),
+        ],
+        vec![
+            "identity",
+            "disable",
+            "--issuer",
+            "ci",
+            "--subject",
+            "intruder",
+            "--config",
+            cfg.as_str(),
+        ],
+    ] {
+        let out = Command::new(Mayfly::bin())
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run mayfly");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let r = http::get(&format!("{}/metrics", ca.url())).expect("GET /metrics");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain") && c.contains("version=0.0.4")),
+        "{:?}",
+        r.header("content-type")
+    );
+    let text = r.text();
+    check_exposition(&text);
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses");
+
+    // Counters from process start.
+    assert_eq!(
+        value(&scrape, "mayfly_certs_issued_total", &[("role", "deploy")]),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "mayfly_certs_denied_total",
+            &[("role", "deploy"), ("reason", "claim_mismatch")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "mayfly_certs_denied_total",
+            &[("role", "nope"), ("reason", "unknown_role")]
+        ),
+        1.0
+    );
+    let req = histogram(&scrape, "mayfly_cert_request_duration_seconds");
+    assert_eq!(req.last().expect("+Inf"), &(f64::INFINITY, 4.0));
+    assert_eq!(
+        value(&scrape, "mayfly_cert_request_duration_seconds_count", &[]),
+        4.0
+    );
+    // Two issuances waited for their audit commit.
+    let store = histogram(&scrape, "mayfly_store_commit_duration_seconds");
+    assert_eq!(store.last().expect("+Inf"), &(f64::INFINITY, 2.0));
+    assert!(value(&scrape, "mayfly_store_commit_duration_seconds_sum", &[]) > 0.0);
+
+    // Durable state read at scrape time.
+    let db = rusqlite::Connection::open(ca.data_dir().join("mayfly.db")).expect("db");
+    let records: i64 = db
+        .query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))
+        .expect("count");
+    assert!(
+        records >= 6,
+        "2 issued, 2 refused, 1 revoked, 1 disabled: {records}"
+    );
+    assert_eq!(
+        value(&scrape, "mayfly_audit_records_total", &[]),
+        records as f64
+    );
+    assert_eq!(value(&scrape, "mayfly_store_up", &[]), 1.0);
+    assert_eq!(value(&scrape, "mayfly_revocations_live", &[]), 1.0);
+    assert_eq!(
+        value(&scrape, "mayfly_disabled", &[("scope", "identity")]),
+        1.0
+    );
+    assert_eq!(value(&scrape, "mayfly_disabled", &[("scope", "role")]), 0.0);
+    assert_eq!(
+        value(&scrape, "mayfly_disabled", &[("scope", "identity_role")]),
+        0.0
+    );
+    for ca_kind in ["user", "host"] {
+        let age = value(&scrape, "mayfly_ca_key_age_seconds", &[("ca", ca_kind)]);
+        assert!((0.0..600.0).contains(&age), "{ca_kind} key age {age}");
+    }
+
+    // The policy version: the digest label agrees with mayfly_info's.
+    let info = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "mayfly_info")
+        .expect("mayfly_info");
+    let digest = labels_of(info)["policy_digest"].clone();
+    assert_eq!(digest.len(), 64, "{digest}");
+    assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(
+        value(&scrape, "mayfly_policy_info", &[("digest", &digest)]),
+        1.0
+    );
+    assert_eq!(value(&scrape, "mayfly_policy_roles", &[]), 1.0);
+    assert!(labels_of(info)["user_ca"].starts_with("SHA256:"));
+
+    // The unreachable issuer's failed key fetches, and none for the good one.
+    let errors = value(
+        &scrape,
+        "mayfly_jwks_fetch_errors_total",
+        &[("issuer", &dead)],
+    );
+    assert!(errors >= 1.0, "{errors}");
+    assert!(
+        !scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "mayfly_jwks_fetch_errors_total"
+                && s.labels.get("issuer") == Some(oidc.issuer.as_str())),
+        "the reachable issuer has no fetch errors"
+    );
+    // Every family has its HELP text.
+    for name in [
+        "mayfly_jwks_fetch_errors_total",
+        "mayfly_store_commit_duration_seconds",
+        "mayfly_audit_records_total",
+        "mayfly_policy_info",
+        "mayfly_ca_key_age_seconds",
+        "mayfly_revocations_live",
+        "mayfly_disabled",
+    ] {
+        assert!(scrape.docs.contains_key(name), "no HELP for {name}");
+    }
+}
