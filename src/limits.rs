@@ -7,14 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// `count` requests per `per`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    /// Requests allowed per period (also the burst size).
-    pub count: u32,
-    /// The period.
-    pub per: Duration,
-}
+pub use crate::policy::limits::RateLimit;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -39,7 +32,7 @@ impl RateLimiter {
 
     /// Takes one token from `key`'s bucket at time `now` (seconds, any
     /// monotonic origin). `Err(wait)` says how long until one is available.
-    pub fn check(&self, key: &str, rate: Rate, now: f64) -> Result<(), Duration> {
+    pub fn check(&self, key: &str, rate: RateLimit, now: f64) -> Result<(), Duration> {
         if rate.count == 0 || rate.per.is_zero() {
             return Err(rate.per.max(Duration::from_secs(1)));
         }
@@ -67,32 +60,6 @@ impl RateLimiter {
     }
 }
 
-/// Parses `"30/m"`, `"5/s"`, `"100/h"`, `"10/30s"`.
-pub fn parse_rate(s: &str) -> Result<Rate, String> {
-    let (n, per) = s
-        .split_once('/')
-        .ok_or_else(|| format!("rate {s:?} must look like \"30/m\""))?;
-    let count: u32 = n
-        .trim()
-        .parse()
-        .map_err(|_| format!("rate {s:?}: {n:?} is not a whole number"))?;
-    let per = match per.trim() {
-        "s" => Duration::from_secs(1),
-        "m" => Duration::from_secs(60),
-        "h" => Duration::from_secs(3600),
-        "d" => Duration::from_secs(86400),
-        other => humantime::parse_duration(other).map_err(|_| {
-            format!("rate {s:?}: period {other:?} must be s, m, h, d or a duration")
-        })?,
-    };
-    if count == 0 || per.is_zero() {
-        return Err(format!(
-            "rate {s:?} must allow at least one request per period"
-        ));
-    }
-    Ok(Rate { count, per })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,7 +67,7 @@ mod tests {
     #[test]
     fn burst_then_refill() {
         let l = RateLimiter::new();
-        let r = parse_rate("3/m").unwrap();
+        let r: RateLimit = "3/m".parse().unwrap();
         for _ in 0..3 {
             assert!(l.check("k", r, 0.0).is_ok());
         }
@@ -108,14 +75,5 @@ mod tests {
         assert!((19.0..=21.0).contains(&wait.as_secs_f64()), "{wait:?}");
         assert!(l.check("k", r, 20.5).is_ok());
         assert!(l.check("other", r, 20.5).is_ok(), "keys are independent");
-    }
-
-    #[test]
-    fn rates_parse() {
-        assert_eq!(parse_rate("30/m").unwrap().count, 30);
-        assert_eq!(parse_rate("10/30s").unwrap().per, Duration::from_secs(30));
-        assert!(parse_rate("0/m").is_err());
-        assert!(parse_rate("x/m").is_err());
-        assert!(parse_rate("5").is_err());
     }
 }

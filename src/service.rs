@@ -96,6 +96,16 @@ pub enum IssueError {
     /// An approval step failed (403/404).
     #[error(transparent)]
     Approval(#[from] crate::approval::ApprovalError),
+    /// Too many requests (429).
+    #[error("{scope} rate limit {limit} reached; retry in {}s", retry_after.as_secs().max(1))]
+    RateLimited {
+        /// `role` or `identity`.
+        scope: &'static str,
+        /// The limit, as written in the role file.
+        limit: String,
+        /// When a request will be allowed again.
+        retry_after: Duration,
+    },
 }
 
 impl IssueError {
@@ -109,6 +119,7 @@ impl IssueError {
             IssueError::Mint(_) => "internal",
             IssueError::ApprovalPending { .. } => "approval_pending",
             IssueError::Approval(a) => a.code(),
+            IssueError::RateLimited { .. } => "rate_limited",
         }
     }
 }
@@ -165,6 +176,8 @@ pub struct Service {
     metrics: Arc<Metrics>,
     admin: Mutex<AdminCache>,
     admins: Vec<(String, Vec<crate::policy::ClaimRule>)>,
+    limiter: crate::limits::RateLimiter,
+    started: std::time::Instant,
 }
 
 /// Revocation/deactivation state cached from the store, reloaded whenever
@@ -247,6 +260,8 @@ impl Service {
             backdate: p.backdate,
             metrics: p.metrics,
             admin: Mutex::new(AdminCache::default()),
+            limiter: crate::limits::RateLimiter::new(),
+            started: std::time::Instant::now(),
             admins: p
                 .admins
                 .into_iter()
@@ -308,6 +323,60 @@ impl Service {
             tracing::warn!(request_id, action, code = e.code(), reason = %e, "admin call refused");
         }
         result
+    }
+
+    /// Per-role and per-identity rate limits and the cap on concurrently
+    /// valid certificates of one identity in a role.
+    fn check_limits(
+        &self,
+        role: &crate::policy::Role,
+        verified: &VerifiedToken,
+        now_s: u64,
+    ) -> Result<(), IssueError> {
+        let t = self.started.elapsed().as_secs_f64();
+        if let Some(r) = role.rate_limit {
+            self.limiter
+                .check(&format!("role\0{}", role.name), r, t)
+                .map_err(|retry_after| IssueError::RateLimited {
+                    scope: "role",
+                    limit: r.to_string(),
+                    retry_after,
+                })?;
+        }
+        if let Some(r) = role.identity_rate_limit {
+            let key = format!(
+                "id\0{}\0{}\0{}",
+                verified.issuer(),
+                verified.subject(),
+                role.name
+            );
+            self.limiter
+                .check(&key, r, t)
+                .map_err(|retry_after| IssueError::RateLimited {
+                    scope: "identity",
+                    limit: r.to_string(),
+                    retry_after,
+                })?;
+        }
+        if let Some(max) = role.max_active_certs {
+            let filter = crate::store::CertFilter::Identity {
+                issuer: verified.issuer().to_string(),
+                subject: verified.subject().to_string(),
+                role: Some(role.name.clone()),
+            };
+            let live = self.store.read(|b| b.live_certs(&filter, now_s))?.len();
+            if live >= max as usize {
+                return Err(Denial {
+                    code: DenialCode::TooManyActiveCerts,
+                    rule: format!("{}.toml max_active_certs", role.name),
+                    message: format!(
+                        "{live} certificate(s) of this identity are still valid; the role allows {max} at a time (wait for one to expire or have it revoked)"
+                    ),
+                }
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// Creates (first call) or redeems (`approval_request` given) the
@@ -786,6 +855,11 @@ impl Service {
             .into());
         }
 
+        // Polls that redeem an approval are bound to one existing request
+        // and do not count against the rate limits (mayfly ssh polls often).
+        if let (Some(role), None) = (policy.roles.get(&req.role), &req.approval_request) {
+            self.check_limits(role, &verified, now_s)?;
+        }
         if let Some(ap) = policy.roles.get(&req.role).and_then(|r| r.approval.clone()) {
             self.check_approval(&ap, req, &verified, &grant, rec, now)
                 .await?;

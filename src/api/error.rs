@@ -16,6 +16,8 @@ pub struct ApiError {
     error: &'static str,
     message: String,
     request_id: String,
+    #[serde(skip)]
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -31,6 +33,7 @@ impl ApiError {
             error: code,
             message,
             request_id,
+            retry_after: None,
         }
     }
 
@@ -58,8 +61,15 @@ impl ApiError {
                 (StatusCode::NOT_FOUND, e.to_string())
             }
             IssueError::Approval(_) => (StatusCode::FORBIDDEN, e.to_string()),
+            IssueError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, e.to_string()),
         };
-        ApiError::new(status, code, message, request_id)
+        let retry_after = match &e {
+            IssueError::RateLimited { retry_after, .. } => Some(retry_after.as_secs().max(1)),
+            _ => None,
+        };
+        let mut a = ApiError::new(status, code, message, request_id);
+        a.retry_after = retry_after;
+        a
     }
 }
 
@@ -67,9 +77,15 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status;
         let rid = HeaderValue::from_str(&self.request_id).ok();
+        let retry = self
+            .retry_after
+            .and_then(|s| HeaderValue::from_str(&s.to_string()).ok());
         let mut r = (status, Json(self)).into_response();
         if let Some(v) = rid {
             r.headers_mut().insert("x-request-id", v);
+        }
+        if let Some(v) = retry {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
         }
         r
     }

@@ -196,6 +196,8 @@ pub enum DenialCode {
     Disabled,
     /// The caller is not an administrator.
     NotAdmin,
+    /// The identity already holds the most valid certificates its role allows.
+    TooManyActiveCerts,
     /// The request came outside every time window of the role.
     OutsideWindow,
     /// The subject key's type or size is not accepted by the role.
@@ -238,6 +240,7 @@ impl DenialCode {
             DenialCode::WrongCertType => "wrong_cert_type",
             DenialCode::Disabled => "disabled",
             DenialCode::NotAdmin => "not_admin",
+            DenialCode::TooManyActiveCerts => "too_many_active_certs",
             DenialCode::OutsideWindow => "outside_window",
             DenialCode::KeyTypeNotAllowed => "key_type_not_allowed",
             DenialCode::SourceAddressInvalid => "source_address_invalid",
