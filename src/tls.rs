@@ -408,7 +408,9 @@ impl CertReloader {
                     Ok(Err(e)) => {
                         let msg = e.to_string();
                         if last_error.as_deref() != Some(msg.as_str()) {
-                            tracing::error!(
+                            // Also seen mid-rotation (new cert, old key yet):
+                            // the next change of either file retries.
+                            tracing::warn!(
                                 "TLS certificate not reloaded, the previous one stays in force: {msg}"
                             );
                             last_error = Some(msg);

@@ -395,8 +395,6 @@ fn access_review_and_compliance_report_show_the_seeded_evidence() {
     }
     let md = std::fs::read_to_string(&md_path).expect("md written");
     let html = std::fs::read_to_string(&html_path).expect("html written");
-    std::fs::write("/tmp/report.md", &md).unwrap_or(());
-    std::fs::write("/tmp/report.html", &html).unwrap_or(());
 
     // The summary table: every control, with a status.
     assert!(

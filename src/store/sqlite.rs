@@ -703,8 +703,12 @@ impl Sqlite {
         })
     }
 
-    /// Every checkpoint, oldest first.
-    pub fn checkpoints(&self) -> Result<Vec<Result<Checkpoint, BadRow>>, StoreError> {
+    /// Calls `f` with every checkpoint, oldest first (streamed: a CA
+    /// signs up to one a minute, half a million a year).
+    pub fn scan_checkpoints(
+        &self,
+        f: &mut dyn FnMut(Result<Checkpoint, BadRow>),
+    ) -> Result<(), StoreError> {
         let mut st = self
             .conn
             .prepare_cached(
@@ -713,7 +717,6 @@ impl Sqlite {
             )
             .map_err(err)?;
         let mut rows = st.query([]).map_err(err)?;
-        let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(err)? {
             let id: i64 = row.get(0).map_err(err)?;
             let seq = col_int(row, 1, "seq").ok().flatten().unwrap_or(0).max(0) as u64;
@@ -730,12 +733,12 @@ impl Sqlite {
                     signature: required(col_text(row, 5, "signature")?, "signature")?,
                 })
             };
-            out.push(parse().map_err(|what| BadRow {
+            f(parse().map_err(|what| BadRow {
                 seq,
                 what: format!("#{id}: {what}"),
             }));
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The latest checkpoint's (seq, hash), if any (not verified).
