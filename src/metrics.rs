@@ -107,6 +107,9 @@ impl Default for Inner {
 pub struct Metrics {
     inner: Mutex<Inner>,
     data_dir: Option<PathBuf>,
+    /// Scrape-time gauges (never builds indexes).
+    gauges: Option<ReportDb>,
+    /// Inventory queries of the admin API, apart so they never delay a scrape.
     db: Option<Arc<ReportDb>>,
 }
 
@@ -173,14 +176,12 @@ impl Metrics {
     /// records, live revocations and disabled entries (from the database),
     /// and the age of the CA key files.
     pub fn for_data_dir(data_dir: &Path) -> Metrics {
-        let db = ReportDb::new(
-            &data_dir.join(crate::server::files::DATABASE),
-            Duration::from_secs(2),
-        );
+        let path = data_dir.join(crate::server::files::DATABASE);
         Metrics {
             inner: Mutex::default(),
             data_dir: Some(data_dir.to_path_buf()),
-            db: Some(Arc::new(db)),
+            gauges: Some(ReportDb::for_gauges(&path, Duration::from_secs(2))),
+            db: Some(Arc::new(ReportDb::new(&path, Duration::from_secs(5)))),
         }
     }
 
@@ -234,7 +235,7 @@ impl Metrics {
             .unwrap_or(0);
         // Read durable state before taking the lock: the counters must not
         // wait for the database.
-        let gauges: Option<Result<ScrapeGauges, String>> = self.db.as_ref().map(|db| {
+        let gauges: Option<Result<ScrapeGauges, String>> = self.gauges.as_ref().map(|db| {
             db.with(|s| s.scrape_gauges(unix))
                 .map_err(|e| e.to_string())
         });

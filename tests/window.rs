@@ -198,7 +198,10 @@ fn open_window_gives_a_certificate_that_logs_in_and_ends_with_the_window() {
         .to_zoned(TimeZone::UTC)
         .strftime("%Y-%m-%dT%H:%M:%S")
         .to_string();
-    assert!(shown.contains(&format!(" to {local_end}")), "{local_end}\n{shown}");
+    assert!(
+        shown.contains(&format!(" to {local_end}")),
+        "{local_end}\n{shown}"
+    );
 }
 
 #[test]

@@ -139,7 +139,7 @@ pub fn verify_db(
     let mut marks: BTreeMap<u64, Vec<Mark>> = BTreeMap::new();
     let mut prev_cp: Option<Checkpoint> = None;
     let mut expected_id = 1i64;
-    for cp in db.checkpoints()? {
+    db.scan_checkpoints(&mut |cp| {
         report.checkpoints += 1;
         let cp = match cp {
             Ok(cp) => cp,
@@ -148,7 +148,7 @@ pub fn verify_db(
                     seq: bad.seq,
                     what: bad.what,
                 });
-                continue;
+                return;
             }
         };
         if cp.id > expected_id {
@@ -188,7 +188,7 @@ pub fn verify_db(
         });
         report.last_checkpoint = Some((cp.seq, cp.time_ms));
         prev_cp = Some(cp);
-    }
+    })?;
     if meta.checkpoint_counter >= expected_id.max(1) as u64 {
         walker.add(Problem::Checkpoint {
             seq: prev_cp.as_ref().map(|p| p.seq).unwrap_or(0),

@@ -208,7 +208,7 @@ pub enum DenialCode {
 
 impl DenialCode {
     /// Every code, for validating test cases and documenting the API.
-    pub const ALL: [DenialCode; 12] = [
+    pub const ALL: [DenialCode; 13] = [
         DenialCode::UnknownRole,
         DenialCode::IssuerMismatch,
         DenialCode::ClaimMismatch,
@@ -218,6 +218,7 @@ impl DenialCode {
         DenialCode::WrongCertType,
         DenialCode::Disabled,
         DenialCode::NotAdmin,
+        DenialCode::TooManyActiveCerts,
         DenialCode::OutsideWindow,
         DenialCode::KeyTypeNotAllowed,
         DenialCode::SourceAddressInvalid,
@@ -1389,6 +1390,34 @@ timezone = "Europe/Berlin"
             assert_eq!(DenialCode::parse(c.as_str()), Some(c));
         }
         assert_eq!(DenialCode::parse("nope"), None);
+    }
+
+    #[test]
+    fn all_lists_every_denial_code() {
+        // Exhaustive, so a new variant stops this compiling: give it the next
+        // number here and add it to `DenialCode::ALL` (and `as_str`).
+        fn ordinal(c: DenialCode) -> usize {
+            match c {
+                DenialCode::UnknownRole => 0,
+                DenialCode::IssuerMismatch => 1,
+                DenialCode::ClaimMismatch => 2,
+                DenialCode::PrincipalNotAllowed => 3,
+                DenialCode::PrincipalInvalid => 4,
+                DenialCode::TtlExceedsMax => 5,
+                DenialCode::WrongCertType => 6,
+                DenialCode::Disabled => 7,
+                DenialCode::NotAdmin => 8,
+                DenialCode::TooManyActiveCerts => 9,
+                DenialCode::OutsideWindow => 10,
+                DenialCode::KeyTypeNotAllowed => 11,
+                DenialCode::SourceAddressInvalid => 12,
+            }
+        }
+        let mut seen = vec![false; DenialCode::ALL.len()];
+        for c in DenialCode::ALL {
+            seen[ordinal(c)] = true;
+        }
+        assert!(seen.iter().all(|s| *s));
     }
 
     #[test]

@@ -438,16 +438,29 @@ impl Sqlite {
 pub struct ReportDb {
     path: PathBuf,
     busy_timeout: Duration,
+    indexes: bool,
     conn: Mutex<Option<Sqlite>>,
 }
 
 impl ReportDb {
-    /// A report connection to the database at `path`, opened on first use.
+    /// A report connection to the database at `path`, opened on first use;
+    /// the first open creates the report indexes.
     pub fn new(path: &Path, busy_timeout: Duration) -> ReportDb {
         ReportDb {
             path: path.to_path_buf(),
             busy_timeout,
+            indexes: true,
             conn: Mutex::new(None),
+        }
+    }
+
+    /// A connection for the scrape-time gauges only: it never creates the
+    /// report indexes, so a scrape (on the async executor) never builds an
+    /// index or holds the write lock for long.
+    pub fn for_gauges(path: &Path, busy_timeout: Duration) -> ReportDb {
+        ReportDb {
+            indexes: false,
+            ..ReportDb::new(path, busy_timeout)
         }
     }
 
@@ -456,8 +469,8 @@ impl ReportDb {
         &self.path
     }
 
-    /// Runs `f` on the connection, opening it (and creating the report
-    /// indexes) first if needed. A database that does not exist is an
+    /// Runs `f` on the connection, opening it (and, unless built with
+    /// [`ReportDb::for_gauges`], creating the report indexes) first if needed. A database that does not exist is an
     /// error, never created here. After a failure the connection is
     /// dropped, so the next call opens a fresh one.
     pub fn with<T>(
@@ -473,7 +486,9 @@ impl ReportDb {
                 )));
             }
             let db = Sqlite::open(&self.path, self.busy_timeout)?;
-            db.ensure_report_indexes()?;
+            if self.indexes {
+                db.ensure_report_indexes()?;
+            }
             *g = Some(db);
         }
         let res = match g.as_mut() {
@@ -604,6 +619,30 @@ mod tests {
             (1, 1, 1)
         );
         assert_eq!(g.live_revocations, 0);
+    }
+
+    #[test]
+    fn only_the_report_connection_builds_the_report_indexes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.db");
+        drop(Sqlite::open(&p, Duration::from_millis(100)).unwrap());
+        let has_index = |db: &ReportDb| {
+            db.with(|s| {
+                s.conn
+                    .query_row(
+                        "SELECT COUNT(*) FROM sqlite_master WHERE name = 'audit_report_event'",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .map_err(err)
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            has_index(&ReportDb::for_gauges(&p, Duration::from_millis(100))),
+            0
+        );
+        assert_eq!(has_index(&ReportDb::new(&p, Duration::from_millis(100))), 1);
     }
 
     #[test]
