@@ -245,6 +245,39 @@ fn main() {
         d,
         rate(report.records, d)
     );
+    // A database from before the chain: chained once, when first opened.
+    let legacy = dir.path().join("legacy.db");
+    {
+        let c = rusqlite::Connection::open(&legacy).expect("legacy db");
+        c.execute_batch(&format!(
+            "CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, time_ms INTEGER NOT NULL,
+               event TEXT NOT NULL, request_id TEXT NOT NULL, client_addr TEXT, issuer TEXT,
+               subject TEXT, role TEXT, reason_code TEXT, reason TEXT, serial INTEGER, key_id TEXT,
+               principals TEXT NOT NULL DEFAULT '[]', valid_after INTEGER, valid_before INTEGER,
+               key_fingerprint TEXT, token_id TEXT, token_exp INTEGER, policy_digest TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {big})
+             INSERT INTO audit (time_ms, event, request_id, client_addr, issuer, subject, role,
+               serial, key_id, principals, valid_after, valid_before, key_fingerprint, token_id,
+               token_exp, policy_digest)
+             SELECT 1793491200000 + i, 'cert_issued', 'req-' || i, '10.20.30.40:51234', 'github',
+               'repo:acme/api:ref:refs/heads/main', 'deploy', 1000000 + i,
+               'mayfly:deploy:github:repo_acme_api_ref_refs_heads_main:' || i, '[\"deploy\"]',
+               1793491140, 1793491500, 'SHA256:7Vf4a9wpp2mD4lQhS2H2p0mXxq9y3w8K0b1c2d3e4f5',
+               'github:jti-' || i, 1793491500, 'sha256:3f9a1c0e5b7d' FROM n;"
+        ))
+        .expect("legacy rows");
+    }
+    let t = Instant::now();
+    let migrated = Sqlite::open(&legacy, BUSY).expect("migrate legacy");
+    let d = t.elapsed();
+    println!(
+        "one-time chaining of a pre-chain database: {big} records in {:?} = {}",
+        d,
+        rate(big, d)
+    );
+    let report = verify::verify_db(&migrated, None, "legacy").expect("verify legacy");
+    assert!(report.is_intact(), "{report}");
+
     let db_size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     println!(
         "database: {:.0} MB ({:.0} bytes/record incl. indexes)",

@@ -91,6 +91,9 @@ enum Cmd {
     /// Just-in-time approvals: list, approve, deny (with your own OIDC token).
     #[command(subcommand)]
     Request(RequestCmd),
+    /// Compliance evidence and access reviews from this CA's live data.
+    #[command(subcommand)]
+    Report(mayfly::report::ReportCmd),
     /// CA keys: rotation and status.
     #[command(subcommand)]
     Ca(CaCmd),
@@ -175,8 +178,20 @@ enum IdentityCmd {
     Disable(IdentityTarget),
     /// Allow issuance again (revoked certificates stay revoked).
     Enable(IdentityTarget),
-    /// List disabled identities and roles.
+    /// Inventory: every identity seen, its roles, owners, first/last use, status (active/disabled/stale).
     List {
+        /// The CA's mayfly.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Days without issuance after which an identity counts as stale.
+        #[arg(long)]
+        stale_days: Option<u64>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List disabled identities and roles.
+    Disabled {
         /// The CA's mayfly.toml.
         #[arg(long)]
         config: PathBuf,
@@ -673,7 +688,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Identity(IdentityCmd::List { config, json }) => {
+        Cmd::Identity(IdentityCmd::List {
+            config,
+            stale_days,
+            json,
+        }) => mayfly::inventory::run_identity_list(&config, stale_days, json),
+        Cmd::Identity(IdentityCmd::Disabled { config, json }) => {
             let cfg = Config::load(Some(&config), &|k| std::env::var(k).ok())?;
             let store = revocation::open_store(&cfg)?;
             let list = store.read(|b| b.disabled())?;
@@ -717,7 +737,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (t, enable) = match cmd {
                 IdentityCmd::Disable(t) => (t, false),
                 IdentityCmd::Enable(t) => (t, true),
-                IdentityCmd::List { .. } => unreachable!("matched above"),
+                IdentityCmd::List { .. } | IdentityCmd::Disabled { .. } => {
+                    unreachable!("matched above")
+                }
             };
             let cfg = Config::load(Some(&t.config), &|k| std::env::var(k).ok())?;
             let target = DisabledKey {
@@ -863,6 +885,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Report(cmd) => mayfly::report::run_report(cmd),
         Cmd::Host(cmd) => mayfly::hostsync::run_host(cmd, cli.verbose),
         Cmd::KnownHosts(args) => mayfly::hostsync::run_known_hosts(args),
         Cmd::Bench {

@@ -476,3 +476,20 @@ decision: deny outside_window (nightly.toml window): 2026-11-27T16:00:00+01:00 (
         r.stdout
     );
 }
+
+#[test]
+fn the_policy_repo_example_passes_its_own_ci() {
+    let dir = "examples/policy-repo-ci/ca-policy";
+    let r = mayfly(repo(), None, &["policy", "check", "--deny-warnings", dir]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_text(&r.stderr, "");
+    let cases = format!("{dir}/cases.toml");
+    let r = mayfly(repo(), None, &["policy", "test", dir, "--cases", &cases]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.ends_with("all 5 cases passed\n"), "{}", r.stdout);
+    // The workflow runs exactly these commands.
+    let workflow = std::fs::read_to_string(repo().join("examples/policy-repo-ci/policy.yml"))
+        .expect("read workflow");
+    assert!(workflow.contains("run: mayfly policy check --deny-warnings ca-policy"));
+    assert!(workflow.contains("run: mayfly policy test ca-policy --cases ca-policy/cases.toml"));
+}

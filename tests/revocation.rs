@@ -268,11 +268,17 @@ fn disabled_identity_gets_403_and_loses_its_live_certs() {
         !logs_in(&sshd, &k, &c),
         "live cert of a disabled identity must be revoked"
     );
-    let list = env.cli(&["identity", "list"]);
+    let list = env.cli(&["identity", "disabled"]);
     assert!(
         list.contains("deploy-es") && list.contains("job retired"),
         "{list}"
     );
+    let inventory = env.cli(&["identity", "list"]);
+    let line = inventory
+        .lines()
+        .find(|l| l.contains("deploy-es"))
+        .unwrap_or_else(|| panic!("{inventory}"));
+    assert!(line.starts_with("disabled"), "{inventory}");
     // Other identities are unaffected; enabling restores issuance only.
     let (k2, c2, _) = env.user_cert("deploy-rs");
     assert!(logs_in(&sshd, &k2, &c2));

@@ -42,6 +42,10 @@ const POLL: Duration = Duration::from_secs(1);
 const BATCH: usize = 512;
 /// How long shutdown waits for the final checkpoint.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+/// Least time between two reads of new records: under load the writer
+/// commits thousands of times a second, and one read per commit would
+/// cost CPU that requests need; pokes that arrive meanwhile coalesce.
+const MIN_PAUSE: Duration = Duration::from_millis(20);
 
 /// Why streaming could not start.
 #[derive(Debug, thiserror::Error)]
@@ -445,11 +449,20 @@ impl AuditStream {
 impl Worker {
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
         self.check_tail();
+        let mut last_read = Instant::now();
         loop {
             let stop = match rx.recv_timeout(POLL) {
-                Ok(Msg::Committed) | Err(RecvTimeoutError::Timeout) => false,
+                Ok(Msg::Committed) => {
+                    let since = last_read.elapsed();
+                    if since < MIN_PAUSE {
+                        std::thread::sleep(MIN_PAUSE - since);
+                    }
+                    false
+                }
+                Err(RecvTimeoutError::Timeout) => false,
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => true,
             };
+            last_read = Instant::now();
             self.drain();
             let head = self.head();
             let pending = head.saturating_sub(self.last_checkpoint_seq);
