@@ -91,6 +91,9 @@ enum Cmd {
     /// Just-in-time approvals: list, approve, deny (with your own OIDC token).
     #[command(subcommand)]
     Request(RequestCmd),
+    /// Tamper-evident audit log: verify the chain, export for a SIEM, search.
+    #[command(subcommand)]
+    Audit(mayfly::audit::cli::AuditCmd),
     /// Compliance evidence and access reviews from this CA's live data.
     #[command(subcommand)]
     Report(mayfly::report::ReportCmd),
@@ -886,6 +889,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Report(cmd) => mayfly::report::run_report(cmd),
+        Cmd::Audit(cmd) => mayfly::audit::cli::run_audit(cmd),
         Cmd::Host(cmd) => mayfly::hostsync::run_host(cmd, cli.verbose),
         Cmd::KnownHosts(args) => mayfly::hostsync::run_known_hosts(args),
         Cmd::Bench {
