@@ -94,8 +94,12 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # --- the tests ------------------------------------------------------------
-say "cargo test --release --all-targets $*"
-cargo test --release --all-targets "$@"
+# Benchmarks are built (so they cannot rot) but not run: they report
+# numbers, they do not assert (run them with `cargo bench`).
+say "cargo test --release --lib --bins --tests $*"
+cargo test --release --lib --bins --tests "$@"
+say "cargo bench --no-run"
+cargo bench --no-run --quiet
 
 say "mayfly policy check ca-policy"
 cargo run --release --quiet -- policy check ca-policy

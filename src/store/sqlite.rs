@@ -291,7 +291,9 @@ fn chain_head(conn: &Connection) -> Result<(u64, Hash), StoreError> {
 }
 
 /// Audit-chain schema added in schema version 3: the chain columns, signed
-/// checkpoints, and indexes for `audit search` / `audit export --since`.
+/// checkpoints, and the key-id index behind `audit search --key-id` ("which
+/// job was this login?"). There is deliberately no index on time: every
+/// index slows each insert, and `export --since` scans once.
 const CHAIN_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -302,7 +304,6 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
     signature       TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_key_id ON audit(key_id) WHERE key_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS audit_time ON audit(time_ms);
 "#;
 
 /// Columns of the audit table that the chain hash covers, in encoding
@@ -662,16 +663,22 @@ impl Sqlite {
         }))
     }
 
-    /// The first seq whose record is at or after `time_ms` (export `--since`).
+    /// Where an export `--since time_ms` starts: the record after the last
+    /// one older than `time_ms`, so the export is one contiguous run to the
+    /// head. Scans back from the head (no time index), so a recent `--since`
+    /// reads only the recent tail. `None` when nothing is that new.
     pub fn first_seq_since(&self, time_ms: i64) -> Result<Option<u64>, StoreError> {
-        self.conn
+        let older: Option<i64> = self
+            .conn
             .query_row(
-                "SELECT MIN(seq) FROM audit WHERE time_ms >= ?1",
+                "SELECT MAX(seq) FROM (SELECT seq FROM audit WHERE time_ms < ?1 ORDER BY seq DESC LIMIT 1)",
                 [time_ms],
-                |r| r.get::<_, Option<i64>>(0),
+                |r| r.get(0),
             )
-            .map(|v| v.map(|s| s.max(0) as u64))
-            .map_err(err)
+            .map_err(err)?;
+        let first = older.unwrap_or(0).max(0) as u64 + 1;
+        let head = self.audit_head()?.map(|(s, _)| s).unwrap_or(0);
+        Ok((first <= head).then_some(first))
     }
 
     /// Chain facts kept beside the records.
@@ -1512,6 +1519,19 @@ mod chain_tests {
             matches!(&p2[..], [Problem::Malformed { seq: 2, what }] if what.contains("time_ms")),
             "{p2:?}"
         );
+    }
+
+    #[test]
+    fn export_since_starts_after_the_last_older_record() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut db = open(&d.path().join("m.db"));
+        assert_eq!(db.first_seq_since(0).expect("empty"), None);
+        db.append_batch(&[rec(1), rec(2), rec(3), rec(4)])
+            .expect("append");
+        let t = |serial: i64| 1_793_491_200_000 + serial;
+        assert_eq!(db.first_seq_since(0).expect("q"), Some(1));
+        assert_eq!(db.first_seq_since(t(3)).expect("q"), Some(3));
+        assert_eq!(db.first_seq_since(t(4) + 1).expect("q"), None);
     }
 
     #[test]
