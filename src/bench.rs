@@ -162,6 +162,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         AppState {
             service,
             request_timeout: cfg.request_timeout,
+            admin_requires_client_cert: false,
         },
         cfg.max_body_bytes,
     );

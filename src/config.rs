@@ -85,6 +85,7 @@ struct RawTls {
     key_file: PathBuf,
     client_ca_file: Option<PathBuf>,
     reload_interval: Option<String>,
+    admin_requires_client_cert: Option<bool>,
 }
 
 /// `[tls]`: serve HTTPS with this certificate instead of plain HTTP.
@@ -99,6 +100,9 @@ pub struct TlsConfig {
     pub client_ca_file: Option<PathBuf>,
     /// How often the certificate and key files are checked for changes.
     pub reload_interval: Duration,
+    /// Admin endpoints also require a TLS client certificate signed by
+    /// `client_ca_file` (on top of the admin OIDC token).
+    pub admin_requires_client_cert: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -337,11 +341,18 @@ impl Config {
                     "tls.reload_interval must be between 1s and 1h".into(),
                 ));
             }
+            let admin_requires_client_cert = t.admin_requires_client_cert.unwrap_or(false);
+            if admin_requires_client_cert && t.client_ca_file.is_none() {
+                return Err(ConfigError::Invalid(
+                    "tls.admin_requires_client_cert needs tls.client_ca_file (the CA that signs admin client certificates)".into(),
+                ));
+            }
             c.tls = Some(TlsConfig {
                 cert_file: t.cert_file,
                 key_file: t.key_file,
                 client_ca_file: t.client_ca_file,
                 reload_interval,
+                admin_requires_client_cert,
             });
         }
         if let Some(ra) = raw.audit.take() {

@@ -279,6 +279,10 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     let state = AppState {
         service,
         request_timeout: cfg.request_timeout,
+        admin_requires_client_cert: cfg
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.admin_requires_client_cert),
     };
     let app = api::router(state, cfg.max_body_bytes);
     match server_tls {

@@ -524,3 +524,42 @@ fn unusable_tls_files_stop_the_server_naming_the_file() {
         "{err}"
     );
 }
+
+#[test]
+fn admin_endpoints_can_require_a_client_certificate_in_addition_to_the_admin_token() {
+    let pki = Pki::new();
+    let dir = pki.dir.path();
+    let admin_ca = TestCa::new(dir, "admin-ca");
+    admin_ca.issue(dir, "alice", "alice", &[]);
+    let ca = Mayfly::start_tls(
+        &pki.tls_toml(&format!(
+            "client_ca_file = {}\nadmin_requires_client_cert = true",
+            toml_path(&admin_ca.pem)
+        )),
+        &[],
+        &pki.server_ca.pem,
+    );
+    let get = |client: Option<(&Path, &Path)>, path: &str| {
+        https_get(
+            ca.port(),
+            "localhost",
+            tls_client_config(&pki.server_ca.pem, client),
+            path,
+        )
+        .expect("https")
+        .response
+    };
+    // Without a client certificate the admin API refuses before looking at tokens.
+    let r = get(None, "/v1/admin/disabled");
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.json()["error"], "client_certificate_required");
+    let r = get(None, "/v1/identities");
+    assert_eq!(r.json()["error"], "client_certificate_required");
+    // With one, the admin token is still required.
+    let alice = (pki.path("alice.crt"), pki.path("alice.key"));
+    let r = get(Some((&alice.0, &alice.1)), "/v1/admin/disabled");
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.json()["error"], "missing_token");
+    // Bots are unaffected.
+    assert_eq!(get(None, "/v1/ca/user.pub").status, 200);
+}

@@ -44,6 +44,35 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Checks the admin token (and, if configured, the TLS client certificate).
+pub(crate) async fn authorize_with_cert(
+    s: &AppState,
+    client: &crate::tls::ClientIdentity,
+    headers: &HeaderMap,
+    action: &str,
+    rid: &str,
+) -> Result<String, Response> {
+    if s.admin_requires_client_cert && client.0.is_none() {
+        tracing::warn!(
+            request_id = rid,
+            action,
+            "admin call without a TLS client certificate refused"
+        );
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "client_certificate_required",
+            "admin endpoints need a TLS client certificate signed by the configured client CA, plus an admin token".into(),
+            rid.into(),
+        )
+        .into_response());
+    }
+    let actor = authorize(s, headers, action, rid).await?;
+    Ok(match &client.0 {
+        Some(c) => format!("{actor} (tls: {c})"),
+        None => actor,
+    })
+}
+
 async fn authorize(
     s: &AppState,
     headers: &HeaderMap,
@@ -178,9 +207,13 @@ pub async fn enable(
 }
 
 /// `GET /v1/admin/disabled`: every disabled identity and role.
-pub async fn list_disabled(State(s): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn list_disabled(
+    State(s): State<AppState>,
+    client: crate::tls::ClientIdentity,
+    headers: HeaderMap,
+) -> Response {
     let rid = request_id();
-    if let Err(r) = authorize(&s, &headers, "list_disabled", &rid).await {
+    if let Err(r) = authorize_with_cert(&s, &client, &headers, "list_disabled", &rid).await {
         return r;
     }
     match s.service.store().read(|b| b.disabled()) {

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use super::{bearer, request_id, ApiError, AppState};
+use super::{request_id, ApiError, AppState};
 use crate::inventory::{self, DEFAULT_STALE_DAYS};
 
 /// Query of `GET /v1/identities`.
@@ -37,28 +37,15 @@ fn unavailable(rid: String) -> Response {
 /// status (`active`, `disabled`, `stale`).
 pub async fn list_identities(
     State(s): State<AppState>,
+    client: crate::tls::ClientIdentity,
     headers: HeaderMap,
     query: Result<Query<IdentitiesQuery>, QueryRejection>,
 ) -> Response {
     let rid = request_id();
-    let token = match bearer(&headers) {
-        Ok(t) => t,
-        Err(m) => {
-            return ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "malformed_authorization",
-                m.into(),
-                rid,
-            )
-            .into_response()
-        }
-    };
-    if let Err(e) = s
-        .service
-        .authorize_admin(token.as_ref(), "list_identities", &rid, SystemTime::now())
-        .await
+    if let Err(r) =
+        super::admin::authorize_with_cert(&s, &client, &headers, "list_identities", &rid).await
     {
-        return ApiError::from_issue(e, rid).into_response();
+        return r;
     }
     let stale_days = match query {
         Ok(Query(q)) => q.stale_days.unwrap_or(DEFAULT_STALE_DAYS),

@@ -32,6 +32,8 @@ pub struct AppState {
     pub service: Arc<Service>,
     /// Per-request time limit.
     pub request_timeout: std::time::Duration,
+    /// Admin endpoints also require a verified TLS client certificate.
+    pub admin_requires_client_cert: bool,
 }
 
 /// Body of `POST /v1/certs/user`.
