@@ -365,6 +365,9 @@ pub struct SyncOptions {
     pub ca_file: Option<PathBuf>,
     /// Allow plain http to a non-loopback CA.
     pub insecure_http: bool,
+    /// Trust only this CA group's user keys (`ca_group` in role files);
+    /// `None` trusts every user CA key the server publishes.
+    pub ca_group: Option<String>,
 }
 
 /// A successful sync.
@@ -651,7 +654,14 @@ pub async fn sync(opts: &SyncOptions) -> Result<SyncOutcome, SyncError> {
             reason: e.to_string(),
         })
     };
-    let ca_url = join("v1/ca/user.pub")?;
+    let ca_url = match &opts.ca_group {
+        Some(g) => {
+            let mut u = join("v1/ca/user.pub")?;
+            u.query_pairs_mut().append_pair("group", g);
+            u
+        }
+        None => join("v1/ca/user.pub")?,
+    };
     let krl_url = join("v1/krl")?;
 
     if !dir.is_dir() {
@@ -1025,6 +1035,10 @@ pub struct SyncArgs {
     /// choose which CA this host trusts).
     #[arg(long)]
     pub insecure_http: bool,
+    /// Trust only the user CA keys of this CA group (roles with `ca_group`);
+    /// `default` for roles without one. Default: every user CA key.
+    #[arg(long)]
+    pub ca_group: Option<String>,
 }
 
 /// Arguments of `mayfly host cert`.
@@ -1099,6 +1113,7 @@ pub fn run_host(cmd: HostCmd, verbose: bool) -> anyhow::Result<ExitCode> {
                 dir: a.dir,
                 ca_file: a.ca_file,
                 insecure_http: a.insecure_http,
+                ca_group: a.ca_group,
             };
             let result = runtime()?.block_on(sync(&opts));
             match result {

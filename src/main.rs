@@ -161,8 +161,11 @@ enum CaCmd {
         #[arg(long, requires = "retire")]
         force: bool,
         /// Rotate the host CA instead of the user CA.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "group")]
         host: bool,
+        /// Rotate the user CA key of this ca_group.
+        #[arg(long)]
+        group: Option<String>,
     },
     /// Show CA keys: slot, fingerprint, age, which one signs.
     Status {
@@ -784,6 +787,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             retire,
             force,
             host,
+            group,
         }) => {
             init_logging(quiet, LogFormat::Text);
             let cfg = Config::load(Some(&config), &|k| std::env::var(k).ok())?;
@@ -793,10 +797,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (false, false, true) => mayfly::rotation::Step::Retire { force },
                 _ => anyhow::bail!("name one step: --stage, --activate or --retire"),
             };
-            let which = if host {
-                mayfly::rotation::Which::Host
-            } else {
-                mayfly::rotation::Which::User
+            let which = match (host, group) {
+                (true, _) => mayfly::rotation::Which::Host,
+                (false, Some(g)) => mayfly::rotation::Which::Group(g),
+                (false, None) => mayfly::rotation::Which::User,
             };
             let actor = revocation::cli_actor(&|k| std::env::var(k).ok());
             let summary = runtime()?.block_on(mayfly::rotation::rotate(

@@ -90,8 +90,18 @@ pub async fn reload(service: &Service, cfg: &Config, trigger: &str) -> bool {
                 old.digest
             ));
             tracing::info!(digest = %policy.digest, roles = policy.roles.len(), git_commit = commit.as_deref().unwrap_or(""), trigger, "policy reloaded");
-            service.set_policy(policy);
-            true
+            // New CA groups get their keys before any role can use them.
+            if let Err(e) = service.load_group_keys(&policy) {
+                rec.event = EventKind::PolicyRejected;
+                rec.reason = Some(format!(
+                    "loading CA group keys: {e}; the last good policy stays in force"
+                ));
+                tracing::error!(error = %e, "policy change rejected: CA group keys");
+                false
+            } else {
+                service.set_policy(policy);
+                true
+            }
         }
         Ok(Err(e)) => {
             rec.event = EventKind::PolicyRejected;

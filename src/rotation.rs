@@ -24,31 +24,41 @@ pub enum Step {
 }
 
 /// Which CA.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Which {
     /// The user CA (`TrustedUserCAKeys`).
     User,
     /// The host CA (`@cert-authority`).
     Host,
+    /// The user CA of one `ca_group`.
+    Group(String),
+}
+
+/// Key file base name of CA group `g`.
+pub fn group_base(g: &str) -> String {
+    format!("{}-{g}", files::USER_CA_KEY)
 }
 
 impl Which {
-    fn base(self) -> &'static str {
+    fn base(&self) -> String {
         match self {
-            Which::User => files::USER_CA_KEY,
-            Which::Host => files::HOST_CA_KEY,
+            Which::User => files::USER_CA_KEY.into(),
+            Which::Host => files::HOST_CA_KEY.into(),
+            Which::Group(g) => group_base(g),
         }
     }
-    fn public(self) -> &'static str {
+    fn public(&self) -> String {
         match self {
-            Which::User => files::USER_CA_PUB,
-            Which::Host => files::HOST_CA_PUB,
+            Which::User => files::USER_CA_PUB.into(),
+            Which::Host => files::HOST_CA_PUB.into(),
+            Which::Group(g) => format!("{}.pub", group_base(g)),
         }
     }
-    fn name(self) -> &'static str {
+    fn name(&self) -> String {
         match self {
-            Which::User => "user",
-            Which::Host => "host",
+            Which::User => "user".into(),
+            Which::Host => "host".into(),
+            Which::Group(g) => format!("user (group {g})"),
         }
     }
 }
@@ -84,7 +94,8 @@ pub async fn rotate(
 ) -> Result<String, RotateError> {
     let store: Store = crate::revocation::open_store(cfg)?;
     let dir = &cfg.data_dir;
-    let base = which.base();
+    let base_owned = which.base();
+    let base = base_owned.as_str();
     let summary = match step {
         Step::Stage => {
             let fp = rotation::stage(&cfg.ca, dir, base, &env)?;
@@ -120,27 +131,54 @@ pub async fn rotate(
     };
     // Keep data_dir/<ca>.pub in step with what the server publishes.
     let (ring, _) = rotation::load(&cfg.ca, dir, base, &env)?;
+    if let Which::Group(g) = &which {
+        if !dir.join(&base_owned).exists() {
+            return Err(RotateError::Rotation(RotationError::State(format!(
+                "CA group {g:?} has no key yet; it is created when the server loads a role with ca_group = {g:?}"
+            ))));
+        }
+    }
     let pub_path = dir.join(which.public());
     crate::ca::keys::write_atomic(&pub_path, ring.public_lines().as_bytes(), 0o644)
         .map_err(|e| RotateError::Io(pub_path.display().to_string(), e))?;
     let mut rec = AuditRecord::new(EventKind::CaKeyRotated, now.saturating_mul(1000), "admin");
     rec.actor = Some(actor.to_string());
-    rec.cert_type = Some(which.name().to_string());
+    rec.cert_type = Some(which.name());
     rec.ca_key = Some(ring.active.public_key_line());
     rec.reason = Some(summary.clone());
     store.write(move |b| b.record_change(&rec, now)).await?;
     Ok(summary)
 }
 
-/// Status of both CAs' keys.
+/// Status of every CA's keys (user, host, and each CA group found on disk).
 pub fn status(cfg: &Config) -> Result<Vec<KeyStatus>, RotateError> {
-    let mut out = rotation::status(&cfg.ca, &cfg.data_dir, Which::User.base(), "user", &env)?;
+    let mut out = rotation::status(&cfg.ca, &cfg.data_dir, &Which::User.base(), "user", &env)?;
     out.extend(rotation::status(
         &cfg.ca,
         &cfg.data_dir,
-        Which::Host.base(),
+        &Which::Host.base(),
         "host",
         &env,
     )?);
+    let prefix = format!("{}-", files::USER_CA_KEY);
+    let mut groups: Vec<String> = std::fs::read_dir(&cfg.data_dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter_map(|n| n.strip_prefix(&prefix).map(str::to_string))
+                .filter(|g| !g.contains('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    groups.sort();
+    for g in groups {
+        out.extend(rotation::status(
+            &cfg.ca,
+            &cfg.data_dir,
+            &group_base(&g),
+            &format!("user:{g}"),
+            &env,
+        )?);
+    }
     Ok(out)
 }

@@ -200,6 +200,9 @@ pub fn build_with_audit(
         },
         SystemTime::now(),
     );
+    service
+        .load_group_keys(&service.policy())
+        .map_err(|e| StartError::Rotation(e.to_string()))?;
     Ok((service, audit))
 }
 

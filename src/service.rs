@@ -168,6 +168,7 @@ pub struct Service {
     policy: RwLock<Arc<Policy>>,
     user_keys: RwLock<Arc<KeyRing>>,
     host_keys: RwLock<Arc<KeyRing>>,
+    group_keys: RwLock<std::collections::BTreeMap<String, Arc<KeyRing>>>,
     key_loader: Option<KeyLoader>,
     store: Store,
     replay: ReplayCache,
@@ -253,6 +254,7 @@ impl Service {
             policy: RwLock::new(Arc::new(p.policy)),
             user_keys: RwLock::new(Arc::new(p.user_keys)),
             host_keys: RwLock::new(Arc::new(p.host_keys)),
+            group_keys: RwLock::new(Default::default()),
             key_loader: p.key_loader,
             store: p.store,
             replay,
@@ -680,9 +682,50 @@ impl Service {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
+    /// The key ring of CA group `group` (roles with `ca_group`), if loaded.
+    pub fn group_keys(&self, group: &str) -> Option<Arc<KeyRing>> {
+        self.group_keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(group)
+            .cloned()
+    }
+
+    /// Every published user CA key: the default CA's, then each group's.
+    pub fn all_user_public_lines(&self) -> String {
+        let mut out = self.user_keys().public_lines();
+        for ring in self
+            .group_keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            out.push_str(&ring.public_lines());
+        }
+        out
+    }
+
+    /// Loads (generating on first use) the key ring of every CA group the
+    /// policy names; groups already loaded are reloaded from disk.
+    pub fn load_group_keys(&self, policy: &Policy) -> Result<(), ca::rotation::RotationError> {
+        let Some(loader) = &self.key_loader else {
+            return Ok(());
+        };
+        let mut fresh = std::collections::BTreeMap::new();
+        for g in policy.ca_groups() {
+            let ring = loader.load(&crate::rotation::group_base(&g))?;
+            fresh.insert(g, Arc::new(ring));
+        }
+        *self.group_keys.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+
     /// Reloads both key rings from disk (after `mayfly ca rotate`). On
     /// failure the keys in force stay and the error is logged.
     fn reload_keys(&self) {
+        if let Err(e) = self.load_group_keys(&self.policy()) {
+            tracing::error!(error = %e, "reloading CA group keys failed; keeping the keys in force");
+        }
         let Some(loader) = &self.key_loader else {
             return;
         };
@@ -874,9 +917,15 @@ impl Service {
         }
 
         let serial = self.serials.next();
-        let ring = match req.kind {
-            CertKind::User => self.user_keys(),
-            CertKind::Host => self.host_keys(),
+        let group = policy.roles.get(&req.role).and_then(|r| r.ca_group.clone());
+        let ring = match (req.kind, group) {
+            (CertKind::User, None) => self.user_keys(),
+            (CertKind::User, Some(g)) => self.group_keys(&g).ok_or_else(|| {
+                IssueError::Store(StoreError::Backend(format!(
+                    "CA group {g:?} has no key loaded"
+                )))
+            })?,
+            (CertKind::Host, _) => self.host_keys(),
         };
         let authority = &ring.active;
         let kid = key_id(&req.role, verified.issuer(), verified.subject(), serial);

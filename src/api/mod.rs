@@ -113,9 +113,34 @@ fn text(body: String) -> Response {
         .into_response()
 }
 
-async fn user_ca(State(s): State<AppState>) -> Response {
+#[derive(Debug, Deserialize)]
+struct CaQuery {
+    group: Option<String>,
+}
+
+/// Every user CA key, or with `?group=G` only that CA group's keys
+/// (`default` for roles without `ca_group`).
+async fn user_ca(
+    State(s): State<AppState>,
+    q: Result<axum::extract::Query<CaQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     s.service.refresh();
-    text(s.service.user_keys().public_lines())
+    let group = q.ok().and_then(|axum::extract::Query(q)| q.group);
+    match group.as_deref() {
+        None => text(s.service.all_user_public_lines()),
+        Some("default") => text(s.service.user_keys().public_lines()),
+        Some(g) => match s.service.group_keys(g) {
+            Some(ring) => text(ring.public_lines()),
+            None => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_ca_group",
+                "no role uses this ca_group; use ?group=default or a group named in the policy"
+                    .into(),
+                request_id(),
+            )
+            .into_response(),
+        },
+    }
 }
 
 async fn host_ca(State(s): State<AppState>) -> Response {

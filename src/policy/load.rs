@@ -78,6 +78,8 @@ struct RawRole {
     #[serde(default)]
     approval: Option<Spanned<RawApproval>>,
     #[serde(default)]
+    ca_group: Option<Spanned<String>>,
+    #[serde(default)]
     window: Option<Spanned<Vec<Spanned<RawWindow>>>>,
     #[serde(default)]
     key_types: Option<Spanned<Vec<Spanned<String>>>>,
@@ -728,6 +730,33 @@ pub fn parse_role(name: &str, file: &Path, text: &str) -> Result<Role, Vec<Polic
             }
         }
     };
+    let ca_group = match &raw.ca_group {
+        None => None,
+        Some(g) => {
+            let v = g.get_ref();
+            let ok = !v.is_empty()
+                && v.len() <= 32
+                && v != "default"
+                && v.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                errors.push(err(
+                    g.span(),
+                    format!(
+                        "ca_group {v:?} must be 1-32 characters of a-z 0-9 - (and not \"default\")"
+                    ),
+                ));
+            }
+            if cert_type == CertKind::Host {
+                errors.push(err(
+                    g.span(),
+                    "ca_group applies to user roles; host certificates come from the host CA"
+                        .into(),
+                ));
+            }
+            Some(v.clone())
+        }
+    };
     if !errors.is_empty() {
         errors.sort_by_key(|e| e.line);
         return Err(errors);
@@ -751,6 +780,7 @@ pub fn parse_role(name: &str, file: &Path, text: &str) -> Result<Role, Vec<Polic
         cert_type,
         hostnames,
         approval,
+        ca_group,
         windows,
         key_types,
         min_rsa_bits,

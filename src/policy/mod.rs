@@ -99,6 +99,9 @@ pub struct Role {
     pub hostnames: Vec<PrincipalTemplate>,
     /// Just-in-time: approvals needed before a certificate is minted.
     pub approval: Option<crate::approval::ApprovalPolicy>,
+    /// User CA key group: roles of a group are signed by their own CA key,
+    /// so hosts can trust one group only. `None`: the default user CA.
+    pub ca_group: Option<String>,
     /// `[[window]]`s: when the role may be used. Empty: at any time.
     pub windows: Vec<Window>,
     /// Subject key types accepted; by default every type mayfly accepts.
@@ -900,6 +903,14 @@ pub(crate) fn unknown_role(role: &str) -> Denial {
 }
 
 impl Policy {
+    /// Every `ca_group` named by a role.
+    pub fn ca_groups(&self) -> std::collections::BTreeSet<String> {
+        self.roles
+            .values()
+            .filter_map(|r| r.ca_group.clone())
+            .collect()
+    }
+
     /// Looks up `role` and evaluates a host certificate request against it.
     pub fn evaluate_host(
         &self,
