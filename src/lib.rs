@@ -41,6 +41,7 @@ pub mod auth;
 pub mod bench;
 pub mod ca;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod hostsync;
 pub mod inventory;

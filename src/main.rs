@@ -12,12 +12,7 @@ use mayfly::config::{Config, LogFormat};
 use mayfly::revocation;
 use mayfly::store::{CertFilter, DisabledKey};
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use mayfly::clock::now_secs as unix_now;
 
 /// Ephemeral SSH certificate authority for machines.
 #[derive(Parser)]

@@ -9,7 +9,7 @@
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use crate::audit::{AuditRecord, EventKind};
 use crate::config::Config;
@@ -54,12 +54,7 @@ pub fn git_commit(dir: &Path) -> Option<String> {
     (out.status.success() && s.len() >= 40 && s.bytes().all(|b| b.is_ascii_hexdigit())).then_some(s)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::clock::now_ms;
 
 /// Reloads the policy from `cfg.policy_dir` now. Returns whether a new
 /// policy took effect.

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use crate::api::{self, AppState};
 use crate::auth::Verifier;
@@ -130,12 +130,7 @@ pub fn load_policy(dir: &Path, cfg: &Config) -> Result<policy::Policy, StartErro
     Ok(p)
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::clock::now_secs;
 
 /// Builds the service from config (keys, policy, store), without listening.
 pub fn build(cfg: &Config) -> Result<Service, StartError> {

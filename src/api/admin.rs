@@ -2,7 +2,7 @@
 //! Callers authenticate with an OIDC token matched by an `[[admin]]` rule of
 //! the server config; every action (and every refusal) is audited.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -37,12 +37,7 @@ struct DisableBody {
     reason: String,
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::clock::now_secs as now;
 
 /// Checks the admin token (and, if configured, the TLS client certificate).
 pub(crate) async fn authorize_with_cert(

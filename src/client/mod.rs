@@ -142,6 +142,25 @@ struct PendingAnswer {
     expires_at: u64,
 }
 
+/// The CA's error answer as a [`ClientError::Refused`]; a body that is not
+/// the JSON error shape is shown (shortened) as the message.
+fn refused(status: reqwest::StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorAnswer>(body) {
+        Ok(e) => ClientError::Refused {
+            status: status.as_u16(),
+            code: e.error,
+            message: e.message,
+            request_id: e.request_id,
+        },
+        Err(_) => ClientError::Refused {
+            status: status.as_u16(),
+            code: "http_error".into(),
+            message: String::from_utf8_lossy(body).chars().take(300).collect(),
+            request_id: String::new(),
+        },
+    }
+}
+
 fn check_server(url: &str, insecure_http: bool) -> Result<url::Url, ClientError> {
     let u = url::Url::parse(url).map_err(|e| ClientError::ServerUrl {
         url: url.into(),
@@ -317,20 +336,7 @@ pub async fn request_cert(
             eprintln!();
         }
         if !status.is_success() {
-            return Err(match serde_json::from_slice::<ErrorAnswer>(&bytes) {
-                Ok(e) => ClientError::Refused {
-                    status: status.as_u16(),
-                    code: e.error,
-                    message: e.message,
-                    request_id: e.request_id,
-                },
-                Err(_) => ClientError::Refused {
-                    status: status.as_u16(),
-                    code: "http_error".into(),
-                    message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
-                    request_id: String::new(),
-                },
-            });
+            return Err(refused(status, &bytes));
         }
         break bytes;
     };
@@ -525,20 +531,7 @@ where
     let status = resp.status();
     let bytes = resp.bytes().await.map_err(unreachable)?;
     if !status.is_success() {
-        return Err(match serde_json::from_slice::<ErrorAnswer>(&bytes) {
-            Ok(e) => ClientError::Refused {
-                status: status.as_u16(),
-                code: e.error,
-                message: e.message,
-                request_id: e.request_id,
-            },
-            Err(_) => ClientError::Refused {
-                status: status.as_u16(),
-                code: "http_error".into(),
-                message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
-                request_id: String::new(),
-            },
-        });
+        return Err(refused(status, &bytes));
     }
     serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer(e.to_string()))
 }
@@ -586,18 +579,7 @@ async fn approver_call(
         reason: e.to_string(),
     })?;
     if !status.is_success() {
-        let e: ErrorAnswer = serde_json::from_slice(&bytes).map_err(|_| ClientError::Refused {
-            status: status.as_u16(),
-            code: "http_error".into(),
-            message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
-            request_id: String::new(),
-        })?;
-        return Err(ClientError::Refused {
-            status: status.as_u16(),
-            code: e.error,
-            message: e.message,
-            request_id: e.request_id,
-        });
+        return Err(refused(status, &bytes));
     }
     serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer(e.to_string()))
 }

@@ -19,7 +19,6 @@ pub mod review;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::inventory::{self, InventoryError};
@@ -170,12 +169,7 @@ pub fn write_report(path: &Path, text: &str) -> Result<(), ReportError> {
     })
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::clock::now_secs as unix_now;
 
 /// Runs `mayfly report ...`: the report goes to stdout or `--out`.
 pub fn run_report(cmd: ReportCmd) -> anyhow::Result<ExitCode> {
