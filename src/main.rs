@@ -704,8 +704,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("nothing is disabled");
             } else {
                 println!(
-                    "{:<10} {:<12} {:<40} {:<16} {}",
-                    "STATUS", "ISSUER", "SUBJECT", "ROLE", "REASON (BY)"
+                    "{:<10} {:<12} {:<40} {:<16} REASON (BY)",
+                    "STATUS", "ISSUER", "SUBJECT", "ROLE"
                 );
                 for d in list {
                     println!(
@@ -815,8 +815,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&keys)?);
             } else {
                 println!(
-                    "{:<5} {:<9} {:<6} {:<52} {:>10}  {}",
-                    "CA", "SLOT", "SIGNS", "FINGERPRINT", "AGE", "LOCATION"
+                    "{:<5} {:<9} {:<6} {:<52} {:>10}  LOCATION",
+                    "CA", "SLOT", "SIGNS", "FINGERPRINT", "AGE"
                 );
                 for k in keys {
                     let age = k
@@ -851,8 +851,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         println!("no pending requests you can decide");
                     } else {
                         println!(
-                            "{:<38} {:<14} {:<30} {:<20} {:>8}  {}",
-                            "ID", "ROLE", "REQUESTER", "PRINCIPALS", "EXPIRES", "VOTES"
+                            "{:<38} {:<14} {:<30} {:<20} {:>8}  VOTES",
+                            "ID", "ROLE", "REQUESTER", "PRINCIPALS", "EXPIRES"
                         );
                         for r in list {
                             println!(
