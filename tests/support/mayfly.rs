@@ -30,42 +30,8 @@ impl Mayfly {
     /// `GET /healthz` to answer 200. Panics with the server's output if it
     /// does not.
     pub fn start(config_toml_extra: &str, policies: &[(&str, &str)]) -> Mayfly {
-        let dir = temp_dir("server");
-        let policy_dir = dir.path().join("ca-policy");
-        std::fs::create_dir_all(&policy_dir).expect("create ca-policy dir");
-        for (role, toml) in policies {
-            std::fs::write(policy_dir.join(format!("{role}.toml")), toml)
-                .unwrap_or_else(|e| panic!("write policy {role}: {e}"));
-        }
-        let config_path = dir.path().join("mayfly.toml");
-        let mut last_failure = String::new();
-        for _attempt in 0..3 {
-            let port = free_port();
-            let config = format!(
-                "listen = \"127.0.0.1:{port}\"\ndata_dir = {}\npolicy_dir = {}\n{config_toml_extra}\n",
-                toml_string(&dir.path().join("data")),
-                toml_string(&policy_dir),
-            );
-            std::fs::write(&config_path, config).expect("write mayfly.toml");
-            match spawn_server(dir.path(), &config_path, port) {
-                Ok(proc) => {
-                    return Mayfly {
-                        port,
-                        config_path,
-                        proc: Some(proc),
-                        dir,
-                    }
-                }
-                Err(report) => {
-                    let retry = report.contains("in use");
-                    last_failure = report;
-                    if !retry {
-                        break;
-                    }
-                }
-            }
-        }
-        panic!("mayfly serve did not become healthy:\n{last_failure}");
+        Mayfly::try_start(config_toml_extra, policies)
+            .unwrap_or_else(|report| panic!("mayfly serve did not become healthy:\n{report}"))
     }
 
     /// Stops the server (SIGTERM, then SIGKILL after 10 s) and starts it
