@@ -29,6 +29,19 @@ pub struct ApprovalPolicy {
     pub approvers: Vec<ClaimRule>,
     /// How long a request may wait, and how long an approval stays usable.
     pub expires: Duration,
+    /// Pairs of (requester claim, approver claim) whose values must differ:
+    /// `distinct = ["actor=preferred_username"]` keeps the person who
+    /// triggered a job from approving it from their own account.
+    pub distinct: Vec<DistinctClaims>,
+}
+
+/// A requester claim that an approver's claim must not equal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DistinctClaims {
+    /// Claim of the bot's token (e.g. GitHub's `actor`).
+    pub requester: String,
+    /// Claim of the approver's token (e.g. `preferred_username`).
+    pub approver: String,
 }
 
 /// Longest an approval request may stay open.
@@ -53,6 +66,60 @@ impl ApprovalPolicy {
                 })
             })
             .collect()
+    }
+
+    /// Parses `distinct` entries (`requester_claim=approver_claim`).
+    pub fn parse_distinct(entries: &[String]) -> Result<Vec<DistinctClaims>, String> {
+        entries
+            .iter()
+            .map(|e| {
+                let (r, a) = e.split_once('=').ok_or_else(|| {
+                    format!("approval.distinct entry {e:?} must be requester_claim=approver_claim, e.g. \"actor=preferred_username\"")
+                })?;
+                let ok = |c: &str| {
+                    !c.is_empty()
+                        && c.len() <= 128
+                        && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+                };
+                if !ok(r.trim()) || !ok(a.trim()) {
+                    return Err(format!(
+                        "approval.distinct entry {e:?}: both sides must be claim names"
+                    ));
+                }
+                Ok(DistinctClaims {
+                    requester: r.trim().to_string(),
+                    approver: a.trim().to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// The requester claim values that `distinct` compares approvers
+    /// against, taken from the bot's verified claims. A missing or
+    /// non-string claim is an error: without it mayfly could not tell the
+    /// requester from an approver, so the request is refused (fail closed).
+    pub fn requester_claims(
+        &self,
+        claims: &Map<String, Value>,
+    ) -> Result<std::collections::BTreeMap<String, String>, String> {
+        let mut out = std::collections::BTreeMap::new();
+        for d in &self.distinct {
+            match claims.get(&d.requester) {
+                Some(Value::String(v)) if !v.is_empty() => {
+                    out.insert(d.requester.clone(), v.clone());
+                }
+                Some(Value::Number(n)) => {
+                    out.insert(d.requester.clone(), n.to_string());
+                }
+                _ => {
+                    return Err(format!(
+                        "the role's approval.distinct needs claim {:?} in the requester's token to tell the requester from approvers; it is missing or not a string",
+                        d.requester
+                    ))
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Whether an identity from `issuer` with `claims` may approve.
@@ -147,6 +214,9 @@ pub struct ApprovalRequest {
     pub status: ApprovalStatus,
     /// Votes so far.
     pub votes: Vec<Vote>,
+    /// The requester's claim values named by the role's `approval.distinct`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub requester_claims: std::collections::BTreeMap<String, String>,
 }
 
 impl ApprovalRequest {
@@ -192,6 +262,10 @@ pub enum ApprovalError {
     /// Same approver twice.
     #[error("{0} already voted on this request")]
     AlreadyVoted(String),
+    /// The approver's claim equals the requester's (`approval.distinct`),
+    /// or the approver's token lacks the claim to compare.
+    #[error("{0}")]
+    SameAsRequester(String),
 }
 
 impl ApprovalError {
@@ -204,8 +278,98 @@ impl ApprovalError {
             ApprovalError::NotPending { .. } => "approval_not_pending",
             ApprovalError::Mismatch(_) => "approval_mismatch",
             ApprovalError::AlreadyVoted(_) => "already_voted",
+            ApprovalError::SameAsRequester(_) => "self_approval",
         }
     }
+}
+
+/// Refuses an approver whose claims equal the requester's where the role's
+/// `approval.distinct` says they must differ (case-insensitive, since
+/// account names such as GitHub logins are). An approver token without the
+/// claim is refused too: it cannot prove it is someone else.
+pub fn check_distinct(
+    distinct: &[DistinctClaims],
+    req: &ApprovalRequest,
+    approver_claims: &Map<String, Value>,
+) -> Result<(), ApprovalError> {
+    for d in distinct {
+        let Some(requester) = req.requester_claims.get(&d.requester) else {
+            return Err(ApprovalError::SameAsRequester(format!(
+                "approval request {} holds no {:?} claim of the requester, so approval.distinct cannot be checked; the requester must ask again",
+                req.id, d.requester
+            )));
+        };
+        let approver = match approver_claims.get(&d.approver) {
+            Some(Value::String(v)) => v.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => {
+                return Err(ApprovalError::SameAsRequester(format!(
+                    "your token has no {:?} claim, so mayfly cannot tell you from the requester ({}={})",
+                    d.approver, d.requester, requester
+                )))
+            }
+        };
+        if approver.trim().eq_ignore_ascii_case(requester.trim()) {
+            return Err(ApprovalError::SameAsRequester(format!(
+                "you are the requester: your {} {:?} equals the job's {} (approval.distinct); another person must approve",
+                d.approver, approver, d.requester
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Bounds a redemption's grant by what the approver saw: the same or fewer
+/// principals and no longer lifetime. Principals or a TTL the redemption
+/// asks for beyond the approval are refused, naming the difference; what it
+/// leaves out defaults to the approved values. (The key is bound by the
+/// stored fingerprint, the identity and role by the lookup.)
+pub fn bound_grant(
+    mut grant: crate::policy::Grant,
+    approved: &ApprovalRequest,
+    requested_principals: Option<&[String]>,
+    requested_ttl: Option<Duration>,
+) -> Result<crate::policy::Grant, crate::policy::Denial> {
+    use crate::policy::{Denial, DenialCode};
+    let denial = |message: String| Denial {
+        code: DenialCode::ApprovalExceeded,
+        rule: "approval".into(),
+        message,
+    };
+    if let Some(asked) = requested_principals {
+        let extra: Vec<&String> = asked
+            .iter()
+            .filter(|p| !approved.principals.contains(p))
+            .collect();
+        if !extra.is_empty() {
+            return Err(denial(format!(
+                "approval request {} was approved for principals {:?}; this request also asks for {:?} (ask for a new approval)",
+                approved.id, approved.principals, extra
+            )));
+        }
+    }
+    let approved_ttl = Duration::from_secs(approved.ttl_seconds);
+    if let Some(ttl) = requested_ttl {
+        if ttl > approved_ttl {
+            return Err(denial(format!(
+                "approval request {} was approved for {}s; this request asks for {}s",
+                approved.id,
+                approved.ttl_seconds,
+                ttl.as_secs()
+            )));
+        }
+    }
+    grant
+        .principals
+        .retain(|p| approved.principals.iter().any(|a| a == p.as_str()));
+    if grant.principals.is_empty() {
+        return Err(denial(format!(
+            "none of the approved principals {:?} is granted by the role any more",
+            approved.principals
+        )));
+    }
+    grant.ttl = grant.ttl.min(approved_ttl);
+    Ok(grant)
 }
 
 /// Applies one vote (pure): checks self-approval, duplicate votes and
@@ -262,6 +426,7 @@ mod tests {
             required: 2,
             status: ApprovalStatus::Pending,
             votes: vec![],
+            requester_claims: Default::default(),
         }
     }
 
@@ -304,6 +469,7 @@ mod tests {
             issuer: "corp".into(),
             approvers: rules,
             expires: Duration::from_secs(900),
+            distinct: vec![],
         };
         let c = |v: Value| v.as_object().unwrap().clone();
         assert!(p.is_approver(

@@ -82,54 +82,65 @@ pub async fn revoke(
             "--reason must be one line of at most 1024 bytes".into(),
         ));
     }
-    let certs = {
-        let f = filter.clone();
-        store.read(move |b| b.live_certs(&f, now))?
-    };
+    let by_key_id = matches!(filter, CertFilter::KeyId(_));
+    let revoke = revoker(
+        by_key_id,
+        reason.to_string(),
+        format!("revoked by {}", describe(&filter)),
+        actor.to_string(),
+        now,
+    );
+    let f = filter.clone();
+    // Reading the matching certificates and revoking them is one
+    // transaction, so a certificate recorded in between cannot be missed.
+    let (certs, v): (Vec<IssuedCert>, StateVersion) = store
+        .write(move |b| b.revoke_matching(&f, now, &revoke))
+        .await?;
     if certs.is_empty() {
         return Err(RevokeError::NothingMatched(format!(
             "no unexpired, unrevoked certificate matches {}; expired certificates need no revocation",
             describe(&filter)
         )));
     }
-    let by_key_id = matches!(filter, CertFilter::KeyId(_));
-    let revocations: Vec<Revocation> = certs
-        .iter()
-        .map(|c| Revocation {
-            ca_key: c.ca_key.clone(),
-            serial: (!by_key_id).then_some(c.serial),
-            key_id: by_key_id.then(|| c.key_id.clone()),
-            expires_at: c.valid_before,
-            reason: reason.to_string(),
-            actor: actor.to_string(),
-        })
-        .collect();
-    let audit: Vec<AuditRecord> = certs
-        .iter()
-        .map(|c| {
-            let mut r = AuditRecord::new(EventKind::CertRevoked, now_ms(now), "admin");
-            r.serial = Some(c.serial);
-            r.key_id = Some(c.key_id.clone());
-            r.role = Some(c.role.clone());
-            r.issuer = Some(c.issuer.clone());
-            r.subject = Some(c.subject.clone());
-            r.valid_before = Some(c.valid_before);
-            r.cert_type = Some(c.cert_type.clone());
-            r.ca_key = Some(c.ca_key.clone());
-            r.reason = Some(reason.to_string());
-            r.reason_code = Some(format!("revoked by {}", describe(&filter)));
-            r.actor = Some(actor.to_string());
-            r
-        })
-        .collect();
-    let v: StateVersion = store
-        .write(move |b| b.revoke(&revocations, &audit, now))
-        .await?;
     tracing::info!(target_filter = %describe(&filter), count = certs.len(), krl_version = v.version, actor, "certificates revoked");
     Ok(RevokeOutcome {
         revoked: certs,
         krl_version: v.version,
     })
+}
+
+/// Turns an issued certificate into its revocation entry and audit record.
+/// By key id the KRL gets a key-id entry; otherwise a serial entry.
+fn revoker(
+    by_key_id: bool,
+    reason: String,
+    reason_code: String,
+    actor: String,
+    now: u64,
+) -> impl Fn(&IssuedCert) -> (Revocation, AuditRecord) + Send + 'static {
+    move |c: &IssuedCert| {
+        let revocation = Revocation {
+            ca_key: c.ca_key.clone(),
+            serial: (!by_key_id).then_some(c.serial),
+            key_id: by_key_id.then(|| c.key_id.clone()),
+            expires_at: c.valid_before,
+            reason: reason.clone(),
+            actor: actor.clone(),
+        };
+        let mut r = AuditRecord::new(EventKind::CertRevoked, now_ms(now), "admin");
+        r.serial = Some(c.serial);
+        r.key_id = Some(c.key_id.clone());
+        r.role = Some(c.role.clone());
+        r.issuer = Some(c.issuer.clone());
+        r.subject = Some(c.subject.clone());
+        r.valid_before = Some(c.valid_before);
+        r.cert_type = Some(c.cert_type.clone());
+        r.ca_key = Some(c.ca_key.clone());
+        r.reason = Some(reason.clone());
+        r.reason_code = Some(reason_code.clone());
+        r.actor = Some(actor.clone());
+        (revocation, r)
+    }
 }
 
 /// Disables `target` (no new certificates) and revokes its live
@@ -167,33 +178,45 @@ pub async fn set_disabled(
     rec.role = (!target.role.is_empty()).then(|| target.role.clone());
     rec.reason = Some(reason.to_string());
     rec.actor = Some(actor.to_string());
-    let entry = (!enable).then(|| DisabledEntry {
+    let key = target.clone();
+    if enable {
+        let changed = store
+            .write(move |b| b.set_disabled(&key, None, &rec, now))
+            .await?;
+        return Ok(DisableOutcome {
+            target,
+            changed,
+            revoked: Vec::new(),
+        });
+    }
+    let filter = if target.subject.is_empty() {
+        CertFilter::Role(target.role.clone())
+    } else {
+        CertFilter::Identity {
+            issuer: target.issuer.clone(),
+            subject: target.subject.clone(),
+            role: (!target.role.is_empty()).then(|| target.role.clone()),
+        }
+    };
+    let revoke = revoker(
+        false,
+        format!("disabled: {reason}"),
+        format!("revoked by {}", describe(&filter)),
+        actor.to_string(),
+        now,
+    );
+    let entry = DisabledEntry {
         key: target.clone(),
         time_ms: now_ms(now),
         reason: reason.to_string(),
         actor: actor.to_string(),
-    });
-    let key = target.clone();
-    let changed = store
-        .write(move |b| b.set_disabled(&key, entry.as_ref(), &rec, now))
+    };
+    // The flag and the sweep of live certificates are one transaction; an
+    // issuance checks the flag inside its own commit, so every certificate
+    // is either refused or swept.
+    let (changed, revoked) = store
+        .write(move |b| b.disable_and_revoke(&key, &entry, &rec, &filter, now, &revoke))
         .await?;
-    let mut revoked = Vec::new();
-    if !enable {
-        let filter = if target.subject.is_empty() {
-            CertFilter::Role(target.role.clone())
-        } else {
-            CertFilter::Identity {
-                issuer: target.issuer.clone(),
-                subject: target.subject.clone(),
-                role: (!target.role.is_empty()).then(|| target.role.clone()),
-            }
-        };
-        match revoke(store, filter, &format!("disabled: {reason}"), actor, now).await {
-            Ok(o) => revoked = o.revoked,
-            Err(RevokeError::NothingMatched(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
     Ok(DisableOutcome {
         target,
         changed,

@@ -246,6 +246,16 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
         });
     }
     crate::reload::spawn_watcher(service.clone(), cfg.clone());
+    {
+        let s = service.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                s.flush_refusal_summary(SystemTime::now()).await;
+            }
+        });
+    }
     let pub_path = cfg.data_dir.join(files::USER_CA_PUB);
     let scheme = if server_tls.is_some() {
         "https"
@@ -282,6 +292,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
             .as_ref()
             .is_some_and(|t| t.admin_requires_client_cert),
     };
+    let service = state.service.clone();
     let app = api::router(state, cfg.max_body_bytes);
     match server_tls {
         Some(server_tls) => tls::serve(listener, server_tls, app, shutdown_signal()).await?,
@@ -294,6 +305,8 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
             .await?
         }
     }
+    service.finish_refusal_summary(SystemTime::now()).await;
+    drop(service);
     // Stream what is left to the sinks and sign the final head.
     let _ = tokio::task::spawn_blocking(move || audit.shutdown()).await;
     Ok(())

@@ -179,6 +179,7 @@ pub struct Service {
     admins: Vec<(String, Vec<crate::policy::ClaimRule>)>,
     limiter: crate::limits::RateLimiter,
     started: std::time::Instant,
+    unauthenticated: crate::audit::sampling::RefusalSampler,
 }
 
 /// Revocation/deactivation state cached from the store, reloaded whenever
@@ -254,6 +255,7 @@ impl Service {
             admin: Mutex::new(AdminCache::default()),
             limiter: crate::limits::RateLimiter::new(),
             started: std::time::Instant::now(),
+            unauthenticated: crate::audit::sampling::RefusalSampler::new(),
             admins: p
                 .admins
                 .into_iter()
@@ -306,15 +308,28 @@ impl Service {
         }
         .await;
         if let Err(e) = &result {
-            let mut rec = AuditRecord::new(EventKind::AdminDenied, unix_ms(now), request_id);
-            rec.reason_code = Some(e.code().to_string());
-            rec.reason = Some(format!("{action}: {e}"));
-            if let Err(se) = self.store.append(rec).await {
-                tracing::error!(error = %se, "audit record of a refused admin call not stored");
-            }
-            tracing::warn!(request_id, action, code = e.code(), reason = %e, "admin call refused");
+            self.record_admin_refusal(action, request_id, e.code(), &e.to_string(), now)
+                .await;
         }
         result
+    }
+
+    /// Audits (and logs) a refused admin call.
+    pub async fn record_admin_refusal(
+        &self,
+        action: &str,
+        request_id: &str,
+        code: &str,
+        reason: &str,
+        now: SystemTime,
+    ) {
+        let mut rec = AuditRecord::new(EventKind::AdminDenied, unix_ms(now), request_id);
+        rec.reason_code = Some(code.to_string());
+        rec.reason = Some(format!("{action}: {reason}"));
+        if let Err(se) = self.store.append(rec).await {
+            tracing::error!(error = %se, "audit record of a refused admin call not stored");
+        }
+        tracing::warn!(request_id, action, code, reason, "admin call refused");
     }
 
     /// Per-role and per-identity rate limits and the cap on concurrently
@@ -350,6 +365,18 @@ impl Service {
                     retry_after,
                 })?;
         }
+        self.check_active(role, verified, now_s)
+    }
+
+    /// The cap on concurrently valid certificates of one identity in a
+    /// role, checked early for a clear answer before signing; the commit
+    /// checks it again atomically ([`crate::store::IssueGuard`]).
+    fn check_active(
+        &self,
+        role: &crate::policy::Role,
+        verified: &VerifiedToken,
+        now_s: u64,
+    ) -> Result<(), IssueError> {
         if let Some(max) = role.max_active_certs {
             let filter = crate::store::CertFilter::Identity {
                 issuer: verified.issuer().to_string(),
@@ -358,23 +385,15 @@ impl Service {
             };
             let live = self.store.read(|b| b.live_certs(&filter, now_s))?.len();
             if live >= max as usize {
-                return Err(Denial {
-                    code: DenialCode::TooManyActiveCerts,
-                    rule: format!("{}.toml max_active_certs", role.name),
-                    message: format!(
-                        "{live} certificate(s) of this identity are still valid; the role allows {max} at a time (wait for one to expire or have it revoked)"
-                    ),
-                }
-                .into());
+                return Err(too_many_active(&role.name, live as u64, max));
             }
         }
         Ok(())
     }
 
-    /// Creates (first call) or redeems (`approval_request` given) the
-    /// approval of a role that needs one. Returns `Ok` only for an approved
-    /// request, which is marked used in the same step.
-    async fn check_approval(
+    /// Opens an approval request for a role that needs one and answers
+    /// "pending" (202); the bot redeems it later with its id.
+    async fn request_approval(
         &self,
         ap: &crate::approval::ApprovalPolicy,
         req: &UserCertRequest,
@@ -382,89 +401,91 @@ impl Service {
         grant: &crate::policy::Grant,
         rec: &AuditRecord,
         now: SystemTime,
-    ) -> Result<(), IssueError> {
-        use crate::approval::{ApprovalError, ApprovalRequest, ApprovalStatus};
+    ) -> Result<std::convert::Infallible, IssueError> {
+        use crate::approval::{ApprovalRequest, ApprovalStatus};
         let now_s = unix(now);
-        let fingerprint = rec.key_fingerprint.clone().unwrap_or_default();
+        let requester_claims = ap.requester_claims(verified.claims()).map_err(|message| {
+            IssueError::Denied(Denial {
+                code: DenialCode::ClaimMismatch,
+                rule: format!("{}.toml approval.distinct", req.role),
+                message,
+            })
+        })?;
+        let id = crate::approval::new_id();
+        let r = ApprovalRequest {
+            id: id.clone(),
+            role: req.role.clone(),
+            issuer: verified.issuer().to_string(),
+            subject: verified.subject().to_string(),
+            key_fingerprint: rec.key_fingerprint.clone().unwrap_or_default(),
+            principals: grant.principals.iter().map(|p| p.to_string()).collect(),
+            ttl_seconds: grant.ttl.as_secs(),
+            created_at: now_s,
+            expires_at: now_s + ap.expires.as_secs(),
+            required: ap.required,
+            status: ApprovalStatus::Pending,
+            votes: Vec::new(),
+            requester_claims,
+        };
         let mut arec = rec.clone();
-        match &req.approval_request {
-            None => {
-                let id = crate::approval::new_id();
-                let r = ApprovalRequest {
-                    id: id.clone(),
-                    role: req.role.clone(),
-                    issuer: verified.issuer().to_string(),
-                    subject: verified.subject().to_string(),
-                    key_fingerprint: fingerprint,
-                    principals: grant.principals.iter().map(|p| p.to_string()).collect(),
-                    ttl_seconds: grant.ttl.as_secs(),
-                    created_at: now_s,
-                    expires_at: now_s + ap.expires.as_secs(),
-                    required: ap.required,
-                    status: ApprovalStatus::Pending,
-                    votes: Vec::new(),
-                };
-                arec.event = EventKind::ApprovalRequested;
-                arec.reason = Some(format!(
-                    "approval request {id}: {} approval(s) needed",
-                    ap.required
-                ));
-                arec.principals = r.principals.clone();
-                let expires_at = r.expires_at;
-                self.store
-                    .write(move |b| b.approval_put(&r, &[arec]))
-                    .await?;
+        arec.event = EventKind::ApprovalRequested;
+        arec.reason = Some(format!(
+            "approval request {id}: {} approval(s) needed",
+            ap.required
+        ));
+        arec.principals = r.principals.clone();
+        arec.valid_after = None;
+        let expires_at = r.expires_at;
+        self.store
+            .write(move |b| b.approval_put(&r, &[arec]))
+            .await?;
+        Err(IssueError::ApprovalPending {
+            id,
+            needed: ap.required,
+            expires_at,
+        })
+    }
+
+    /// The approved request `id` that this call may redeem: made by the same
+    /// identity, for the same role and key. A pending one answers "pending"
+    /// again (202, no limits charged: `mayfly ssh` polls); anything else is
+    /// refused. Redeeming it happens in the issuance's own commit.
+    fn approved_request(
+        &self,
+        id: &str,
+        req: &UserCertRequest,
+        verified: &VerifiedToken,
+        fingerprint: &str,
+        now_s: u64,
+    ) -> Result<crate::approval::ApprovalRequest, IssueError> {
+        use crate::approval::{ApprovalError, ApprovalStatus};
+        let owned = id.to_string();
+        let r = self
+            .store
+            .read(|b| b.approval_get(&owned))?
+            .ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
+        if r.issuer != verified.issuer()
+            || r.subject != verified.subject()
+            || r.role != req.role
+            || r.key_fingerprint != fingerprint
+        {
+            return Err(ApprovalError::Mismatch(id.to_string()).into());
+        }
+        match r.status_at(now_s) {
+            ApprovalStatus::Approved => Ok(r),
+            ApprovalStatus::Pending => {
+                let approvals = r.votes.iter().filter(|v| v.approve).count() as u32;
                 Err(IssueError::ApprovalPending {
-                    id,
-                    needed: ap.required,
-                    expires_at,
+                    id: r.id,
+                    needed: r.required.saturating_sub(approvals),
+                    expires_at: r.expires_at,
                 })
             }
-            Some(id) => {
-                let id = id.clone();
-                let (issuer, subject, role) = (
-                    verified.issuer().to_string(),
-                    verified.subject().to_string(),
-                    req.role.clone(),
-                );
-                self.store
-                    .write(move |b| {
-                        let Some(mut r) = b.approval_get(&id)? else {
-                            return Ok(Err(ApprovalError::NotFound(id)));
-                        };
-                        if r.issuer != issuer
-                            || r.subject != subject
-                            || r.role != role
-                            || r.key_fingerprint != fingerprint
-                        {
-                            return Ok(Err(ApprovalError::Mismatch(id)));
-                        }
-                        match r.status_at(now_s) {
-                            ApprovalStatus::Approved => {
-                                r.status = ApprovalStatus::Used;
-                                arec.event = EventKind::ApprovalUsed;
-                                arec.reason = Some(format!("approval request {id} redeemed"));
-                                b.approval_put(&r, &[arec])?;
-                                Ok(Ok(None))
-                            }
-                            ApprovalStatus::Pending => Ok(Ok(Some(r))),
-                            other => Ok(Err(ApprovalError::NotPending {
-                                id,
-                                status: other.as_str().into(),
-                            })),
-                        }
-                    })
-                    .await?
-                    .map_err(IssueError::Approval)?
-                    .map_or(Ok(()), |r| {
-                        let approvals = r.votes.iter().filter(|v| v.approve).count() as u32;
-                        Err(IssueError::ApprovalPending {
-                            id: r.id,
-                            needed: r.required.saturating_sub(approvals),
-                            expires_at: r.expires_at,
-                        })
-                    })
+            other => Err(ApprovalError::NotPending {
+                id: id.to_string(),
+                status: other.as_str().into(),
             }
+            .into()),
         }
     }
 
@@ -503,7 +524,9 @@ impl Service {
         Ok(self.verifier.verify(token.expose(), unix(now)).await?)
     }
 
-    /// Approves or denies approval request `id` as the caller.
+    /// Approves or denies approval request `id` as the caller. A refused
+    /// vote (not an approver, self-approval, already voted, decided or
+    /// expired) is audited like a refused admin call.
     pub async fn vote(
         &self,
         token: Option<&crate::auth::BearerToken>,
@@ -513,22 +536,60 @@ impl Service {
         request_id: &str,
         now: SystemTime,
     ) -> Result<crate::approval::ApprovalRequest, IssueError> {
+        let mut who = None;
+        let result = self
+            .vote_inner(token, id, approve, reason, request_id, now, &mut who)
+            .await;
+        if let Err(e) = &result {
+            if !matches!(e, IssueError::Store(_)) {
+                let mut rec =
+                    AuditRecord::new(EventKind::ApprovalVoteRefused, unix_ms(now), request_id);
+                rec.actor = who.map(|w| format!("approver:{w}"));
+                rec.reason_code = Some(e.code().to_string());
+                let action = if approve { "approve" } else { "deny" };
+                rec.reason = Some(format!(
+                    "{action} approval request {}: {e}",
+                    id.chars().take(64).collect::<String>()
+                ));
+                if let Err(se) = self.store.append(rec).await {
+                    tracing::error!(error = %se, "audit record of a refused approval vote not stored");
+                }
+                tracing::warn!(request_id, code = e.code(), reason = %e, "approval vote refused");
+            }
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn vote_inner(
+        &self,
+        token: Option<&crate::auth::BearerToken>,
+        id: &str,
+        approve: bool,
+        reason: &str,
+        request_id: &str,
+        now: SystemTime,
+        who: &mut Option<String>,
+    ) -> Result<crate::approval::ApprovalRequest, IssueError> {
         use crate::approval::ApprovalError;
         let v = self.verify_person(token, now).await?;
         let approver = format!("{}:{}", v.issuer(), v.subject());
+        *who = Some(approver.clone());
         let policy = self.policy();
         let id_owned = id.to_string();
         let current = self
             .store
             .read(|b| b.approval_get(&id_owned))?
             .ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
-        let allowed = policy
+        let ap = policy
             .roles
             .get(&current.role)
             .and_then(|role| role.approval.as_ref())
-            .is_some_and(|ap| ap.is_approver(v.issuer(), v.claims()));
-        if !allowed {
-            return Err(ApprovalError::NotApprover(approver, current.role).into());
+            .filter(|ap| ap.is_approver(v.issuer(), v.claims()))
+            .ok_or_else(|| ApprovalError::NotApprover(approver.clone(), current.role.clone()))?;
+        // Only approvals count against `distinct`: anyone allowed may say no.
+        if approve {
+            crate::approval::check_distinct(&ap.distinct, &current, v.claims())?;
         }
         let now_s = unix(now);
         let mut rec = AuditRecord::new(
@@ -563,6 +624,26 @@ impl Service {
             .await??;
         tracing::info!(request_id, approval = %updated.id, status = updated.status.as_str(), "approval vote recorded");
         Ok(updated)
+    }
+
+    /// Writes the summary of unauthenticated refusals counted in a window
+    /// that has ended (the server calls this periodically).
+    pub async fn flush_refusal_summary(&self, now: SystemTime) {
+        if let Some(rec) = self.unauthenticated.flush(unix_ms(now)) {
+            if let Err(se) = self.store.append(rec).await {
+                tracing::error!(error = %se, "summary of unauthenticated refusals not stored");
+            }
+        }
+    }
+
+    /// Writes the summary of the current window of unauthenticated
+    /// refusals, ended or not (on shutdown).
+    pub async fn finish_refusal_summary(&self, now: SystemTime) {
+        if let Some(rec) = self.unauthenticated.finish(unix_ms(now)) {
+            if let Err(se) = self.store.append(rec).await {
+                tracing::error!(error = %se, "summary of unauthenticated refusals not stored");
+            }
+        }
     }
 
     /// The store handle (for admin operations).
@@ -766,9 +847,17 @@ impl Service {
         rec.client_addr = req.client_addr.map(|a| a.to_string());
         rec.role = Some(req.role.chars().take(128).collect());
         let result = self.decide_and_mint(&req, now, &mut rec).await;
+        // Metrics label only roles that exist, so random role names sent
+        // by anyone cannot grow the label set.
+        let policy = self.policy();
+        let role_label = if policy.roles.contains_key(&req.role) {
+            req.role.as_str()
+        } else {
+            "_unknown"
+        };
         match &result {
             Ok(issued) => {
-                self.metrics.issued(&req.role);
+                self.metrics.issued(role_label);
                 tracing::info!(
                     request_id = %req.request_id, role = %req.role,
                     issuer = rec.issuer.as_deref().unwrap_or(""),
@@ -780,7 +869,7 @@ impl Service {
             }
             Err(e) => {
                 let code = e.code();
-                self.metrics.denied(&req.role, code);
+                self.metrics.denied(role_label, code);
                 match e {
                     IssueError::Store(se) => {
                         tracing::error!(request_id = %req.request_id, role = %req.role, error = %se,
@@ -801,10 +890,25 @@ impl Service {
                     rec.reason_code = Some(code.to_string());
                     rec.reason = Some(e.to_string());
                     rec.serial = None;
+                    // Before the token is verified, a refusal costs the
+                    // caller nothing: sample those (see audit::sampling).
+                    let verified = rec.subject.is_some();
+                    let (admit, summary) = if verified {
+                        (crate::audit::sampling::Admit::Record, None)
+                    } else {
+                        self.unauthenticated.admit(code, unix_ms(now))
+                    };
+                    let mut records = Vec::with_capacity(2);
+                    records.extend(summary);
+                    if admit == crate::audit::sampling::Admit::Record {
+                        records.push(rec);
+                    }
                     // A refusal is recorded too; if that record fails the
                     // answer stays the same, since no credential leaves.
-                    if let Err(se) = self.store.append(rec).await {
-                        tracing::error!(request_id = %req.request_id, error = %se, "audit record of a denial not stored");
+                    for r in records {
+                        if let Err(se) = self.store.append(r).await {
+                            tracing::error!(request_id = %req.request_id, error = %se, "audit record of a denial not stored");
+                        }
                     }
                 }
             }
@@ -870,33 +974,70 @@ impl Service {
         };
         grant.admit_key(&crate::policy::KeyFacts::from(&subject))?;
         if let Some(d) = self.disabled_for(verified.issuer(), verified.subject(), &req.role)? {
-            let what = if d.subject.is_empty() {
-                format!("role {:?} is disabled", d.role)
-            } else if d.role.is_empty() {
-                format!("identity {}/{} is disabled", d.issuer, d.subject)
-            } else {
-                format!(
-                    "identity {}/{} is disabled for role {:?}",
-                    d.issuer, d.subject, d.role
-                )
-            };
-            return Err(Denial {
-                code: DenialCode::Disabled,
-                rule: "deactivation".into(),
-                message: format!("{what}; ask the CA operator (`mayfly identity enable`)"),
-            }
-            .into());
+            return Err(disabled_denial(&d));
         }
 
-        // Polls that redeem an approval are bound to one existing request
-        // and do not count against the rate limits (mayfly ssh polls often).
-        if let (Some(role), None) = (policy.roles.get(&req.role), &req.approval_request) {
-            self.check_limits(role, &verified, now_s)?;
+        let role_def = policy.roles.get(&req.role);
+        let approval = role_def.and_then(|r| r.approval.as_ref());
+        let mut grant = grant;
+        let mut redeem = None;
+        match (approval, &req.approval_request) {
+            (None, Some(_)) => {
+                return Err(IssueError::BadRequest {
+                    code: "approval_not_required",
+                    message: format!(
+                        "role {:?} needs no approval; send the request without \"approval_request\"",
+                        req.role
+                    ),
+                })
+            }
+            (None, None) => {
+                if let Some(role) = role_def {
+                    self.check_limits(role, &verified, now_s)?;
+                }
+            }
+            (Some(ap), None) => {
+                if let Some(role) = role_def {
+                    self.check_limits(role, &verified, now_s)?;
+                }
+                match self
+                    .request_approval(ap, req, &verified, &grant, rec, now)
+                    .await?
+                {}
+            }
+            (Some(_), Some(id)) => {
+                // A validated redemption skips the rate limits (the request
+                // was charged when it was made), never max_active_certs.
+                let fingerprint = rec.key_fingerprint.clone().unwrap_or_default();
+                let approved =
+                    self.approved_request(id, req, &verified, &fingerprint, now_s)?;
+                grant = crate::approval::bound_grant(
+                    grant,
+                    &approved,
+                    req.principals.as_deref(),
+                    ttl,
+                )?;
+                if let Some(role) = role_def {
+                    self.check_active(role, &verified, now_s)?;
+                }
+                let mut used = rec.clone();
+                used.event = EventKind::ApprovalUsed;
+                used.reason = Some(format!("approval request {id} redeemed"));
+                used.principals = grant.principals.iter().map(|p| p.to_string()).collect();
+                redeem = Some(crate::store::Redemption {
+                    id: id.clone(),
+                    key_fingerprint: fingerprint,
+                    record: used,
+                });
+            }
         }
-        if let Some(ap) = policy.roles.get(&req.role).and_then(|r| r.approval.clone()) {
-            self.check_approval(&ap, req, &verified, &grant, rec, now)
-                .await?;
-        }
+        let guard = crate::store::IssueGuard {
+            issuer: verified.issuer().to_string(),
+            subject: verified.subject().to_string(),
+            role: req.role.clone(),
+            max_active: role_def.and_then(|r| r.max_active_certs),
+            redeem,
+        };
 
         if verified.replay_protection()
             && !self
@@ -950,9 +1091,12 @@ impl Service {
         rec.valid_before = Some(spec.valid_before);
         rec.ca_key = Some(authority.public_key_line());
         let commit_started = std::time::Instant::now();
-        let stored = self.store.append(rec.clone()).await;
+        let stored = self.store.append_guarded(rec.clone(), Some(guard)).await;
         self.metrics.observe_store_commit(commit_started.elapsed());
-        stored?;
+        // The guard is checked again in the commit itself: a deactivation,
+        // a second redemption or a parallel request that landed after the
+        // checks above refuses this certificate instead of racing it.
+        stored?.map_err(|refusal| guard_refusal(refusal, &req.role))?;
         Ok(Issued {
             certificate: line,
             serial,
@@ -962,6 +1106,47 @@ impl Service {
             valid_before: spec.valid_before,
         })
     }
+}
+
+fn too_many_active(role: &str, live: u64, max: u32) -> IssueError {
+    Denial {
+        code: DenialCode::TooManyActiveCerts,
+        rule: format!("{role}.toml max_active_certs"),
+        message: format!(
+            "{live} certificate(s) of this identity are still valid; the role allows {max} at a time (wait for one to expire or have it revoked)"
+        ),
+    }
+    .into()
+}
+
+/// Why the store refused a guarded issuance at commit, as the bot sees it.
+fn guard_refusal(refusal: crate::store::GuardRefusal, role: &str) -> IssueError {
+    use crate::store::GuardRefusal;
+    match refusal {
+        GuardRefusal::Disabled(d) => disabled_denial(&d),
+        GuardRefusal::TooManyActive { live, max } => too_many_active(role, live, max),
+        GuardRefusal::Approval(a) => IssueError::Approval(a),
+    }
+}
+
+/// The answer for a disabled identity or role.
+fn disabled_denial(d: &DisabledKey) -> IssueError {
+    let what = if d.subject.is_empty() {
+        format!("role {:?} is disabled", d.role)
+    } else if d.role.is_empty() {
+        format!("identity {}/{} is disabled", d.issuer, d.subject)
+    } else {
+        format!(
+            "identity {}/{} is disabled for role {:?}",
+            d.issuer, d.subject, d.role
+        )
+    };
+    Denial {
+        code: DenialCode::Disabled,
+        rule: "deactivation".into(),
+        message: format!("{what}; ask the CA operator (`mayfly identity enable`)"),
+    }
+    .into()
 }
 
 #[cfg(test)]

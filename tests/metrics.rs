@@ -313,9 +313,18 @@ fn metrics_after_real_traffic_parse_and_show_every_series() {
         value(
             &scrape,
             "mayfly_certs_denied_total",
-            &[("role", "nope"), ("reason", "unknown_role")]
+            &[("role", "_unknown"), ("reason", "unknown_role")]
         ),
         1.0
+    );
+    // A role that does not exist is never a label of its own: anyone can
+    // send random role names, and each would be a new series.
+    assert!(
+        !scrape
+            .samples
+            .iter()
+            .any(|s| s.labels.get("role") == Some("nope")),
+        "an unknown role became a label"
     );
     let req = histogram(&scrape, "mayfly_cert_request_duration_seconds");
     assert_eq!(req.last().expect("+Inf"), &(f64::INFINITY, 4.0));

@@ -13,10 +13,10 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use serde_json::json;
-use support::mayfly::{https_get, tls_client_config, tls_client_config_versions};
+use serde_json::{json, Value};
+use support::mayfly::{https_get, https_request, tls_client_config, tls_client_config_versions};
 use support::process::Proc;
-use support::{free_port, http, wait_for, ClientSpec, Mayfly, Oidc};
+use support::{free_port, http, keygen_ed25519, wait_for, ClientSpec, Mayfly, Oidc};
 
 const DEPLOY_POLICY: &str = r#"
 description = "Deploy acme services from CI"
@@ -531,35 +531,137 @@ fn admin_endpoints_can_require_a_client_certificate_in_addition_to_the_admin_tok
     let dir = pki.dir.path();
     let admin_ca = TestCa::new(dir, "admin-ca");
     admin_ca.issue(dir, "alice", "alice", &[]);
+    let oidc = Oidc::start(&[
+        ClientSpec::new("sre", "ES256").claims(json!({"groups": ["sre"]})),
+        ClientSpec::new("bot", "ES256").claims(json!({"repository": "acme/api"})),
+    ]);
     let ca = Mayfly::start_tls(
-        &pki.tls_toml(&format!(
-            "client_ca_file = {}\nadmin_requires_client_cert = true",
-            toml_path(&admin_ca.pem)
-        )),
-        &[],
+        &format!(
+            "{}\n[[admin]]\nissuer = \"ci\"\n[admin.claims]\ngroups = \"sre\"\n{}",
+            oidc.issuer_toml("ci"),
+            pki.tls_toml(&format!(
+                "client_ca_file = {}\nadmin_requires_client_cert = true",
+                toml_path(&admin_ca.pem)
+            ))
+        ),
+        &[("deploy", DEPLOY_POLICY)],
         &pki.server_ca.pem,
     );
-    let get = |client: Option<(&Path, &Path)>, path: &str| {
-        https_get(
+    let alice = (pki.path("alice.crt"), pki.path("alice.key"));
+    let call = |client: Option<(&Path, &Path)>, method: &str, path: &str, body: Value| {
+        let auth = format!("Bearer {}", oidc.token("sre"));
+        let body = if method == "GET" {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        };
+        https_request(
             ca.port(),
             "localhost",
             tls_client_config(&pki.server_ca.pem, client),
+            method,
             path,
+            &[
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json"),
+            ],
+            &body,
         )
         .expect("https")
         .response
     };
-    // Without a client certificate the admin API refuses before looking at tokens.
-    let r = get(None, "/v1/admin/disabled");
-    assert_eq!(r.status, 401, "{}", r.text());
-    assert_eq!(r.json()["error"], "client_certificate_required");
-    let r = get(None, "/v1/identities");
-    assert_eq!(r.json()["error"], "client_certificate_required");
-    // With one, the admin token is still required.
-    let alice = (pki.path("alice.crt"), pki.path("alice.key"));
-    let r = get(Some((&alice.0, &alice.1)), "/v1/admin/disabled");
+    // A live certificate of the bot, for revoke to act on.
+    let (_, public) = keygen_ed25519(dir);
+    let r = https_request(
+        ca.port(),
+        "localhost",
+        tls_client_config(&pki.server_ca.pem, None),
+        "POST",
+        "/v1/certs/user",
+        &[
+            ("Authorization", &format!("Bearer {}", oidc.token("bot"))),
+            ("Content-Type", "application/json"),
+        ],
+        json!({"role": "deploy", "public_key": public})
+            .to_string()
+            .as_bytes(),
+    )
+    .expect("https")
+    .response;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let serial = r.json()["serial"].as_u64().expect("serial");
+
+    // Every admin endpoint, reading or changing state, refuses a valid
+    // admin token that comes without a client certificate.
+    let revoke = json!({"serial": serial, "reason": "test"});
+    let target = json!({"issuer": "ci", "subject": "bot", "reason": "test"});
+    let calls = [
+        ("GET", "/v1/admin/disabled", json!(null)),
+        ("GET", "/v1/identities", json!(null)),
+        ("POST", "/v1/admin/revoke", revoke.clone()),
+        ("POST", "/v1/admin/disable", target.clone()),
+        ("POST", "/v1/admin/enable", target.clone()),
+    ];
+    for (method, path, body) in &calls {
+        let r = call(None, method, path, body.clone());
+        assert_eq!(r.status, 401, "{method} {path}: {}", r.text());
+        assert_eq!(
+            r.json()["error"],
+            "client_certificate_required",
+            "{method} {path}"
+        );
+    }
+    // Nothing changed: the certificate is not revoked, the bot not disabled.
+    let r = call(Some((&alice.0, &alice.1)), "GET", "/v1/admin/disabled", json!(null));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!([]));
+    // With a certificate the same token works, and the actor names both.
+    let r = call(Some((&alice.0, &alice.1)), "POST", "/v1/admin/revoke", revoke);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["revoked"][0]["serial"], json!(serial));
+    // With a certificate, the admin token is still required.
+    let r = https_request(
+        ca.port(),
+        "localhost",
+        tls_client_config(&pki.server_ca.pem, Some((&alice.0, &alice.1))),
+        "POST",
+        "/v1/admin/disable",
+        &[("Content-Type", "application/json")],
+        target.to_string().as_bytes(),
+    )
+    .expect("https")
+    .response;
     assert_eq!(r.status, 401, "{}", r.text());
     assert_eq!(r.json()["error"], "missing_token");
     // Bots are unaffected.
-    assert_eq!(get(None, "/v1/ca/user.pub").status, 200);
+    let r = https_get(
+        ca.port(),
+        "localhost",
+        tls_client_config(&pki.server_ca.pem, None),
+        "/v1/ca/user.pub",
+    )
+    .expect("https")
+    .response;
+    assert_eq!(r.status, 200);
+    // Each refusal is audited.
+    let out = Command::new(Mayfly::bin())
+        .args([
+            "audit",
+            "search",
+            "--json",
+            "--event",
+            "admin_denied",
+            "--limit",
+            "1000",
+            "--config",
+            ca.config_path().to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("audit search");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let refused = text
+        .lines()
+        .filter(|l| l.contains("client_certificate_required"))
+        .count();
+    assert_eq!(refused, calls.len(), "{text}");
 }

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -39,54 +39,112 @@ struct DisableBody {
 
 use crate::clock::now_secs as now;
 
-/// Checks the admin token (and, if configured, the TLS client certificate).
-pub(crate) async fn authorize_with_cert(
-    s: &AppState,
-    client: &crate::tls::ClientIdentity,
-    headers: &HeaderMap,
-    action: &str,
-    rid: &str,
-) -> Result<String, Response> {
+/// The administrator a request was authorized for. Only
+/// [`require_admin`] puts it into a request; a handler that takes it can
+/// therefore only run behind that middleware, and one mounted elsewhere by
+/// mistake answers 500 instead of running unauthenticated.
+#[derive(Debug, Clone)]
+pub struct AdminCaller {
+    /// Actor name for audit records (`admin:<issuer>:<subject>`, plus the
+    /// TLS client certificate's identity when one was presented).
+    pub actor: String,
+    /// The request id (also in the error answers and audit records).
+    pub request_id: String,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for AdminCaller {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<AdminCaller>().cloned().ok_or_else(|| {
+            tracing::error!(path = %parts.uri.path(), "admin handler mounted outside the admin router; refused");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error".into(),
+                request_id(),
+            )
+            .into_response()
+        })
+    }
+}
+
+/// The audited name of an admin action: the last path segment
+/// (`/v1/admin/revoke` is `revoke`, `/v1/identities` is `identities`).
+fn action_of(path: &str) -> String {
+    path.rsplit('/')
+        .find(|s| !s.is_empty())
+        .unwrap_or("admin")
+        .chars()
+        .take(32)
+        .collect()
+}
+
+/// Middleware for every admin route (the admin sub-router in
+/// [`super::router`]): the TLS client certificate when
+/// `admin_requires_client_cert` is set, then an `[[admin]]` token. Every
+/// refusal is audited. A route added to that router cannot skip it.
+pub async fn require_admin(
+    State(s): State<AppState>,
+    client: crate::tls::ClientIdentity,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let rid = request_id();
+    let action = action_of(req.uri().path());
     if s.admin_requires_client_cert && client.0.is_none() {
-        tracing::warn!(
-            request_id = rid,
-            action,
-            "admin call without a TLS client certificate refused"
-        );
-        return Err(ApiError::new(
+        s.service
+            .record_admin_refusal(
+                &action,
+                &rid,
+                "client_certificate_required",
+                "no TLS client certificate",
+                SystemTime::now(),
+            )
+            .await;
+        return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "client_certificate_required",
             "admin endpoints need a TLS client certificate signed by the configured client CA, plus an admin token".into(),
-            rid.into(),
+            rid,
         )
-        .into_response());
+        .into_response();
     }
-    let actor = authorize(s, headers, action, rid).await?;
-    Ok(match &client.0 {
+    let token = match bearer(req.headers()) {
+        Ok(t) => t,
+        Err(m) => {
+            s.service
+                .record_admin_refusal(&action, &rid, "malformed_authorization", m, SystemTime::now())
+                .await;
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "malformed_authorization",
+                m.into(),
+                rid,
+            )
+            .into_response();
+        }
+    };
+    let actor = match s
+        .service
+        .authorize_admin(token.as_ref(), &action, &rid, SystemTime::now())
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => return ApiError::from_issue(e, rid).into_response(),
+    };
+    let actor = match &client.0 {
         Some(c) => format!("{actor} (tls: {c})"),
         None => actor,
-    })
-}
-
-async fn authorize(
-    s: &AppState,
-    headers: &HeaderMap,
-    action: &str,
-    rid: &str,
-) -> Result<String, Response> {
-    let token = bearer(headers).map_err(|m| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "malformed_authorization",
-            m.into(),
-            rid.into(),
-        )
-        .into_response()
-    })?;
-    s.service
-        .authorize_admin(token.as_ref(), action, rid, SystemTime::now())
-        .await
-        .map_err(|e| ApiError::from_issue(e, rid.into()).into_response())
+    };
+    req.extensions_mut().insert(AdminCaller {
+        actor,
+        request_id: rid,
+    });
+    next.run(req).await
 }
 
 fn revoke_error(e: RevokeError, rid: String) -> Response {
@@ -112,14 +170,13 @@ fn revoke_error(e: RevokeError, rid: String) -> Response {
 /// or `issuer`+`subject` (optionally with `role`), and a `reason`.
 pub async fn revoke(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    caller: AdminCaller,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let rid = request_id();
-    let actor = match authorize(&s, &headers, "revoke", &rid).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+    let AdminCaller {
+        actor,
+        request_id: rid,
+    } = caller;
     let shape = "\"serial\" | \"key_id\" | \"role\" | \"issuer\"+\"subject\", \"reason\"";
     let b: RevokeBody = match read_json(body, shape, &rid) {
         Ok(b) => b,
@@ -152,16 +209,14 @@ pub async fn revoke(
 
 async fn set_disabled(
     s: AppState,
-    headers: HeaderMap,
+    caller: AdminCaller,
     body: Result<Bytes, BytesRejection>,
     enable: bool,
 ) -> Response {
-    let rid = request_id();
-    let action = if enable { "enable" } else { "disable" };
-    let actor = match authorize(&s, &headers, action, &rid).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+    let AdminCaller {
+        actor,
+        request_id: rid,
+    } = caller;
     let b: DisableBody = match read_json(
         body,
         "\"issuer\"+\"subject\" and/or \"role\", \"reason\"",
@@ -186,31 +241,24 @@ async fn set_disabled(
 /// `POST /v1/admin/disable`: stop issuance to an identity or role and revoke its live certificates.
 pub async fn disable(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    caller: AdminCaller,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    set_disabled(s, headers, body, false).await
+    set_disabled(s, caller, body, false).await
 }
 
 /// `POST /v1/admin/enable`: lift a deactivation (revocations stay).
 pub async fn enable(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    caller: AdminCaller,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    set_disabled(s, headers, body, true).await
+    set_disabled(s, caller, body, true).await
 }
 
 /// `GET /v1/admin/disabled`: every disabled identity and role.
-pub async fn list_disabled(
-    State(s): State<AppState>,
-    client: crate::tls::ClientIdentity,
-    headers: HeaderMap,
-) -> Response {
-    let rid = request_id();
-    if let Err(r) = authorize_with_cert(&s, &client, &headers, "list_disabled", &rid).await {
-        return r;
-    }
+pub async fn list_disabled(State(s): State<AppState>, caller: AdminCaller) -> Response {
+    let rid = caller.request_id;
     match s.service.store().read(|b| b.disabled()) {
         Ok(list) => Json(list).into_response(),
         Err(e) => revoke_error(RevokeError::Store(e), rid),

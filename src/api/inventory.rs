@@ -6,12 +6,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use super::{request_id, ApiError, AppState};
+use super::{ApiError, AppState};
 use crate::inventory::{self, DEFAULT_STALE_DAYS};
 
 /// Query of `GET /v1/identities`.
@@ -37,16 +37,10 @@ fn unavailable(rid: String) -> Response {
 /// status (`active`, `disabled`, `stale`).
 pub async fn list_identities(
     State(s): State<AppState>,
-    client: crate::tls::ClientIdentity,
-    headers: HeaderMap,
+    caller: super::admin::AdminCaller,
     query: Result<Query<IdentitiesQuery>, QueryRejection>,
 ) -> Response {
-    let rid = request_id();
-    if let Err(r) =
-        super::admin::authorize_with_cert(&s, &client, &headers, "list_identities", &rid).await
-    {
-        return r;
-    }
+    let rid = caller.request_id;
     let stale_days = match query {
         Ok(Query(q)) => q.stale_days.unwrap_or(DEFAULT_STALE_DAYS),
         Err(e) => {

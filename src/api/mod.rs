@@ -74,12 +74,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/requests", get(approvals::list))
         .route("/v1/requests/{id}/approve", post(approvals::approve))
         .route("/v1/requests/{id}/deny", post(approvals::deny))
-        .route("/v1/admin/revoke", post(admin::revoke))
-        .route("/v1/admin/disable", post(admin::disable))
-        .route("/v1/admin/enable", post(admin::enable))
-        .route("/v1/admin/disabled", get(admin::list_disabled))
-        .route("/v1/identities", get(inventory::list_identities))
         .route("/metrics", get(metrics))
+        .merge(admin_router(state.clone()))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -87,6 +83,22 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             state.request_timeout + std::time::Duration::from_secs(1),
         ))
         .with_state(state)
+}
+
+/// Every admin route, behind [`admin::require_admin`] (client certificate
+/// where configured, then an `[[admin]]` token). Add admin routes here
+/// only: the middleware is what authorizes them.
+fn admin_router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin/revoke", post(admin::revoke))
+        .route("/v1/admin/disable", post(admin::disable))
+        .route("/v1/admin/enable", post(admin::enable))
+        .route("/v1/admin/disabled", get(admin::list_disabled))
+        .route("/v1/identities", get(inventory::list_identities))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            admin::require_admin,
+        ))
 }
 
 async fn healthz() -> &'static str {

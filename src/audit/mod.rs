@@ -20,6 +20,7 @@ pub mod chain;
 pub mod checkpoint;
 pub mod cli;
 pub mod export;
+pub mod sampling;
 pub mod search;
 pub mod stream;
 pub mod syslog;
@@ -57,6 +58,12 @@ pub enum EventKind {
     ApprovalDenied,
     /// An approved request was redeemed for a certificate.
     ApprovalUsed,
+    /// An approval vote was refused (not an approver, self-approval,
+    /// already voted, decided or expired).
+    ApprovalVoteRefused,
+    /// Refusals before a token was verified, counted instead of recorded
+    /// one by one once a window's sample is full.
+    RefusalsSummarized,
 }
 
 impl EventKind {
@@ -76,6 +83,8 @@ impl EventKind {
             EventKind::ApprovalGranted => "approval_granted",
             EventKind::ApprovalDenied => "approval_denied",
             EventKind::ApprovalUsed => "approval_used",
+            EventKind::ApprovalVoteRefused => "approval_vote_refused",
+            EventKind::RefusalsSummarized => "refusals_summarized",
         }
     }
 }

@@ -121,6 +121,8 @@ struct RawApproval {
     issuer: String,
     approvers: Vec<String>,
     expires: Option<String>,
+    #[serde(default)]
+    distinct: Vec<String>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -509,6 +511,13 @@ pub fn parse_role(name: &str, file: &Path, text: &str) -> Result<Role, Vec<Polic
                     "approval.approvers must name who may approve, e.g. [\"groups:sre\"]".into(),
                 ));
             }
+            let distinct = match crate::approval::ApprovalPolicy::parse_distinct(&a.distinct) {
+                Ok(d) => d,
+                Err(m) => {
+                    errors.push(err(span.clone(), m));
+                    Vec::new()
+                }
+            };
             match (
                 crate::approval::ApprovalPolicy::parse_approvers(&a.approvers),
                 expires,
@@ -518,6 +527,7 @@ pub fn parse_role(name: &str, file: &Path, text: &str) -> Result<Role, Vec<Polic
                     issuer: a.issuer.clone(),
                     approvers,
                     expires,
+                    distinct,
                 }),
                 (Err(m), _) => {
                     errors.push(err(span, m));

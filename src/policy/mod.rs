@@ -207,11 +207,13 @@ pub enum DenialCode {
     KeyTypeNotAllowed,
     /// `source_address_claim` did not give usable addresses.
     SourceAddressInvalid,
+    /// A redemption asked for more than its approval covers.
+    ApprovalExceeded,
 }
 
 impl DenialCode {
     /// Every code, for validating test cases and documenting the API.
-    pub const ALL: [DenialCode; 13] = [
+    pub const ALL: [DenialCode; 14] = [
         DenialCode::UnknownRole,
         DenialCode::IssuerMismatch,
         DenialCode::ClaimMismatch,
@@ -225,6 +227,7 @@ impl DenialCode {
         DenialCode::OutsideWindow,
         DenialCode::KeyTypeNotAllowed,
         DenialCode::SourceAddressInvalid,
+        DenialCode::ApprovalExceeded,
     ];
 
     /// Parses a stable string code.
@@ -248,6 +251,7 @@ impl DenialCode {
             DenialCode::OutsideWindow => "outside_window",
             DenialCode::KeyTypeNotAllowed => "key_type_not_allowed",
             DenialCode::SourceAddressInvalid => "source_address_invalid",
+            DenialCode::ApprovalExceeded => "approval_exceeded",
         }
     }
 }
@@ -1422,6 +1426,7 @@ timezone = "Europe/Berlin"
                 DenialCode::OutsideWindow => 10,
                 DenialCode::KeyTypeNotAllowed => 11,
                 DenialCode::SourceAddressInvalid => 12,
+                DenialCode::ApprovalExceeded => 13,
             }
         }
         let mut seen = vec![false; DenialCode::ALL.len()];

@@ -23,7 +23,7 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl Sqlite {
-    fn approvals_schema(&self) -> Result<(), StoreError> {
+    pub(crate) fn approvals_schema(&self) -> Result<(), StoreError> {
         self.conn.execute_batch(SCHEMA).map_err(err)
     }
 
@@ -34,17 +34,11 @@ impl Sqlite {
         audit: &[AuditRecord],
     ) -> Result<(), StoreError> {
         self.approvals_schema()?;
-        let body = serde_json::to_string(req).map_err(err)?;
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(err)?;
-        tx.execute(
-            "INSERT INTO approvals (id, status, role, expires_at, body) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(id) DO UPDATE SET status = excluded.status, expires_at = excluded.expires_at, body = excluded.body",
-            params![req.id, req.status.as_str(), req.role, req.expires_at as i64, body],
-        )
-        .map_err(err)?;
+        approval_write_on(&tx, req)?;
         super::sqlite::insert_audit(&tx, audit)?;
         tx.commit().map_err(err)
     }
@@ -55,15 +49,7 @@ impl Sqlite {
         id: &str,
     ) -> Result<Option<ApprovalRequest>, StoreError> {
         self.approvals_schema()?;
-        let body: Option<String> = self
-            .conn
-            .query_row("SELECT body FROM approvals WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(err)?;
-        body.map(|b| serde_json::from_str(&b).map_err(err))
-            .transpose()
+        approval_get_on(&self.conn, id)
     }
 
     /// Requests in `status` (all if `None`), newest first, at most 500.
@@ -88,4 +74,34 @@ impl Sqlite {
         }
         Ok(out)
     }
+}
+
+/// Inserts or replaces `req` (inside the caller's transaction).
+pub(crate) fn approval_write_on(
+    conn: &rusqlite::Connection,
+    req: &ApprovalRequest,
+) -> Result<(), StoreError> {
+    let body = serde_json::to_string(req).map_err(err)?;
+    conn.execute(
+        "INSERT INTO approvals (id, status, role, expires_at, body) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(id) DO UPDATE SET status = excluded.status, expires_at = excluded.expires_at, body = excluded.body",
+        params![req.id, req.status.as_str(), req.role, req.expires_at as i64, body],
+    )
+    .map_err(err)?;
+    Ok(())
+}
+
+/// One request by id (inside the caller's transaction, or a plain read).
+pub(crate) fn approval_get_on(
+    conn: &rusqlite::Connection,
+    id: &str,
+) -> Result<Option<ApprovalRequest>, StoreError> {
+    let body: Option<String> = conn
+        .query_row("SELECT body FROM approvals WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(err)?;
+    body.map(|b| serde_json::from_str(&b).map_err(err))
+        .transpose()
 }

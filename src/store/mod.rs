@@ -126,10 +126,74 @@ pub struct StateVersion {
     pub changed_at: u64,
 }
 
+/// Conditions that must still hold when an issuance record commits. They
+/// are checked inside the transaction that writes the record, on the one
+/// writer, so nothing can change between the check and the record: a
+/// concurrent `identity disable` either commits first (and this issuance is
+/// refused) or after (and its revocation sweep sees this certificate); two
+/// redemptions of one approval cannot both succeed; two parallel requests
+/// cannot both take the last `max_active_certs` slot.
+#[derive(Debug, Clone)]
+pub struct IssueGuard {
+    /// Issuer name of the identity.
+    pub issuer: String,
+    /// Subject of the identity.
+    pub subject: String,
+    /// Role of the certificate.
+    pub role: String,
+    /// Refuse when this many unexpired, unrevoked certificates of the
+    /// identity in the role exist already.
+    pub max_active: Option<u32>,
+    /// An approval this issuance redeems: it must still be approved, and is
+    /// marked used in the same transaction.
+    pub redeem: Option<Redemption>,
+}
+
+/// An approval redeemed together with an issuance.
+#[derive(Debug, Clone)]
+pub struct Redemption {
+    /// Approval request id.
+    pub id: String,
+    /// Fingerprint of the key being certified (must be the approved key).
+    pub key_fingerprint: String,
+    /// The `approval_used` audit record, written just before the issuance.
+    pub record: AuditRecord,
+}
+
+/// Why a guarded issuance was refused at commit time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuardRefusal {
+    /// The identity or role is disabled.
+    #[error("disabled: {0:?}")]
+    Disabled(DisabledKey),
+    /// The identity holds `live` valid certificates in the role already.
+    #[error("{live} certificate(s) still valid, the role allows {max}")]
+    TooManyActive {
+        /// Valid certificates now.
+        live: u64,
+        /// The role's `max_active_certs`.
+        max: u32,
+    },
+    /// The approval is no longer redeemable (used, expired, another key...).
+    #[error(transparent)]
+    Approval(#[from] crate::approval::ApprovalError),
+}
+
+/// One record to append, with the conditions its commit depends on.
+pub type GuardedRecord = (AuditRecord, Option<IssueGuard>);
+
 /// A storage backend (blocking; driven from the writer thread or a reader).
 pub trait Backend: Send + 'static {
     /// Appends records in one durable transaction: all or none.
     fn append_batch(&mut self, records: &[AuditRecord]) -> Result<(), StoreError>;
+    /// Appends records in one durable transaction, checking each record's
+    /// guard in order inside it (so a guard sees the records before it).
+    /// A record whose guard fails is not written and gets its refusal; the
+    /// others commit. `Err` means nothing was written.
+    fn append_guarded(
+        &mut self,
+        records: &[GuardedRecord],
+    ) -> Result<Vec<Result<(), GuardRefusal>>, StoreError>;
     /// Highest certificate serial ever recorded (0 if none).
     fn max_serial(&mut self) -> Result<u64, StoreError>;
     /// Replay ids of tokens that minted a certificate and expire after `now`.
@@ -147,6 +211,29 @@ pub trait Backend: Send + 'static {
     ) -> Result<StateVersion, StoreError>;
     /// Revocations whose certificates are still valid at `now`.
     fn live_revocations(&mut self, now: u64) -> Result<Vec<Revocation>, StoreError>;
+    /// Revokes every live certificate matching `filter` in one transaction:
+    /// the certificates are read, `revoke` turns each into its revocation
+    /// and audit record, and the state version is bumped. Returns the
+    /// revoked certificates (none: nothing written) and the new version.
+    fn revoke_matching(
+        &mut self,
+        filter: &CertFilter,
+        now: u64,
+        revoke: &dyn Fn(&IssuedCert) -> (Revocation, AuditRecord),
+    ) -> Result<(Vec<IssuedCert>, StateVersion), StoreError>;
+    /// Disables `key` and revokes the live certificates matching `filter`
+    /// in one transaction, so no certificate issued before the flag is set
+    /// escapes the sweep. Returns whether the flag changed and what was
+    /// revoked.
+    fn disable_and_revoke(
+        &mut self,
+        key: &DisabledKey,
+        entry: &DisabledEntry,
+        audit: &AuditRecord,
+        filter: &CertFilter,
+        now: u64,
+        revoke: &dyn Fn(&IssuedCert) -> (Revocation, AuditRecord),
+    ) -> Result<(bool, Vec<IssuedCert>), StoreError>;
     /// Disables (`Some(entry)`) or re-enables (`None`) `key`, with its audit
     /// record, in one transaction. Returns whether anything changed.
     fn set_disabled(
@@ -190,7 +277,7 @@ type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
 type Task = Box<dyn FnOnce(&mut dyn Backend) + Send>;
 
 enum Job {
-    Append(Box<AuditRecord>, Reply<()>),
+    Append(Box<GuardedRecord>, Reply<Result<(), GuardRefusal>>),
     Run(Task),
 }
 
@@ -276,9 +363,22 @@ impl Store {
 
     /// Appends one record and returns once it is durable.
     pub async fn append(&self, record: AuditRecord) -> Result<(), StoreError> {
+        self.append_guarded(record, None)
+            .await?
+            .map_err(|r| StoreError::Backend(format!("unguarded record refused: {r}")))
+    }
+
+    /// Appends one issuance record if its guard still holds at commit, in
+    /// the same group commit as other records. `Ok(Err(_))`: the guard
+    /// failed and nothing was written.
+    pub async fn append_guarded(
+        &self,
+        record: AuditRecord,
+        guard: Option<IssueGuard>,
+    ) -> Result<Result<(), GuardRefusal>, StoreError> {
         let (reply, wait) = tokio::sync::oneshot::channel();
         self.tx
-            .send(Job::Append(Box::new(record), reply))
+            .send(Job::Append(Box::new((record, guard)), reply))
             .map_err(|_| StoreError::WriterGone)?;
         wait.await.map_err(|_| StoreError::WriterGone)?
     }
@@ -308,15 +408,31 @@ impl Store {
     }
 }
 
+type Outcome = Result<Result<(), GuardRefusal>, StoreError>;
+
 /// Commits a batch; if the batch fails, retries record by record so one bad
 /// record (e.g. a duplicate serial) does not fail its neighbours.
-fn commit(backend: &mut dyn Backend, records: &[AuditRecord]) -> Vec<Result<(), StoreError>> {
-    match backend.append_batch(records) {
-        Ok(()) => vec![Ok(()); records.len()],
+fn commit(backend: &mut dyn Backend, records: &[GuardedRecord]) -> Vec<Outcome> {
+    match backend.append_guarded(records) {
+        Ok(results) if results.len() == records.len() => results.into_iter().map(Ok).collect(),
+        Ok(_) => vec![
+            Err(StoreError::Backend(
+                "store answered for a different number of records".into()
+            ));
+            records.len()
+        ],
         Err(e) if records.len() == 1 => vec![Err(e)],
         Err(_) => records
             .iter()
-            .map(|r| backend.append_batch(std::slice::from_ref(r)))
+            .map(|r| {
+                backend
+                    .append_guarded(std::slice::from_ref(r))
+                    .and_then(|mut v| {
+                        v.pop().ok_or_else(|| {
+                            StoreError::Backend("store answered for no record".into())
+                        })
+                    })
+            })
             .collect(),
     }
 }

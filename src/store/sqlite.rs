@@ -8,8 +8,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags};
 
 use super::{
-    Backend, CertFilter, DisabledEntry, DisabledKey, IssuedCert, Revocation, StateVersion,
-    StoreError,
+    Backend, CertFilter, DisabledEntry, DisabledKey, GuardRefusal, GuardedRecord, IssueGuard,
+    IssuedCert, Revocation, StateVersion, StoreError,
 };
 use crate::audit::chain::{self, Hash, StoredRecord};
 use crate::audit::checkpoint::Checkpoint;
@@ -203,7 +203,18 @@ pub(crate) fn insert_audit(
     if records.is_empty() {
         return Ok(());
     }
-    let (mut seq, mut prev) = chain_head(tx)?;
+    let mut head = chain_head(tx)?;
+    insert_audit_at(tx, &mut head, records)
+}
+
+/// As [`insert_audit`], continuing from `head` (the last seq and hash,
+/// read once per transaction) and advancing it.
+fn insert_audit_at(
+    tx: &rusqlite::Transaction<'_>,
+    head: &mut (u64, Hash),
+    records: &[AuditRecord],
+) -> Result<(), StoreError> {
+    let (mut seq, mut prev) = *head;
     let mut st = tx
         .prepare_cached(
             "INSERT INTO audit (seq, time_ms, event, request_id, client_addr, issuer, subject, role,
@@ -247,6 +258,176 @@ pub(crate) fn insert_audit(
         ])
         .map_err(err)?;
         prev = hash;
+    }
+    *head = (seq, prev);
+    Ok(())
+}
+
+/// The disabled entry, if any, that blocks `issuer`/`subject` in `role`:
+/// the identity everywhere, the identity in this role, or the whole role.
+fn disabled_entry(
+    conn: &Connection,
+    issuer: &str,
+    subject: &str,
+    role: &str,
+) -> Result<Option<DisabledKey>, StoreError> {
+    use rusqlite::OptionalExtension as _;
+    conn.prepare_cached(
+        "SELECT issuer, subject, role FROM disabled
+         WHERE (issuer = ?1 AND subject = ?2 AND (role = '' OR role = ?3))
+            OR (issuer = '' AND subject = '' AND role = ?3)
+         LIMIT 1",
+    )
+    .and_then(|mut st| {
+        st.query_row(params![issuer, subject, role], |r| {
+            Ok(DisabledKey {
+                issuer: r.get(0)?,
+                subject: r.get(1)?,
+                role: r.get(2)?,
+            })
+        })
+        .optional()
+    })
+    .map_err(err)
+}
+
+/// Checks `guard` inside the transaction `tx`; on success writes the
+/// redeemed approval's new state and its audit record.
+fn check_guard(
+    tx: &rusqlite::Transaction<'_>,
+    head: &mut (u64, Hash),
+    guard: &IssueGuard,
+    now: u64,
+) -> Result<Result<(), GuardRefusal>, StoreError> {
+    use crate::approval::{ApprovalError, ApprovalStatus};
+    if let Some(d) = disabled_entry(tx, &guard.issuer, &guard.subject, &guard.role)? {
+        return Ok(Err(GuardRefusal::Disabled(d)));
+    }
+    if let Some(max) = guard.max_active {
+        let filter = CertFilter::Identity {
+            issuer: guard.issuer.clone(),
+            subject: guard.subject.clone(),
+            role: Some(guard.role.clone()),
+        };
+        let live = live_certs_on(tx, &filter, now)?.len() as u64;
+        if live >= u64::from(max) {
+            return Ok(Err(GuardRefusal::TooManyActive { live, max }));
+        }
+    }
+    if let Some(r) = &guard.redeem {
+        let Some(mut a) = super::approvals::approval_get_on(tx, &r.id)? else {
+            return Ok(Err(ApprovalError::NotFound(r.id.clone()).into()));
+        };
+        if a.issuer != guard.issuer
+            || a.subject != guard.subject
+            || a.role != guard.role
+            || a.key_fingerprint != r.key_fingerprint
+        {
+            return Ok(Err(ApprovalError::Mismatch(r.id.clone()).into()));
+        }
+        let status = a.status_at(now);
+        if status != ApprovalStatus::Approved {
+            return Ok(Err(ApprovalError::NotPending {
+                id: r.id.clone(),
+                status: status.as_str().into(),
+            }
+            .into()));
+        }
+        a.status = ApprovalStatus::Used;
+        super::approvals::approval_write_on(tx, &a)?;
+        insert_audit_at(tx, head, std::slice::from_ref(&r.record))?;
+    }
+    Ok(Ok(()))
+}
+
+/// Issued certificates matching `filter` that are valid at `now` and not revoked.
+fn live_certs_on(
+    conn: &Connection,
+    filter: &CertFilter,
+    now: u64,
+) -> Result<Vec<IssuedCert>, StoreError> {
+    let base = "SELECT serial, COALESCE(key_id, ''), COALESCE(cert_type, 'user'), COALESCE(role, ''),
+                COALESCE(issuer, ''), COALESCE(subject, ''), valid_before, COALESCE(ca_key, '')
+                FROM audit a WHERE event = 'cert_issued' AND valid_before > ?1 AND serial IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM revocations r
+                    WHERE r.ca_key = a.ca_key AND (r.serial = a.serial OR r.key_id = a.key_id))";
+    let now = now as i64;
+    let (sql, args): (String, Vec<rusqlite::types::Value>) = match filter {
+        CertFilter::Serial(n) => (
+            format!("{base} AND serial = ?2"),
+            vec![now.into(), (*n as i64).into()],
+        ),
+        CertFilter::KeyId(k) => (
+            format!("{base} AND key_id = ?2"),
+            vec![now.into(), k.clone().into()],
+        ),
+        CertFilter::Role(r) => (
+            format!("{base} AND role = ?2"),
+            vec![now.into(), r.clone().into()],
+        ),
+        CertFilter::Identity {
+            issuer,
+            subject,
+            role: None,
+        } => (
+            format!("{base} AND issuer = ?2 AND subject = ?3"),
+            vec![now.into(), issuer.clone().into(), subject.clone().into()],
+        ),
+        CertFilter::Identity {
+            issuer,
+            subject,
+            role: Some(role),
+        } => (
+            format!("{base} AND issuer = ?2 AND subject = ?3 AND role = ?4"),
+            vec![
+                now.into(),
+                issuer.clone().into(),
+                subject.clone().into(),
+                role.clone().into(),
+            ],
+        ),
+    };
+    let mut st = conn.prepare_cached(&sql).map_err(err)?;
+    let rows = st
+        .query_map(rusqlite::params_from_iter(args), |r| {
+            Ok(IssuedCert {
+                serial: r.get::<_, i64>(0)? as u64,
+                key_id: r.get(1)?,
+                cert_type: r.get(2)?,
+                role: r.get(3)?,
+                issuer: r.get(4)?,
+                subject: r.get(5)?,
+                valid_before: r.get::<_, i64>(6)? as u64,
+                ca_key: r.get(7)?,
+            })
+        })
+        .map_err(err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(err)
+}
+
+/// Inserts revocations (already-revoked entries are kept once).
+fn insert_revocations(
+    tx: &rusqlite::Transaction<'_>,
+    revocations: &[Revocation],
+    now: u64,
+) -> Result<(), StoreError> {
+    let mut st = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO revocations (time_ms, ca_key, serial, key_id, expires_at, reason, actor)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(err)?;
+    for r in revocations {
+        st.execute(params![
+            (now as i64) * 1000,
+            r.ca_key,
+            opt_i64(r.serial),
+            r.key_id,
+            r.expires_at as i64,
+            r.reason,
+            r.actor
+        ])
+        .map_err(err)?;
     }
     Ok(())
 }
@@ -973,6 +1154,95 @@ impl Backend for Sqlite {
         tx.commit().map_err(err)
     }
 
+    fn append_guarded(
+        &mut self,
+        records: &[GuardedRecord],
+    ) -> Result<Vec<Result<(), GuardRefusal>>, StoreError> {
+        if records.iter().any(|(_, g)| g.as_ref().is_some_and(|g| g.redeem.is_some())) {
+            self.approvals_schema()?;
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let mut head = chain_head(&tx)?;
+        let mut out = Vec::with_capacity(records.len());
+        for (record, guard) in records {
+            if let Some(g) = guard {
+                let now = record.time_ms / 1000;
+                if let Err(refusal) = check_guard(&tx, &mut head, g, now)? {
+                    out.push(Err(refusal));
+                    continue;
+                }
+            }
+            insert_audit_at(&tx, &mut head, std::slice::from_ref(record))?;
+            out.push(Ok(()));
+        }
+        tx.commit().map_err(err)?;
+        Ok(out)
+    }
+
+    fn revoke_matching(
+        &mut self,
+        filter: &CertFilter,
+        now: u64,
+        revoke: &dyn Fn(&IssuedCert) -> (Revocation, AuditRecord),
+    ) -> Result<(Vec<IssuedCert>, StateVersion), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let certs = live_certs_on(&tx, filter, now)?;
+        if certs.is_empty() {
+            let v = read_version(&tx)?;
+            return Ok((certs, v));
+        }
+        let (revocations, audit): (Vec<_>, Vec<_>) = certs.iter().map(revoke).unzip();
+        insert_revocations(&tx, &revocations, now)?;
+        insert_audit(&tx, &audit)?;
+        let v = bump_version(&tx, now)?;
+        tx.commit().map_err(err)?;
+        Ok((certs, v))
+    }
+
+    fn disable_and_revoke(
+        &mut self,
+        key: &DisabledKey,
+        entry: &DisabledEntry,
+        audit: &AuditRecord,
+        filter: &CertFilter,
+        now: u64,
+        revoke: &dyn Fn(&IssuedCert) -> (Revocation, AuditRecord),
+    ) -> Result<(bool, Vec<IssuedCert>), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let changed = tx
+            .execute(
+                "INSERT OR IGNORE INTO disabled (issuer, subject, role, time_ms, reason, actor)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    key.issuer,
+                    key.subject,
+                    key.role,
+                    entry.time_ms as i64,
+                    entry.reason,
+                    entry.actor
+                ],
+            )
+            .map_err(err)?;
+        let mut head = chain_head(&tx)?;
+        insert_audit_at(&tx, &mut head, std::slice::from_ref(audit))?;
+        let certs = live_certs_on(&tx, filter, now)?;
+        let (revocations, records): (Vec<_>, Vec<_>) = certs.iter().map(revoke).unzip();
+        insert_revocations(&tx, &revocations, now)?;
+        insert_audit_at(&tx, &mut head, &records)?;
+        bump_version(&tx, now)?;
+        tx.commit().map_err(err)?;
+        Ok((changed > 0, certs))
+    }
+
     fn max_serial(&mut self) -> Result<u64, StoreError> {
         let v: Option<i64> = self
             .conn
@@ -998,63 +1268,7 @@ impl Backend for Sqlite {
     }
 
     fn live_certs(&mut self, filter: &CertFilter, now: u64) -> Result<Vec<IssuedCert>, StoreError> {
-        let base = "SELECT serial, COALESCE(key_id, ''), COALESCE(cert_type, 'user'), COALESCE(role, ''),
-                    COALESCE(issuer, ''), COALESCE(subject, ''), valid_before, COALESCE(ca_key, '')
-                    FROM audit a WHERE event = 'cert_issued' AND valid_before > ?1 AND serial IS NOT NULL
-                    AND NOT EXISTS (SELECT 1 FROM revocations r
-                        WHERE r.ca_key = a.ca_key AND (r.serial = a.serial OR r.key_id = a.key_id))";
-        let now = now as i64;
-        let (sql, args): (String, Vec<rusqlite::types::Value>) = match filter {
-            CertFilter::Serial(n) => (
-                format!("{base} AND serial = ?2"),
-                vec![now.into(), (*n as i64).into()],
-            ),
-            CertFilter::KeyId(k) => (
-                format!("{base} AND key_id = ?2"),
-                vec![now.into(), k.clone().into()],
-            ),
-            CertFilter::Role(r) => (
-                format!("{base} AND role = ?2"),
-                vec![now.into(), r.clone().into()],
-            ),
-            CertFilter::Identity {
-                issuer,
-                subject,
-                role: None,
-            } => (
-                format!("{base} AND issuer = ?2 AND subject = ?3"),
-                vec![now.into(), issuer.clone().into(), subject.clone().into()],
-            ),
-            CertFilter::Identity {
-                issuer,
-                subject,
-                role: Some(role),
-            } => (
-                format!("{base} AND issuer = ?2 AND subject = ?3 AND role = ?4"),
-                vec![
-                    now.into(),
-                    issuer.clone().into(),
-                    subject.clone().into(),
-                    role.clone().into(),
-                ],
-            ),
-        };
-        let mut st = self.conn.prepare_cached(&sql).map_err(err)?;
-        let rows = st
-            .query_map(rusqlite::params_from_iter(args), |r| {
-                Ok(IssuedCert {
-                    serial: r.get::<_, i64>(0)? as u64,
-                    key_id: r.get(1)?,
-                    cert_type: r.get(2)?,
-                    role: r.get(3)?,
-                    issuer: r.get(4)?,
-                    subject: r.get(5)?,
-                    valid_before: r.get::<_, i64>(6)? as u64,
-                    ca_key: r.get(7)?,
-                })
-            })
-            .map_err(err)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(err)
+        live_certs_on(&self.conn, filter, now)
     }
 
     fn revoke(
@@ -1067,26 +1281,7 @@ impl Backend for Sqlite {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(err)?;
-        {
-            let mut st = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO revocations (time_ms, ca_key, serial, key_id, expires_at, reason, actor)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .map_err(err)?;
-            for r in revocations {
-                st.execute(params![
-                    (now as i64) * 1000,
-                    r.ca_key,
-                    opt_i64(r.serial),
-                    r.key_id,
-                    r.expires_at as i64,
-                    r.reason,
-                    r.actor
-                ])
-                .map_err(err)?;
-            }
-        }
+        insert_revocations(&tx, revocations, now)?;
         insert_audit(&tx, audit)?;
         let v = bump_version(&tx, now)?;
         tx.commit().map_err(err)?;
@@ -1219,6 +1414,174 @@ mod tests {
         r.token_id = Some(format!("gh:jti:{serial}"));
         r.token_exp = Some(1000);
         r
+    }
+
+    /// A live certificate of `ci`/`bot` in role `deploy`.
+    fn issuance(serial: u64) -> AuditRecord {
+        let mut r = rec(serial);
+        r.time_ms = 1_000_000;
+        r.issuer = Some("ci".into());
+        r.subject = Some("bot".into());
+        r.role = Some("deploy".into());
+        r.ca_key = Some("ssh-ed25519 AAAA ca".into());
+        r.key_id = Some(format!("k{serial}"));
+        r.valid_before = Some(2_000);
+        r
+    }
+
+    fn guard(max_active: Option<u32>) -> IssueGuard {
+        IssueGuard {
+            issuer: "ci".into(),
+            subject: "bot".into(),
+            role: "deploy".into(),
+            max_active,
+            redeem: None,
+        }
+    }
+
+    fn open_tmp() -> (tempfile::TempDir, Sqlite) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Sqlite::open(&dir.path().join("m.db"), Duration::from_secs(1)).unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn an_issuance_after_the_disable_committed_is_refused_in_its_own_commit() {
+        let (_d, mut db) = open_tmp();
+        let key = DisabledKey {
+            issuer: "ci".into(),
+            subject: "bot".into(),
+            role: String::new(),
+        };
+        let entry = DisabledEntry {
+            key: key.clone(),
+            time_ms: 1,
+            reason: "r".into(),
+            actor: "a".into(),
+        };
+        let filter = CertFilter::Identity {
+            issuer: "ci".into(),
+            subject: "bot".into(),
+            role: None,
+        };
+        let revoke = |c: &IssuedCert| {
+            (
+                Revocation {
+                    ca_key: c.ca_key.clone(),
+                    serial: Some(c.serial),
+                    key_id: None,
+                    expires_at: c.valid_before,
+                    reason: "r".into(),
+                    actor: "a".into(),
+                },
+                AuditRecord::new(crate::audit::EventKind::CertRevoked, 1, "admin"),
+            )
+        };
+        let first = db
+            .append_guarded(&[(issuance(1), Some(guard(None)))])
+            .unwrap();
+        assert_eq!(first, vec![Ok(())]);
+        let audit = AuditRecord::new(crate::audit::EventKind::Disabled, 1, "admin");
+        let (changed, swept) = db
+            .disable_and_revoke(&key, &entry, &audit, &filter, 1_000, &revoke)
+            .unwrap();
+        assert!(changed);
+        assert_eq!(swept.iter().map(|c| c.serial).collect::<Vec<_>>(), vec![1]);
+        // The request passed every check before the flag; its commit comes
+        // after: refused, nothing written.
+        let late = db
+            .append_guarded(&[(issuance(2), Some(guard(None)))])
+            .unwrap();
+        assert_eq!(late, vec![Err(GuardRefusal::Disabled(key))]);
+        assert!(db.live_certs(&filter, 1_000).unwrap().is_empty());
+        assert_eq!(db.count_events("cert_issued").unwrap(), 1);
+        // A whole disabled role blocks every identity in it.
+        let role = DisabledKey {
+            issuer: String::new(),
+            subject: String::new(),
+            role: "ops".into(),
+        };
+        db.set_disabled(&role, Some(&DisabledEntry { key: role.clone(), ..entry.clone() }), &audit, 1)
+            .unwrap();
+        let mut g = guard(None);
+        g.issuer = "other".into();
+        g.role = "ops".into();
+        assert_eq!(
+            db.append_guarded(&[(issuance(3), Some(g))]).unwrap(),
+            vec![Err(GuardRefusal::Disabled(role))]
+        );
+    }
+
+    #[test]
+    fn max_active_is_exact_inside_one_group_commit() {
+        let (_d, mut db) = open_tmp();
+        let batch: Vec<GuardedRecord> = (1..=5)
+            .map(|s| (issuance(s), Some(guard(Some(2)))))
+            .collect();
+        let out = db.append_guarded(&batch).unwrap();
+        assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 2, "{out:?}");
+        assert_eq!(
+            out[2],
+            Err(GuardRefusal::TooManyActive { live: 2, max: 2 })
+        );
+        assert_eq!(db.count_events("cert_issued").unwrap(), 2);
+        // Unguarded records in the same batch are not affected.
+        let out = db
+            .append_guarded(&[(issuance(6), Some(guard(Some(2)))), (rec(7), None)])
+            .unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(out[0].is_err() && out[1].is_ok());
+    }
+
+    #[test]
+    fn an_approval_is_redeemed_once_in_the_issuance_commit() {
+        use crate::approval::{ApprovalError, ApprovalRequest, ApprovalStatus};
+        let (_d, mut db) = open_tmp();
+        let a = ApprovalRequest {
+            id: "apr_1".into(),
+            role: "deploy".into(),
+            issuer: "ci".into(),
+            subject: "bot".into(),
+            key_fingerprint: "SHA256:k".into(),
+            principals: vec!["deploy".into()],
+            ttl_seconds: 60,
+            created_at: 1,
+            expires_at: 5_000,
+            required: 1,
+            status: ApprovalStatus::Approved,
+            votes: vec![],
+            requester_claims: Default::default(),
+        };
+        db.approval_put(&a, &[]).unwrap();
+        let redeem = |fp: &str| {
+            let mut g = guard(None);
+            g.redeem = Some(crate::store::Redemption {
+                id: "apr_1".into(),
+                key_fingerprint: fp.into(),
+                record: AuditRecord::new(crate::audit::EventKind::ApprovalUsed, 1, "r"),
+            });
+            g
+        };
+        let out = db
+            .append_guarded(&[
+                (issuance(1), Some(redeem("SHA256:other"))),
+                (issuance(2), Some(redeem("SHA256:k"))),
+                (issuance(3), Some(redeem("SHA256:k"))),
+            ])
+            .unwrap();
+        assert_eq!(out[0], Err(ApprovalError::Mismatch("apr_1".into()).into()));
+        assert_eq!(out[1], Ok(()));
+        assert_eq!(
+            out[2],
+            Err(ApprovalError::NotPending {
+                id: "apr_1".into(),
+                status: "used".into()
+            }
+            .into())
+        );
+        assert_eq!(db.approval_get("apr_1").unwrap().unwrap().status, ApprovalStatus::Used);
+        assert_eq!(db.count_events("approval_used").unwrap(), 1);
+        assert_eq!(db.count_events("cert_issued").unwrap(), 1);
     }
 
     #[test]

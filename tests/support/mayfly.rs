@@ -211,6 +211,20 @@ pub fn https_get(
     config: std::sync::Arc<rustls::ClientConfig>,
     path: &str,
 ) -> std::io::Result<TlsResponse> {
+    https_request(port, server_name, config, "GET", path, &[], b"")
+}
+
+/// Any request over TLS, as [`https_get`]; `headers` are sent as given and
+/// a non-empty `body` gets its Content-Length.
+pub fn https_request(
+    port: u16,
+    server_name: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<TlsResponse> {
     use std::io::{Read, Write};
     let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
         .map_err(std::io::Error::other)?;
@@ -230,11 +244,20 @@ pub fn https_get(
         .unwrap_or_default();
     let alpn = tls.conn.alpn_protocol().map(|p| p.to_vec());
     let mut raw = Vec::new();
-    let sent = write!(
-        tls,
-        "GET {path} HTTP/1.1\r\nHost: {server_name}:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .and_then(|()| tls.flush());
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {server_name}:{port}\r\nConnection: close\r\n"
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() || method != "GET" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let sent = tls
+        .write_all(head.as_bytes())
+        .and_then(|()| tls.write_all(body))
+        .and_then(|()| tls.flush());
     if let Err(e) = sent {
         // A server that refused us after the handshake (TLS 1.3 client
         // auth) sent an alert first: report that rather than the broken pipe.
