@@ -38,6 +38,40 @@ fn mayfly(cwd: &Path, dir: Option<&Path>, args: &[&str]) -> Run {
     }
 }
 
+/// Runs `mayfly serve --config CONFIG`, which must stop on its own within
+/// 30 s (a refused config); a server that keeps running is killed and the
+/// test fails, instead of hanging.
+fn serve_must_stop(config: &Path) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mayfly"))
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .current_dir(repo())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run mayfly serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "mayfly serve accepted the config and kept running:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+    }
+}
+
 /// A temporary policy directory with the given files.
 fn policy_dir(files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
     let t = tempfile::Builder::new()
@@ -254,7 +288,7 @@ fn two_issuers_with_the_same_url_stop_serve_and_policy_check() {
                 and \"github-staging\" (url \"https://token.actions.githubusercontent.com/\") have the \
                 same url (a trailing slash does not count); each [[issuer]] needs its own url: merge \
                 them into one entry, or remove one\n";
-    let r = mayfly(repo(), Some(&dir), &["serve", "--config", c]);
+    let r = serve_must_stop(&config);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert_text(&r.stderr, want);
     assert!(!data.exists(), "serve must stop before it creates anything");
