@@ -40,6 +40,7 @@ struct RawConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
     policy_dir: Option<PathBuf>,
+    policy_poll_interval: Option<String>,
     backdate: Option<String>,
     request_timeout: Option<String>,
     max_body_bytes: Option<usize>,
@@ -145,6 +146,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Directory of `<role>.toml` policy files.
     pub policy_dir: PathBuf,
+    /// How often `policy_dir` is checked for changes (SIGHUP reloads at once).
+    pub policy_poll_interval: Duration,
     /// How far `valid_after` is set in the past, for hosts with slow clocks.
     pub backdate: Duration,
     /// Upper bound on one request's handling time.
@@ -183,6 +186,9 @@ pub enum LogFormat {
 /// How often `[tls]` certificate files are checked for changes by default.
 pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How often `policy_dir` is checked for changes by default.
+pub const DEFAULT_POLICY_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Longest leeway an operator may configure: more would make `exp` meaningless.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
@@ -192,6 +198,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8400)),
             data_dir: PathBuf::from("mayfly-data"),
             policy_dir: PathBuf::from("ca-policy"),
+            policy_poll_interval: DEFAULT_POLICY_POLL_INTERVAL,
             backdate: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 64 * 1024,
@@ -219,6 +226,12 @@ fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset)
         .map(|t| t.bytes().filter(|b| *b == b'\n').count() + 1)
         .unwrap_or(1)
+}
+
+/// Whether two issuer URLs name the same issuer: equal once a trailing
+/// slash is ignored (discovery strips it, so both reach the same JWKS).
+fn same_issuer_url(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
 }
 
 /// Whether `url` is an `http://` URL whose host is a loopback address.
@@ -293,6 +306,17 @@ impl Config {
         }
         if let Some(d) = raw.policy_dir {
             c.policy_dir = d;
+        }
+        if let Some(p) = raw.policy_poll_interval {
+            c.policy_poll_interval = duration("policy_poll_interval", &p)?;
+            if !(Duration::from_secs(1)..=Duration::from_secs(86_400))
+                .contains(&c.policy_poll_interval)
+            {
+                return Err(ConfigError::Invalid(
+                    "policy_poll_interval must be between 1s and 24h (SIGHUP reloads at once)"
+                        .into(),
+                ));
+            }
         }
         if let Some(b) = raw.backdate {
             c.backdate = duration("backdate", &b)?;
@@ -383,6 +407,17 @@ impl Config {
             let url = url::Url::parse(&ri.url).map_err(|e| {
                 ConfigError::Invalid(format!("issuer {:?}: url {:?}: {e}", ri.name, ri.url))
             })?;
+            // Tokens are routed to an issuer by `iss`, and discovery trims a
+            // trailing slash, so two entries for one URL would silently
+            // shadow each other (whose audience and JWKS apply?).
+            if let Some(other) = c.issuers.iter().find(|i| same_issuer_url(&i.url, &ri.url)) {
+                return Err(ConfigError::Invalid(format!(
+                    "issuers {:?} (url {:?}) and {:?} (url {:?}) have the same url (a trailing \
+                     slash does not count); each [[issuer]] needs its own url: merge them into \
+                     one entry, or remove one",
+                    other.name, other.url, ri.name, ri.url
+                )));
+            }
             // A JWKS file needs no network, so its `url` is only the `iss` string.
             if ri.jwks_file.is_none() && url.scheme() != "https" && !is_loopback_http(&url) {
                 return Err(ConfigError::Invalid(format!(
@@ -885,6 +920,21 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8400");
         assert_eq!(c.policy_dir, PathBuf::from("ca-policy"));
         assert_eq!(c.backdate, Duration::from_secs(60));
+        assert_eq!(c.policy_poll_interval, DEFAULT_POLICY_POLL_INTERVAL);
+    }
+
+    #[test]
+    fn policy_poll_interval_is_bounded() {
+        let c = Config::parse("policy_poll_interval = \"1h\"\n").expect("valid");
+        assert_eq!(c.policy_poll_interval, Duration::from_secs(3600));
+        for bad in ["\"100ms\"", "\"2d\"", "\"soon\""] {
+            let err =
+                Config::parse(&format!("policy_poll_interval = {bad}\n")).expect_err("must fail");
+            assert!(
+                err.to_string().contains("policy_poll_interval"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]
@@ -915,6 +965,29 @@ mod tests {
                 .expect("valid config")
                 .insecure_http
         );
+    }
+
+    #[test]
+    fn two_issuers_with_one_url_are_refused_naming_both() {
+        let two = |a: &str, b: &str| {
+            format!(
+                "[[issuer]]\nname=\"gh\"\nurl=\"{a}\"\naudience=\"m\"\n\
+                 [[issuer]]\nname=\"gh2\"\nurl=\"{b}\"\naudience=\"other\"\n"
+            )
+        };
+        for (a, b) in [
+            ("https://t.example", "https://t.example"),
+            ("https://t.example", "https://t.example/"),
+            ("https://t.example/k8s/", "https://t.example/k8s"),
+        ] {
+            let err = Config::parse(&two(a, b)).expect_err("must fail");
+            let s = err.to_string();
+            assert!(
+                s.contains("\"gh\"") && s.contains("\"gh2\"") && s.contains(b),
+                "{a} / {b}: {s}"
+            );
+        }
+        assert!(Config::parse(&two("https://t.example/a", "https://t.example/b")).is_ok());
     }
 
     #[test]

@@ -665,7 +665,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = Config::load(Some(&config), &|k| std::env::var(k).ok())?;
             let filter = match (serial, key_id, role, issuer, subject) {
                 (Some(n), None, None, None, None) => CertFilter::Serial(n),
-                (None, Some(k), None, None, None) => CertFilter::KeyId(k),
+                (None, Some(k), None, None, None) => {
+                    // Still run: it revokes nothing, but says why.
+                    if let Some(why) = mayfly::ca::key_id_problem(&k) {
+                        eprintln!("warning: {why}");
+                    }
+                    CertFilter::KeyId(k)
+                }
                 (None, None, Some(r), None, None) => CertFilter::Role(r),
                 (None, None, role, Some(issuer), Some(subject)) => CertFilter::Identity { issuer, subject, role },
                 _ => anyhow::bail!("name what to revoke: --serial N, --key-id ID, --role R, or --subject S --issuer I"),

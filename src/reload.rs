@@ -1,5 +1,6 @@
 //! Policy hot reload: the server watches `policy_dir` (polling file names,
-//! sizes and modification times) and reloads on SIGHUP. A valid change takes
+//! sizes and modification times every `policy_poll_interval`) and reloads
+//! on SIGHUP. A valid change takes
 //! effect without dropping requests; an invalid one is rejected with the
 //! reason logged and audited, and the last good policy stays in force. Each
 //! reload is audited with the policy digest and, if the directory is a git
@@ -9,14 +10,11 @@
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use crate::audit::{AuditRecord, EventKind};
 use crate::config::Config;
 use crate::service::Service;
-
-/// How often the policy directory is checked for changes.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A cheap fingerprint of the directory listing (names, sizes, mtimes).
 fn dir_fingerprint(dir: &Path) -> u64 {
@@ -130,7 +128,7 @@ pub fn spawn_watcher(service: Arc<Service>, cfg: Config) {
         loop {
             let trigger = tokio::select! {
                 _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => "SIGHUP",
-                _ = tokio::time::sleep(POLL_INTERVAL) => "change",
+                _ = tokio::time::sleep(cfg.policy_poll_interval) => "change",
             };
             if trigger == "change" {
                 let fp = dir_fingerprint(&cfg.policy_dir);

@@ -1,6 +1,6 @@
-//! `mayfly policy check | test | explain` as a user sees them: the whole
-//! output compared against the expected text (temporary paths written as
-//! `$DIR`), and the exit code.
+//! `mayfly policy check | test | explain` (and `serve` refusing a config)
+//! as a user sees them: the whole output compared against the expected text
+//! (temporary paths written as `$DIR`), and the exit code.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,6 +35,40 @@ fn mayfly(cwd: &Path, dir: Option<&Path>, args: &[&str]) -> Run {
         code: out.status.code().unwrap_or(-1),
         stdout: clean(&out.stdout),
         stderr: clean(&out.stderr),
+    }
+}
+
+/// Runs `mayfly serve --config CONFIG`, which must stop on its own within
+/// 30 s (a refused config); a server that keeps running is killed and the
+/// test fails, instead of hanging.
+fn serve_must_stop(config: &Path) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mayfly"))
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .current_dir(repo())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run mayfly serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "mayfly serve accepted the config and kept running:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
     }
 }
 
@@ -178,6 +212,91 @@ $DIR/nightly.toml:18: window timezone \"Europe/Atlantis\" is not an IANA time zo
 4 error(s) in $DIR
 ",
     );
+}
+
+const NODES_WITH_APPROVAL: &str = r#"description = "Cluster nodes"
+owner = "infra@example.com"
+issuer = "github"
+cert_type = "host"
+hostnames = ["{node}.example.com"]
+max_ttl = "1d"
+[claims]
+node = "node*"
+
+[approval]
+required = 1
+issuer = "github"
+approvers = ["groups:sre"]
+"#;
+
+#[test]
+fn check_refuses_approval_on_a_host_role_with_file_and_line() {
+    let (_t, dir) = policy_dir(&[
+        ("nodes.toml", NODES_WITH_APPROVAL),
+        ("nightly.toml", NIGHTLY),
+    ]);
+    let d = dir.to_str().expect("utf-8 path");
+    let r = mayfly(repo(), Some(&dir), &["policy", "check", d]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_text(&r.stdout, "");
+    assert_text(
+        &r.stderr,
+        "\
+$DIR/nodes.toml:10: [approval] is only for user roles; a host certificate request cannot redeem an approval, so this role could never issue: remove [approval] or make it a user role
+1 error(s) in $DIR
+",
+    );
+    // Without [approval] the same host role is fine.
+    let fixed = NODES_WITH_APPROVAL
+        .split("\n[approval]")
+        .next()
+        .expect("text");
+    std::fs::write(dir.join("nodes.toml"), fixed).expect("write");
+    let r = mayfly(repo(), Some(&dir), &["policy", "check", d]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+/// A config with two `[[issuer]]`s whose urls differ only by a trailing slash.
+const TWO_ISSUERS_ONE_URL: &str = r#"
+[[issuer]]
+name = "github"
+url = "https://token.actions.githubusercontent.com"
+audience = "mayfly"
+
+[[issuer]]
+name = "github-staging"
+url = "https://token.actions.githubusercontent.com/"
+audience = "mayfly-staging"
+"#;
+
+#[test]
+fn two_issuers_with_the_same_url_stop_serve_and_policy_check() {
+    let (t, dir) = policy_dir(&[("nightly.toml", NIGHTLY)]);
+    let config = t.path().join("mayfly.toml");
+    let data = t.path().join("data");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\npolicy_dir = {:?}\n{TWO_ISSUERS_ONE_URL}",
+            data.display().to_string(),
+            dir.display().to_string()
+        ),
+    )
+    .expect("write config");
+    let c = config.to_str().expect("utf-8 path");
+    let want = "mayfly: config: issuers \"github\" (url \"https://token.actions.githubusercontent.com\") \
+                and \"github-staging\" (url \"https://token.actions.githubusercontent.com/\") have the \
+                same url (a trailing slash does not count); each [[issuer]] needs its own url: merge \
+                them into one entry, or remove one\n";
+    let r = serve_must_stop(&config);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_text(&r.stderr, want);
+    assert!(!data.exists(), "serve must stop before it creates anything");
+    let d = dir.to_str().expect("utf-8 path");
+    let r = mayfly(repo(), Some(&dir), &["policy", "check", d, "--config", c]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_text(&r.stderr, want);
+    assert_text(&r.stdout, "");
 }
 
 #[test]

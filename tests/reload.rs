@@ -1,7 +1,7 @@
 //! Policy hot reload against a running `mayfly serve`: a valid edit takes
 //! effect within seconds, a broken edit is rejected and the last good
-//! policy keeps serving, SIGHUP reloads, and every reload is audited with
-//! the policy digest.
+//! policy keeps serving, SIGHUP reloads by itself (with the watcher an hour
+//! away), and every reload is audited with the policy digest and trigger.
 
 mod support;
 
@@ -57,8 +57,18 @@ fn audit_count(ca: &Mayfly, event: &str) -> i64 {
     .expect("count")
 }
 
+fn last_reload_actor(ca: &Mayfly) -> String {
+    let db = rusqlite::Connection::open(ca.data_dir().join("mayfly.db")).expect("db");
+    db.query_row(
+        "SELECT actor FROM audit WHERE event = 'policy_reloaded' ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| r.get(0),
+    )
+    .expect("a policy_reloaded record")
+}
+
 #[test]
-fn policy_edits_take_effect_broken_edits_are_rejected_and_sighup_reloads() {
+fn policy_edits_take_effect_and_broken_edits_are_rejected_by_the_watcher() {
     let oidc =
         Oidc::start(&[ClientSpec::new("bot", "ES256").claims(json!({"repository": "acme/api"}))]);
     let ca = Mayfly::start(&oidc.issuer_toml("ci"), &[("deploy", POLICY)]);
@@ -67,12 +77,13 @@ fn policy_edits_take_effect_broken_edits_are_rejected_and_sighup_reloads() {
     assert_eq!(status(&ca, &oidc, &public).0, 200);
     let file = ca.policy_dir().join("deploy.toml");
 
-    // A valid edit: only other/* may deploy now.
+    // A valid edit: only other/* may deploy now. No signal: the watcher sees it.
     std::fs::write(&file, POLICY.replace("acme/*", "other/*")).expect("edit");
     eventually("the edit denies acme/api", || {
         status(&ca, &oidc, &public) == (403, "claim_mismatch".into())
     });
     assert_eq!(audit_count(&ca, "policy_reloaded"), 1);
+    assert_eq!(last_reload_actor(&ca), "reload:change");
 
     // A broken edit: rejected, the last good policy keeps serving.
     std::fs::write(&file, "description = \"half-written\nowner = ").expect("break");
@@ -86,25 +97,10 @@ fn policy_edits_take_effect_broken_edits_are_rejected_and_sighup_reloads() {
         ca.stderr_log()
     );
 
-    // Fix it back; then SIGHUP reloads on demand too.
+    // Fix it back.
     std::fs::write(&file, POLICY).expect("fix");
     eventually("the fix allows acme/api again", || {
         status(&ca, &oidc, &public).0 == 200
-    });
-    let before = audit_count(&ca, "policy_reloaded");
-    std::fs::write(
-        ca.policy_dir().join("other.toml"),
-        POLICY.replace("Deploy\"", "Other\""),
-    )
-    .expect("add role");
-    let pid = ca.pid().expect("pid").to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .expect("kill")
-        .success());
-    eventually("SIGHUP or the watcher reloads the new role", || {
-        audit_count(&ca, "policy_reloaded") > before
     });
 
     // Each reload names the digest; certificates name the digest that allowed them.
@@ -120,4 +116,40 @@ fn policy_edits_take_effect_broken_edits_are_rejected_and_sighup_reloads() {
         m.contains(&digest),
         "metrics show the policy version in force"
     );
+}
+
+#[test]
+fn sighup_reloads_the_policy_while_the_watcher_is_an_hour_away() {
+    let oidc =
+        Oidc::start(&[ClientSpec::new("bot", "ES256").claims(json!({"repository": "acme/api"}))]);
+    // The watcher first looks in an hour: only SIGHUP can reload within this test.
+    let ca = Mayfly::start(
+        &format!("policy_poll_interval = \"1h\"\n{}", oidc.issuer_toml("ci")),
+        &[("deploy", POLICY)],
+    );
+    let work = support::temp_dir("reload-hup");
+    let (_, public) = keygen_ed25519(work.path());
+    assert_eq!(status(&ca, &oidc, &public).0, 200);
+
+    std::fs::write(
+        ca.policy_dir().join("deploy.toml"),
+        POLICY.replace("acme/*", "other/*"),
+    )
+    .expect("edit");
+    // Longer than the default 2 s poll: the edit is not in force yet.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(status(&ca, &oidc, &public).0, 200);
+    assert_eq!(audit_count(&ca, "policy_reloaded"), 0);
+
+    let pid = ca.pid().expect("pid").to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    eventually("SIGHUP puts the edit in force", || {
+        status(&ca, &oidc, &public) == (403, "claim_mismatch".into())
+    });
+    assert_eq!(audit_count(&ca, "policy_reloaded"), 1);
+    assert_eq!(last_reload_actor(&ca), "reload:SIGHUP");
 }

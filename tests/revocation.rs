@@ -46,6 +46,9 @@ fn setup() -> Env {
         ClientSpec::new("deploy-es", "ES256").claims(repo.clone()),
         ClientSpec::new("ops-admin", "RS256").claims(json!({"groups": ["sre"]})),
         ClientSpec::new("node1", "EdDSA").claims(json!({"node": "node1"})),
+        // A GitHub-style subject, full of characters key ids do not keep.
+        ClientSpec::new("gh-job", "ES256")
+            .claims(json!({"repository": "acme/api", "sub": "repo:acme/api:ref:refs/heads/main"})),
     ]);
     let extra = format!(
         "{}\n[[admin]]\nissuer = \"ci\"\n[admin.claims]\ngroups = \"sre\"\n",
@@ -485,4 +488,56 @@ fn bot_verifies_a_mayfly_host_certificate_with_only_the_cert_authority_line() {
         json!({"role": "nodes", "public_key": public}),
     );
     assert_eq!(r.json()["error"], "wrong_cert_type", "{}", r.text());
+}
+
+#[test]
+fn key_ids_write_the_subject_cleaned_and_ids_that_cannot_exist_are_named() {
+    let env = setup();
+    let (_, _, v) = env.user_cert("gh-job");
+    let serial = v["serial"].as_u64().expect("serial");
+    // What mayfly really writes (and sshd logs): ':' in the subject became '_'.
+    let real = format!("mayfly:deploy:ci:repo_acme/api_ref_refs/heads/main:{serial}");
+    assert_eq!(v["key_id"], real.as_str());
+    let cfg = env.ca.config_path().to_str().expect("utf8").to_string();
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).to_string();
+
+    // The subject as the token spells it cannot be in a key id: both
+    // commands say so and name the key id to use instead.
+    let wrong = format!("mayfly:deploy:ci:repo:acme/api:ref:refs/heads/main:{serial}");
+    let hint = format!(
+        "warning: key id {wrong:?} cannot exist: mayfly writes every character of a subject \
+         other than A-Z a-z 0-9 . _ - / @ = + (including ':') as '_' and keeps at most 128; \
+         did you mean {real:?}?\n"
+    );
+    let out = mayfly(&["audit", "search", "--config", &cfg, "--key-id", &wrong]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(stderr(&out), format!("{hint}no matching audit records\n"));
+    let out = mayfly(&["revoke", "--config", &cfg, "--key-id", &wrong]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "{hint}mayfly: no unexpired, unrevoked certificate matches key id {wrong:?}; \
+             expired certificates need no revocation\n"
+        )
+    );
+
+    // The real key id: no warning, and it finds and revokes the certificate.
+    let out = mayfly(&["audit", "search", "--config", &cfg, "--key-id", &real]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&real),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = mayfly(&["revoke", "--config", &cfg, "--key-id", &real]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("revoked serial {serial} key_id {real} ")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

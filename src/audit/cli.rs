@@ -135,6 +135,9 @@ pub fn run_audit(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 .map(|s| search::parse_since(s, SystemTime::now()))
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
+            if let Some(why) = key_id.as_deref().and_then(crate::ca::key_id_problem) {
+                eprintln!("warning: {why}");
+            }
             let detail = key_id.is_some() || serial.is_some();
             let q = AuditQuery {
                 subject,

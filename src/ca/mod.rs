@@ -16,8 +16,8 @@ use std::time::Duration;
 pub use keys::{CaKey, KeyFileError};
 pub use signer::{CaSigner, SignError};
 pub use spec::{
-    key_id, CertKind, CertSpec, Extension, Principal, PrincipalError, SubjectKey, SubjectKeyError,
-    MAX_HOST_CERT_TTL, MAX_PRINCIPALS, MAX_USER_CERT_TTL,
+    key_id, key_id_problem, CertKind, CertSpec, Extension, Principal, PrincipalError, SubjectKey,
+    SubjectKeyError, MAX_HOST_CERT_TTL, MAX_PRINCIPALS, MAX_USER_CERT_TTL,
 };
 
 use rand_core::OsRng;

@@ -274,27 +274,73 @@ pub struct CertSpec {
     pub source_address: Vec<IpNet>,
 }
 
+/// Whether [`key_id`] keeps `c` in a field (anything else becomes `_`).
+fn key_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "._-/@=+".contains(c)
+}
+
+/// Longest role, issuer and subject fields [`key_id`] keeps, in characters.
+const KEY_ID_FIELD_MAX: [usize; 3] = [64, 64, 128];
+
 /// Builds the key ID `mayfly:<role>:<issuer>:<sub>:<serial>`, keeping only
 /// characters that are safe in sshd logs and shells.
 pub fn key_id(role: &str, issuer: &str, subject: &str, serial: u64) -> String {
     fn clean(s: &str, max: usize) -> String {
         s.chars()
             .take(max)
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "._-/@=+".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
+            .map(|c| if key_id_char(c) { c } else { '_' })
             .collect()
     }
     format!(
         "mayfly:{}:{}:{}:{serial}",
-        clean(role, 64),
-        clean(issuer, 64),
-        clean(subject, 128)
+        clean(role, KEY_ID_FIELD_MAX[0]),
+        clean(issuer, KEY_ID_FIELD_MAX[1]),
+        clean(subject, KEY_ID_FIELD_MAX[2])
     )
+}
+
+/// Why `id` cannot be a key ID that mayfly wrote (so `revoke --key-id` or
+/// `audit search --key-id` with it would match nothing), or `None` if it
+/// can. Key IDs are `mayfly:<role>:<issuer>:<sub>:<serial>` (host
+/// certificates: `mayfly-host:...`) with every other character of the
+/// subject, `:` included, written as `_`; when the mistake is only that,
+/// the message names the key ID mayfly would have written.
+pub fn key_id_problem(id: &str) -> Option<String> {
+    const SHAPE: &str = "mayfly key ids look like mayfly:ROLE:ISSUER:SUBJECT:SERIAL \
+                         (mayfly-host:... for host certificates)";
+    let fields: Vec<&str> = id.split(':').collect();
+    let prefix = fields.first().copied().unwrap_or("");
+    if prefix != "mayfly" && prefix != "mayfly-host" {
+        return Some(format!(
+            "key id {id:?} does not start with \"mayfly:\"; {SHAPE}"
+        ));
+    }
+    let serial = match fields.last().map(|s| s.parse::<u64>()) {
+        Some(Ok(n)) if fields.len() >= 5 => n,
+        _ => {
+            return Some(format!(
+                "key id {id:?} does not end in :SERIAL after role, issuer and subject; {SHAPE}"
+            ))
+        }
+    };
+    let (role, issuer, subject) = (fields[1], fields[2], fields[3..fields.len() - 1].join(":"));
+    let fits = fields.len() == 5
+        && [role, issuer, subject.as_str()]
+            .iter()
+            .zip(KEY_ID_FIELD_MAX)
+            .all(|(f, max)| f.chars().count() <= max && f.chars().all(key_id_char));
+    if fits {
+        return None;
+    }
+    let mut written = key_id(role, issuer, &subject, serial);
+    if prefix == "mayfly-host" {
+        written = written.replacen("mayfly:", "mayfly-host:", 1);
+    }
+    Some(format!(
+        "key id {id:?} cannot exist: mayfly writes every character of a subject other than \
+         A-Z a-z 0-9 . _ - / @ = + (including ':') as '_' and keeps at most 128; \
+         did you mean {written:?}?"
+    ))
 }
 
 #[cfg(test)]
@@ -332,6 +378,41 @@ mod tests {
             let k = key_id(&role, "gh", &sub, 7);
             prop_assert!(!k.chars().any(|c| c.is_whitespace() || c == ',' || c.is_control() || c == '"'));
             prop_assert!(k.ends_with(":7"));
+            // Whatever the subject, what key_id writes is a possible key id.
+            prop_assert_eq!(key_id_problem(&k), None);
+        }
+    }
+
+    #[test]
+    fn key_ids_mayfly_cannot_have_written_are_named_with_the_written_form() {
+        let real = key_id("deploy", "github", "repo:acme/api:ref:refs/heads/main", 42);
+        assert_eq!(
+            real,
+            "mayfly:deploy:github:repo_acme/api_ref_refs/heads/main:42"
+        );
+        assert_eq!(key_id_problem(&real), None);
+        assert_eq!(key_id_problem("mayfly-host:nodes:ci:node1:7"), None);
+        let p = key_id_problem("mayfly:deploy:github:repo:acme/api:ref:refs/heads/main:42")
+            .expect("':' in the subject cannot exist");
+        assert!(p.contains(&format!("did you mean {real:?}")), "{p}");
+        let p = key_id_problem("mayfly-host:nodes:ci:node 1:7").expect("space");
+        assert!(
+            p.contains("did you mean \"mayfly-host:nodes:ci:node_1:7\""),
+            "{p}"
+        );
+        let long = format!("mayfly:r:i:{}:1", "a".repeat(129));
+        assert!(key_id_problem(&long).is_some());
+        for bad in [
+            "deploy:github:x:1",
+            "mayfly:deploy:github:x",
+            "mayfly:a:b:c:-1",
+            "",
+        ] {
+            let p = key_id_problem(bad).expect(bad);
+            assert!(
+                p.contains("mayfly:ROLE:ISSUER:SUBJECT:SERIAL"),
+                "{bad}: {p}"
+            );
         }
     }
 
@@ -341,8 +422,34 @@ mod tests {
         assert_eq!(rsa_bits(&[0, 0x01, 0]), 9);
     }
 
+    // Real keys, made once with OpenSSH 9.2's `ssh-keygen -t dsa`,
+    // `-t rsa -b 2048`, `-t rsa -b 3072` and `-t ecdsa -b 521` (no comment),
+    // so the refusals below are those a bot offering such a key would see.
+    const DSA_1024: &str = "ssh-dss AAAAB3NzaC1kc3MAAACBAIVRilbUnvsS1hvMfX3pI9BhEJv4Jhb0LzJ0RmKHof6xPDGOfaDW14KgK8xWkqEK5rsQzjSYrSIkZiHBOrPC+CZVgqjx/RklVhcmrVyepWV1iQdSiAoGzlAdCIqX8uvIihD2KP28lbmKWdnn1Y6R+GR+7Bcc/lFAAVzqt8wOCrCVAAAAFQCY3wFuOuUYK5sypGWpuIFL1PpHLwAAAIANI4GqRFnk1Z010FtdkGNLHD8L2FAeVD5fPePWTh6rHa8/MWBtvwKqR9czeUfVFTKlGiRdXuctzl5X9CplRQ7Ww+t7pqo5DjhYd+dmBl+Qt+tepHdf+Ay0tq3qixf4OsxPm+a+eMyUY7hM+2uBOkB1hRUo4lnHk82rntz5IFcV4AAAAIBtpbgpOaPfM4+bii69d2DdYTa++8gQrjmXWyVX3Dr+CsNlW3GjwJhM2UUbPsDQW7i1agBBJSGP8ymrNwjuJ2oOMkYXvXfHbgOSc7AKuQ7bmuxUHrQ4iZHJ1kAecgOLmCDypJmErVWhVo6sp3u2543Zn3H78eI3gLaph/D60wpqdw==";
+    const RSA_2048: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQDed9KD4F9xqd629gIm7+D/MlA8huLvaQZia4Q2+lj8EFbu6z3oOQsTQAbC4SYEdEpoDxvLodyfrtbGcpFO6Y0brDYNHbEgE9W4gJdKRFqvl5vBU20dwKfYg/L4zYt42FMtyCs/jPDRnwbfpINsIHHOHJYUNUVG/QQcZBDiyWT+P80ltcoh3Mcd10AzsHeFSczqbM4z18ehNoMJQiNS1j9YA6Yq2fVdYFauAI+jyLYxTjj8NVFDuWrncCwllqehxsG7Dl5x4NpN99+VNyW6NNEzMUiSEkBJweb/PFwLF8/hA8FhQvzEj1/PVlQptIVoKEinaA+CZ7LzU/xlS07cfN37";
+    const RSA_3072: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABgQDPpOL+efh5yKW/P2KQukOMhMKW7apelE2vr8IA2c2174P1zs97+ZNgjw6mivyzxRvvISAa8iQuuLhPidEHQrIuOJrdNJb+URVW0CdFVIZy9n7LOWclw25E7rtlbZNTpTOkk9WqI0nbuMu/G2egGBEa0rLw9JMVhSstZumdm2TQN+7ctMDPxQoryhw3/WVlq4tOwqoA80ZLkY+ywWtK7SqELxrBj+U/2X5787ywYXO5ZUOmlKdyAdNDL/9HGePDgZvNKc487RQRrqJALUuY0dPoI4mEmQ/9VxkiXmd00V5MllqmZVtgiA/IL71/ZoveTSSQNyy/0kf0Q6juP4m8oCwqRSH8Fvb/ume3J3WunOANCnUKF70lyJxFqvzvzCOSliZUNQ8uuQRWiMzhvWSIGIKbr/WsFaxNl8isJyrDqHYjSYO8Oo0Ca9fx/9UikUHdKJ46Hl5c5rfopAS/XJmu8HvIvQHow525xMikankwF3kBQBx68qX0CqLvUaX0gMDdDUs=";
+    const ECDSA_P521: &str = "ecdsa-sha2-nistp521 AAAAE2VjZHNhLXNoYTItbmlzdHA1MjEAAAAIbmlzdHA1MjEAAACFBAFNBSzv90i0r0GCNV+5Zkj/dw+cCgZaQgvyeN3ya9989fQw3KFX3FR65GwXy3FSJ2bSfnVHCwH6qn6Vh7fz2JX+4AEQHFbU17QjQWmUTVzhLhc4g4IGxoxnndMhxpLdac+uPKF30Sz7beQ7QYofBvdB8tUvCETyiEx2QTODS4n7vprZLQ==";
+
     #[test]
     fn dsa_and_small_keys_are_refused() {
+        assert_eq!(
+            SubjectKey::parse(DSA_1024).map(|k| k.fingerprint()),
+            Err(SubjectKeyError::Unsupported("ssh-dss".into()))
+        );
+        assert_eq!(
+            SubjectKey::parse(RSA_2048).map(|k| k.fingerprint()),
+            Err(SubjectKeyError::RsaTooSmall { bits: 2048 })
+        );
+        assert_eq!(
+            SubjectKey::parse(ECDSA_P521).map(|k| k.fingerprint()),
+            Err(SubjectKeyError::Unsupported("ecdsa nistp521".into()))
+        );
+        // The boundary: 3072 bits is accepted, with the fingerprint
+        // `ssh-keygen -lf` prints for it.
+        assert_eq!(
+            SubjectKey::parse(RSA_3072).map(|k| k.fingerprint()),
+            Ok("SHA256:JXL1M4rWD3k64dRsEGxZ3pEQFFl1LVTF4eLGqvOj36Q".to_string())
+        );
         assert!(matches!(
             SubjectKey::parse("ssh-ed25519 AAAA"),
             Err(SubjectKeyError::Malformed(_))

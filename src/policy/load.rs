@@ -481,6 +481,17 @@ pub fn parse_role(name: &str, file: &Path, text: &str) -> Result<Role, Vec<Polic
         None => None,
         Some(a) => {
             let span = a.span();
+            if cert_type == CertKind::Host {
+                // `POST /v1/certs/host` carries no approval_request, so every
+                // host request would open a new approval that nothing redeems.
+                errors.push(err(
+                    span.clone(),
+                    "[approval] is only for user roles; a host certificate request \
+                     cannot redeem an approval, so this role could never issue: \
+                     remove [approval] or make it a user role"
+                        .into(),
+                ));
+            }
             let a = a.get_ref();
             let expires = match &a.expires {
                 None => Some(std::time::Duration::from_secs(15 * 60)),
@@ -1063,6 +1074,24 @@ sub = "x"
         assert!(parse(host).unwrap_err()[0]
             .message
             .contains("only for user roles"));
+    }
+
+    #[test]
+    fn approval_on_a_host_role_is_refused_with_its_line() {
+        let host = "description = \"d\"\nowner = \"o\"\nissuer = \"k8s\"\ncert_type = \"host\"\n\
+                    hostnames = [\"a.example.com\"]\nmax_ttl = \"1d\"\n[claims]\nsub = \"x\"\n\
+                    [approval]\nrequired = 1\nissuer = \"k8s\"\napprovers = [\"groups:sre\"]\n";
+        let e = parse(host).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].line, 9, "{e:?}");
+        assert!(
+            e[0].message.contains("[approval] is only for user roles"),
+            "{e:?}"
+        );
+        // The same [approval] on a user role is fine.
+        let user = GOOD.to_string()
+            + "[approval]\nrequired = 1\nissuer = \"k8s\"\napprovers = [\"groups:sre\"]\n";
+        assert!(parse(&user).expect("user role").approval.is_some());
     }
 
     #[test]
