@@ -397,7 +397,7 @@ impl IssuerKeys {
             last_error: st
                 .last_error
                 .clone()
-                .unwrap_or_else(|| "no fetch was allowed yet (rate limit)".into()),
+                .unwrap_or_else(|| "no refetch was tried since".into()),
         };
         drop(st);
         self.metrics.stale_refused(&self.issuer_url);
@@ -411,9 +411,11 @@ impl IssuerKeys {
             Err(p) => p.into_inner(),
         };
         let stale = st.fetched_at.is_none_or(|t| t.elapsed() > self.refresh_after());
-        let may_fetch = st
-            .last_attempt
-            .is_none_or(|t| t.elapsed() >= self.refetch_interval);
+        // A short max_stale_keys shortens the interval too: keys must be
+        // refreshable before they become too old, or a healthy issuer's
+        // tokens would be refused.
+        let interval = self.refetch_interval.min(self.refresh_after());
+        let may_fetch = st.last_attempt.is_none_or(|t| t.elapsed() >= interval);
         (st.keys.clone(), stale, may_fetch)
     }
 
