@@ -79,7 +79,8 @@ impl JwksMetrics {
             "counter",
             "Failed fetches of an issuer's OIDC discovery document or JWKS, by issuer URL.",
         );
-        for (issuer, s) in g.iter() {
+        // Counters appear for an issuer once they count something.
+        for (issuer, s) in g.iter().filter(|(_, s)| s.fetch_errors > 0) {
             sample(
                 o,
                 "mayfly_jwks_fetch_errors_total",
@@ -105,7 +106,7 @@ impl JwksMetrics {
             "counter",
             "Tokens refused (503) because the issuer's keys were older than its max_stale_keys and could not be refreshed.",
         );
-        for (issuer, s) in g.iter() {
+        for (issuer, s) in g.iter().filter(|(_, s)| s.stale_refusals > 0) {
             sample(
                 o,
                 "mayfly_jwks_stale_refusals_total",
@@ -499,7 +500,10 @@ mod tests {
         let j = m.jwks();
         j.fetch_failed("https://issuer.test/a");
         j.fetch_failed("https://issuer.test/a");
-        j.fetched("https://issuer.test/a", UNIX_EPOCH + Duration::from_secs(100));
+        j.fetched(
+            "https://issuer.test/a",
+            UNIX_EPOCH + Duration::from_secs(100),
+        );
         j.stale_refused("https://issuer.test/a");
         j.fetch_failed("https://issuer.test/b");
         let out = m.render_at("f", "d", 0, UNIX_EPOCH + Duration::from_secs(160));
@@ -508,8 +512,11 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("mayfly_jwks_key_age_seconds{issuer=\"https://issuer.test/a\"} 60\n"));
-        assert!(out.contains("mayfly_jwks_stale_refusals_total{issuer=\"https://issuer.test/a\"} 1\n"));
-        // Never fetched: no age rather than a made-up one.
+        assert!(
+            out.contains("mayfly_jwks_stale_refusals_total{issuer=\"https://issuer.test/a\"} 1\n")
+        );
+        // Never fetched: no age rather than a made-up one; nothing refused.
+        assert!(!out.contains("mayfly_jwks_stale_refusals_total{issuer=\"https://issuer.test/b\"}"));
         assert!(!out.contains("mayfly_jwks_key_age_seconds{issuer=\"https://issuer.test/b\"}"));
         // Another registry shares nothing: no process-wide state.
         let other = Metrics::default().render_at("f", "d", 0, UNIX_EPOCH);

@@ -51,6 +51,7 @@ impl Client {
         .expect("POST /v1/certs/user")
     }
 
+    #[track_caller]
     fn expect_cert(&self, r: &http::Response) {
         assert_eq!(
             r.status,
@@ -62,6 +63,7 @@ impl Client {
         assert!(r.json()["certificate"].is_string(), "{}", r.text());
     }
 
+    #[track_caller]
     fn expect_error(&self, r: &http::Response, status: u16, code: &str) -> String {
         assert_eq!(
             r.status,
@@ -187,15 +189,23 @@ fn token_with_a_crit_header_is_refused_with_401() {
         h
     };
     // The same header without crit, signed the same way, is accepted.
-    let plain = issuer.sign_with_header(Algorithm::ES256, &header(json!({})), &issuer.claims("bot"));
+    let plain =
+        issuer.sign_with_header(Algorithm::ES256, &header(json!({})), &issuer.claims("bot"));
     client.expect_cert(&client.request("deploy", &plain));
     for (crit, says) in [
         (json!({"crit": ["b64"], "b64": false}), "[\"b64\"]"),
-        (json!({"crit": ["urn:example:policy"]}), "urn:example:policy"),
+        (
+            json!({"crit": ["urn:example:policy"]}),
+            "urn:example:policy",
+        ),
         (json!({"crit": []}), "malformed"),
         (json!({"crit": "b64"}), "malformed"),
     ] {
-        let token = issuer.sign_with_header(Algorithm::ES256, &header(crit.clone()), &issuer.claims("bot"));
+        let token = issuer.sign_with_header(
+            Algorithm::ES256,
+            &header(crit.clone()),
+            &issuer.claims("bot"),
+        );
         let message = client.expect_error(
             &client.request("deploy", &token),
             401,
@@ -250,16 +260,24 @@ fn issuer_keys_redirected_to_another_origin_are_refused_and_same_origin_is_follo
         panic!("jwks route")
     };
     elsewhere.route("/jwks-for-a", Route::Json(keys_of_jwks_cross));
-    jwks_cross.route("/jwks", Route::Redirect(format!("{}/jwks-for-a", elsewhere.url)));
+    jwks_cross.route(
+        "/jwks",
+        Route::Redirect(format!("{}/jwks-for-a", elsewhere.url)),
+    );
     let Some(Route::Json(keys_of_disco_cross)) = disco_cross.route_of("/jwks") else {
         panic!("jwks route")
     };
     elsewhere.route("/jwks-for-b", Route::Json(keys_of_disco_cross));
     elsewhere.route(
         "/disco-for-b",
-        Route::Json(json!({"issuer": disco_cross.url, "jwks_uri": format!("{}/jwks-for-b", elsewhere.url)})),
+        Route::Json(
+            json!({"issuer": disco_cross.url, "jwks_uri": format!("{}/jwks-for-b", elsewhere.url)}),
+        ),
     );
-    disco_cross.route(disco, Route::Redirect(format!("{}/disco-for-b", elsewhere.url)));
+    disco_cross.route(
+        disco,
+        Route::Redirect(format!("{}/disco-for-b", elsewhere.url)),
+    );
     // Two hops within the origin are followed.
     let Some(Route::Json(keys_of_same)) = same.route_of("/jwks") else {
         panic!("jwks route")
@@ -297,7 +315,10 @@ fn issuer_keys_redirected_to_another_origin_are_refused_and_same_origin_is_follo
     assert_eq!(elsewhere.hits("/jwks-for-b"), 0);
     let log = client.ca.stderr_log();
     for from in [&jwks_cross.url, &disco_cross.url] {
-        let refused = format!("cross-origin redirect refused: {from} redirected to {}", elsewhere.url);
+        let refused = format!(
+            "cross-origin redirect refused: {from} redirected to {}",
+            elsewhere.url
+        );
         assert!(log.contains(&refused), "no {refused:?} in the log:\n{log}");
     }
 }
@@ -334,15 +355,27 @@ fn issuer_keys_older_than_max_stale_keys_get_503_and_a_metric() {
 
     // Beyond it: 503, saying the keys are too old.
     at(6.5);
-    let message = client.expect_error(&client.request("deploy", &token(&issuer)), 503, "issuer_keys_too_old");
+    let message = client.expect_error(
+        &client.request("deploy", &token(&issuer)),
+        503,
+        "issuer_keys_too_old",
+    );
     assert!(message.contains("too old"), "{message}");
     assert!(message.contains("max_stale_keys of 6 s"), "{message}");
     let metrics = client.metrics();
-    let refusals = format!("mayfly_jwks_stale_refusals_total{{issuer=\"{}\"}} 1\n", issuer.url);
+    let refusals = format!(
+        "mayfly_jwks_stale_refusals_total{{issuer=\"{}\"}} 1\n",
+        issuer.url
+    );
     assert!(metrics.contains(&refusals), "{metrics}");
     let age: u64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("mayfly_jwks_key_age_seconds{{issuer=\"{}\"}} ", issuer.url)))
+        .find_map(|l| {
+            l.strip_prefix(&format!(
+                "mayfly_jwks_key_age_seconds{{issuer=\"{}\"}} ",
+                issuer.url
+            ))
+        })
         .expect("key age gauge")
         .parse()
         .expect("a number");

@@ -110,7 +110,9 @@ fn check_redirect(chain: &[url::Url], next: &url::Url) -> Result<(), RedirectRef
         return Err(RedirectRefused::TooMany);
     }
     if !url_allowed(next.as_str()) {
-        return Err(RedirectRefused::Insecure(next.origin().ascii_serialization()));
+        return Err(RedirectRefused::Insecure(
+            next.origin().ascii_serialization(),
+        ));
     }
     match chain.first() {
         Some(first) if same_origin(first, next) => Ok(()),
@@ -400,8 +402,10 @@ impl IssuerKeys {
                 .unwrap_or_else(|| "no refetch was tried since".into()),
         };
         drop(st);
+        // No log line per refusal (a token stream would flood the log): the
+        // failed refresh already warned, and the refusal is counted here and
+        // recorded as a denial.
         self.metrics.stale_refused(&self.issuer_url);
-        tracing::warn!(issuer = %self.issuer_url, error = %err, "refusing tokens: issuer keys too old");
         Err(err)
     }
 
@@ -410,7 +414,9 @@ impl IssuerKeys {
             Ok(s) => s,
             Err(p) => p.into_inner(),
         };
-        let stale = st.fetched_at.is_none_or(|t| t.elapsed() > self.refresh_after());
+        let stale = st
+            .fetched_at
+            .is_none_or(|t| t.elapsed() > self.refresh_after());
         // A short max_stale_keys shortens the interval too: keys must be
         // refreshable before they become too old, or a healthy issuer's
         // tokens would be refused.
@@ -451,7 +457,9 @@ impl IssuerKeys {
                         max_stale_keys_secs = self.max_stale.as_secs(),
                         "fetching issuer keys failed; serving the keys in hand until they are older than max_stale_keys"
                     ),
-                    _ => tracing::warn!(issuer = %self.issuer_url, error = %e, "fetching issuer keys failed"),
+                    _ => {
+                        tracing::warn!(issuer = %self.issuer_url, error = %e, "fetching issuer keys failed")
+                    }
                 }
                 Err(e)
             }
@@ -579,7 +587,11 @@ mod tests {
         ] {
             assert_eq!(url_allowed(uri), ok, "{uri}");
             let as_issuer = format!("[[issuer]]\nname=\"x\"\nurl=\"{uri}\"\naudience=\"m\"\n");
-            assert_eq!(crate::config::Config::parse(&as_issuer).is_ok(), ok, "{uri}");
+            assert_eq!(
+                crate::config::Config::parse(&as_issuer).is_ok(),
+                ok,
+                "{uri}"
+            );
         }
     }
 }

@@ -539,7 +539,11 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
 
     fn verifier(dir: &tempfile::TempDir) -> Verifier {
-        verifier_with(dir, crate::config::DEFAULT_MAX_STALE_KEYS, Default::default())
+        verifier_with(
+            dir,
+            crate::config::DEFAULT_MAX_STALE_KEYS,
+            Default::default(),
+        )
     }
 
     fn verifier_with(
