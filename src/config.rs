@@ -116,6 +116,7 @@ struct RawIssuer {
     replay_protection: Option<bool>,
     leeway: Option<String>,
     max_token_bytes: Option<usize>,
+    max_stale_keys: Option<String>,
 }
 
 /// A trusted workload-token issuer.
@@ -135,6 +136,9 @@ pub struct IssuerConfig {
     pub leeway: Duration,
     /// Tokens longer than this are refused before parsing.
     pub max_token_bytes: usize,
+    /// How long keys fetched earlier stay in use while the issuer cannot be
+    /// reached; after that its tokens get 503 until a fetch succeeds.
+    pub max_stale_keys: Duration,
 }
 
 /// Validated server configuration.
@@ -188,6 +192,15 @@ pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often `policy_dir` is checked for changes by default.
 pub const DEFAULT_POLICY_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// How long an issuer's keys stay in use while it is unreachable, unless
+/// `max_stale_keys` says otherwise: long enough to ride out an outage of the
+/// issuer's discovery endpoint, short enough that a key the issuer withdrew
+/// (compromise) stops being trusted within the hour.
+pub const DEFAULT_MAX_STALE_KEYS: Duration = Duration::from_secs(3600);
+/// Shortest `max_stale_keys`.
+const MIN_MAX_STALE_KEYS: Duration = Duration::from_secs(1);
+/// Longest `max_stale_keys`: a week-old key set is a key set nobody watches.
+const MAX_MAX_STALE_KEYS: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Longest leeway an operator may configure: more would make `exp` meaningless.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
@@ -448,6 +461,16 @@ impl Config {
                     ri.name
                 )));
             }
+            let max_stale_keys = match ri.max_stale_keys {
+                Some(s) => duration("max_stale_keys", &s)?,
+                None => DEFAULT_MAX_STALE_KEYS,
+            };
+            if !(MIN_MAX_STALE_KEYS..=MAX_MAX_STALE_KEYS).contains(&max_stale_keys) {
+                return Err(ConfigError::Invalid(format!(
+                    "issuer {:?}: max_stale_keys must be between 1s and 7d",
+                    ri.name
+                )));
+            }
             c.issuers.push(IssuerConfig {
                 name: ri.name,
                 url: ri.url,
@@ -456,6 +479,7 @@ impl Config {
                 replay_protection: ri.replay_protection.unwrap_or(true),
                 leeway,
                 max_token_bytes,
+                max_stale_keys,
             });
         }
         for a in raw.admins {
@@ -994,5 +1018,20 @@ mod tests {
     fn leeway_is_bounded() {
         let t = "[[issuer]]\nname=\"x\"\nurl=\"https://a\"\naudience=\"m\"\nleeway=\"1h\"\n";
         assert!(Config::parse(t).is_err());
+    }
+
+    #[test]
+    fn max_stale_keys_defaults_to_an_hour_and_is_bounded() {
+        let t = |extra: &str| {
+            format!("[[issuer]]\nname=\"x\"\nurl=\"https://a\"\naudience=\"m\"\n{extra}")
+        };
+        let c = Config::parse(&t("")).unwrap();
+        assert_eq!(c.issuers[0].max_stale_keys, Duration::from_secs(3600));
+        let c = Config::parse(&t("max_stale_keys = \"15m\"\n")).unwrap();
+        assert_eq!(c.issuers[0].max_stale_keys, Duration::from_secs(900));
+        for bad in ["\"0s\"", "\"30d\"", "\"soon\""] {
+            let err = Config::parse(&t(&format!("max_stale_keys = {bad}\n"))).unwrap_err();
+            assert!(err.to_string().contains("max_stale_keys"), "{err}");
+        }
     }
 }

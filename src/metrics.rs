@@ -25,22 +25,96 @@ const STORE_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// Most distinct issuers kept for the JWKS error counter.
+/// Most distinct issuers kept in the JWKS metrics.
 const MAX_ISSUER_LABELS: usize = 64;
 
-/// JWKS fetch failures by issuer URL. Process-wide because the key cache
-/// (`auth`) sits below the service that owns [`Metrics`] and has no handle
-/// to it; issuers come from the config, so the label set is bounded.
-static JWKS_FETCH_ERRORS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+/// What the issuers' key caches (`auth::jwks`) report, by issuer URL. The
+/// key cache sits below the service that owns [`Metrics`], so it gets this
+/// handle ([`Metrics::jwks`]) instead of writing to a global; issuers come
+/// from the config, so the label set is bounded.
+#[derive(Default)]
+pub struct JwksMetrics {
+    issuers: Mutex<BTreeMap<String, IssuerKeyStats>>,
+}
 
-/// Counts one failed fetch of `issuer`'s discovery document or JWKS.
-pub fn jwks_fetch_failed(issuer: &str) {
-    let mut g = JWKS_FETCH_ERRORS.lock().unwrap_or_else(|p| p.into_inner());
-    if g.len() >= MAX_ISSUER_LABELS && !g.contains_key(issuer) {
-        *g.entry("_other".into()).or_default() += 1;
-        return;
+#[derive(Default)]
+struct IssuerKeyStats {
+    fetch_errors: u64,
+    stale_refusals: u64,
+    fetched_at: Option<SystemTime>,
+}
+
+impl JwksMetrics {
+    fn with(&self, issuer: &str, f: impl FnOnce(&mut IssuerKeyStats)) {
+        let mut g = self.issuers.lock().unwrap_or_else(|p| p.into_inner());
+        let key = if g.len() >= MAX_ISSUER_LABELS && !g.contains_key(issuer) {
+            "_other"
+        } else {
+            issuer
+        };
+        f(g.entry(key.to_string()).or_default());
     }
-    *g.entry(issuer.to_string()).or_default() += 1;
+
+    /// Counts one failed fetch of `issuer`'s discovery document or JWKS.
+    pub fn fetch_failed(&self, issuer: &str) {
+        self.with(issuer, |s| s.fetch_errors += 1);
+    }
+
+    /// Notes that `issuer`'s keys were fetched successfully at `at`.
+    pub fn fetched(&self, issuer: &str, at: SystemTime) {
+        self.with(issuer, |s| s.fetched_at = Some(at));
+    }
+
+    /// Counts one token refused because `issuer`'s keys are older than its
+    /// `max_stale_keys` and could not be refreshed.
+    pub fn stale_refused(&self, issuer: &str) {
+        self.with(issuer, |s| s.stale_refusals += 1);
+    }
+
+    fn write(&self, o: &mut String, now: SystemTime) {
+        let g = self.issuers.lock().unwrap_or_else(|p| p.into_inner());
+        family(
+            o,
+            "mayfly_jwks_fetch_errors_total",
+            "counter",
+            "Failed fetches of an issuer's OIDC discovery document or JWKS, by issuer URL.",
+        );
+        // Counters appear for an issuer once they count something.
+        for (issuer, s) in g.iter().filter(|(_, s)| s.fetch_errors > 0) {
+            sample(
+                o,
+                "mayfly_jwks_fetch_errors_total",
+                &[("issuer", issuer)],
+                s.fetch_errors,
+            );
+        }
+        family(
+            o,
+            "mayfly_jwks_key_age_seconds",
+            "gauge",
+            "Seconds since the issuer's signing keys were last fetched successfully (absent until the first fetch).",
+        );
+        for (issuer, s) in g.iter() {
+            if let Some(at) = s.fetched_at {
+                let age = now.duration_since(at).map(|d| d.as_secs()).unwrap_or(0);
+                sample(o, "mayfly_jwks_key_age_seconds", &[("issuer", issuer)], age);
+            }
+        }
+        family(
+            o,
+            "mayfly_jwks_stale_refusals_total",
+            "counter",
+            "Tokens refused (503) because the issuer's keys were older than its max_stale_keys and could not be refreshed.",
+        );
+        for (issuer, s) in g.iter().filter(|(_, s)| s.stale_refusals > 0) {
+            sample(
+                o,
+                "mayfly_jwks_stale_refusals_total",
+                &[("issuer", issuer)],
+                s.stale_refusals,
+            );
+        }
+    }
 }
 
 /// A cumulative histogram with fixed buckets.
@@ -111,6 +185,8 @@ pub struct Metrics {
     gauges: Option<ReportDb>,
     /// Inventory queries of the admin API, apart so they never delay a scrape.
     db: Option<Arc<ReportDb>>,
+    /// Written by the issuers' key caches.
+    jwks: Arc<JwksMetrics>,
 }
 
 /// Role names are bounded so a bot cannot grow the label set without limit.
@@ -182,7 +258,14 @@ impl Metrics {
             data_dir: Some(data_dir.to_path_buf()),
             gauges: Some(ReportDb::for_gauges(&path, Duration::from_secs(2))),
             db: Some(Arc::new(ReportDb::new(&path, Duration::from_secs(5)))),
+            jwks: Arc::default(),
         }
+    }
+
+    /// The handle through which the issuers' key caches report fetches,
+    /// key age and stale-key refusals.
+    pub fn jwks(&self) -> Arc<JwksMetrics> {
+        self.jwks.clone()
     }
 
     /// The report connection to the CA database, when built with
@@ -309,23 +392,7 @@ impl Metrics {
         );
         family(&mut o, "mayfly_policy_roles", "gauge", "Roles loaded.");
         sample(&mut o, "mayfly_policy_roles", &[], roles);
-        {
-            let g = JWKS_FETCH_ERRORS.lock().unwrap_or_else(|p| p.into_inner());
-            family(
-                &mut o,
-                "mayfly_jwks_fetch_errors_total",
-                "counter",
-                "Failed fetches of an issuer's OIDC discovery document or JWKS, by issuer URL.",
-            );
-            for (issuer, n) in g.iter() {
-                sample(
-                    &mut o,
-                    "mayfly_jwks_fetch_errors_total",
-                    &[("issuer", issuer)],
-                    n,
-                );
-            }
-        }
+        self.jwks.write(&mut o, now);
         if let Some(dir) = &self.data_dir {
             family(
                 &mut o,
@@ -428,13 +495,32 @@ mod tests {
     }
 
     #[test]
-    fn jwks_errors_are_counted_per_issuer() {
-        jwks_fetch_failed("https://issuer.test/a");
-        jwks_fetch_failed("https://issuer.test/a");
-        let out = Metrics::default().render_at("f", "d", 0, UNIX_EPOCH);
-        assert!(
-            out.contains("mayfly_jwks_fetch_errors_total{issuer=\"https://issuer.test/a\"} 2\n")
+    fn jwks_errors_key_age_and_stale_refusals_are_reported_per_issuer() {
+        let m = Metrics::default();
+        let j = m.jwks();
+        j.fetch_failed("https://issuer.test/a");
+        j.fetch_failed("https://issuer.test/a");
+        j.fetched(
+            "https://issuer.test/a",
+            UNIX_EPOCH + Duration::from_secs(100),
         );
+        j.stale_refused("https://issuer.test/a");
+        j.fetch_failed("https://issuer.test/b");
+        let out = m.render_at("f", "d", 0, UNIX_EPOCH + Duration::from_secs(160));
+        assert!(
+            out.contains("mayfly_jwks_fetch_errors_total{issuer=\"https://issuer.test/a\"} 2\n"),
+            "{out}"
+        );
+        assert!(out.contains("mayfly_jwks_key_age_seconds{issuer=\"https://issuer.test/a\"} 60\n"));
+        assert!(
+            out.contains("mayfly_jwks_stale_refusals_total{issuer=\"https://issuer.test/a\"} 1\n")
+        );
+        // Never fetched: no age rather than a made-up one; nothing refused.
+        assert!(!out.contains("mayfly_jwks_stale_refusals_total{issuer=\"https://issuer.test/b\"}"));
+        assert!(!out.contains("mayfly_jwks_key_age_seconds{issuer=\"https://issuer.test/b\"}"));
+        // Another registry shares nothing: no process-wide state.
+        let other = Metrics::default().render_at("f", "d", 0, UNIX_EPOCH);
+        assert!(!other.contains("issuer.test"));
     }
 
     #[test]

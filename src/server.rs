@@ -171,10 +171,11 @@ pub fn build_with_audit(
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::limited(3))
+        .redirect(crate::auth::jwks::redirect_policy())
         .build()
         .map_err(std::io::Error::other)?;
-    let verifier = Verifier::new(&cfg.issuers, http);
+    let metrics = Arc::new(Metrics::for_data_dir(&cfg.data_dir));
+    let verifier = Verifier::new(&cfg.issuers, http, metrics.jwks());
     tracing::info!(roles = policy.roles.len(), digest = %policy.digest, dir = %cfg.policy_dir.display(), "policy loaded");
     let service = Service::new(
         ServiceParts {
@@ -190,7 +191,7 @@ pub fn build_with_audit(
             used_tokens,
             serials,
             backdate: cfg.backdate,
-            metrics: Arc::new(Metrics::for_data_dir(&cfg.data_dir)),
+            metrics,
             admins: cfg.admins.clone(),
         },
         SystemTime::now(),

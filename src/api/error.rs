@@ -46,6 +46,18 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("the signing keys of issuer {issuer} cannot be fetched right now; retry later"),
             ),
+            IssueError::Token(TokenError::IssuerKeysTooOld {
+                issuer,
+                age_secs,
+                max_secs,
+                ..
+            }) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the signing keys of issuer {issuer} are too old to trust: fetched {age_secs} s ago, \
+                     above its max_stale_keys of {max_secs} s, and fresh keys cannot be fetched right now; retry later"
+                ),
+            ),
             IssueError::Token(t) => (StatusCode::UNAUTHORIZED, t.to_string()),
             IssueError::Denied(d) => (StatusCode::FORBIDDEN, d.to_string()),
             IssueError::Store(_) => (

@@ -1,15 +1,26 @@
 //! Issuer signing keys: OIDC discovery, JWKS fetch and parse, and a cache
 //! that refetches (rate-limited) when a token names an unknown `kid`, so an
 //! issuer can rotate its keys without a mayfly restart.
+//!
+//! Two bounds keep a fetch from trusting the wrong keys:
+//! - every URL fetched, and every redirect hop, must be https (or http on
+//!   loopback), and a redirect is followed only within the origin (scheme,
+//!   host, port) of the URL that was asked for ([`redirect_policy`]): a
+//!   redirect to another host would let whoever controls a path on the
+//!   issuer's host hand us keys from anywhere;
+//! - keys that cannot be refreshed stay in use for at most the issuer's
+//!   `max_stale_keys`; after that its tokens get 503, so a key the issuer
+//!   withdrew is not trusted forever while we cannot reach it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use crate::config::{is_loopback_http, IssuerConfig};
+use crate::metrics::JwksMetrics;
 
 /// Largest discovery or JWKS document we read.
 const MAX_DOC_BYTES: usize = 1024 * 1024;
@@ -17,6 +28,8 @@ const MAX_DOC_BYTES: usize = 1024 * 1024;
 pub const REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 /// Keys older than this are refreshed on the next use.
 pub const MAX_KEY_AGE: Duration = Duration::from_secs(600);
+/// Most redirects followed for one discovery or JWKS fetch.
+pub const MAX_REDIRECTS: usize = 3;
 
 /// One verification key, pinned to exactly one algorithm.
 #[derive(Clone)]
@@ -48,6 +61,95 @@ pub enum JwksError {
     /// The document is not what OIDC requires.
     #[error("{0}")]
     Invalid(String),
+    /// The keys in hand are older than `max_stale_keys` and could not be
+    /// refreshed.
+    #[error(
+        "the keys in hand were fetched {age_secs} s ago, above max_stale_keys ({max_secs} s), \
+         and fresh keys cannot be fetched: {last_error}"
+    )]
+    TooOld {
+        /// Seconds since the last successful fetch.
+        age_secs: u64,
+        /// The issuer's `max_stale_keys`, in seconds.
+        max_secs: u64,
+        /// Why the last fetch failed.
+        last_error: String,
+    },
+}
+
+/// Why a redirect of a discovery or JWKS fetch was not followed.
+#[derive(Debug, thiserror::Error)]
+pub enum RedirectRefused {
+    /// The redirect leaves the origin that was asked for.
+    #[error(
+        "cross-origin redirect refused: {from} redirected to {to}; \
+         issuer keys are only fetched from the origin that was asked for"
+    )]
+    CrossOrigin {
+        /// Origin of the URL asked for.
+        from: String,
+        /// Origin of the redirect target.
+        to: String,
+    },
+    /// The redirect target is not https (or http on loopback).
+    #[error("redirect to {0} refused: issuer keys are fetched over https only (http on loopback)")]
+    Insecure(String),
+    /// Too many hops.
+    #[error("more than {MAX_REDIRECTS} redirects")]
+    TooMany,
+}
+
+fn same_origin(a: &url::Url, b: &url::Url) -> bool {
+    a.origin() == b.origin()
+}
+
+/// Whether a redirect from `chain` (the URLs requested so far, the first
+/// being the one asked for) to `next` may be followed.
+fn check_redirect(chain: &[url::Url], next: &url::Url) -> Result<(), RedirectRefused> {
+    if chain.len() > MAX_REDIRECTS {
+        return Err(RedirectRefused::TooMany);
+    }
+    if !url_allowed(next.as_str()) {
+        return Err(RedirectRefused::Insecure(
+            next.origin().ascii_serialization(),
+        ));
+    }
+    match chain.first() {
+        Some(first) if same_origin(first, next) => Ok(()),
+        Some(first) => Err(RedirectRefused::CrossOrigin {
+            from: first.origin().ascii_serialization(),
+            to: next.origin().ascii_serialization(),
+        }),
+        None => Err(RedirectRefused::TooMany),
+    }
+}
+
+/// The redirect policy of the HTTP client that fetches issuer keys: at most
+/// [`MAX_REDIRECTS`] hops, each https (or http on loopback) and within the
+/// origin of the URL asked for.
+pub fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        match check_redirect(attempt.previous(), attempt.url()) {
+            Ok(()) => attempt.follow(),
+            Err(e) => attempt.error(e),
+        }
+    })
+}
+
+/// A reqwest error with its causes (reqwest's own message hides the cause,
+/// e.g. why a redirect was refused, in its sources).
+fn describe(e: &reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        let msg = s.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        src = s.source();
+    }
+    out
 }
 
 /// Which algorithm a JWK may verify, from its key type and curve; the
@@ -152,6 +254,7 @@ enum Source {
 
 struct CacheState {
     keys: Option<Arc<KeySet>>,
+    /// When `keys` were fetched; set together with `keys`.
     fetched_at: Option<Instant>,
     last_attempt: Option<Instant>,
     last_error: Option<String>,
@@ -163,6 +266,8 @@ pub struct IssuerKeys {
     issuer_url: String,
     http: reqwest::Client,
     refetch_interval: Duration,
+    max_stale: Duration,
+    metrics: Arc<JwksMetrics>,
     state: RwLock<CacheState>,
     refresh: tokio::sync::Mutex<()>,
 }
@@ -172,16 +277,24 @@ async fn get_limited(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, JwksE
         url: url.to_string(),
         reason,
     };
-    let mut resp = http
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| fail(e.to_string()))?;
+    let mut resp = http.get(url).send().await.map_err(|e| fail(describe(&e)))?;
+    // The client's redirect policy already keeps to the origin; checked
+    // again so that a client built without it cannot hand us other keys.
+    let asked = url::Url::parse(url).map_err(|e| fail(e.to_string()))?;
+    if !same_origin(&asked, resp.url()) {
+        return Err(fail(
+            RedirectRefused::CrossOrigin {
+                from: asked.origin().ascii_serialization(),
+                to: resp.url().origin().ascii_serialization(),
+            }
+            .to_string(),
+        ));
+    }
     if !resp.status().is_success() {
         return Err(fail(format!("HTTP {}", resp.status())));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| fail(e.to_string()))? {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| fail(describe(&e)))? {
         if body.len() + chunk.len() > MAX_DOC_BYTES {
             return Err(fail("document larger than 1 MiB".into()));
         }
@@ -198,8 +311,9 @@ fn url_allowed(u: &str) -> bool {
 }
 
 impl IssuerKeys {
-    /// Keys for `cfg`, fetched lazily.
-    pub fn new(cfg: &IssuerConfig, http: reqwest::Client) -> IssuerKeys {
+    /// Keys for `cfg`, fetched lazily; fetches, key age and stale-key
+    /// refusals are reported to `metrics`.
+    pub fn new(cfg: &IssuerConfig, http: reqwest::Client, metrics: Arc<JwksMetrics>) -> IssuerKeys {
         let source = match &cfg.jwks_file {
             Some(p) => Source::File(p.clone()),
             None => Source::Discovery {
@@ -211,6 +325,8 @@ impl IssuerKeys {
             issuer_url: cfg.url.clone(),
             http,
             refetch_interval: REFETCH_INTERVAL,
+            max_stale: cfg.max_stale_keys,
+            metrics,
             state: RwLock::new(CacheState {
                 keys: None,
                 fetched_at: None,
@@ -261,15 +377,51 @@ impl IssuerKeys {
         }
     }
 
+    /// Keys are refreshed on use after this age: [`MAX_KEY_AGE`], or
+    /// sooner if `max_stale_keys` is short, so that a refresh is tried
+    /// before the keys become too old to use.
+    fn refresh_after(&self) -> Duration {
+        MAX_KEY_AGE.min(self.max_stale / 2)
+    }
+
+    /// Refuses keys older than `max_stale_keys` (the fetches since failed).
+    fn check_age(&self) -> Result<(), JwksError> {
+        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let Some(age) = st.fetched_at.map(|t| t.elapsed()) else {
+            return Ok(());
+        };
+        if age <= self.max_stale {
+            return Ok(());
+        }
+        let err = JwksError::TooOld {
+            age_secs: age.as_secs(),
+            max_secs: self.max_stale.as_secs(),
+            last_error: st
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "no refetch was tried since".into()),
+        };
+        drop(st);
+        // No log line per refusal (a token stream would flood the log): the
+        // failed refresh already warned, and the refusal is counted here and
+        // recorded as a denial.
+        self.metrics.stale_refused(&self.issuer_url);
+        Err(err)
+    }
+
     fn snapshot(&self) -> (Option<Arc<KeySet>>, bool, bool) {
         let st = match self.state.read() {
             Ok(s) => s,
             Err(p) => p.into_inner(),
         };
-        let stale = st.fetched_at.is_none_or(|t| t.elapsed() > MAX_KEY_AGE);
-        let may_fetch = st
-            .last_attempt
-            .is_none_or(|t| t.elapsed() >= self.refetch_interval);
+        let stale = st
+            .fetched_at
+            .is_none_or(|t| t.elapsed() > self.refresh_after());
+        // A short max_stale_keys shortens the interval too: keys must be
+        // refreshable before they become too old, or a healthy issuer's
+        // tokens would be refused.
+        let interval = self.refetch_interval.min(self.refresh_after());
+        let may_fetch = st.last_attempt.is_none_or(|t| t.elapsed() >= interval);
         (st.keys.clone(), stale, may_fetch)
     }
 
@@ -291,12 +443,24 @@ impl IssuerKeys {
                 st.keys = Some(Arc::new(ks));
                 st.fetched_at = Some(Instant::now());
                 st.last_error = None;
+                self.metrics.fetched(&self.issuer_url, SystemTime::now());
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(issuer = %self.issuer_url, error = %e, "fetching issuer keys failed");
                 st.last_error = Some(e.to_string());
-                crate::metrics::jwks_fetch_failed(&self.issuer_url);
+                self.metrics.fetch_failed(&self.issuer_url);
+                match st.fetched_at.map(|t| t.elapsed()) {
+                    Some(age) if st.keys.is_some() => tracing::warn!(
+                        issuer = %self.issuer_url,
+                        error = %e,
+                        key_age_secs = age.as_secs(),
+                        max_stale_keys_secs = self.max_stale.as_secs(),
+                        "fetching issuer keys failed; serving the keys in hand until they are older than max_stale_keys"
+                    ),
+                    _ => {
+                        tracing::warn!(issuer = %self.issuer_url, error = %e, "fetching issuer keys failed")
+                    }
+                }
                 Err(e)
             }
         }
@@ -308,7 +472,8 @@ impl IssuerKeys {
     }
 
     /// The key for a token, refetching once (rate-limited) when the kid is
-    /// unknown or the keys are old. `Ok(None)` means the issuer has no such key.
+    /// unknown or the keys are old. `Ok(None)` means the issuer has no such
+    /// key; keys older than `max_stale_keys` are an error, never used.
     pub async fn key_for(
         &self,
         kid: Option<&str>,
@@ -316,16 +481,15 @@ impl IssuerKeys {
     ) -> Result<Option<VerifyKey>, JwksError> {
         let (keys, stale, may_fetch) = self.snapshot();
         if let Some(ks) = &keys {
-            if let Some(k) = ks.find(kid, alg) {
+            if ks.find(kid, alg).is_some() {
                 if stale && may_fetch {
+                    // On failure the keys in hand stay, within max_stale_keys.
                     let _ = self.refetch().await;
-                    // The fresh set wins if the key is still there; else the
-                    // issuer removed it and the token must fail.
-                    if let (Some(fresh), _, _) = self.snapshot() {
-                        return Ok(fresh.find(kid, alg).cloned());
-                    }
                 }
-                return Ok(Some(k.clone()));
+                self.check_age()?;
+                // The fresh set wins if the key is still there; else the
+                // issuer removed it and the token must fail.
+                return Ok(self.snapshot().0.and_then(|ks| ks.find(kid, alg).cloned()));
             }
         }
         // Single-flight and rate-limited inside: a request that arrives
@@ -335,7 +499,10 @@ impl IssuerKeys {
             r?;
         }
         match self.snapshot().0 {
-            Some(ks) => Ok(ks.find(kid, alg).cloned()),
+            Some(ks) => {
+                self.check_age()?;
+                Ok(ks.find(kid, alg).cloned())
+            }
             None => {
                 let st = self.state.read().unwrap_or_else(|p| p.into_inner());
                 Err(JwksError::Fetch {
@@ -374,5 +541,57 @@ mod tests {
     fn declared_alg_must_agree_with_key_type() {
         let doc = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","alg":"RS256","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"e"}]}"#;
         assert!(KeySet::parse(doc).is_err());
+    }
+
+    fn u(s: &str) -> url::Url {
+        url::Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn redirects_stay_within_the_origin_asked_for() {
+        let chain = [u("https://issuer.example/.well-known/openid-configuration")];
+        assert!(check_redirect(&chain, &u("https://issuer.example/other/jwks")).is_ok());
+        for (to, says) in [
+            ("https://evil.example/jwks", "cross-origin"),
+            ("https://issuer.example:8443/jwks", "cross-origin"),
+            ("https://issuer.example.evil.example/jwks", "cross-origin"),
+            ("http://issuer.example/jwks", "https only"),
+        ] {
+            let e = check_redirect(&chain, &u(to)).unwrap_err().to_string();
+            assert!(e.contains(says), "{to}: {e}");
+        }
+        // Loopback over http: only to the same port.
+        let local = [u("http://127.0.0.1:8000/jwks")];
+        assert!(check_redirect(&local, &u("http://127.0.0.1:8000/keys")).is_ok());
+        assert!(check_redirect(&local, &u("http://127.0.0.1:9000/keys")).is_err());
+        // Every hop is compared with the first URL, not the previous one.
+        let hops = [u("https://a.example/1"), u("https://a.example/2")];
+        assert!(check_redirect(&hops, &u("https://b.example/3")).is_err());
+        let many: Vec<url::Url> = (0..=MAX_REDIRECTS)
+            .map(|i| u(&format!("https://a.example/{i}")))
+            .collect();
+        let e = check_redirect(&many, &u("https://a.example/x")).unwrap_err();
+        assert!(matches!(e, RedirectRefused::TooMany), "{e}");
+    }
+
+    #[test]
+    fn jwks_uri_gets_the_same_check_as_the_issuer_url() {
+        for (uri, ok) in [
+            ("https://keys.example/jwks", true),
+            ("http://127.0.0.1:9/jwks", true),
+            ("http://localhost:9/jwks", true),
+            ("http://keys.example/jwks", false),
+            ("http://localhost.evil.example/jwks", false),
+            ("file:///etc/passwd", false),
+            ("not a url", false),
+        ] {
+            assert_eq!(url_allowed(uri), ok, "{uri}");
+            let as_issuer = format!("[[issuer]]\nname=\"x\"\nurl=\"{uri}\"\naudience=\"m\"\n");
+            assert_eq!(
+                crate::config::Config::parse(&as_issuer).is_ok(),
+                ok,
+                "{uri}"
+            );
+        }
     }
 }

@@ -1,12 +1,20 @@
 //! Workload authentication: a bearer JWT in, [`VerifiedToken`] out.
 //!
 //! Checks, in order: size, header (`alg` must be asymmetric; `none` and HMAC
-//! never), `iss` exactly one configured issuer, key by `kid` (refetching the
+//! never; no `crit`, since mayfly implements no JWS extension and RFC 7515
+//! §4.1.11 requires refusing a token that makes one critical), `iss` exactly
+//! one configured issuer, key by `kid` (refetching the
 //! issuer's JWKS once, rate-limited, for an unknown kid), `alg` equal to the
 //! key's pinned algorithm, signature, `aud` contains our audience, `exp`,
 //! `nbf`, `iat` with bounded leeway, `sub` present. Replay is checked
 //! separately ([`replay::ReplayCache`]) right before minting, so a token that
 //! policy refuses is not burnt.
+//!
+//! A token's replay identity is `issuer:jti`, or, without a `jti`, a hash of
+//! what the signature covers (the JWS signing input `header.payload`), never
+//! of the signature: ECDSA signatures are malleable (`s` and `n - s` both
+//! verify) and other schemes are randomized, so the same signed content can
+//! come with many valid signatures and must still count as one use.
 
 pub mod jwks;
 pub mod replay;
@@ -21,6 +29,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::IssuerConfig;
+use crate::metrics::JwksMetrics;
 use jwks::{IssuerKeys, JwksError};
 
 /// Why a token was not accepted. Each variant is one check; none carries
@@ -112,6 +121,29 @@ pub enum TokenError {
         /// Why.
         reason: String,
     },
+    /// The issuer's keys in hand are older than its `max_stale_keys` and
+    /// could not be refreshed (server-side; 503).
+    #[error(
+        "keys of issuer {issuer} were fetched {age_secs} s ago, above its max_stale_keys \
+         ({max_secs} s), and fresh keys cannot be fetched: {reason}"
+    )]
+    IssuerKeysTooOld {
+        /// Issuer name.
+        issuer: String,
+        /// Seconds since the last successful fetch.
+        age_secs: u64,
+        /// The issuer's `max_stale_keys`, in seconds.
+        max_secs: u64,
+        /// Why the last fetch failed.
+        reason: String,
+    },
+    /// The protected header has `crit`: it names extensions that must be
+    /// understood, and mayfly implements none (RFC 7515 §4.1.11).
+    #[error(
+        "token header {0}; mayfly implements no JWS extension, so a token with \
+         \"crit\" is refused (RFC 7515 section 4.1.11); have the issuer sign it without \"crit\""
+    )]
+    CriticalHeader(String),
 }
 
 impl TokenError {
@@ -133,6 +165,8 @@ impl TokenError {
             TokenError::MissingClaim(_) => "missing_claim",
             TokenError::Replayed => "token_replayed",
             TokenError::IssuerUnavailable { .. } => "issuer_unavailable",
+            TokenError::IssuerKeysTooOld { .. } => "issuer_keys_too_old",
+            TokenError::CriticalHeader(_) => "unsupported_critical_header",
         }
     }
 }
@@ -183,12 +217,14 @@ impl VerifiedToken {
     pub fn claims(&self) -> &Map<String, Value> {
         &self.claims
     }
-    /// Identifies this token for replay checks: `issuer:jti`, or a hash of
-    /// the token if it has no jti. Never the token itself.
+    /// Identifies this token for replay checks: `issuer:jti`, or, if it has
+    /// no jti, a hash of its signed content (`header.payload`, not the
+    /// signature, which can be rewritten). Never the token itself.
     pub fn replay_id(&self) -> &str {
         &self.replay_id
     }
-    /// `exp`, unix seconds.
+    /// Until when the token is accepted (`exp` plus leeway), unix seconds,
+    /// at most `i64::MAX` so that it is stored and restored exactly.
     pub fn expires_at(&self) -> u64 {
         self.expires_at
     }
@@ -219,13 +255,56 @@ fn num(claims: &Map<String, Value>, name: &str) -> Option<Result<u64, ()>> {
     })
 }
 
+/// Replay identity of a token without `jti`: a hash of the JWS signing
+/// input. The signature is left out on purpose (see the module docs).
+fn signed_content_id(signing_input: &str) -> String {
+    let h = Sha256::digest(signing_input.as_bytes());
+    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+    format!("signed-sha256:{hex}")
+}
+
+/// Until when a used token must stay remembered: `exp` plus leeway, clamped
+/// to `i64::MAX`. The audit store keeps it as a signed 64-bit integer, from
+/// which the replay cache is refilled at start; a larger value would wrap
+/// negative there and the token would be forgotten by a restart. Clamping
+/// keeps such a token remembered for good, which is what its `exp` asks for.
+fn replay_expiry(exp: u64, leeway: u64) -> u64 {
+    exp.saturating_add(leeway).min(i64::MAX as u64)
+}
+
+/// Says what is wrong with a `crit` header value, for the refusal message;
+/// names are quoted, shortened and at most five, since they are untrusted.
+fn describe_crit(crit: &Value) -> String {
+    match crit.as_array() {
+        Some(list) if !list.is_empty() && list.iter().all(Value::is_string) => {
+            let names: Vec<String> = list
+                .iter()
+                .filter_map(Value::as_str)
+                .take(5)
+                .map(|n| format!("{:?}", n.chars().take(40).collect::<String>()))
+                .collect();
+            let more = if list.len() > 5 { ", ..." } else { "" };
+            format!(
+                "marks extensions [{}{more}] as critical (\"crit\")",
+                names.join(", ")
+            )
+        }
+        _ => "has a malformed \"crit\" (it must be a non-empty list of extension names)".into(),
+    }
+}
+
 fn alg_allowed(alg: Algorithm) -> bool {
     !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
 impl Verifier {
-    /// Builds a verifier for `issuers`.
-    pub fn new(issuers: &[IssuerConfig], http: reqwest::Client) -> Verifier {
+    /// Builds a verifier for `issuers`. `http` must use
+    /// [`jwks::redirect_policy`]; key fetches are reported to `metrics`.
+    pub fn new(
+        issuers: &[IssuerConfig],
+        http: reqwest::Client,
+        metrics: Arc<JwksMetrics>,
+    ) -> Verifier {
         let by_url = issuers
             .iter()
             .map(|c| {
@@ -233,7 +312,7 @@ impl Verifier {
                     c.url.clone(),
                     Arc::new(Issuer {
                         cfg: c.clone(),
-                        keys: IssuerKeys::new(c, http.clone()),
+                        keys: IssuerKeys::new(c, http.clone(), metrics.clone()),
                     }),
                 )
             })
@@ -302,6 +381,9 @@ impl Verifier {
         if !alg_allowed(alg) {
             return Err(TokenError::AlgorithmNotAllowed(alg_name.to_string()));
         }
+        if let Some(crit) = header_json.get("crit") {
+            return Err(TokenError::CriticalHeader(describe_crit(crit)));
+        }
         let kid = header_json.get("kid").and_then(|k| k.as_str());
         // The issuer decides which keys apply, so read `iss` before the
         // signature check; nothing else from the payload is trusted yet.
@@ -329,9 +411,21 @@ impl Verifier {
             .keys
             .key_for(kid, alg)
             .await
-            .map_err(|e| TokenError::IssuerUnavailable {
-                issuer: issuer.cfg.name.clone(),
-                reason: e.to_string(),
+            .map_err(|e| match e {
+                JwksError::TooOld {
+                    age_secs,
+                    max_secs,
+                    last_error,
+                } => TokenError::IssuerKeysTooOld {
+                    issuer: issuer.cfg.name.clone(),
+                    age_secs,
+                    max_secs,
+                    reason: last_error,
+                },
+                e => TokenError::IssuerUnavailable {
+                    issuer: issuer.cfg.name.clone(),
+                    reason: e.to_string(),
+                },
             })?
             .ok_or_else(|| TokenError::UnknownKey {
                 issuer: issuer.cfg.name.clone(),
@@ -364,14 +458,16 @@ impl Verifier {
                 other => TokenError::Malformed(format!("{other:?}")),
             })?;
         let claims = data.claims;
-        self.check_claims(&issuer.cfg, claims, token, now)
+        // Everything before the last dot: what the signature covers.
+        let signing_input = &token[..h64.len() + 1 + p64.len()];
+        self.check_claims(&issuer.cfg, claims, signing_input, now)
     }
 
     fn check_claims(
         &self,
         cfg: &IssuerConfig,
         claims: Map<String, Value>,
-        token: &str,
+        signing_input: &str,
         now: u64,
     ) -> Result<VerifiedToken, TokenError> {
         if claims.get("iss").and_then(|v| v.as_str()) != Some(cfg.url.as_str()) {
@@ -417,18 +513,14 @@ impl Verifier {
             Some(Value::String(j)) if !j.is_empty() && j.len() <= 256 => {
                 format!("{}:jti:{j}", cfg.name)
             }
-            _ => {
-                let h = Sha256::digest(token.as_bytes());
-                let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
-                format!("{}:sha256:{hex}", cfg.name)
-            }
+            _ => format!("{}:{}", cfg.name, signed_content_id(signing_input)),
         };
         Ok(VerifiedToken {
             issuer: cfg.name.clone(),
             subject,
             claims,
             replay_id,
-            expires_at: exp.saturating_add(leeway),
+            expires_at: replay_expiry(exp, leeway),
             replay_protection: cfg.replay_protection,
         })
     }
@@ -447,6 +539,18 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
 
     fn verifier(dir: &tempfile::TempDir) -> Verifier {
+        verifier_with(
+            dir,
+            crate::config::DEFAULT_MAX_STALE_KEYS,
+            Default::default(),
+        )
+    }
+
+    fn verifier_with(
+        dir: &tempfile::TempDir,
+        max_stale_keys: Duration,
+        metrics: Arc<JwksMetrics>,
+    ) -> Verifier {
         let p = dir.path().join("jwks.json");
         std::fs::write(&p, JWKS).unwrap();
         let cfg = IssuerConfig {
@@ -457,8 +561,9 @@ mod tests {
             replay_protection: true,
             leeway: Duration::from_secs(30),
             max_token_bytes: 4096,
+            max_stale_keys,
         };
-        Verifier::new(&[cfg], reqwest::Client::new())
+        Verifier::new(&[cfg], reqwest::Client::new(), metrics)
     }
 
     fn sign(claims: Value, kid: &str) -> String {
@@ -601,11 +706,88 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn token_without_jti_is_identified_by_hash() {
+    async fn token_without_jti_is_identified_by_its_signed_content_not_its_signature() {
         let d = tempfile::tempdir().unwrap();
         let mut c = good();
         c.as_object_mut().unwrap().remove("jti");
-        let t = verifier(&d).verify(&sign(c, "k1"), NOW).await.unwrap();
-        assert!(t.replay_id().starts_with("k8s:sha256:"));
+        let tok = sign(c, "k1");
+        let t = verifier(&d).verify(&tok, NOW).await.unwrap();
+        let (signing_input, _sig) = tok.rsplit_once('.').unwrap();
+        let want = Sha256::digest(signing_input.as_bytes());
+        let want: String = want.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(t.replay_id(), format!("k8s:signed-sha256:{want}"));
+    }
+
+    #[test]
+    fn replay_expiry_fits_the_store_and_never_wraps() {
+        assert_eq!(replay_expiry(1000, 30), 1030);
+        assert_eq!(replay_expiry(1 << 63, 30), i64::MAX as u64);
+        assert_eq!(replay_expiry(u64::MAX, 30), i64::MAX as u64);
+        assert!(i64::try_from(replay_expiry(u64::MAX - 1, 0)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn absurd_exp_is_remembered_as_i64_max() {
+        let d = tempfile::tempdir().unwrap();
+        let t = verifier(&d)
+            .verify(&sign(with("exp", json!(u64::MAX)), "k1"), NOW)
+            .await
+            .unwrap();
+        assert_eq!(t.expires_at(), i64::MAX as u64);
+    }
+
+    fn sign_header(header: Value, claims: &Value) -> String {
+        let input = format!("{}.{}", b64(&header), b64(claims));
+        let k = EncodingKey::from_ed_pem(PKCS8_PEM.as_bytes()).unwrap();
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &k, Algorithm::EdDSA).unwrap();
+        format!("{input}.{sig}")
+    }
+
+    #[tokio::test]
+    async fn crit_header_is_refused_whatever_it_names() {
+        let d = tempfile::tempdir().unwrap();
+        let v = verifier(&d);
+        // The same header without crit verifies: the refusal is for crit.
+        let plain = sign_header(json!({"alg": "EdDSA", "kid": "k1"}), &good());
+        v.verify(&plain, NOW).await.unwrap();
+        for (crit, says) in [
+            (json!(["b64"]), "[\"b64\"]"),
+            (json!(["exp", "x"]), "[\"exp\", \"x\"]"),
+            (json!([]), "malformed"),
+            (json!("b64"), "malformed"),
+            (json!([1]), "malformed"),
+            (json!(null), "malformed"),
+        ] {
+            let t = sign_header(
+                json!({"alg": "EdDSA", "kid": "k1", "crit": crit, "b64": true, "exp": 1}),
+                &good(),
+            );
+            let e = v.verify(&t, NOW).await.unwrap_err();
+            assert_eq!(e.code(), "unsupported_critical_header", "{crit}: {e}");
+            assert!(e.to_string().contains(says), "{crit}: {e}");
+            assert!(e.to_string().contains("RFC 7515"), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_older_than_max_stale_keys_are_refused_until_a_fetch_succeeds() {
+        let d = tempfile::tempdir().unwrap();
+        let m = Arc::new(JwksMetrics::default());
+        let mut v = verifier_with(&d, Duration::from_secs(1), m.clone());
+        v.set_refetch_interval(Duration::ZERO);
+        v.verify(&sign(good(), "k1"), NOW).await.unwrap();
+        // The issuer becomes unreachable: the keys in hand serve a while...
+        std::fs::remove_file(d.path().join("jwks.json")).unwrap();
+        v.verify(&sign(good(), "k1"), NOW).await.unwrap();
+        // ...but not beyond max_stale_keys.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let e = v.verify(&sign(good(), "k1"), NOW).await.unwrap_err();
+        assert_eq!(e.code(), "issuer_keys_too_old", "{e}");
+        assert!(e.to_string().contains("max_stale_keys (1 s)"), "{e}");
+        // Unknown kids too: no refetch result is trusted from old keys.
+        let e = v.verify(&sign(good(), "k9"), NOW).await.unwrap_err();
+        assert_eq!(e.code(), "issuer_keys_too_old", "{e}");
+        std::fs::write(d.path().join("jwks.json"), JWKS).unwrap();
+        v.verify(&sign(good(), "k1"), NOW).await.unwrap();
     }
 }

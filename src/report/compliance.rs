@@ -420,7 +420,7 @@ fn chain_status(cfg: &Config, db: &Sqlite) -> ChainStatus {
 }
 
 /// Token-verification refusals (who could not prove an identity).
-const TOKEN_CODES: [&str; 15] = [
+const TOKEN_CODES: [&str; 16] = [
     "missing_token",
     "malformed_authorization",
     "malformed_token",
@@ -436,6 +436,7 @@ const TOKEN_CODES: [&str; 15] = [
     "token_issued_in_future",
     "missing_claim",
     "token_replayed",
+    "unsupported_critical_header",
 ];
 
 fn identities_word(n: u64) -> &'static str {

@@ -12,6 +12,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod http;
+pub mod issuer;
 pub mod keygen;
 pub mod mayfly;
 pub mod oidc;
