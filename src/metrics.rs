@@ -575,15 +575,20 @@ mod tests {
         drop(a);
         let out = m.render_at("f", "d", 0, UNIX_EPOCH);
         assert!(out.contains("mayfly_connections_open 1\n"), "{out}");
-        assert!(out.contains("mayfly_connections_accepted_total 2\n"), "{out}");
-        assert!(out.contains("mayfly_connections_limit_reached_total 1\n"), "{out}");
+        assert!(
+            out.contains("mayfly_connections_accepted_total 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("mayfly_connections_limit_reached_total 1\n"),
+            "{out}"
+        );
         assert!(
             out.contains("mayfly_connections_closed_early_total{reason=\"header_timeout\"} 2\n"),
             "{out}"
         );
-        assert!(out.contains(
-            "mayfly_connections_closed_early_total{reason=\"tls_handshake_error\"} 1\n"
-        ));
+        assert!(out
+            .contains("mayfly_connections_closed_early_total{reason=\"tls_handshake_error\"} 1\n"));
         assert!(out.contains(
             "mayfly_connections_closed_early_total{reason=\"tls_handshake_timeout\"} 0\n"
         ));

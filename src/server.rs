@@ -231,12 +231,10 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     let server_tls = cfg.tls.as_ref().map(tls::ServerTls::load).transpose()?;
     let (service, audit) = build_with_audit(&cfg)?;
     let service = Arc::new(service);
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: cfg.listen,
-            source,
-        })?;
+    let listener = connections::bind(cfg.listen).map_err(|source| StartError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
     let addr = listener.local_addr()?;
     {
         let s = service.clone();

@@ -28,7 +28,8 @@
 //! flood of slow or idle clients. Closing new connections at once would
 //! turn that flood into a certain failure for every bot that connects
 //! meanwhile. Waiting leaves new clients in the kernel's listen backlog
-//! (where they cost the server no descriptor and no task), and since no
+//! (where they cost the server no descriptor and no task; [`bind`] asks
+//! for a deep one, up to `net.core.somaxconn`), and since no
 //! connection can sit idle longer than `header_read_timeout`, a slot frees
 //! within that time and the bot is served late rather than not at all.
 //! Every pause is counted (`mayfly_connections_limit_reached_total`) and
@@ -54,7 +55,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::{ConnectionStats, EarlyClose};
@@ -63,6 +64,11 @@ use crate::tls::{ClientIdentity, HandshakeError, ServerTls};
 /// Descriptors kept apart from `max_connections` for the listener, the
 /// database, key and policy files, audit sinks and JWKS fetches.
 const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Connections the kernel holds for us while accepting waits at the cap
+/// (capped by the kernel, `net.core.somaxconn`). The usual 128 would make
+/// clients beyond it retry their SYN with growing back-off.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// How often, at most, reaching the connection limit is logged.
 const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -77,6 +83,19 @@ pub struct Limits {
     pub max_connections: usize,
     /// Longest a response write may wait for the client to read.
     pub write_stall_timeout: Duration,
+}
+
+/// Listens on `addr` with a listen backlog deep enough for clients to wait
+/// in while `max_connections` are open.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // As std and tokio do: a restarted server can bind at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves `app` on `listener` (over TLS when `tls` is set) within `limits`
@@ -427,7 +446,8 @@ mod tests {
                     Max cpu time              unlimited            unlimited            seconds   \n\
                     Max open files            1024                 524288               files     \n";
         assert_eq!(parse_soft_nofile(text), Some(1024));
-        let unlimited = "Max open files            unlimited            unlimited            files\n";
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
         assert_eq!(parse_soft_nofile(unlimited), None);
         assert_eq!(parse_soft_nofile(""), None);
     }
@@ -450,7 +470,10 @@ mod tests {
             .expect("the write must fail, not hang");
         let err = r.expect_err("nobody reads");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert!(err.get_ref().is_some_and(|e| e.is::<WriteStalled>()), "{err}");
+        assert!(
+            err.get_ref().is_some_and(|e| e.is::<WriteStalled>()),
+            "{err}"
+        );
     }
 
     #[tokio::test]
