@@ -300,3 +300,72 @@ fn at_max_connections_new_clients_wait_until_one_closes_and_descriptors_stay_bou
     let open = metric(&page, "mayfly_connections_open").expect("gauge");
     assert!(open <= CAP as f64, "{page}");
 }
+
+/// Whether process `pid` (a child of this test) has exited: gone, or a
+/// zombie waiting to be reaped.
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+#[test]
+fn sigterm_stops_accepting_lets_the_request_in_flight_finish_and_exits() {
+    // Long enough that only the shutdown can close the idle connection.
+    let ca = Mayfly::start("header_read_timeout = \"5m\"\n", &[]);
+    let pid = ca.pid().expect("server pid");
+    // A request whose head has arrived and whose body is still coming.
+    let body = b"{\"role\": \"deploy\", \"public_key\": \"ssh-ed25519 AAAA\"}";
+    let mut in_flight = connect(ca.port());
+    write!(
+        in_flight,
+        "POST /v1/certs/user HTTP/1.1\r\nHost: mayfly\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .expect("send head");
+    in_flight
+        .write_all(&body[..4])
+        .expect("send part of the body");
+    // Idle keep-alive connections do not hold the shutdown up.
+    let mut idle = connect(ca.port());
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: mayfly\r\n\r\n")
+        .expect("send request");
+    read_response(&mut idle);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let refused = wait_for(CLOSE_BOUND, Duration::from_millis(50), || {
+        TcpStream::connect(("127.0.0.1", ca.port())).err()
+    });
+    assert!(refused.is_some(), "still accepting after SIGTERM");
+    assert!(!exited(pid), "exited with a request in flight");
+    if let Err(e) = read_until_closed(&mut idle) {
+        panic!("idle keep-alive connection during shutdown: {e}");
+    }
+    assert!(!exited(pid), "exited with a request in flight");
+
+    in_flight
+        .write_all(&body[4..])
+        .expect("send the rest of the body");
+    let answer = read_until_closed(&mut in_flight)
+        .unwrap_or_else(|e| panic!("in-flight request: {e}\n{}", ca.stderr_log()));
+    let answer = String::from_utf8_lossy(&answer);
+    // Refused (no token), but answered: the request was served to the end.
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        wait_for(CLOSE_BOUND, Duration::from_millis(50), || exited(pid)
+            .then_some(()))
+        .is_some(),
+        "did not exit after draining\n{}",
+        ca.stderr_log()
+    );
+}
