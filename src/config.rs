@@ -44,6 +44,8 @@ struct RawConfig {
     backdate: Option<String>,
     request_timeout: Option<String>,
     max_body_bytes: Option<usize>,
+    header_read_timeout: Option<String>,
+    max_connections: Option<usize>,
     store_busy_timeout: Option<String>,
     log_format: Option<String>,
     ca: Option<RawCa>,
@@ -158,6 +160,13 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Request bodies above this get 413.
     pub max_body_bytes: usize,
+    /// A connection that has not sent a complete request head this long
+    /// after it opened, or after its previous response (idle keep-alive),
+    /// is closed.
+    pub header_read_timeout: Duration,
+    /// Most client connections open at once (TLS handshakes included);
+    /// further clients wait in the listen backlog until one closes.
+    pub max_connections: usize,
     /// How long a store write waits for a lock before the request fails (503).
     pub store_busy_timeout: Duration,
     /// `text` or `json` log lines.
@@ -201,6 +210,13 @@ pub const DEFAULT_MAX_STALE_KEYS: Duration = Duration::from_secs(3600);
 const MIN_MAX_STALE_KEYS: Duration = Duration::from_secs(1);
 /// Longest `max_stale_keys`: a week-old key set is a key set nobody watches.
 const MAX_MAX_STALE_KEYS: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Shortest `header_read_timeout`: below it, clients on slow links could
+/// not send a request at all.
+pub const MIN_HEADER_READ_TIMEOUT: Duration = Duration::from_millis(100);
+/// Longest `header_read_timeout`: more lets idle clients hold slots too long.
+pub const MAX_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(300);
+/// Highest `max_connections` accepted (each connection holds a descriptor).
+pub const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;
 
 /// Longest leeway an operator may configure: more would make `exp` meaningless.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
@@ -215,6 +231,8 @@ impl Default for Config {
             backdate: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
             store_busy_timeout: Duration::from_secs(2),
             log_format: LogFormat::Text,
             issuers: Vec::new(),
@@ -355,6 +373,24 @@ impl Config {
                 ));
             }
             c.max_body_bytes = m;
+        }
+        if let Some(t) = raw.header_read_timeout {
+            c.header_read_timeout = duration("header_read_timeout", &t)?;
+            if !(MIN_HEADER_READ_TIMEOUT..=MAX_HEADER_READ_TIMEOUT).contains(&c.header_read_timeout)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "header_read_timeout = {t:?} must be between 100ms and 5m: \
+                     longer lets idle clients hold connection slots"
+                )));
+            }
+        }
+        if let Some(m) = raw.max_connections {
+            if !(1..=MAX_CONNECTIONS_LIMIT).contains(&m) {
+                return Err(ConfigError::Invalid(format!(
+                    "max_connections = {m} must be between 1 and {MAX_CONNECTIONS_LIMIT}"
+                )));
+            }
+            c.max_connections = m;
         }
         if let Some(f) = raw.log_format {
             c.log_format = match f.as_str() {
@@ -1033,5 +1069,40 @@ mod tests {
             let err = Config::parse(&t(&format!("max_stale_keys = {bad}\n"))).unwrap_err();
             assert!(err.to_string().contains("max_stale_keys"), "{err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod connection_key_tests {
+    use super::*;
+
+    #[test]
+    fn connection_bounds_have_safe_defaults() {
+        let c = Config::parse("").expect("test step");
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_connections, 1024);
+    }
+
+    #[test]
+    fn connection_bounds_are_read_from_the_file() {
+        let c = Config::parse("header_read_timeout = \"2500ms\"\nmax_connections = 64\n")
+            .expect("test step");
+        assert_eq!(c.header_read_timeout, Duration::from_millis(2500));
+        assert_eq!(c.max_connections, 64);
+    }
+
+    #[test]
+    fn connection_bounds_out_of_range_are_refused_with_the_range() {
+        for (text, want) in [
+            ("header_read_timeout = \"0s\"", "between 100ms and 5m"),
+            ("header_read_timeout = \"1h\"", "between 100ms and 5m"),
+            ("header_read_timeout = \"soon\"", "not a duration"),
+            ("max_connections = 0", "between 1 and"),
+            ("max_connections = 100000000", "between 1 and"),
+        ] {
+            let err = Config::parse(text).expect_err(text).to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+        assert!(Config::parse("max_connections = -1").is_err());
     }
 }

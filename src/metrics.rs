@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -117,6 +118,131 @@ impl JwksMetrics {
     }
 }
 
+/// Why the server closed a connection before or between requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EarlyClose {
+    /// No complete request head within `header_read_timeout` (a slow or
+    /// idle client, or an idle keep-alive connection).
+    HeaderTimeout,
+    /// The TLS handshake did not finish in time.
+    TlsHandshakeTimeout,
+    /// The TLS handshake failed (bad client certificate, not TLS, ...).
+    TlsHandshakeError,
+    /// The client did not take the response for `request_timeout`.
+    WriteStalled,
+}
+
+impl EarlyClose {
+    const ALL: [EarlyClose; 4] = [
+        EarlyClose::HeaderTimeout,
+        EarlyClose::TlsHandshakeTimeout,
+        EarlyClose::TlsHandshakeError,
+        EarlyClose::WriteStalled,
+    ];
+
+    /// The `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            EarlyClose::HeaderTimeout => "header_timeout",
+            EarlyClose::TlsHandshakeTimeout => "tls_handshake_timeout",
+            EarlyClose::TlsHandshakeError => "tls_handshake_error",
+            EarlyClose::WriteStalled => "write_stalled",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The listener's connection counters. The serve loop holds an `Arc` of
+/// them (from [`Metrics::connections`]) and `/metrics` renders them.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    open: AtomicU64,
+    accepted: AtomicU64,
+    limit_reached: AtomicU64,
+    closed_early: [AtomicU64; EarlyClose::ALL.len()],
+}
+
+impl ConnectionStats {
+    /// Counts an accepted connection as open until the guard drops.
+    pub fn open(self: &Arc<Self>) -> OpenConnection {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.clone())
+    }
+
+    /// Counts one time accepting paused because `max_connections` were open.
+    pub fn limit_reached(&self) {
+        self.limit_reached.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection the server closed for `why`.
+    pub fn closed_early(&self, why: EarlyClose) {
+        self.closed_early[why.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections open now.
+    pub fn open_now(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn write(&self, o: &mut String) {
+        family(
+            o,
+            "mayfly_connections_open",
+            "gauge",
+            "Client connections open now, TLS handshakes included (at most max_connections).",
+        );
+        sample(o, "mayfly_connections_open", &[], self.open_now());
+        family(
+            o,
+            "mayfly_connections_accepted_total",
+            "counter",
+            "Client connections accepted.",
+        );
+        let accepted = self.accepted.load(Ordering::Relaxed);
+        sample(o, "mayfly_connections_accepted_total", &[], accepted);
+        family(
+            o,
+            "mayfly_connections_limit_reached_total",
+            "counter",
+            "Times max_connections connections were open, so accepting paused and new clients \
+             waited in the listen backlog.",
+        );
+        let reached = self.limit_reached.load(Ordering::Relaxed);
+        sample(o, "mayfly_connections_limit_reached_total", &[], reached);
+        family(
+            o,
+            "mayfly_connections_closed_early_total",
+            "counter",
+            "Connections the server closed: no complete request head within \
+             header_read_timeout (idle keep-alive included), a TLS handshake that failed or \
+             timed out, or a response the client did not read for request_timeout.",
+        );
+        for why in EarlyClose::ALL {
+            let n = self.closed_early[why.index()].load(Ordering::Relaxed);
+            sample(
+                o,
+                "mayfly_connections_closed_early_total",
+                &[("reason", why.label())],
+                n,
+            );
+        }
+    }
+}
+
+/// An open connection, counted in [`ConnectionStats`] until dropped.
+#[derive(Debug)]
+pub struct OpenConnection(Arc<ConnectionStats>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A cumulative histogram with fixed buckets.
 struct Histogram<const N: usize> {
     bounds: [f64; N],
@@ -187,6 +313,8 @@ pub struct Metrics {
     db: Option<Arc<ReportDb>>,
     /// Written by the issuers' key caches.
     jwks: Arc<JwksMetrics>,
+    /// The listener's connection counters, shared with the serve loop.
+    connections: Arc<ConnectionStats>,
 }
 
 /// Role names are bounded so a bot cannot grow the label set without limit.
@@ -259,6 +387,7 @@ impl Metrics {
             gauges: Some(ReportDb::for_gauges(&path, Duration::from_secs(2))),
             db: Some(Arc::new(ReportDb::new(&path, Duration::from_secs(5)))),
             jwks: Arc::default(),
+            connections: Arc::default(),
         }
     }
 
@@ -272,6 +401,11 @@ impl Metrics {
     /// [`Metrics::for_data_dir`]; also serves the admin inventory API.
     pub fn report_db(&self) -> Option<Arc<ReportDb>> {
         self.db.clone()
+    }
+
+    /// The connection counters, for the serve loop to update.
+    pub fn connections(&self) -> Arc<ConnectionStats> {
+        self.connections.clone()
     }
 
     /// Counts an issued certificate.
@@ -362,6 +496,7 @@ impl Metrics {
                 "Time until an issuance's audit record was durable (group-commit wait and fsync).",
             );
         }
+        self.connections.write(&mut o);
         family(
             &mut o,
             "mayfly_info",
@@ -492,6 +627,40 @@ mod tests {
                 assert!(typed.contains(base), "{line}");
             }
         }
+    }
+
+    #[test]
+    fn connection_counters_are_rendered_and_the_gauge_follows_guards() {
+        let m = Metrics::default();
+        let stats = m.connections();
+        let a = stats.open();
+        let b = stats.open();
+        stats.limit_reached();
+        stats.closed_early(EarlyClose::HeaderTimeout);
+        stats.closed_early(EarlyClose::HeaderTimeout);
+        stats.closed_early(EarlyClose::TlsHandshakeError);
+        drop(a);
+        let out = m.render_at("f", "d", 0, UNIX_EPOCH);
+        assert!(out.contains("mayfly_connections_open 1\n"), "{out}");
+        assert!(
+            out.contains("mayfly_connections_accepted_total 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("mayfly_connections_limit_reached_total 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("mayfly_connections_closed_early_total{reason=\"header_timeout\"} 2\n"),
+            "{out}"
+        );
+        assert!(out
+            .contains("mayfly_connections_closed_early_total{reason=\"tls_handshake_error\"} 1\n"));
+        assert!(out.contains(
+            "mayfly_connections_closed_early_total{reason=\"tls_handshake_timeout\"} 0\n"
+        ));
+        drop(b);
+        assert_eq!(stats.open_now(), 0);
     }
 
     #[test]

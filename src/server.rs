@@ -15,6 +15,8 @@ use crate::policy;
 use crate::service::{KeyLoader, SerialAllocator, Service, ServiceParts};
 use crate::store::{sqlite::Sqlite, Backend, Store};
 
+pub mod connections;
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -230,12 +232,10 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     let server_tls = cfg.tls.as_ref().map(tls::ServerTls::load).transpose()?;
     let (service, audit) = build_with_audit(&cfg)?;
     let service = Arc::new(service);
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: cfg.listen,
-            source,
-        })?;
+    let listener = connections::bind(cfg.listen).map_err(|source| StartError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
     let addr = listener.local_addr()?;
     {
         let s = service.clone();
@@ -285,6 +285,18 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
          `TrustedUserCAKeys /etc/ssh/mayfly_user_ca.pub` to sshd_config",
         pub_path.display()
     );
+    if let Some(w) = connections::descriptor_limit_warning(
+        cfg.max_connections,
+        connections::descriptor_soft_limit(),
+    ) {
+        tracing::warn!("{w}");
+    }
+    let limits = connections::Limits {
+        header_read_timeout: cfg.header_read_timeout,
+        max_connections: cfg.max_connections,
+        write_stall_timeout: cfg.request_timeout,
+    };
+    let stats = service.metrics().connections();
     let state = AppState {
         service,
         request_timeout: cfg.request_timeout,
@@ -295,17 +307,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     };
     let service = state.service.clone();
     let app = api::router(state, cfg.max_body_bytes);
-    match server_tls {
-        Some(server_tls) => tls::serve(listener, server_tls, app, shutdown_signal()).await?,
-        None => {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown_signal())
-            .await?
-        }
-    }
+    connections::serve(listener, server_tls, app, limits, stats, shutdown_signal()).await?;
     service.finish_refusal_summary(SystemTime::now()).await;
     drop(service);
     // Stream what is left to the sinks and sign the final head.

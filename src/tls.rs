@@ -3,22 +3,26 @@
 //! operators, and the rule that plain HTTP stays on loopback.
 //!
 //! ```text
-//!  TcpListener --accept--> handshake task (timeout, bounded count)
-//!                            rustls ServerConfig (aws-lc-rs, TLS 1.3 + 1.2)
-//!                              cert:   CertReloader (swapped when files change)
-//!                              client: WebPkiClientVerifier, requested not required
-//!                 --channel--> TlsListener (axum::serve::Listener)
-//!                 --> axum::serve (graceful shutdown as for plain HTTP)
-//!                 --> per connection: ConnectInfo<SocketAddr> + ClientIdentity
-//!                     inserted into every request, then the Router
+//!  server::connections (accept, max_connections slot, one task per connection)
+//!    --> ServerTls::handshake (timeout; holds the connection's slot)
+//!          rustls ServerConfig (aws-lc-rs, TLS 1.3 + 1.2)
+//!            cert:   CertReloader (swapped when files change)
+//!            client: WebPkiClientVerifier, requested not required
+//!    --> ClientIdentity read once per connection
+//!    --> the same HTTP/1.1 loop as plain HTTP (header read timeout,
+//!        graceful shutdown), ConnectInfo<SocketAddr> + ClientIdentity
+//!        inserted into every request, then the Router
 //! ```
 //!
-//! Why this shape: `axum::serve` accepts any [`Listener`], so TLS plugs in
-//! under the same server loop, graceful shutdown and `ConnectInfo` as plain
-//! HTTP, without a second HTTP stack (axum-server) or a hand-written hyper
-//! loop. Handshakes run in their own tasks so one slow client cannot stall
-//! `accept`. Only `http/1.1` is offered by ALPN: the axum build has no HTTP/2
-//! support, and advertising `h2` without serving it would break clients.
+//! Why this shape: this module only turns a TCP stream into a TLS stream
+//! and an identity; accepting, bounding and serving connections is
+//! `server::connections`, shared with plain HTTP, so both transports get
+//! the same limits and drain the same way. Each handshake runs in its
+//! connection's own task so one slow client cannot stall `accept`, and it
+//! counts against `max_connections`, so a flood of idle sockets cannot
+//! exhaust memory or descriptors. Only `http/1.1` is offered by ALPN: the
+//! server has no HTTP/2 support, and advertising `h2` without serving it
+//! would break clients.
 //!
 //! rustls never renegotiates and implements no TLS below 1.2, so neither
 //! needs configuring. The crypto provider is aws-lc-rs, the same library
@@ -27,19 +31,14 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::response::Response;
-use axum::serve::{IncomingStream, Listener};
-use axum::Router;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -47,8 +46,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -58,11 +56,9 @@ use x509_cert::ext::pkix::SubjectAltName;
 
 use crate::config::TlsConfig;
 
-/// A client that has not finished its handshake by then is dropped.
+/// A client that has not finished its handshake by then is dropped. A
+/// handshake holds one of the `max_connections` slots meanwhile.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in flight at once; further connections wait in the kernel's
-/// accept queue, so a flood of idle sockets cannot exhaust memory.
-const MAX_HANDSHAKES: usize = 512;
 
 /// Why TLS could not be set up, or why plain HTTP is refused.
 #[derive(Debug, thiserror::Error)]
@@ -429,9 +425,21 @@ impl ResolvesServerCert for CertReloader {
     }
 }
 
+/// Why a TLS handshake did not give a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The client did not finish within the handshake timeout.
+    #[error("TLS handshake not finished within {0:?}")]
+    TimedOut(Duration),
+    /// The handshake failed (not TLS, no shared cipher, a client
+    /// certificate that does not verify, ...).
+    #[error("TLS handshake failed: {0}")]
+    Failed(io::Error),
+}
+
 /// A loaded `[tls]` configuration, ready to serve.
 pub struct ServerTls {
-    config: Arc<ServerConfig>,
+    acceptor: TlsAcceptor,
     reloader: Arc<CertReloader>,
     reload_interval: Duration,
 }
@@ -486,7 +494,7 @@ impl ServerTls {
         let mut config = builder.with_cert_resolver(reloader.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(ServerTls {
-            config: Arc::new(config),
+            acceptor: TlsAcceptor::from(Arc::new(config)),
             reloader,
             reload_interval: cfg.reload_interval,
         })
@@ -496,96 +504,41 @@ impl ServerTls {
     pub fn reloader(&self) -> &Arc<CertReloader> {
         &self.reloader
     }
+
+    /// Starts polling the certificate files for changes; polling stops
+    /// when the returned guard drops.
+    pub fn watch_files(&self) -> AbortOnDrop {
+        AbortOnDrop(self.reloader.clone().watch(self.reload_interval))
+    }
+
+    /// Runs the server side of the handshake on `tcp`, bounded by the
+    /// handshake timeout, and reads the verified client certificate's
+    /// identity once for the whole connection.
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<(TlsStream<TcpStream>, ClientIdentity), HandshakeError> {
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp))
+            .await
+            .map_err(|_| HandshakeError::TimedOut(HANDSHAKE_TIMEOUT))?
+            .map_err(HandshakeError::Failed)?;
+        let identity = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| client_identity(leaf));
+        Ok((tls, ClientIdentity(identity)))
+    }
 }
 
 /// Aborts a task when dropped, so background work ends with its owner.
-struct AbortOnDrop(JoinHandle<()>);
+#[derive(Debug)]
+pub struct AbortOnDrop(JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// Completed TLS connections, for `axum::serve`. A background task accepts
-/// TCP connections and runs each handshake in its own task.
-struct TlsListener {
-    local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    _accept: AbortOnDrop,
-}
-
-impl TlsListener {
-    fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> io::Result<TlsListener> {
-        let local = tcp.local_addr()?;
-        let (tx, ready) = mpsc::channel(64);
-        let acceptor = TlsAcceptor::from(config);
-        let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        accept_error(e).await;
-                        continue;
-                    }
-                };
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            // The receiver is gone only while shutting down.
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener {
-            local,
-            ready,
-            _accept: AbortOnDrop(accept),
-        })
-    }
-}
-
-/// As `axum::serve` does for TCP: connection-level errors are the peer's
-/// business; anything else (e.g. out of file descriptors) is logged and
-/// retried after a pause.
-async fn accept_error(e: io::Error) {
-    if matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    ) {
-        return;
-    }
-    tracing::error!("accept error: {e}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-}
-
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(conn) => conn,
-            // The accept task ended (it only does when aborted): accept nothing more.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
     }
 }
 
@@ -635,79 +588,6 @@ pub fn client_identity(cert_der: &[u8]) -> Option<String> {
         },
         _ => None,
     })
-}
-
-/// Makes the per-connection service: reads the peer's address and verified
-/// client certificate once per connection.
-#[derive(Clone)]
-struct TlsMakeService {
-    router: Router,
-}
-
-impl<'a> tower::Service<IncomingStream<'a, TlsListener>> for TlsMakeService {
-    type Response = ConnService;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<ConnService, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, incoming: IncomingStream<'a, TlsListener>) -> Self::Future {
-        let (_, conn) = incoming.io().get_ref();
-        let identity = conn
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .and_then(|leaf| client_identity(leaf));
-        std::future::ready(Ok(ConnService {
-            router: self.router.clone(),
-            remote: *incoming.remote_addr(),
-            identity: ClientIdentity(identity),
-        }))
-    }
-}
-
-/// The router, with this connection's `ConnectInfo<SocketAddr>` and
-/// [`ClientIdentity`] put into each request.
-#[derive(Clone)]
-struct ConnService {
-    router: Router,
-    remote: SocketAddr,
-    identity: ClientIdentity,
-}
-
-impl tower::Service<Request> for ConnService {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = <Router as tower::Service<Request>>::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        <Router as tower::Service<Request>>::poll_ready(&mut self.router, cx)
-    }
-
-    fn call(&mut self, mut req: Request) -> Self::Future {
-        req.extensions_mut().insert(ConnectInfo(self.remote));
-        req.extensions_mut().insert(self.identity.clone());
-        self.router.call(req)
-    }
-}
-
-/// Serves `app` over TLS on `listener` until `shutdown` completes, then
-/// drains in-flight requests; reloads the certificate files meanwhile.
-pub async fn serve<F>(
-    listener: TcpListener,
-    tls: ServerTls,
-    app: Router,
-    shutdown: F,
-) -> io::Result<()>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let _watch = AbortOnDrop(tls.reloader.clone().watch(tls.reload_interval));
-    let listener = TlsListener::new(listener, tls.config)?;
-    axum::serve(listener, TlsMakeService { router: app })
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 #[cfg(test)]
