@@ -1039,12 +1039,19 @@ impl Service {
             redeem,
         };
 
-        if verified.replay_protection()
-            && !self
-                .replay
-                .claim(verified.replay_id(), verified.expires_at(), now_s)
-        {
-            return Err(TokenError::Replayed.into());
+        if verified.replay_protection() {
+            // The id older versions recorded for a jti-less token, so one
+            // used just before an upgrade stays single-use after it.
+            let legacy_used = verified
+                .legacy_replay_id()
+                .is_some_and(|l| !self.replay.claim(l, verified.expires_at(), now_s));
+            if legacy_used
+                || !self
+                    .replay
+                    .claim(verified.replay_id(), verified.expires_at(), now_s)
+            {
+                return Err(TokenError::Replayed.into());
+            }
         }
 
         let serial = self.serials.next();

@@ -200,6 +200,7 @@ pub struct VerifiedToken {
     subject: String,
     claims: Map<String, Value>,
     replay_id: String,
+    legacy_replay_id: Option<String>,
     expires_at: u64,
     replay_protection: bool,
 }
@@ -222,6 +223,13 @@ impl VerifiedToken {
     /// signature, which can be rewritten). Never the token itself.
     pub fn replay_id(&self) -> &str {
         &self.replay_id
+    }
+    /// The id mayfly before 0.2 gave a token without jti (a hash of the
+    /// whole token). The replay cache is refilled from audit records at
+    /// start, so a token used just before an upgrade is known only by this
+    /// id until it expires; checking it too keeps that token single-use.
+    pub fn legacy_replay_id(&self) -> Option<&str> {
+        self.legacy_replay_id.as_deref()
     }
     /// Until when the token is accepted (`exp` plus leeway), unix seconds,
     /// at most `i64::MAX` so that it is stored and restored exactly.
@@ -460,7 +468,15 @@ impl Verifier {
         let claims = data.claims;
         // Everything before the last dot: what the signature covers.
         let signing_input = &token[..h64.len() + 1 + p64.len()];
-        self.check_claims(&issuer.cfg, claims, signing_input, now)
+        let mut verified = self.check_claims(&issuer.cfg, claims, signing_input, now)?;
+        if let Some(name) = verified.legacy_replay_id.take() {
+            let hex: String = Sha256::digest(token.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            verified.legacy_replay_id = Some(format!("{name}:sha256:{hex}"));
+        }
+        Ok(verified)
     }
 
     fn check_claims(
@@ -509,17 +525,22 @@ impl Verifier {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 1024 => s.clone(),
             _ => return Err(TokenError::MissingClaim("sub")),
         };
-        let replay_id = match claims.get("jti") {
+        let (replay_id, legacy_replay_id) = match claims.get("jti") {
             Some(Value::String(j)) if !j.is_empty() && j.len() <= 256 => {
-                format!("{}:jti:{j}", cfg.name)
+                (format!("{}:jti:{j}", cfg.name), None)
             }
-            _ => format!("{}:{}", cfg.name, signed_content_id(signing_input)),
+            _ => (
+                format!("{}:{}", cfg.name, signed_content_id(signing_input)),
+                // Filled in by `verify`, which holds the whole token.
+                Some(cfg.name.clone()),
+            ),
         };
         Ok(VerifiedToken {
             issuer: cfg.name.clone(),
             subject,
             claims,
             replay_id,
+            legacy_replay_id,
             expires_at: replay_expiry(exp, leeway),
             replay_protection: cfg.replay_protection,
         })
@@ -716,6 +737,12 @@ mod tests {
         let want = Sha256::digest(signing_input.as_bytes());
         let want: String = want.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(t.replay_id(), format!("k8s:signed-sha256:{want}"));
+        // The id earlier versions recorded (whole token), still checked.
+        let whole: String = Sha256::digest(tok.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(t.legacy_replay_id(), Some(format!("k8s:sha256:{whole}").as_str()));
     }
 
     #[test]
