@@ -223,6 +223,69 @@ fn alg_allowed(alg: Algorithm) -> bool {
     !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
+/// What a token says before its signature is checked: just enough to pick
+/// the issuer and key. Nothing in it is trusted yet.
+#[derive(Debug, Clone)]
+pub struct UnverifiedToken {
+    /// The header's `alg`, already refused if `none`, HMAC or unknown.
+    pub alg: Algorithm,
+    /// `alg` as written in the header.
+    pub alg_name: String,
+    /// The header's `kid`, if it is a string.
+    pub kid: Option<String>,
+    /// The payload's `iss`.
+    pub iss: String,
+}
+
+/// Parses a token's header and payload up to (not including) the signature
+/// check: three dot-separated parts, a base64url JSON header with an
+/// accepted `alg`, and a base64url JSON object payload with a string `iss`.
+/// The size limit and everything after it are checked by [`Verifier::verify`].
+pub fn parse_unverified(token: &str) -> Result<UnverifiedToken, TokenError> {
+    let mut parts = token.split('.');
+    let (Some(h64), Some(p64), Some(_s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed(
+            "expected three dot-separated parts".into(),
+        ));
+    };
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header_json: Value = b64
+        .decode(h64)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| TokenError::Malformed("header is not base64url JSON".into()))?;
+    let alg_name = header_json
+        .get("alg")
+        .and_then(|a| a.as_str())
+        .ok_or_else(|| TokenError::Malformed("header has no alg".into()))?;
+    let alg: Algorithm = alg_name
+        .parse()
+        .map_err(|_| TokenError::AlgorithmNotAllowed(format!("{alg_name:?}")))?;
+    if !alg_allowed(alg) {
+        return Err(TokenError::AlgorithmNotAllowed(alg_name.to_string()));
+    }
+    let kid = header_json.get("kid").and_then(|k| k.as_str());
+    // The issuer decides which keys apply, so read `iss` before the
+    // signature check; nothing else from the payload is trusted yet.
+    let unverified: Map<String, Value> = b64
+        .decode(p64)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| TokenError::Malformed("payload is not base64url JSON object".into()))?;
+    let iss = unverified
+        .get("iss")
+        .and_then(|v| v.as_str())
+        .ok_or(TokenError::MissingClaim("iss"))?;
+    Ok(UnverifiedToken {
+        alg,
+        alg_name: alg_name.to_string(),
+        kid: kid.map(str::to_string),
+        iss: iss.to_string(),
+    })
+}
+
 impl Verifier {
     /// Builds a verifier for `issuers`.
     pub fn new(issuers: &[IssuerConfig], http: reqwest::Client) -> Verifier {
@@ -278,42 +341,13 @@ impl Verifier {
                 max: self.max_token_bytes,
             });
         }
-        let mut parts = token.split('.');
-        let (Some(h64), Some(p64), Some(_s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(TokenError::Malformed(
-                "expected three dot-separated parts".into(),
-            ));
-        };
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let header_json: Value = b64
-            .decode(h64)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| TokenError::Malformed("header is not base64url JSON".into()))?;
-        let alg_name = header_json
-            .get("alg")
-            .and_then(|a| a.as_str())
-            .ok_or_else(|| TokenError::Malformed("header has no alg".into()))?;
-        let alg: Algorithm = alg_name
-            .parse()
-            .map_err(|_| TokenError::AlgorithmNotAllowed(format!("{alg_name:?}")))?;
-        if !alg_allowed(alg) {
-            return Err(TokenError::AlgorithmNotAllowed(alg_name.to_string()));
-        }
-        let kid = header_json.get("kid").and_then(|k| k.as_str());
-        // The issuer decides which keys apply, so read `iss` before the
-        // signature check; nothing else from the payload is trusted yet.
-        let unverified: Map<String, Value> = b64
-            .decode(p64)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| TokenError::Malformed("payload is not base64url JSON object".into()))?;
-        let iss = unverified
-            .get("iss")
-            .and_then(|v| v.as_str())
-            .ok_or(TokenError::MissingClaim("iss"))?;
+        let front = parse_unverified(token)?;
+        let (alg, alg_name, kid, iss) = (
+            front.alg,
+            front.alg_name.as_str(),
+            front.kid.as_deref(),
+            front.iss.as_str(),
+        );
         let issuer = self
             .by_url
             .get(iss)
