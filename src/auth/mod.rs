@@ -260,9 +260,11 @@ pub fn parse_unverified(token: &str) -> Result<UnverifiedToken, TokenError> {
         .get("alg")
         .and_then(|a| a.as_str())
         .ok_or_else(|| TokenError::Malformed("header has no alg".into()))?;
-    let alg: Algorithm = alg_name
-        .parse()
-        .map_err(|_| TokenError::AlgorithmNotAllowed(format!("{alg_name:?}")))?;
+    let alg: Algorithm = alg_name.parse().map_err(|_| {
+        // Echoed to the caller and logged: bounded like the other echoes.
+        let shown: String = alg_name.chars().take(32).collect();
+        TokenError::AlgorithmNotAllowed(format!("{shown:?}"))
+    })?;
     if !alg_allowed(alg) {
         return Err(TokenError::AlgorithmNotAllowed(alg_name.to_string()));
     }
@@ -597,6 +599,26 @@ mod tests {
             verifier(&d).verify(&forged, NOW).await.unwrap_err().code(),
             "bad_signature"
         );
+    }
+
+    #[test]
+    fn front_end_reads_alg_kid_and_iss_before_any_key() {
+        let t = format!("{}.{}.AAAA", b64(&json!({"alg":"ES256","kid":"k9"})), b64(&good()));
+        let f = parse_unverified(&t).unwrap();
+        assert_eq!((f.alg, f.alg_name.as_str()), (Algorithm::ES256, "ES256"));
+        assert_eq!(f.kid.as_deref(), Some("k9"));
+        assert_eq!(f.iss, good()["iss"].as_str().unwrap());
+        let no_iss = format!("{}.{}.", b64(&json!({"alg":"ES256"})), b64(&json!({"sub":"x"})));
+        assert_eq!(parse_unverified(&no_iss).unwrap_err().code(), "missing_claim");
+    }
+
+    #[test]
+    fn unknown_alg_is_echoed_cut_short() {
+        let long = "\u{7}".repeat(5000);
+        let t = format!("{}.{}.", b64(&json!({"alg": long})), b64(&good()));
+        let e = parse_unverified(&t).unwrap_err();
+        assert_eq!(e.code(), "algorithm_not_allowed");
+        assert!(e.to_string().len() < 512, "{} bytes", e.to_string().len());
     }
 
     #[tokio::test]
