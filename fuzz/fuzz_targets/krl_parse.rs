@@ -3,8 +3,9 @@
 //!
 //! Invariants: never panics; the three readers agree; what `parse` returns
 //! is normalised (sorted, deduplicated, no serial 0, no empty sections);
-//! re-encoding a parsed KRL and parsing it again gives the same revocations
-//! (SHA-1 fingerprints and header flags aside, which mayfly never writes).
+//! re-encoding a parsed KRL (of up to 64 Ki serials) and parsing it again
+//! gives the same revocations (SHA-1 fingerprints and header flags aside,
+//! which mayfly never writes).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -39,6 +40,12 @@ fuzz_target!(|data: &[u8]| {
     assert!(k.serial_count() as u64 <= krl::MAX_EXPANDED_SERIALS);
     assert!(sorted_unique(&k.explicit_keys) && sorted_unique(&k.sha256_fingerprints));
 
+    // The encoder has its own target (krl_roundtrip); here the round trip
+    // is checked on KRLs of up to 64 Ki serials, so that the few inputs
+    // that expand to millions do not slow every other input down.
+    if k.serial_count() > 1 << 16 {
+        return;
+    }
     let spec = KrlSpec {
         krl_version: k.krl_version,
         generated_date: k.generated_date,
