@@ -35,6 +35,7 @@ cargo fuzz --version >/dev/null 2>&1 ||
     skip "cargo-fuzz is not installed; install it with: cargo install cargo-fuzz --locked"
 
 all_targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^mayfly-fuzz$')
+selected="$*"
 if [ "$#" -gt 0 ]; then
     targets="$*"
     for t in $targets; do
@@ -52,8 +53,18 @@ bin_dir=fuzz/target/$triple/release
 say "building fuzz targets ($(rustc --version))"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+build() {
+    # `cargo fuzz build` takes at most one target; without one it builds all.
+    if [ "$#" -eq 0 ]; then
+        (cd fuzz && cargo fuzz build "${flags[@]}")
+    else
+        for t in "$@"; do
+            (cd fuzz && cargo fuzz build "${flags[@]}" "$t") || return 1
+        done
+    fi
+}
 # shellcheck disable=SC2086
-if ! (cd fuzz && cargo fuzz build "${flags[@]}" $targets) >"$log" 2>&1; then
+if ! build $selected >"$log" 2>&1; then
     if grep -Eq 'only accepted on the nightly compiler|requires a nightly|nightly-only|-Z unstable-options' "$log"; then
         tail -n 20 "$log" >&2
         skip "this toolchain ($(rustc --version)) cannot build the fuzz targets without nightly features; not installing nightly"
