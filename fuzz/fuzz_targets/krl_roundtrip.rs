@@ -50,7 +50,7 @@ struct Input {
 /// Most serials one input expands to: enough for every encoding (a range
 /// pays off from a few dozen serials, a bitmap spans at most 16384), few
 /// enough to keep each run fast.
-const SERIAL_BUDGET: usize = 20_000;
+const SERIAL_BUDGET: usize = 4_000;
 
 fn expand(s: &Serials, budget: &mut usize) -> Vec<u64> {
     let mut out = match s {
