@@ -123,12 +123,23 @@ impl CaKeys {
         }
         let text = std::str::from_utf8(bytes).map_err(|_| CaKeysError::NotText)?;
         let mut keys = Vec::new();
-        for (i, raw) in text.lines().enumerate() {
-            let line = raw.trim();
+        for (i, raw) in text.split('\n').enumerate() {
+            // Lines as sshd reads them (sshkey_in_file): leading spaces and
+            // tabs skipped, then empty and '#' lines ignored. Any other line
+            // must be a key, or sshd refuses every certificate; so no other
+            // white space is trimmed at the start.
+            let line = raw.trim_start_matches([' ', '\t']);
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             let n = i + 1;
+            let line = line.trim_end_matches([' ', '\t', '\r']);
+            if line.is_empty() {
+                return Err(CaKeysError::NotAKey {
+                    line: n,
+                    reason: "blank but for a carriage return, which sshd reads as a bad key".into(),
+                });
+            }
             let algorithm = line.split_whitespace().next().unwrap_or_default();
             if algorithm.ends_with("-cert-v01@openssh.com") {
                 return Err(CaKeysError::Certificate {
@@ -1200,6 +1211,28 @@ mod tests {
         assert_eq!(k.key_lines().len(), 2);
         assert!(k.as_bytes().ends_with(b"\n"));
         assert!(k.as_bytes().starts_with(b"# mayfly user CA\n"));
+    }
+
+    #[test]
+    fn ca_file_lines_sshd_cannot_skip_are_refused() {
+        // sshd skips only spaces and tabs before a comment or an empty line.
+        for (text, line) in [
+            (format!("# CA\r\n\r\n{KEY}\n"), 2),
+            (format!("{KEY}\n\r\n"), 2),
+            (format!("\u{a0}{KEY}\n"), 1),
+            (format!("\u{b}# comment\n{KEY}\n"), 1),
+            (format!("\u{2028}\n{KEY}\n"), 1),
+        ] {
+            match CaKeys::parse(text.as_bytes()) {
+                Err(CaKeysError::NotAKey { line: l, .. }) if l == line => {}
+                other => panic!("{text:?}: unexpected {other:?}"),
+            }
+        }
+        // What sshd reads fine stays accepted, exactly as sent.
+        let fine = format!(" \t# CA\n  \n\t{KEY}\r\n{KEY}  \n");
+        let k = CaKeys::parse(fine.as_bytes()).expect("valid");
+        assert_eq!(k.key_lines(), [KEY, KEY]);
+        assert_eq!(k.as_bytes(), fine.as_bytes());
     }
 
     #[test]

@@ -467,3 +467,37 @@ fn checkpoint_signature_verifies_with_stock_openssh() {
     let out = check(&good.replace(&format!("seq={seq}"), &format!("seq={}", seq + 1)));
     assert!(!out.status.success(), "a changed seq must not verify");
 }
+
+/// A stored time that no timestamp can show (after year 9999) is reported
+/// as tampering at its seq, and export and search still print the log: a
+/// hostile row must not crash the tools that look at it.
+#[test]
+fn a_time_after_year_9999_is_reported_not_a_crash() {
+    let w = written();
+    let conn = Connection::open(w.db()).expect("open");
+    let seq = rows(
+        &conn,
+        "SELECT seq FROM audit WHERE event = 'cert_issued' LIMIT 1 OFFSET 2",
+    );
+    drop(conn);
+    let cfg = w.case("far-future", |c| {
+        c.execute(
+            "UPDATE audit SET time_ms = ?1 WHERE seq = ?2",
+            [i64::MAX, seq],
+        )
+        .expect("update");
+    });
+    let (code, out) = verify(&cfg);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(&format!("first problem at seq {seq}: record altered")),
+        "{out}"
+    );
+    let c = cfg.to_str().expect("utf-8");
+    let (code, out) = mayfly(&["audit", "export", "--config", c]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"@timestamp\":\"9999-12-31T23:59:59.999Z\""), "{out}");
+    let (code, out) = mayfly(&["audit", "search", "--config", c, "--event", "cert_issued"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("9999-12-31T23:59:59"), "{out}");
+}

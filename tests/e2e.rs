@@ -339,6 +339,27 @@ fn token_whose_claims_do_not_match_gets_403_naming_the_rule() {
     );
 }
 
+/// A token's unknown `alg` is quoted back in the 401, cut to a few dozen
+/// characters like every other value a caller controls.
+#[test]
+fn unknown_alg_is_quoted_back_cut_short() {
+    let env = setup();
+    let (_, public) = env.new_key();
+    let body = json!({"role": "deploy", "public_key": public});
+    use base64::Engine as _;
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let alg = "\u{7}".repeat(1000);
+    let token = format!(
+        "{}.{}.AAAA",
+        b64(&json!({"alg": alg, "typ": "JWT"})),
+        b64(&env.oidc.valid_claims("deploy-rs"))
+    );
+    let v = env.expect_error(&env.request(Some(&token), &body), 401, "algorithm_not_allowed");
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert!(msg.len() < 400, "{} bytes: {msg}", msg.len());
+    assert!(msg.contains(r"\u{7}"), "{msg}");
+}
+
 #[test]
 fn bad_tokens_get_401_naming_the_failed_check() {
     let env = setup();

@@ -821,6 +821,60 @@ fn garbage_ca_file_keeps_the_last_good_files() {
     assert_failed_and_kept(&out, "larger than", dir, &before, &[]);
 }
 
+/// sshd reads `TrustedUserCAKeys` line by line, skipping only leading spaces
+/// and tabs, then empty and `#` lines; any other line that is not a key makes
+/// it refuse every certificate. A CA file with such a line (a blank line
+/// ending in a carriage return, a comment or key indented with other
+/// white space) is refused, and the old files are kept.
+#[test]
+fn ca_file_lines_that_sshd_cannot_read_are_refused() {
+    let (_k, ca_key, _pub, ca_line) = fake_ca_key();
+    let keys = support::temp_dir("hostsync-keys");
+    let (key, _) = keygen_ed25519(keys.path());
+    let cert = sign_user_cert(&ca_key, &key, "job-1", &["deploy"], "+5m", 1);
+
+    // What real sshd does with such a file: every certificate is refused,
+    // while the same file without the carriage return works.
+    let krl_dir = support::temp_dir("hostsync-krl");
+    let krl = krl_dir.path().join("revoked.krl");
+    std::fs::write(&krl, make_krl(1, None, &[])).expect("krl");
+    let crlf = format!("# mayfly user CA\r\n\r\n{ca_line}\n");
+    let sshd = Sshd::start_with_revoked_keys(&crlf, &krl);
+    let refused = sshd.ssh("deploy", &key, &cert, "true");
+    assert_eq!(refused.status.code(), Some(255), "sshd accepted {crlf:?}");
+    drop(sshd);
+    let sshd = Sshd::start_with_revoked_keys(&crlf.replace('\r', ""), &krl);
+    assert!(sshd.ssh("deploy", &key, &cert, "true").status.success());
+    drop(sshd);
+
+    let ca = FakeCa::start();
+    let tmp = support::temp_dir("hostsync");
+    let dir = tmp.path();
+    let before = synced_dir(&ca, &ca_line, dir);
+    ca.route("/v1/krl", Canned::ok(make_krl(6, None, &[])));
+    for (body, what) in [
+        (crlf.clone(), "line 2"),
+        (format!("{ca_line}\n\r\n"), "line 2"),
+        (format!("\u{a0}{ca_line}\n"), "line 1"),
+        (format!("\u{b}# comment\n{ca_line}\n"), "line 1"),
+    ] {
+        ca.route("/v1/ca/user.pub", Canned::ok(body.clone()));
+        let out = host_sync(&ca.url(), dir, &[]);
+        assert_failed_and_kept(&out, what, dir, &before, &[]);
+        assert!(stderr(&out).contains("user CA keys"), "{body:?}: {}", stderr(&out));
+    }
+
+    // Lines sshd reads fine are still accepted: CRLF key lines, comments
+    // indented with spaces and tabs, blank lines of spaces.
+    let fine = format!(" \t# mayfly user CA\n  \n{ca_line}\r\n");
+    ca.route("/v1/ca/user.pub", Canned::ok(fine.clone()));
+    assert_ok(&host_sync(&ca.url(), dir, &[]));
+    let installed = std::fs::read_to_string(dir.join("user_ca.pub")).expect("user_ca.pub");
+    assert_eq!(installed, fine);
+    let sshd = Sshd::start_with_revoked_keys(&installed, &krl);
+    assert!(sshd.ssh("deploy", &key, &cert, "true").status.success());
+}
+
 #[test]
 fn http_error_keeps_the_last_good_files() {
     let (_k, _key, _pub, ca_line) = fake_ca_key();

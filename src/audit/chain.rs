@@ -683,5 +683,27 @@ mod tests {
             prop_assume!(t[1] != v[1]);
             prop_assert_eq!(walk(&t), vec![Problem::Altered { seq: 2 }]);
         }
+
+        /// Integer columns, NULLs and the principals list are covered too:
+        /// any change to them is reported at the changed row.
+        #[test]
+        fn any_change_to_an_integer_or_list_column_is_detected(
+            field in 0usize..7, value in proptest::option::of(any::<i64>()), extra in "[a-z]{0,4}"
+        ) {
+            let v = log(3);
+            let mut t = v.clone();
+            let r = &mut t[1];
+            match field {
+                0 => r.time_ms = value.unwrap_or(0),
+                1 => r.serial = value,
+                2 => r.valid_after = value,
+                3 => r.valid_before = value,
+                4 => r.token_exp = value,
+                5 => r.principals.push(extra),
+                _ => r.actor = value.map(|n| n.to_string()),
+            }
+            prop_assume!(t[1] != v[1]);
+            prop_assert_eq!(walk(&t), vec![Problem::Altered { seq: 2 }]);
+        }
     }
 }

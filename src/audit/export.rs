@@ -304,10 +304,15 @@ fn ecs_type(event: &str) -> &'static str {
     }
 }
 
-/// RFC 3339 UTC with milliseconds for unix ms (before 1970 clamps to 1970).
+/// The last millisecond RFC 3339 can write: 9999-12-31T23:59:59.999Z.
+pub const MAX_RFC3339_MS: i64 = 253_402_300_799_999;
+
+/// RFC 3339 UTC with milliseconds for unix ms. Times before 1970 clamp to
+/// 1970 and times after year 9999 to its last millisecond (a stored record
+/// can hold any integer; the formatter would panic on those).
 pub fn rfc3339_ms(time_ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(time_ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
+    let ms = time_ms.clamp(0, MAX_RFC3339_MS) as u64;
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 fn summary(r: &StoredRecord) -> String {
@@ -556,6 +561,18 @@ mod tests {
         };
         chain::chain(std::slice::from_mut(&mut r), [3; 32]);
         r
+    }
+
+    #[test]
+    fn times_outside_rfc3339_are_clamped_not_a_panic() {
+        assert_eq!(rfc3339_ms(i64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(MAX_RFC3339_MS + 1), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(i64::MIN), "1970-01-01T00:00:00.000Z");
+        let r = StoredRecord {
+            time_ms: i64::MAX,
+            ..rec()
+        };
+        assert!(to_json(&r).contains("\"@timestamp\":\"9999-12-31T23:59:59.999Z\""));
     }
 
     #[test]

@@ -305,6 +305,74 @@ fn alg_allowed(alg: Algorithm) -> bool {
     !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
+/// What a token says before its signature is checked: just enough to pick
+/// the issuer and key. Nothing in it is trusted yet.
+#[derive(Debug, Clone)]
+pub struct UnverifiedToken {
+    /// The header's `alg`, already refused if `none`, HMAC or unknown.
+    pub alg: Algorithm,
+    /// `alg` as written in the header.
+    pub alg_name: String,
+    /// The header's `kid`, if it is a string.
+    pub kid: Option<String>,
+    /// The payload's `iss`.
+    pub iss: String,
+}
+
+/// Parses a token's header and payload up to (not including) the signature
+/// check: three dot-separated parts, a base64url JSON header with an
+/// accepted `alg`, and a base64url JSON object payload with a string `iss`.
+/// The size limit and everything after it are checked by [`Verifier::verify`].
+pub fn parse_unverified(token: &str) -> Result<UnverifiedToken, TokenError> {
+    let mut parts = token.split('.');
+    let (Some(h64), Some(p64), Some(_s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed(
+            "expected three dot-separated parts".into(),
+        ));
+    };
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header_json: Value = b64
+        .decode(h64)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| TokenError::Malformed("header is not base64url JSON".into()))?;
+    let alg_name = header_json
+        .get("alg")
+        .and_then(|a| a.as_str())
+        .ok_or_else(|| TokenError::Malformed("header has no alg".into()))?;
+    let alg: Algorithm = alg_name.parse().map_err(|_| {
+        // Echoed to the caller and logged: bounded like the other echoes.
+        let shown: String = alg_name.chars().take(32).collect();
+        TokenError::AlgorithmNotAllowed(format!("{shown:?}"))
+    })?;
+    if !alg_allowed(alg) {
+        return Err(TokenError::AlgorithmNotAllowed(alg_name.to_string()));
+    }
+    if let Some(crit) = header_json.get("crit") {
+        return Err(TokenError::CriticalHeader(describe_crit(crit)));
+    }
+    let kid = header_json.get("kid").and_then(|k| k.as_str());
+    // The issuer decides which keys apply, so read `iss` before the
+    // signature check; nothing else from the payload is trusted yet.
+    let unverified: Map<String, Value> = b64
+        .decode(p64)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| TokenError::Malformed("payload is not base64url JSON object".into()))?;
+    let iss = unverified
+        .get("iss")
+        .and_then(|v| v.as_str())
+        .ok_or(TokenError::MissingClaim("iss"))?;
+    Ok(UnverifiedToken {
+        alg,
+        alg_name: alg_name.to_string(),
+        kid: kid.map(str::to_string),
+        iss: iss.to_string(),
+    })
+}
+
 impl Verifier {
     /// Builds a verifier for `issuers`. `http` must use
     /// [`jwks::redirect_policy`]; key fetches are reported to `metrics`.
@@ -365,45 +433,13 @@ impl Verifier {
                 max: self.max_token_bytes,
             });
         }
-        let mut parts = token.split('.');
-        let (Some(h64), Some(p64), Some(_s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(TokenError::Malformed(
-                "expected three dot-separated parts".into(),
-            ));
-        };
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let header_json: Value = b64
-            .decode(h64)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| TokenError::Malformed("header is not base64url JSON".into()))?;
-        let alg_name = header_json
-            .get("alg")
-            .and_then(|a| a.as_str())
-            .ok_or_else(|| TokenError::Malformed("header has no alg".into()))?;
-        let alg: Algorithm = alg_name
-            .parse()
-            .map_err(|_| TokenError::AlgorithmNotAllowed(format!("{alg_name:?}")))?;
-        if !alg_allowed(alg) {
-            return Err(TokenError::AlgorithmNotAllowed(alg_name.to_string()));
-        }
-        if let Some(crit) = header_json.get("crit") {
-            return Err(TokenError::CriticalHeader(describe_crit(crit)));
-        }
-        let kid = header_json.get("kid").and_then(|k| k.as_str());
-        // The issuer decides which keys apply, so read `iss` before the
-        // signature check; nothing else from the payload is trusted yet.
-        let unverified: Map<String, Value> = b64
-            .decode(p64)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| TokenError::Malformed("payload is not base64url JSON object".into()))?;
-        let iss = unverified
-            .get("iss")
-            .and_then(|v| v.as_str())
-            .ok_or(TokenError::MissingClaim("iss"))?;
+        let front = parse_unverified(token)?;
+        let (alg, alg_name, kid, iss) = (
+            front.alg,
+            front.alg_name.as_str(),
+            front.kid.as_deref(),
+            front.iss.as_str(),
+        );
         let issuer = self
             .by_url
             .get(iss)
@@ -467,7 +503,9 @@ impl Verifier {
             })?;
         let claims = data.claims;
         // Everything before the last dot: what the signature covers.
-        let signing_input = &token[..h64.len() + 1 + p64.len()];
+        // What the signature covers: everything before the last dot
+        // (`parse_unverified` checked there are exactly three parts).
+        let signing_input = token.rsplit_once('.').map_or(token, |(input, _)| input);
         let mut verified = self.check_claims(&issuer.cfg, claims, signing_input, now)?;
         if let Some(name) = verified.legacy_replay_id.take() {
             let hex: String = Sha256::digest(token.as_bytes())
@@ -689,6 +727,26 @@ mod tests {
             verifier(&d).verify(&forged, NOW).await.unwrap_err().code(),
             "bad_signature"
         );
+    }
+
+    #[test]
+    fn front_end_reads_alg_kid_and_iss_before_any_key() {
+        let t = format!("{}.{}.AAAA", b64(&json!({"alg":"ES256","kid":"k9"})), b64(&good()));
+        let f = parse_unverified(&t).unwrap();
+        assert_eq!((f.alg, f.alg_name.as_str()), (Algorithm::ES256, "ES256"));
+        assert_eq!(f.kid.as_deref(), Some("k9"));
+        assert_eq!(f.iss, good()["iss"].as_str().unwrap());
+        let no_iss = format!("{}.{}.", b64(&json!({"alg":"ES256"})), b64(&json!({"sub":"x"})));
+        assert_eq!(parse_unverified(&no_iss).unwrap_err().code(), "missing_claim");
+    }
+
+    #[test]
+    fn unknown_alg_is_echoed_cut_short() {
+        let long = "\u{7}".repeat(5000);
+        let t = format!("{}.{}.", b64(&json!({"alg": long})), b64(&good()));
+        let e = parse_unverified(&t).unwrap_err();
+        assert_eq!(e.code(), "algorithm_not_allowed");
+        assert!(e.to_string().len() < 512, "{} bytes", e.to_string().len());
     }
 
     #[tokio::test]

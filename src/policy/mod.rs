@@ -1497,5 +1497,74 @@ timezone = "Europe/Berlin"
                 }
             }
         }
+
+        /// Whatever the request asks for, a grant has at least one
+        /// principal, each non-empty and one the role grants, and a
+        /// lifetime within the role's max_ttl; asking for more than
+        /// max_ttl is denied, never clipped.
+        #[test]
+        fn grants_have_principals_and_never_exceed_max_ttl(
+            asked in proptest::option::of(proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just("deploy".to_string()),
+                    proptest::strategy::Just("gh-acme".to_string()),
+                    "[a-z-]{0,8}",
+                ],
+                0..4,
+            )),
+            ttl in proptest::option::of(0u64..100_000),
+        ) {
+            let r = role();
+            let req = CertRequest {
+                principals: asked.clone(),
+                ttl: ttl.map(Duration::from_secs),
+            };
+            if let Ok(g) = r.evaluate("gh", &claims(), &req, NOW) {
+                proptest::prop_assert!(!g.principals.is_empty());
+                proptest::prop_assert!(g.principals.iter().all(|p| !p.as_str().is_empty()));
+                proptest::prop_assert!(g.principals.iter().all(|p| ["deploy", "gh-acme"].contains(&p.as_str())));
+                proptest::prop_assert!(g.ttl <= r.max_ttl);
+                proptest::prop_assert!(g.ttl >= load::MIN_TTL);
+            }
+            if let Some(t) = ttl {
+                if Duration::from_secs(t) > r.max_ttl {
+                    proptest::prop_assert!(r.evaluate("gh", &claims(), &req, NOW).is_err());
+                }
+            }
+        }
+
+        /// Deny beats allow: with several claim rules, one failing rule
+        /// denies however many others match, and the denial names it.
+        #[test]
+        fn one_failing_claim_rule_denies_whatever_else_matches(
+            sub_ok in proptest::bool::ANY,
+            repo_ok in proptest::bool::ANY,
+            repo_as_list in proptest::bool::ANY,
+        ) {
+            let mut c = claims();
+            if !sub_ok {
+                c.insert("sub".into(), json!("repo:acme/api:ref:refs/heads/dev"));
+            }
+            let repo = if repo_ok { "acme/api" } else { "mallory/api" };
+            c.insert(
+                "repository".into(),
+                if repo_as_list { json!([repo, "mallory/x"]) } else { json!(repo) },
+            );
+            let got = role().evaluate("gh", &c, &CertRequest::default(), NOW);
+            if sub_ok && repo_ok {
+                proptest::prop_assert!(got.is_ok(), "{:?}", got);
+            } else {
+                let d = got.unwrap_err();
+                proptest::prop_assert_eq!(d.code, DenialCode::ClaimMismatch);
+                // It names a rule that failed, never one that matched.
+                let named_sub = d.rule.ends_with("claims.sub");
+                let named_repo = d.rule.ends_with("claims.repository");
+                proptest::prop_assert!(
+                    (named_sub && !sub_ok) || (named_repo && !repo_ok),
+                    "{}",
+                    d.rule
+                );
+            }
+        }
     }
 }
