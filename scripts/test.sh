@@ -93,6 +93,20 @@ if [ "$(id -u)" -ne 0 ]; then
     say "warning: not root; the tests that start sshd will fail (they need root to log in as test users)"
 fi
 
+# --- fuzz targets: built and their seed corpus replayed, beside the tests --
+# cargo-fuzz comes from crates.io; the targets build on stable Rust
+# (`-s none`). The build runs in the background while the tests run (its
+# own target dir, fuzz/target), and a crash or build failure fails CI.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    say "cargo install cargo-fuzz"
+    cargo install cargo-fuzz --locked --quiet
+fi
+mkdir -p target
+fuzz_log=target/fuzz-replay.log
+say "scripts/fuzz.sh (background; log in $fuzz_log)"
+FUZZ_REQUIRED=1 scripts/fuzz.sh >"$fuzz_log" 2>&1 &
+fuzz_pid=$!
+
 # --- the tests ------------------------------------------------------------
 # Benchmarks are built (so they cannot rot) but not run: they report
 # numbers, they do not assert (run them with `cargo bench`).
@@ -106,5 +120,12 @@ cargo run --release --quiet -- policy check ca-policy
 
 say "mayfly policy test ca-policy --cases ca-policy/cases.toml"
 cargo run --release --quiet -- policy test ca-policy --cases ca-policy/cases.toml
+
+say "waiting for the fuzz corpus replay"
+if ! wait "$fuzz_pid"; then
+    cat "$fuzz_log" >&2
+    die "fuzz targets failed to build or a seed crashed (see above)"
+fi
+tail -n 12 "$fuzz_log" >&2
 
 say "all tests passed"
