@@ -982,15 +982,13 @@ impl Service {
         let mut grant = grant;
         let mut redeem = None;
         match (approval, &req.approval_request) {
-            (None, Some(_)) => {
-                return Err(IssueError::BadRequest {
-                    code: "approval_not_required",
-                    message: format!(
-                        "role {:?} needs no approval; send the request without \"approval_request\"",
-                        req.role
-                    ),
-                })
-            }
+            (None, Some(_)) => return Err(IssueError::BadRequest {
+                code: "approval_not_required",
+                message: format!(
+                    "role {:?} needs no approval; send the request without \"approval_request\"",
+                    req.role
+                ),
+            }),
             (None, None) => {
                 if let Some(role) = role_def {
                     self.check_limits(role, &verified, now_s)?;
@@ -1002,21 +1000,15 @@ impl Service {
                 }
                 match self
                     .request_approval(ap, req, &verified, &grant, rec, now)
-                    .await?
-                {}
+                    .await? {}
             }
             (Some(_), Some(id)) => {
                 // A validated redemption skips the rate limits (the request
                 // was charged when it was made), never max_active_certs.
                 let fingerprint = rec.key_fingerprint.clone().unwrap_or_default();
-                let approved =
-                    self.approved_request(id, req, &verified, &fingerprint, now_s)?;
-                grant = crate::approval::bound_grant(
-                    grant,
-                    &approved,
-                    req.principals.as_deref(),
-                    ttl,
-                )?;
+                let approved = self.approved_request(id, req, &verified, &fingerprint, now_s)?;
+                grant =
+                    crate::approval::bound_grant(grant, &approved, req.principals.as_deref(), ttl)?;
                 if let Some(role) = role_def {
                     self.check_active(role, &verified, now_s)?;
                 }

@@ -496,7 +496,10 @@ fn a_time_after_year_9999_is_reported_not_a_crash() {
     let c = cfg.to_str().expect("utf-8");
     let (code, out) = mayfly(&["audit", "export", "--config", c]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("\"@timestamp\":\"9999-12-31T23:59:59.999Z\""), "{out}");
+    assert!(
+        out.contains("\"@timestamp\":\"9999-12-31T23:59:59.999Z\""),
+        "{out}"
+    );
     let (code, out) = mayfly(&["audit", "search", "--config", c, "--event", "cert_issued"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("9999-12-31T23:59:59"), "{out}");

@@ -354,7 +354,11 @@ fn unknown_alg_is_quoted_back_cut_short() {
         b64(&json!({"alg": alg, "typ": "JWT"})),
         b64(&env.oidc.valid_claims("deploy-rs"))
     );
-    let v = env.expect_error(&env.request(Some(&token), &body), 401, "algorithm_not_allowed");
+    let v = env.expect_error(
+        &env.request(Some(&token), &body),
+        401,
+        "algorithm_not_allowed",
+    );
     let msg = v["message"].as_str().unwrap_or_default();
     assert!(msg.len() < 400, "{} bytes: {msg}", msg.len());
     assert!(msg.contains(r"\u{7}"), "{msg}");

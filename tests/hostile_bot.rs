@@ -161,7 +161,8 @@ fn with_id(body: &Value, id: &str) -> Value {
 fn a_redemption_mints_at_most_what_the_approver_saw() {
     let env = setup();
     let (_, key) = keygen_ed25519(env.dir.path());
-    let asked = json!({"role": "jit", "public_key": key, "principals": ["readonly"], "ttl_seconds": 60});
+    let asked =
+        json!({"role": "jit", "public_key": key, "principals": ["readonly"], "ttl_seconds": 60});
     let id = env.approved(&asked);
 
     // More principals than approved: refused, naming the difference.
@@ -181,7 +182,11 @@ fn a_redemption_mints_at_most_what_the_approver_saw() {
     );
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.json()["error"], "approval_exceeded");
-    assert!(r.text().contains("60s") && r.text().contains("3600s"), "{}", r.text());
+    assert!(
+        r.text().contains("60s") && r.text().contains("3600s"),
+        "{}",
+        r.text()
+    );
     // Another key: refused.
     let (_, other) = keygen_ed25519(env.dir.path());
     let r = env.post_as(
@@ -203,13 +208,19 @@ fn a_redemption_mints_at_most_what_the_approver_saw() {
     assert_eq!(cert["principals"], json!(["readonly"]));
     let lifetime = cert["valid_before"].as_u64().expect("vb")
         - unix_now().min(cert["valid_before"].as_u64().expect("vb"));
-    assert!(lifetime <= 60, "lifetime {lifetime}s above the approved 60s");
+    assert!(
+        lifetime <= 60,
+        "lifetime {lifetime}s above the approved 60s"
+    );
     // What the certificate itself says, read by ssh-keygen.
     let cert_path = env.dir.path().join("jit-cert.pub");
     std::fs::write(&cert_path, cert["certificate"].as_str().expect("cert")).expect("write");
     let listing = support::keygen::run_ssh_keygen(&["-L", "-f", cert_path.to_str().expect("utf8")]);
     let text = String::from_utf8_lossy(&listing.stdout);
-    assert!(text.contains("readonly") && !text.contains("root"), "{text}");
+    assert!(
+        text.contains("readonly") && !text.contains("root"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -300,7 +311,10 @@ fn no_certificate_survives_identity_disable_while_requests_race() {
                     claims["jti"] = json!(uuid::Uuid::new_v4().to_string());
                     let auth = format!("Bearer {}", env.oidc.forge("ES256", claims));
                     let started = Instant::now();
-                    let after = disabled_at.lock().expect("lock").is_some_and(|t| started > t);
+                    let after = disabled_at
+                        .lock()
+                        .expect("lock")
+                        .is_some_and(|t| started > t);
                     let r = env.post_with("/v1/certs/user", &auth, &body);
                     let serial = (r.status == 200).then(|| {
                         issued.fetch_add(1, Ordering::Relaxed);
@@ -310,7 +324,10 @@ fn no_certificate_survives_identity_disable_while_requests_race() {
                         assert_eq!(r.status, 403, "{}", r.text());
                         assert_eq!(r.json()["error"], "disabled", "{}", r.text());
                     }
-                    results.lock().expect("lock").push((r.status, serial, after));
+                    results
+                        .lock()
+                        .expect("lock")
+                        .push((r.status, serial, after));
                 }
             });
         }
@@ -320,7 +337,14 @@ fn no_certificate_survives_identity_disable_while_requests_race() {
             std::thread::sleep(Duration::from_millis(5));
         }
         let out = env.mayfly(&[
-            "identity", "disable", "--issuer", "ci", "--subject", "bot", "--reason", "race",
+            "identity",
+            "disable",
+            "--issuer",
+            "ci",
+            "--subject",
+            "bot",
+            "--reason",
+            "race",
         ]);
         assert!(out.contains("disabled"), "{out}");
         *disabled_at.lock().expect("lock") = Some(Instant::now());
@@ -334,7 +358,14 @@ fn no_certificate_survives_identity_disable_while_requests_race() {
     let revoked: BTreeSet<u64> = env
         .audit("cert_revoked")
         .iter()
-        .filter_map(|r| r["ssh"]["cert"]["key_id"].as_str()?.rsplit(':').next()?.parse().ok())
+        .filter_map(|r| {
+            r["ssh"]["cert"]["key_id"]
+                .as_str()?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect();
     assert!(issued.len() >= 40);
     let escaped: Vec<&u64> = issued.difference(&revoked).collect();
@@ -348,7 +379,10 @@ fn no_certificate_survives_identity_disable_while_requests_race() {
     );
     let late: Vec<_> = results.iter().filter(|r| r.2).collect();
     assert!(!late.is_empty(), "no request started after the disable");
-    assert!(late.iter().all(|r| r.0 == 403), "issued after disable returned");
+    assert!(
+        late.iter().all(|r| r.0 == 403),
+        "issued after disable returned"
+    );
 }
 
 #[test]
@@ -369,7 +403,8 @@ fn unauthenticated_refusals_are_sampled_and_unknown_roles_are_no_labels() {
         .text();
     assert!(!metrics.contains("random-"), "unknown roles became labels");
     assert!(
-        metrics.contains(r#"mayfly_certs_denied_total{role="_unknown",reason="missing_token"} 300"#),
+        metrics
+            .contains(r#"mayfly_certs_denied_total{role="_unknown",reason="missing_token"} 300"#),
         "{metrics}"
     );
     // A graceful stop writes the summary of the window.
@@ -381,7 +416,10 @@ fn unauthenticated_refusals_are_sampled_and_unknown_roles_are_no_labels() {
         "{} refusals before authentication were each written",
         denied.len()
     );
-    assert!(!denied.is_empty(), "the first refusals are recorded in full");
+    assert!(
+        !denied.is_empty(),
+        "the first refusals are recorded in full"
+    );
     let summaries = env.audit("refusals_summarized");
     let counted: u64 = summaries
         .iter()

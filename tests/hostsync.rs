@@ -861,7 +861,11 @@ fn ca_file_lines_that_sshd_cannot_read_are_refused() {
         ca.route("/v1/ca/user.pub", Canned::ok(body.clone()));
         let out = host_sync(&ca.url(), dir, &[]);
         assert_failed_and_kept(&out, what, dir, &before, &[]);
-        assert!(stderr(&out).contains("user CA keys"), "{body:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("user CA keys"),
+            "{body:?}: {}",
+            stderr(&out)
+        );
     }
 
     // Lines sshd reads fine are still accepted: CRLF key lines, comments

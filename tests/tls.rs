@@ -612,11 +612,21 @@ fn admin_endpoints_can_require_a_client_certificate_in_addition_to_the_admin_tok
         );
     }
     // Nothing changed: the certificate is not revoked, the bot not disabled.
-    let r = call(Some((&alice.0, &alice.1)), "GET", "/v1/admin/disabled", json!(null));
+    let r = call(
+        Some((&alice.0, &alice.1)),
+        "GET",
+        "/v1/admin/disabled",
+        json!(null),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json(), json!([]));
     // With a certificate the same token works, and the actor names both.
-    let r = call(Some((&alice.0, &alice.1)), "POST", "/v1/admin/revoke", revoke);
+    let r = call(
+        Some((&alice.0, &alice.1)),
+        "POST",
+        "/v1/admin/revoke",
+        revoke,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["revoked"][0]["serial"], json!(serial));
     // With a certificate, the admin token is still required.

@@ -117,7 +117,13 @@ pub async fn require_admin(
         Ok(t) => t,
         Err(m) => {
             s.service
-                .record_admin_refusal(&action, &rid, "malformed_authorization", m, SystemTime::now())
+                .record_admin_refusal(
+                    &action,
+                    &rid,
+                    "malformed_authorization",
+                    m,
+                    SystemTime::now(),
+                )
                 .await;
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,

@@ -132,7 +132,11 @@ mod tests {
             assert!(summary.is_none());
         }
         for i in 0..500 {
-            let code = if i % 2 == 0 { "token_missing" } else { "bad_signature" };
+            let code = if i % 2 == 0 {
+                "token_missing"
+            } else {
+                "bad_signature"
+            };
             assert_eq!(s.admit(code, t0 + 100).0, Admit::Count);
         }
         assert!(s.flush(t0 + WINDOW_MS - 1).is_none(), "window still open");
@@ -140,10 +144,19 @@ mod tests {
         assert_eq!(summary.event, EventKind::RefusalsSummarized);
         let reason = summary.reason.expect("reason");
         assert!(reason.starts_with("500 more refusal(s)"), "{reason}");
-        assert!(reason.contains("bad_signature=250 token_missing=250"), "{reason}");
-        assert!(s.flush(t0 + 3 * WINDOW_MS).is_none(), "summarized only once");
+        assert!(
+            reason.contains("bad_signature=250 token_missing=250"),
+            "{reason}"
+        );
+        assert!(
+            s.flush(t0 + 3 * WINDOW_MS).is_none(),
+            "summarized only once"
+        );
         // A new window samples again.
-        assert_eq!(s.admit("token_missing", t0 + 3 * WINDOW_MS).0, Admit::Record);
+        assert_eq!(
+            s.admit("token_missing", t0 + 3 * WINDOW_MS).0,
+            Admit::Record
+        );
     }
 
     #[test]

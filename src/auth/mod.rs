@@ -731,13 +731,24 @@ mod tests {
 
     #[test]
     fn front_end_reads_alg_kid_and_iss_before_any_key() {
-        let t = format!("{}.{}.AAAA", b64(&json!({"alg":"ES256","kid":"k9"})), b64(&good()));
+        let t = format!(
+            "{}.{}.AAAA",
+            b64(&json!({"alg":"ES256","kid":"k9"})),
+            b64(&good())
+        );
         let f = parse_unverified(&t).unwrap();
         assert_eq!((f.alg, f.alg_name.as_str()), (Algorithm::ES256, "ES256"));
         assert_eq!(f.kid.as_deref(), Some("k9"));
         assert_eq!(f.iss, good()["iss"].as_str().unwrap());
-        let no_iss = format!("{}.{}.", b64(&json!({"alg":"ES256"})), b64(&json!({"sub":"x"})));
-        assert_eq!(parse_unverified(&no_iss).unwrap_err().code(), "missing_claim");
+        let no_iss = format!(
+            "{}.{}.",
+            b64(&json!({"alg":"ES256"})),
+            b64(&json!({"sub":"x"}))
+        );
+        assert_eq!(
+            parse_unverified(&no_iss).unwrap_err().code(),
+            "missing_claim"
+        );
     }
 
     #[test]
@@ -800,7 +811,10 @@ mod tests {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        assert_eq!(t.legacy_replay_id(), Some(format!("k8s:sha256:{whole}").as_str()));
+        assert_eq!(
+            t.legacy_replay_id(),
+            Some(format!("k8s:sha256:{whole}").as_str())
+        );
     }
 
     #[test]

@@ -1158,7 +1158,10 @@ impl Backend for Sqlite {
         &mut self,
         records: &[GuardedRecord],
     ) -> Result<Vec<Result<(), GuardRefusal>>, StoreError> {
-        if records.iter().any(|(_, g)| g.as_ref().is_some_and(|g| g.redeem.is_some())) {
+        if records
+            .iter()
+            .any(|(_, g)| g.as_ref().is_some_and(|g| g.redeem.is_some()))
+        {
             self.approvals_schema()?;
         }
         let tx = self
@@ -1501,8 +1504,16 @@ mod tests {
             subject: String::new(),
             role: "ops".into(),
         };
-        db.set_disabled(&role, Some(&DisabledEntry { key: role.clone(), ..entry.clone() }), &audit, 1)
-            .unwrap();
+        db.set_disabled(
+            &role,
+            Some(&DisabledEntry {
+                key: role.clone(),
+                ..entry.clone()
+            }),
+            &audit,
+            1,
+        )
+        .unwrap();
         let mut g = guard(None);
         g.issuer = "other".into();
         g.role = "ops".into();
@@ -1520,10 +1531,7 @@ mod tests {
             .collect();
         let out = db.append_guarded(&batch).unwrap();
         assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 2, "{out:?}");
-        assert_eq!(
-            out[2],
-            Err(GuardRefusal::TooManyActive { live: 2, max: 2 })
-        );
+        assert_eq!(out[2], Err(GuardRefusal::TooManyActive { live: 2, max: 2 }));
         assert_eq!(db.count_events("cert_issued").unwrap(), 2);
         // Unguarded records in the same batch are not affected.
         let out = db
@@ -1579,7 +1587,10 @@ mod tests {
             }
             .into())
         );
-        assert_eq!(db.approval_get("apr_1").unwrap().unwrap().status, ApprovalStatus::Used);
+        assert_eq!(
+            db.approval_get("apr_1").unwrap().unwrap().status,
+            ApprovalStatus::Used
+        );
         assert_eq!(db.count_events("approval_used").unwrap(), 1);
         assert_eq!(db.count_events("cert_issued").unwrap(), 1);
     }

@@ -244,9 +244,8 @@ pub fn https_request(
         .unwrap_or_default();
     let alpn = tls.conn.alpn_protocol().map(|p| p.to_vec());
     let mut raw = Vec::new();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {server_name}:{port}\r\nConnection: close\r\n"
-    );
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: {server_name}:{port}\r\nConnection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
