@@ -434,7 +434,6 @@ impl Service {
             ap.required
         ));
         arec.principals = r.principals.clone();
-        arec.valid_after = None;
         let expires_at = r.expires_at;
         self.store
             .write(move |b| b.approval_put(&r, &[arec]))
