@@ -981,13 +981,15 @@ impl Service {
         let mut grant = grant;
         let mut redeem = None;
         match (approval, &req.approval_request) {
-            (None, Some(_)) => return Err(IssueError::BadRequest {
-                code: "approval_not_required",
-                message: format!(
+            (None, Some(_)) => {
+                return Err(IssueError::BadRequest {
+                    code: "approval_not_required",
+                    message: format!(
                     "role {:?} needs no approval; send the request without \"approval_request\"",
                     req.role
                 ),
-            }),
+                })
+            }
             (None, None) => {
                 if let Some(role) = role_def {
                     self.check_limits(role, &verified, now_s)?;
