@@ -20,6 +20,7 @@ use crate::policy::Policy;
 use crate::store::reports::{IdentityRoleUsage, LastDenialRow, ReportDb};
 use crate::store::sqlite::Sqlite;
 use crate::store::{Backend, DisabledEntry, StoreError};
+use crate::time::utc_minute;
 
 /// Days without a certificate after which an identity or role is stale.
 pub const DEFAULT_STALE_DAYS: u64 = 30;
@@ -441,37 +442,6 @@ pub fn load(cfg: &Config, stale_days: u64, now: u64) -> Result<Inventory, Invent
     Ok(db.with(|s| collect(s, &policy, stale_days, now))?)
 }
 
-/// `YYYY-MM-DD HH:MMZ` (UTC) of a unix time.
-pub fn utc_minute(unix: u64) -> String {
-    let (y, m, d) = civil_date(unix / 86_400);
-    let s = unix % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}Z",
-        s / 3600,
-        (s % 3600) / 60
-    )
-}
-
-/// `YYYY-MM-DD` (UTC) of a day number (days since 1970-01-01).
-pub fn utc_day(day: u64) -> String {
-    let (y, m, d) = civil_date(day);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-/// Year, month, day of a day number (Howard Hinnant's civil-from-days).
-fn civil_date(days: u64) -> (i64, u32, u32) {
-    let z = i64::try_from(days).unwrap_or(0) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 fn opt_time(t: Option<u64>) -> String {
     t.map(utc_minute).unwrap_or_else(|| "-".into())
 }
@@ -754,10 +724,8 @@ sub = "x"
     }
 
     #[test]
-    fn dates_are_utc() {
-        assert_eq!(utc_minute(0), "1970-01-01 00:00Z");
-        assert_eq!(utc_minute(1_709_210_096), "2024-02-29 12:34Z");
-        assert_eq!(utc_day(19_782), "2024-02-29");
+    fn window_start_is_days_before_now() {
+        // Date formats are pinned in crate::time.
         assert_eq!(window_start_ms(100, 1), 0);
         assert_eq!(window_start_ms(86_401, 1), 1000);
     }

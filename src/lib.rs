@@ -55,4 +55,5 @@ pub mod rotation;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod time;
 pub mod tls;

@@ -176,7 +176,7 @@ async fn krl_handler(State(s): State<AppState>, headers: HeaderMap) -> Response 
             .into_response();
         }
     };
-    let last_modified = httpdate(snap.generated_date);
+    let last_modified = crate::time::http_date(snap.generated_date);
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -222,37 +222,6 @@ async fn krl_handler(State(s): State<AppState>, headers: HeaderMap) -> Response 
         }
     }
     r
-}
-
-/// RFC 7231 IMF-fixdate for `Last-Modified`.
-fn httpdate(unix: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = (unix / 86400) as i64;
-    let secs = unix % 86400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
-        DAYS[(days.rem_euclid(7)) as usize],
-        d,
-        MONTHS[(m - 1) as usize],
-        y,
-        secs / 3600,
-        (secs % 3600) / 60,
-        secs % 60
-    )
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::inventory::utc_day;
 use crate::store::reports::DailyIssuance;
+use crate::time::utc_day;
 
 /// Most bars in a chart; longer windows are grouped into several days a bar.
 pub const MAX_BARS: u64 = 60;

@@ -566,7 +566,7 @@ pub fn controls(e: &Evidence) -> Vec<Control> {
     let oldest = e
         .audit
         .first_ms
-        .map(|t| inventory::utc_minute(t / 1000))
+        .map(|t| crate::time::utc_minute(t / 1000))
         .unwrap_or_else(|| "-".into());
     let log_days = e
         .audit

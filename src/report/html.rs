@@ -7,7 +7,7 @@ use super::chart::{svg, IssuanceChart};
 use super::compliance::{ChainStatus, ComplianceReport, ControlStatus, DISCLAIMER};
 use super::html_escape as h;
 use super::review::{human_secs, short_digest};
-use crate::inventory::utc_minute;
+use crate::time::utc_minute;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;line-height:1.4}\
 table{border-collapse:collapse;margin:.5em 0 1.5em;width:100%}th,td{border:1px solid #ccc;padding:4px 6px;text-align:left;vertical-align:top;font-size:.9em}\

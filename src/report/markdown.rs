@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use super::chart::{sparkline, IssuanceChart};
 use super::compliance::{ChainStatus, ComplianceReport, DISCLAIMER};
 use super::review::{human_secs, short_digest};
-use crate::inventory::utc_minute;
+use crate::time::utc_minute;
 
 /// A table cell: no line breaks, pipes escaped, no control characters.
 fn cell(s: &str) -> String {

@@ -249,7 +249,7 @@ pub fn build(
                 FindingKind::RoleUnused,
                 format!(
                     "no certificate in the last {days} days (last {}); remove it or confirm it is still needed",
-                    a.map(|a| crate::inventory::utc_minute(a.last_ms / 1000))
+                    a.map(|a| crate::time::utc_minute(a.last_ms / 1000))
                         .unwrap_or_default()
                 ),
             )),
@@ -309,7 +309,7 @@ pub fn build(
         }
         let last = id
             .last_issued
-            .map(|t| format!("last certificate {}", crate::inventory::utc_minute(t)))
+            .map(|t| format!("last certificate {}", crate::time::utc_minute(t)))
             .unwrap_or_else(|| "never got a certificate".into());
         findings.push(Finding {
             kind: FindingKind::StaleIdentity,
@@ -339,7 +339,7 @@ pub fn render_text(r: &AccessReview) -> String {
         "Access review, last {} days (policy {}), {}\n\n",
         r.days,
         short_digest(&r.policy_digest),
-        crate::inventory::utc_minute(r.generated_at)
+        crate::time::utc_minute(r.generated_at)
     ));
     o.push_str("ROLE  USAGE  CERTS(window/all)  IDENTITIES  MAX_TTL  LONGEST_USED  OWNER\n");
     for x in &r.roles {
