@@ -893,7 +893,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Report(cmd) => mayfly::report::run_report(cmd),
+        Cmd::Report(cmd) => Ok(mayfly::report::run_report(cmd)?),
         Cmd::Audit(cmd) => mayfly::audit::cli::run_audit(cmd),
         Cmd::Host(cmd) => mayfly::hostsync::run_host(cmd, cli.verbose),
         Cmd::KnownHosts(args) => mayfly::hostsync::run_known_hosts(args),

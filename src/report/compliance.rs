@@ -259,7 +259,7 @@ fn age_days(p: &Path, now: u64) -> Option<u64> {
     Some(now.saturating_sub(t) / 86_400)
 }
 
-fn role_facts(policy: &Policy) -> Vec<RoleFacts> {
+pub(crate) fn role_facts(policy: &Policy) -> Vec<RoleFacts> {
     policy
         .roles
         .values()

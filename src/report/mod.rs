@@ -8,11 +8,15 @@
 //!   -> inventory::collect      identities, statuses
 //!   -> review::build           unused identities/roles, grants beyond use
 //!   -> compliance::gather      evidence; compliance::controls maps it
-//!   -> markdown | html | json
+//!   -> document::compliance    sections, tables, facts (one model)
+//!   -> markdown | html          markup only; json serialises the report
 //! ```
 
 pub mod chart;
 pub mod compliance;
+pub mod document;
+#[cfg(test)]
+mod fixture;
 pub mod html;
 pub mod markdown;
 pub mod review;
@@ -29,6 +33,9 @@ pub const DEFAULT_DAYS: u64 = 30;
 /// Why a report could not be produced.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
+    /// The config file could not be loaded.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// Config, policy or database trouble.
     #[error(transparent)]
     Inventory(#[from] InventoryError),
@@ -40,6 +47,9 @@ pub enum ReportError {
         /// The error.
         source: std::io::Error,
     },
+    /// The access review could not be written as JSON.
+    #[error("writing the access review as JSON: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 impl From<crate::store::StoreError> for ReportError {
@@ -172,7 +182,7 @@ pub fn write_report(path: &Path, text: &str) -> Result<(), ReportError> {
 use crate::clock::now_secs as unix_now;
 
 /// Runs `mayfly report ...`: the report goes to stdout or `--out`.
-pub fn run_report(cmd: ReportCmd) -> anyhow::Result<ExitCode> {
+pub fn run_report(cmd: ReportCmd) -> Result<ExitCode, ReportError> {
     let env = |k: &str| std::env::var(k).ok();
     match cmd {
         ReportCmd::Compliance {
