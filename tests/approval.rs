@@ -164,7 +164,6 @@ fn approved_request_mints_once_and_nobody_else_can_approve() {
     );
     assert_eq!(r.json()["error"], "approval_not_pending");
 
-    let db = rusqlite::Connection::open(env.ca.data_dir().join("mayfly.db")).expect("db");
     for (event, n) in [
         ("approval_requested", 2),
         ("approval_granted", 1),
@@ -172,14 +171,7 @@ fn approved_request_mints_once_and_nobody_else_can_approve() {
         ("approval_used", 1),
         ("cert_issued", 1),
     ] {
-        let c: i64 = db
-            .query_row(
-                "SELECT COUNT(*) FROM audit WHERE event = ?1",
-                [event],
-                |r| r.get(0),
-            )
-            .expect("count");
-        assert_eq!(c, n, "{event}");
+        assert_eq!(env.ca.audit_count(event), n, "{event}");
     }
 }
 

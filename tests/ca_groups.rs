@@ -4,40 +4,17 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Command;
 
 use serde_json::json;
-use support::{http, keygen_ed25519, ClientSpec, Mayfly, Oidc, Sshd};
+use support::{http, keygen_ed25519, ok, signing_ca, ClientSpec, Mayfly, Oidc, Sshd};
 
 fn role(group: Option<&str>) -> String {
     format!(
         "description = \"d\"\nowner = \"o@example.com\"\nissuer = \"ci\"\nprincipals = [\"deploy\"]\nmax_ttl = \"10m\"\n{}[claims]\nrepository = \"acme/*\"\n",
         group.map(|g| format!("ca_group = \"{g}\"\n")).unwrap_or_default()
     )
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn signing_ca(cert: &Path) -> String {
-    let out = ok(Command::new("ssh-keygen")
-        .arg("-L")
-        .arg("-f")
-        .arg(cert)
-        .output()
-        .expect("ssh-keygen"));
-    out.lines()
-        .find(|l| l.contains("Signing CA:"))
-        .and_then(|l| l.split_whitespace().find(|w| w.starts_with("SHA256:")))
-        .expect("signing CA")
-        .to_string()
 }
 
 fn fingerprint(line: &str) -> String {

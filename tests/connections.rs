@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair};
-use support::mayfly::{https_get, tls_client_config};
+use support::server::{https_get, tls_client_config};
 use support::{http, wait_for, Mayfly};
 
 /// Far above any header_read_timeout used here: a connection still open

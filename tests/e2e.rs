@@ -7,10 +7,9 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use support::{http, keygen_ed25519, ClientSpec, Mayfly, Oidc, Sshd};
+use support::{http, keygen_ed25519, now, ClientSpec, Mayfly, Oidc, Sshd};
 
 const DEPLOY_POLICY: &str = r#"
 description = "Deploy acme services from CI"
@@ -58,13 +57,6 @@ fn setup() -> Env {
         sshd,
         dir: support::temp_dir("e2e"),
     }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
 }
 
 impl Env {
@@ -122,11 +114,6 @@ impl Env {
         );
         assert!(v.get("certificate").is_none());
         v
-    }
-
-    fn audit_rows(&self, sql: &str) -> i64 {
-        let db = rusqlite::Connection::open(self.ca.data_dir().join("mayfly.db")).expect("open db");
-        db.query_row(sql, [], |r| r.get(0)).expect("query audit")
     }
 }
 
@@ -186,7 +173,7 @@ fn bot_with_oidc_token_logs_in_to_real_sshd_for_each_token_algorithm() {
         );
     }
     assert_eq!(
-        env.audit_rows("SELECT COUNT(*) FROM audit WHERE event = 'cert_issued'"),
+        env.ca.audit_count("cert_issued"),
         3
     );
 }
@@ -334,7 +321,11 @@ fn token_whose_claims_do_not_match_gets_403_naming_the_rule() {
     );
     env.expect_error(&r, 403, "unknown_role");
     assert_eq!(
-        env.audit_rows("SELECT COUNT(*) FROM audit WHERE event = 'cert_denied' AND reason_code = 'claim_mismatch' AND subject = 'intruder'"),
+        env.ca
+            .audit(&["--event", "cert_denied", "--subject", "intruder"])
+            .iter()
+            .filter(|r| r["mayfly"]["reason_code"] == "claim_mismatch")
+            .count(),
         1
     );
 }
@@ -432,7 +423,7 @@ fn bad_tokens_get_401_naming_the_failed_check() {
     // After all that, a good token still works: the server kept serving.
     let r = env.request(Some(&good), &body);
     assert_eq!(r.status, 200, "{}", r.text());
-    let denied = env.audit_rows("SELECT COUNT(*) FROM audit WHERE event = 'cert_denied'");
+    let denied = env.ca.audit_count("cert_denied");
     assert!(denied >= 9, "denials recorded: {denied}");
 }
 
@@ -559,32 +550,23 @@ fn store_failure_gives_503_and_no_certificate() {
     let env = setup();
     let (_, public) = env.new_key();
     let body = json!({"role": "deploy", "public_key": public});
+    let issued_before = env.ca.audit_count("cert_issued");
+    // The fault: another process holds the SQLite database locked.
     let db = rusqlite::Connection::open(env.ca.data_dir().join("mayfly.db")).expect("open db");
     db.execute_batch("BEGIN EXCLUSIVE")
         .expect("lock the database");
-    let issued_before = env.audit_rows_unlocked_count(&db);
     let r = env.request(Some(&env.oidc.token("deploy-rs")), &body);
     let v = env.expect_error(&r, 503, "store_unavailable");
     assert!(v["message"].as_str().expect("m").contains("no certificate"));
     db.execute_batch("COMMIT").expect("unlock");
+    drop(db);
     assert_eq!(
-        env.audit_rows_unlocked_count(&db),
+        env.ca.audit_count("cert_issued"),
         issued_before,
         "nothing recorded while locked"
     );
     let r = env.request(Some(&env.oidc.token("deploy-rs")), &body);
     assert_eq!(r.status, 200, "{}", r.text());
-}
-
-impl Env {
-    fn audit_rows_unlocked_count(&self, db: &rusqlite::Connection) -> i64 {
-        db.query_row(
-            "SELECT COUNT(*) FROM audit WHERE event = 'cert_issued'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("count")
-    }
 }
 
 #[test]

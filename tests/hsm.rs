@@ -10,9 +10,9 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use mayfly::ca::keys::{open_ca_signer, Secret};
+use support::now;
 use mayfly::ca::pkcs11::{Pkcs11Error, Pkcs11Signer};
 use mayfly::ca::{Authority, CaSigner, CertKind, CertSpec, Extension, Principal, SubjectKey};
 use mayfly::config::{CaKeyConfig, CaKeyType, Pkcs11Config};
@@ -44,13 +44,6 @@ fn hsm_key(label: &str, key_type: CaKeyType) -> Pkcs11Signer {
     let (signer, _created) = Pkcs11Signer::open(&config(TOKEN, key_type, true), label, &pin(PIN))
         .unwrap_or_else(|e| panic!("open {label}: {e}"));
     signer
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
 }
 
 fn spec(subject_line: &str, serial: u64) -> CertSpec {

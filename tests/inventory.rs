@@ -6,18 +6,13 @@
 
 mod support;
 
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use mayfly::audit::{AuditRecord, EventKind};
-use mayfly::config::Config;
-use mayfly::inventory::Status;
-use mayfly::report::review::FindingKind;
-use mayfly::report::{ReportCmd, ReportFormat};
 use mayfly::store::sqlite::Sqlite;
 use mayfly::store::Backend;
 use serde_json::{json, Value};
-use support::{http, keygen_ed25519, ClientSpec, Mayfly, Oidc};
+use support::{http, keygen_ed25519, mayfly, now, ok, ClientSpec, Mayfly, Oidc};
 
 const DEPLOY_POLICY: &str = r#"
 description = "Deploy acme services from CI"
@@ -47,13 +42,6 @@ struct Env {
     dir: tempfile::TempDir,
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
-
 fn setup() -> Env {
     let oidc = Oidc::start(&[
         ClientSpec::new("deploy-rs", "RS256").claims(json!({"repository": "acme/api"})),
@@ -76,14 +64,6 @@ fn setup() -> Env {
     }
 }
 
-fn mayfly(args: &[&str]) -> Output {
-    Command::new(Mayfly::bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run mayfly")
-}
-
 impl Env {
     fn cert(&self, client: &str, body: Value) -> http::Response {
         let (_, public) = keygen_ed25519(self.dir.path());
@@ -102,18 +82,14 @@ impl Env {
         let cfg = self.ca.config_path().to_str().expect("utf8").to_string();
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--config", &cfg]);
-        let out = mayfly(&all);
-        assert!(
-            out.status.success(),
-            "mayfly {args:?}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        ok(mayfly(&all))
     }
 
-    fn config(&self) -> Config {
-        Config::load(Some(self.ca.config_path()), &|_| None).expect("config loads")
+    fn cli_json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.cli(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     }
 
     fn identities(&self, token: Option<&str>, query: &str) -> http::Response {
@@ -277,20 +253,16 @@ fn inventory_lists_identities_with_status_owners_and_denials_for_admins_only() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(by_subject(&r.json(), "old-bot")["status"], "active");
 
-    // The CLI side builds the same inventory from the config and prints a table.
-    let cfg = env.config();
-    let lib = mayfly::inventory::load(&cfg, 30, now()).expect("inventory");
-    assert_eq!(lib.identities.len(), 4);
-    assert_eq!(
-        lib.identities.iter().map(|i| i.status).collect::<Vec<_>>(),
-        [
-            Status::Disabled,
-            Status::Active,
-            Status::Stale,
-            Status::Stale
-        ]
-    );
-    let table = mayfly::inventory::render_table(&lib);
+    // The CLI builds the same inventory from the config and prints a table.
+    let listed = env.cli_json(&["identity", "list", "--stale-days", "30"]);
+    let statuses: Vec<&str> = listed["identities"]
+        .as_array()
+        .expect("identities")
+        .iter()
+        .map(|i| i["status"].as_str().expect("status"))
+        .collect();
+    assert_eq!(statuses, ["disabled", "active", "stale", "stale"]);
+    let table = env.cli(&["identity", "list", "--stale-days", "30"]);
     let line = table
         .lines()
         .find(|l| l.contains("deploy-rs"))
@@ -325,73 +297,77 @@ fn inventory_lists_identities_with_status_owners_and_denials_for_admins_only() {
 fn access_review_and_compliance_report_show_the_seeded_evidence() {
     let env = setup();
     env.seed();
-    let cfg = env.config();
 
     // Access review: unused roles, principals and TTL headroom, stale bots.
-    let review = mayfly::report::access_review(&cfg, 30, now()).expect("review");
-    let of = |k: FindingKind| -> Vec<String> {
-        review
-            .findings
+    let review = env.cli_json(&["report", "access-review", "--days", "30"]);
+    let of = |kind: &str| -> Vec<String> {
+        review["findings"]
+            .as_array()
+            .expect("findings")
             .iter()
-            .filter(|f| f.kind == k)
+            .filter(|f| f["kind"] == kind)
             .map(|f| {
                 format!(
                     "{} {} {}",
-                    f.role.as_deref().unwrap_or("-"),
-                    f.identity.as_deref().unwrap_or("-"),
-                    f.detail
+                    f["role"].as_str().unwrap_or("-"),
+                    f["identity"].as_str().unwrap_or("-"),
+                    f["detail"].as_str().expect("detail")
                 )
             })
             .collect()
     };
-    let never = of(FindingKind::RoleNeverUsed);
+    let never = of("role_never_used");
     assert_eq!(never.len(), 1, "{never:?}");
     assert!(never[0].starts_with("legacy "), "{never:?}");
-    let unused = of(FindingKind::PrincipalUnused);
+    let unused = of("principal_unused");
     assert_eq!(unused.len(), 1, "{unused:?}");
     assert!(unused[0].contains("\"backup\""), "{unused:?}");
-    let ttl = of(FindingKind::TtlHeadroom);
+    let ttl = of("ttl_headroom");
     assert_eq!(ttl.len(), 1, "{ttl:?}");
     assert!(
         ttl[0]
             .contains("max_ttl 2h is 24x the longest certificate issued in the last 30 days (5m)"),
         "{ttl:?}"
     );
-    assert_eq!(of(FindingKind::WideningExtension).len(), 1);
-    let stale = of(FindingKind::StaleIdentity);
+    assert_eq!(of("widening_extension").len(), 1);
+    let stale = of("stale_identity");
     assert_eq!(stale.len(), 2, "{stale:?}");
     assert!(stale.iter().any(|s| s.contains("ci/old-bot")), "{stale:?}");
     assert!(stale.iter().any(|s| s.contains("ci/intruder")), "{stale:?}");
-    let deploy = review
-        .roles
+    let deploy = review["roles"]
+        .as_array()
+        .expect("roles")
         .iter()
-        .find(|r| r.role == "deploy")
+        .find(|r| r["role"] == "deploy")
         .expect("deploy reviewed");
     assert_eq!(
         (
-            deploy.issued_in_window,
-            deploy.issued_all_time,
-            deploy.identities_in_window
+            &deploy["issued_in_window"],
+            &deploy["issued_all_time"],
+            &deploy["identities_in_window"]
         ),
-        (3, 4, 2)
+        (&json!(3), &json!(4), &json!(2))
     );
-    assert_eq!(deploy.max_ttl_used, Some(300));
+    assert_eq!(deploy["max_ttl_used"], 300);
 
-    // The compliance report, through the CLI entry point with --out.
+    // The compliance report, through the CLI with --out.
     let md_path = env.dir.path().join("report.md");
     let html_path = env.dir.path().join("report.html");
-    for (format, path) in [
-        (ReportFormat::Md, &md_path),
-        (ReportFormat::Html, &html_path),
-    ] {
-        let code = mayfly::report::run_report(ReportCmd::Compliance {
-            config: env.ca.config_path().to_path_buf(),
+    for (format, path) in [("md", &md_path), ("html", &html_path)] {
+        let path = path.to_str().expect("utf8");
+        let out = mayfly(&[
+            "report",
+            "compliance",
+            "--config",
+            env.ca.config_path().to_str().expect("utf8"),
+            "--format",
             format,
-            out: Some(path.clone()),
-            days: 30,
-        })
-        .expect("report runs");
-        assert_eq!(code, std::process::ExitCode::SUCCESS);
+            "--out",
+            path,
+            "--days",
+            "30",
+        ]);
+        assert!(ok(out).is_empty(), "the report goes to --out only");
     }
     let md = std::fs::read_to_string(&md_path).expect("md written");
     let html = std::fs::read_to_string(&html_path).expect("html written");

@@ -338,10 +338,7 @@ fn metrics_after_real_traffic_parse_and_show_every_series() {
     assert!(value(&scrape, "mayfly_store_commit_duration_seconds_sum", &[]) > 0.0);
 
     // Durable state read at scrape time.
-    let db = rusqlite::Connection::open(ca.data_dir().join("mayfly.db")).expect("db");
-    let records: i64 = db
-        .query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))
-        .expect("count");
+    let records = ca.audit(&[]).len();
     assert!(
         records >= 6,
         "2 issued, 2 refused, 1 revoked, 1 disabled: {records}"

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 use support::{http, keygen_ed25519, ClientSpec, Mayfly, Oidc};
 
 const POLICY: &str = r#"
@@ -47,24 +47,11 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     panic!("not within 15 s: {what}");
 }
 
-fn audit_count(ca: &Mayfly, event: &str) -> i64 {
-    let db = rusqlite::Connection::open(ca.data_dir().join("mayfly.db")).expect("db");
-    db.query_row(
-        "SELECT COUNT(*) FROM audit WHERE event = ?1",
-        [event],
-        |r| r.get(0),
-    )
-    .expect("count")
-}
-
-fn last_reload_actor(ca: &Mayfly) -> String {
-    let db = rusqlite::Connection::open(ca.data_dir().join("mayfly.db")).expect("db");
-    db.query_row(
-        "SELECT actor FROM audit WHERE event = 'policy_reloaded' ORDER BY seq DESC LIMIT 1",
-        [],
-        |r| r.get(0),
-    )
-    .expect("a policy_reloaded record")
+/// The newest `policy_reloaded` audit record.
+fn last_reload(ca: &Mayfly) -> Value {
+    ca.audit(&["--event", "policy_reloaded"])
+        .pop()
+        .expect("a policy_reloaded record")
 }
 
 #[test]
@@ -82,13 +69,13 @@ fn policy_edits_take_effect_and_broken_edits_are_rejected_by_the_watcher() {
     eventually("the edit denies acme/api", || {
         status(&ca, &oidc, &public) == (403, "claim_mismatch".into())
     });
-    assert_eq!(audit_count(&ca, "policy_reloaded"), 1);
-    assert_eq!(last_reload_actor(&ca), "reload:change");
+    assert_eq!(ca.audit_count("policy_reloaded"), 1);
+    assert_eq!(last_reload(&ca)["mayfly"]["actor"], "reload:change");
 
     // A broken edit: rejected, the last good policy keeps serving.
     std::fs::write(&file, "description = \"half-written\nowner = ").expect("break");
     eventually("the broken edit is rejected", || {
-        audit_count(&ca, "policy_rejected") >= 1
+        ca.audit_count("policy_rejected") >= 1
     });
     assert_eq!(status(&ca, &oidc, &public), (403, "claim_mismatch".into()));
     assert!(
@@ -104,16 +91,16 @@ fn policy_edits_take_effect_and_broken_edits_are_rejected_by_the_watcher() {
     });
 
     // Each reload names the digest; certificates name the digest that allowed them.
-    let db = rusqlite::Connection::open(ca.data_dir().join("mayfly.db")).expect("db");
-    let digest: String = db
-        .query_row("SELECT policy_digest FROM audit WHERE event = 'policy_reloaded' ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
-        .expect("digest");
+    let reload = last_reload(&ca);
+    let digest = reload["mayfly"]["policy"]["digest"]
+        .as_str()
+        .expect("the reload names the digest");
     assert_eq!(digest.len(), 64);
     let m = http::get(&format!("{}/metrics", ca.url()))
         .expect("metrics")
         .text();
     assert!(
-        m.contains(&digest),
+        m.contains(digest),
         "metrics show the policy version in force"
     );
 }
@@ -139,7 +126,7 @@ fn sighup_reloads_the_policy_while_the_watcher_is_an_hour_away() {
     // Longer than the default 2 s poll: the edit is not in force yet.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(status(&ca, &oidc, &public).0, 200);
-    assert_eq!(audit_count(&ca, "policy_reloaded"), 0);
+    assert_eq!(ca.audit_count("policy_reloaded"), 0);
 
     let pid = ca.pid().expect("pid").to_string();
     assert!(std::process::Command::new("kill")
@@ -150,6 +137,6 @@ fn sighup_reloads_the_policy_while_the_watcher_is_an_hour_away() {
     eventually("SIGHUP puts the edit in force", || {
         status(&ca, &oidc, &public) == (403, "claim_mismatch".into())
     });
-    assert_eq!(audit_count(&ca, "policy_reloaded"), 1);
-    assert_eq!(last_reload_actor(&ca), "reload:SIGHUP");
+    assert_eq!(ca.audit_count("policy_reloaded"), 1);
+    assert_eq!(last_reload(&ca)["mayfly"]["actor"], "reload:SIGHUP");
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
-use support::{http, keygen_ed25519, ClientSpec, Mayfly, Oidc, Sshd};
+use support::{http, keygen_ed25519, mayfly, ok, ClientSpec, Mayfly, Oidc, Sshd};
 
 const DEPLOY_POLICY: &str = r#"
 description = "Deploy acme services from CI"
@@ -63,25 +63,6 @@ fn setup() -> Env {
         ca,
         dir: support::temp_dir("revocation"),
     }
-}
-
-fn mayfly(args: &[&str]) -> Output {
-    Command::new(Mayfly::bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run mayfly")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 impl Env {
@@ -222,15 +203,13 @@ fn revoked_certificates_are_refused_by_sshd_after_host_sync() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no unexpired, unrevoked certificate"));
 
     // Every revocation is in the audit log with its actor.
-    let db = rusqlite::Connection::open(env.ca.data_dir().join("mayfly.db")).expect("db");
-    let n: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM audit WHERE event = 'cert_revoked' AND actor LIKE 'cli:%'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("count");
-    assert_eq!(n, 4);
+    let by_cli = env
+        .ca
+        .audit(&["--event", "cert_revoked"])
+        .iter()
+        .filter(|r| r["mayfly"]["actor"].as_str().is_some_and(|a| a.starts_with("cli:")))
+        .count();
+    assert_eq!(by_cli, 4);
 }
 
 #[test]
@@ -364,26 +343,17 @@ fn admin_api_revokes_with_an_admin_token_only_and_the_krl_has_validators() {
         json!({"role": "deploy", "reason": "freeze"}),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    let db = rusqlite::Connection::open(env.ca.data_dir().join("mayfly.db")).expect("db");
-    let actors: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM audit WHERE actor = 'admin:ci:ops-admin'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("count");
+    let actors = env
+        .ca
+        .audit(&[])
+        .iter()
+        .filter(|r| r["mayfly"]["actor"] == "admin:ci:ops-admin")
+        .count();
     assert!(
         actors >= 2,
         "admin actions audited with the admin's identity"
     );
-    let refused: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM audit WHERE event = 'admin_denied'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("count");
-    assert_eq!(refused, 1);
+    assert_eq!(env.ca.audit_count("admin_denied"), 1);
 }
 
 #[test]

@@ -4,11 +4,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
 
 use serde_json::json;
-use support::{http, keygen_ed25519, ClientSpec, Mayfly, Oidc, Sshd};
+use support::{http, keygen_ed25519, mayfly, ok, signing_ca, ClientSpec, Mayfly, Oidc, Sshd};
 
 const DEPLOY_POLICY: &str = r#"
 description = "Deploy from CI"
@@ -19,39 +18,6 @@ max_ttl = "10m"
 [claims]
 repository = "acme/*"
 "#;
-
-fn mayfly(args: &[&str]) -> Output {
-    Command::new(Mayfly::bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run mayfly")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn signing_ca(cert: &Path) -> String {
-    let out = ok(Command::new("ssh-keygen")
-        .arg("-L")
-        .arg("-f")
-        .arg(cert)
-        .output()
-        .expect("ssh-keygen"));
-    out.lines()
-        .find(|l| l.contains("Signing CA:"))
-        .and_then(|l| l.split_whitespace().find(|w| w.starts_with("SHA256:")))
-        .expect("signing CA line")
-        .to_string()
-}
 
 #[test]
 fn user_ca_rotates_with_logins_working_at_every_step() {
@@ -167,15 +133,7 @@ fn user_ca_rotates_with_logins_working_at_every_step() {
     assert!(!status().contains(&old_fp));
 
     // Every step is in the audit log.
-    let db = rusqlite::Connection::open(ca.data_dir().join("mayfly.db")).expect("db");
-    let n: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM audit WHERE event = 'ca_key_rotated'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("count");
-    assert_eq!(n, 3);
+    assert_eq!(ca.audit_count("ca_key_rotated"), 3);
 
     // Host CA rotates the same way; known_hosts lines follow.
     ok(mayfly(&[

@@ -14,7 +14,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use serde_json::{json, Value};
-use support::mayfly::{https_get, https_request, tls_client_config, tls_client_config_versions};
+use support::server::{https_get, https_request, tls_client_config, tls_client_config_versions};
 use support::process::Proc;
 use support::{free_port, http, keygen_ed25519, wait_for, ClientSpec, Mayfly, Oidc};
 
@@ -172,15 +172,11 @@ fn mayfly_cert_over_https_with_ca_file_gets_a_certificate_and_without_it_fails_o
         );
     }
     // ConnectInfo reached the handler over TLS: the audit row has the peer.
-    let db = rusqlite::Connection::open(ca.data_dir().join("mayfly.db")).expect("open db");
-    let addrs: Vec<String> = db
-        .prepare("SELECT client_addr FROM audit WHERE event = 'cert_issued'")
-        .and_then(|mut s| {
-            s.query_map([], |r| r.get::<_, Option<String>>(0))?
-                .map(|r| r.map(|a| a.unwrap_or_default()))
-                .collect()
-        })
-        .expect("read audit client_addr");
+    let addrs: Vec<String> = ca
+        .audit(&["--event", "cert_issued"])
+        .iter()
+        .map(|r| r["source"]["address"].as_str().unwrap_or_default().to_string())
+        .collect();
     assert_eq!(addrs.len(), 2, "{addrs:?}");
     assert!(
         addrs.iter().all(|a| a.starts_with("127.0.0.1:")),

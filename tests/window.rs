@@ -137,11 +137,6 @@ impl Env {
         )
         .expect("POST /v1/certs/user")
     }
-
-    fn audit_count(&self, sql: &str) -> i64 {
-        let db = rusqlite::Connection::open(self.ca.data_dir().join("mayfly.db")).expect("open db");
-        db.query_row(sql, [], |r| r.get(0)).expect("query audit")
-    }
 }
 
 fn denial(r: &http::Response, code: &str) -> String {
@@ -218,13 +213,15 @@ fn closed_window_is_refused_with_outside_window_naming_the_next_opening() {
     assert!(message.starts_with("closed-now.toml window: "), "{message}");
     // The refusal is audited with its code; nothing was issued.
     assert_eq!(
-        env.audit_count(
-            "SELECT COUNT(*) FROM audit WHERE event = 'cert_denied' AND reason_code = 'outside_window'"
-        ),
+        env.ca
+            .audit(&["--event", "cert_denied"])
+            .iter()
+            .filter(|r| r["mayfly"]["reason_code"] == "outside_window")
+            .count(),
         1
     );
     assert_eq!(
-        env.audit_count("SELECT COUNT(*) FROM audit WHERE event = 'cert_issued'"),
+        env.ca.audit_count("cert_issued"),
         0
     );
 }

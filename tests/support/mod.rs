@@ -11,16 +11,18 @@
 // Each test file uses a different part of the harness.
 #![allow(dead_code, unused_imports)]
 
+pub mod cli;
 pub mod http;
 pub mod issuer;
 pub mod keygen;
-pub mod mayfly;
+pub mod server;
 pub mod oidc;
 pub mod process;
 pub mod sshd;
 
+pub use cli::{all_output, audit_count, audit_search, mayfly, mayfly_command, now, ok, signing_ca};
 pub use keygen::{keygen_ed25519, sign_user_cert};
-pub use mayfly::Mayfly;
+pub use server::Mayfly;
 pub use oidc::{ClientSpec, Oidc};
 pub use sshd::Sshd;
 

@@ -92,6 +92,17 @@ impl Mayfly {
         self.proc.as_ref().map(Proc::pid)
     }
 
+    /// Audit records matching `filters`, oldest first, through
+    /// `mayfly audit search --json` on this server's config.
+    pub fn audit(&self, filters: &[&str]) -> Vec<serde_json::Value> {
+        super::cli::audit_search(&self.config_path, filters)
+    }
+
+    /// How many audit records of this server have `event`.
+    pub fn audit_count(&self, event: &str) -> usize {
+        self.audit(&["--event", event]).len()
+    }
+
     /// The `mayfly` binary under test.
     pub fn bin() -> &'static str {
         env!("CARGO_BIN_EXE_mayfly")
