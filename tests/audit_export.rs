@@ -282,11 +282,9 @@ impl Env {
     }
 }
 
+/// Exit code, stdout and stderr of `mayfly ARGS...`.
 fn mayfly(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(Mayfly::bin())
-        .args(args)
-        .output()
-        .expect("run mayfly");
+    let out = support::mayfly(args);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

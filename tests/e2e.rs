@@ -172,10 +172,7 @@ fn bot_with_oidc_token_logs_in_to_real_sshd_for_each_token_algorithm() {
             "backdated ~60s"
         );
     }
-    assert_eq!(
-        env.ca.audit_count("cert_issued"),
-        3
-    );
+    assert_eq!(env.ca.audit_count("cert_issued"), 3);
 }
 
 #[test]

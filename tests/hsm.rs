@@ -12,11 +12,11 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use mayfly::ca::keys::{open_ca_signer, Secret};
-use support::now;
 use mayfly::ca::pkcs11::{Pkcs11Error, Pkcs11Signer};
 use mayfly::ca::{Authority, CaSigner, CertKind, CertSpec, Extension, Principal, SubjectKey};
 use mayfly::config::{CaKeyConfig, CaKeyType, Pkcs11Config};
 use softhsm::{softhsm, IMPORTED_LABEL, PIN, PIN_TEST_TOKEN, TOKEN};
+use support::now;
 use support::{keygen_ed25519, temp_dir, Sshd};
 use zeroize::Zeroizing;
 

@@ -207,7 +207,11 @@ fn revoked_certificates_are_refused_by_sshd_after_host_sync() {
         .ca
         .audit(&["--event", "cert_revoked"])
         .iter()
-        .filter(|r| r["mayfly"]["actor"].as_str().is_some_and(|a| a.starts_with("cli:")))
+        .filter(|r| {
+            r["mayfly"]["actor"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("cli:"))
+        })
         .count();
     assert_eq!(by_cli, 4);
 }

@@ -14,8 +14,8 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use serde_json::{json, Value};
-use support::server::{https_get, https_request, tls_client_config, tls_client_config_versions};
 use support::process::Proc;
+use support::server::{https_get, https_request, tls_client_config, tls_client_config_versions};
 use support::{free_port, http, keygen_ed25519, wait_for, ClientSpec, Mayfly, Oidc};
 
 const DEPLOY_POLICY: &str = r#"
@@ -175,7 +175,12 @@ fn mayfly_cert_over_https_with_ca_file_gets_a_certificate_and_without_it_fails_o
     let addrs: Vec<String> = ca
         .audit(&["--event", "cert_issued"])
         .iter()
-        .map(|r| r["source"]["address"].as_str().unwrap_or_default().to_string())
+        .map(|r| {
+            r["source"]["address"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
         .collect();
     assert_eq!(addrs.len(), 2, "{addrs:?}");
     assert!(

@@ -220,10 +220,7 @@ fn closed_window_is_refused_with_outside_window_naming_the_next_opening() {
             .count(),
         1
     );
-    assert_eq!(
-        env.ca.audit_count("cert_issued"),
-        0
-    );
+    assert_eq!(env.ca.audit_count("cert_issued"), 0);
 }
 
 #[test]

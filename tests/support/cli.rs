@@ -64,7 +64,9 @@ pub fn all_output(out: &Output) -> String {
 /// No match is an empty list.
 pub fn audit_search(config: &Path, filters: &[&str]) -> Vec<Value> {
     let out = mayfly_command()
-        .args(["audit", "search", "--json", "--limit", "1000000", "--config"])
+        .args([
+            "audit", "search", "--json", "--limit", "1000000", "--config",
+        ])
         .arg(config)
         .args(filters)
         .output()

@@ -15,15 +15,15 @@ pub mod cli;
 pub mod http;
 pub mod issuer;
 pub mod keygen;
-pub mod server;
 pub mod oidc;
 pub mod process;
+pub mod server;
 pub mod sshd;
 
 pub use cli::{all_output, audit_count, audit_search, mayfly, mayfly_command, now, ok, signing_ca};
 pub use keygen::{keygen_ed25519, sign_user_cert};
-pub use server::Mayfly;
 pub use oidc::{ClientSpec, Oidc};
+pub use server::Mayfly;
 pub use sshd::Sshd;
 
 use std::collections::HashSet;
