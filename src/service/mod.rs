@@ -33,7 +33,7 @@ use crate::store::{Store, StoreError};
 
 pub use issue::{Issued, UserCertRequest};
 pub use keys::KeyLoader;
-pub use krl::KrlSnapshot;
+pub use krl::{encode_krl, KrlSnapshot};
 
 /// Why no certificate was issued.
 #[derive(Debug, thiserror::Error)]
