@@ -31,7 +31,7 @@ use crate::policy::{Denial, Policy};
 use crate::store::{DisabledKey, StateVersion};
 use crate::store::{Store, StoreError};
 
-pub use issue::{Issued, UserCertRequest};
+pub use issue::{Issuance, Issued, PendingApproval, UserCertRequest};
 pub use keys::KeyLoader;
 pub use krl::{encode_krl, KrlSnapshot};
 
@@ -58,16 +58,6 @@ pub enum IssueError {
     /// Minting failed (500).
     #[error(transparent)]
     Mint(#[from] MintError),
-    /// The role needs approval; the request waits (202).
-    #[error("role needs approval: request {id} waits for {needed} approval(s) until {expires_at}; an approver runs `mayfly request approve {id}`")]
-    ApprovalPending {
-        /// Approval request id to poll with.
-        id: String,
-        /// Approvals still needed.
-        needed: u32,
-        /// Unix seconds.
-        expires_at: u64,
-    },
     /// An approval step failed (403/404).
     #[error(transparent)]
     Approval(#[from] crate::approval::ApprovalError),
@@ -92,7 +82,6 @@ impl IssueError {
             IssueError::Denied(d) => d.code.as_str(),
             IssueError::Store(_) => "store_unavailable",
             IssueError::Mint(_) => "internal",
-            IssueError::ApprovalPending { .. } => "approval_pending",
             IssueError::Approval(a) => a.code(),
             IssueError::RateLimited { .. } => "rate_limited",
         }
