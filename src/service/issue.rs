@@ -344,9 +344,10 @@ impl Service {
         rec.valid_after = Some(spec.valid_after);
         rec.valid_before = Some(spec.valid_before);
         rec.ca_key = Some(authority.public_key_line());
-        let commit_started = std::time::Instant::now();
+        let commit_started = self.clock.monotonic();
         let stored = self.store.append_guarded(rec.clone(), Some(guard)).await;
-        self.metrics.observe_store_commit(commit_started.elapsed());
+        self.metrics
+            .observe_store_commit(self.clock.monotonic().saturating_sub(commit_started));
         // The guard is checked again in the commit itself: a deactivation,
         // a second redemption or a parallel request that landed after the
         // checks above refuses this certificate instead of racing it.

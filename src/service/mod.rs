@@ -25,7 +25,7 @@ use crate::auth::{TokenError, Verifier};
 use crate::ca::rotation::KeyRing;
 use crate::ca::MintError;
 
-use crate::clock::{unix_ms, unix_secs as unix};
+use crate::clock::{unix_ms, unix_secs as unix, Clock};
 use crate::metrics::Metrics;
 use crate::policy::{Denial, Policy};
 use crate::store::{DisabledKey, StateVersion};
@@ -126,7 +126,7 @@ pub struct Service {
     admin: Mutex<AdminCache>,
     admins: Vec<(String, Vec<crate::policy::ClaimRule>)>,
     limiter: crate::limits::RateLimiter,
-    started: std::time::Instant,
+    clock: Arc<dyn Clock>,
     unauthenticated: crate::audit::sampling::RefusalSampler,
 }
 
@@ -163,13 +163,15 @@ pub struct ServiceParts {
     pub metrics: Arc<Metrics>,
     /// Who may use the admin API.
     pub admins: Vec<crate::config::AdminRule>,
+    /// The time source.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Service {
     /// Assembles the service.
-    pub fn new(p: ServiceParts, now: SystemTime) -> Service {
+    pub fn new(p: ServiceParts) -> Service {
         let replay = ReplayCache::new();
-        let now_s = unix(now);
+        let now_s = unix(p.clock.now());
         for (id, exp) in &p.used_tokens {
             replay.claim(id, *exp, now_s);
         }
@@ -187,7 +189,7 @@ impl Service {
             metrics: p.metrics,
             admin: Mutex::new(AdminCache::default()),
             limiter: crate::limits::RateLimiter::new(),
-            started: std::time::Instant::now(),
+            clock: p.clock,
             unauthenticated: crate::audit::sampling::RefusalSampler::new(),
             admins: p
                 .admins
@@ -289,6 +291,11 @@ impl Service {
             },
         ];
         Ok(candidates.into_iter().find(|k| g.disabled.contains(k)))
+    }
+
+    /// The time source every request of this service uses.
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
     }
 
     /// The token verifier (to warm issuer keys).
