@@ -154,7 +154,8 @@ pub fn build_with_audit(
         .build()
         .map_err(std::io::Error::other)?;
     let metrics = Arc::new(Metrics::for_data_dir(&cfg.data_dir));
-    let verifier = Verifier::new(&cfg.issuers, http, metrics.jwks());
+    let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock::new());
+    let verifier = Verifier::new(&cfg.issuers, http, metrics.jwks(), clock.clone());
     tracing::info!(roles = policy.roles.len(), digest = %policy.digest, dir = %cfg.policy_dir.display(), "policy loaded");
     let service = Service::new(ServiceParts {
         verifier,
