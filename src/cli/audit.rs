@@ -93,7 +93,7 @@ const BUSY: Duration = Duration::from_secs(5);
 
 fn open_db(config: &Path) -> anyhow::Result<(Config, PathBuf, Sqlite)> {
     let cfg = super::load_config(config)?;
-    let path = cfg.data_dir.join(mayfly::server::files::DATABASE);
+    let path = cfg.data_dir.join(mayfly::config::files::DATABASE);
     if !path.exists() {
         anyhow::bail!(
             "no database at {}; is --config the CA's config and has the CA run once?",
