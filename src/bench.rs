@@ -266,7 +266,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     server.abort();
     lat.sort();
     let audited = crate::store::sqlite::Sqlite::open(
-        &cfg.data_dir.join(crate::server::files::DATABASE),
+        &cfg.data_dir.join(crate::config::files::DATABASE),
         cfg.store_busy_timeout,
     )
     .and_then(|db| db.count_events("cert_issued"))

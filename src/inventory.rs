@@ -423,7 +423,7 @@ pub fn load_policy(cfg: &Config) -> Result<Policy, InventoryError> {
 
 /// A report connection to the CA database of `cfg`; the database must exist.
 pub fn open_db(cfg: &Config) -> Result<ReportDb, InventoryError> {
-    let path = cfg.data_dir.join(crate::server::files::DATABASE);
+    let path = cfg.data_dir.join(crate::config::files::DATABASE);
     if !path.exists() {
         return Err(InventoryError::NoDatabase(path));
     }

@@ -380,7 +380,7 @@ impl Metrics {
     /// records, live revocations and disabled entries (from the database),
     /// and the age of the CA key files.
     pub fn for_data_dir(data_dir: &Path) -> Metrics {
-        let path = data_dir.join(crate::server::files::DATABASE);
+        let path = data_dir.join(crate::config::files::DATABASE);
         Metrics {
             inner: Mutex::default(),
             data_dir: Some(data_dir.to_path_buf()),
@@ -536,8 +536,8 @@ impl Metrics {
                 "Seconds since the active CA key file was written (absent for PKCS#11 keys).",
             );
             for (ca, file) in [
-                ("user", crate::server::files::USER_CA_KEY),
-                ("host", crate::server::files::HOST_CA_KEY),
+                ("user", crate::config::files::USER_CA_KEY),
+                ("host", crate::config::files::HOST_CA_KEY),
             ] {
                 if let Some(age) = file_age(&dir.join(file), now) {
                     sample(&mut o, "mayfly_ca_key_age_seconds", &[("ca", ca)], age);
@@ -695,9 +695,9 @@ mod tests {
     #[test]
     fn data_dir_gauges_read_the_database_and_key_files() {
         let d = tempfile::tempdir().unwrap();
-        let db = d.path().join(crate::server::files::DATABASE);
+        let db = d.path().join(crate::config::files::DATABASE);
         drop(crate::store::sqlite::Sqlite::open(&db, Duration::from_millis(100)).unwrap());
-        std::fs::write(d.path().join(crate::server::files::USER_CA_KEY), "k").unwrap();
+        std::fs::write(d.path().join(crate::config::files::USER_CA_KEY), "k").unwrap();
         let m = Metrics::for_data_dir(d.path());
         let out = m.render_at("f", "d", 0, SystemTime::now() + Duration::from_secs(100));
         assert!(out.contains("mayfly_store_up 1\n"), "{out}");

@@ -60,7 +60,11 @@ pub async fn reload(service: &Service, cfg: &Config, trigger: &str) -> bool {
     let dir = cfg.policy_dir.clone();
     let loaded = {
         let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || crate::server::load_policy(&cfg.policy_dir, &cfg)).await
+        tokio::task::spawn_blocking(move || {
+            let names: Vec<&str> = cfg.issuers.iter().map(|i| i.name.as_str()).collect();
+            crate::policy::load::load_for_issuers(&cfg.policy_dir, &names)
+        })
+        .await
     };
     let commit = git_commit(&dir);
     let mut rec = AuditRecord::new(EventKind::PolicyReloaded, now_ms(), "policy-reload");

@@ -9,6 +9,7 @@ use crate::api::{self, AppState};
 use crate::auth::Verifier;
 use crate::ca;
 use crate::ca::rotation::KeyRing;
+use crate::config::files;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy;
@@ -64,20 +65,6 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-/// File names inside `data_dir`.
-pub mod files {
-    /// User CA private key.
-    pub const USER_CA_KEY: &str = "user_ca";
-    /// User CA public key (for `TrustedUserCAKeys`).
-    pub const USER_CA_PUB: &str = "user_ca.pub";
-    /// Host CA private key.
-    pub const HOST_CA_KEY: &str = "host_ca";
-    /// Host CA public key (for `@cert-authority`).
-    pub const HOST_CA_PUB: &str = "host_ca.pub";
-    /// SQLite database.
-    pub const DATABASE: &str = "mayfly.db";
-}
-
 fn ensure_data_dir(dir: &Path) -> Result<(), StartError> {
     use std::os::unix::fs::DirBuilderExt;
     let err = |source| StartError::DataDir {
@@ -115,21 +102,11 @@ fn load_ring(cfg: &Config, base: &str, pub_name: &str, what: &str) -> Result<Key
 
 /// Loads the policy directory or explains every problem.
 pub fn load_policy(dir: &Path, cfg: &Config) -> Result<policy::Policy, StartError> {
-    let p = policy::load_dir(dir).map_err(|errs| StartError::Policy {
-        dir: dir.to_path_buf(),
-        errors: errs
-            .iter()
-            .map(|e| format!("  {e}"))
-            .collect::<Vec<_>>()
-            .join("\n"),
-    })?;
     let names: Vec<&str> = cfg.issuers.iter().map(|i| i.name.as_str()).collect();
-    if let Err(errs) = policy::load::check_issuers(&p, &names) {
-        for e in errs {
-            tracing::warn!("{e}; this role cannot be used until the issuer is configured");
-        }
-    }
-    Ok(p)
+    policy::load::load_for_issuers(dir, &names).map_err(|e| StartError::Policy {
+        dir: e.dir,
+        errors: e.errors,
+    })
 }
 
 use crate::clock::now_secs;

@@ -92,7 +92,7 @@ const BUSY: Duration = Duration::from_secs(5);
 
 fn open_db(config: &Path) -> anyhow::Result<(Config, PathBuf, Sqlite)> {
     let cfg = Config::load(Some(config), &|k| std::env::var(k).ok())?;
-    let path = cfg.data_dir.join(crate::server::files::DATABASE);
+    let path = cfg.data_dir.join(crate::config::files::DATABASE);
     if !path.exists() {
         anyhow::bail!(
             "no database at {}; is --config the CA's config and has the CA run once?",
