@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use mayfly::client::{self, token::TokenSource, CertOptions};
 use mayfly::config::{Config, LogFormat};
 use mayfly::revocation;
-use mayfly::store::{CertFilter, DisabledKey};
+use mayfly::store::{CertFilter, DisableTarget};
 
 use mayfly::clock::now_secs as unix_now;
 
@@ -717,21 +717,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!(
                         "{:<10} {:<12} {:<40} {:<16} {} ({})",
                         "disabled",
-                        if d.key.issuer.is_empty() {
-                            "*"
-                        } else {
-                            &d.key.issuer
-                        },
-                        if d.key.subject.is_empty() {
-                            "*"
-                        } else {
-                            &d.key.subject
-                        },
-                        if d.key.role.is_empty() {
-                            "*"
-                        } else {
-                            &d.key.role
-                        },
+                        d.key.issuer().unwrap_or("*"),
+                        d.key.subject().unwrap_or("*"),
+                        d.key.role().unwrap_or("*"),
                         d.reason,
                         d.actor
                     );
@@ -749,27 +737,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             let cfg = Config::load(Some(&t.config), &|k| std::env::var(k).ok())?;
-            let target = DisabledKey {
-                issuer: t.issuer.unwrap_or_default(),
-                subject: t.subject.unwrap_or_default(),
-                role: t.role.unwrap_or_default(),
-            };
+            let target = DisableTarget::from_parts(t.issuer, t.subject, t.role)
+                .map_err(revocation::RevokeError::from)?;
             let actor = revocation::cli_actor(&|k| std::env::var(k).ok());
             let o = runtime()?.block_on(async {
                 let store = revocation::open_store(&cfg)?;
                 revocation::set_disabled(&store, target, enable, &t.reason, &actor, unix_now())
                     .await
             })?;
-            let what = if o.target.subject.is_empty() {
-                format!("role {}", o.target.role)
-            } else if o.target.role.is_empty() {
-                format!("identity {}/{}", o.target.issuer, o.target.subject)
-            } else {
-                format!(
-                    "identity {}/{} in role {}",
-                    o.target.issuer, o.target.subject, o.target.role
-                )
-            };
+            let what = o.target.to_string();
             let state = if enable { "enabled" } else { "disabled" };
             if o.changed {
                 println!("{what} {state}");

@@ -16,8 +16,8 @@ use serde::Deserialize;
 
 use super::request::MalformedAuthorization;
 use super::{read_json, ApiError, AppState, Bearer, RequestId};
-use crate::revocation::{self, DisableOutcome, RevokeOutcome};
-use crate::store::{CertFilter, DisabledEntry, DisabledKey};
+use crate::revocation::{self, DisableOutcome, RevokeError, RevokeOutcome};
+use crate::store::{CertFilter, DisableTarget, DisabledEntry};
 use crate::tls::ClientIdentity;
 
 #[derive(Debug, Deserialize)]
@@ -210,11 +210,8 @@ async fn set_disabled(
     enable: bool,
 ) -> Result<Json<DisableOutcome>, ApiError> {
     let b: DisableBody = read_json(body, "\"issuer\"+\"subject\" and/or \"role\", \"reason\"")?;
-    let target = DisabledKey {
-        issuer: b.issuer.unwrap_or_default(),
-        subject: b.subject.unwrap_or_default(),
-        role: b.role.unwrap_or_default(),
-    };
+    let target =
+        DisableTarget::from_parts(b.issuer, b.subject, b.role).map_err(RevokeError::from)?;
     let o = revocation::set_disabled(s.service.store(), target, enable, &b.reason, &actor, now())
         .await?;
     Ok(Json(o))
