@@ -52,8 +52,6 @@ pub fn git_commit(dir: &Path) -> Option<String> {
     (out.status.success() && s.len() >= 40 && s.bytes().all(|b| b.is_ascii_hexdigit())).then_some(s)
 }
 
-use crate::clock::now_ms;
-
 /// Reloads the policy from `cfg.policy_dir` now. Returns whether a new
 /// policy took effect.
 pub async fn reload(service: &Service, cfg: &Config, trigger: &str) -> bool {
@@ -67,7 +65,11 @@ pub async fn reload(service: &Service, cfg: &Config, trigger: &str) -> bool {
         .await
     };
     let commit = git_commit(&dir);
-    let mut rec = AuditRecord::new(EventKind::PolicyReloaded, now_ms(), "policy-reload");
+    let mut rec = AuditRecord::new(
+        EventKind::PolicyReloaded,
+        crate::clock::unix_ms(service.clock().now()),
+        "policy-reload",
+    );
     rec.actor = Some(format!("reload:{trigger}"));
     let changed = match loaded {
         Ok(Ok(policy)) => {

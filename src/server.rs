@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::api::{self, AppState};
 use crate::auth::Verifier;
@@ -154,27 +154,26 @@ pub fn build_with_audit(
         .build()
         .map_err(std::io::Error::other)?;
     let metrics = Arc::new(Metrics::for_data_dir(&cfg.data_dir));
-    let verifier = Verifier::new(&cfg.issuers, http, metrics.jwks());
+    let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock::new());
+    let verifier = Verifier::new(&cfg.issuers, http, metrics.jwks(), clock.clone());
     tracing::info!(roles = policy.roles.len(), digest = %policy.digest, dir = %cfg.policy_dir.display(), "policy loaded");
-    let service = Service::new(
-        ServiceParts {
-            verifier,
-            policy,
-            user_keys,
-            host_keys,
-            key_loader: Some(KeyLoader {
-                cfg: cfg.ca.clone(),
-                data_dir: cfg.data_dir.clone(),
-            }),
-            store,
-            used_tokens,
-            serials,
-            backdate: cfg.backdate,
-            metrics,
-            admins: cfg.admins.clone(),
-        },
-        SystemTime::now(),
-    );
+    let service = Service::new(ServiceParts {
+        verifier,
+        policy,
+        user_keys,
+        host_keys,
+        key_loader: Some(KeyLoader {
+            cfg: cfg.ca.clone(),
+            data_dir: cfg.data_dir.clone(),
+        }),
+        store,
+        used_tokens,
+        serials,
+        backdate: cfg.backdate,
+        metrics,
+        admins: cfg.admins.clone(),
+        clock: Arc::new(crate::clock::SystemClock::new()),
+    });
     service
         .load_group_keys(&service.policy())
         .map_err(|e| StartError::Rotation(e.to_string()))?;
@@ -230,7 +229,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             loop {
                 tick.tick().await;
-                s.flush_refusal_summary(SystemTime::now()).await;
+                s.flush_refusal_summary(s.clock().now()).await;
             }
         });
     }
@@ -285,7 +284,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     let service = state.service.clone();
     let app = api::router(state, cfg.max_body_bytes);
     connections::serve(listener, server_tls, app, limits, stats, shutdown_signal()).await?;
-    service.finish_refusal_summary(SystemTime::now()).await;
+    service.finish_refusal_summary(service.clock().now()).await;
     drop(service);
     // Stream what is left to the sinks and sign the final head.
     let _ = tokio::task::spawn_blocking(move || audit.shutdown()).await;

@@ -119,7 +119,6 @@ impl From<IssueError> for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal error; the CA log has details under this request_id".into(),
             ),
-            IssueError::ApprovalPending { .. } => (StatusCode::ACCEPTED, e.to_string()),
             IssueError::Approval(ApprovalError::NotFound(_)) => {
                 (StatusCode::NOT_FOUND, e.to_string())
             }

@@ -25,13 +25,13 @@ use crate::auth::{TokenError, Verifier};
 use crate::ca::rotation::KeyRing;
 use crate::ca::MintError;
 
-use crate::clock::{unix_ms, unix_secs as unix};
+use crate::clock::{unix_ms, unix_secs as unix, Clock};
 use crate::metrics::Metrics;
 use crate::policy::{Denial, Policy};
 use crate::store::{DisableTarget, StateVersion};
 use crate::store::{Store, StoreError};
 
-pub use issue::{Issued, UserCertRequest};
+pub use issue::{Issuance, Issued, PendingApproval, UserCertRequest};
 pub use keys::KeyLoader;
 pub use krl::{encode_krl, KrlSnapshot};
 
@@ -58,16 +58,6 @@ pub enum IssueError {
     /// Minting failed (500).
     #[error(transparent)]
     Mint(#[from] MintError),
-    /// The role needs approval; the request waits (202).
-    #[error("role needs approval: request {id} waits for {needed} approval(s) until {expires_at}; an approver runs `mayfly request approve {id}`")]
-    ApprovalPending {
-        /// Approval request id to poll with.
-        id: String,
-        /// Approvals still needed.
-        needed: u32,
-        /// Unix seconds.
-        expires_at: u64,
-    },
     /// An approval step failed (403/404).
     #[error(transparent)]
     Approval(#[from] crate::approval::ApprovalError),
@@ -92,7 +82,6 @@ impl IssueError {
             IssueError::Denied(d) => d.code.as_str(),
             IssueError::Store(_) => "store_unavailable",
             IssueError::Mint(_) => "internal",
-            IssueError::ApprovalPending { .. } => "approval_pending",
             IssueError::Approval(a) => a.code(),
             IssueError::RateLimited { .. } => "rate_limited",
         }
@@ -137,7 +126,7 @@ pub struct Service {
     admin: Mutex<AdminCache>,
     admins: Vec<(String, Vec<crate::policy::ClaimRule>)>,
     limiter: crate::limits::RateLimiter,
-    started: std::time::Instant,
+    clock: Arc<dyn Clock>,
     unauthenticated: crate::audit::sampling::RefusalSampler,
 }
 
@@ -174,13 +163,15 @@ pub struct ServiceParts {
     pub metrics: Arc<Metrics>,
     /// Who may use the admin API.
     pub admins: Vec<crate::config::AdminRule>,
+    /// The time source.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Service {
     /// Assembles the service.
-    pub fn new(p: ServiceParts, now: SystemTime) -> Service {
+    pub fn new(p: ServiceParts) -> Service {
         let replay = ReplayCache::new();
-        let now_s = unix(now);
+        let now_s = unix(p.clock.now());
         for (id, exp) in &p.used_tokens {
             replay.claim(id, *exp, now_s);
         }
@@ -198,7 +189,7 @@ impl Service {
             metrics: p.metrics,
             admin: Mutex::new(AdminCache::default()),
             limiter: crate::limits::RateLimiter::new(),
-            started: std::time::Instant::now(),
+            clock: p.clock,
             unauthenticated: crate::audit::sampling::RefusalSampler::new(),
             admins: p
                 .admins
@@ -284,6 +275,11 @@ impl Service {
         let g = self.admin.lock().unwrap_or_else(|p| p.into_inner());
         let candidates = DisableTarget::blocking(issuer, subject, role);
         Ok(candidates.into_iter().find(|k| g.disabled.contains(k)))
+    }
+
+    /// The time source every request of this service uses.
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
     }
 
     /// The token verifier (to warm issuer keys).
