@@ -121,9 +121,11 @@ fn every_admin_route_refuses_a_call_without_an_admin_token() {
 
 /// The service of a CA with an empty policy, for driving routers directly.
 fn app_state(dir: &std::path::Path) -> mayfly::api::AppState {
-    let mut cfg = mayfly::config::Config::default();
-    cfg.data_dir = dir.join("data");
-    cfg.policy_dir = dir.join("ca-policy");
+    let cfg = mayfly::config::Config {
+        data_dir: dir.join("data"),
+        policy_dir: dir.join("ca-policy"),
+        ..Default::default()
+    };
     std::fs::create_dir_all(&cfg.policy_dir).expect("policy dir");
     let service = mayfly::server::build(&cfg).expect("service");
     mayfly::api::AppState {
