@@ -4,14 +4,11 @@
 //!
 //! Built from the audit log (requests that got as far as a verified token)
 //! and the `disabled` table; owners come from the policy in force. The
-//! assembly ([`build`]) is pure, so tests control the clock; [`load`] and
-//! [`run_identity_list`] are the I/O edges for the CLI, and the admin API
+//! assembly ([`build`]) is pure, so tests control the clock; [`load`] is
+//! the I/O edge for the CLI (`mayfly identity list`), and the admin API
 //! (`GET /v1/identities`) calls [`collect`].
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -592,27 +589,6 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-/// `mayfly identity list --config FILE [--stale-days N] [--json]`: prints
-/// the inventory as a table (or JSON) on stdout.
-pub fn run_identity_list(
-    config: &Path,
-    stale_days: Option<u64>,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let cfg = Config::load(Some(config), &|k| std::env::var(k).ok())?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let inv = load(&cfg, stale_days.unwrap_or(DEFAULT_STALE_DAYS), now)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&inv)?);
-    } else {
-        print!("{}", render_table(&inv));
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -631,8 +607,9 @@ max_ttl = "10m"
 [claims]
 sub = "x"
 "#;
-        let role = crate::policy::load::parse_role("deploy", Path::new("deploy.toml"), text)
-            .expect("role parses");
+        let role =
+            crate::policy::load::parse_role("deploy", std::path::Path::new("deploy.toml"), text)
+                .expect("role parses");
         let mut p = Policy::default();
         p.roles.insert("deploy".into(), role);
         p.digest = "abc".into();

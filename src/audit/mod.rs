@@ -9,7 +9,6 @@
 //! * [`stream`]: live streaming to sinks ([`syslog`], JSONL file, stdout)
 //!   and periodic checkpoints, off the request path.
 //! * [`search`]: `mayfly audit search`.
-//! * [`cli`]: the `mayfly audit ...` subcommands.
 //!
 //! The chain is computed by the store (`store::sqlite::insert_audit`),
 //! inside the write transaction that inserts the records, so every writer
@@ -18,7 +17,6 @@
 
 pub mod chain;
 pub mod checkpoint;
-pub mod cli;
 pub mod export;
 pub mod sampling;
 pub mod search;

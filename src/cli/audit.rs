@@ -11,15 +11,16 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use clap::Subcommand;
 
-use super::checkpoint::{self, AuditPublicKey};
-use super::search::{self, AuditQuery};
-use super::{export, verify};
-use crate::config::Config;
-use crate::store::sqlite::Sqlite;
+use mayfly::audit::checkpoint::{self, AuditPublicKey};
+use mayfly::audit::search::{self, AuditQuery};
+use mayfly::audit::{export, verify};
+use mayfly::config::Config;
+use mayfly::store::sqlite::Sqlite;
 
 /// `mayfly audit ...`.
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, Subcommand)]
 pub enum AuditCmd {
     /// Check the audit log's hash chain and signed checkpoints (or an
     /// exported file); name the first altered, deleted or reordered record.
@@ -91,8 +92,8 @@ pub enum AuditCmd {
 const BUSY: Duration = Duration::from_secs(5);
 
 fn open_db(config: &Path) -> anyhow::Result<(Config, PathBuf, Sqlite)> {
-    let cfg = Config::load(Some(config), &|k| std::env::var(k).ok())?;
-    let path = cfg.data_dir.join(crate::config::files::DATABASE);
+    let cfg = super::load_config(config)?;
+    let path = cfg.data_dir.join(mayfly::config::files::DATABASE);
     if !path.exists() {
         anyhow::bail!(
             "no database at {}; is --config the CA's config and has the CA run once?",
@@ -105,7 +106,7 @@ fn open_db(config: &Path) -> anyhow::Result<(Config, PathBuf, Sqlite)> {
 }
 
 /// Runs one `mayfly audit` command; prints results on stdout.
-pub fn run_audit(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         AuditCmd::Verify {
             config,
@@ -135,7 +136,7 @@ pub fn run_audit(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 .map(|s| search::parse_since(s, SystemTime::now()))
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
-            if let Some(why) = key_id.as_deref().and_then(crate::ca::key_id_problem) {
+            if let Some(why) = key_id.as_deref().and_then(mayfly::ca::key_id_problem) {
                 eprintln!("warning: {why}");
             }
             let detail = key_id.is_some() || serial.is_some();
