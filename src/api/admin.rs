@@ -2,8 +2,6 @@
 //! Callers authenticate with an OIDC token matched by an `[[admin]]` rule of
 //! the server config; every action (and every refusal) is audited.
 
-use std::time::SystemTime;
-
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
@@ -137,7 +135,7 @@ pub async fn require_admin(
                 rid.as_str(),
                 "client_certificate_required",
                 "no TLS client certificate",
-                SystemTime::now(),
+                s.service.clock().now(),
             )
             .await;
         return Err(ApiError::new(
@@ -155,7 +153,7 @@ pub async fn require_admin(
                     rid.as_str(),
                     "malformed_authorization",
                     m.0,
-                    SystemTime::now(),
+                    s.service.clock().now(),
                 )
                 .await;
             return Err(m.into());
@@ -163,7 +161,12 @@ pub async fn require_admin(
     };
     let actor = s
         .service
-        .authorize_admin(token.as_ref(), &action, rid.as_str(), SystemTime::now())
+        .authorize_admin(
+            token.as_ref(),
+            &action,
+            rid.as_str(),
+            s.service.clock().now(),
+        )
         .await?;
     let actor = match &client.0 {
         Some(c) => format!("{actor} (tls: {c})"),

@@ -6,8 +6,6 @@
 //! sub-router: the service checks the caller's token against the
 //! approvers of each request's role, and audits refused votes.
 
-use std::time::SystemTime;
-
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -32,7 +30,7 @@ pub async fn list(
 ) -> Result<Json<Vec<ApprovalRequest>>, ApiError> {
     let list = s
         .service
-        .pending_approvals(token.as_ref(), SystemTime::now())
+        .pending_approvals(token.as_ref(), s.service.clock().now())
         .await?;
     Ok(Json(list))
 }
@@ -61,7 +59,7 @@ async fn vote(
             approve,
             &b.reason,
             rid.as_str(),
-            SystemTime::now(),
+            s.service.clock().now(),
         )
         .await?;
     Ok(Json(r))

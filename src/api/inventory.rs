@@ -2,8 +2,6 @@
 //! The caller authenticates like the other admin endpoints (an OIDC token
 //! matched by an `[[admin]]` rule); a refusal is audited.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -55,10 +53,7 @@ pub async fn list_identities(
         ));
     };
     let policy = s.service.policy();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = crate::clock::unix_secs(s.service.clock().now());
     let job = tokio::task::spawn_blocking(move || {
         db.with(|sql| inventory::collect(sql, &policy, stale_days, now))
     });

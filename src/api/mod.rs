@@ -10,7 +10,6 @@ pub mod request;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -158,7 +157,7 @@ async fn host_ca(State(s): State<AppState>) -> Response {
 }
 
 async fn krl_handler(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let snap = s.service.krl(SystemTime::now()).map_err(|e| {
+    let snap = s.service.krl(s.service.clock().now()).map_err(|e| {
         ApiError::store_unavailable(
             &e,
             "cannot build the KRL",
@@ -246,10 +245,11 @@ fn httpdate(unix: u64) -> String {
 
 async fn metrics(State(s): State<AppState>) -> Response {
     let p = s.service.policy();
-    let body = s.service.metrics().render(
+    let body = s.service.metrics().render_at(
         &s.service.user_keys().active.fingerprint(),
         &p.digest,
         p.roles.len(),
+        s.service.clock().now(),
     );
     (
         [(
@@ -320,7 +320,7 @@ async fn cert_request(
     body: Result<Bytes, BytesRejection>,
     kind: CertKind,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
+    let started = s.service.clock().monotonic();
     let req = match kind {
         CertKind::User => {
             let shape = "\"role\", \"public_key\", \"ttl_seconds\"?, \"principals\"?";
@@ -356,7 +356,7 @@ async fn cert_request(
         }
     };
     let role = req.role.chars().take(64).collect::<String>();
-    let fut = s.service.issue_user_cert(req, SystemTime::now());
+    let fut = s.service.issue_user_cert(req, s.service.clock().now());
     let resp = match tokio::time::timeout(s.request_timeout, fut).await {
         Ok(Ok(Issuance::Issued(issued))) => {
             let mut r = Json(issued).into_response();
@@ -391,6 +391,8 @@ async fn cert_request(
         )
         .into_response(),
     };
-    s.service.metrics().observe(started.elapsed());
+    s.service
+        .metrics()
+        .observe(s.service.clock().monotonic().saturating_sub(started));
     Ok(resp)
 }
