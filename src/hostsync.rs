@@ -449,38 +449,35 @@ fn base_url(server: &str, insecure_http: bool) -> Result<url::Url, SyncError> {
     Ok(u)
 }
 
-/// The HTTP client for the CA at `base`: rustls with the built-in web roots,
-/// or with only the certificates in `ca_file`; no redirects.
+/// The HTTP client for the CA at `base` ([`client::http::build`]: no
+/// redirects, rustls with the built-in web roots, or with only the
+/// certificates in `ca_file`).
 fn http_client(base: &url::Url, ca_file: Option<&Path>) -> Result<reqwest::Client, SyncError> {
-    let mut b = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT)
-        // A redirect could lead from https to http or to another host.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("mayfly-host-sync/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = ca_file {
-        let bad = |reason: String| SyncError::TlsRoots {
-            path: path.to_path_buf(),
-            reason,
+    use client::http::{self, HttpClientError};
+    let spec = http::ClientSpec {
+        base,
+        ca_file,
+        connect_timeout: CONNECT_TIMEOUT,
+        timeout: REQUEST_TIMEOUT,
+        user_agent: Some(concat!("mayfly-host-sync/", env!("CARGO_PKG_VERSION"))),
+    };
+    http::build(&spec).map_err(|e| {
+        let reason = match e {
+            HttpClientError::Build(e) => {
+                return SyncError::Unreachable {
+                    url: "(client setup)".into(),
+                    reason: e.to_string(),
+                }
+            }
+            HttpClientError::CaFileNeedsHttps { base } => {
+                format!("is for a CA served over TLS, but {base} is not https")
+            }
+            other => other.to_string(),
         };
-        if base.scheme() != "https" {
-            return Err(bad(format!(
-                "is for a CA served over TLS, but {base} is not https"
-            )));
+        SyncError::TlsRoots {
+            path: ca_file.unwrap_or(Path::new("")).to_path_buf(),
+            reason,
         }
-        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(bad("holds no PEM certificate".into()));
-        }
-        b = b.tls_built_in_root_certs(false);
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
-    }
-    b.build().map_err(|e| SyncError::Unreachable {
-        url: "(client setup)".into(),
-        reason: e.to_string(),
     })
 }
 

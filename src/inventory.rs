@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::policy::Policy;
 use crate::store::reports::{IdentityRoleUsage, LastDenialRow, ReportDb};
 use crate::store::sqlite::Sqlite;
-use crate::store::{Backend, DisabledEntry, StoreError};
+use crate::store::{Backend, DisableTarget, DisabledEntry, StoreError};
 use crate::time::utc_minute;
 
 /// Days without a certificate after which an identity or role is stale.
@@ -99,14 +99,14 @@ pub struct Deactivation {
 
 impl Deactivation {
     fn from_entry(e: &DisabledEntry) -> Deactivation {
-        let scope = match (e.key.subject.is_empty(), e.key.role.is_empty()) {
-            (true, _) => DisabledScope::Role,
-            (false, true) => DisabledScope::Identity,
-            (false, false) => DisabledScope::IdentityRole,
+        let scope = match &e.key {
+            DisableTarget::Role(_) => DisabledScope::Role,
+            DisableTarget::Identity { role: None, .. } => DisabledScope::Identity,
+            DisableTarget::Identity { role: Some(_), .. } => DisabledScope::IdentityRole,
         };
         Deactivation {
             scope,
-            role: (!e.key.role.is_empty()).then(|| e.key.role.clone()),
+            role: e.key.role().map(str::to_string),
             since: e.time_ms / 1000,
             reason: e.reason.clone(),
             actor: e.actor.clone(),
@@ -249,19 +249,22 @@ pub fn build(
     let mut identity_role_off: BTreeMap<(String, String, String), &DisabledEntry> = BTreeMap::new();
     let mut role_off: BTreeMap<String, &DisabledEntry> = BTreeMap::new();
     for e in disabled {
-        let k = &e.key;
-        if k.subject.is_empty() {
-            role_off.insert(k.role.clone(), e);
-        } else if k.role.is_empty() {
-            identity_off.insert((k.issuer.clone(), k.subject.clone()), e);
-            by_identity
-                .entry((k.issuer.clone(), k.subject.clone()))
-                .or_default();
-        } else {
-            identity_role_off.insert((k.issuer.clone(), k.subject.clone(), k.role.clone()), e);
-            by_identity
-                .entry((k.issuer.clone(), k.subject.clone()))
-                .or_default();
+        match &e.key {
+            DisableTarget::Role(role) => {
+                role_off.insert(role.clone(), e);
+            }
+            DisableTarget::Identity {
+                issuer,
+                subject,
+                role,
+            } => {
+                let id = (issuer.clone(), subject.clone());
+                match role {
+                    None => identity_off.insert(id.clone(), e),
+                    Some(r) => identity_role_off.insert((id.0.clone(), id.1.clone(), r.clone()), e),
+                };
+                by_identity.entry(id).or_default();
+            }
         }
     }
     let last_denial: BTreeMap<IdKey, &LastDenialRow> = denials
@@ -560,7 +563,7 @@ fn sanitize(s: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::store::DisabledKey;
+    use crate::store::DisableTarget;
 
     const DAY_MS: u64 = 86_400_000;
 
@@ -598,11 +601,8 @@ sub = "x"
 
     fn off(issuer: &str, subject: &str, role: &str) -> DisabledEntry {
         DisabledEntry {
-            key: DisabledKey {
-                issuer: issuer.into(),
-                subject: subject.into(),
-                role: role.into(),
-            },
+            key: DisableTarget::from_columns(issuer.into(), subject.into(), role.into())
+                .expect("a target"),
             time_ms: 5000,
             reason: "r".into(),
             actor: "cli:root".into(),

@@ -433,11 +433,6 @@ impl Metrics {
         g.store.observe(d);
     }
 
-    /// Prometheus text exposition.
-    pub fn render(&self, ca_fingerprint: &str, policy_digest: &str, roles: usize) -> String {
-        self.render_at(ca_fingerprint, policy_digest, roles, SystemTime::now())
-    }
-
     /// Prometheus text exposition as of `now` (key ages, live revocations).
     pub fn render_at(
         &self,

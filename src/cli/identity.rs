@@ -10,7 +10,7 @@ use mayfly::clock::now_secs;
 use mayfly::config::LogFormat;
 use mayfly::inventory::{self, DEFAULT_STALE_DAYS};
 use mayfly::revocation::{self, DisableOutcome};
-use mayfly::store::{DisabledEntry, DisabledKey};
+use mayfly::store::{DisableTarget, DisabledEntry};
 
 use super::{env, init_logging, load_config, quiet, runtime};
 
@@ -103,18 +103,11 @@ fn disabled(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The `identity disabled` table; `*` for "every" (an empty field).
+/// The `identity disabled` table; `*` for "every" (a part the target does not name).
 fn disabled_table(list: &[DisabledEntry]) -> String {
     if list.is_empty() {
         return "nothing is disabled\n".into();
     }
-    let any = |s: &str| {
-        if s.is_empty() {
-            "*".to_owned()
-        } else {
-            s.to_owned()
-        }
-    };
     let mut out = format!(
         "{:<10} {:<12} {:<40} {:<16} REASON (BY)\n",
         "STATUS", "ISSUER", "SUBJECT", "ROLE"
@@ -123,9 +116,9 @@ fn disabled_table(list: &[DisabledEntry]) -> String {
         out.push_str(&format!(
             "{:<10} {:<12} {:<40} {:<16} {} ({})\n",
             "disabled",
-            any(&d.key.issuer),
-            any(&d.key.subject),
-            any(&d.key.role),
+            d.key.issuer().unwrap_or("*"),
+            d.key.subject().unwrap_or("*"),
+            d.key.role().unwrap_or("*"),
             d.reason,
             d.actor
         ));
@@ -138,11 +131,8 @@ fn disabled_table(list: &[DisabledEntry]) -> String {
 fn set_disabled(t: IdentityTarget, enable: bool, verbose: bool) -> anyhow::Result<ExitCode> {
     init_logging(quiet(verbose), LogFormat::Text);
     let cfg = load_config(&t.config)?;
-    let target = DisabledKey {
-        issuer: t.issuer.unwrap_or_default(),
-        subject: t.subject.unwrap_or_default(),
-        role: t.role.unwrap_or_default(),
-    };
+    let target = DisableTarget::from_parts(t.issuer, t.subject, t.role)
+        .map_err(revocation::RevokeError::from)?;
     let actor = revocation::cli_actor(&env);
     let o = runtime()?.block_on(async {
         let store = revocation::open_store(&cfg)?;
@@ -153,16 +143,7 @@ fn set_disabled(t: IdentityTarget, enable: bool, verbose: bool) -> anyhow::Resul
 }
 
 fn outcome_text(o: &DisableOutcome, enable: bool) -> String {
-    let what = if o.target.subject.is_empty() {
-        format!("role {}", o.target.role)
-    } else if o.target.role.is_empty() {
-        format!("identity {}/{}", o.target.issuer, o.target.subject)
-    } else {
-        format!(
-            "identity {}/{} in role {}",
-            o.target.issuer, o.target.subject, o.target.role
-        )
-    };
+    let what = o.target.to_string();
     let state = if enable { "enabled" } else { "disabled" };
     let mut out = if o.changed {
         format!("{what} {state}\n")

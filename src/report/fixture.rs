@@ -10,7 +10,7 @@ use crate::store::reports::{
     AuditSpan, DailyIssuance, IdentityRoleUsage, LastDenialRow, PrincipalUse, RoleAllTime,
     RoleWindowUsage,
 };
-use crate::store::{DisabledEntry, DisabledKey};
+use crate::store::{DisableTarget, DisabledEntry};
 
 const DAY: u64 = 86_400;
 /// "Now" of the fixture: 2024-03-01 12:00 UTC, the day after a leap day.
@@ -84,20 +84,16 @@ pub fn report() -> ComplianceReport {
     }];
     let disabled = vec![
         DisabledEntry {
-            key: DisabledKey {
-                issuer: String::new(),
-                subject: String::new(),
-                role: "legacy".into(),
-            },
+            key: DisableTarget::Role("legacy".into()),
             time_ms: ms(NOW - DAY),
             reason: "freeze | <all>".into(),
             actor: "cli:root".into(),
         },
         DisabledEntry {
-            key: DisabledKey {
+            key: DisableTarget::Identity {
                 issuer: "ci".into(),
                 subject: "old-bot".into(),
-                role: String::new(),
+                role: None,
             },
             time_ms: ms(NOW - DAY),
             reason: "retired".into(),

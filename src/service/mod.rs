@@ -28,7 +28,7 @@ use crate::ca::MintError;
 use crate::clock::{unix_ms, unix_secs as unix, Clock};
 use crate::metrics::Metrics;
 use crate::policy::{Denial, Policy};
-use crate::store::{DisabledKey, StateVersion};
+use crate::store::{DisableTarget, StateVersion};
 use crate::store::{Store, StoreError};
 
 pub use issue::{Issuance, Issued, PendingApproval, UserCertRequest};
@@ -135,7 +135,7 @@ pub struct Service {
 #[derive(Default)]
 struct AdminCache {
     version: Option<StateVersion>,
-    disabled: HashSet<DisabledKey>,
+    disabled: HashSet<DisableTarget>,
     krl: Option<Arc<KrlSnapshot>>,
 }
 
@@ -270,26 +270,10 @@ impl Service {
         issuer: &str,
         subject: &str,
         role: &str,
-    ) -> Result<Option<DisabledKey>, StoreError> {
+    ) -> Result<Option<DisableTarget>, StoreError> {
         self.refresh_admin()?;
         let g = self.admin.lock().unwrap_or_else(|p| p.into_inner());
-        let candidates = [
-            DisabledKey {
-                issuer: issuer.into(),
-                subject: subject.into(),
-                role: String::new(),
-            },
-            DisabledKey {
-                issuer: issuer.into(),
-                subject: subject.into(),
-                role: role.into(),
-            },
-            DisabledKey {
-                issuer: String::new(),
-                subject: String::new(),
-                role: role.into(),
-            },
-        ];
+        let candidates = DisableTarget::blocking(issuer, subject, role);
         Ok(candidates.into_iter().find(|k| g.disabled.contains(k)))
     }
 

@@ -11,6 +11,7 @@
 pub mod approvals;
 pub mod reports;
 pub mod sqlite;
+mod target;
 
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -18,6 +19,7 @@ use std::thread;
 use serde::Serialize;
 
 use crate::audit::AuditRecord;
+pub use target::{DisableTarget, DisableTargetError};
 
 /// Most records committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -91,23 +93,12 @@ pub struct Revocation {
     pub actor: String,
 }
 
-/// What is disabled: a whole role, or an identity (optionally for one role).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct DisabledKey {
-    /// Issuer name ("" for a role).
-    pub issuer: String,
-    /// Subject ("" for a role).
-    pub subject: String,
-    /// Role ("" for an identity in every role).
-    pub role: String,
-}
-
 /// A disabled entry with its reason.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct DisabledEntry {
     /// What is disabled.
     #[serde(flatten)]
-    pub key: DisabledKey,
+    pub key: DisableTarget,
     /// Unix milliseconds.
     pub time_ms: u64,
     /// Why.
@@ -165,7 +156,7 @@ pub struct Redemption {
 pub enum GuardRefusal {
     /// The identity or role is disabled.
     #[error("disabled: {0:?}")]
-    Disabled(DisabledKey),
+    Disabled(DisableTarget),
     /// The identity holds `live` valid certificates in the role already.
     #[error("{live} certificate(s) still valid, the role allows {max}")]
     TooManyActive {
@@ -227,7 +218,7 @@ pub trait Backend: Send + 'static {
     /// revoked.
     fn disable_and_revoke(
         &mut self,
-        key: &DisabledKey,
+        key: &DisableTarget,
         entry: &DisabledEntry,
         audit: &AuditRecord,
         filter: &CertFilter,
@@ -238,7 +229,7 @@ pub trait Backend: Send + 'static {
     /// record, in one transaction. Returns whether anything changed.
     fn set_disabled(
         &mut self,
-        key: &DisabledKey,
+        key: &DisableTarget,
         entry: Option<&DisabledEntry>,
         audit: &AuditRecord,
         now: u64,

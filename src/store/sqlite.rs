@@ -8,7 +8,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags};
 
 use super::{
-    Backend, CertFilter, DisabledEntry, DisabledKey, GuardRefusal, GuardedRecord, IssueGuard,
+    Backend, CertFilter, DisableTarget, DisabledEntry, GuardRefusal, GuardedRecord, IssueGuard,
     IssuedCert, Revocation, StateVersion, StoreError,
 };
 use crate::audit::chain::{self, Hash, StoredRecord};
@@ -270,7 +270,7 @@ fn disabled_entry(
     issuer: &str,
     subject: &str,
     role: &str,
-) -> Result<Option<DisabledKey>, StoreError> {
+) -> Result<Option<DisableTarget>, StoreError> {
     use rusqlite::OptionalExtension as _;
     conn.prepare_cached(
         "SELECT issuer, subject, role FROM disabled
@@ -279,16 +279,20 @@ fn disabled_entry(
          LIMIT 1",
     )
     .and_then(|mut st| {
-        st.query_row(params![issuer, subject, role], |r| {
-            Ok(DisabledKey {
-                issuer: r.get(0)?,
-                subject: r.get(1)?,
-                role: r.get(2)?,
-            })
-        })
-        .optional()
+        st.query_row(params![issuer, subject, role], target_of)
+            .optional()
     })
     .map_err(err)
+}
+
+/// The target of a `disabled` row from its first three columns (see
+/// [`DisableTarget::columns`]). A row naming nothing is an error, so a
+/// damaged table fails the read (and an issuance that checks it) instead
+/// of being skipped.
+fn target_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<DisableTarget> {
+    DisableTarget::from_columns(r.get(0)?, r.get(1)?, r.get(2)?).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 /// Checks `guard` inside the transaction `tx`; on success writes the
@@ -1210,13 +1214,14 @@ impl Backend for Sqlite {
 
     fn disable_and_revoke(
         &mut self,
-        key: &DisabledKey,
+        key: &DisableTarget,
         entry: &DisabledEntry,
         audit: &AuditRecord,
         filter: &CertFilter,
         now: u64,
         revoke: &dyn Fn(&IssuedCert) -> (Revocation, AuditRecord),
     ) -> Result<(bool, Vec<IssuedCert>), StoreError> {
+        let (issuer, subject, role) = key.columns();
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -1226,9 +1231,9 @@ impl Backend for Sqlite {
                 "INSERT OR IGNORE INTO disabled (issuer, subject, role, time_ms, reason, actor)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
-                    key.issuer,
-                    key.subject,
-                    key.role,
+                    issuer,
+                    subject,
+                    role,
                     entry.time_ms as i64,
                     entry.reason,
                     entry.actor
@@ -1316,11 +1321,12 @@ impl Backend for Sqlite {
 
     fn set_disabled(
         &mut self,
-        key: &DisabledKey,
+        key: &DisableTarget,
         entry: Option<&DisabledEntry>,
         audit: &AuditRecord,
         now: u64,
     ) -> Result<bool, StoreError> {
+        let (issuer, subject, role) = key.columns();
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -1330,20 +1336,13 @@ impl Backend for Sqlite {
                 .execute(
                     "INSERT OR IGNORE INTO disabled (issuer, subject, role, time_ms, reason, actor)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
-                        key.issuer,
-                        key.subject,
-                        key.role,
-                        e.time_ms as i64,
-                        e.reason,
-                        e.actor
-                    ],
+                    params![issuer, subject, role, e.time_ms as i64, e.reason, e.actor],
                 )
                 .map_err(err)?,
             None => tx
                 .execute(
                     "DELETE FROM disabled WHERE issuer = ?1 AND subject = ?2 AND role = ?3",
-                    params![key.issuer, key.subject, key.role],
+                    params![issuer, subject, role],
                 )
                 .map_err(err)?,
         };
@@ -1363,11 +1362,7 @@ impl Backend for Sqlite {
         let rows = st
             .query_map([], |r| {
                 Ok(DisabledEntry {
-                    key: DisabledKey {
-                        issuer: r.get(0)?,
-                        subject: r.get(1)?,
-                        role: r.get(2)?,
-                    },
+                    key: target_of(r)?,
                     time_ms: r.get::<_, i64>(3)? as u64,
                     reason: r.get(4)?,
                     actor: r.get(5)?,
@@ -1451,10 +1446,10 @@ mod tests {
     #[test]
     fn an_issuance_after_the_disable_committed_is_refused_in_its_own_commit() {
         let (_d, mut db) = open_tmp();
-        let key = DisabledKey {
+        let key = DisableTarget::Identity {
             issuer: "ci".into(),
             subject: "bot".into(),
-            role: String::new(),
+            role: None,
         };
         let entry = DisabledEntry {
             key: key.clone(),
@@ -1499,11 +1494,7 @@ mod tests {
         assert!(db.live_certs(&filter, 1_000).unwrap().is_empty());
         assert_eq!(db.count_events("cert_issued").unwrap(), 1);
         // A whole disabled role blocks every identity in it.
-        let role = DisabledKey {
-            issuer: String::new(),
-            subject: String::new(),
-            role: "ops".into(),
-        };
+        let role = DisableTarget::Role("ops".into());
         db.set_disabled(
             &role,
             Some(&DisabledEntry {
