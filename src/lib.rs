@@ -43,6 +43,7 @@ pub mod ca;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod evidence;
 pub mod hostsync;
 pub mod inventory;
 pub mod limits;

@@ -1,0 +1,444 @@
+//! The SQLite backend behind the store traits: the group-commit writer
+//! thread for every write, reader threads for the request path, one
+//! report thread (apart, so a slow report never holds up a certificate)
+//! and one gauge thread for `/metrics` scrapes (which never builds an
+//! index). The issuance counters live in process memory
+//! ([`MemoryCounters`]): one server owns a SQLite database.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::memory::MemoryCounters;
+use super::reports::{
+    AuditSpan, DailyIssuance, IdentityRoleUsage, LastDenialRow, PrincipalUse, RoleAllTime,
+    RoleWindowUsage, ScrapeGauges,
+};
+use super::sqlite::{Backend, Sqlite};
+use super::traits::{
+    AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointSigner, IssuanceCounters,
+    IssuanceStore, ReportStore, Revoker, StoreFuture,
+};
+use super::writer::{Hooks, Opener, Readers, Writer};
+use super::{
+    CertFilter, DisabledEntry, DisabledKey, GuardRefusal, IssueGuard, IssuedCert, OpenMode,
+    Revocation, StateVersion, StoreError,
+};
+use crate::approval::{ApprovalRequest, ApprovalStatus};
+use crate::audit::chain::{BadRow, ChainMeta, Hash, StoredRecord};
+use crate::audit::checkpoint::Checkpoint;
+use crate::audit::search::AuditQuery;
+use crate::audit::AuditRecord;
+use crate::policy::limits::RateLimit;
+
+/// Reader threads on the request path.
+const READERS: usize = 2;
+/// Least busy timeout of the report and gauge connections.
+const REPORT_BUSY: Duration = Duration::from_secs(5);
+/// Busy timeout of the scrape-time gauge connection.
+const GAUGE_BUSY: Duration = Duration::from_secs(2);
+
+/// The SQLite store.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Option<Writer>,
+    readers: Readers<Sqlite>,
+    reports: Readers<Sqlite>,
+    gauges: Readers<Sqlite>,
+    hooks: Hooks,
+    counters: MemoryCounters,
+}
+
+fn io(e: std::io::Error) -> StoreError {
+    StoreError::Backend(format!("starting a store thread: {e}"))
+}
+
+impl SqliteStore {
+    /// Opens the database at `path` as `mode` says and starts its threads.
+    pub fn open(path: &Path, busy_timeout: Duration, mode: OpenMode) -> Result<SqliteStore, StoreError> {
+        if mode != OpenMode::Create && !path.exists() {
+            return Err(StoreError::Missing(path.display().to_string()));
+        }
+        let read_only = mode == OpenMode::ReadOnly;
+        let open_rw = {
+            let path = path.to_path_buf();
+            move |busy: Duration| -> Result<Sqlite, StoreError> {
+                if read_only {
+                    Sqlite::open_read_only(&path, busy)
+                } else {
+                    Sqlite::open(&path, busy)
+                }
+            }
+        };
+        let hooks: Hooks = Arc::new(Mutex::new(Vec::new()));
+        let writer = if read_only {
+            None
+        } else {
+            Some(Writer::start(open_rw(busy_timeout)?, hooks.clone()).map_err(io)?)
+        };
+        let mut conns = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            conns.push(Some(open_rw(busy_timeout)?));
+        }
+        let reader_open: Opener<Sqlite> = {
+            let open_rw = open_rw.clone();
+            Arc::new(move || open_rw(busy_timeout))
+        };
+        let readers = Readers::start("mayfly-store-reader", conns, reader_open).map_err(io)?;
+        let report_open: Opener<Sqlite> = {
+            let open_rw = open_rw.clone();
+            let path = path.to_path_buf();
+            Arc::new(move || {
+                if !path.exists() {
+                    return Err(StoreError::Missing(path.display().to_string()));
+                }
+                let db = open_rw(busy_timeout.max(REPORT_BUSY))?;
+                if !read_only {
+                    db.ensure_report_indexes()?;
+                }
+                Ok(db)
+            })
+        };
+        let reports = Readers::start("mayfly-store-reports", vec![None], report_open).map_err(io)?;
+        let gauge_open: Opener<Sqlite> = {
+            let path = path.to_path_buf();
+            Arc::new(move || {
+                if !path.exists() {
+                    return Err(StoreError::Missing(path.display().to_string()));
+                }
+                open_rw(GAUGE_BUSY)
+            })
+        };
+        let gauges = Readers::start("mayfly-store-gauges", vec![None], gauge_open).map_err(io)?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            writer,
+            readers,
+            reports,
+            gauges,
+            hooks,
+            counters: MemoryCounters::new(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn writer(&self) -> Result<&Writer, StoreError> {
+        self.writer.as_ref().ok_or_else(|| {
+            StoreError::Backend(format!("{} is open read-only", self.path.display()))
+        })
+    }
+
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Backend) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<'_, T> {
+        Box::pin(async move { self.writer()?.write(f).await })
+    }
+
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Sqlite) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<'_, T> {
+        Box::pin(self.readers.read(f))
+    }
+
+    fn report<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Sqlite) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<'_, T> {
+        Box::pin(self.reports.read(f))
+    }
+}
+
+impl IssuanceStore for SqliteStore {
+    fn issue(
+        &self,
+        record: AuditRecord,
+        guard: Option<IssueGuard>,
+    ) -> StoreFuture<'_, Result<(), GuardRefusal>> {
+        Box::pin(async move { self.writer()?.append_guarded(record, guard).await })
+    }
+
+    fn max_serial(&self) -> StoreFuture<'_, u64> {
+        self.read(|db| db.max_serial())
+    }
+
+    fn used_tokens(&self, now: u64) -> StoreFuture<'_, Vec<(String, u64)>> {
+        self.read(move |db| db.used_tokens(now))
+    }
+
+    fn live_certs(&self, filter: &CertFilter, now: u64) -> StoreFuture<'_, Vec<IssuedCert>> {
+        let filter = filter.clone();
+        self.read(move |db| db.live_certs(&filter, now))
+    }
+
+    fn active_certs(
+        &self,
+        issuer: &str,
+        subject: &str,
+        role: &str,
+        now: u64,
+    ) -> StoreFuture<'_, u64> {
+        let filter = CertFilter::Identity {
+            issuer: issuer.to_string(),
+            subject: subject.to_string(),
+            role: Some(role.to_string()),
+        };
+        self.read(move |db| db.live_certs(&filter, now).map(|v| v.len() as u64))
+    }
+
+    fn last_expiry_by_ca(&self, ca_key: &str) -> StoreFuture<'_, u64> {
+        let ca_key = ca_key.to_string();
+        self.read(move |db| db.last_expiry_by_ca(&ca_key))
+    }
+}
+
+impl IssuanceCounters for SqliteStore {
+    fn start(&self, now: u64) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let (max, used) = self
+                .readers
+                .read(move |db| Ok((db.max_serial()?, db.used_tokens(now)?)))
+                .await?;
+            self.counters.start(max, &used, now);
+            Ok(())
+        })
+    }
+
+    fn next_serial(&self) -> StoreFuture<'_, u64> {
+        let next = self.counters.next_serial().ok_or_else(|| {
+            StoreError::Backend("serials requested before the store's counters were started".into())
+        });
+        Box::pin(std::future::ready(next))
+    }
+
+    fn claim_token(&self, id: &str, expires_at: u64, now: u64) -> StoreFuture<'_, bool> {
+        Box::pin(std::future::ready(Ok(self
+            .counters
+            .claim_token(id, expires_at, now))))
+    }
+
+    fn take_rate(
+        &self,
+        key: &str,
+        rate: RateLimit,
+        now: f64,
+    ) -> StoreFuture<'_, Result<(), Duration>> {
+        Box::pin(std::future::ready(Ok(self.counters.take_rate(key, rate, now))))
+    }
+}
+
+impl AuditLog for SqliteStore {
+    fn append(&self, record: AuditRecord) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.writer()?
+                .append_guarded(record, None)
+                .await?
+                .map_err(|r| StoreError::Backend(format!("unguarded record refused: {r}")))
+        })
+    }
+
+    fn record_change(&self, record: AuditRecord, now: u64) -> StoreFuture<'_, StateVersion> {
+        self.write(move |b| b.record_change(&record, now))
+    }
+
+    fn scan(
+        &self,
+        from_seq: u64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Result<StoredRecord, BadRow>>> {
+        self.read(move |db| {
+            let mut rows = Vec::with_capacity(limit.min(10_000));
+            db.scan_audit(from_seq, Some(limit), &mut |r| {
+                rows.push(r);
+                true
+            })?;
+            Ok(rows)
+        })
+    }
+
+    fn record(&self, seq: u64) -> StoreFuture<'_, Option<Result<StoredRecord, BadRow>>> {
+        self.read(move |db| db.audit_record(seq))
+    }
+
+    fn head(&self) -> StoreFuture<'_, Option<(u64, Option<Hash>)>> {
+        self.read(|db| db.audit_head())
+    }
+
+    fn first_seq_since(&self, time_ms: i64) -> StoreFuture<'_, Option<u64>> {
+        self.read(move |db| db.first_seq_since(time_ms))
+    }
+
+    fn chain_meta(&self) -> StoreFuture<'_, ChainMeta> {
+        self.read(|db| db.chain_meta())
+    }
+
+    fn checkpoints(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<(i64, Result<Checkpoint, BadRow>)>> {
+        self.read(move |db| db.checkpoints_page(after_id, limit))
+    }
+
+    fn last_checkpoint(&self) -> StoreFuture<'_, Option<(u64, Hash)>> {
+        self.read(|db| db.checkpoints_last())
+    }
+
+    fn write_checkpoint(
+        &self,
+        key_fingerprint: &str,
+        time_ms: i64,
+        sign: CheckpointSigner,
+    ) -> StoreFuture<'_, Option<Checkpoint>> {
+        let fp = key_fingerprint.to_string();
+        self.write(move |b| b.write_checkpoint(&fp, time_ms, sign))
+    }
+
+    fn stream_cursor(&self) -> StoreFuture<'_, Option<u64>> {
+        self.read(|db| db.stream_cursor())
+    }
+
+    fn set_stream_cursor(&self, seq: u64) -> StoreFuture<'_, ()> {
+        self.write(move |b| b.set_stream_cursor(seq))
+    }
+
+    fn search(&self, q: &AuditQuery) -> StoreFuture<'_, Vec<Result<StoredRecord, BadRow>>> {
+        let q = q.clone();
+        self.read(move |db| db.search_audit(&q))
+    }
+
+    fn on_commit(&self, hook: AfterCommit) {
+        self.hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(hook);
+    }
+}
+
+impl ApprovalStore for SqliteStore {
+    fn put(&self, req: ApprovalRequest, audit: Vec<AuditRecord>) -> StoreFuture<'_, ()> {
+        self.write(move |b| b.approval_put(&req, &audit))
+    }
+
+    fn get(&self, id: &str) -> StoreFuture<'_, Option<ApprovalRequest>> {
+        let id = id.to_string();
+        self.read(move |db| db.approval_get(&id))
+    }
+
+    fn list(&self, status: Option<ApprovalStatus>) -> StoreFuture<'_, Vec<ApprovalRequest>> {
+        self.read(move |db| db.approval_list(status))
+    }
+}
+
+impl AccessStore for SqliteStore {
+    fn revoke(
+        &self,
+        revocations: Vec<Revocation>,
+        audit: Vec<AuditRecord>,
+        now: u64,
+    ) -> StoreFuture<'_, StateVersion> {
+        self.write(move |b| b.revoke(&revocations, &audit, now))
+    }
+
+    fn revoke_matching(
+        &self,
+        filter: CertFilter,
+        now: u64,
+        revoke: Revoker,
+    ) -> StoreFuture<'_, (Vec<IssuedCert>, StateVersion)> {
+        self.write(move |b| b.revoke_matching(&filter, now, &*revoke))
+    }
+
+    fn disable_and_revoke(
+        &self,
+        entry: DisabledEntry,
+        audit: AuditRecord,
+        filter: CertFilter,
+        now: u64,
+        revoke: Revoker,
+    ) -> StoreFuture<'_, (bool, Vec<IssuedCert>)> {
+        self.write(move |b| b.disable_and_revoke(&entry.key, &entry, &audit, &filter, now, &*revoke))
+    }
+
+    fn set_disabled(
+        &self,
+        key: DisabledKey,
+        entry: Option<DisabledEntry>,
+        audit: AuditRecord,
+        now: u64,
+    ) -> StoreFuture<'_, bool> {
+        self.write(move |b| b.set_disabled(&key, entry.as_ref(), &audit, now))
+    }
+
+    fn live_revocations(&self, now: u64) -> StoreFuture<'_, Vec<Revocation>> {
+        self.read(move |db| db.live_revocations(now))
+    }
+
+    fn disabled(&self) -> StoreFuture<'_, Vec<DisabledEntry>> {
+        self.read(|db| db.disabled())
+    }
+
+    fn state_version(&self) -> StoreFuture<'_, StateVersion> {
+        self.read(|db| db.state_version())
+    }
+}
+
+impl ReportStore for SqliteStore {
+    fn identity_usage(&self) -> StoreFuture<'_, Vec<IdentityRoleUsage>> {
+        self.report(|db| db.identity_usage())
+    }
+
+    fn last_denials(&self) -> StoreFuture<'_, Vec<LastDenialRow>> {
+        self.report(|db| db.last_denials())
+    }
+
+    fn role_window_usage(&self, since_ms: u64) -> StoreFuture<'_, Vec<RoleWindowUsage>> {
+        self.report(move |db| db.role_window_usage(since_ms))
+    }
+
+    fn role_all_time(&self) -> StoreFuture<'_, Vec<RoleAllTime>> {
+        self.report(|db| db.role_all_time())
+    }
+
+    fn principals_granted(&self, since_ms: u64) -> StoreFuture<'_, Vec<PrincipalUse>> {
+        self.report(move |db| db.principals_granted(since_ms))
+    }
+
+    fn daily_issuance(&self, since_ms: u64) -> StoreFuture<'_, Vec<DailyIssuance>> {
+        self.report(move |db| db.daily_issuance(since_ms))
+    }
+
+    fn denials_by_reason(&self, since_ms: u64) -> StoreFuture<'_, Vec<(String, u64)>> {
+        self.report(move |db| db.denials_by_reason(since_ms))
+    }
+
+    fn event_counts(&self, since_ms: u64) -> StoreFuture<'_, Vec<(String, u64)>> {
+        self.report(move |db| db.event_counts(since_ms))
+    }
+
+    fn incomplete_issuance_records(&self, since_ms: u64) -> StoreFuture<'_, u64> {
+        self.report(move |db| db.incomplete_issuance_records(since_ms))
+    }
+
+    fn audit_span(&self) -> StoreFuture<'_, AuditSpan> {
+        self.report(|db| db.audit_span())
+    }
+
+    fn revocations_since(&self, since_ms: u64) -> StoreFuture<'_, u64> {
+        self.report(move |db| db.revocations_since(since_ms))
+    }
+
+    fn scrape_gauges(&self, now: u64) -> StoreFuture<'_, ScrapeGauges> {
+        Box::pin(self.gauges.read(move |db| db.scrape_gauges(now)))
+    }
+
+    fn count_events(&self, event: &str) -> StoreFuture<'_, u64> {
+        let event = event.to_string();
+        self.report(move |db| db.count_events(&event))
+    }
+}
