@@ -1,0 +1,247 @@
+//! The approval workflow: open a request, vote on it, redeem it.
+
+use std::time::SystemTime;
+
+use crate::audit::{AuditRecord, EventKind};
+use crate::auth::{TokenError, VerifiedToken};
+use crate::clock::{unix_ms, unix_secs as unix};
+use crate::policy::{Denial, DenialCode};
+
+use super::UserCertRequest;
+use super::{IssueError, Service};
+
+impl Service {
+    /// Opens an approval request for a role that needs one and answers
+    /// "pending" (202); the bot redeems it later with its id.
+    pub(super) async fn request_approval(
+        &self,
+        ap: &crate::approval::ApprovalPolicy,
+        req: &UserCertRequest,
+        verified: &VerifiedToken,
+        grant: &crate::policy::Grant,
+        rec: &AuditRecord,
+        now: SystemTime,
+    ) -> Result<std::convert::Infallible, IssueError> {
+        use crate::approval::{ApprovalRequest, ApprovalStatus};
+        let now_s = unix(now);
+        let requester_claims = ap.requester_claims(verified.claims()).map_err(|message| {
+            IssueError::Denied(Denial {
+                code: DenialCode::ClaimMismatch,
+                rule: format!("{}.toml approval.distinct", req.role),
+                message,
+            })
+        })?;
+        let id = crate::approval::new_id();
+        let r = ApprovalRequest {
+            id: id.clone(),
+            role: req.role.clone(),
+            issuer: verified.issuer().to_string(),
+            subject: verified.subject().to_string(),
+            key_fingerprint: rec.key_fingerprint.clone().unwrap_or_default(),
+            principals: grant.principals.iter().map(|p| p.to_string()).collect(),
+            ttl_seconds: grant.ttl.as_secs(),
+            created_at: now_s,
+            expires_at: now_s + ap.expires.as_secs(),
+            required: ap.required,
+            status: ApprovalStatus::Pending,
+            votes: Vec::new(),
+            requester_claims,
+        };
+        let mut arec = rec.clone();
+        arec.event = EventKind::ApprovalRequested;
+        arec.reason = Some(format!(
+            "approval request {id}: {} approval(s) needed",
+            ap.required
+        ));
+        arec.principals = r.principals.clone();
+        let expires_at = r.expires_at;
+        self.store
+            .write(move |b| b.approval_put(&r, &[arec]))
+            .await?;
+        Err(IssueError::ApprovalPending {
+            id,
+            needed: ap.required,
+            expires_at,
+        })
+    }
+
+    /// The approved request `id` that this call may redeem: made by the same
+    /// identity, for the same role and key. A pending one answers "pending"
+    /// again (202, no limits charged: `mayfly ssh` polls); anything else is
+    /// refused. Redeeming it happens in the issuance's own commit.
+    pub(super) fn approved_request(
+        &self,
+        id: &str,
+        req: &UserCertRequest,
+        verified: &VerifiedToken,
+        fingerprint: &str,
+        now_s: u64,
+    ) -> Result<crate::approval::ApprovalRequest, IssueError> {
+        use crate::approval::{ApprovalError, ApprovalStatus};
+        let owned = id.to_string();
+        let r = self
+            .store
+            .read(|b| b.approval_get(&owned))?
+            .ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
+        if r.issuer != verified.issuer()
+            || r.subject != verified.subject()
+            || r.role != req.role
+            || r.key_fingerprint != fingerprint
+        {
+            return Err(ApprovalError::Mismatch(id.to_string()).into());
+        }
+        match r.status_at(now_s) {
+            ApprovalStatus::Approved => Ok(r),
+            ApprovalStatus::Pending => {
+                let approvals = r.votes.iter().filter(|v| v.approve).count() as u32;
+                Err(IssueError::ApprovalPending {
+                    id: r.id,
+                    needed: r.required.saturating_sub(approvals),
+                    expires_at: r.expires_at,
+                })
+            }
+            other => Err(ApprovalError::NotPending {
+                id: id.to_string(),
+                status: other.as_str().into(),
+            }
+            .into()),
+        }
+    }
+
+    /// Pending approval requests the caller may decide, after checking the
+    /// caller's token.
+    pub async fn pending_approvals(
+        &self,
+        token: Option<&crate::auth::BearerToken>,
+        now: SystemTime,
+    ) -> Result<Vec<crate::approval::ApprovalRequest>, IssueError> {
+        let v = self.verify_person(token, now).await?;
+        let policy = self.policy();
+        let all = self
+            .store
+            .read(|b| b.approval_list(Some(crate::approval::ApprovalStatus::Pending)))?;
+        Ok(all
+            .into_iter()
+            .filter(|r| r.status_at(unix(now)) == crate::approval::ApprovalStatus::Pending)
+            .filter(|r| {
+                policy
+                    .roles
+                    .get(&r.role)
+                    .and_then(|role| role.approval.as_ref())
+                    .is_some_and(|ap| ap.is_approver(v.issuer(), v.claims()))
+            })
+            .collect())
+    }
+
+    /// Verifies a person's token (approvers): like a bot token, not single use.
+    async fn verify_person(
+        &self,
+        token: Option<&crate::auth::BearerToken>,
+        now: SystemTime,
+    ) -> Result<VerifiedToken, IssueError> {
+        let token = token.ok_or(TokenError::Missing)?;
+        Ok(self.verifier.verify(token.expose(), unix(now)).await?)
+    }
+
+    /// Approves or denies approval request `id` as the caller. A refused
+    /// vote (not an approver, self-approval, already voted, decided or
+    /// expired) is audited like a refused admin call.
+    pub async fn vote(
+        &self,
+        token: Option<&crate::auth::BearerToken>,
+        id: &str,
+        approve: bool,
+        reason: &str,
+        request_id: &str,
+        now: SystemTime,
+    ) -> Result<crate::approval::ApprovalRequest, IssueError> {
+        let mut who = None;
+        let result = self
+            .vote_inner(token, id, approve, reason, request_id, now, &mut who)
+            .await;
+        if let Err(e) = &result {
+            if !matches!(e, IssueError::Store(_)) {
+                let mut rec =
+                    AuditRecord::new(EventKind::ApprovalVoteRefused, unix_ms(now), request_id);
+                rec.actor = who.map(|w| format!("approver:{w}"));
+                rec.reason_code = Some(e.code().to_string());
+                let action = if approve { "approve" } else { "deny" };
+                rec.reason = Some(format!(
+                    "{action} approval request {}: {e}",
+                    id.chars().take(64).collect::<String>()
+                ));
+                if let Err(se) = self.store.append(rec).await {
+                    tracing::error!(error = %se, "audit record of a refused approval vote not stored");
+                }
+                tracing::warn!(request_id, code = e.code(), reason = %e, "approval vote refused");
+            }
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn vote_inner(
+        &self,
+        token: Option<&crate::auth::BearerToken>,
+        id: &str,
+        approve: bool,
+        reason: &str,
+        request_id: &str,
+        now: SystemTime,
+        who: &mut Option<String>,
+    ) -> Result<crate::approval::ApprovalRequest, IssueError> {
+        use crate::approval::ApprovalError;
+        let v = self.verify_person(token, now).await?;
+        let approver = format!("{}:{}", v.issuer(), v.subject());
+        *who = Some(approver.clone());
+        let policy = self.policy();
+        let id_owned = id.to_string();
+        let current = self
+            .store
+            .read(|b| b.approval_get(&id_owned))?
+            .ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
+        let ap = policy
+            .roles
+            .get(&current.role)
+            .and_then(|role| role.approval.as_ref())
+            .filter(|ap| ap.is_approver(v.issuer(), v.claims()))
+            .ok_or_else(|| ApprovalError::NotApprover(approver.clone(), current.role.clone()))?;
+        // Only approvals count against `distinct`: anyone allowed may say no.
+        if approve {
+            crate::approval::check_distinct(&ap.distinct, &current, v.claims())?;
+        }
+        let now_s = unix(now);
+        let mut rec = AuditRecord::new(
+            if approve {
+                EventKind::ApprovalGranted
+            } else {
+                EventKind::ApprovalDenied
+            },
+            unix_ms(now),
+            request_id,
+        );
+        rec.role = Some(current.role.clone());
+        rec.issuer = Some(current.issuer.clone());
+        rec.subject = Some(current.subject.clone());
+        rec.actor = Some(format!("approver:{approver}"));
+        rec.reason = Some(format!("approval request {id}: {reason}"));
+        let (id, reason) = (id.to_string(), reason.to_string());
+        let updated = self
+            .store
+            .write(move |b| {
+                let Some(r) = b.approval_get(&id)? else {
+                    return Ok(Err(ApprovalError::NotFound(id)));
+                };
+                match crate::approval::apply_vote(r, &approver, approve, &reason, now_s) {
+                    Ok(r) => {
+                        b.approval_put(&r, &[rec])?;
+                        Ok(Ok(r))
+                    }
+                    Err(e) => Ok(Err(e)),
+                }
+            })
+            .await??;
+        tracing::info!(request_id, approval = %updated.id, status = updated.status.as_str(), "approval vote recorded");
+        Ok(updated)
+    }
+}

@@ -1,0 +1,320 @@
+//! The issuance pipeline: token, policy, limits, replay, mint, durable record.
+
+use std::time::{Duration, SystemTime};
+
+use crate::audit::{AuditRecord, EventKind};
+use crate::auth::{TokenError, VerifiedToken};
+use crate::clock::{unix_ms, unix_secs as unix};
+use crate::store::StoreError;
+
+use super::{IssueError, Service};
+use std::net::SocketAddr;
+
+use crate::ca::{self, CertKind, MintError, SubjectKey};
+
+use super::limits::{disabled_denial, guard_refusal};
+use super::spec;
+use crate::policy::{CertRequest, HostCertRequest};
+
+/// A bot's (or host's) request for a certificate.
+#[derive(Debug)]
+pub struct UserCertRequest {
+    /// User or host certificate.
+    pub kind: CertKind,
+    /// Host names (host certificates only).
+    pub hostnames: Option<Vec<String>>,
+    /// The bearer token (never logged).
+    pub token: Option<crate::auth::BearerToken>,
+    /// Requested role.
+    pub role: String,
+    /// OpenSSH public key line.
+    pub public_key: String,
+    /// Requested lifetime.
+    pub ttl_seconds: Option<u64>,
+    /// Requested subset of principals.
+    pub principals: Option<Vec<String>>,
+    /// Id for logs and the audit record.
+    pub request_id: String,
+    /// Client address.
+    pub client_addr: Option<SocketAddr>,
+    /// The approval request this call redeems (roles that need approval).
+    pub approval_request: Option<String>,
+}
+
+/// An issued certificate.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Issued {
+    /// OpenSSH certificate line.
+    pub certificate: String,
+    /// Serial.
+    pub serial: u64,
+    /// Key id.
+    pub key_id: String,
+    /// Principals.
+    pub principals: Vec<String>,
+    /// Unix seconds.
+    pub valid_after: u64,
+    /// Unix seconds.
+    pub valid_before: u64,
+}
+
+impl Service {
+    /// Issues a user certificate, or explains why not. The certificate is
+    /// returned only after its audit record is durable.
+    pub async fn issue_user_cert(
+        &self,
+        req: UserCertRequest,
+        now: SystemTime,
+    ) -> Result<Issued, IssueError> {
+        let mut rec = AuditRecord::new(EventKind::CertDenied, unix_ms(now), &req.request_id);
+        rec.client_addr = req.client_addr.map(|a| a.to_string());
+        rec.role = Some(req.role.chars().take(128).collect());
+        let result = self.decide_and_mint(&req, now, &mut rec).await;
+        // Metrics label only roles that exist, so random role names sent
+        // by anyone cannot grow the label set.
+        let policy = self.policy();
+        let role_label = if policy.roles.contains_key(&req.role) {
+            req.role.as_str()
+        } else {
+            "_unknown"
+        };
+        match &result {
+            Ok(issued) => {
+                self.metrics.issued(role_label);
+                tracing::info!(
+                    request_id = %req.request_id, role = %req.role,
+                    issuer = rec.issuer.as_deref().unwrap_or(""),
+                    subject = rec.subject.as_deref().unwrap_or(""),
+                    serial = issued.serial, key_id = %issued.key_id,
+                    principals = ?issued.principals, valid_before = issued.valid_before,
+                    "certificate issued"
+                );
+            }
+            Err(e) => {
+                let code = e.code();
+                self.metrics.denied(role_label, code);
+                match e {
+                    IssueError::Store(se) => {
+                        tracing::error!(request_id = %req.request_id, role = %req.role, error = %se,
+                            "audit record not stored; no certificate issued");
+                    }
+                    IssueError::Mint(me) => {
+                        tracing::error!(request_id = %req.request_id, role = %req.role, error = %me, "minting failed");
+                    }
+                    _ => {
+                        tracing::info!(request_id = %req.request_id, role = %req.role, code,
+                            issuer = rec.issuer.as_deref().unwrap_or(""),
+                            subject = rec.subject.as_deref().unwrap_or(""),
+                            reason = %e, "certificate denied");
+                    }
+                }
+                if !matches!(e, IssueError::Store(_) | IssueError::ApprovalPending { .. }) {
+                    rec.event = EventKind::CertDenied;
+                    rec.reason_code = Some(code.to_string());
+                    rec.reason = Some(e.to_string());
+                    rec.serial = None;
+                    // Before the token is verified, a refusal costs the
+                    // caller nothing: sample those (see audit::sampling).
+                    let verified = rec.subject.is_some();
+                    let (admit, summary) = if verified {
+                        (crate::audit::sampling::Admit::Record, None)
+                    } else {
+                        self.unauthenticated.admit(code, unix_ms(now))
+                    };
+                    let mut records = Vec::with_capacity(2);
+                    records.extend(summary);
+                    if admit == crate::audit::sampling::Admit::Record {
+                        records.push(rec);
+                    }
+                    // A refusal is recorded too; if that record fails the
+                    // answer stays the same, since no credential leaves.
+                    for r in records {
+                        if let Err(se) = self.store.append(r).await {
+                            tracing::error!(request_id = %req.request_id, error = %se, "audit record of a denial not stored");
+                        }
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    async fn decide_and_mint(
+        &self,
+        req: &UserCertRequest,
+        now: SystemTime,
+        rec: &mut AuditRecord,
+    ) -> Result<Issued, IssueError> {
+        let now_s = unix(now);
+        let token = req.token.as_ref().ok_or(TokenError::Missing)?;
+        let verified: VerifiedToken = self.verifier.verify(token.expose(), now_s).await?;
+        rec.issuer = Some(verified.issuer().to_string());
+        rec.subject = Some(verified.subject().to_string());
+        rec.token_id = Some(verified.replay_id().to_string());
+        rec.token_exp = Some(verified.expires_at());
+
+        let subject = SubjectKey::parse(&req.public_key).map_err(|e| IssueError::BadRequest {
+            code: match e {
+                ca::SubjectKeyError::Malformed(_) => "invalid_public_key",
+                _ => "unsupported_key_type",
+            },
+            message: e.to_string(),
+        })?;
+        rec.key_fingerprint = Some(subject.fingerprint());
+        let ttl = match req.ttl_seconds {
+            None => None,
+            Some(0) => {
+                return Err(IssueError::BadRequest {
+                    code: "invalid_ttl",
+                    message: "ttl_seconds must be above 0; omit it for the role's default".into(),
+                })
+            }
+            Some(s) => Some(Duration::from_secs(s)),
+        };
+        let policy = self.policy();
+        rec.policy_digest = Some(policy.digest.clone());
+        rec.cert_type = Some(req.kind.as_str().to_string());
+        let grant = match req.kind {
+            CertKind::User => policy.evaluate(
+                &req.role,
+                verified.issuer(),
+                verified.claims(),
+                &CertRequest {
+                    principals: req.principals.clone(),
+                    ttl,
+                },
+                now_s,
+            )?,
+            CertKind::Host => policy.evaluate_host(
+                &req.role,
+                verified.issuer(),
+                verified.claims(),
+                &HostCertRequest {
+                    hostnames: req.hostnames.clone(),
+                    ttl,
+                },
+            )?,
+        };
+        grant.admit_key(&crate::policy::KeyFacts::from(&subject))?;
+        if let Some(d) = self.disabled_for(verified.issuer(), verified.subject(), &req.role)? {
+            return Err(disabled_denial(&d));
+        }
+
+        let role_def = policy.roles.get(&req.role);
+        let approval = role_def.and_then(|r| r.approval.as_ref());
+        let mut grant = grant;
+        let mut redeem = None;
+        match (approval, &req.approval_request) {
+            (None, Some(_)) => {
+                return Err(IssueError::BadRequest {
+                    code: "approval_not_required",
+                    message: format!(
+                    "role {:?} needs no approval; send the request without \"approval_request\"",
+                    req.role
+                ),
+                })
+            }
+            (None, None) => {
+                if let Some(role) = role_def {
+                    self.check_limits(role, &verified, now_s)?;
+                }
+            }
+            (Some(ap), None) => {
+                if let Some(role) = role_def {
+                    self.check_limits(role, &verified, now_s)?;
+                }
+                match self
+                    .request_approval(ap, req, &verified, &grant, rec, now)
+                    .await? {}
+            }
+            (Some(_), Some(id)) => {
+                // A validated redemption skips the rate limits (the request
+                // was charged when it was made), never max_active_certs.
+                let fingerprint = rec.key_fingerprint.clone().unwrap_or_default();
+                let approved = self.approved_request(id, req, &verified, &fingerprint, now_s)?;
+                grant =
+                    crate::approval::bound_grant(grant, &approved, req.principals.as_deref(), ttl)?;
+                if let Some(role) = role_def {
+                    self.check_active(role, &verified, now_s)?;
+                }
+                let mut used = rec.clone();
+                used.event = EventKind::ApprovalUsed;
+                used.reason = Some(format!("approval request {id} redeemed"));
+                used.principals = grant.principals.iter().map(|p| p.to_string()).collect();
+                redeem = Some(crate::store::Redemption {
+                    id: id.clone(),
+                    key_fingerprint: fingerprint,
+                    record: used,
+                });
+            }
+        }
+        let guard = crate::store::IssueGuard {
+            issuer: verified.issuer().to_string(),
+            subject: verified.subject().to_string(),
+            role: req.role.clone(),
+            max_active: role_def.and_then(|r| r.max_active_certs),
+            redeem,
+        };
+
+        if verified.replay_protection() {
+            // The id older versions recorded for a jti-less token, so one
+            // used just before an upgrade stays single-use after it.
+            let legacy_used = verified
+                .legacy_replay_id()
+                .is_some_and(|l| !self.replay.claim(l, verified.expires_at(), now_s));
+            if legacy_used
+                || !self
+                    .replay
+                    .claim(verified.replay_id(), verified.expires_at(), now_s)
+            {
+                return Err(TokenError::Replayed.into());
+            }
+        }
+
+        let serial = self.serials.next();
+        let group = role_def.and_then(|r| r.ca_group.as_deref());
+        let ring = match spec::ca_choice(req.kind, group) {
+            spec::CaChoice::User => self.user_keys(),
+            spec::CaChoice::Group(g) => self.group_keys(&g).ok_or_else(|| {
+                IssueError::Store(StoreError::Backend(format!(
+                    "CA group {g:?} has no key loaded"
+                )))
+            })?,
+            spec::CaChoice::Host => self.host_keys(),
+        };
+        let authority = &ring.active;
+        let who = spec::Requester {
+            role: &req.role,
+            issuer: verified.issuer(),
+            subject: verified.subject(),
+        };
+        let spec = spec::cert_spec(req.kind, who, subject, serial, grant, now_s, self.backdate);
+        let cert = authority.mint(&spec)?;
+        let line = cert
+            .to_openssh()
+            .map_err(|e| IssueError::Mint(MintError::Sign(e)))?;
+        let principals: Vec<String> = spec.principals.iter().map(|p| p.to_string()).collect();
+        rec.event = EventKind::CertIssued;
+        rec.serial = Some(serial);
+        rec.key_id = Some(spec.key_id.clone());
+        rec.principals = principals.clone();
+        rec.valid_after = Some(spec.valid_after);
+        rec.valid_before = Some(spec.valid_before);
+        rec.ca_key = Some(authority.public_key_line());
+        let commit_started = std::time::Instant::now();
+        let stored = self.store.append_guarded(rec.clone(), Some(guard)).await;
+        self.metrics.observe_store_commit(commit_started.elapsed());
+        // The guard is checked again in the commit itself: a deactivation,
+        // a second redemption or a parallel request that landed after the
+        // checks above refuses this certificate instead of racing it.
+        stored?.map_err(|refusal| guard_refusal(refusal, &req.role))?;
+        Ok(Issued {
+            certificate: line,
+            serial,
+            key_id: spec.key_id,
+            principals,
+            valid_after: spec.valid_after,
+            valid_before: spec.valid_before,
+        })
+    }
+}

@@ -1,0 +1,110 @@
+//! Rate limits, the cap on concurrently valid certificates, and the
+//! answers for refusals the store makes at commit.
+
+use crate::auth::VerifiedToken;
+use crate::policy::{Denial, DenialCode};
+
+use super::{IssueError, Service};
+use crate::store::DisabledKey;
+
+impl Service {
+    /// Per-role and per-identity rate limits and the cap on concurrently
+    /// valid certificates of one identity in a role.
+    pub(super) fn check_limits(
+        &self,
+        role: &crate::policy::Role,
+        verified: &VerifiedToken,
+        now_s: u64,
+    ) -> Result<(), IssueError> {
+        let t = self.started.elapsed().as_secs_f64();
+        if let Some(r) = role.rate_limit {
+            self.limiter
+                .check(&format!("role\0{}", role.name), r, t)
+                .map_err(|retry_after| IssueError::RateLimited {
+                    scope: "role",
+                    limit: r.to_string(),
+                    retry_after,
+                })?;
+        }
+        if let Some(r) = role.identity_rate_limit {
+            let key = format!(
+                "id\0{}\0{}\0{}",
+                verified.issuer(),
+                verified.subject(),
+                role.name
+            );
+            self.limiter
+                .check(&key, r, t)
+                .map_err(|retry_after| IssueError::RateLimited {
+                    scope: "identity",
+                    limit: r.to_string(),
+                    retry_after,
+                })?;
+        }
+        self.check_active(role, verified, now_s)
+    }
+
+    /// The cap on concurrently valid certificates of one identity in a
+    /// role, checked early for a clear answer before signing; the commit
+    /// checks it again atomically ([`crate::store::IssueGuard`]).
+    pub(super) fn check_active(
+        &self,
+        role: &crate::policy::Role,
+        verified: &VerifiedToken,
+        now_s: u64,
+    ) -> Result<(), IssueError> {
+        if let Some(max) = role.max_active_certs {
+            let filter = crate::store::CertFilter::Identity {
+                issuer: verified.issuer().to_string(),
+                subject: verified.subject().to_string(),
+                role: Some(role.name.clone()),
+            };
+            let live = self.store.read(|b| b.live_certs(&filter, now_s))?.len();
+            if live >= max as usize {
+                return Err(too_many_active(&role.name, live as u64, max));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn too_many_active(role: &str, live: u64, max: u32) -> IssueError {
+    Denial {
+        code: DenialCode::TooManyActiveCerts,
+        rule: format!("{role}.toml max_active_certs"),
+        message: format!(
+            "{live} certificate(s) of this identity are still valid; the role allows {max} at a time (wait for one to expire or have it revoked)"
+        ),
+    }
+    .into()
+}
+
+/// Why the store refused a guarded issuance at commit, as the bot sees it.
+pub(super) fn guard_refusal(refusal: crate::store::GuardRefusal, role: &str) -> IssueError {
+    use crate::store::GuardRefusal;
+    match refusal {
+        GuardRefusal::Disabled(d) => disabled_denial(&d),
+        GuardRefusal::TooManyActive { live, max } => too_many_active(role, live, max),
+        GuardRefusal::Approval(a) => IssueError::Approval(a),
+    }
+}
+
+/// The answer for a disabled identity or role.
+pub(super) fn disabled_denial(d: &DisabledKey) -> IssueError {
+    let what = if d.subject.is_empty() {
+        format!("role {:?} is disabled", d.role)
+    } else if d.role.is_empty() {
+        format!("identity {}/{} is disabled", d.issuer, d.subject)
+    } else {
+        format!(
+            "identity {}/{} is disabled for role {:?}",
+            d.issuer, d.subject, d.role
+        )
+    };
+    Denial {
+        code: DenialCode::Disabled,
+        rule: "deactivation".into(),
+        message: format!("{what}; ask the CA operator (`mayfly identity enable`)"),
+    }
+    .into()
+}

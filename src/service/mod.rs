@@ -1,0 +1,344 @@
+//! One certificate request, end to end: auth -> policy -> ca -> audit/store.
+//! The HTTP layer only translates to and from this.
+//!
+//! One file per job: [`issue`] runs the pipeline, [`spec`] turns a grant
+//! into the certificate to sign (pure), [`limits`] holds rate limits,
+//! active-certificate caps and deactivation answers, [`approvals`] the
+//! approval workflow, [`admin`] admin authorisation, [`keys`] the CA key
+//! rings in force, [`krl`] the cached revocation list.
+
+mod admin;
+mod approvals;
+mod issue;
+mod keys;
+mod krl;
+mod limits;
+pub mod spec;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use crate::auth::replay::ReplayCache;
+use crate::auth::{TokenError, Verifier};
+use crate::ca::rotation::KeyRing;
+use crate::ca::MintError;
+
+use crate::clock::{unix_ms, unix_secs as unix};
+use crate::metrics::Metrics;
+use crate::policy::{Denial, Policy};
+use crate::store::{DisabledKey, StateVersion};
+use crate::store::{Store, StoreError};
+
+pub use issue::{Issued, UserCertRequest};
+pub use keys::KeyLoader;
+pub use krl::KrlSnapshot;
+
+/// Why no certificate was issued.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// Malformed request (400).
+    #[error("{message}")]
+    BadRequest {
+        /// Stable code.
+        code: &'static str,
+        /// What to fix.
+        message: String,
+    },
+    /// Token not accepted (401; 503 for an unavailable issuer).
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// Policy said no (403).
+    #[error(transparent)]
+    Denied(#[from] Denial),
+    /// Could not record the issuance: no certificate (503).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Minting failed (500).
+    #[error(transparent)]
+    Mint(#[from] MintError),
+    /// The role needs approval; the request waits (202).
+    #[error("role needs approval: request {id} waits for {needed} approval(s) until {expires_at}; an approver runs `mayfly request approve {id}`")]
+    ApprovalPending {
+        /// Approval request id to poll with.
+        id: String,
+        /// Approvals still needed.
+        needed: u32,
+        /// Unix seconds.
+        expires_at: u64,
+    },
+    /// An approval step failed (403/404).
+    #[error(transparent)]
+    Approval(#[from] crate::approval::ApprovalError),
+    /// Too many requests (429).
+    #[error("{scope} rate limit {limit} reached; retry in {}s", retry_after.as_secs().max(1))]
+    RateLimited {
+        /// `role` or `identity`.
+        scope: &'static str,
+        /// The limit, as written in the role file.
+        limit: String,
+        /// When a request will be allowed again.
+        retry_after: Duration,
+    },
+}
+
+impl IssueError {
+    /// Stable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            IssueError::BadRequest { code, .. } => code,
+            IssueError::Token(t) => t.code(),
+            IssueError::Denied(d) => d.code.as_str(),
+            IssueError::Store(_) => "store_unavailable",
+            IssueError::Mint(_) => "internal",
+            IssueError::ApprovalPending { .. } => "approval_pending",
+            IssueError::Approval(a) => a.code(),
+            IssueError::RateLimited { .. } => "rate_limited",
+        }
+    }
+}
+
+/// Allocates certificate serials that are never reused, even across
+/// restarts and even if the database were lost: each run starts above both
+/// the highest recorded serial and `start_time << 24`.
+pub struct SerialAllocator {
+    next: AtomicU64,
+}
+
+impl SerialAllocator {
+    /// Starts above `max_recorded` and the clock-derived floor.
+    pub fn new(max_recorded: u64, now_secs: u64) -> SerialAllocator {
+        let floor = now_secs << 24;
+        SerialAllocator {
+            next: AtomicU64::new(max_recorded.max(floor).saturating_add(1)),
+        }
+    }
+
+    /// The next serial.
+    pub fn next(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Everything a request needs, shared by all requests.
+pub struct Service {
+    verifier: Verifier,
+    policy: RwLock<Arc<Policy>>,
+    user_keys: RwLock<Arc<KeyRing>>,
+    host_keys: RwLock<Arc<KeyRing>>,
+    group_keys: RwLock<std::collections::BTreeMap<String, Arc<KeyRing>>>,
+    key_loader: Option<KeyLoader>,
+    store: Store,
+    replay: ReplayCache,
+    serials: SerialAllocator,
+    backdate: Duration,
+    metrics: Arc<Metrics>,
+    admin: Mutex<AdminCache>,
+    admins: Vec<(String, Vec<crate::policy::ClaimRule>)>,
+    limiter: crate::limits::RateLimiter,
+    started: std::time::Instant,
+    unauthenticated: crate::audit::sampling::RefusalSampler,
+}
+
+/// Revocation/deactivation state cached from the store, reloaded whenever
+/// the store's state version changes (also by `mayfly revoke` on the CA host).
+#[derive(Default)]
+struct AdminCache {
+    version: Option<StateVersion>,
+    disabled: HashSet<DisabledKey>,
+    krl: Option<Arc<KrlSnapshot>>,
+}
+
+/// Parts to build a [`Service`].
+pub struct ServiceParts {
+    /// Token verifier.
+    pub verifier: Verifier,
+    /// Loaded policy.
+    pub policy: Policy,
+    /// User CA keys.
+    pub user_keys: KeyRing,
+    /// Host CA keys.
+    pub host_keys: KeyRing,
+    /// Reloads the key rings after a rotation (None: keys are fixed).
+    pub key_loader: Option<KeyLoader>,
+    /// Store handle.
+    pub store: Store,
+    /// Used tokens restored from the store.
+    pub used_tokens: Vec<(String, u64)>,
+    /// Serial allocator.
+    pub serials: SerialAllocator,
+    /// Backdating of `valid_after`.
+    pub backdate: Duration,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Who may use the admin API.
+    pub admins: Vec<crate::config::AdminRule>,
+}
+
+impl Service {
+    /// Assembles the service.
+    pub fn new(p: ServiceParts, now: SystemTime) -> Service {
+        let replay = ReplayCache::new();
+        let now_s = unix(now);
+        for (id, exp) in &p.used_tokens {
+            replay.claim(id, *exp, now_s);
+        }
+        Service {
+            verifier: p.verifier,
+            policy: RwLock::new(Arc::new(p.policy)),
+            user_keys: RwLock::new(Arc::new(p.user_keys)),
+            host_keys: RwLock::new(Arc::new(p.host_keys)),
+            group_keys: RwLock::new(Default::default()),
+            key_loader: p.key_loader,
+            store: p.store,
+            replay,
+            serials: p.serials,
+            backdate: p.backdate,
+            metrics: p.metrics,
+            admin: Mutex::new(AdminCache::default()),
+            limiter: crate::limits::RateLimiter::new(),
+            started: std::time::Instant::now(),
+            unauthenticated: crate::audit::sampling::RefusalSampler::new(),
+            admins: p
+                .admins
+                .into_iter()
+                .map(|a| {
+                    let rules = a
+                        .claims
+                        .into_iter()
+                        .map(|(claim, values)| crate::policy::ClaimRule {
+                            claim,
+                            patterns: values
+                                .iter()
+                                .map(|v| crate::policy::Pattern::new(v))
+                                .collect(),
+                        })
+                        .collect();
+                    (a.issuer, rules)
+                })
+                .collect(),
+        }
+    }
+
+    /// Writes the summary of unauthenticated refusals counted in a window
+    /// that has ended (the server calls this periodically).
+    pub async fn flush_refusal_summary(&self, now: SystemTime) {
+        if let Some(rec) = self.unauthenticated.flush(unix_ms(now)) {
+            if let Err(se) = self.store.append(rec).await {
+                tracing::error!(error = %se, "summary of unauthenticated refusals not stored");
+            }
+        }
+    }
+
+    /// Writes the summary of the current window of unauthenticated
+    /// refusals, ended or not (on shutdown).
+    pub async fn finish_refusal_summary(&self, now: SystemTime) {
+        if let Some(rec) = self.unauthenticated.finish(unix_ms(now)) {
+            if let Err(se) = self.store.append(rec).await {
+                tracing::error!(error = %se, "summary of unauthenticated refusals not stored");
+            }
+        }
+    }
+
+    /// The store handle (for admin operations).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Picks up changes made by other processes (revocations, rotations);
+    /// errors are logged and the state in force is kept.
+    pub fn refresh(&self) {
+        if let Err(e) = self.refresh_admin() {
+            tracing::warn!(error = %e, "cannot read the store's state version");
+        }
+    }
+
+    /// Reloads the revocation/deactivation cache if the store changed.
+    pub(super) fn refresh_admin(&self) -> Result<(), StoreError> {
+        let v = self.store.read(|b| b.state_version())?;
+        let mut g = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        if g.version == Some(v) {
+            return Ok(());
+        }
+        let disabled = self.store.read(|b| b.disabled())?;
+        g.disabled = disabled.into_iter().map(|d| d.key).collect();
+        g.krl = None;
+        let first = g.version.is_none();
+        g.version = Some(v);
+        drop(g);
+        if !first {
+            self.reload_keys();
+        }
+        Ok(())
+    }
+
+    /// Which disabled entry, if any, blocks this identity in this role.
+    pub(super) fn disabled_for(
+        &self,
+        issuer: &str,
+        subject: &str,
+        role: &str,
+    ) -> Result<Option<DisabledKey>, StoreError> {
+        self.refresh_admin()?;
+        let g = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let candidates = [
+            DisabledKey {
+                issuer: issuer.into(),
+                subject: subject.into(),
+                role: String::new(),
+            },
+            DisabledKey {
+                issuer: issuer.into(),
+                subject: subject.into(),
+                role: role.into(),
+            },
+            DisabledKey {
+                issuer: String::new(),
+                subject: String::new(),
+                role: role.into(),
+            },
+        ];
+        Ok(candidates.into_iter().find(|k| g.disabled.contains(k)))
+    }
+
+    /// The token verifier (to warm issuer keys).
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// Metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Puts a new policy in force; requests already running finish with
+    /// the one they started with.
+    pub fn set_policy(&self, policy: Policy) {
+        let mut g = self.policy.write().unwrap_or_else(|p| p.into_inner());
+        *g = Arc::new(policy);
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_start_above_recorded_and_clock_floor() {
+        let a = SerialAllocator::new(5, 1_800_000_000);
+        let first = a.next();
+        assert!(first > 1_800_000_000u64 << 24);
+        assert_eq!(a.next(), first + 1);
+        let b = SerialAllocator::new(u64::MAX - 10, 1);
+        assert_eq!(b.next(), u64::MAX - 9);
+    }
+}
