@@ -202,7 +202,7 @@ pub struct StoreSettings {
 pub enum StoreBackend {
     /// SQLite, in `data_dir/mayfly.db` (one server per database).
     #[default]
-    Sqlite,
+    SQLite,
 }
 
 impl StoreBackend {
@@ -212,7 +212,7 @@ impl StoreBackend {
     /// Parses a `backend` value.
     pub fn parse(s: &str) -> Result<StoreBackend, ConfigError> {
         match s {
-            "sqlite" => Ok(StoreBackend::Sqlite),
+            "sqlite" => Ok(StoreBackend::SQLite),
             other => Err(ConfigError::Invalid(format!(
                 "store.backend = {other:?} is not a store mayfly has; accepted: {}",
                 StoreBackend::ACCEPTED
@@ -227,7 +227,7 @@ impl StoreBackend {
     /// The `backend` value.
     pub fn as_str(self) -> &'static str {
         match self {
-            StoreBackend::Sqlite => "sqlite",
+            StoreBackend::SQLite => "sqlite",
         }
     }
 }
@@ -1045,17 +1045,20 @@ mod tests {
     fn store_section_defaults_to_sqlite_and_names_accepted_backends() {
         assert_eq!(
             Config::parse("").expect("no [store]").store.backend,
-            StoreBackend::Sqlite
+            StoreBackend::SQLite
         );
         let c = Config::parse("[store]\nbackend = \"sqlite\"\n").expect("sqlite");
-        assert_eq!(c.store.backend, StoreBackend::Sqlite);
+        assert_eq!(c.store.backend, StoreBackend::SQLite);
         assert_eq!(
             Config::parse("[store]\n").expect("empty").store.backend,
-            StoreBackend::Sqlite
+            StoreBackend::SQLite
         );
         let err = Config::parse("[store]\nbackend = \"postgres\"\n").expect_err("unknown");
         let msg = err.to_string();
-        assert!(msg.contains("store.backend") && msg.contains("\"postgres\""), "{msg}");
+        assert!(
+            msg.contains("store.backend") && msg.contains("\"postgres\""),
+            "{msg}"
+        );
         assert!(msg.contains("accepted: \"sqlite\""), "{msg}");
         let err = Config::parse("[store]\nbakend = \"sqlite\"\n").expect_err("typo");
         assert!(err.to_string().contains("bakend"), "{err}");

@@ -46,7 +46,6 @@ pub mod config;
 pub mod evidence;
 pub mod hostsync;
 pub mod inventory;
-pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod reload;

@@ -702,8 +702,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => mayfly::inventory::run_identity_list(&config, stale_days, json),
         Cmd::Identity(IdentityCmd::Disabled { config, json }) => {
             let cfg = Config::load(Some(&config), &|k| std::env::var(k).ok())?;
-            let store = revocation::open_store(&cfg)?;
-            let list = store.read(|b| b.disabled())?;
+            let list = runtime()?.block_on(async {
+                let store = revocation::open_store(&cfg)?;
+                anyhow::Ok(store.access().disabled().await?)
+            })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else if list.is_empty() {

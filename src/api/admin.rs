@@ -265,7 +265,7 @@ pub async fn enable(
 /// `GET /v1/admin/disabled`: every disabled identity and role.
 pub async fn list_disabled(State(s): State<AppState>, caller: AdminCaller) -> Response {
     let rid = caller.request_id;
-    match s.service.store().read(|b| b.disabled()) {
+    match s.service.store().access().disabled().await {
         Ok(list) => Json(list).into_response(),
         Err(e) => revoke_error(RevokeError::Store(e), rid),
     }

@@ -53,26 +53,17 @@ pub async fn list_identities(
             .into_response()
         }
     };
-    let Some(db) = s.service.metrics().report_db() else {
-        tracing::error!(request_id = %rid, "no report database configured for the inventory");
-        return unavailable(rid);
-    };
     let policy = s.service.policy();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let job = tokio::task::spawn_blocking(move || {
-        db.with(|sql| inventory::collect(sql, &policy, stale_days, now))
-    });
-    match job.await {
-        Ok(Ok(inv)) => Json(inv).into_response(),
-        Ok(Err(e)) => {
-            tracing::error!(request_id = %rid, error = %e, "inventory query failed");
-            unavailable(rid)
-        }
+    // The report queries run on the store's report connection, apart from
+    // the request path's readers.
+    match inventory::collect(s.service.store(), &policy, stale_days, now).await {
+        Ok(inv) => Json(inv).into_response(),
         Err(e) => {
-            tracing::error!(request_id = %rid, error = %e, "inventory task failed");
+            tracing::error!(request_id = %rid, error = %e, "inventory query failed");
             unavailable(rid)
         }
     }

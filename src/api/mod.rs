@@ -136,7 +136,7 @@ async fn user_ca(
     State(s): State<AppState>,
     q: Result<axum::extract::Query<CaQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    s.service.refresh();
+    s.service.refresh().await;
     let group = q.ok().and_then(|axum::extract::Query(q)| q.group);
     match group.as_deref() {
         None => text(s.service.all_user_public_lines()),
@@ -156,13 +156,13 @@ async fn user_ca(
 }
 
 async fn host_ca(State(s): State<AppState>) -> Response {
-    s.service.refresh();
+    s.service.refresh().await;
     text(s.service.host_keys().public_lines())
 }
 
 async fn krl_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let rid = request_id();
-    let snap = match s.service.krl(SystemTime::now()) {
+    let snap = match s.service.krl(SystemTime::now()).await {
         Ok(k) => k,
         Err(e) => {
             tracing::error!(request_id = %rid, error = %e, "cannot build the KRL");
@@ -257,11 +257,15 @@ fn httpdate(unix: u64) -> String {
 
 async fn metrics(State(s): State<AppState>) -> Response {
     let p = s.service.policy();
-    let body = s.service.metrics().render(
-        &s.service.user_keys().active.fingerprint(),
-        &p.digest,
-        p.roles.len(),
-    );
+    let body = s
+        .service
+        .metrics()
+        .render(
+            &s.service.user_keys().active.fingerprint(),
+            &p.digest,
+            p.roles.len(),
+        )
+        .await;
     (
         [(
             header::CONTENT_TYPE,

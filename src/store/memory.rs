@@ -233,11 +233,18 @@ mod tests {
     #[test]
     fn counters_refuse_serials_until_started_and_restore_used_tokens() {
         let c = MemoryCounters::new();
-        assert_eq!(c.next_serial(), None, "a serial before start could repeat one");
+        assert_eq!(
+            c.next_serial(),
+            None,
+            "a serial before start could repeat one"
+        );
         c.start(41, &[("gh:jti:1".into(), 500)], 0);
         assert_eq!(c.next_serial(), Some(42));
         assert_eq!(c.next_serial(), Some(43));
-        assert!(!c.claim_token("gh:jti:1", 500, 10), "restored token replayed");
+        assert!(
+            !c.claim_token("gh:jti:1", 500, 10),
+            "restored token replayed"
+        );
         assert!(c.claim_token("gh:jti:2", 500, 10));
         // A second start never moves serials back.
         c.start(0, &[], 0);

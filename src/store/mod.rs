@@ -27,11 +27,11 @@ use serde::Serialize;
 use crate::audit::AuditRecord;
 use crate::config::{Config, StoreBackend};
 
+pub use sqlite::Backend;
 pub use traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointSigner, IssuanceCounters,
-    IssuanceStore, ReportStore, Revoker, Store, StoreFuture,
+    IssuanceStore, ReportStore, Revoker, Store, StoreFuture, Vote,
 };
-pub use sqlite::Backend;
 
 /// A store failure. The message is for logs; clients only see "store unavailable".
 #[derive(Debug, Clone, thiserror::Error)]
@@ -246,7 +246,7 @@ impl StoreConfig {
     /// Where the data is, for messages (`the database /path/mayfly.db`).
     pub fn location(&self) -> String {
         match self.backend {
-            StoreBackend::Sqlite => self.sqlite_path.display().to_string(),
+            StoreBackend::SQLite => self.sqlite_path.display().to_string(),
         }
     }
 }
@@ -254,9 +254,19 @@ impl StoreConfig {
 /// Opens the store `cfg` describes and starts its threads.
 pub fn open(cfg: &StoreConfig) -> Result<Store, StoreError> {
     match cfg.backend {
-        StoreBackend::Sqlite => {
+        StoreBackend::SQLite => {
             let s = sqlite_store::SqliteStore::open(&cfg.sqlite_path, cfg.busy_timeout, cfg.mode)?;
             Ok(Store::new(Arc::new(s)))
         }
     }
+}
+
+/// Runs a store future to completion from synchronous code (a CLI command
+/// that is not inside an async runtime), on a current-thread runtime.
+pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, StoreError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Backend(format!("starting a runtime for the store: {e}")))?;
+    Ok(rt.block_on(f))
 }

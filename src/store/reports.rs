@@ -568,7 +568,7 @@ mod tests {
         let p = d.path().join("m.db");
         drop(Sqlite::open(&p, Duration::from_millis(100)).unwrap());
         let store = open(&StoreConfig {
-            backend: crate::config::StoreBackend::Sqlite,
+            backend: crate::config::StoreBackend::SQLite,
             sqlite_path: p.clone(),
             busy_timeout: Duration::from_millis(100),
             mode: OpenMode::Existing,
@@ -586,7 +586,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("none.db");
         let cfg = StoreConfig {
-            backend: crate::config::StoreBackend::Sqlite,
+            backend: crate::config::StoreBackend::SQLite,
             sqlite_path: p.clone(),
             busy_timeout: Duration::from_millis(100),
             mode: OpenMode::Existing,

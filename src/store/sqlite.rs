@@ -118,7 +118,6 @@ pub trait Backend: Send + 'static {
     fn set_stream_cursor(&mut self, seq: u64) -> Result<(), StoreError>;
 }
 
-
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS audit (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -1483,7 +1482,6 @@ impl Backend for Sqlite {
 mod tests {
     use super::*;
     use crate::audit::EventKind;
-    use crate::store::Store;
 
     fn rec(serial: u64) -> AuditRecord {
         let mut r = AuditRecord::new(EventKind::CertIssued, 1, "req");
@@ -1690,10 +1688,12 @@ mod tests {
     async fn concurrent_appends_all_commit_and_a_bad_one_fails_alone() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("m.db");
-        let store = Store::start(
-            Sqlite::open(&p, Duration::from_millis(100)).unwrap(),
-            Sqlite::open(&p, Duration::from_millis(100)).unwrap(),
-        )
+        let store = crate::store::open(&crate::store::StoreConfig {
+            backend: crate::config::StoreBackend::SQLite,
+            sqlite_path: p.clone(),
+            busy_timeout: Duration::from_millis(100),
+            mode: crate::store::OpenMode::Create,
+        })
         .unwrap();
         let mut tasks = Vec::new();
         for i in 1..=200u64 {
@@ -1736,9 +1736,25 @@ mod tests {
 mod chain_tests {
     use super::*;
     use crate::audit::chain::Problem;
-    use crate::audit::checkpoint::AuditKey;
-    use crate::audit::verify::verify_db;
+    use crate::audit::checkpoint::{AuditKey, AuditPublicKey};
+    use crate::audit::verify::{LogVerifier, VerifyReport};
     use crate::audit::EventKind;
+
+    /// `audit verify` over this connection, without the async store.
+    fn verify_db(
+        db: &Sqlite,
+        key: Option<&AuditPublicKey>,
+        subject: &str,
+    ) -> Result<VerifyReport, StoreError> {
+        let mut v = LogVerifier::new(subject, key, db.chain_meta()?);
+        db.scan_checkpoints(&mut |cp| v.checkpoint(cp))?;
+        v.checkpoints_done();
+        db.scan_audit(1, None, &mut |r| {
+            v.record(r);
+            true
+        })?;
+        Ok(v.finish())
+    }
 
     fn rec(serial: u64) -> AuditRecord {
         let mut r = AuditRecord::new(EventKind::CertIssued, 1_793_491_200_000 + serial, "req");

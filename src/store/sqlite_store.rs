@@ -17,14 +17,14 @@ use super::reports::{
 use super::sqlite::{Backend, Sqlite};
 use super::traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointSigner, IssuanceCounters,
-    IssuanceStore, ReportStore, Revoker, StoreFuture,
+    IssuanceStore, ReportStore, Revoker, StoreFuture, Vote,
 };
 use super::writer::{Hooks, Opener, Readers, Writer};
 use super::{
     CertFilter, DisabledEntry, DisabledKey, GuardRefusal, IssueGuard, IssuedCert, OpenMode,
     Revocation, StateVersion, StoreError,
 };
-use crate::approval::{ApprovalRequest, ApprovalStatus};
+use crate::approval::{ApprovalError, ApprovalRequest, ApprovalStatus};
 use crate::audit::chain::{BadRow, ChainMeta, Hash, StoredRecord};
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::search::AuditQuery;
@@ -55,7 +55,11 @@ fn io(e: std::io::Error) -> StoreError {
 
 impl SqliteStore {
     /// Opens the database at `path` as `mode` says and starts its threads.
-    pub fn open(path: &Path, busy_timeout: Duration, mode: OpenMode) -> Result<SqliteStore, StoreError> {
+    pub fn open(
+        path: &Path,
+        busy_timeout: Duration,
+        mode: OpenMode,
+    ) -> Result<SqliteStore, StoreError> {
         if mode != OpenMode::Create && !path.exists() {
             return Err(StoreError::Missing(path.display().to_string()));
         }
@@ -99,7 +103,8 @@ impl SqliteStore {
                 Ok(db)
             })
         };
-        let reports = Readers::start("mayfly-store-reports", vec![None], report_open).map_err(io)?;
+        let reports =
+            Readers::start("mayfly-store-reports", vec![None], report_open).map_err(io)?;
         let gauge_open: Opener<Sqlite> = {
             let path = path.to_path_buf();
             Arc::new(move || {
@@ -228,7 +233,9 @@ impl IssuanceCounters for SqliteStore {
         rate: RateLimit,
         now: f64,
     ) -> StoreFuture<'_, Result<(), Duration>> {
-        Box::pin(std::future::ready(Ok(self.counters.take_rate(key, rate, now))))
+        Box::pin(std::future::ready(Ok(self
+            .counters
+            .take_rate(key, rate, now))))
     }
 }
 
@@ -333,6 +340,34 @@ impl ApprovalStore for SqliteStore {
     fn list(&self, status: Option<ApprovalStatus>) -> StoreFuture<'_, Vec<ApprovalRequest>> {
         self.read(move |db| db.approval_list(status))
     }
+
+    fn vote(
+        &self,
+        id: &str,
+        vote: Vote,
+        audit: AuditRecord,
+    ) -> StoreFuture<'_, Result<ApprovalRequest, ApprovalError>> {
+        let id = id.to_string();
+        // On the one writer: nothing else writes between the read and the put.
+        self.write(move |b| {
+            let Some(r) = b.approval_get(&id)? else {
+                return Ok(Err(ApprovalError::NotFound(id)));
+            };
+            match crate::approval::apply_vote(
+                r,
+                &vote.approver,
+                vote.approve,
+                &vote.reason,
+                vote.now,
+            ) {
+                Ok(r) => {
+                    b.approval_put(&r, &[audit])?;
+                    Ok(Ok(r))
+                }
+                Err(e) => Ok(Err(e)),
+            }
+        })
+    }
 }
 
 impl AccessStore for SqliteStore {
@@ -362,7 +397,9 @@ impl AccessStore for SqliteStore {
         now: u64,
         revoke: Revoker,
     ) -> StoreFuture<'_, (bool, Vec<IssuedCert>)> {
-        self.write(move |b| b.disable_and_revoke(&entry.key, &entry, &audit, &filter, now, &*revoke))
+        self.write(move |b| {
+            b.disable_and_revoke(&entry.key, &entry, &audit, &filter, now, &*revoke)
+        })
     }
 
     fn set_disabled(

@@ -26,7 +26,7 @@ use super::{
     CertFilter, DisabledEntry, DisabledKey, GuardRefusal, IssueGuard, IssuedCert, Revocation,
     StateVersion, StoreError,
 };
-use crate::approval::{ApprovalRequest, ApprovalStatus};
+use crate::approval::{ApprovalError, ApprovalRequest, ApprovalStatus};
 use crate::audit::chain::{BadRow, ChainMeta, Hash, StoredRecord};
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::search::AuditQuery;
@@ -171,6 +171,28 @@ pub trait ApprovalStore: Send + Sync {
     fn get(&self, id: &str) -> StoreFuture<'_, Option<ApprovalRequest>>;
     /// Approval requests in a state (all if `None`), newest first.
     fn list(&self, status: Option<ApprovalStatus>) -> StoreFuture<'_, Vec<ApprovalRequest>>;
+    /// Records one approver's vote on request `id` as one atomic
+    /// read-then-write ([`crate::approval::apply_vote`] decides), with its
+    /// audit record. `Ok(Err(_))`: the vote was refused, nothing written.
+    fn vote(
+        &self,
+        id: &str,
+        vote: Vote,
+        audit: AuditRecord,
+    ) -> StoreFuture<'_, Result<ApprovalRequest, ApprovalError>>;
+}
+
+/// One approver's vote on an approval request.
+#[derive(Debug, Clone)]
+pub struct Vote {
+    /// `issuer:subject` of the approver.
+    pub approver: String,
+    /// Approve (true) or deny.
+    pub approve: bool,
+    /// Why.
+    pub reason: String,
+    /// Unix seconds.
+    pub now: u64,
 }
 
 /// Revocations and deactivations, and the state version that tells
@@ -342,6 +364,11 @@ impl Store {
     /// Report queries.
     pub fn reports(&self) -> &dyn ReportStore {
         &*self.reports
+    }
+
+    /// Report queries, shared (for the metrics registry).
+    pub fn reports_shared(&self) -> Arc<dyn ReportStore> {
+        self.reports.clone()
     }
 
     /// Appends one audit record and returns once it is durable.
