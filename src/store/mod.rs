@@ -29,8 +29,8 @@ use crate::config::{Config, StoreBackend};
 
 pub use sqlite::Backend;
 pub use traits::{
-    AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointSigner, IssuanceCounters,
-    IssuanceStore, ReportStore, Revoker, Store, StoreFuture, Vote,
+    AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
+    IssuanceCounters, IssuanceStore, ReportStore, Revoker, Store, StoreFuture, Vote,
 };
 
 /// A store failure. The message is for logs; clients only see "store unavailable".

@@ -950,7 +950,7 @@ impl Sqlite {
         &self,
         after_id: i64,
         limit: usize,
-    ) -> Result<Vec<(i64, Result<Checkpoint, BadRow>)>, StoreError> {
+    ) -> Result<super::traits::CheckpointPage, StoreError> {
         let mut st = self
             .conn
             .prepare_cached(
@@ -1888,13 +1888,13 @@ mod chain_tests {
         let mut db = open(&p);
         db.append_batch(&[rec(1), rec(2), rec(3)]).expect("append");
         let cp = db
-            .write_checkpoint(&key.fingerprint(), 1000, &sign(&key))
+            .write_checkpoint(&key.fingerprint(), 1000, sign(&key))
             .expect("checkpoint")
             .expect("written");
         assert_eq!(cp.seq, 3);
         // Nothing new: no second checkpoint of the same head.
         assert!(db
-            .write_checkpoint(&key.fingerprint(), 1001, &sign(&key))
+            .write_checkpoint(&key.fingerprint(), 1001, sign(&key))
             .expect("checkpoint")
             .is_none());
         db.append_batch(&[rec(4)]).expect("append");

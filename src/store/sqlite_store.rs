@@ -16,8 +16,8 @@ use super::reports::{
 };
 use super::sqlite::{Backend, Sqlite};
 use super::traits::{
-    AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointSigner, IssuanceCounters,
-    IssuanceStore, ReportStore, Revoker, StoreFuture, Vote,
+    AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
+    IssuanceCounters, IssuanceStore, ReportStore, Revoker, StoreFuture, Vote,
 };
 use super::writer::{Hooks, Opener, Readers, Writer};
 use super::{
@@ -284,11 +284,7 @@ impl AuditLog for SqliteStore {
         self.read(|db| db.chain_meta())
     }
 
-    fn checkpoints(
-        &self,
-        after_id: i64,
-        limit: usize,
-    ) -> StoreFuture<'_, Vec<(i64, Result<Checkpoint, BadRow>)>> {
+    fn checkpoints(&self, after_id: i64, limit: usize) -> StoreFuture<'_, CheckpointPage> {
         self.read(move |db| db.checkpoints_page(after_id, limit))
     }
 
@@ -477,5 +473,309 @@ impl ReportStore for SqliteStore {
     fn count_events(&self, event: &str) -> StoreFuture<'_, u64> {
         let event = event.to_string();
         self.report(move |db| db.count_events(&event))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::audit::chain::{self, stored_form};
+    use crate::audit::EventKind;
+    use crate::config::StoreBackend;
+    use crate::store::{open, Store, StoreConfig};
+
+    fn store(dir: &Path, mode: OpenMode) -> Result<Store, StoreError> {
+        open(&StoreConfig {
+            backend: StoreBackend::SQLite,
+            sqlite_path: dir.join("m.db"),
+            busy_timeout: Duration::from_secs(1),
+            mode,
+        })
+    }
+
+    fn issued(serial: u64, subject: &str) -> AuditRecord {
+        let mut r = AuditRecord::new(EventKind::CertIssued, 1_000_000 + serial, "req");
+        r.serial = Some(serial);
+        r.issuer = Some("ci".into());
+        r.subject = Some(subject.into());
+        r.role = Some("deploy".into());
+        r.key_id = Some(format!("k{serial}"));
+        r.ca_key = Some("ssh-ed25519 AAAA ca".into());
+        r.valid_before = Some(2_000);
+        r.token_id = Some(format!("ci:jti-{serial}"));
+        r.token_exp = Some(5_000);
+        r.principals = vec!["deploy".into()];
+        r
+    }
+
+    fn revoked(serial: u64) -> AuditRecord {
+        let mut r = AuditRecord::new(EventKind::CertRevoked, 1_500_000, "admin");
+        r.serial = Some(serial);
+        r.key_id = Some(format!("k{serial}"));
+        r.reason = Some("leaked".into());
+        r
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn rows_are_the_audit_layers_stored_form_chained() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path(), OpenMode::Create).unwrap();
+        let records = [issued(7, "bot"), revoked(7)];
+        for r in &records {
+            s.audit().append(r.clone()).await.unwrap();
+        }
+        let rows: Vec<StoredRecord> = s
+            .audit()
+            .scan(1, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let mut want: Vec<StoredRecord> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| stored_form(r, i as u64 + 1))
+            .collect();
+        chain::chain(&mut want, chain::GENESIS);
+        assert_eq!(rows, want);
+        assert_eq!(
+            rows[1].serial, None,
+            "a revocation does not claim the serial"
+        );
+        assert_eq!(rows[1].reason.as_deref(), Some("serial 7: leaked"));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn search_gives_exactly_the_audit_layers_matches() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path(), OpenMode::Create).unwrap();
+        for r in [issued(1, "a"), issued(2, "b"), issued(3, "a"), revoked(1)] {
+            s.audit().append(r).await.unwrap();
+        }
+        let mut odd = revoked(3);
+        odd.serial = None;
+        odd.reason = Some("SERIAL 3: by hand".into());
+        s.audit().append(odd).await.unwrap();
+        let all: Vec<StoredRecord> = s
+            .audit()
+            .scan(1, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let queries = [
+            AuditQuery::default(),
+            AuditQuery {
+                serial: Some(1),
+                ..AuditQuery::default()
+            },
+            AuditQuery {
+                serial: Some(3),
+                ..AuditQuery::default()
+            },
+            AuditQuery {
+                subject: Some("a".into()),
+                limit: 1,
+                ..AuditQuery::default()
+            },
+            AuditQuery {
+                key_id: Some("k2".into()),
+                event: Some("cert_issued".into()),
+                ..AuditQuery::default()
+            },
+            AuditQuery {
+                since_ms: Some(1_000_003),
+                ..AuditQuery::default()
+            },
+        ];
+        for q in queries {
+            let got: Vec<u64> = s
+                .audit()
+                .search(&q)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.unwrap().seq)
+                .collect();
+            let want: Vec<u64> = all
+                .iter()
+                .rev()
+                .filter(|r| q.matches(r))
+                .take(q.limit.max(1))
+                .map(|r| r.seq)
+                .collect();
+            assert_eq!(got, want, "{q:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn counters_start_from_the_log_and_serials_wait_for_it() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path(), OpenMode::Create).unwrap();
+        assert!(
+            s.counters().next_serial().await.is_err(),
+            "a serial before start could repeat a recorded one"
+        );
+        s.issuance()
+            .issue(issued(41, "bot"), None)
+            .await
+            .unwrap()
+            .unwrap();
+        drop(s);
+        let s = store(d.path(), OpenMode::Create).unwrap();
+        s.counters().start(0).await.unwrap();
+        assert_eq!(s.counters().next_serial().await.unwrap(), 42);
+        assert!(
+            !s.counters()
+                .claim_token("ci:jti-41", 5_000, 10)
+                .await
+                .unwrap(),
+            "a token that minted a certificate before the restart was accepted again"
+        );
+        assert!(s
+            .counters()
+            .claim_token("ci:jti-42", 5_000, 10)
+            .await
+            .unwrap());
+        let rate: RateLimit = "1/m".parse().unwrap();
+        assert!(s
+            .counters()
+            .take_rate("k", rate, 0.0)
+            .await
+            .unwrap()
+            .is_ok());
+        assert!(s
+            .counters()
+            .take_rate("k", rate, 1.0)
+            .await
+            .unwrap()
+            .is_err());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn guarded_issue_disable_sweep_and_active_count_through_the_traits() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path(), OpenMode::Create).unwrap();
+        let guard = |max| IssueGuard {
+            issuer: "ci".into(),
+            subject: "bot".into(),
+            role: "deploy".into(),
+            max_active: max,
+            redeem: None,
+        };
+        s.issuance()
+            .issue(issued(1, "bot"), Some(guard(Some(1))))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s.issuance()
+                .issue(issued(2, "bot"), Some(guard(Some(1))))
+                .await
+                .unwrap(),
+            Err(GuardRefusal::TooManyActive { live: 1, max: 1 })
+        );
+        assert_eq!(
+            s.issuance()
+                .active_certs("ci", "bot", "deploy", 1_000)
+                .await
+                .unwrap(),
+            1
+        );
+        let key = DisabledKey {
+            issuer: "ci".into(),
+            subject: "bot".into(),
+            role: String::new(),
+        };
+        let entry = DisabledEntry {
+            key: key.clone(),
+            time_ms: 1,
+            reason: "r".into(),
+            actor: "a".into(),
+        };
+        let revoke: Revoker = Box::new(|c: &IssuedCert| {
+            (
+                Revocation {
+                    ca_key: c.ca_key.clone(),
+                    serial: Some(c.serial),
+                    key_id: None,
+                    expires_at: c.valid_before,
+                    reason: "r".into(),
+                    actor: "a".into(),
+                },
+                AuditRecord::new(EventKind::CertRevoked, 1, "admin"),
+            )
+        });
+        let before = s.access().state_version().await.unwrap();
+        let (changed, swept) = s
+            .access()
+            .disable_and_revoke(
+                entry,
+                AuditRecord::new(EventKind::Disabled, 1, "admin"),
+                CertFilter::Identity {
+                    issuer: "ci".into(),
+                    subject: "bot".into(),
+                    role: None,
+                },
+                1_000,
+                revoke,
+            )
+            .await
+            .unwrap();
+        assert!(changed);
+        assert_eq!(swept.len(), 1);
+        assert!(s.access().state_version().await.unwrap().version > before.version);
+        assert_eq!(s.access().live_revocations(1_000).await.unwrap().len(), 1);
+        assert_eq!(
+            s.issuance()
+                .issue(issued(3, "bot"), Some(guard(None)))
+                .await
+                .unwrap(),
+            Err(GuardRefusal::Disabled(key))
+        );
+        assert_eq!(
+            s.issuance()
+                .active_certs("ci", "bot", "deploy", 1_000)
+                .await
+                .unwrap(),
+            0
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn read_only_and_existing_modes_never_create_or_write() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            store(d.path(), OpenMode::Existing),
+            Err(StoreError::Missing(_))
+        ));
+        assert!(matches!(
+            store(d.path(), OpenMode::ReadOnly),
+            Err(StoreError::Missing(_))
+        ));
+        assert!(!d.path().join("m.db").exists());
+        let s = store(d.path(), OpenMode::Create).unwrap();
+        s.audit().append(issued(1, "bot")).await.unwrap();
+        drop(s);
+        let ro = store(d.path(), OpenMode::ReadOnly).unwrap();
+        assert_eq!(ro.audit().head().await.unwrap().map(|(s, _)| s), Some(1));
+        let err = ro.audit().append(issued(2, "bot")).await.unwrap_err();
+        assert!(err.to_string().contains("read-only"), "{err}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn commit_hooks_run_after_each_commit() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path(), OpenMode::Create).unwrap();
+        let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = n.clone();
+        s.audit().on_commit(Box::new(move || {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        s.audit().append(issued(1, "bot")).await.unwrap();
+        assert!(n.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     }
 }

@@ -33,6 +33,10 @@ use crate::audit::search::AuditQuery;
 use crate::audit::AuditRecord;
 use crate::policy::limits::RateLimit;
 
+/// Checkpoints read in one page, each with its id (a row that cannot be
+/// read as a checkpoint comes as `Err`).
+pub type CheckpointPage = Vec<(i64, Result<Checkpoint, BadRow>)>;
+
 /// The future a store method returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
@@ -133,11 +137,7 @@ pub trait AuditLog: Send + Sync {
     fn chain_meta(&self) -> StoreFuture<'_, ChainMeta>;
     /// Up to `limit` checkpoints with an id above `after_id`, oldest first,
     /// each with its id.
-    fn checkpoints(
-        &self,
-        after_id: i64,
-        limit: usize,
-    ) -> StoreFuture<'_, Vec<(i64, Result<Checkpoint, BadRow>)>>;
+    fn checkpoints(&self, after_id: i64, limit: usize) -> StoreFuture<'_, CheckpointPage>;
     /// The latest checkpoint's (seq, hash), if any (not verified).
     fn last_checkpoint(&self) -> StoreFuture<'_, Option<(u64, Hash)>>;
     /// Signs the current head with `sign` and stores the checkpoint in one
