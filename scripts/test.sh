@@ -48,6 +48,9 @@ if ! command -v ssh >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1; 
     missing+=(openssh-client)
 fi
 
+# Python 3 runs scripts/modcycles.py (the module layering check)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+
 # --- Node.js and npm: the real OIDC provider (oidc-provider 9) ------------
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
@@ -92,6 +95,10 @@ fi
 if [ "$(id -u)" -ne 0 ]; then
     say "warning: not root; the tests that start sshd will fail (they need root to log in as test users)"
 fi
+
+# --- layering: dependencies between src/ modules point down, no cycles ---
+say "scripts/modcycles.py src"
+python3 scripts/modcycles.py src >&2 || die "import cycles between modules of src/ (see above); dependencies must point down the layers in README.md, Architecture"
 
 # --- fuzz targets: built and their seed corpus replayed, beside the tests --
 # cargo-fuzz comes from crates.io; the targets build on stable Rust

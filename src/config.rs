@@ -637,7 +637,7 @@ pub struct AuditConfig {
     /// Also write each record as a JSON line to standard output (`jsonl_stdout`).
     pub jsonl_stdout: bool,
     /// Send each record to syslog (`syslog = "udp://host:514"` or `"tcp://host:514"`).
-    pub syslog: Option<crate::audit::syslog::SyslogTarget>,
+    pub syslog: Option<SyslogTarget>,
     /// Sign a checkpoint after this many records (`checkpoint_every`, default 1000).
     pub checkpoint_every: u64,
     /// ... or after this long when anything was written (`checkpoint_interval`, default 60s).
@@ -683,8 +683,7 @@ impl AuditConfig {
         c.jsonl_stdout = r.jsonl_stdout.unwrap_or(false);
         if let Some(s) = r.syslog {
             c.syslog = Some(
-                crate::audit::syslog::SyslogTarget::parse(&s)
-                    .map_err(|e| ConfigError::Invalid(format!("audit.{e}")))?,
+                SyslogTarget::parse(&s).map_err(|e| ConfigError::Invalid(format!("audit.{e}")))?,
             );
         }
         if let Some(n) = r.checkpoint_every {
@@ -944,6 +943,76 @@ impl CaKeyConfig {
             }
             other => bad(format!("backend = {other:?}; use \"file\" or \"pkcs11\"")),
         }
+    }
+}
+
+/// Where syslog messages go (`udp://host:port` or `tcp://host:port`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyslogTarget {
+    /// RFC 5426 datagrams.
+    Udp(String),
+    /// RFC 6587 octet-counted stream.
+    Tcp(String),
+}
+
+impl SyslogTarget {
+    /// Parses `udp://host:port` / `tcp://host:port` (port 514 if omitted).
+    pub fn parse(s: &str) -> Result<SyslogTarget, String> {
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| format!("syslog = {s:?}: write udp://host:port or tcp://host:port"))?;
+        let rest = rest.trim_end_matches('/');
+        if rest.is_empty() || rest.contains('/') {
+            return Err(format!(
+                "syslog = {s:?}: expected host:port after {scheme}://"
+            ));
+        }
+        let has_port = match rest.rsplit_once(':') {
+            Some((host, port)) => {
+                // `[::1]:514` or `host:514`; a bare IPv6 literal has more colons.
+                (host.ends_with(']') || !host.contains(':')) && port.parse::<u16>().is_ok()
+            }
+            None => false,
+        };
+        let addr = if has_port {
+            rest.to_string()
+        } else {
+            format!("{rest}:514")
+        };
+        match scheme {
+            "udp" => Ok(SyslogTarget::Udp(addr)),
+            "tcp" => Ok(SyslogTarget::Tcp(addr)),
+            other => Err(format!(
+                "syslog = {s:?}: scheme {other:?} is not supported; use udp:// or tcp://"
+            )),
+        }
+    }
+
+    /// `udp://host:port` or `tcp://host:port`.
+    pub fn describe(&self) -> String {
+        match self {
+            SyslogTarget::Udp(a) => format!("udp://{a}"),
+            SyslogTarget::Tcp(a) => format!("tcp://{a}"),
+        }
+    }
+}
+
+/// File names inside `data_dir`.
+pub mod files {
+    /// User CA private key.
+    pub const USER_CA_KEY: &str = "user_ca";
+    /// User CA public key (for `TrustedUserCAKeys`).
+    pub const USER_CA_PUB: &str = "user_ca.pub";
+    /// Host CA private key.
+    pub const HOST_CA_KEY: &str = "host_ca";
+    /// Host CA public key (for `@cert-authority`).
+    pub const HOST_CA_PUB: &str = "host_ca.pub";
+    /// SQLite database.
+    pub const DATABASE: &str = "mayfly.db";
+
+    /// Key file base name of CA group `g`.
+    pub fn group_base(g: &str) -> String {
+        format!("{}-{g}", USER_CA_KEY)
     }
 }
 

@@ -529,8 +529,8 @@ impl Metrics {
                 "Seconds since the active CA key file was written (absent for PKCS#11 keys).",
             );
             for (ca, file) in [
-                ("user", crate::server::files::USER_CA_KEY),
-                ("host", crate::server::files::HOST_CA_KEY),
+                ("user", crate::config::files::USER_CA_KEY),
+                ("host", crate::config::files::HOST_CA_KEY),
             ] {
                 if let Some(age) = file_age(&dir.join(file), now) {
                     sample(&mut o, "mayfly_ca_key_age_seconds", &[("ca", ca)], age);
@@ -697,7 +697,7 @@ mod tests {
             mode: crate::store::OpenMode::Create,
         })
         .unwrap();
-        std::fs::write(d.path().join(crate::server::files::USER_CA_KEY), "k").unwrap();
+        std::fs::write(d.path().join(crate::config::files::USER_CA_KEY), "k").unwrap();
         let m = Metrics::for_data_dir(d.path(), store.reports_shared());
         let out = m
             .render_at("f", "d", 0, SystemTime::now() + Duration::from_secs(100))

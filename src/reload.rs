@@ -52,18 +52,24 @@ pub fn git_commit(dir: &Path) -> Option<String> {
     (out.status.success() && s.len() >= 40 && s.bytes().all(|b| b.is_ascii_hexdigit())).then_some(s)
 }
 
-use crate::clock::now_ms;
-
 /// Reloads the policy from `cfg.policy_dir` now. Returns whether a new
 /// policy took effect.
 pub async fn reload(service: &Service, cfg: &Config, trigger: &str) -> bool {
     let dir = cfg.policy_dir.clone();
     let loaded = {
         let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || crate::server::load_policy(&cfg.policy_dir, &cfg)).await
+        tokio::task::spawn_blocking(move || {
+            let names: Vec<&str> = cfg.issuers.iter().map(|i| i.name.as_str()).collect();
+            crate::policy::load::load_for_issuers(&cfg.policy_dir, &names)
+        })
+        .await
     };
     let commit = git_commit(&dir);
-    let mut rec = AuditRecord::new(EventKind::PolicyReloaded, now_ms(), "policy-reload");
+    let mut rec = AuditRecord::new(
+        EventKind::PolicyReloaded,
+        crate::clock::unix_ms(service.clock().now()),
+        "policy-reload",
+    );
     rec.actor = Some(format!("reload:{trigger}"));
     let changed = match loaded {
         Ok(Ok(policy)) => {

@@ -4,12 +4,9 @@
 //! the admin HTTP API; every change is durable, with its audit record,
 //! before the call returns.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
 use crate::audit::{AuditRecord, EventKind};
-use crate::ca::krl;
 use crate::store::{
     CertFilter, DisabledEntry, DisabledKey, IssuedCert, Revocation, StateVersion, Store, StoreError,
 };
@@ -248,43 +245,4 @@ pub fn cli_actor(env: &dyn Fn(&str) -> Option<String>) -> String {
             .take(64)
             .collect::<String>()
     )
-}
-
-/// Encodes the KRL of `revocations` (grouped by CA key) at `version`.
-pub fn encode_krl(revocations: &[Revocation], version: StateVersion) -> Vec<u8> {
-    let mut by_ca: BTreeMap<&str, (Vec<u64>, Vec<String>)> = BTreeMap::new();
-    for r in revocations {
-        let e = by_ca.entry(r.ca_key.as_str()).or_default();
-        if let Some(s) = r.serial {
-            e.0.push(s);
-        }
-        if let Some(k) = &r.key_id {
-            e.1.push(k.clone());
-        }
-    }
-    let mut certs = Vec::new();
-    for (ca_line, (serials, key_ids)) in by_ca {
-        // A line that no longer parses cannot be scoped to its CA; it is
-        // skipped rather than published as "revoked under any CA".
-        let Some(blob) = crate::ca::signer::key_blob(ca_line) else {
-            tracing::error!(
-                ca_key = ca_line,
-                "revocation names an unparseable CA key; skipped in KRL"
-            );
-            continue;
-        };
-        certs.push(krl::CertSection {
-            ca_key_blob: blob,
-            serials,
-            key_ids,
-        });
-    }
-    krl::encode(&krl::KrlSpec {
-        krl_version: version.version,
-        generated_date: version.changed_at,
-        comment: "mayfly".into(),
-        certs,
-        explicit_keys: Vec::new(),
-        sha256_fingerprints: Vec::new(),
-    })
 }

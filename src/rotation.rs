@@ -5,8 +5,8 @@
 
 use crate::audit::{AuditRecord, EventKind};
 use crate::ca::rotation::{self, KeyStatus, RotationError};
+use crate::config::files;
 use crate::config::Config;
-use crate::server::files;
 use crate::store::Store;
 
 /// Which rotation step.
@@ -34,24 +34,19 @@ pub enum Which {
     Group(String),
 }
 
-/// Key file base name of CA group `g`.
-pub fn group_base(g: &str) -> String {
-    format!("{}-{g}", files::USER_CA_KEY)
-}
-
 impl Which {
     fn base(&self) -> String {
         match self {
             Which::User => files::USER_CA_KEY.into(),
             Which::Host => files::HOST_CA_KEY.into(),
-            Which::Group(g) => group_base(g),
+            Which::Group(g) => files::group_base(g),
         }
     }
     fn public(&self) -> String {
         match self {
             Which::User => files::USER_CA_PUB.into(),
             Which::Host => files::HOST_CA_PUB.into(),
-            Which::Group(g) => format!("{}.pub", group_base(g)),
+            Which::Group(g) => format!("{}.pub", files::group_base(g)),
         }
     }
     fn name(&self) -> String {
@@ -188,7 +183,7 @@ pub fn status(cfg: &Config) -> Result<Vec<KeyStatus>, RotateError> {
         out.extend(rotation::status(
             &cfg.ca,
             &cfg.data_dir,
-            &group_base(&g),
+            &files::group_base(&g),
             &format!("user:{g}"),
             &env,
         )?);

@@ -3,12 +3,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::api::{self, AppState};
 use crate::auth::Verifier;
 use crate::ca;
 use crate::ca::rotation::KeyRing;
+use crate::config::files;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy;
@@ -64,20 +65,6 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-/// File names inside `data_dir`.
-pub mod files {
-    /// User CA private key.
-    pub const USER_CA_KEY: &str = "user_ca";
-    /// User CA public key (for `TrustedUserCAKeys`).
-    pub const USER_CA_PUB: &str = "user_ca.pub";
-    /// Host CA private key.
-    pub const HOST_CA_KEY: &str = "host_ca";
-    /// Host CA public key (for `@cert-authority`).
-    pub const HOST_CA_PUB: &str = "host_ca.pub";
-    /// SQLite database (`[store] backend = "sqlite"`).
-    pub const DATABASE: &str = crate::store::SQLITE_FILE;
-}
-
 fn ensure_data_dir(dir: &Path) -> Result<(), StartError> {
     use std::os::unix::fs::DirBuilderExt;
     let err = |source| StartError::DataDir {
@@ -115,21 +102,11 @@ fn load_ring(cfg: &Config, base: &str, pub_name: &str, what: &str) -> Result<Key
 
 /// Loads the policy directory or explains every problem.
 pub fn load_policy(dir: &Path, cfg: &Config) -> Result<policy::Policy, StartError> {
-    let p = policy::load_dir(dir).map_err(|errs| StartError::Policy {
-        dir: dir.to_path_buf(),
-        errors: errs
-            .iter()
-            .map(|e| format!("  {e}"))
-            .collect::<Vec<_>>()
-            .join("\n"),
-    })?;
     let names: Vec<&str> = cfg.issuers.iter().map(|i| i.name.as_str()).collect();
-    if let Err(errs) = policy::load::check_issuers(&p, &names) {
-        for e in errs {
-            tracing::warn!("{e}; this role cannot be used until the issuer is configured");
-        }
-    }
-    Ok(p)
+    policy::load::load_for_issuers(dir, &names).map_err(|e| StartError::Policy {
+        dir: e.dir,
+        errors: e.errors,
+    })
 }
 
 use crate::clock::now_secs;
@@ -170,7 +147,8 @@ pub async fn build_with_audit(
         .build()
         .map_err(std::io::Error::other)?;
     let metrics = Arc::new(Metrics::for_data_dir(&cfg.data_dir, store.reports_shared()));
-    let verifier = Verifier::new(&cfg.issuers, http, metrics.jwks());
+    let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock::new());
+    let verifier = Verifier::new(&cfg.issuers, http, metrics.jwks(), clock.clone());
     tracing::info!(roles = policy.roles.len(), digest = %policy.digest, dir = %cfg.policy_dir.display(), "policy loaded");
     let service = Service::new(ServiceParts {
         verifier,
@@ -185,6 +163,7 @@ pub async fn build_with_audit(
         backdate: cfg.backdate,
         metrics,
         admins: cfg.admins.clone(),
+        clock: Arc::new(crate::clock::SystemClock::new()),
     });
     service
         .load_group_keys(&service.policy())
@@ -241,7 +220,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             loop {
                 tick.tick().await;
-                s.flush_refusal_summary(SystemTime::now()).await;
+                s.flush_refusal_summary(s.clock().now()).await;
             }
         });
     }
@@ -296,7 +275,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     let service = state.service.clone();
     let app = api::router(state, cfg.max_body_bytes);
     connections::serve(listener, server_tls, app, limits, stats, shutdown_signal()).await?;
-    service.finish_refusal_summary(SystemTime::now()).await;
+    service.finish_refusal_summary(service.clock().now()).await;
     drop(service);
     // Stream what is left to the sinks and sign the final head.
     let _ = tokio::task::spawn_blocking(move || audit.shutdown()).await;

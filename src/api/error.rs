@@ -68,7 +68,6 @@ impl ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal error; the CA log has details under this request_id".into(),
             ),
-            IssueError::ApprovalPending { .. } => (StatusCode::ACCEPTED, e.to_string()),
             IssueError::Approval(crate::approval::ApprovalError::NotFound(_)) => {
                 (StatusCode::NOT_FOUND, e.to_string())
             }

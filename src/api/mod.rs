@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use crate::auth::BearerToken;
 use crate::ca::CertKind;
-use crate::service::{IssueError, Service, UserCertRequest};
+use crate::service::{Issuance, PendingApproval, Service, UserCertRequest};
 pub use error::ApiError;
 
 /// Shared state of the HTTP handlers.
@@ -419,18 +419,18 @@ async fn cert_request(
     let role = req.role.chars().take(64).collect::<String>();
     let fut = s.service.issue_user_cert(req, SystemTime::now());
     let resp = match tokio::time::timeout(s.request_timeout, fut).await {
-        Ok(Ok(issued)) => {
+        Ok(Ok(Issuance::Issued(issued))) => {
             let mut r = Json(issued).into_response();
             if let Ok(v) = HeaderValue::from_str(&rid) {
                 r.headers_mut().insert("x-request-id", v);
             }
             r
         }
-        Ok(Err(IssueError::ApprovalPending {
+        Ok(Ok(Issuance::Pending(PendingApproval {
             id,
             needed,
             expires_at,
-        })) => {
+        }))) => {
             let message = format!(
                 "role {role} needs approval: waiting for {needed} approval(s) of request {id} until {expires_at}; an approver runs `mayfly request approve {id}`"
             );

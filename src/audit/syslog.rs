@@ -29,56 +29,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// reconnecting more often than this.
 const RECONNECT_EVERY: Duration = Duration::from_secs(2);
 
-/// Where syslog messages go (`udp://host:port` or `tcp://host:port`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SyslogTarget {
-    /// RFC 5426 datagrams.
-    Udp(String),
-    /// RFC 6587 octet-counted stream.
-    Tcp(String),
-}
-
-impl SyslogTarget {
-    /// Parses `udp://host:port` / `tcp://host:port` (port 514 if omitted).
-    pub fn parse(s: &str) -> Result<SyslogTarget, String> {
-        let (scheme, rest) = s
-            .split_once("://")
-            .ok_or_else(|| format!("syslog = {s:?}: write udp://host:port or tcp://host:port"))?;
-        let rest = rest.trim_end_matches('/');
-        if rest.is_empty() || rest.contains('/') {
-            return Err(format!(
-                "syslog = {s:?}: expected host:port after {scheme}://"
-            ));
-        }
-        let has_port = match rest.rsplit_once(':') {
-            Some((host, port)) => {
-                // `[::1]:514` or `host:514`; a bare IPv6 literal has more colons.
-                (host.ends_with(']') || !host.contains(':')) && port.parse::<u16>().is_ok()
-            }
-            None => false,
-        };
-        let addr = if has_port {
-            rest.to_string()
-        } else {
-            format!("{rest}:514")
-        };
-        match scheme {
-            "udp" => Ok(SyslogTarget::Udp(addr)),
-            "tcp" => Ok(SyslogTarget::Tcp(addr)),
-            other => Err(format!(
-                "syslog = {s:?}: scheme {other:?} is not supported; use udp:// or tcp://"
-            )),
-        }
-    }
-
-    /// `udp://host:port` or `tcp://host:port`.
-    pub fn describe(&self) -> String {
-        match self {
-            SyslogTarget::Udp(a) => format!("udp://{a}"),
-            SyslogTarget::Tcp(a) => format!("tcp://{a}"),
-        }
-    }
-}
+pub use crate::config::SyslogTarget;
 
 /// This host's name for the HOSTNAME field (`-` if unknown).
 pub fn hostname() -> String {

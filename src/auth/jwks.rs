@@ -14,7 +14,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
+
+use crate::clock::Clock;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -255,8 +257,10 @@ enum Source {
 struct CacheState {
     keys: Option<Arc<KeySet>>,
     /// When `keys` were fetched; set together with `keys`.
-    fetched_at: Option<Instant>,
-    last_attempt: Option<Instant>,
+    /// Monotonic clock time of the last good fetch.
+    fetched_at: Option<Duration>,
+    /// Monotonic clock time of the last fetch attempt.
+    last_attempt: Option<Duration>,
     last_error: Option<String>,
 }
 
@@ -268,6 +272,7 @@ pub struct IssuerKeys {
     refetch_interval: Duration,
     max_stale: Duration,
     metrics: Arc<JwksMetrics>,
+    clock: Arc<dyn Clock>,
     state: RwLock<CacheState>,
     refresh: tokio::sync::Mutex<()>,
 }
@@ -313,7 +318,12 @@ fn url_allowed(u: &str) -> bool {
 impl IssuerKeys {
     /// Keys for `cfg`, fetched lazily; fetches, key age and stale-key
     /// refusals are reported to `metrics`.
-    pub fn new(cfg: &IssuerConfig, http: reqwest::Client, metrics: Arc<JwksMetrics>) -> IssuerKeys {
+    pub fn new(
+        cfg: &IssuerConfig,
+        http: reqwest::Client,
+        metrics: Arc<JwksMetrics>,
+        clock: Arc<dyn Clock>,
+    ) -> IssuerKeys {
         let source = match &cfg.jwks_file {
             Some(p) => Source::File(p.clone()),
             None => Source::Discovery {
@@ -327,6 +337,7 @@ impl IssuerKeys {
             refetch_interval: REFETCH_INTERVAL,
             max_stale: cfg.max_stale_keys,
             metrics,
+            clock,
             state: RwLock::new(CacheState {
                 keys: None,
                 fetched_at: None,
@@ -387,7 +398,10 @@ impl IssuerKeys {
     /// Refuses keys older than `max_stale_keys` (the fetches since failed).
     fn check_age(&self) -> Result<(), JwksError> {
         let st = self.state.read().unwrap_or_else(|p| p.into_inner());
-        let Some(age) = st.fetched_at.map(|t| t.elapsed()) else {
+        let Some(age) = st
+            .fetched_at
+            .map(|t| self.clock.monotonic().saturating_sub(t))
+        else {
             return Ok(());
         };
         if age <= self.max_stale {
@@ -416,12 +430,14 @@ impl IssuerKeys {
         };
         let stale = st
             .fetched_at
-            .is_none_or(|t| t.elapsed() > self.refresh_after());
+            .is_none_or(|t| self.clock.monotonic().saturating_sub(t) > self.refresh_after());
         // A short max_stale_keys shortens the interval too: keys must be
         // refreshable before they become too old, or a healthy issuer's
         // tokens would be refused.
         let interval = self.refetch_interval.min(self.refresh_after());
-        let may_fetch = st.last_attempt.is_none_or(|t| t.elapsed() >= interval);
+        let may_fetch = st
+            .last_attempt
+            .is_none_or(|t| self.clock.monotonic().saturating_sub(t) >= interval);
         (st.keys.clone(), stale, may_fetch)
     }
 
@@ -434,22 +450,25 @@ impl IssuerKeys {
         }
         {
             let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
-            st.last_attempt = Some(Instant::now());
+            st.last_attempt = Some(self.clock.monotonic());
         }
         let res = self.fetch().await;
         let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
         match res {
             Ok(ks) => {
                 st.keys = Some(Arc::new(ks));
-                st.fetched_at = Some(Instant::now());
+                st.fetched_at = Some(self.clock.monotonic());
                 st.last_error = None;
-                self.metrics.fetched(&self.issuer_url, SystemTime::now());
+                self.metrics.fetched(&self.issuer_url, self.clock.now());
                 Ok(())
             }
             Err(e) => {
                 st.last_error = Some(e.to_string());
                 self.metrics.fetch_failed(&self.issuer_url);
-                match st.fetched_at.map(|t| t.elapsed()) {
+                match st
+                    .fetched_at
+                    .map(|t| self.clock.monotonic().saturating_sub(t))
+                {
                     Some(age) if st.keys.is_some() => tracing::warn!(
                         issuer = %self.issuer_url,
                         error = %e,

@@ -379,6 +379,7 @@ impl Verifier {
         issuers: &[IssuerConfig],
         http: reqwest::Client,
         metrics: Arc<JwksMetrics>,
+        clock: Arc<dyn crate::clock::Clock>,
     ) -> Verifier {
         let by_url = issuers
             .iter()
@@ -387,7 +388,7 @@ impl Verifier {
                     c.url.clone(),
                     Arc::new(Issuer {
                         cfg: c.clone(),
-                        keys: IssuerKeys::new(c, http.clone(), metrics.clone()),
+                        keys: IssuerKeys::new(c, http.clone(), metrics.clone(), clock.clone()),
                     }),
                 )
             })
@@ -601,6 +602,7 @@ mod tests {
             dir,
             crate::config::DEFAULT_MAX_STALE_KEYS,
             Default::default(),
+            Arc::new(crate::clock::SystemClock::new()),
         )
     }
 
@@ -608,6 +610,7 @@ mod tests {
         dir: &tempfile::TempDir,
         max_stale_keys: Duration,
         metrics: Arc<JwksMetrics>,
+        clock: Arc<dyn crate::clock::Clock>,
     ) -> Verifier {
         let p = dir.path().join("jwks.json");
         std::fs::write(&p, JWKS).unwrap();
@@ -621,7 +624,7 @@ mod tests {
             max_token_bytes: 4096,
             max_stale_keys,
         };
-        Verifier::new(&[cfg], reqwest::Client::new(), metrics)
+        Verifier::new(&[cfg], reqwest::Client::new(), metrics, clock)
     }
 
     fn sign(claims: Value, kid: &str) -> String {
@@ -871,14 +874,15 @@ mod tests {
     async fn keys_older_than_max_stale_keys_are_refused_until_a_fetch_succeeds() {
         let d = tempfile::tempdir().unwrap();
         let m = Arc::new(JwksMetrics::default());
-        let mut v = verifier_with(&d, Duration::from_secs(1), m.clone());
+        let clock = Arc::new(crate::clock::ManualClock::at(NOW));
+        let mut v = verifier_with(&d, Duration::from_secs(1), m.clone(), clock.clone());
         v.set_refetch_interval(Duration::ZERO);
         v.verify(&sign(good(), "k1"), NOW).await.unwrap();
         // The issuer becomes unreachable: the keys in hand serve a while...
         std::fs::remove_file(d.path().join("jwks.json")).unwrap();
         v.verify(&sign(good(), "k1"), NOW).await.unwrap();
         // ...but not beyond max_stale_keys.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        clock.advance(Duration::from_millis(1100));
         let e = v.verify(&sign(good(), "k1"), NOW).await.unwrap_err();
         assert_eq!(e.code(), "issuer_keys_too_old", "{e}");
         assert!(e.to_string().contains("max_stale_keys (1 s)"), "{e}");

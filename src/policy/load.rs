@@ -499,7 +499,7 @@ pub fn parse_role(name: &str, file: &Path, text: &str) -> Result<Role, Vec<Polic
                     match humantime::parse_duration(e) {
                         Ok(d)
                             if d >= Duration::from_secs(60)
-                                && d <= crate::approval::MAX_APPROVAL_EXPIRY =>
+                                && d <= crate::policy::approval::MAX_APPROVAL_EXPIRY =>
                         {
                             Some(d)
                         }
@@ -522,18 +522,19 @@ pub fn parse_role(name: &str, file: &Path, text: &str) -> Result<Role, Vec<Polic
                     "approval.approvers must name who may approve, e.g. [\"groups:sre\"]".into(),
                 ));
             }
-            let distinct = match crate::approval::ApprovalPolicy::parse_distinct(&a.distinct) {
-                Ok(d) => d,
-                Err(m) => {
-                    errors.push(err(span.clone(), m));
-                    Vec::new()
-                }
-            };
+            let distinct =
+                match crate::policy::approval::ApprovalPolicy::parse_distinct(&a.distinct) {
+                    Ok(d) => d,
+                    Err(m) => {
+                        errors.push(err(span.clone(), m));
+                        Vec::new()
+                    }
+                };
             match (
-                crate::approval::ApprovalPolicy::parse_approvers(&a.approvers),
+                crate::policy::approval::ApprovalPolicy::parse_approvers(&a.approvers),
                 expires,
             ) {
-                (Ok(approvers), Some(expires)) => Some(crate::approval::ApprovalPolicy {
+                (Ok(approvers), Some(expires)) => Some(crate::policy::approval::ApprovalPolicy {
                     required: a.required,
                     issuer: a.issuer.clone(),
                     approvers,
@@ -811,6 +812,36 @@ pub fn parse_role(name: &str, file: &Path, text: &str) -> Result<Role, Vec<Polic
         max_active_certs,
         lines,
     })
+}
+
+/// A policy directory that cannot be put in force, with every problem found.
+#[derive(Debug, thiserror::Error)]
+#[error("policy in {dir} is invalid, refusing to start:\n{errors}")]
+pub struct InvalidPolicy {
+    /// The policy directory.
+    pub dir: PathBuf,
+    /// One line per error.
+    pub errors: String,
+}
+
+/// Loads the policy directory for a CA whose configured issuers are
+/// `issuers`, or explains every problem. A role naming an issuer that is not
+/// configured is only warned about: it cannot be used until it is.
+pub fn load_for_issuers(dir: &Path, issuers: &[&str]) -> Result<Policy, InvalidPolicy> {
+    let p = load_dir(dir).map_err(|errs| InvalidPolicy {
+        dir: dir.to_path_buf(),
+        errors: errs
+            .iter()
+            .map(|e| format!("  {e}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    })?;
+    if let Err(errs) = check_issuers(&p, issuers) {
+        for e in errs {
+            tracing::warn!("{e}; this role cannot be used until the issuer is configured");
+        }
+    }
+    Ok(p)
 }
 
 /// Loads every `*.toml` role file in `dir`. Any invalid file fails the load;

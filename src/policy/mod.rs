@@ -13,6 +13,7 @@
 //! - [`cases`]: table-driven policy tests (`mayfly policy test --cases`).
 //! - [`explain`]: a decision step by step (`mayfly policy explain`).
 
+pub mod approval;
 pub mod cases;
 pub mod explain;
 pub mod glob;
@@ -98,7 +99,7 @@ pub struct Role {
     /// Host roles: allowed host names (globs and `{claim}` templates).
     pub hostnames: Vec<PrincipalTemplate>,
     /// Just-in-time: approvals needed before a certificate is minted.
-    pub approval: Option<crate::approval::ApprovalPolicy>,
+    pub approval: Option<crate::policy::approval::ApprovalPolicy>,
     /// User CA key group: roles of a group are signed by their own CA key,
     /// so hosts can trust one group only. `None`: the default user CA.
     pub ca_group: Option<String>,

@@ -319,8 +319,8 @@ pub async fn gather(
     };
     let is_file = matches!(cfg.ca, CaKeyConfig::File { .. });
     let ca_keys = [
-        ("user", crate::server::files::USER_CA_KEY),
-        ("host", crate::server::files::HOST_CA_KEY),
+        ("user", crate::config::files::USER_CA_KEY),
+        ("host", crate::config::files::HOST_CA_KEY),
     ]
     .iter()
     .map(|(ca, file)| CaKeyFacts {
@@ -367,7 +367,7 @@ pub async fn gather(
         revocations_live: live,
         daily: db.daily_issuance(since_ms).await?,
         chain: chain_status(cfg, store).await,
-        db_mode: file_mode(&cfg.data_dir.join(crate::server::files::DATABASE)),
+        db_mode: file_mode(&cfg.data_dir.join(crate::config::files::DATABASE)),
         data_dir_mode: file_mode(&cfg.data_dir),
     })
 }
@@ -395,7 +395,7 @@ async fn chain_status(cfg: &Config, store: &Store) -> ChainStatus {
     };
     let subject = format!(
         "database {}",
-        cfg.data_dir.join(crate::server::files::DATABASE).display()
+        cfg.data_dir.join(crate::config::files::DATABASE).display()
     );
     match crate::evidence::verify::verify_db(store.audit(), key.as_ref(), &subject).await {
         Ok(r) if r.is_intact() => ChainStatus::Verified {

@@ -7,8 +7,8 @@ use crate::auth::{TokenError, VerifiedToken};
 use crate::clock::{unix_ms, unix_secs as unix};
 use crate::policy::{Denial, DenialCode};
 
-use super::UserCertRequest;
 use super::{IssueError, Service};
+use super::{PendingApproval, UserCertRequest};
 
 impl Service {
     /// Opens an approval request for a role that needs one and answers
@@ -21,7 +21,7 @@ impl Service {
         grant: &crate::policy::Grant,
         rec: &AuditRecord,
         now: SystemTime,
-    ) -> Result<std::convert::Infallible, IssueError> {
+    ) -> Result<PendingApproval, IssueError> {
         use crate::approval::{ApprovalRequest, ApprovalStatus};
         let now_s = unix(now);
         let requester_claims = ap.requester_claims(verified.claims()).map_err(|message| {
@@ -56,7 +56,7 @@ impl Service {
         arec.principals = r.principals.clone();
         let expires_at = r.expires_at;
         self.store.approvals().put(r, vec![arec]).await?;
-        Err(IssueError::ApprovalPending {
+        Ok(PendingApproval {
             id,
             needed: ap.required,
             expires_at,
@@ -74,7 +74,7 @@ impl Service {
         verified: &VerifiedToken,
         fingerprint: &str,
         now_s: u64,
-    ) -> Result<crate::approval::ApprovalRequest, IssueError> {
+    ) -> Result<Result<crate::approval::ApprovalRequest, PendingApproval>, IssueError> {
         use crate::approval::{ApprovalError, ApprovalStatus};
         let r = self
             .store
@@ -90,14 +90,14 @@ impl Service {
             return Err(ApprovalError::Mismatch(id.to_string()).into());
         }
         match r.status_at(now_s) {
-            ApprovalStatus::Approved => Ok(r),
+            ApprovalStatus::Approved => Ok(Ok(r)),
             ApprovalStatus::Pending => {
                 let approvals = r.votes.iter().filter(|v| v.approve).count() as u32;
-                Err(IssueError::ApprovalPending {
+                Ok(Err(PendingApproval {
                     id: r.id,
                     needed: r.required.saturating_sub(approvals),
                     expires_at: r.expires_at,
-                })
+                }))
             }
             other => Err(ApprovalError::NotPending {
                 id: id.to_string(),

@@ -41,6 +41,36 @@ pub struct UserCertRequest {
     pub approval_request: Option<String>,
 }
 
+/// What a certificate request comes to when nothing went wrong.
+#[derive(Debug, Clone)]
+pub enum Issuance {
+    /// The certificate, its audit record durable (200).
+    Issued(Issued),
+    /// The role needs approval and the request waits (202).
+    Pending(PendingApproval),
+}
+
+/// An approval request that still waits for approvals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingApproval {
+    /// Approval request id to poll with.
+    pub id: String,
+    /// Approvals still needed.
+    pub needed: u32,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+impl std::fmt::Display for PendingApproval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "role needs approval: request {} waits for {} approval(s) until {}; an approver runs `mayfly request approve {}`",
+            self.id, self.needed, self.expires_at, self.id
+        )
+    }
+}
+
 /// An issued certificate.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Issued {
@@ -59,13 +89,14 @@ pub struct Issued {
 }
 
 impl Service {
-    /// Issues a user certificate, or explains why not. The certificate is
-    /// returned only after its audit record is durable.
+    /// Issues a certificate, opens or reports a pending approval, or
+    /// explains why not. The certificate is returned only after its audit
+    /// record is durable.
     pub async fn issue_user_cert(
         &self,
         req: UserCertRequest,
         now: SystemTime,
-    ) -> Result<Issued, IssueError> {
+    ) -> Result<Issuance, IssueError> {
         let mut rec = AuditRecord::new(EventKind::CertDenied, unix_ms(now), &req.request_id);
         rec.client_addr = req.client_addr.map(|a| a.to_string());
         rec.role = Some(req.role.chars().take(128).collect());
@@ -79,7 +110,14 @@ impl Service {
             "_unknown"
         };
         match &result {
-            Ok(issued) => {
+            Ok(Issuance::Pending(p)) => {
+                self.metrics.denied(role_label, "approval_pending");
+                tracing::info!(request_id = %req.request_id, role = %req.role,
+                    issuer = rec.issuer.as_deref().unwrap_or(""),
+                    subject = rec.subject.as_deref().unwrap_or(""),
+                    approval_request = %p.id, needed = p.needed, "certificate waits for approval");
+            }
+            Ok(Issuance::Issued(issued)) => {
                 self.metrics.issued(role_label);
                 tracing::info!(
                     request_id = %req.request_id, role = %req.role,
@@ -108,7 +146,7 @@ impl Service {
                             reason = %e, "certificate denied");
                     }
                 }
-                if !matches!(e, IssueError::Store(_) | IssueError::ApprovalPending { .. }) {
+                if !matches!(e, IssueError::Store(_)) {
                     rec.event = EventKind::CertDenied;
                     rec.reason_code = Some(code.to_string());
                     rec.reason = Some(e.to_string());
@@ -144,7 +182,7 @@ impl Service {
         req: &UserCertRequest,
         now: SystemTime,
         rec: &mut AuditRecord,
-    ) -> Result<Issued, IssueError> {
+    ) -> Result<Issuance, IssueError> {
         let now_s = unix(now);
         let token = req.token.as_ref().ok_or(TokenError::Missing)?;
         let verified: VerifiedToken = self.verifier.verify(token.expose(), now_s).await?;
@@ -226,17 +264,22 @@ impl Service {
                 if let Some(role) = role_def {
                     self.check_limits(role, &verified, now_s).await?;
                 }
-                match self
+                let pending = self
                     .request_approval(ap, req, &verified, &grant, rec, now)
-                    .await? {}
+                    .await?;
+                return Ok(Issuance::Pending(pending));
             }
             (Some(_), Some(id)) => {
                 // A validated redemption skips the rate limits (the request
                 // was charged when it was made), never max_active_certs.
                 let fingerprint = rec.key_fingerprint.clone().unwrap_or_default();
-                let approved = self
+                let approved = match self
                     .approved_request(id, req, &verified, &fingerprint, now_s)
-                    .await?;
+                    .await?
+                {
+                    Ok(approved) => approved,
+                    Err(pending) => return Ok(Issuance::Pending(pending)),
+                };
                 grant =
                     crate::approval::bound_grant(grant, &approved, req.principals.as_deref(), ttl)?;
                 if let Some(role) = role_def {
@@ -312,20 +355,21 @@ impl Service {
         rec.valid_after = Some(spec.valid_after);
         rec.valid_before = Some(spec.valid_before);
         rec.ca_key = Some(authority.public_key_line());
-        let commit_started = std::time::Instant::now();
+        let commit_started = self.clock.monotonic();
         let stored = self.store.issuance().issue(rec.clone(), Some(guard)).await;
-        self.metrics.observe_store_commit(commit_started.elapsed());
+        self.metrics
+            .observe_store_commit(self.clock.monotonic().saturating_sub(commit_started));
         // The guard is checked again in the commit itself: a deactivation,
         // a second redemption or a parallel request that landed after the
         // checks above refuses this certificate instead of racing it.
         stored?.map_err(|refusal| guard_refusal(refusal, &req.role))?;
-        Ok(Issued {
+        Ok(Issuance::Issued(Issued {
             certificate: line,
             serial,
             key_id: spec.key_id,
             principals,
             valid_after: spec.valid_after,
             valid_before: spec.valid_before,
-        })
+        }))
     }
 }

@@ -71,7 +71,7 @@ impl Service {
         };
         let mut fresh = std::collections::BTreeMap::new();
         for g in policy.ca_groups() {
-            let ring = loader.load(&crate::rotation::group_base(&g))?;
+            let ring = loader.load(&crate::config::files::group_base(&g))?;
             fresh.insert(g, Arc::new(ring));
         }
         *self.group_keys.write().unwrap_or_else(|p| p.into_inner()) = fresh;

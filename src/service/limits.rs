@@ -16,7 +16,7 @@ impl Service {
         verified: &VerifiedToken,
         now_s: u64,
     ) -> Result<(), IssueError> {
-        let t = self.started.elapsed().as_secs_f64();
+        let t = self.clock.monotonic().as_secs_f64();
         if let Some(r) = role.rate_limit {
             self.store
                 .counters()

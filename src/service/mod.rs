@@ -23,15 +23,15 @@ use crate::auth::{TokenError, Verifier};
 use crate::ca::rotation::KeyRing;
 use crate::ca::MintError;
 
-use crate::clock::unix_ms;
+use crate::clock::{unix_ms, Clock};
 use crate::metrics::Metrics;
 use crate::policy::{Denial, Policy};
 use crate::store::{DisabledKey, StateVersion};
 use crate::store::{Store, StoreError};
 
-pub use issue::{Issued, UserCertRequest};
+pub use issue::{Issuance, Issued, PendingApproval, UserCertRequest};
 pub use keys::KeyLoader;
-pub use krl::KrlSnapshot;
+pub use krl::{encode_krl, KrlSnapshot};
 
 /// Why no certificate was issued.
 #[derive(Debug, thiserror::Error)]
@@ -56,16 +56,6 @@ pub enum IssueError {
     /// Minting failed (500).
     #[error(transparent)]
     Mint(#[from] MintError),
-    /// The role needs approval; the request waits (202).
-    #[error("role needs approval: request {id} waits for {needed} approval(s) until {expires_at}; an approver runs `mayfly request approve {id}`")]
-    ApprovalPending {
-        /// Approval request id to poll with.
-        id: String,
-        /// Approvals still needed.
-        needed: u32,
-        /// Unix seconds.
-        expires_at: u64,
-    },
     /// An approval step failed (403/404).
     #[error(transparent)]
     Approval(#[from] crate::approval::ApprovalError),
@@ -90,7 +80,6 @@ impl IssueError {
             IssueError::Denied(d) => d.code.as_str(),
             IssueError::Store(_) => "store_unavailable",
             IssueError::Mint(_) => "internal",
-            IssueError::ApprovalPending { .. } => "approval_pending",
             IssueError::Approval(a) => a.code(),
             IssueError::RateLimited { .. } => "rate_limited",
         }
@@ -110,7 +99,7 @@ pub struct Service {
     metrics: Arc<Metrics>,
     admin: Mutex<AdminCache>,
     admins: Vec<(String, Vec<crate::policy::ClaimRule>)>,
-    started: std::time::Instant,
+    clock: Arc<dyn Clock>,
     unauthenticated: crate::audit::sampling::RefusalSampler,
 }
 
@@ -144,6 +133,8 @@ pub struct ServiceParts {
     pub metrics: Arc<Metrics>,
     /// Who may use the admin API.
     pub admins: Vec<crate::config::AdminRule>,
+    /// The time source.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Service {
@@ -160,7 +151,7 @@ impl Service {
             backdate: p.backdate,
             metrics: p.metrics,
             admin: Mutex::new(AdminCache::default()),
-            started: std::time::Instant::now(),
+            clock: p.clock,
             unauthenticated: crate::audit::sampling::RefusalSampler::new(),
             admins: p
                 .admins
@@ -265,6 +256,11 @@ impl Service {
             },
         ];
         Ok(candidates.into_iter().find(|k| g.disabled.contains(k)))
+    }
+
+    /// The time source every request of this service uses.
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
     }
 
     /// The token verifier (to warm issuer keys).

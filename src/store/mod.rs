@@ -224,7 +224,7 @@ pub struct StoreConfig {
 }
 
 /// The SQLite database file in the data directory.
-pub const SQLITE_FILE: &str = "mayfly.db";
+pub const SQLITE_FILE: &str = crate::config::files::DATABASE;
 
 impl StoreConfig {
     /// The store of the CA configured by `cfg`, opened as `mode` says.
