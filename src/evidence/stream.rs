@@ -365,12 +365,23 @@ impl AuditStream {
             .build()
             .map_err(StreamError::Thread)?;
         let db = log;
-        let head = rt.block_on(db.head())?.map(|(s, _)| s).unwrap_or(0);
-        let last_cp = rt
-            .block_on(db.last_checkpoint())?
-            .map(|(seq, _)| seq)
-            .unwrap_or(0);
-        let cursor = match rt.block_on(db.stream_cursor())? {
+        // Read where to start on a thread of our own: the caller may be
+        // inside an async runtime, where blocking on a future is refused.
+        let (head, last_cp, saved) = std::thread::scope(|s| {
+            s.spawn(|| -> Result<_, StoreError> {
+                let head = rt.block_on(db.head())?.map(|(s, _)| s).unwrap_or(0);
+                let last_cp = rt
+                    .block_on(db.last_checkpoint())?
+                    .map(|(seq, _)| seq)
+                    .unwrap_or(0);
+                Ok((head, last_cp, rt.block_on(db.stream_cursor())?))
+            })
+            .join()
+        })
+        .map_err(|_| {
+            StreamError::Thread(std::io::Error::other("reading the audit log head failed"))
+        })??;
+        let cursor = match saved {
             Some(c) if c <= head => c,
             Some(c) => {
                 tracing::error!(cursor = c, head,
@@ -664,6 +675,38 @@ impl Drop for AuditStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn starts_inside_an_async_runtime_and_signs_a_checkpoint_at_shutdown() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::open(&crate::store::StoreConfig {
+            backend: crate::config::StoreBackend::SQLite,
+            sqlite_path: d.path().join("m.db"),
+            busy_timeout: Duration::from_secs(1),
+            mode: crate::store::OpenMode::Create,
+        })
+        .expect("store");
+        let cfg = AuditConfig::default();
+        let stream = AuditStream::start_with_key(&cfg, AuditKey::ephemeral(), store.audit_shared())
+            .expect("stream starts from async code");
+        store.audit().on_commit(stream.hook());
+        let rec = crate::audit::AuditRecord::new(crate::audit::EventKind::Disabled, 1, "r");
+        store.audit().append(rec).await.expect("append");
+        let stats = stream.stats();
+        tokio::task::spawn_blocking(move || stream.shutdown())
+            .await
+            .expect("shutdown");
+        assert_eq!(stats.checkpoints.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            store
+                .audit()
+                .last_checkpoint()
+                .await
+                .expect("read")
+                .map(|c| c.0),
+            Some(1)
+        );
+    }
 
     fn rec(seq: u64) -> StoredRecord {
         StoredRecord {
