@@ -25,10 +25,8 @@
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::ca::krl;
@@ -451,38 +449,35 @@ fn base_url(server: &str, insecure_http: bool) -> Result<url::Url, SyncError> {
     Ok(u)
 }
 
-/// The HTTP client for the CA at `base`: rustls with the built-in web roots,
-/// or with only the certificates in `ca_file`; no redirects.
+/// The HTTP client for the CA at `base` ([`client::http::build`]: no
+/// redirects, rustls with the built-in web roots, or with only the
+/// certificates in `ca_file`).
 fn http_client(base: &url::Url, ca_file: Option<&Path>) -> Result<reqwest::Client, SyncError> {
-    let mut b = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT)
-        // A redirect could lead from https to http or to another host.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("mayfly-host-sync/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = ca_file {
-        let bad = |reason: String| SyncError::TlsRoots {
-            path: path.to_path_buf(),
-            reason,
+    use client::http::{self, HttpClientError};
+    let spec = http::ClientSpec {
+        base,
+        ca_file,
+        connect_timeout: CONNECT_TIMEOUT,
+        timeout: REQUEST_TIMEOUT,
+        user_agent: Some(concat!("mayfly-host-sync/", env!("CARGO_PKG_VERSION"))),
+    };
+    http::build(&spec).map_err(|e| {
+        let reason = match e {
+            HttpClientError::Build(e) => {
+                return SyncError::Unreachable {
+                    url: "(client setup)".into(),
+                    reason: e.to_string(),
+                }
+            }
+            HttpClientError::CaFileNeedsHttps { base } => {
+                format!("is for a CA served over TLS, but {base} is not https")
+            }
+            other => other.to_string(),
         };
-        if base.scheme() != "https" {
-            return Err(bad(format!(
-                "is for a CA served over TLS, but {base} is not https"
-            )));
+        SyncError::TlsRoots {
+            path: ca_file.unwrap_or(Path::new("")).to_path_buf(),
+            reason,
         }
-        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(bad("holds no PEM certificate".into()));
-        }
-        b = b.tls_built_in_root_certs(false);
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
-    }
-    b.build().map_err(|e| SyncError::Unreachable {
-        url: "(client setup)".into(),
-        reason: e.to_string(),
     })
 }
 
@@ -920,25 +915,92 @@ pub struct HostCertOptions {
     pub insecure_http: bool,
 }
 
+/// Why `mayfly host cert` got no certificate. Nothing is written unless
+/// the certificate parses, is a host certificate and certifies this key.
+#[derive(Debug, thiserror::Error)]
+pub enum HostCertError {
+    /// `--server`, the token request or the CA's answer failed.
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+    /// No workload token could be found.
+    #[error(transparent)]
+    Token(#[from] client::token::TokenSourceError),
+    /// `--ca-file`, or writing the certificate, failed.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// The host public key file could not be read.
+    #[error("reading the host public key {}", path.display())]
+    ReadKey {
+        /// `--key`.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// `--key` names a private key.
+    #[error("{} is a private key; give the public key (the .pub file)", path.display())]
+    PrivateKey {
+        /// `--key`.
+        path: PathBuf,
+    },
+    /// `--key` does not hold an OpenSSH public key.
+    #[error(
+        "{} is not an OpenSSH public key (expected e.g. /etc/ssh/ssh_host_ed25519_key.pub)",
+        path.display()
+    )]
+    NotPublicKey {
+        /// `--key`.
+        path: PathBuf,
+        /// The parser's error.
+        source: ssh_key::Error,
+    },
+    /// The host public key could not be encoded for the request.
+    #[error("encoding the host public key")]
+    EncodeKey(#[source] ssh_key::Error),
+    /// The CA's answer is not a certificate.
+    #[error("the CA's certificate does not parse")]
+    BadCertificate(#[source] ssh_key::Error),
+    /// The CA certified the key as a user key.
+    #[error("the CA returned a user certificate, not a host certificate")]
+    NotHostCertificate,
+    /// The CA certified some other key.
+    #[error("the CA's certificate is not for {}", path.display())]
+    WrongKey {
+        /// `--key`.
+        path: PathBuf,
+    },
+    /// `--out` has no file name.
+    #[error("--out must name a file")]
+    OutNotAFile,
+    /// The directory of the certificate could not be synced to disk.
+    #[error("syncing directory {}", dir.display())]
+    SyncDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
 /// `mayfly host cert`: certifies the host key and writes the certificate
 /// atomically (mode 0644). Returns the answer and the path written.
-pub async fn host_cert(opts: &HostCertOptions) -> anyhow::Result<(CertAnswer, PathBuf)> {
+pub async fn host_cert(opts: &HostCertOptions) -> Result<(CertAnswer, PathBuf), HostCertError> {
     let base = client::server_base(&opts.server, opts.insecure_http)?;
-    let text = std::fs::read_to_string(&opts.key)
-        .with_context(|| format!("reading the host public key {}", opts.key.display()))?;
-    if text.contains("PRIVATE KEY") {
-        anyhow::bail!(
-            "{} is a private key; give the public key (the .pub file)",
-            opts.key.display()
-        );
-    }
-    let key = ssh_key::PublicKey::from_openssh(text.trim()).with_context(|| {
-        format!(
-            "{} is not an OpenSSH public key (expected e.g. /etc/ssh/ssh_host_ed25519_key.pub)",
-            opts.key.display()
-        )
+    let text = std::fs::read_to_string(&opts.key).map_err(|source| HostCertError::ReadKey {
+        path: opts.key.clone(),
+        source,
     })?;
-    let public = key.to_openssh().context("encoding the host public key")?;
+    if text.contains("PRIVATE KEY") {
+        return Err(HostCertError::PrivateKey {
+            path: opts.key.clone(),
+        });
+    }
+    let key = ssh_key::PublicKey::from_openssh(text.trim()).map_err(|source| {
+        HostCertError::NotPublicKey {
+            path: opts.key.clone(),
+            source,
+        }
+    })?;
+    let public = key.to_openssh().map_err(HostCertError::EncodeKey)?;
     // Before the token: a bad --ca-file must not cost a single-use token.
     let http = http_client(&base, opts.ca_file.as_deref())?;
     let token = client::token::discover(&opts.token, &|k| std::env::var(k).ok()).await?;
@@ -951,12 +1013,14 @@ pub async fn host_cert(opts: &HostCertOptions) -> anyhow::Result<(CertAnswer, Pa
     let answer: CertAnswer =
         client::post_json_with_token(&http, &base, "v1/certs/host", &token, &body).await?;
     let cert = ssh_key::Certificate::from_openssh(answer.certificate.trim())
-        .context("the CA's certificate does not parse")?;
+        .map_err(HostCertError::BadCertificate)?;
     if cert.cert_type() != ssh_key::certificate::CertType::Host {
-        anyhow::bail!("the CA returned a user certificate, not a host certificate");
+        return Err(HostCertError::NotHostCertificate);
     }
     if cert.public_key() != key.key_data() {
-        anyhow::bail!("the CA's certificate is not for {}", opts.key.display());
+        return Err(HostCertError::WrongKey {
+            path: opts.key.clone(),
+        });
     }
     let out = opts
         .out
@@ -968,7 +1032,7 @@ pub async fn host_cert(opts: &HostCertOptions) -> anyhow::Result<(CertAnswer, Pa
     };
     let name = out
         .file_name()
-        .context("--out must name a file")?
+        .ok_or(HostCertError::OutNotAFile)?
         .to_string_lossy()
         .into_owned();
     let staged = stage(
@@ -979,7 +1043,10 @@ pub async fn host_cert(opts: &HostCertOptions) -> anyhow::Result<(CertAnswer, Pa
     commit(staged)?;
     std::fs::File::open(&dir)
         .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))?;
+        .map_err(|source| HostCertError::SyncDir {
+            dir: dir.clone(),
+            source,
+        })?;
     Ok((answer, out))
 }
 
@@ -1013,188 +1080,6 @@ pub async fn known_hosts(
         }
     };
     Ok(known_hosts_lines(patterns, &keys))
-}
-
-// ---------------------------------------------------------------------------
-// Command line (wired into main.rs)
-// ---------------------------------------------------------------------------
-
-/// `mayfly host ...`: commands run on a server that bots log in to.
-#[derive(Debug, clap::Subcommand)]
-pub enum HostCmd {
-    /// Install the CA's user keys and KRL for sshd (TrustedUserCAKeys,
-    /// RevokedKeys); keeps the last good files on any failure, exit 1.
-    Sync(SyncArgs),
-    /// Get a host certificate for this host's key (sshd HostCertificate).
-    Cert(HostCertArgs),
-}
-
-/// Arguments of `mayfly host sync`.
-#[derive(Debug, clap::Args)]
-pub struct SyncArgs {
-    /// CA base URL, e.g. https://ca.example.com.
-    #[arg(long, env = "MAYFLY_SERVER")]
-    pub server: String,
-    /// Directory for user_ca.pub and revoked.krl.
-    #[arg(long, default_value = "/etc/ssh/mayfly")]
-    pub dir: PathBuf,
-    /// PEM file of the CA(s) that signed the CA server's TLS certificate;
-    /// trusted instead of the built-in roots (like curl --cacert).
-    #[arg(long, env = "MAYFLY_CA_FILE")]
-    pub ca_file: Option<PathBuf>,
-    /// Allow plain http to a non-loopback CA (anyone on the path could then
-    /// choose which CA this host trusts).
-    #[arg(long)]
-    pub insecure_http: bool,
-    /// Trust only the user CA keys of this CA group (roles with `ca_group`);
-    /// `default` for roles without one. Default: every user CA key.
-    #[arg(long)]
-    pub ca_group: Option<String>,
-}
-
-/// Arguments of `mayfly host cert`.
-#[derive(Debug, clap::Args)]
-pub struct HostCertArgs {
-    /// CA base URL, e.g. https://ca.example.com.
-    #[arg(long, env = "MAYFLY_SERVER")]
-    pub server: String,
-    /// Role (policy file name) to request.
-    #[arg(long)]
-    pub role: String,
-    /// The host's public key.
-    #[arg(long, default_value = "/etc/ssh/ssh_host_ed25519_key.pub")]
-    pub key: PathBuf,
-    /// Host name to put in the certificate (repeatable; default: the role's).
-    #[arg(long = "hostname")]
-    pub hostnames: Vec<String>,
-    /// File holding the workload token.
-    #[arg(long)]
-    pub token_file: Option<PathBuf>,
-    /// Audience to request from CI token endpoints.
-    #[arg(long, default_value = "mayfly")]
-    pub audience: String,
-    /// Certificate lifetime, e.g. 30d (default: the role's).
-    #[arg(long)]
-    pub ttl: Option<String>,
-    /// Where to write the certificate (default: <key without .pub>-cert.pub).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// PEM file of the CA(s) that signed the CA server's TLS certificate;
-    /// trusted instead of the built-in roots (like curl --cacert).
-    #[arg(long, env = "MAYFLY_CA_FILE")]
-    pub ca_file: Option<PathBuf>,
-    /// Allow plain http to a non-loopback CA (sends the token in clear).
-    #[arg(long)]
-    pub insecure_http: bool,
-}
-
-/// Arguments of `mayfly known-hosts`.
-#[derive(Debug, clap::Args)]
-pub struct KnownHostsArgs {
-    /// CA base URL, e.g. https://ca.example.com.
-    #[arg(long, env = "MAYFLY_SERVER")]
-    pub server: String,
-    /// Host pattern the host CA vouches for, e.g. '*.example.com'
-    /// (repeatable).
-    #[arg(long = "domain", required = true)]
-    pub domains: Vec<String>,
-    /// PEM file of the CA(s) that signed the CA server's TLS certificate;
-    /// trusted instead of the built-in roots (like curl --cacert).
-    #[arg(long, env = "MAYFLY_CA_FILE")]
-    pub ca_file: Option<PathBuf>,
-    /// Allow plain http to a non-loopback CA.
-    #[arg(long)]
-    pub insecure_http: bool,
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
-/// Runs `mayfly host sync|cert`. `host sync` prints its own one-line error
-/// and returns exit code 1; `host cert` errors are returned.
-pub fn run_host(cmd: HostCmd, verbose: bool) -> anyhow::Result<ExitCode> {
-    match cmd {
-        HostCmd::Sync(a) => {
-            let opts = SyncOptions {
-                server: a.server,
-                dir: a.dir,
-                ca_file: a.ca_file,
-                insecure_http: a.insecure_http,
-                ca_group: a.ca_group,
-            };
-            let result = runtime()?.block_on(sync(&opts));
-            match result {
-                Ok(outcome) => {
-                    if verbose {
-                        eprintln!("mayfly host sync: {}", outcome.summary());
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    let line = format!("mayfly host sync: {e}; {}", describe_installed(&opts.dir));
-                    eprintln!("{}", line.replace(['\n', '\r'], " "));
-                    Ok(ExitCode::from(1))
-                }
-            }
-        }
-        HostCmd::Cert(a) => {
-            let ttl = a
-                .ttl
-                .as_deref()
-                .map(|t| {
-                    humantime::parse_duration(t)
-                        .with_context(|| format!("--ttl {t:?}: write e.g. 30d"))
-                })
-                .transpose()?;
-            let opts = HostCertOptions {
-                server: a.server,
-                role: a.role,
-                key: a.key,
-                hostnames: a.hostnames,
-                ttl,
-                token: TokenSource {
-                    token_file: a.token_file,
-                    audience: a.audience,
-                },
-                out: a.out,
-                ca_file: a.ca_file,
-                insecure_http: a.insecure_http,
-            };
-            let (answer, path) = runtime()?.block_on(host_cert(&opts))?;
-            if verbose {
-                eprintln!(
-                    "host certificate serial {} key_id {} principals {:?}, valid for {}s",
-                    answer.serial,
-                    answer.key_id,
-                    answer.principals,
-                    client::remaining(answer.valid_before)
-                );
-            }
-            println!("{}", path.display());
-            Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
-/// Runs `mayfly known-hosts`: prints one `@cert-authority` line per host-CA key.
-pub fn run_known_hosts(args: KnownHostsArgs) -> anyhow::Result<ExitCode> {
-    for d in &args.domains {
-        check_host_pattern(d).map_err(|e| anyhow::anyhow!("--domain {d:?} {e}"))?;
-    }
-    let lines = runtime()?.block_on(known_hosts(
-        &args.server,
-        &args.domains,
-        args.ca_file.as_deref(),
-        args.insecure_http,
-    ))?;
-    for l in lines {
-        println!("{l}");
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -4,21 +4,18 @@
 //!
 //! Built from the audit log (requests that got as far as a verified token)
 //! and the `disabled` table; owners come from the policy in force. The
-//! assembly ([`build`]) is pure, so tests control the clock; [`load`] and
-//! [`run_identity_list`] are the I/O edges for the CLI, and the admin API
+//! assembly ([`build`]) is pure, so tests control the clock; [`load`] is
+//! the I/O edge for the CLI (`mayfly identity list`), and the admin API
 //! (`GET /v1/identities`) calls [`collect`].
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::policy::Policy;
 use crate::store::reports::{IdentityRoleUsage, LastDenialRow};
-use crate::store::{DisabledEntry, OpenMode, Store, StoreConfig, StoreError};
+use crate::store::{DisableTarget, DisabledEntry, OpenMode, Store, StoreConfig, StoreError};
 
 /// Days without a certificate after which an identity or role is stale.
 pub const DEFAULT_STALE_DAYS: u64 = 30;
@@ -100,14 +97,14 @@ pub struct Deactivation {
 
 impl Deactivation {
     fn from_entry(e: &DisabledEntry) -> Deactivation {
-        let scope = match (e.key.subject.is_empty(), e.key.role.is_empty()) {
-            (true, _) => DisabledScope::Role,
-            (false, true) => DisabledScope::Identity,
-            (false, false) => DisabledScope::IdentityRole,
+        let scope = match &e.key {
+            DisableTarget::Role(_) => DisabledScope::Role,
+            DisableTarget::Identity { role: None, .. } => DisabledScope::Identity,
+            DisableTarget::Identity { role: Some(_), .. } => DisabledScope::IdentityRole,
         };
         Deactivation {
             scope,
-            role: (!e.key.role.is_empty()).then(|| e.key.role.clone()),
+            role: e.key.role().map(str::to_string),
             since: e.time_ms / 1000,
             reason: e.reason.clone(),
             actor: e.actor.clone(),
@@ -250,19 +247,22 @@ pub fn build(
     let mut identity_role_off: BTreeMap<(String, String, String), &DisabledEntry> = BTreeMap::new();
     let mut role_off: BTreeMap<String, &DisabledEntry> = BTreeMap::new();
     for e in disabled {
-        let k = &e.key;
-        if k.subject.is_empty() {
-            role_off.insert(k.role.clone(), e);
-        } else if k.role.is_empty() {
-            identity_off.insert((k.issuer.clone(), k.subject.clone()), e);
-            by_identity
-                .entry((k.issuer.clone(), k.subject.clone()))
-                .or_default();
-        } else {
-            identity_role_off.insert((k.issuer.clone(), k.subject.clone(), k.role.clone()), e);
-            by_identity
-                .entry((k.issuer.clone(), k.subject.clone()))
-                .or_default();
+        match &e.key {
+            DisableTarget::Role(role) => {
+                role_off.insert(role.clone(), e);
+            }
+            DisableTarget::Identity {
+                issuer,
+                subject,
+                role,
+            } => {
+                let id = (issuer.clone(), subject.clone());
+                match role {
+                    None => identity_off.insert(id.clone(), e),
+                    Some(r) => identity_role_off.insert((id.0.clone(), id.1.clone(), r.clone()), e),
+                };
+                by_identity.entry(id).or_default();
+            }
         }
     }
     let last_denial: BTreeMap<IdKey, &LastDenialRow> = denials
@@ -587,32 +587,11 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-/// `mayfly identity list --config FILE [--stale-days N] [--json]`: prints
-/// the inventory as a table (or JSON) on stdout.
-pub fn run_identity_list(
-    config: &Path,
-    stale_days: Option<u64>,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let cfg = Config::load(Some(config), &|k| std::env::var(k).ok())?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let inv = load(&cfg, stale_days.unwrap_or(DEFAULT_STALE_DAYS), now)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&inv)?);
-    } else {
-        print!("{}", render_table(&inv));
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::store::DisabledKey;
+    use crate::store::DisableTarget;
 
     const DAY_MS: u64 = 86_400_000;
 
@@ -626,8 +605,9 @@ max_ttl = "10m"
 [claims]
 sub = "x"
 "#;
-        let role = crate::policy::load::parse_role("deploy", Path::new("deploy.toml"), text)
-            .expect("role parses");
+        let role =
+            crate::policy::load::parse_role("deploy", std::path::Path::new("deploy.toml"), text)
+                .expect("role parses");
         let mut p = Policy::default();
         p.roles.insert("deploy".into(), role);
         p.digest = "abc".into();
@@ -649,11 +629,8 @@ sub = "x"
 
     fn off(issuer: &str, subject: &str, role: &str) -> DisabledEntry {
         DisabledEntry {
-            key: DisabledKey {
-                issuer: issuer.into(),
-                subject: subject.into(),
-                role: role.into(),
-            },
+            key: DisableTarget::from_columns(issuer.into(), subject.into(), role.into())
+                .expect("a target"),
             time_ms: 5000,
             reason: "r".into(),
             actor: "cli:root".into(),

@@ -425,12 +425,6 @@ impl Metrics {
         g.store.observe(d);
     }
 
-    /// Prometheus text exposition.
-    pub async fn render(&self, ca_fingerprint: &str, policy_digest: &str, roles: usize) -> String {
-        self.render_at(ca_fingerprint, policy_digest, roles, SystemTime::now())
-            .await
-    }
-
     /// Prometheus text exposition as of `now` (key ages, live revocations).
     pub async fn render_at(
         &self,

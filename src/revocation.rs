@@ -8,8 +8,16 @@ use serde::Serialize;
 
 use crate::audit::{AuditRecord, EventKind};
 use crate::store::{
-    CertFilter, DisabledEntry, DisabledKey, IssuedCert, Revocation, StateVersion, Store, StoreError,
+    CertFilter, DisableTarget, DisableTargetError, DisabledEntry, IssuedCert, Revocation,
+    StateVersion, Store, StoreError,
 };
+
+/// A target that names nothing usable: bad arguments.
+impl From<DisableTargetError> for RevokeError {
+    fn from(e: DisableTargetError) -> Self {
+        RevokeError::Invalid(e.to_string())
+    }
+}
 
 /// Why a revocation or deactivation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +46,7 @@ pub struct RevokeOutcome {
 #[derive(Debug, Clone, Serialize)]
 pub struct DisableOutcome {
     /// What was disabled or enabled.
-    pub target: DisabledKey,
+    pub target: DisableTarget,
     /// False if it already was in that state.
     pub changed: bool,
     /// Live certificates revoked along with the deactivation.
@@ -145,22 +153,12 @@ fn revoker(
 /// certificates stay revoked).
 pub async fn set_disabled(
     store: &Store,
-    target: DisabledKey,
+    target: DisableTarget,
     enable: bool,
     reason: &str,
     actor: &str,
     now: u64,
 ) -> Result<DisableOutcome, RevokeError> {
-    if target.role.is_empty() && (target.issuer.is_empty() || target.subject.is_empty()) {
-        return Err(RevokeError::Invalid(
-            "name an identity (--issuer and --subject) or a role (--role)".into(),
-        ));
-    }
-    if !target.role.is_empty() && target.issuer.is_empty() != target.subject.is_empty() {
-        return Err(RevokeError::Invalid(
-            "--issuer and --subject go together".into(),
-        ));
-    }
     let mut rec = AuditRecord::new(
         if enable {
             EventKind::Enabled
@@ -170,9 +168,9 @@ pub async fn set_disabled(
         now_ms(now),
         "admin",
     );
-    rec.issuer = (!target.issuer.is_empty()).then(|| target.issuer.clone());
-    rec.subject = (!target.subject.is_empty()).then(|| target.subject.clone());
-    rec.role = (!target.role.is_empty()).then(|| target.role.clone());
+    rec.issuer = target.issuer().map(str::to_string);
+    rec.subject = target.subject().map(str::to_string);
+    rec.role = target.role().map(str::to_string);
     rec.reason = Some(reason.to_string());
     rec.actor = Some(actor.to_string());
     if enable {
@@ -186,15 +184,7 @@ pub async fn set_disabled(
             revoked: Vec::new(),
         });
     }
-    let filter = if target.subject.is_empty() {
-        CertFilter::Role(target.role.clone())
-    } else {
-        CertFilter::Identity {
-            issuer: target.issuer.clone(),
-            subject: target.subject.clone(),
-            role: (!target.role.is_empty()).then(|| target.role.clone()),
-        }
-    };
+    let filter = target.cert_filter();
     let revoke = revoker(
         false,
         format!("disabled: {reason}"),

@@ -13,7 +13,6 @@ use mayfly::audit::{AuditRecord, EventKind};
 use mayfly::config::Config;
 use mayfly::inventory::Status;
 use mayfly::report::review::FindingKind;
-use mayfly::report::{ReportCmd, ReportFormat};
 use mayfly::store::sqlite::Sqlite;
 use mayfly::store::Backend;
 use serde_json::{json, Value};
@@ -377,21 +376,20 @@ fn access_review_and_compliance_report_show_the_seeded_evidence() {
     );
     assert_eq!(deploy.max_ttl_used, Some(300));
 
-    // The compliance report, through the CLI entry point with --out.
+    // The compliance report, through the CLI with --out.
     let md_path = env.dir.path().join("report.md");
     let html_path = env.dir.path().join("report.html");
-    for (format, path) in [
-        (ReportFormat::Md, &md_path),
-        (ReportFormat::Html, &html_path),
-    ] {
-        let code = mayfly::report::run_report(ReportCmd::Compliance {
-            config: env.ca.config_path().to_path_buf(),
+    for (format, path) in [("md", &md_path), ("html", &html_path)] {
+        env.cli(&[
+            "report",
+            "compliance",
+            "--format",
             format,
-            out: Some(path.clone()),
-            days: 30,
-        })
-        .expect("report runs");
-        assert_eq!(code, std::process::ExitCode::SUCCESS);
+            "--out",
+            path.to_str().expect("utf8"),
+            "--days",
+            "30",
+        ]);
     }
     let md = std::fs::read_to_string(&md_path).expect("md written");
     let html = std::fs::read_to_string(&html_path).expect("html written");

@@ -2,19 +2,21 @@
 //! Callers authenticate with an OIDC token matched by an `[[admin]]` rule of
 //! the server config; every action (and every refusal) is audited.
 
-use std::time::SystemTime;
-
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::MethodRouter;
+use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::{bearer, read_json, request_id, ApiError, AppState};
-use crate::revocation::{self, RevokeError};
-use crate::store::{CertFilter, DisabledKey};
+use super::request::MalformedAuthorization;
+use super::{read_json, ApiError, AppState, Bearer, RequestId};
+use crate::revocation::{self, DisableOutcome, RevokeError, RevokeOutcome};
+use crate::store::{CertFilter, DisableTarget, DisabledEntry};
+use crate::tls::ClientIdentity;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,27 +50,58 @@ pub struct AdminCaller {
     /// Actor name for audit records (`admin:<issuer>:<subject>`, plus the
     /// TLS client certificate's identity when one was presented).
     pub actor: String,
-    /// The request id (also in the error answers and audit records).
-    pub request_id: String,
 }
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for AdminCaller {
-    type Rejection = Response;
+    type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<AdminCaller>().cloned().ok_or_else(|| {
-            tracing::error!(path = %parts.uri.path(), "admin handler mounted outside the admin router; refused");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error".into(),
-                request_id(),
-            )
-            .into_response()
-        })
+        parts
+            .extensions
+            .get::<AdminCaller>()
+            .cloned()
+            .ok_or_else(|| {
+                tracing::error!("admin handler mounted outside the admin router; refused");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            })
+    }
+}
+
+/// The admin sub-router. Routes go in only through [`AdminRoutes::route`]
+/// and come out only through [`AdminRoutes::into_router`], which puts every
+/// one of them behind [`require_admin`]: an admin route without
+/// authorization cannot be built.
+#[must_use = "admin routes only serve once merged with into_router"]
+pub struct AdminRoutes(Router<AppState>);
+
+impl Default for AdminRoutes {
+    fn default() -> Self {
+        AdminRoutes::new()
+    }
+}
+
+impl AdminRoutes {
+    /// No routes yet.
+    pub fn new() -> AdminRoutes {
+        AdminRoutes(Router::new())
+    }
+
+    /// Adds an admin route.
+    pub fn route(self, path: &str, method_router: MethodRouter<AppState>) -> AdminRoutes {
+        AdminRoutes(self.0.route(path, method_router))
+    }
+
+    /// The routes, each behind [`require_admin`], to merge into the API router.
+    pub fn into_router(self, state: AppState) -> Router<AppState> {
+        self.0
+            .route_layer(axum::middleware::from_fn_with_state(state, require_admin))
     }
 }
 
@@ -83,111 +116,75 @@ fn action_of(path: &str) -> String {
         .collect()
 }
 
-/// Middleware for every admin route (the admin sub-router in
-/// [`super::router`]): the TLS client certificate when
-/// `admin_requires_client_cert` is set, then an `[[admin]]` token. Every
-/// refusal is audited. A route added to that router cannot skip it.
+/// Middleware for every admin route (see [`AdminRoutes`]): the TLS client
+/// certificate when `admin_requires_client_cert` is set, then an
+/// `[[admin]]` token. Every refusal is audited.
 pub async fn require_admin(
     State(s): State<AppState>,
-    client: crate::tls::ClientIdentity,
-    mut req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let rid = request_id();
+    rid: RequestId,
+    client: ClientIdentity,
+    bearer: Result<Bearer, MalformedAuthorization>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let action = action_of(req.uri().path());
     if s.admin_requires_client_cert && client.0.is_none() {
         s.service
             .record_admin_refusal(
                 &action,
-                &rid,
+                rid.as_str(),
                 "client_certificate_required",
                 "no TLS client certificate",
-                SystemTime::now(),
+                s.service.clock().now(),
             )
             .await;
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "client_certificate_required",
-            "admin endpoints need a TLS client certificate signed by the configured client CA, plus an admin token".into(),
-            rid,
-        )
-        .into_response();
+            "admin endpoints need a TLS client certificate signed by the configured client CA, plus an admin token",
+        ));
     }
-    let token = match bearer(req.headers()) {
-        Ok(t) => t,
+    let token = match bearer {
+        Ok(Bearer(t)) => t,
         Err(m) => {
             s.service
                 .record_admin_refusal(
                     &action,
-                    &rid,
+                    rid.as_str(),
                     "malformed_authorization",
-                    m,
-                    SystemTime::now(),
+                    m.0,
+                    s.service.clock().now(),
                 )
                 .await;
-            return ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "malformed_authorization",
-                m.into(),
-                rid,
-            )
-            .into_response();
+            return Err(m.into());
         }
     };
-    let actor = match s
+    let actor = s
         .service
-        .authorize_admin(token.as_ref(), &action, &rid, SystemTime::now())
-        .await
-    {
-        Ok(a) => a,
-        Err(e) => return ApiError::from_issue(e, rid).into_response(),
-    };
+        .authorize_admin(
+            token.as_ref(),
+            &action,
+            rid.as_str(),
+            s.service.clock().now(),
+        )
+        .await?;
     let actor = match &client.0 {
         Some(c) => format!("{actor} (tls: {c})"),
         None => actor,
     };
-    req.extensions_mut().insert(AdminCaller {
-        actor,
-        request_id: rid,
-    });
-    next.run(req).await
-}
-
-fn revoke_error(e: RevokeError, rid: String) -> Response {
-    match e {
-        RevokeError::NothingMatched(m) => {
-            ApiError::new(StatusCode::NOT_FOUND, "nothing_matched", m, rid)
-        }
-        RevokeError::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m, rid),
-        RevokeError::Store(se) => {
-            tracing::error!(request_id = %rid, error = %se, "admin change not stored");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the store is unavailable; nothing was changed, retry later".into(),
-                rid,
-            )
-        }
-    }
-    .into_response()
+    req.extensions_mut().insert(AdminCaller { actor });
+    Ok(next.run(req).await)
 }
 
 /// `POST /v1/admin/revoke` with exactly one of `serial`, `key_id`, `role`,
 /// or `issuer`+`subject` (optionally with `role`), and a `reason`.
 pub async fn revoke(
     State(s): State<AppState>,
-    caller: AdminCaller,
+    AdminCaller { actor }: AdminCaller,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let AdminCaller {
-        actor,
-        request_id: rid,
-    } = caller;
+) -> Result<Json<RevokeOutcome>, ApiError> {
     let shape = "\"serial\" | \"key_id\" | \"role\" | \"issuer\"+\"subject\", \"reason\"";
-    let b: RevokeBody = match read_json(body, shape, &rid) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let b: RevokeBody = read_json(body, shape)?;
     let filter = match (b.serial, b.key_id, b.role, b.issuer, b.subject) {
         (Some(n), None, None, None, None) => CertFilter::Serial(n),
         (None, Some(k), None, None, None) => CertFilter::KeyId(k),
@@ -198,50 +195,29 @@ pub async fn revoke(
             role,
         },
         _ => {
-            return ApiError::new(
+            return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 format!("name exactly one target: {shape}"),
-                rid,
-            )
-            .into_response()
+            ))
         }
     };
-    match revocation::revoke(s.service.store(), filter, &b.reason, &actor, now()).await {
-        Ok(o) => Json(o).into_response(),
-        Err(e) => revoke_error(e, rid),
-    }
+    let o = revocation::revoke(s.service.store(), filter, &b.reason, &actor, now()).await?;
+    Ok(Json(o))
 }
 
 async fn set_disabled(
     s: AppState,
-    caller: AdminCaller,
+    AdminCaller { actor }: AdminCaller,
     body: Result<Bytes, BytesRejection>,
     enable: bool,
-) -> Response {
-    let AdminCaller {
-        actor,
-        request_id: rid,
-    } = caller;
-    let b: DisableBody = match read_json(
-        body,
-        "\"issuer\"+\"subject\" and/or \"role\", \"reason\"",
-        &rid,
-    ) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let target = DisabledKey {
-        issuer: b.issuer.unwrap_or_default(),
-        subject: b.subject.unwrap_or_default(),
-        role: b.role.unwrap_or_default(),
-    };
-    match revocation::set_disabled(s.service.store(), target, enable, &b.reason, &actor, now())
-        .await
-    {
-        Ok(o) => Json(o).into_response(),
-        Err(e) => revoke_error(e, rid),
-    }
+) -> Result<Json<DisableOutcome>, ApiError> {
+    let b: DisableBody = read_json(body, "\"issuer\"+\"subject\" and/or \"role\", \"reason\"")?;
+    let target =
+        DisableTarget::from_parts(b.issuer, b.subject, b.role).map_err(RevokeError::from)?;
+    let o = revocation::set_disabled(s.service.store(), target, enable, &b.reason, &actor, now())
+        .await?;
+    Ok(Json(o))
 }
 
 /// `POST /v1/admin/disable`: stop issuance to an identity or role and revoke its live certificates.
@@ -249,7 +225,7 @@ pub async fn disable(
     State(s): State<AppState>,
     caller: AdminCaller,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
+) -> Result<Json<DisableOutcome>, ApiError> {
     set_disabled(s, caller, body, false).await
 }
 
@@ -258,15 +234,14 @@ pub async fn enable(
     State(s): State<AppState>,
     caller: AdminCaller,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
+) -> Result<Json<DisableOutcome>, ApiError> {
     set_disabled(s, caller, body, true).await
 }
 
 /// `GET /v1/admin/disabled`: every disabled identity and role.
-pub async fn list_disabled(State(s): State<AppState>, caller: AdminCaller) -> Response {
-    let rid = caller.request_id;
-    match s.service.store().access().disabled().await {
-        Ok(list) => Json(list).into_response(),
-        Err(e) => revoke_error(RevokeError::Store(e), rid),
-    }
+pub async fn list_disabled(
+    State(s): State<AppState>,
+    _caller: AdminCaller,
+) -> Result<Json<Vec<DisabledEntry>>, ApiError> {
+    Ok(Json(s.service.store().access().disabled().await?))
 }

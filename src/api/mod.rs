@@ -6,10 +6,10 @@ pub mod admin;
 pub mod approvals;
 pub mod error;
 pub mod inventory;
+pub mod request;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -20,10 +20,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::auth::BearerToken;
 use crate::ca::CertKind;
 use crate::service::{Issuance, PendingApproval, Service, UserCertRequest};
 pub use error::ApiError;
+pub use request::{Bearer, RequestId};
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -58,11 +58,9 @@ struct HostCertBody {
     hostnames: Option<Vec<String>>,
 }
 
-pub(crate) fn request_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-/// Builds the router with body limit and timeouts.
+/// Builds the router with body limit and timeouts. The outermost layer,
+/// [`request::request_context`], gives every request its id and log span
+/// and writes every error answer.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -71,34 +69,34 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/krl", get(krl_handler))
         .route("/v1/certs/user", post(user_cert))
         .route("/v1/certs/host", post(host_cert))
+        // Approvers are not administrators: the service checks the
+        // caller's token against the approvers of each request's role.
         .route("/v1/requests", get(approvals::list))
         .route("/v1/requests/{id}/approve", post(approvals::approve))
         .route("/v1/requests/{id}/deny", post(approvals::deny))
         .route("/metrics", get(metrics))
-        .merge(admin_router(state.clone()))
+        .merge(admin_routes().into_router(state.clone()))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             state.request_timeout + std::time::Duration::from_secs(1),
         ))
+        .layer(axum::middleware::from_fn(request::request_context))
         .with_state(state)
 }
 
-/// Every admin route, behind [`admin::require_admin`] (client certificate
-/// where configured, then an `[[admin]]` token). Add admin routes here
-/// only: the middleware is what authorizes them.
-fn admin_router(state: AppState) -> Router<AppState> {
-    Router::new()
+/// Every admin route. They can only be added through
+/// [`admin::AdminRoutes`], which puts all of them behind
+/// [`admin::require_admin`] (client certificate where configured, then an
+/// `[[admin]]` token).
+fn admin_routes() -> admin::AdminRoutes {
+    admin::AdminRoutes::new()
         .route("/v1/admin/revoke", post(admin::revoke))
         .route("/v1/admin/disable", post(admin::disable))
         .route("/v1/admin/enable", post(admin::enable))
         .route("/v1/admin/disabled", get(admin::list_disabled))
         .route("/v1/identities", get(inventory::list_identities))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state,
-            admin::require_admin,
-        ))
 }
 
 async fn healthz() -> &'static str {
@@ -109,8 +107,7 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such endpoint; see GET /v1/ca/user.pub, GET /v1/krl, POST /v1/certs/user".into(),
-        request_id(),
+        "no such endpoint; see GET /v1/ca/user.pub, GET /v1/krl, POST /v1/certs/user",
     )
 }
 
@@ -135,24 +132,23 @@ struct CaQuery {
 async fn user_ca(
     State(s): State<AppState>,
     q: Result<axum::extract::Query<CaQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
+) -> Result<Response, ApiError> {
     s.service.refresh().await;
     let group = q.ok().and_then(|axum::extract::Query(q)| q.group);
-    match group.as_deref() {
+    Ok(match group.as_deref() {
         None => text(s.service.all_user_public_lines()),
         Some("default") => text(s.service.user_keys().public_lines()),
-        Some(g) => match s.service.group_keys(g) {
-            Some(ring) => text(ring.public_lines()),
-            None => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_ca_group",
-                "no role uses this ca_group; use ?group=default or a group named in the policy"
-                    .into(),
-                request_id(),
-            )
-            .into_response(),
-        },
-    }
+        Some(g) => {
+            match s.service.group_keys(g) {
+                Some(ring) => text(ring.public_lines()),
+                None => return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_ca_group",
+                    "no role uses this ca_group; use ?group=default or a group named in the policy",
+                )),
+            }
+        }
+    })
 }
 
 async fn host_ca(State(s): State<AppState>) -> Response {
@@ -160,22 +156,14 @@ async fn host_ca(State(s): State<AppState>) -> Response {
     text(s.service.host_keys().public_lines())
 }
 
-async fn krl_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    let rid = request_id();
-    let snap = match s.service.krl(SystemTime::now()).await {
-        Ok(k) => k,
-        Err(e) => {
-            tracing::error!(request_id = %rid, error = %e, "cannot build the KRL");
-            return ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the revocation list cannot be read right now; hosts keep their last good copy"
-                    .into(),
-                rid,
-            )
-            .into_response();
-        }
-    };
+async fn krl_handler(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let snap = s.service.krl(s.service.clock().now()).await.map_err(|e| {
+        ApiError::store_unavailable(
+            &e,
+            "cannot build the KRL",
+            "the revocation list cannot be read right now; hosts keep their last good copy",
+        )
+    })?;
     let last_modified = httpdate(snap.generated_date);
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
@@ -206,7 +194,7 @@ async fn krl_handler(State(s): State<AppState>, headers: HeaderMap) -> Response 
                 r.headers_mut().insert(k, v);
             }
         }
-        return r;
+        return Ok(r);
     }
     let mut r = (
         [(
@@ -221,7 +209,7 @@ async fn krl_handler(State(s): State<AppState>, headers: HeaderMap) -> Response 
             r.headers_mut().insert(k, v);
         }
     }
-    r
+    Ok(r)
 }
 
 /// RFC 7231 IMF-fixdate for `Last-Modified`.
@@ -260,10 +248,11 @@ async fn metrics(State(s): State<AppState>) -> Response {
     let body = s
         .service
         .metrics()
-        .render(
+        .render_at(
             &s.service.user_keys().active.fingerprint(),
             &p.digest,
             p.roles.len(),
+            s.service.clock().now(),
         )
         .await;
     (
@@ -276,53 +265,31 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<BearerToken>, &'static str> {
-    let Some(v) = headers.get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let v = v
-        .to_str()
-        .map_err(|_| "Authorization header is not ASCII")?;
-    let (scheme, rest) = v
-        .split_once(' ')
-        .ok_or("Authorization must be \"Bearer <token>\"")?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err("Authorization must be \"Bearer <token>\"");
-    }
-    let t = rest.trim();
-    if t.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(BearerToken::new(t.to_string())))
-}
-
 async fn user_cert(
     State(s): State<AppState>,
+    rid: RequestId,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Bearer(token): Bearer,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    cert_request(s, addr, headers, body, CertKind::User).await
+) -> Result<Response, ApiError> {
+    cert_request(s, rid, addr, token, body, CertKind::User).await
 }
 
 async fn host_cert(
     State(s): State<AppState>,
+    rid: RequestId,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Bearer(token): Bearer,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    cert_request(s, addr, headers, body, CertKind::Host).await
+) -> Result<Response, ApiError> {
+    cert_request(s, rid, addr, token, body, CertKind::Host).await
 }
 
 /// Reads a JSON body with the body-limit rejection mapped to our error shape.
-// The error is a finished response handed straight back to axum; boxing it
-// would only add an allocation on the error path.
-#[allow(clippy::result_large_err)]
-fn read_json<T: serde::de::DeserializeOwned>(
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     shape: &str,
-    rid: &str,
-) -> Result<T, Response> {
+) -> Result<T, ApiError> {
     let body = match body {
         Ok(b) => b,
         Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -330,18 +297,14 @@ fn read_json<T: serde::de::DeserializeOwned>(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
                 format!("request body is too large; send only {shape}"),
-                rid.to_string(),
-            )
-            .into_response())
+            ))
         }
         Err(r) => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 r.body_text(),
-                rid.to_string(),
-            )
-            .into_response())
+            ))
         }
     };
     serde_json::from_slice(&body).map_err(|e| {
@@ -349,40 +312,23 @@ fn read_json<T: serde::de::DeserializeOwned>(
             StatusCode::BAD_REQUEST,
             "invalid_json",
             format!("body must be JSON {{{shape}}}: {e}"),
-            rid.to_string(),
         )
-        .into_response()
     })
 }
 
 async fn cert_request(
     s: AppState,
+    rid: RequestId,
     addr: SocketAddr,
-    headers: HeaderMap,
+    token: Option<crate::auth::BearerToken>,
     body: Result<Bytes, BytesRejection>,
     kind: CertKind,
-) -> Response {
-    let started = Instant::now();
-    let rid = request_id();
-    let token = match bearer(&headers) {
-        Ok(t) => t,
-        Err(m) => {
-            return ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "malformed_authorization",
-                m.into(),
-                rid,
-            )
-            .into_response()
-        }
-    };
+) -> Result<Response, ApiError> {
+    let started = s.service.clock().monotonic();
     let req = match kind {
         CertKind::User => {
             let shape = "\"role\", \"public_key\", \"ttl_seconds\"?, \"principals\"?";
-            let b: UserCertBody = match read_json(body, shape, &rid) {
-                Ok(b) => b,
-                Err(r) => return r,
-            };
+            let b: UserCertBody = read_json(body, shape)?;
             UserCertRequest {
                 kind,
                 hostnames: None,
@@ -391,17 +337,14 @@ async fn cert_request(
                 public_key: b.public_key,
                 ttl_seconds: b.ttl_seconds,
                 principals: b.principals,
-                request_id: rid.clone(),
+                request_id: rid.to_string(),
                 client_addr: Some(addr),
                 approval_request: b.approval_request,
             }
         }
         CertKind::Host => {
             let shape = "\"role\", \"public_key\", \"ttl_seconds\"?, \"hostnames\"?";
-            let b: HostCertBody = match read_json(body, shape, &rid) {
-                Ok(b) => b,
-                Err(r) => return r,
-            };
+            let b: HostCertBody = read_json(body, shape)?;
             UserCertRequest {
                 kind,
                 hostnames: b.hostnames,
@@ -410,18 +353,18 @@ async fn cert_request(
                 public_key: b.public_key,
                 ttl_seconds: b.ttl_seconds,
                 principals: None,
-                request_id: rid.clone(),
+                request_id: rid.to_string(),
                 client_addr: Some(addr),
                 approval_request: None,
             }
         }
     };
     let role = req.role.chars().take(64).collect::<String>();
-    let fut = s.service.issue_user_cert(req, SystemTime::now());
+    let fut = s.service.issue_user_cert(req, s.service.clock().now());
     let resp = match tokio::time::timeout(s.request_timeout, fut).await {
         Ok(Ok(Issuance::Issued(issued))) => {
             let mut r = Json(issued).into_response();
-            if let Ok(v) = HeaderValue::from_str(&rid) {
+            if let Ok(v) = HeaderValue::from_str(rid.as_str()) {
                 r.headers_mut().insert("x-request-id", v);
             }
             r
@@ -440,20 +383,20 @@ async fn cert_request(
                 "approvals_needed": needed,
                 "expires_at": expires_at,
                 "message": message,
-                "request_id": rid,
+                "request_id": rid.as_str(),
             });
             (StatusCode::ACCEPTED, Json(body)).into_response()
         }
-        Ok(Err(e)) => ApiError::from_issue(e, rid).into_response(),
+        Ok(Err(e)) => ApiError::from(e).into_response(),
         Err(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "timeout",
-            "the CA could not answer in time; no certificate was issued, retry with a fresh token"
-                .into(),
-            rid,
+            "the CA could not answer in time; no certificate was issued, retry with a fresh token",
         )
         .into_response(),
     };
-    s.service.metrics().observe(started.elapsed());
-    resp
+    s.service
+        .metrics()
+        .observe(s.service.clock().monotonic().saturating_sub(started));
+    Ok(resp)
 }

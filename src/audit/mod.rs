@@ -22,7 +22,6 @@
 
 pub mod chain;
 pub mod checkpoint;
-pub mod cli;
 pub mod export;
 pub mod sampling;
 pub mod search;

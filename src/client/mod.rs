@@ -3,6 +3,7 @@
 //! hand them to `ssh` through an in-process agent (`mayfly ssh`) so the
 //! private key never touches disk.
 pub mod agent;
+pub mod http;
 pub mod token;
 
 use std::path::{Path, PathBuf};
@@ -181,44 +182,52 @@ fn check_server(url: &str, insecure_http: bool) -> Result<url::Url, ClientError>
     }
 }
 
-/// The HTTP client for the CA at `base`: rustls with the built-in web
-/// roots, or with only the certificates in `ca_file` (like curl `--cacert`),
-/// which then requires an `https://` server.
+/// The HTTP client for the CA at `base` ([`http::build`]: no redirects,
+/// rustls with the built-in web roots, or with only the certificates in
+/// `ca_file` (like curl `--cacert`), which then requires an `https://`
+/// server).
 pub fn http_client(
     base: &url::Url,
     ca_file: Option<&Path>,
 ) -> Result<reqwest::Client, ClientError> {
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60))
-        .min_tls_version(reqwest::tls::Version::TLS_1_2);
-    if let Some(path) = ca_file {
-        if base.scheme() != "https" {
-            return Err(ClientError::ServerUrl {
-                url: base.to_string(),
-                reason: "--ca-file is for a CA served over TLS; use an https:// URL".into(),
-            });
-        }
-        let bad = |source: std::io::Error| ClientError::Io {
-            what: format!("--ca-file {}", path.display()),
+    let spec = http::ClientSpec {
+        base,
+        ca_file,
+        connect_timeout: Duration::from_secs(10),
+        timeout: Duration::from_secs(60),
+        user_agent: None,
+    };
+    http::build(&spec).map_err(|e| {
+        let io = |source: std::io::Error| ClientError::Io {
+            what: format!("--ca-file {}", ca_file.unwrap_or(Path::new("")).display()),
             source,
         };
-        let pem = std::fs::read(path).map_err(bad)?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| bad(std::io::Error::other(e.to_string())))?;
-        if certs.is_empty() {
-            return Err(bad(std::io::Error::other(
+        match e {
+            http::HttpClientError::CaFileNeedsHttps { .. } => ClientError::ServerUrl {
+                url: base.to_string(),
+                reason: "--ca-file is for a CA served over TLS; use an https:// URL".into(),
+            },
+            http::HttpClientError::ReadCaFile(source) => io(source),
+            http::HttpClientError::ParseCaFile(m) => io(std::io::Error::other(m)),
+            http::HttpClientError::NoCertificate => io(std::io::Error::other(
                 "no PEM certificate found; give the CA certificate that signed the server's TLS certificate",
-            )));
+            )),
+            http::HttpClientError::Build(e) => ClientError::Unreachable {
+                url: base.to_string(),
+                reason: e.to_string(),
+            },
         }
-        builder = builder.tls_built_in_root_certs(false);
-        for cert in certs {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    builder.build().map_err(|e| ClientError::Unreachable {
-        url: base.to_string(),
-        reason: e.to_string(),
+    })
+}
+
+/// A redirect answer as a [`ClientError::Refused`] (the client does not
+/// follow redirects; see [`http`]).
+fn refused_redirect(resp: &reqwest::Response) -> Option<ClientError> {
+    http::redirect_refusal(resp).map(|message| ClientError::Refused {
+        status: resp.status().as_u16(),
+        code: "redirect".into(),
+        message,
+        request_id: String::new(),
     })
 }
 
@@ -300,6 +309,9 @@ pub async fn request_cert(
                 url: url.to_string(),
                 reason: send_error(&e, opts.ca_file.as_deref()),
             })?;
+        if let Some(e) = refused_redirect(&resp) {
+            return Err(e);
+        }
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
             url: url.to_string(),
@@ -528,6 +540,9 @@ where
         .send()
         .await
         .map_err(unreachable)?;
+    if let Some(e) = refused_redirect(&resp) {
+        return Err(e);
+    }
     let status = resp.status();
     let bytes = resp.bytes().await.map_err(unreachable)?;
     if !status.is_success() {
@@ -573,6 +588,9 @@ async fn approver_call(
                 url: url.to_string(),
                 reason: send_error(&e, opts.ca_file.as_deref()),
             })?;
+    if let Some(e) = refused_redirect(&resp) {
+        return Err(e);
+    }
     let status = resp.status();
     let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
         url: url.to_string(),

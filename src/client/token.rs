@@ -181,14 +181,22 @@ async fn github_actions(
     audience: &str,
 ) -> Result<Token, TokenSourceError> {
     let url = github_request_url(base_url, audience)?;
-    // No redirects: the bearer token is meant for this endpoint only, and
-    // GitHub's endpoint answers directly.
-    let client = reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(request_error)?;
+    // No redirects (the shared builder's rule): the bearer token is meant
+    // for this endpoint only, and GitHub's endpoint answers directly.
+    let client = super::http::build(&super::http::ClientSpec {
+        base: &url,
+        ca_file: None,
+        connect_timeout: CONNECT_TIMEOUT,
+        timeout: REQUEST_TIMEOUT,
+        user_agent: None,
+    })
+    .map_err(|e| match e {
+        super::http::HttpClientError::Build(e) => request_error(e),
+        // Only a CA file can cause the others, and there is none here.
+        other => TokenSourceError::GithubActionsUrl {
+            reason: other.to_string(),
+        },
+    })?;
     let mut response = client
         .get(url)
         .bearer_auth(bearer)

@@ -18,7 +18,6 @@ pub mod markdown;
 pub mod review;
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use crate::config::Config;
 use crate::inventory::{self, InventoryError};
@@ -49,7 +48,7 @@ impl From<crate::store::StoreError> for ReportError {
 }
 
 /// Output format of the compliance report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReportFormat {
     /// Markdown (GitHub-flavoured tables, sparkline chart).
     Md,
@@ -57,38 +56,6 @@ pub enum ReportFormat {
     Html,
     /// The evidence and controls as JSON.
     Json,
-}
-
-/// `mayfly report ...` subcommands.
-#[derive(Debug, Clone, clap::Subcommand)]
-pub enum ReportCmd {
-    /// Map NIST 800-53, ISO 27001 and PCI DSS controls to live evidence from this CA.
-    Compliance {
-        /// The CA's mayfly.toml.
-        #[arg(long)]
-        config: PathBuf,
-        /// md, html or json.
-        #[arg(long, value_enum, default_value = "md")]
-        format: ReportFormat,
-        /// Write here (atomically) instead of stdout.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Window in days: activity counts, stale identities and unused roles.
-        #[arg(long, default_value_t = DEFAULT_DAYS)]
-        days: u64,
-    },
-    /// Identities and roles unused for N days, grants beyond what is used.
-    AccessReview {
-        /// The CA's mayfly.toml.
-        #[arg(long)]
-        config: PathBuf,
-        /// Window in days.
-        #[arg(long, default_value_t = DEFAULT_DAYS)]
-        days: u64,
-        /// JSON output.
-        #[arg(long)]
-        json: bool,
-    },
 }
 
 /// Escapes text for HTML element content and attribute values.
@@ -168,49 +135,4 @@ pub fn write_report(path: &Path, text: &str) -> Result<(), ReportError> {
             source,
         }
     })
-}
-
-use crate::clock::now_secs as unix_now;
-
-/// Runs `mayfly report ...`: the report goes to stdout or `--out`.
-pub fn run_report(cmd: ReportCmd) -> anyhow::Result<ExitCode> {
-    let env = |k: &str| std::env::var(k).ok();
-    match cmd {
-        ReportCmd::Compliance {
-            config,
-            format,
-            out,
-            days,
-        } => {
-            let cfg = Config::load(Some(&config), &env)?;
-            let report = compliance_report(&cfg, days, unix_now())?;
-            let text = render(&report, format);
-            match out {
-                Some(path) => {
-                    write_report(&path, &text)?;
-                    let attention = report
-                        .controls
-                        .iter()
-                        .filter(|c| c.status == compliance::ControlStatus::Attention)
-                        .count();
-                    eprintln!(
-                        "wrote {}: {} controls, {attention} need attention",
-                        path.display(),
-                        report.controls.len()
-                    );
-                }
-                None => print!("{text}"),
-            }
-        }
-        ReportCmd::AccessReview { config, days, json } => {
-            let cfg = Config::load(Some(&config), &env)?;
-            let r = access_review(&cfg, days, unix_now())?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print!("{}", review::render_text(&r));
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,7 @@ use crate::auth::VerifiedToken;
 use crate::policy::{Denial, DenialCode};
 
 use super::{IssueError, Service};
-use crate::store::DisabledKey;
+use crate::store::DisableTarget;
 
 impl Service {
     /// Per-role and per-identity rate limits and the cap on concurrently
@@ -93,16 +93,19 @@ pub(super) fn guard_refusal(refusal: crate::store::GuardRefusal, role: &str) -> 
 }
 
 /// The answer for a disabled identity or role.
-pub(super) fn disabled_denial(d: &DisabledKey) -> IssueError {
-    let what = if d.subject.is_empty() {
-        format!("role {:?} is disabled", d.role)
-    } else if d.role.is_empty() {
-        format!("identity {}/{} is disabled", d.issuer, d.subject)
-    } else {
-        format!(
-            "identity {}/{} is disabled for role {:?}",
-            d.issuer, d.subject, d.role
-        )
+pub(super) fn disabled_denial(d: &DisableTarget) -> IssueError {
+    let what = match d {
+        DisableTarget::Role(role) => format!("role {role:?} is disabled"),
+        DisableTarget::Identity {
+            issuer,
+            subject,
+            role: None,
+        } => format!("identity {issuer}/{subject} is disabled"),
+        DisableTarget::Identity {
+            issuer,
+            subject,
+            role: Some(role),
+        } => format!("identity {issuer}/{subject} is disabled for role {role:?}"),
     };
     Denial {
         code: DenialCode::Disabled,

@@ -26,7 +26,7 @@ use crate::ca::MintError;
 use crate::clock::{unix_ms, Clock};
 use crate::metrics::Metrics;
 use crate::policy::{Denial, Policy};
-use crate::store::{DisabledKey, StateVersion};
+use crate::store::{DisableTarget, StateVersion};
 use crate::store::{Store, StoreError};
 
 pub use issue::{Issuance, Issued, PendingApproval, UserCertRequest};
@@ -108,7 +108,7 @@ pub struct Service {
 #[derive(Default)]
 struct AdminCache {
     version: Option<StateVersion>,
-    disabled: HashSet<DisabledKey>,
+    disabled: HashSet<DisableTarget>,
     krl: Option<Arc<KrlSnapshot>>,
 }
 
@@ -235,26 +235,10 @@ impl Service {
         issuer: &str,
         subject: &str,
         role: &str,
-    ) -> Result<Option<DisabledKey>, StoreError> {
+    ) -> Result<Option<DisableTarget>, StoreError> {
         self.refresh_admin().await?;
         let g = self.admin.lock().unwrap_or_else(|p| p.into_inner());
-        let candidates = [
-            DisabledKey {
-                issuer: issuer.into(),
-                subject: subject.into(),
-                role: String::new(),
-            },
-            DisabledKey {
-                issuer: issuer.into(),
-                subject: subject.into(),
-                role: role.into(),
-            },
-            DisabledKey {
-                issuer: String::new(),
-                subject: String::new(),
-                role: role.into(),
-            },
-        ];
+        let candidates = DisableTarget::blocking(issuer, subject, role);
         Ok(candidates.into_iter().find(|k| g.disabled.contains(k)))
     }
 

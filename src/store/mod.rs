@@ -15,6 +15,7 @@ pub mod memory;
 pub mod reports;
 pub mod sqlite;
 pub mod sqlite_store;
+mod target;
 pub mod traits;
 pub mod writer;
 
@@ -26,6 +27,7 @@ use serde::Serialize;
 
 use crate::audit::AuditRecord;
 use crate::config::{Config, StoreBackend};
+pub use target::{DisableTarget, DisableTargetError};
 
 pub use sqlite::Backend;
 pub use traits::{
@@ -105,23 +107,12 @@ pub struct Revocation {
     pub actor: String,
 }
 
-/// What is disabled: a whole role, or an identity (optionally for one role).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct DisabledKey {
-    /// Issuer name ("" for a role).
-    pub issuer: String,
-    /// Subject ("" for a role).
-    pub subject: String,
-    /// Role ("" for an identity in every role).
-    pub role: String,
-}
-
 /// A disabled entry with its reason.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct DisabledEntry {
     /// What is disabled.
     #[serde(flatten)]
-    pub key: DisabledKey,
+    pub key: DisableTarget,
     /// Unix milliseconds.
     pub time_ms: u64,
     /// Why.
@@ -179,7 +170,7 @@ pub struct Redemption {
 pub enum GuardRefusal {
     /// The identity or role is disabled.
     #[error("disabled: {0:?}")]
-    Disabled(DisabledKey),
+    Disabled(DisableTarget),
     /// The identity holds `live` valid certificates in the role already.
     #[error("{live} certificate(s) still valid, the role allows {max}")]
     TooManyActive {

@@ -436,7 +436,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::audit::{AuditRecord, EventKind};
-    use crate::store::{Backend, DisabledEntry, DisabledKey};
+    use crate::store::{Backend, DisableTarget, DisabledEntry};
     use std::time::Duration;
 
     fn issued(serial: u64, t_ms: u64, sub: &str, role: &str, ttl: u64) -> AuditRecord {
@@ -525,11 +525,9 @@ mod tests {
 
         let rec = AuditRecord::new(EventKind::Disabled, 1, "admin");
         for (sub, role) in [("a", ""), ("b", "deploy"), ("", "deploy")] {
-            let key = DisabledKey {
-                issuer: if sub.is_empty() { "" } else { "ci" }.into(),
-                subject: sub.into(),
-                role: role.into(),
-            };
+            let issuer = if sub.is_empty() { "" } else { "ci" };
+            let key = DisableTarget::from_columns(issuer.into(), sub.into(), role.into())
+                .expect("a target");
             let e = DisabledEntry {
                 key: key.clone(),
                 time_ms: 1,

@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OpenFlags};
 
 use super::traits::CheckpointSigner;
 use super::{
-    CertFilter, DisabledEntry, DisabledKey, GuardRefusal, GuardedRecord, IssueGuard, IssuedCert,
+    CertFilter, DisableTarget, DisabledEntry, GuardRefusal, GuardedRecord, IssueGuard, IssuedCert,
     Revocation, StateVersion, StoreError,
 };
 use crate::audit::chain::{self, stored_form, Hash, StoredRecord};
@@ -65,7 +65,7 @@ pub trait Backend: Send + 'static {
     /// revoked.
     fn disable_and_revoke(
         &mut self,
-        key: &DisabledKey,
+        key: &DisableTarget,
         entry: &DisabledEntry,
         audit: &AuditRecord,
         filter: &CertFilter,
@@ -76,7 +76,7 @@ pub trait Backend: Send + 'static {
     /// record, in one transaction. Returns whether anything changed.
     fn set_disabled(
         &mut self,
-        key: &DisabledKey,
+        key: &DisableTarget,
         entry: Option<&DisabledEntry>,
         audit: &AuditRecord,
         now: u64,
@@ -328,7 +328,7 @@ fn disabled_entry(
     issuer: &str,
     subject: &str,
     role: &str,
-) -> Result<Option<DisabledKey>, StoreError> {
+) -> Result<Option<DisableTarget>, StoreError> {
     use rusqlite::OptionalExtension as _;
     conn.prepare_cached(
         "SELECT issuer, subject, role FROM disabled
@@ -337,16 +337,20 @@ fn disabled_entry(
          LIMIT 1",
     )
     .and_then(|mut st| {
-        st.query_row(params![issuer, subject, role], |r| {
-            Ok(DisabledKey {
-                issuer: r.get(0)?,
-                subject: r.get(1)?,
-                role: r.get(2)?,
-            })
-        })
-        .optional()
+        st.query_row(params![issuer, subject, role], target_of)
+            .optional()
     })
     .map_err(err)
+}
+
+/// The target of a `disabled` row from its first three columns (see
+/// [`DisableTarget::columns`]). A row naming nothing is an error, so a
+/// damaged table fails the read (and an issuance that checks it) instead
+/// of being skipped.
+fn target_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<DisableTarget> {
+    DisableTarget::from_columns(r.get(0)?, r.get(1)?, r.get(2)?).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 /// Checks `guard` inside the transaction `tx`; on success writes the
@@ -1283,13 +1287,14 @@ impl Backend for Sqlite {
 
     fn disable_and_revoke(
         &mut self,
-        key: &DisabledKey,
+        key: &DisableTarget,
         entry: &DisabledEntry,
         audit: &AuditRecord,
         filter: &CertFilter,
         now: u64,
         revoke: &dyn Fn(&IssuedCert) -> (Revocation, AuditRecord),
     ) -> Result<(bool, Vec<IssuedCert>), StoreError> {
+        let (issuer, subject, role) = key.columns();
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -1299,9 +1304,9 @@ impl Backend for Sqlite {
                 "INSERT OR IGNORE INTO disabled (issuer, subject, role, time_ms, reason, actor)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
-                    key.issuer,
-                    key.subject,
-                    key.role,
+                    issuer,
+                    subject,
+                    role,
                     entry.time_ms as i64,
                     entry.reason,
                     entry.actor
@@ -1389,11 +1394,12 @@ impl Backend for Sqlite {
 
     fn set_disabled(
         &mut self,
-        key: &DisabledKey,
+        key: &DisableTarget,
         entry: Option<&DisabledEntry>,
         audit: &AuditRecord,
         now: u64,
     ) -> Result<bool, StoreError> {
+        let (issuer, subject, role) = key.columns();
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -1403,20 +1409,13 @@ impl Backend for Sqlite {
                 .execute(
                     "INSERT OR IGNORE INTO disabled (issuer, subject, role, time_ms, reason, actor)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
-                        key.issuer,
-                        key.subject,
-                        key.role,
-                        e.time_ms as i64,
-                        e.reason,
-                        e.actor
-                    ],
+                    params![issuer, subject, role, e.time_ms as i64, e.reason, e.actor],
                 )
                 .map_err(err)?,
             None => tx
                 .execute(
                     "DELETE FROM disabled WHERE issuer = ?1 AND subject = ?2 AND role = ?3",
-                    params![key.issuer, key.subject, key.role],
+                    params![issuer, subject, role],
                 )
                 .map_err(err)?,
         };
@@ -1436,11 +1435,7 @@ impl Backend for Sqlite {
         let rows = st
             .query_map([], |r| {
                 Ok(DisabledEntry {
-                    key: DisabledKey {
-                        issuer: r.get(0)?,
-                        subject: r.get(1)?,
-                        role: r.get(2)?,
-                    },
+                    key: target_of(r)?,
                     time_ms: r.get::<_, i64>(3)? as u64,
                     reason: r.get(4)?,
                     actor: r.get(5)?,
@@ -1523,10 +1518,10 @@ mod tests {
     #[test]
     fn an_issuance_after_the_disable_committed_is_refused_in_its_own_commit() {
         let (_d, mut db) = open_tmp();
-        let key = DisabledKey {
+        let key = DisableTarget::Identity {
             issuer: "ci".into(),
             subject: "bot".into(),
-            role: String::new(),
+            role: None,
         };
         let entry = DisabledEntry {
             key: key.clone(),
@@ -1571,11 +1566,7 @@ mod tests {
         assert!(db.live_certs(&filter, 1_000).unwrap().is_empty());
         assert_eq!(db.count_events("cert_issued").unwrap(), 1);
         // A whole disabled role blocks every identity in it.
-        let role = DisabledKey {
-            issuer: String::new(),
-            subject: String::new(),
-            role: "ops".into(),
-        };
+        let role = DisableTarget::Role("ops".into());
         db.set_disabled(
             &role,
             Some(&DisabledEntry {

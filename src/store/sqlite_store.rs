@@ -21,7 +21,7 @@ use super::traits::{
 };
 use super::writer::{Hooks, Opener, Readers, Writer};
 use super::{
-    CertFilter, DisabledEntry, DisabledKey, GuardRefusal, IssueGuard, IssuedCert, OpenMode,
+    CertFilter, DisableTarget, DisabledEntry, GuardRefusal, IssueGuard, IssuedCert, OpenMode,
     Revocation, StateVersion, StoreError,
 };
 use crate::approval::{ApprovalError, ApprovalRequest, ApprovalStatus};
@@ -400,7 +400,7 @@ impl AccessStore for SqliteStore {
 
     fn set_disabled(
         &self,
-        key: DisabledKey,
+        key: DisableTarget,
         entry: Option<DisabledEntry>,
         audit: AuditRecord,
         now: u64,
@@ -685,10 +685,10 @@ mod tests {
                 .unwrap(),
             1
         );
-        let key = DisabledKey {
+        let key = DisableTarget::Identity {
             issuer: "ci".into(),
             subject: "bot".into(),
-            role: String::new(),
+            role: None,
         };
         let entry = DisabledEntry {
             key: key.clone(),

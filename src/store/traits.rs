@@ -23,7 +23,7 @@ use super::reports::{
     RoleWindowUsage, ScrapeGauges,
 };
 use super::{
-    CertFilter, DisabledEntry, DisabledKey, GuardRefusal, IssueGuard, IssuedCert, Revocation,
+    CertFilter, DisableTarget, DisabledEntry, GuardRefusal, IssueGuard, IssuedCert, Revocation,
     StateVersion, StoreError,
 };
 use crate::approval::{ApprovalError, ApprovalRequest, ApprovalStatus};
@@ -231,7 +231,7 @@ pub trait AccessStore: Send + Sync {
     /// audit record, in one transaction. Returns whether anything changed.
     fn set_disabled(
         &self,
-        key: DisabledKey,
+        key: DisableTarget,
         entry: Option<DisabledEntry>,
         audit: AuditRecord,
         now: u64,

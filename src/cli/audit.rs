@@ -11,16 +11,17 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use clap::Subcommand;
 
-use super::checkpoint::{self, AuditPublicKey};
-use super::export;
-use super::search::{self, AuditQuery};
-use crate::config::Config;
-use crate::evidence;
-use crate::store::{block_on, OpenMode, Store, StoreConfig, StoreError};
+use mayfly::audit::checkpoint::{self, AuditPublicKey};
+use mayfly::audit::export;
+use mayfly::audit::search::{self, AuditQuery};
+use mayfly::config::Config;
+use mayfly::evidence;
+use mayfly::store::{block_on, OpenMode, Store, StoreConfig, StoreError};
 
 /// `mayfly audit ...`.
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, Subcommand)]
 pub enum AuditCmd {
     /// Check the audit log's hash chain and signed checkpoints (or an
     /// exported file); name the first altered, deleted or reordered record.
@@ -92,11 +93,11 @@ pub enum AuditCmd {
 const BUSY: Duration = Duration::from_secs(5);
 
 fn open_db(config: &Path) -> anyhow::Result<(Config, String, Store)> {
-    let cfg = Config::load(Some(config), &|k| std::env::var(k).ok())?;
+    let cfg = super::load_config(config)?;
     let mut sc = StoreConfig::from_config(&cfg, OpenMode::ReadOnly);
     sc.busy_timeout = BUSY.max(cfg.store_busy_timeout);
     let path = sc.location();
-    let db = match crate::store::open(&sc) {
+    let db = match mayfly::store::open(&sc) {
         Ok(db) => db,
         Err(e @ StoreError::Missing(_)) => anyhow::bail!(e),
         Err(e) => return Err(anyhow::Error::new(e).context(format!("opening {path}"))),
@@ -105,7 +106,7 @@ fn open_db(config: &Path) -> anyhow::Result<(Config, String, Store)> {
 }
 
 /// Runs one `mayfly audit` command; prints results on stdout.
-pub fn run_audit(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         AuditCmd::Verify {
             config,
@@ -135,7 +136,7 @@ pub fn run_audit(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 .map(|s| search::parse_since(s, SystemTime::now()))
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
-            if let Some(why) = key_id.as_deref().and_then(crate::ca::key_id_problem) {
+            if let Some(why) = key_id.as_deref().and_then(mayfly::ca::key_id_problem) {
                 eprintln!("warning: {why}");
             }
             let detail = key_id.is_some() || serial.is_some();

@@ -1,0 +1,197 @@
+//! `mayfly host sync | cert` and `mayfly known-hosts`: the host side, run
+//! on the servers bots log in to (and by clients that want to trust host
+//! certificates).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+
+use mayfly::client::{self, token::TokenSource};
+use mayfly::hostsync::{self, HostCertOptions, SyncOptions};
+
+/// `mayfly host ...`: commands run on a server that bots log in to.
+#[derive(Debug, Subcommand)]
+pub enum HostCmd {
+    /// Install the CA's user keys and KRL for sshd (TrustedUserCAKeys,
+    /// RevokedKeys); keeps the last good files on any failure, exit 1.
+    Sync(SyncArgs),
+    /// Get a host certificate for this host's key (sshd HostCertificate).
+    Cert(HostCertArgs),
+}
+
+/// Arguments of `mayfly host sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// CA base URL, e.g. https://ca.example.com.
+    #[arg(long, env = "MAYFLY_SERVER")]
+    server: String,
+    /// Directory for user_ca.pub and revoked.krl.
+    #[arg(long, default_value = "/etc/ssh/mayfly")]
+    dir: PathBuf,
+    /// PEM file of the CA(s) that signed the CA server's TLS certificate;
+    /// trusted instead of the built-in roots (like curl --cacert).
+    #[arg(long, env = "MAYFLY_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Allow plain http to a non-loopback CA (anyone on the path could then
+    /// choose which CA this host trusts).
+    #[arg(long)]
+    insecure_http: bool,
+    /// Trust only the user CA keys of this CA group (roles with `ca_group`);
+    /// `default` for roles without one. Default: every user CA key.
+    #[arg(long)]
+    ca_group: Option<String>,
+}
+
+/// Arguments of `mayfly host cert`.
+#[derive(Debug, Args)]
+pub struct HostCertArgs {
+    /// CA base URL, e.g. https://ca.example.com.
+    #[arg(long, env = "MAYFLY_SERVER")]
+    server: String,
+    /// Role (policy file name) to request.
+    #[arg(long)]
+    role: String,
+    /// The host's public key.
+    #[arg(long, default_value = "/etc/ssh/ssh_host_ed25519_key.pub")]
+    key: PathBuf,
+    /// Host name to put in the certificate (repeatable; default: the role's).
+    #[arg(long = "hostname")]
+    hostnames: Vec<String>,
+    /// File holding the workload token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Audience to request from CI token endpoints.
+    #[arg(long, default_value = "mayfly")]
+    audience: String,
+    /// Certificate lifetime, e.g. 30d (default: the role's).
+    #[arg(long)]
+    ttl: Option<String>,
+    /// Where to write the certificate (default: <key without .pub>-cert.pub).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// PEM file of the CA(s) that signed the CA server's TLS certificate;
+    /// trusted instead of the built-in roots (like curl --cacert).
+    #[arg(long, env = "MAYFLY_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Allow plain http to a non-loopback CA (sends the token in clear).
+    #[arg(long)]
+    insecure_http: bool,
+}
+
+/// Arguments of `mayfly known-hosts`.
+#[derive(Debug, Args)]
+pub struct KnownHostsArgs {
+    /// CA base URL, e.g. https://ca.example.com.
+    #[arg(long, env = "MAYFLY_SERVER")]
+    server: String,
+    /// Host pattern the host CA vouches for, e.g. '*.example.com'
+    /// (repeatable).
+    #[arg(long = "domain", required = true)]
+    domains: Vec<String>,
+    /// PEM file of the CA(s) that signed the CA server's TLS certificate;
+    /// trusted instead of the built-in roots (like curl --cacert).
+    #[arg(long, env = "MAYFLY_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Allow plain http to a non-loopback CA.
+    #[arg(long)]
+    insecure_http: bool,
+}
+
+/// A single-threaded runtime: the host commands make one request at a time.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Runs `mayfly host sync|cert`. `host sync` prints its own one-line error
+/// (saying what is kept) and returns exit code 1; `host cert` errors are
+/// returned.
+pub fn run(cmd: HostCmd, verbose: bool) -> anyhow::Result<ExitCode> {
+    match cmd {
+        HostCmd::Sync(a) => sync(a, verbose),
+        HostCmd::Cert(a) => cert(a, verbose),
+    }
+}
+
+fn sync(a: SyncArgs, verbose: bool) -> anyhow::Result<ExitCode> {
+    let opts = SyncOptions {
+        server: a.server,
+        dir: a.dir,
+        ca_file: a.ca_file,
+        insecure_http: a.insecure_http,
+        ca_group: a.ca_group,
+    };
+    match runtime()?.block_on(hostsync::sync(&opts)) {
+        Ok(outcome) => {
+            if verbose {
+                eprintln!("mayfly host sync: {}", outcome.summary());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let line = format!(
+                "mayfly host sync: {e}; {}",
+                hostsync::describe_installed(&opts.dir)
+            );
+            eprintln!("{}", line.replace(['\n', '\r'], " "));
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn cert(a: HostCertArgs, verbose: bool) -> anyhow::Result<ExitCode> {
+    let ttl = a
+        .ttl
+        .as_deref()
+        .map(|t| {
+            humantime::parse_duration(t).with_context(|| format!("--ttl {t:?}: write e.g. 30d"))
+        })
+        .transpose()?;
+    let opts = HostCertOptions {
+        server: a.server,
+        role: a.role,
+        key: a.key,
+        hostnames: a.hostnames,
+        ttl,
+        token: TokenSource {
+            token_file: a.token_file,
+            audience: a.audience,
+        },
+        out: a.out,
+        ca_file: a.ca_file,
+        insecure_http: a.insecure_http,
+    };
+    let (answer, path) = runtime()?.block_on(hostsync::host_cert(&opts))?;
+    if verbose {
+        eprintln!(
+            "host certificate serial {} key_id {} principals {:?}, valid for {}s",
+            answer.serial,
+            answer.key_id,
+            answer.principals,
+            client::remaining(answer.valid_before)
+        );
+    }
+    println!("{}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `mayfly known-hosts`: prints one `@cert-authority` line per host-CA key.
+pub fn run_known_hosts(a: KnownHostsArgs) -> anyhow::Result<ExitCode> {
+    for d in &a.domains {
+        hostsync::check_host_pattern(d).map_err(|e| anyhow::anyhow!("--domain {d:?} {e}"))?;
+    }
+    let lines = runtime()?.block_on(hostsync::known_hosts(
+        &a.server,
+        &a.domains,
+        a.ca_file.as_deref(),
+        a.insecure_http,
+    ))?;
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

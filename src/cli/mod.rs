@@ -1,0 +1,78 @@
+//! The command groups of the `mayfly` binary, one file each. A file holds
+//! the clap arguments of its group, turns them into calls into the library,
+//! and prints what comes back: tables and JSON on stdout, messages on
+//! stderr, and the exit code. The library returns data and typed errors;
+//! clap, anyhow and printing live only here and in `main.rs`.
+//!
+//! Exit codes, for every command: 0 when all is well, 1 for errors (the
+//! message is printed as `mayfly: ...`), 2 when a command ran but its answer
+//! is "no" (a policy denial, a tampered audit log, no matching records).
+
+pub mod audit;
+pub mod bench;
+pub mod ca;
+pub mod cert;
+pub mod host;
+pub mod identity;
+pub mod policy;
+pub mod report;
+pub mod request;
+pub mod revoke;
+pub mod serve;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use mayfly::config::{Config, LogFormat};
+
+/// The process environment, as the library's config and actor lookups take it.
+pub fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok()
+}
+
+/// Loads the CA's `mayfly.toml` named by `--config`, with `MAYFLY_*`
+/// overrides from the environment.
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    Ok(Config::load(Some(path), &env)?)
+}
+
+/// Sends `tracing` output to stderr: `RUST_LOG` if set, else `default`.
+pub fn init_logging(default: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+/// The log filter for commands that are quiet unless `-v` is given.
+pub fn quiet(verbose: bool) -> &'static str {
+    if verbose {
+        "debug"
+    } else {
+        "warn"
+    }
+}
+
+/// A multi-threaded async runtime for one command.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Parses `--ttl` (e.g. `5m`).
+pub fn parse_ttl(s: &Option<String>) -> anyhow::Result<Option<Duration>> {
+    s.as_deref()
+        .map(|t| {
+            humantime::parse_duration(t).with_context(|| format!("--ttl {t:?}: write e.g. 5m"))
+        })
+        .transpose()
+}

@@ -1,0 +1,269 @@
+//! `mayfly policy check | test | explain`: validate policy files and try
+//! requests against them, without a running CA.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use mayfly::clock::now_secs;
+use mayfly::config::Config;
+use mayfly::policy::{self, CertRequest, KeyFacts, Policy};
+
+use super::parse_ttl;
+
+/// `mayfly policy ...`.
+#[derive(Subcommand)]
+pub enum PolicyCmd {
+    /// Check every role file in DIR; exit 1 with file:line: reason on errors.
+    /// Risky grants are printed as warnings (exit 0 unless --deny-warnings).
+    Check {
+        /// Policy directory.
+        #[arg(default_value = "ca-policy")]
+        dir: PathBuf,
+        /// Also check roles against the issuers in this config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Exit 1 on warnings too.
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// Evaluate a claims JSON file against a role and print the decision, or
+    /// run a table of cases (--cases); exit 1 on any case that does not come
+    /// out as expected.
+    Test {
+        /// Policy directory (or --dir; default ca-policy).
+        #[arg(value_name = "DIR", conflicts_with = "dir")]
+        dir_arg: Option<PathBuf>,
+        /// Policy directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// A cases file ([[case]] tables) to run instead of one request.
+        #[arg(long, conflicts_with_all = ["role", "issuer", "claims", "principals", "ttl"])]
+        cases: Option<PathBuf>,
+        /// Role to evaluate.
+        #[arg(long, required_unless_present = "cases")]
+        role: Option<String>,
+        /// Issuer name the claims come from.
+        #[arg(long, required_unless_present = "cases")]
+        issuer: Option<String>,
+        /// JSON file with the token's claims.
+        #[arg(long, required_unless_present = "cases")]
+        claims: Option<PathBuf>,
+        /// Requested principals.
+        #[arg(long = "principal")]
+        principals: Vec<String>,
+        /// Requested TTL, e.g. 5m.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Evaluate at this time (RFC 3339) instead of now; with --cases,
+        /// for cases without their own `at`.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Show, step by step, how policy decides one request.
+    Explain {
+        /// Policy directory.
+        #[arg(long, default_value = "ca-policy")]
+        dir: PathBuf,
+        /// Role to evaluate.
+        #[arg(long)]
+        role: String,
+        /// Issuer name the claims come from.
+        #[arg(long)]
+        issuer: String,
+        /// JSON file with the token's claims.
+        #[arg(long)]
+        claims: PathBuf,
+        /// Requested principals.
+        #[arg(long = "principal")]
+        principals: Vec<String>,
+        /// Requested TTL, e.g. 5m.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Evaluate at this time (RFC 3339) instead of now.
+        #[arg(long)]
+        at: Option<String>,
+        /// The bot's key type, e.g. ssh-ed25519, to check key_types too.
+        #[arg(long)]
+        key_type: Option<String>,
+        /// With --key-type ssh-rsa: the key size in bits.
+        #[arg(long, requires = "key_type")]
+        rsa_bits: Option<u32>,
+    },
+}
+
+/// Runs one `mayfly policy` command.
+pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PolicyCmd::Check {
+            dir,
+            config,
+            deny_warnings,
+        } => check(&dir, config.as_deref(), deny_warnings),
+        PolicyCmd::Test {
+            dir_arg,
+            dir,
+            cases,
+            role,
+            issuer,
+            claims,
+            principals,
+            ttl,
+            at,
+        } => {
+            let dir = dir_arg
+                .or(dir)
+                .unwrap_or_else(|| PathBuf::from("ca-policy"));
+            let policy = load(&dir)?;
+            let now = eval_time(at.as_deref())?;
+            if let Some(file) = cases {
+                return run_cases(&policy, &file, now);
+            }
+            let (Some(role), Some(issuer), Some(claims)) = (role, issuer, claims) else {
+                anyhow::bail!("name --role, --issuer and --claims, or --cases FILE");
+            };
+            let claims = policy::explain::read_claims_file(&claims).map_err(anyhow::Error::msg)?;
+            let req = CertRequest {
+                principals: (!principals.is_empty()).then_some(principals),
+                ttl: parse_ttl(&ttl)?,
+            };
+            match policy.evaluate(&role, &issuer, &claims, &req, now) {
+                Ok(g) => {
+                    let p: Vec<&str> = g.principals.iter().map(|p| p.as_str()).collect();
+                    let e: Vec<&str> = g.extensions.iter().map(|e| e.as_str()).collect();
+                    println!(
+                        "allow role={role} principals={p:?} ttl={}s extensions={e:?}",
+                        g.ttl.as_secs()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(d) => {
+                    println!("deny {}: {d}", d.code.as_str());
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        PolicyCmd::Explain {
+            dir,
+            role,
+            issuer,
+            claims,
+            principals,
+            ttl,
+            at,
+            key_type,
+            rsa_bits,
+        } => {
+            let policy = load(&dir)?;
+            let now = eval_time(at.as_deref())?;
+            let claims = policy::explain::read_claims_file(&claims).map_err(anyhow::Error::msg)?;
+            let req = CertRequest {
+                principals: (!principals.is_empty()).then_some(principals),
+                ttl: parse_ttl(&ttl)?,
+            };
+            let key = key_type.map(|k| KeyFacts::declared(&k, rsa_bits));
+            let e =
+                policy::explain::explain(&policy, &role, &issuer, &claims, &req, now, key.as_ref());
+            println!("{e}");
+            Ok(if e.decision.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+    }
+}
+
+/// `mayfly policy check`: errors and warnings on stderr, a summary on stdout.
+fn check(dir: &Path, config: Option<&Path>, deny_warnings: bool) -> anyhow::Result<ExitCode> {
+    let policy = match policy::load_dir(dir) {
+        Ok(p) => p,
+        Err(errs) => {
+            for e in &errs {
+                eprintln!("{e}");
+            }
+            eprintln!("{} error(s) in {}", errs.len(), dir.display());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if let Some(c) = config {
+        // The issuer names only: no MAYFLY_* overrides, no secrets read.
+        let cfg = Config::load(Some(c), &|_| None)?;
+        let names: Vec<&str> = cfg.issuers.iter().map(|i| i.name.as_str()).collect();
+        if let Err(errs) = policy::load::check_issuers(&policy, &names) {
+            for e in &errs {
+                eprintln!("{e}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let warnings = policy::lint::lint(&policy);
+    for w in &warnings {
+        eprintln!("{w}");
+    }
+    if deny_warnings && !warnings.is_empty() {
+        eprintln!(
+            "{} warning(s) in {} (--deny-warnings)",
+            warnings.len(),
+            dir.display()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    println!(
+        "{}: {} role(s) OK ({})",
+        dir.display(),
+        policy.roles.len(),
+        policy.roles.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
+    if !warnings.is_empty() {
+        eprintln!("{} warning(s)", warnings.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mayfly policy test --cases FILE`: exit 1 unless every case comes out
+/// as expected.
+fn run_cases(policy: &Policy, file: &Path, now: u64) -> anyhow::Result<ExitCode> {
+    let list = match policy::cases::load_cases(file) {
+        Ok(c) => c,
+        Err(errs) => {
+            for e in &errs {
+                eprintln!("{e}");
+            }
+            eprintln!("{} error(s) in {}", errs.len(), file.display());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let report = policy::cases::run(policy, file, list, now);
+    for n in &report.notes {
+        eprintln!("note: {n}");
+    }
+    println!("{report}");
+    Ok(if report.failed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Loads the policy directory; every error, one per line.
+fn load(dir: &Path) -> anyhow::Result<Policy> {
+    policy::load_dir(dir).map_err(|errs| {
+        anyhow::anyhow!(errs
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"))
+    })
+}
+
+/// `--at` (RFC 3339) as unix seconds, or now.
+fn eval_time(at: Option<&str>) -> anyhow::Result<u64> {
+    Ok(match at {
+        Some(t) => policy::window::unix_from_timestamp(
+            policy::window::parse_instant(t).map_err(|e| anyhow::anyhow!("--at {e}"))?,
+        ),
+        None => now_secs(),
+    })
+}
