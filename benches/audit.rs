@@ -15,11 +15,22 @@ use std::time::{Duration, Instant};
 
 use mayfly::audit::chain::{self, StoredRecord};
 use mayfly::audit::checkpoint::AuditKey;
-use mayfly::audit::stream::AuditStream;
-use mayfly::audit::{export, verify, AuditRecord, EventKind};
-use mayfly::config::AuditConfig;
+use mayfly::audit::{AuditRecord, EventKind};
+use mayfly::config::{AuditConfig, StoreBackend};
+use mayfly::evidence::stream::AuditStream;
+use mayfly::evidence::{export, verify};
 use mayfly::store::sqlite::Sqlite;
-use mayfly::store::{Backend, Store};
+use mayfly::store::{block_on, Backend, OpenMode, Store, StoreConfig};
+
+fn open(path: &Path, mode: OpenMode) -> Store {
+    mayfly::store::open(&StoreConfig {
+        backend: StoreBackend::SQLite,
+        sqlite_path: path.to_path_buf(),
+        busy_timeout: BUSY,
+        mode,
+    })
+    .expect("open store")
+}
 
 const BUSY: Duration = Duration::from_secs(5);
 
@@ -70,17 +81,17 @@ fn rate(n: u64, d: Duration) -> String {
 /// tasks; returns records/s.
 fn durable_appends(dir: &Path, concurrency: usize, total: usize, stream: bool) -> (f64, u64) {
     let db = dir.join(format!("append-{concurrency}-{stream}.db"));
-    let writer = Sqlite::open(&db, BUSY).expect("open writer");
-    let reader = Sqlite::open(&db, BUSY).expect("open reader");
+    let store = open(&db, OpenMode::Create);
     let audit = stream.then(|| {
         let cfg = AuditConfig {
             jsonl_file: Some(dir.join(format!("stream-{concurrency}.jsonl"))),
             ..AuditConfig::default()
         };
-        AuditStream::start_with_key(&cfg, AuditKey::ephemeral(), &db, BUSY).expect("stream")
+        let a = AuditStream::start_with_key(&cfg, AuditKey::ephemeral(), store.audit_shared())
+            .expect("stream");
+        store.audit().on_commit(a.hook());
+        a
     });
-    let store =
-        Store::start_with_hook(writer, reader, audit.as_ref().map(|a| a.hook())).expect("store");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -204,14 +215,16 @@ fn main() {
         rate(big, d)
     );
     let key = AuditKey::ephemeral();
-    db.write_checkpoint(&key.fingerprint(), 1, &|s, h, t| {
+    db.write_checkpoint(&key.fingerprint(), 1, |s: u64, h: &chain::Hash, t: i64| {
         key.sign(s, h, t).map_err(|e| e.to_string())
     })
     .expect("checkpoint");
     drop(db);
-    let db = Sqlite::open_read_only(&path, BUSY).expect("open ro");
+    let db = open(&path, OpenMode::ReadOnly);
     let t = Instant::now();
-    let report = verify::verify_db(&db, Some(&key.public()), "bench").expect("verify");
+    let report = block_on(verify::verify_db(db.audit(), Some(&key.public()), "bench"))
+        .expect("runtime")
+        .expect("verify");
     let d = t.elapsed();
     assert!(report.is_intact(), "{report}");
     println!(
@@ -223,7 +236,9 @@ fn main() {
     let out = dir.path().join("export.jsonl");
     let t = Instant::now();
     let mut f = std::io::BufWriter::new(std::fs::File::create(&out).expect("create"));
-    let sum = export::export_jsonl(&db, 1, &mut f).expect("export");
+    let sum = block_on(export::export_jsonl(db.audit(), 1, &mut f))
+        .expect("runtime")
+        .expect("export");
     drop(f);
     let d = t.elapsed();
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
@@ -236,7 +251,9 @@ fn main() {
     );
     let t = Instant::now();
     let file = std::io::BufReader::new(std::fs::File::open(&out).expect("open export"));
-    let report = verify::verify_export(file, "bench export", None).expect("verify export");
+    let report = block_on(verify::verify_export(file, "bench export", None))
+        .expect("runtime")
+        .expect("verify export");
     let d = t.elapsed();
     assert!(report.is_intact(), "{report}");
     println!(
@@ -268,14 +285,17 @@ fn main() {
         .expect("legacy rows");
     }
     let t = Instant::now();
-    let migrated = Sqlite::open(&legacy, BUSY).expect("migrate legacy");
+    drop(Sqlite::open(&legacy, BUSY).expect("migrate legacy"));
     let d = t.elapsed();
+    let migrated = open(&legacy, OpenMode::ReadOnly);
     println!(
         "one-time chaining of a pre-chain database: {big} records in {:?} = {}",
         d,
         rate(big, d)
     );
-    let report = verify::verify_db(&migrated, None, "legacy").expect("verify legacy");
+    let report = block_on(verify::verify_db(migrated.audit(), None, "legacy"))
+        .expect("runtime")
+        .expect("verify legacy");
     assert!(report.is_intact(), "{report}");
 
     let db_size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);

@@ -153,14 +153,18 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         jwks_path
     );
     let cfg = Config::parse(&cfg_text).map_err(|e| e.to_string())?;
-    let service = Arc::new(crate::server::build(&cfg).map_err(|e| e.to_string())?);
+    let service = Arc::new(
+        crate::server::build(&cfg)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let app = api::router(
         AppState {
-            service,
+            service: service.clone(),
             request_timeout: cfg.request_timeout,
             admin_requires_client_cert: false,
         },
@@ -265,12 +269,12 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     let elapsed = started.elapsed();
     server.abort();
     lat.sort();
-    let audited = crate::store::sqlite::Sqlite::open(
-        &cfg.data_dir.join(crate::config::files::DATABASE),
-        cfg.store_busy_timeout,
-    )
-    .and_then(|db| db.count_events("cert_issued"))
-    .map_err(|e| e.to_string())?;
+    let audited = service
+        .store()
+        .reports()
+        .count_events("cert_issued")
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(BenchReport {
         ok: lat.len(),
         failed,

@@ -52,6 +52,7 @@ struct RawConfig {
     insecure_http: Option<bool>,
     tls: Option<RawTls>,
     audit: Option<RawAudit>,
+    store: Option<RawStore>,
     #[serde(default, rename = "issuer")]
     issuers: Vec<RawIssuer>,
     #[serde(default, rename = "admin")]
@@ -185,6 +186,57 @@ pub struct Config {
     pub insecure_http: bool,
     /// Audit streaming and checkpoints (`[audit]`).
     pub audit: AuditConfig,
+    /// Which store holds the audit log and the CA's state (`[store]`).
+    pub store: StoreSettings,
+}
+
+/// `[store]`: which backend holds the audit log and the CA's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreSettings {
+    /// The backend (`backend = "sqlite"`, the default).
+    pub backend: StoreBackend,
+}
+
+/// A store backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreBackend {
+    /// SQLite, in `data_dir/mayfly.db` (one server per database).
+    #[default]
+    SQLite,
+}
+
+impl StoreBackend {
+    /// Every accepted `backend` value.
+    pub const ACCEPTED: &'static [&'static str] = &["sqlite"];
+
+    /// Parses a `backend` value.
+    pub fn parse(s: &str) -> Result<StoreBackend, ConfigError> {
+        match s {
+            "sqlite" => Ok(StoreBackend::SQLite),
+            other => Err(ConfigError::Invalid(format!(
+                "store.backend = {other:?} is not a store mayfly has; accepted: {}",
+                StoreBackend::ACCEPTED
+                    .iter()
+                    .map(|v| format!("{v:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// The `backend` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreBackend::SQLite => "sqlite",
+        }
+    }
+}
+
+/// Raw `[store]` section.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    backend: Option<String>,
 }
 
 /// Log line format.
@@ -241,6 +293,7 @@ impl Default for Config {
             tls: None,
             insecure_http: false,
             audit: AuditConfig::default(),
+            store: StoreSettings::default(),
         }
     }
 }
@@ -365,6 +418,11 @@ impl Config {
         }
         if let Some(t) = raw.store_busy_timeout {
             c.store_busy_timeout = duration("store_busy_timeout", &t)?;
+        }
+        if let Some(s) = raw.store {
+            if let Some(b) = s.backend {
+                c.store.backend = StoreBackend::parse(&b)?;
+            }
         }
         if let Some(m) = raw.max_body_bytes {
             if !(1024..=16 * 1024 * 1024).contains(&m) {
@@ -1050,6 +1108,29 @@ mod tests {
         assert_eq!(c.policy_dir, PathBuf::from("ca-policy"));
         assert_eq!(c.backdate, Duration::from_secs(60));
         assert_eq!(c.policy_poll_interval, DEFAULT_POLICY_POLL_INTERVAL);
+    }
+
+    #[test]
+    fn store_section_defaults_to_sqlite_and_names_accepted_backends() {
+        assert_eq!(
+            Config::parse("").expect("no [store]").store.backend,
+            StoreBackend::SQLite
+        );
+        let c = Config::parse("[store]\nbackend = \"sqlite\"\n").expect("sqlite");
+        assert_eq!(c.store.backend, StoreBackend::SQLite);
+        assert_eq!(
+            Config::parse("[store]\n").expect("empty").store.backend,
+            StoreBackend::SQLite
+        );
+        let err = Config::parse("[store]\nbackend = \"postgres\"\n").expect_err("unknown");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("store.backend") && msg.contains("\"postgres\""),
+            "{msg}"
+        );
+        assert!(msg.contains("accepted: \"sqlite\""), "{msg}");
+        let err = Config::parse("[store]\nbakend = \"sqlite\"\n").expect_err("typo");
+        assert!(err.to_string().contains("bakend"), "{err}");
     }
 
     #[test]

@@ -14,9 +14,8 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::policy::Policy;
-use crate::store::reports::{IdentityRoleUsage, LastDenialRow, ReportDb};
-use crate::store::sqlite::Sqlite;
-use crate::store::{Backend, DisableTarget, DisabledEntry, StoreError};
+use crate::store::reports::{IdentityRoleUsage, LastDenialRow};
+use crate::store::{DisableTarget, DisabledEntry, OpenMode, Store, StoreConfig, StoreError};
 use crate::time::utc_minute;
 
 /// Days without a certificate after which an identity or role is stale.
@@ -398,15 +397,15 @@ pub fn build(
 }
 
 /// Reads what the inventory needs from the database and assembles it.
-pub fn collect(
-    db: &mut Sqlite,
+pub async fn collect(
+    store: &Store,
     policy: &Policy,
     stale_days: u64,
     now: u64,
 ) -> Result<Inventory, StoreError> {
-    let usage = db.identity_usage()?;
-    let denials = db.last_denials()?;
-    let disabled = db.disabled()?;
+    let usage = store.reports().identity_usage().await?;
+    let denials = store.reports().last_denials().await?;
+    let disabled = store.access().disabled().await?;
     Ok(build(policy, &usage, &denials, &disabled, stale_days, now))
 }
 
@@ -422,24 +421,23 @@ pub fn load_policy(cfg: &Config) -> Result<Policy, InventoryError> {
     })
 }
 
-/// A report connection to the CA database of `cfg`; the database must exist.
-pub fn open_db(cfg: &Config) -> Result<ReportDb, InventoryError> {
-    let path = cfg.data_dir.join(crate::config::files::DATABASE);
-    if !path.exists() {
-        return Err(InventoryError::NoDatabase(path));
-    }
-    Ok(ReportDb::new(
-        &path,
-        cfg.store_busy_timeout
-            .max(std::time::Duration::from_secs(5)),
-    ))
+/// The store of the CA configured by `cfg`; the database must exist.
+pub fn open_db(cfg: &Config) -> Result<Store, InventoryError> {
+    let sc = StoreConfig::from_config(cfg, OpenMode::Existing);
+    crate::store::open(&sc).map_err(|e| match e {
+        StoreError::Missing(_) => InventoryError::NoDatabase(sc.sqlite_path.clone()),
+        other => InventoryError::Store(other),
+    })
 }
 
-/// The inventory of the CA configured by `cfg`, as of `now` (unix seconds).
+/// The inventory of the CA configured by `cfg`, as of `now` (unix
+/// seconds). Synchronous, for commands outside an async runtime.
 pub fn load(cfg: &Config, stale_days: u64, now: u64) -> Result<Inventory, InventoryError> {
     let policy = load_policy(cfg)?;
-    let db = open_db(cfg)?;
-    Ok(db.with(|s| collect(s, &policy, stale_days, now))?)
+    let store = open_db(cfg)?;
+    Ok(crate::store::block_on(collect(
+        &store, &policy, stale_days, now,
+    ))??)
 }
 
 fn opt_time(t: Option<u64>) -> String {

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::store::reports::{ReportDb, ScrapeGauges};
+use crate::store::reports::ScrapeGauges;
+use crate::store::ReportStore;
 
 /// Upper bounds (seconds) of the request latency histogram buckets.
 const BUCKETS: [f64; 10] = [
@@ -307,10 +308,9 @@ impl Default for Inner {
 pub struct Metrics {
     inner: Mutex<Inner>,
     data_dir: Option<PathBuf>,
-    /// Scrape-time gauges (never builds indexes).
-    gauges: Option<ReportDb>,
-    /// Inventory queries of the admin API, apart so they never delay a scrape.
-    db: Option<Arc<ReportDb>>,
+    /// Scrape-time gauges (the store serves them apart from the reports,
+    /// and never builds an index for them).
+    gauges: Option<Arc<dyn ReportStore>>,
     /// Written by the issuers' key caches.
     jwks: Arc<JwksMetrics>,
     /// The listener's connection counters, shared with the serve loop.
@@ -379,13 +379,11 @@ impl Metrics {
     /// Metrics that also report the durable state under `data_dir`: audit
     /// records, live revocations and disabled entries (from the database),
     /// and the age of the CA key files.
-    pub fn for_data_dir(data_dir: &Path) -> Metrics {
-        let path = data_dir.join(crate::config::files::DATABASE);
+    pub fn for_data_dir(data_dir: &Path, store: Arc<dyn ReportStore>) -> Metrics {
         Metrics {
             inner: Mutex::default(),
             data_dir: Some(data_dir.to_path_buf()),
-            gauges: Some(ReportDb::for_gauges(&path, Duration::from_secs(2))),
-            db: Some(Arc::new(ReportDb::new(&path, Duration::from_secs(5)))),
+            gauges: Some(store),
             jwks: Arc::default(),
             connections: Arc::default(),
         }
@@ -395,12 +393,6 @@ impl Metrics {
     /// key age and stale-key refusals.
     pub fn jwks(&self) -> Arc<JwksMetrics> {
         self.jwks.clone()
-    }
-
-    /// The report connection to the CA database, when built with
-    /// [`Metrics::for_data_dir`]; also serves the admin inventory API.
-    pub fn report_db(&self) -> Option<Arc<ReportDb>> {
-        self.db.clone()
     }
 
     /// The connection counters, for the serve loop to update.
@@ -434,7 +426,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition as of `now` (key ages, live revocations).
-    pub fn render_at(
+    pub async fn render_at(
         &self,
         ca_fingerprint: &str,
         policy_digest: &str,
@@ -447,10 +439,10 @@ impl Metrics {
             .unwrap_or(0);
         // Read durable state before taking the lock: the counters must not
         // wait for the database.
-        let gauges: Option<Result<ScrapeGauges, String>> = self.gauges.as_ref().map(|db| {
-            db.with(|s| s.scrape_gauges(unix))
-                .map_err(|e| e.to_string())
-        });
+        let gauges: Option<Result<ScrapeGauges, String>> = match &self.gauges {
+            Some(db) => Some(db.scrape_gauges(unix).await.map_err(|e| e.to_string())),
+            None => None,
+        };
         if let Some(Err(e)) = &gauges {
             tracing::warn!(error = %e, "metrics: cannot read the audit database");
         }
@@ -594,13 +586,13 @@ mod tests {
         assert_eq!(o, "m{x=\"q\\\"\\n\",y=\"z\"} 2\n");
     }
 
-    #[test]
-    fn histograms_are_cumulative_and_end_with_inf() {
+    #[tokio::test]
+    async fn histograms_are_cumulative_and_end_with_inf() {
         let m = Metrics::default();
         m.observe_store_commit(Duration::from_micros(300));
         m.observe_store_commit(Duration::from_millis(30));
         m.observe_store_commit(Duration::from_secs(5));
-        let out = m.render_at("SHA256:x", "d\"igest", 1, UNIX_EPOCH);
+        let out = m.render_at("SHA256:x", "d\"igest", 1, UNIX_EPOCH).await;
         assert!(out.contains("mayfly_store_commit_duration_seconds_bucket{le=\"0.0005\"} 1\n"));
         assert!(out.contains("mayfly_store_commit_duration_seconds_bucket{le=\"0.05\"} 2\n"));
         assert!(out.contains("mayfly_store_commit_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
@@ -624,8 +616,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn connection_counters_are_rendered_and_the_gauge_follows_guards() {
+    #[tokio::test]
+    async fn connection_counters_are_rendered_and_the_gauge_follows_guards() {
         let m = Metrics::default();
         let stats = m.connections();
         let a = stats.open();
@@ -635,7 +627,7 @@ mod tests {
         stats.closed_early(EarlyClose::HeaderTimeout);
         stats.closed_early(EarlyClose::TlsHandshakeError);
         drop(a);
-        let out = m.render_at("f", "d", 0, UNIX_EPOCH);
+        let out = m.render_at("f", "d", 0, UNIX_EPOCH).await;
         assert!(out.contains("mayfly_connections_open 1\n"), "{out}");
         assert!(
             out.contains("mayfly_connections_accepted_total 2\n"),
@@ -658,8 +650,8 @@ mod tests {
         assert_eq!(stats.open_now(), 0);
     }
 
-    #[test]
-    fn jwks_errors_key_age_and_stale_refusals_are_reported_per_issuer() {
+    #[tokio::test]
+    async fn jwks_errors_key_age_and_stale_refusals_are_reported_per_issuer() {
         let m = Metrics::default();
         let j = m.jwks();
         j.fetch_failed("https://issuer.test/a");
@@ -670,7 +662,9 @@ mod tests {
         );
         j.stale_refused("https://issuer.test/a");
         j.fetch_failed("https://issuer.test/b");
-        let out = m.render_at("f", "d", 0, UNIX_EPOCH + Duration::from_secs(160));
+        let out = m
+            .render_at("f", "d", 0, UNIX_EPOCH + Duration::from_secs(160))
+            .await;
         assert!(
             out.contains("mayfly_jwks_fetch_errors_total{issuer=\"https://issuer.test/a\"} 2\n"),
             "{out}"
@@ -683,18 +677,25 @@ mod tests {
         assert!(!out.contains("mayfly_jwks_stale_refusals_total{issuer=\"https://issuer.test/b\"}"));
         assert!(!out.contains("mayfly_jwks_key_age_seconds{issuer=\"https://issuer.test/b\"}"));
         // Another registry shares nothing: no process-wide state.
-        let other = Metrics::default().render_at("f", "d", 0, UNIX_EPOCH);
+        let other = Metrics::default().render_at("f", "d", 0, UNIX_EPOCH).await;
         assert!(!other.contains("issuer.test"));
     }
 
-    #[test]
-    fn data_dir_gauges_read_the_database_and_key_files() {
+    #[tokio::test]
+    async fn data_dir_gauges_read_the_database_and_key_files() {
         let d = tempfile::tempdir().unwrap();
-        let db = d.path().join(crate::config::files::DATABASE);
-        drop(crate::store::sqlite::Sqlite::open(&db, Duration::from_millis(100)).unwrap());
+        let store = crate::store::open(&crate::store::StoreConfig {
+            backend: crate::config::StoreBackend::SQLite,
+            sqlite_path: d.path().join(crate::store::SQLITE_FILE),
+            busy_timeout: Duration::from_millis(100),
+            mode: crate::store::OpenMode::Create,
+        })
+        .unwrap();
         std::fs::write(d.path().join(crate::config::files::USER_CA_KEY), "k").unwrap();
-        let m = Metrics::for_data_dir(d.path());
-        let out = m.render_at("f", "d", 0, SystemTime::now() + Duration::from_secs(100));
+        let m = Metrics::for_data_dir(d.path(), store.reports_shared());
+        let out = m
+            .render_at("f", "d", 0, SystemTime::now() + Duration::from_secs(100))
+            .await;
         assert!(out.contains("mayfly_store_up 1\n"), "{out}");
         assert!(out.contains("mayfly_audit_records_total 0\n"));
         assert!(out.contains("mayfly_disabled{scope=\"role\"} 0\n"));

@@ -95,11 +95,11 @@ pub async fn revoke(
         actor.to_string(),
         now,
     );
-    let f = filter.clone();
     // Reading the matching certificates and revoking them is one
     // transaction, so a certificate recorded in between cannot be missed.
     let (certs, v): (Vec<IssuedCert>, StateVersion) = store
-        .write(move |b| b.revoke_matching(&f, now, &revoke))
+        .access()
+        .revoke_matching(filter.clone(), now, Box::new(revoke))
         .await?;
     if certs.is_empty() {
         return Err(RevokeError::NothingMatched(format!(
@@ -122,7 +122,7 @@ fn revoker(
     reason_code: String,
     actor: String,
     now: u64,
-) -> impl Fn(&IssuedCert) -> (Revocation, AuditRecord) + Send + 'static {
+) -> impl Fn(&IssuedCert) -> (Revocation, AuditRecord) + Send + Sync + 'static {
     move |c: &IssuedCert| {
         let revocation = Revocation {
             ca_key: c.ca_key.clone(),
@@ -173,10 +173,10 @@ pub async fn set_disabled(
     rec.role = target.role().map(str::to_string);
     rec.reason = Some(reason.to_string());
     rec.actor = Some(actor.to_string());
-    let key = target.clone();
     if enable {
         let changed = store
-            .write(move |b| b.set_disabled(&key, None, &rec, now))
+            .access()
+            .set_disabled(target.clone(), None, rec, now)
             .await?;
         return Ok(DisableOutcome {
             target,
@@ -202,7 +202,8 @@ pub async fn set_disabled(
     // issuance checks the flag inside its own commit, so every certificate
     // is either refused or swept.
     let (changed, revoked) = store
-        .write(move |b| b.disable_and_revoke(&key, &entry, &rec, &filter, now, &revoke))
+        .access()
+        .disable_and_revoke(entry, rec, filter, now, Box::new(revoke))
         .await?;
     Ok(DisableOutcome {
         target,
@@ -214,25 +215,11 @@ pub async fn set_disabled(
 /// Opens the CA's store for an administrative command on the CA host
 /// (`mayfly revoke`, `mayfly identity ...`); safe while the server runs.
 pub fn open_store(cfg: &crate::config::Config) -> Result<Store, RevokeError> {
-    use crate::store::sqlite::Sqlite;
-    let db = cfg.data_dir.join(crate::config::files::DATABASE);
-    if !db.exists() {
-        return Err(RevokeError::Invalid(format!(
-            "no database at {}; is --config the CA's config and has the CA run once?",
-            db.display()
-        )));
-    }
-    let w = Sqlite::open(
-        &db,
-        cfg.store_busy_timeout
-            .max(std::time::Duration::from_secs(5)),
-    )?;
-    let r = Sqlite::open(
-        &db,
-        cfg.store_busy_timeout
-            .max(std::time::Duration::from_secs(5)),
-    )?;
-    Store::start(w, r).map_err(|e| RevokeError::Store(StoreError::Backend(e.to_string())))
+    use crate::store::{OpenMode, StoreConfig};
+    crate::store::open(&StoreConfig::from_config(cfg, OpenMode::Existing)).map_err(|e| match e {
+        StoreError::Missing(_) => RevokeError::Invalid(e.to_string()),
+        other => RevokeError::Store(other),
+    })
 }
 
 /// The actor name for CLI actions: `cli:<login>`.

@@ -104,16 +104,29 @@ pub async fn rotate(
             )
         }
         Step::Retire { force } => {
-            let st = store.clone();
+            // The store is async and `retire` is not: read the previous
+            // key's last expiry first.
+            let previous = rotation::load(&cfg.ca, dir, base, &env)
+                .ok()
+                .and_then(|(ring, _)| ring.previous.map(|p| p.public_key_line()));
+            let last = match &previous {
+                Some(line) => Some(
+                    store
+                        .issuance()
+                        .last_expiry_by_ca(line)
+                        .await
+                        .map_err(|e| e.to_string()),
+                ),
+                None => None,
+            };
             let fp = rotation::retire(
                 &cfg.ca,
                 dir,
                 base,
                 &env,
-                |line| {
-                    let line = line.to_string();
-                    st.read(move |b| b.last_expiry_by_ca(&line))
-                        .map_err(|e| e.to_string())
+                |line| match (previous.as_deref(), last) {
+                    (Some(p), Some(last)) if p == line => last,
+                    _ => Err(format!("the store was not read for CA key {line}")),
                 },
                 now,
                 force,
@@ -141,7 +154,7 @@ pub async fn rotate(
     rec.cert_type = Some(which.name());
     rec.ca_key = Some(ring.active.public_key_line());
     rec.reason = Some(summary.clone());
-    store.write(move |b| b.record_change(&rec, now)).await?;
+    store.audit().record_change(rec, now).await?;
     Ok(summary)
 }
 

@@ -13,8 +13,8 @@ use crate::config::files;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy;
-use crate::service::{KeyLoader, SerialAllocator, Service, ServiceParts};
-use crate::store::{sqlite::Sqlite, Backend, Store};
+use crate::service::{KeyLoader, Service, ServiceParts};
+use crate::store::{OpenMode, StoreConfig};
 
 pub mod connections;
 
@@ -59,7 +59,7 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     /// The audit key, sinks or stream could not be set up.
     #[error(transparent)]
-    Audit(#[from] crate::audit::stream::StreamError),
+    Audit(#[from] crate::evidence::stream::StreamError),
     /// Other I/O.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -112,18 +112,18 @@ pub fn load_policy(dir: &Path, cfg: &Config) -> Result<policy::Policy, StartErro
 use crate::clock::now_secs;
 
 /// Builds the service from config (keys, policy, store), without listening.
-pub fn build(cfg: &Config) -> Result<Service, StartError> {
-    let (service, audit) = build_with_audit(cfg)?;
-    // Runs until the store's writer thread (which holds its hook) ends.
+pub async fn build(cfg: &Config) -> Result<Service, StartError> {
+    let (service, audit) = build_with_audit(cfg).await?;
+    // Runs until the process exits.
     audit.detach();
     Ok(service)
 }
 
 /// As [`build`], also returning the audit stream (sinks, checkpoints) so
 /// that `serve` can stop it cleanly, with a final signed checkpoint.
-pub fn build_with_audit(
+pub async fn build_with_audit(
     cfg: &Config,
-) -> Result<(Service, crate::audit::stream::AuditStream), StartError> {
+) -> Result<(Service, crate::evidence::stream::AuditStream), StartError> {
     ensure_data_dir(&cfg.data_dir)?;
     let policy = load_policy(&cfg.policy_dir, cfg)?;
     if let Some(w) = ca::keys::at_rest_warning(&cfg.ca) {
@@ -131,29 +131,22 @@ pub fn build_with_audit(
     }
     let user_keys = load_ring(cfg, files::USER_CA_KEY, files::USER_CA_PUB, "user")?;
     let host_keys = load_ring(cfg, files::HOST_CA_KEY, files::HOST_CA_PUB, "host")?;
-    let db_path = cfg.data_dir.join(files::DATABASE);
-    let mut db = Sqlite::open(&db_path, cfg.store_busy_timeout)?;
-    let now = now_secs();
-    let serials = SerialAllocator::new(db.max_serial()?, now);
-    let used_tokens = db.used_tokens(now)?;
-    let audit = crate::audit::stream::AuditStream::start(
+    let store = crate::store::open(&StoreConfig::from_config(cfg, OpenMode::Create))?;
+    // Serials above every recorded one, used tokens restored from the log.
+    store.counters().start(now_secs()).await?;
+    let audit = crate::evidence::stream::AuditStream::start(
         &cfg.audit,
         &cfg.data_dir,
-        &db_path,
-        cfg.store_busy_timeout,
+        store.audit_shared(),
     )?;
-    let store = Store::start_with_hook(
-        db,
-        Sqlite::open(&db_path, cfg.store_busy_timeout)?,
-        Some(audit.hook()),
-    )?;
+    store.audit().on_commit(audit.hook());
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
         .redirect(crate::auth::jwks::redirect_policy())
         .build()
         .map_err(std::io::Error::other)?;
-    let metrics = Arc::new(Metrics::for_data_dir(&cfg.data_dir));
+    let metrics = Arc::new(Metrics::for_data_dir(&cfg.data_dir, store.reports_shared()));
     let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock::new());
     let verifier = Verifier::new(&cfg.issuers, http, metrics.jwks(), clock.clone());
     tracing::info!(roles = policy.roles.len(), digest = %policy.digest, dir = %cfg.policy_dir.display(), "policy loaded");
@@ -167,8 +160,6 @@ pub fn build_with_audit(
             data_dir: cfg.data_dir.clone(),
         }),
         store,
-        used_tokens,
-        serials,
         backdate: cfg.backdate,
         metrics,
         admins: cfg.admins.clone(),
@@ -206,7 +197,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     // anything is created on disk.
     let transport = tls::check_listen(cfg.listen, cfg.tls.is_some(), cfg.insecure_http)?;
     let server_tls = cfg.tls.as_ref().map(tls::ServerTls::load).transpose()?;
-    let (service, audit) = build_with_audit(&cfg)?;
+    let (service, audit) = build_with_audit(&cfg).await?;
     let service = Arc::new(service);
     let listener = connections::bind(cfg.listen).map_err(|source| StartError::Listen {
         addr: cfg.listen,

@@ -120,14 +120,14 @@ fn every_admin_route_refuses_a_call_without_an_admin_token() {
 }
 
 /// The service of a CA with an empty policy, for driving routers directly.
-fn app_state(dir: &std::path::Path) -> mayfly::api::AppState {
+async fn app_state(dir: &std::path::Path) -> mayfly::api::AppState {
     let cfg = mayfly::config::Config {
         data_dir: dir.join("data"),
         policy_dir: dir.join("ca-policy"),
         ..Default::default()
     };
     std::fs::create_dir_all(&cfg.policy_dir).expect("policy dir");
-    let service = mayfly::server::build(&cfg).expect("service");
+    let service = mayfly::server::build(&cfg).await.expect("service");
     mayfly::api::AppState {
         service: Arc::new(service),
         request_timeout: Duration::from_secs(5),
@@ -160,7 +160,7 @@ async fn a_route_added_to_the_admin_router_cannot_skip_authorization() {
     use mayfly::api::request::request_context;
 
     let dir = support::temp_dir("admin-router");
-    let state = app_state(dir.path());
+    let state = app_state(dir.path()).await;
 
     // A handler that does not ask for the caller still runs only after
     // require_admin: without a token it never runs.

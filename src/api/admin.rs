@@ -243,5 +243,5 @@ pub async fn list_disabled(
     State(s): State<AppState>,
     _caller: AdminCaller,
 ) -> Result<Json<Vec<DisabledEntry>>, ApiError> {
-    Ok(Json(s.service.store().read(|b| b.disabled())?))
+    Ok(Json(s.service.store().access().disabled().await?))
 }

@@ -46,20 +46,12 @@ pub async fn list_identities(
             ))
         }
     };
-    let Some(db) = s.service.metrics().report_db() else {
-        return Err(unavailable(
-            &"no report database",
-            "no report database configured for the inventory",
-        ));
-    };
     let policy = s.service.policy();
     let now = crate::clock::unix_secs(s.service.clock().now());
-    let job = tokio::task::spawn_blocking(move || {
-        db.with(|sql| inventory::collect(sql, &policy, stale_days, now))
-    });
-    match job.await {
-        Ok(Ok(inv)) => Ok(Json(inv)),
-        Ok(Err(e)) => Err(unavailable(&e, "inventory query failed")),
-        Err(e) => Err(unavailable(&e, "inventory task failed")),
-    }
+    // The report queries run on the store's report connection, apart from
+    // the request path's readers.
+    inventory::collect(s.service.store(), &policy, stale_days, now)
+        .await
+        .map(Json)
+        .map_err(|e| unavailable(&e, "inventory query failed"))
 }

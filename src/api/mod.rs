@@ -133,7 +133,7 @@ async fn user_ca(
     State(s): State<AppState>,
     q: Result<axum::extract::Query<CaQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    s.service.refresh();
+    s.service.refresh().await;
     let group = q.ok().and_then(|axum::extract::Query(q)| q.group);
     Ok(match group.as_deref() {
         None => text(s.service.all_user_public_lines()),
@@ -152,12 +152,12 @@ async fn user_ca(
 }
 
 async fn host_ca(State(s): State<AppState>) -> Response {
-    s.service.refresh();
+    s.service.refresh().await;
     text(s.service.host_keys().public_lines())
 }
 
 async fn krl_handler(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let snap = s.service.krl(s.service.clock().now()).map_err(|e| {
+    let snap = s.service.krl(s.service.clock().now()).await.map_err(|e| {
         ApiError::store_unavailable(
             &e,
             "cannot build the KRL",
@@ -214,12 +214,16 @@ async fn krl_handler(State(s): State<AppState>, headers: HeaderMap) -> Result<Re
 
 async fn metrics(State(s): State<AppState>) -> Response {
     let p = s.service.policy();
-    let body = s.service.metrics().render_at(
-        &s.service.user_keys().active.fingerprint(),
-        &p.digest,
-        p.roles.len(),
-        s.service.clock().now(),
-    );
+    let body = s
+        .service
+        .metrics()
+        .render_at(
+            &s.service.user_keys().active.fingerprint(),
+            &p.digest,
+            p.roles.len(),
+            s.service.clock().now(),
+        )
+        .await;
     (
         [(
             header::CONTENT_TYPE,

@@ -41,6 +41,8 @@
 
 use sha2::{Digest, Sha256};
 
+use super::{AuditRecord, EventKind};
+
 /// A SHA-256 chain hash.
 pub type Hash = [u8; 32];
 
@@ -506,6 +508,91 @@ impl ChainWalker {
         p.sort_by_key(|p| p.seq());
         (p, self.problem_count)
     }
+}
+
+/// The stored form of `r` at position `seq`, before chaining: what every
+/// backend stores, and so what the chain hash covers. The one place the
+/// normalisation lives, so two stores cannot drift apart:
+///
+/// * only an issuance claims its serial (the serial column is unique; a
+///   revocation record mentions the serial it revoked, which must be
+///   allowed), so a revocation's serial moves into its reason as
+///   `serial N: <reason>` ([`revoked_serial_prefix`]);
+/// * unsigned numbers are stored as signed 64-bit integers.
+pub fn stored_form(r: &AuditRecord, seq: u64) -> StoredRecord {
+    let serial = match r.event {
+        EventKind::CertIssued => opt_i64(r.serial),
+        _ => None,
+    };
+    let reason = match (r.event, r.serial) {
+        (EventKind::CertRevoked, Some(s)) => Some(format!(
+            "{}{}",
+            revoked_serial_prefix(s),
+            r.reason.as_deref().unwrap_or_default()
+        )),
+        _ => r.reason.clone(),
+    };
+    StoredRecord {
+        seq,
+        time_ms: r.time_ms as i64,
+        event: r.event.as_str().to_string(),
+        request_id: r.request_id.clone(),
+        client_addr: r.client_addr.clone(),
+        issuer: r.issuer.clone(),
+        subject: r.subject.clone(),
+        role: r.role.clone(),
+        reason_code: r.reason_code.clone(),
+        reason,
+        serial,
+        key_id: r.key_id.clone(),
+        principals: r.principals.clone(),
+        valid_after: opt_i64(r.valid_after),
+        valid_before: opt_i64(r.valid_before),
+        key_fingerprint: r.key_fingerprint.clone(),
+        token_id: r.token_id.clone(),
+        token_exp: opt_i64(r.token_exp),
+        policy_digest: r.policy_digest.clone(),
+        cert_type: r.cert_type.clone(),
+        ca_key: r.ca_key.clone(),
+        actor: r.actor.clone(),
+        prev_hash: None,
+        hash: None,
+    }
+}
+
+/// How a stored revocation record's reason starts: `serial N: `.
+pub fn revoked_serial_prefix(serial: u64) -> String {
+    format!("serial {serial}: ")
+}
+
+fn opt_i64(v: Option<u64>) -> Option<i64> {
+    v.map(|x| x as i64)
+}
+
+/// A stored row that cannot be read as an audit record (or checkpoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRow {
+    /// Its seq.
+    pub seq: u64,
+    /// What is wrong.
+    pub what: String,
+}
+
+/// Facts about the chain that a store keeps beside it, for `audit verify`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainMeta {
+    /// Records up to this seq existed before the chain and were chained
+    /// when the database was upgraded.
+    pub legacy_through: Option<u64>,
+    /// When that upgrade happened (unix ms).
+    pub migrated_at_ms: Option<i64>,
+    /// The highest seq ever used (SQLite's AUTOINCREMENT counter): rows
+    /// deleted from the end still count.
+    pub seq_counter: u64,
+    /// The highest seq present.
+    pub max_seq: u64,
+    /// Highest checkpoint id ever used.
+    pub checkpoint_counter: u64,
 }
 
 /// Chains `records` (which carry no hashes yet) after `prev`, filling in

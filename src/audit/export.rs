@@ -8,14 +8,12 @@
 //! ([`record_from_line`] is the exact inverse of [`to_line`]), and lines a
 //! SIEM already holds anchor the database outside the CA host.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use super::chain::{self, StoredRecord};
-use crate::store::sqlite::{BadRow, Sqlite};
-use crate::store::StoreError;
 
 /// Version of this line schema (`mayfly.audit.schema`); bumped only for
 /// incompatible changes, fields are only ever added.
@@ -33,17 +31,6 @@ pub enum LineError {
     /// A field has a value an export never contains.
     #[error("{0}")]
     Field(String),
-}
-
-/// Why an export failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ExportError {
-    /// Reading the database failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Writing the output failed.
-    #[error("writing the export: {0}")]
-    Io(#[from] std::io::Error),
 }
 
 /// One exported line.
@@ -467,51 +454,6 @@ pub fn record_from_line(text: &str) -> Result<StoredRecord, LineError> {
         prev_hash: hash_of("prev_hash", &l.mayfly.audit.prev_hash)?,
         hash: hash_of("hash", &l.mayfly.audit.hash)?,
     })
-}
-
-/// What an export wrote.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExportSummary {
-    /// Lines written.
-    pub records: u64,
-    /// First and last seq written.
-    pub range: Option<(u64, u64)>,
-    /// Rows that could not be read as records (not exported; `audit
-    /// verify` names them).
-    pub unreadable: Vec<BadRow>,
-}
-
-/// Writes every record from `from_seq` to the head as JSON Lines.
-pub fn export_jsonl(
-    db: &Sqlite,
-    from_seq: u64,
-    out: &mut dyn Write,
-) -> Result<ExportSummary, ExportError> {
-    let mut sum = ExportSummary::default();
-    let mut io_err = None;
-    db.scan_audit(from_seq, None, &mut |row| match row {
-        Ok(r) => {
-            let written = serde_json::to_writer(&mut *out, &to_line(&r))
-                .map_err(std::io::Error::from)
-                .and_then(|_| out.write_all(b"\n"));
-            if let Err(e) = written {
-                io_err = Some(e);
-                return false;
-            }
-            sum.records += 1;
-            sum.range = Some((sum.range.map(|(a, _)| a).unwrap_or(r.seq), r.seq));
-            true
-        }
-        Err(bad) => {
-            sum.unreadable.push(bad);
-            true
-        }
-    })?;
-    if let Some(e) = io_err {
-        return Err(e.into());
-    }
-    out.flush()?;
-    Ok(sum)
 }
 
 /// Reads an exported file: each non-empty line as a record, or why not

@@ -1,26 +1,30 @@
 //! Audit records: one per issuance and one per refusal, stored durably
 //! before any certificate is returned, in an append-only, hash-chained log.
 //!
-//! * [`chain`]: the canonical record encoding, the SHA-256 chain and the
-//!   verifier (pure).
+//! * [`chain`]: the canonical stored form of a record
+//!   ([`chain::stored_form`]), its encoding, the SHA-256 chain and the
+//!   walker (pure).
 //! * [`checkpoint`]: the audit key and signed checkpoints of the chain head.
-//! * [`verify`]: `mayfly audit verify` over the database or an export.
+//! * [`verify`]: the verdict of `mayfly audit verify` over a stored log or
+//!   an export, fed record by record (pure).
 //! * [`export`]: the ECS-like JSON Lines schema (`docs/audit-schema.md`).
-//! * [`stream`]: live streaming to sinks ([`syslog`], JSONL file, stdout)
-//!   and periodic checkpoints, off the request path.
-//! * [`search`]: `mayfly audit search`.
+//! * [`search`]: the query of `mayfly audit search` and its reference
+//!   semantics ([`search::AuditQuery::matches`]).
+//! * [`cli`]: the `mayfly audit ...` subcommands.
 //!
-//! The chain is computed by the store (`store::sqlite::insert_audit`),
-//! inside the write transaction that inserts the records, so every writer
-//! of the database (the server, `mayfly revoke` on the CA host) extends the
-//! same chain.
+//! This layer knows no store: a store turns records into their stored form
+//! with [`chain::stored_form`] and chains them with [`chain::record_hash`]
+//! inside the write transaction that inserts them, so every writer of the
+//! log (the server, `mayfly revoke` on the CA host) extends the same chain,
+//! and a second backend cannot drift from the first. Reading the log back
+//! (export, verify, live streaming) is the evidence layer above the store
+//! (`crate::evidence`).
 
 pub mod chain;
 pub mod checkpoint;
 pub mod export;
 pub mod sampling;
 pub mod search;
-pub mod stream;
 pub mod syslog;
 pub mod verify;
 

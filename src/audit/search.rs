@@ -46,6 +46,36 @@ impl Default for AuditQuery {
     }
 }
 
+impl AuditQuery {
+    /// Whether `r` matches: the reference semantics every store's search
+    /// must give (newest first, at most `limit` of the matches). A serial
+    /// matches its issuance and the revocation records of it, which keep
+    /// the serial in their reason ([`chain::revoked_serial_prefix`]),
+    /// since only issuance claims the serial column.
+    pub fn matches(&self, r: &StoredRecord) -> bool {
+        let eq = |want: &Option<String>, have: &Option<String>| {
+            want.as_ref().is_none_or(|w| have.as_ref() == Some(w))
+        };
+        eq(&self.subject, &r.subject)
+            && eq(&self.issuer, &r.issuer)
+            && eq(&self.role, &r.role)
+            && eq(&self.key_id, &r.key_id)
+            && self.event.as_ref().is_none_or(|e| *e == r.event)
+            && self.since_ms.is_none_or(|t| r.time_ms >= t)
+            && self.serial.is_none_or(|n| {
+                r.serial == Some(n as i64)
+                    || (r.event == "cert_revoked"
+                        && r.serial.is_none()
+                        && r.reason.as_deref().is_some_and(|why| {
+                            // As SQL `LIKE 'serial N:%'`: ASCII case-insensitive.
+                            let p = format!("serial {n}:");
+                            why.get(..p.len())
+                                .is_some_and(|head| head.eq_ignore_ascii_case(&p))
+                        }))
+            })
+    }
+}
+
 /// Parses a `--since` value: RFC 3339 (`2026-11-01T00:00:00Z`), unix
 /// seconds (`1793491200`), or a duration back from `now` (`24h`, `30m`).
 /// Returns unix milliseconds.

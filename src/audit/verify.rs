@@ -1,5 +1,8 @@
-//! `mayfly audit verify`: walk the stored chain (or an exported file), check
-//! every signed checkpoint, and say what is wrong and where.
+//! `mayfly audit verify`, the pure part: given the stored chain (or an
+//! exported file) record by record, check every signed checkpoint and say
+//! what is wrong and where. Reading the records from a store is the
+//! evidence layer's job (`crate::evidence::verify`); this module decides,
+//! so every store is judged the same way.
 //!
 //! What this can and cannot prove is written up in `docs/audit-schema.md`
 //! ("What the chain proves"): in short, any change, deletion, insertion or
@@ -9,13 +12,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::BufRead;
 
-use super::chain::{self, ChainWalker, Hash, Problem};
+use super::chain::{self, BadRow, ChainMeta, ChainWalker, Hash, Problem, StoredRecord};
 use super::checkpoint::{AuditPublicKey, Checkpoint};
-use super::export::{self, rfc3339_ms};
-use crate::store::sqlite::Sqlite;
-use crate::store::StoreError;
+use super::export::{rfc3339_ms, LineError};
 
 /// The outcome of a verification.
 #[derive(Debug, Clone, Default)]
@@ -120,60 +120,78 @@ struct Mark {
     hash: Hash,
 }
 
-/// Verifies the whole log in `db`: every record against the chain, every
-/// checkpoint's signature (when `key` is given) and position, and the
-/// tail against the checkpoints and the AUTOINCREMENT counter.
-pub fn verify_db(
-    db: &Sqlite,
-    key: Option<&AuditPublicKey>,
-    subject: &str,
-) -> Result<VerifyReport, StoreError> {
-    let mut report = VerifyReport {
-        subject: subject.to_string(),
-        ..VerifyReport::default()
-    };
-    let mut walker = ChainWalker::from_genesis();
-    let meta = db.chain_meta()?;
+/// Verifies a whole stored log: every record against the chain, every
+/// checkpoint's signature (when `key` is given) and position, and the tail
+/// against the checkpoints and the store's seq counter. Feed it the
+/// checkpoints (oldest first), then [`LogVerifier::checkpoints_done`], then
+/// every record in seq order, then [`LogVerifier::finish`].
+pub struct LogVerifier<'k> {
+    key: Option<&'k AuditPublicKey>,
+    report: VerifyReport,
+    walker: ChainWalker,
+    meta: ChainMeta,
+    marks: BTreeMap<u64, Vec<Mark>>,
+    prev_cp: Option<Checkpoint>,
+    expected_id: i64,
+    first: Option<u64>,
+    last: u64,
+}
 
-    // Checkpoints: signatures, order, deletions. Kept as (seq -> mark).
-    let mut marks: BTreeMap<u64, Vec<Mark>> = BTreeMap::new();
-    let mut prev_cp: Option<Checkpoint> = None;
-    let mut expected_id = 1i64;
-    db.scan_checkpoints(&mut |cp| {
-        report.checkpoints += 1;
+impl<'k> LogVerifier<'k> {
+    /// A verification of the log described by `meta`, reported as `subject`.
+    pub fn new(subject: &str, key: Option<&'k AuditPublicKey>, meta: ChainMeta) -> LogVerifier<'k> {
+        LogVerifier {
+            key,
+            report: VerifyReport {
+                subject: subject.to_string(),
+                ..VerifyReport::default()
+            },
+            walker: ChainWalker::from_genesis(),
+            meta,
+            marks: BTreeMap::new(),
+            prev_cp: None,
+            expected_id: 1,
+            first: None,
+            last: 0,
+        }
+    }
+
+    /// The next checkpoint (by id): signature, order, deletions.
+    pub fn checkpoint(&mut self, cp: Result<Checkpoint, BadRow>) {
+        self.report.checkpoints += 1;
         let cp = match cp {
             Ok(cp) => cp,
             Err(bad) => {
-                walker.add(Problem::Checkpoint {
+                self.walker.add(Problem::Checkpoint {
                     seq: bad.seq,
                     what: bad.what,
                 });
                 return;
             }
         };
-        if cp.id > expected_id {
-            walker.add(Problem::Checkpoint {
-                seq: prev_cp.as_ref().map(|p| p.seq).unwrap_or(0),
+        if cp.id > self.expected_id {
+            self.walker.add(Problem::Checkpoint {
+                seq: self.prev_cp.as_ref().map(|p| p.seq).unwrap_or(0),
                 what: format!(
                     "#{}..#{}: deleted (a later state was signed and removed)",
-                    expected_id,
+                    self.expected_id,
                     cp.id - 1
                 ),
             });
         }
-        expected_id = cp.id + 1;
-        if let Some(k) = key {
+        self.expected_id = cp.id + 1;
+        if let Some(k) = self.key {
             match k.verify(&cp) {
-                Ok(()) => report.checkpoints_signed_ok += 1,
-                Err(why) => walker.add(Problem::Checkpoint {
+                Ok(()) => self.report.checkpoints_signed_ok += 1,
+                Err(why) => self.walker.add(Problem::Checkpoint {
                     seq: cp.seq,
                     what: format!("#{}: {why}", cp.id),
                 }),
             }
         }
-        if let Some(p) = &prev_cp {
+        if let Some(p) = &self.prev_cp {
             if cp.seq < p.seq {
-                walker.add(Problem::Checkpoint {
+                self.walker.add(Problem::Checkpoint {
                     seq: cp.seq,
                     what: format!(
                         "#{}: goes back from seq {} to seq {} (log rolled back)",
@@ -182,34 +200,36 @@ pub fn verify_db(
                 });
             }
         }
-        marks.entry(cp.seq).or_default().push(Mark {
+        self.marks.entry(cp.seq).or_default().push(Mark {
             id: cp.id,
             hash: cp.hash,
         });
-        report.last_checkpoint = Some((cp.seq, cp.time_ms));
-        prev_cp = Some(cp);
-    })?;
-    if meta.checkpoint_counter >= expected_id.max(1) as u64 {
-        walker.add(Problem::Checkpoint {
-            seq: prev_cp.as_ref().map(|p| p.seq).unwrap_or(0),
-            what: format!(
-                "#{}..#{}: deleted from the end (the table's counter is at {})",
-                expected_id, meta.checkpoint_counter, meta.checkpoint_counter
-            ),
-        });
+        self.report.last_checkpoint = Some((cp.seq, cp.time_ms));
+        self.prev_cp = Some(cp);
     }
 
-    // The records.
-    let mut first = None;
-    let mut last = 0u64;
-    db.scan_audit(1, None, &mut |row| {
+    /// After the last checkpoint: checkpoints deleted from the end.
+    pub fn checkpoints_done(&mut self) {
+        if self.meta.checkpoint_counter >= self.expected_id.max(1) as u64 {
+            self.walker.add(Problem::Checkpoint {
+                seq: self.prev_cp.as_ref().map(|p| p.seq).unwrap_or(0),
+                what: format!(
+                    "#{}..#{}: deleted from the end (the table's counter is at {})",
+                    self.expected_id, self.meta.checkpoint_counter, self.meta.checkpoint_counter
+                ),
+            });
+        }
+    }
+
+    /// The next record, in seq order.
+    pub fn record(&mut self, row: Result<StoredRecord, BadRow>) {
         match row {
             Ok(r) => {
-                walker.push(&r);
-                if let Some(ms) = marks.get(&r.seq) {
+                self.walker.push(&r);
+                if let Some(ms) = self.marks.get(&r.seq) {
                     for m in ms {
                         if r.hash != Some(m.hash) {
-                            walker.add(Problem::Checkpoint {
+                            self.walker.add(Problem::Checkpoint {
                                 seq: r.seq,
                                 what: format!(
                                     "#{}: signed hash {} for this seq, the log has {} (history rewritten)",
@@ -221,78 +241,90 @@ pub fn verify_db(
                         }
                     }
                 }
-                first.get_or_insert(r.seq);
-                last = r.seq;
+                self.first.get_or_insert(r.seq);
+                self.last = r.seq;
             }
             Err(bad) => {
-                walker.malformed(bad.seq, bad.what);
-                first.get_or_insert(bad.seq);
-                last = bad.seq;
+                self.walker.malformed(bad.seq, bad.what);
+                self.first.get_or_insert(bad.seq);
+                self.last = bad.seq;
             }
         }
-        true
-    })?;
-    report.range = first.map(|a| (a, last));
+    }
 
-    // The tail: anything known to have existed after the last record.
-    if let Some((&cp_seq, ms)) = marks.iter().next_back() {
-        if cp_seq > last {
+    /// The tail (anything known to have existed after the last record),
+    /// and the report.
+    pub fn finish(self) -> VerifyReport {
+        let LogVerifier {
+            key,
+            mut report,
+            mut walker,
+            meta,
+            marks,
+            first,
+            last,
+            ..
+        } = self;
+        report.range = first.map(|a| (a, last));
+        if let Some((&cp_seq, ms)) = marks.iter().next_back() {
+            if cp_seq > last {
+                walker.add(Problem::Truncated {
+                    last,
+                    expected: cp_seq,
+                    evidence: format!(
+                        "signed checkpoint #{} covers seq {cp_seq}",
+                        ms.last().map(|m| m.id).unwrap_or(0)
+                    ),
+                });
+            }
+        }
+        if meta.seq_counter > last {
             walker.add(Problem::Truncated {
                 last,
-                expected: cp_seq,
+                expected: meta.seq_counter,
                 evidence: format!(
-                    "signed checkpoint #{} covers seq {cp_seq}",
-                    ms.last().map(|m| m.id).unwrap_or(0)
+                    "the table's AUTOINCREMENT counter is at {}",
+                    meta.seq_counter
                 ),
             });
         }
-    }
-    if meta.seq_counter > last {
-        walker.add(Problem::Truncated {
-            last,
-            expected: meta.seq_counter,
-            evidence: format!(
-                "the table's AUTOINCREMENT counter is at {}",
-                meta.seq_counter
-            ),
-        });
-    }
-    report.absorb(walker);
+        report.absorb(walker);
 
-    if let Some(through) = meta.legacy_through {
-        report.notes.push(format!(
-            "records 1..{through} were written before the hash chain existed and were chained \
-             when the database was upgraded{}; changes to them before then cannot be detected",
-            meta.migrated_at_ms
-                .map(|t| format!(" ({})", rfc3339_ms(t)))
-                .unwrap_or_default()
-        ));
-    }
-    match (key, report.checkpoints) {
-        (_, 0) if report.records > 0 => report.notes.push(
-            "no signed checkpoints: a DB-level attacker could rewrite the log and recompute \
-             every hash; compare the head hash with an exported copy"
-                .into(),
-        ),
-        (None, n) if n > 0 => report.notes.push(
-            "checkpoint signatures not checked: no audit public key (pass --key audit_key.pub \
-             from a copy kept off this host)"
-                .into(),
-        ),
-        _ => {}
-    }
-    if let Some((cp_seq, t)) = report.last_checkpoint {
-        if last > cp_seq {
+        if let Some(through) = meta.legacy_through {
             report.notes.push(format!(
-                "{} record(s) after the last checkpoint (seq {cp_seq}, {}) are protected by the \
-                 hash chain only: deleting them from the end together with the checkpoints \
-                 after it leaves no trace in the database",
-                last - cp_seq,
-                rfc3339_ms(t)
+                "records 1..{through} were written before the hash chain existed and were chained \
+                 when the database was upgraded{}; changes to them before then cannot be detected",
+                meta.migrated_at_ms
+                    .map(|t| format!(" ({})", rfc3339_ms(t)))
+                    .unwrap_or_default()
             ));
         }
+        match (key, report.checkpoints) {
+            (_, 0) if report.records > 0 => report.notes.push(
+                "no signed checkpoints: a DB-level attacker could rewrite the log and recompute \
+                 every hash; compare the head hash with an exported copy"
+                    .into(),
+            ),
+            (None, n) if n > 0 => report.notes.push(
+                "checkpoint signatures not checked: no audit public key (pass --key audit_key.pub \
+                 from a copy kept off this host)"
+                    .into(),
+            ),
+            _ => {}
+        }
+        if let Some((cp_seq, t)) = report.last_checkpoint {
+            if last > cp_seq {
+                report.notes.push(format!(
+                    "{} record(s) after the last checkpoint (seq {cp_seq}, {}) are protected by the \
+                     hash chain only: deleting them from the end together with the checkpoints \
+                     after it leaves no trace in the database",
+                    last - cp_seq,
+                    rfc3339_ms(t)
+                ));
+            }
+        }
+        report
     }
-    Ok(report)
 }
 
 fn short(h: &Hash) -> String {
@@ -300,112 +332,126 @@ fn short(h: &Hash) -> String {
 }
 
 /// Verifies an exported JSON Lines file: each line's hash and its link to
-/// the line before. The first line's `prev_hash` is taken on trust unless
-/// `db` is given, in which case every exported record must also be in the
-/// database with the same hash (the export anchors the database: a
-/// database rolled back or rewritten after the export fails here).
-pub fn verify_export(
-    input: impl BufRead,
+/// the line before. The first line's `prev_hash` is taken on trust unless a
+/// store is consulted, in which case every exported record must also be in
+/// the store with the same hash (the export anchors the database: a
+/// database rolled back or rewritten after the export fails here). Feed it
+/// the lines in order, then [`ExportVerifier::finish`].
+pub struct ExportVerifier {
+    report: VerifyReport,
+    walker: ChainWalker,
+    with_store: bool,
+    first: Option<u64>,
+    last: u64,
+    db_checked: u64,
+}
+
+impl ExportVerifier {
+    /// A verification of an export reported as `subject`; `with_store`
+    /// when each record is also looked up in the store.
+    pub fn new(subject: &str, with_store: bool) -> ExportVerifier {
+        ExportVerifier {
+            report: VerifyReport {
+                subject: subject.to_string(),
+                ..VerifyReport::default()
+            },
+            walker: ChainWalker::from_first_record(),
+            with_store,
+            first: None,
+            last: 0,
+            db_checked: 0,
+        }
+    }
+
+    /// Whether the next record is the export's first: then its
+    /// `prev_hash` link is checked against the store ([`ExportVerifier::anchor`]).
+    pub fn at_first_record(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// The first record's link, which the file alone cannot check: `hash`
+    /// is the store's hash of the record before it (`None`: not there).
+    pub fn anchor(&mut self, r: &StoredRecord, hash: Option<Hash>) {
+        if r.prev_hash.is_some() && hash != r.prev_hash {
+            self.walker.add(Problem::BrokenLink { seq: r.seq });
+        }
+    }
+
+    /// A record read from line `line_no`; `stored` is what the store holds
+    /// at its seq (`None` when no store is consulted).
+    pub fn record(
+        &mut self,
+        line_no: usize,
+        r: StoredRecord,
+        stored: Option<Option<Result<StoredRecord, BadRow>>>,
+    ) {
+        self.walker.push(&r);
+        match stored {
+            None => {}
+            Some(Some(Ok(stored))) => {
+                self.db_checked += 1;
+                if stored.hash != r.hash || stored != r {
+                    self.walker.add(Problem::Diverged {
+                        seq: r.seq,
+                        what: format!(
+                            "the database's record differs from the exported copy (line {line_no}): rewritten after export"
+                        ),
+                    });
+                }
+            }
+            Some(Some(Err(bad))) => self.walker.add(Problem::Malformed {
+                seq: bad.seq,
+                what: format!("in the database: {}", bad.what),
+            }),
+            Some(None) => self.walker.add(Problem::Missing {
+                from: r.seq,
+                to: r.seq,
+            }),
+        }
+        self.first.get_or_insert(r.seq);
+        self.last = r.seq;
+    }
+
+    /// A line that is not a record.
+    pub fn bad_line(&mut self, line_no: usize, e: &LineError) {
+        let seq = self.last.saturating_add(1);
+        self.walker.malformed(seq, format!("line {line_no}: {e}"));
+        self.last = seq;
+    }
+
+    /// The report.
+    pub fn finish(self) -> VerifyReport {
+        let mut report = self.report;
+        report.range = self.first.map(|a| (a, self.last));
+        report.absorb(self.walker);
+        if self.with_store {
+            report.notes.push(format!(
+                "{} exported record(s) found unchanged in the database",
+                self.db_checked
+            ));
+        } else if let Some((a, _)) = report.range {
+            if a > 1 {
+                report.notes.push(format!(
+                    "the export starts at seq {a}: its first prev_hash is taken on trust (add --config to check it against the database)"
+                ));
+            }
+        }
+        report
+    }
+}
+
+/// Verifies an exported file on its own (no store): see [`ExportVerifier`].
+pub fn verify_export_file(
+    input: impl std::io::BufRead,
     subject: &str,
-    db: Option<&Sqlite>,
-) -> Result<VerifyReport, VerifyExportError> {
-    let mut report = VerifyReport {
-        subject: subject.to_string(),
-        ..VerifyReport::default()
-    };
-    let mut walker = ChainWalker::from_first_record();
-    let mut first = None;
-    let mut last = 0u64;
-    let mut db_err = None;
-    let mut db_checked = 0u64;
-    export::read_lines(input, &mut |line_no, rec| {
+) -> std::io::Result<VerifyReport> {
+    let mut v = ExportVerifier::new(subject, false);
+    super::export::read_lines(input, &mut |line_no, rec| {
         match rec {
-            Ok(r) => {
-                if first.is_none() {
-                    if let (Some(db), Some(prev)) = (db, r.prev_hash) {
-                        // The first line's link, which the file alone cannot check.
-                        let anchor = if r.seq <= 1 {
-                            Some(chain::GENESIS)
-                        } else {
-                            match db.audit_record(r.seq - 1) {
-                                Ok(Some(Ok(p))) => p.hash,
-                                Ok(_) => None,
-                                Err(e) => {
-                                    db_err = Some(e);
-                                    return false;
-                                }
-                            }
-                        };
-                        if anchor != Some(prev) {
-                            walker.add(Problem::BrokenLink { seq: r.seq });
-                        }
-                    }
-                }
-                walker.push(&r);
-                if let Some(db) = db {
-                    match db.audit_record(r.seq) {
-                        Ok(Some(Ok(stored))) => {
-                            db_checked += 1;
-                            if stored.hash != r.hash || stored != r {
-                                walker.add(Problem::Diverged {
-                                    seq: r.seq,
-                                    what: format!(
-                                        "the database's record differs from the exported copy (line {line_no}): rewritten after export"
-                                    ),
-                                });
-                            }
-                        }
-                        Ok(Some(Err(bad))) => walker.add(Problem::Malformed {
-                            seq: bad.seq,
-                            what: format!("in the database: {}", bad.what),
-                        }),
-                        Ok(None) => walker.add(Problem::Missing {
-                            from: r.seq,
-                            to: r.seq,
-                        }),
-                        Err(e) => {
-                            db_err = Some(e);
-                            return false;
-                        }
-                    }
-                }
-                first.get_or_insert(r.seq);
-                last = r.seq;
-            }
-            Err(e) => {
-                let seq = last.saturating_add(1);
-                walker.malformed(seq, format!("line {line_no}: {e}"));
-                last = seq;
-            }
+            Ok(r) => v.record(line_no, r, None),
+            Err(e) => v.bad_line(line_no, &e),
         }
         true
     })?;
-    if let Some(e) = db_err {
-        return Err(e.into());
-    }
-    report.range = first.map(|a| (a, last));
-    report.absorb(walker);
-    if db.is_some() {
-        report.notes.push(format!(
-            "{db_checked} exported record(s) found unchanged in the database"
-        ));
-    } else if let Some((a, _)) = report.range {
-        if a > 1 {
-            report.notes.push(format!(
-                "the export starts at seq {a}: its first prev_hash is taken on trust (add --config to check it against the database)"
-            ));
-        }
-    }
-    Ok(report)
-}
-
-/// Why an export could not be verified at all.
-#[derive(Debug, thiserror::Error)]
-pub enum VerifyExportError {
-    /// Reading the file failed.
-    #[error("reading the export: {0}")]
-    Io(#[from] std::io::Error),
-    /// Reading the database failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    Ok(v.finish())
 }

@@ -7,7 +7,7 @@
 //! issuer's JWKS once, rate-limited, for an unknown kid), `alg` equal to the
 //! key's pinned algorithm, signature, `aud` contains our audience, `exp`,
 //! `nbf`, `iat` with bounded leeway, `sub` present. Replay is checked
-//! separately ([`replay::ReplayCache`]) right before minting, so a token that
+//! separately (the store's [`crate::store::IssuanceCounters::claim_token`]) right before minting, so a token that
 //! policy refuses is not burnt.
 //!
 //! A token's replay identity is `issuer:jti`, or, without a `jti`, a hash of
@@ -17,7 +17,6 @@
 //! come with many valid signatures and must still count as one use.
 
 pub mod jwks;
-pub mod replay;
 
 use std::collections::HashMap;
 use std::fmt;

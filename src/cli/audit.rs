@@ -14,10 +14,11 @@ use anyhow::Context as _;
 use clap::Subcommand;
 
 use mayfly::audit::checkpoint::{self, AuditPublicKey};
+use mayfly::audit::export;
 use mayfly::audit::search::{self, AuditQuery};
-use mayfly::audit::{export, verify};
 use mayfly::config::Config;
-use mayfly::store::sqlite::Sqlite;
+use mayfly::evidence;
+use mayfly::store::{block_on, OpenMode, Store, StoreConfig, StoreError};
 
 /// `mayfly audit ...`.
 #[derive(Debug, Subcommand)]
@@ -91,17 +92,16 @@ pub enum AuditCmd {
 /// Longest a command waits for a database locked by a writer.
 const BUSY: Duration = Duration::from_secs(5);
 
-fn open_db(config: &Path) -> anyhow::Result<(Config, PathBuf, Sqlite)> {
+fn open_db(config: &Path) -> anyhow::Result<(Config, String, Store)> {
     let cfg = super::load_config(config)?;
-    let path = cfg.data_dir.join(mayfly::config::files::DATABASE);
-    if !path.exists() {
-        anyhow::bail!(
-            "no database at {}; is --config the CA's config and has the CA run once?",
-            path.display()
-        );
-    }
-    let db = Sqlite::open_read_only(&path, BUSY.max(cfg.store_busy_timeout))
-        .with_context(|| format!("opening {}", path.display()))?;
+    let mut sc = StoreConfig::from_config(&cfg, OpenMode::ReadOnly);
+    sc.busy_timeout = BUSY.max(cfg.store_busy_timeout);
+    let path = sc.location();
+    let db = match mayfly::store::open(&sc) {
+        Ok(db) => db,
+        Err(e @ StoreError::Missing(_)) => anyhow::bail!(e),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("opening {path}"))),
+    };
     Ok((cfg, path, db))
 }
 
@@ -173,8 +173,11 @@ fn run_verify(
             } else {
                 None
             };
-            let report =
-                verify::verify_db(&db, pk.as_ref(), &format!("database {}", path.display()))?;
+            let report = block_on(evidence::verify::verify_db(
+                db.audit(),
+                pk.as_ref(),
+                &format!("database {path}"),
+            ))??;
             write!(out, "{report}")?;
             if let Some(pk) = &pk {
                 writeln!(
@@ -191,11 +194,11 @@ fn run_verify(
     };
     if let Some(f) = export_file {
         let file = std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?;
-        let report = verify::verify_export(
+        let report = block_on(evidence::verify::verify_export(
             BufReader::new(file),
             &format!("export {}", f.display()),
-            db.as_ref(),
-        )?;
+            db.as_ref().map(|d| d.audit()),
+        ))??;
         write!(out, "{report}")?;
         intact &= report.is_intact();
     }
@@ -220,15 +223,15 @@ fn run_export(
         None => Some(1),
         Some(s) => {
             let ms = search::parse_since(s, SystemTime::now()).map_err(anyhow::Error::msg)?;
-            db.first_seq_since(ms)?
+            block_on(db.audit().first_seq_since(ms))??
         }
     };
     let summary = match (from_seq, out) {
-        (None, None) => export::ExportSummary::default(),
+        (None, None) => evidence::export::ExportSummary::default(),
         (Some(from), None) => {
             let stdout = std::io::stdout();
             let mut w = std::io::BufWriter::new(stdout.lock());
-            export::export_jsonl(&db, from, &mut w)?
+            block_on(evidence::export::export_jsonl(db.audit(), from, &mut w))??
         }
         (from, Some(path)) => {
             let dir = path
@@ -242,11 +245,11 @@ fn run_export(
             let summary = match from {
                 Some(from) => {
                     let mut w = std::io::BufWriter::new(tmp.as_file_mut());
-                    let s = export::export_jsonl(&db, from, &mut w)?;
+                    let s = block_on(evidence::export::export_jsonl(db.audit(), from, &mut w))??;
                     w.flush()?;
                     s
                 }
-                None => export::ExportSummary::default(),
+                None => evidence::export::ExportSummary::default(),
             };
             tmp.as_file().sync_all()?;
             tmp.persist(path)
@@ -274,7 +277,7 @@ fn run_export(
 
 fn run_search(config: &Path, q: &AuditQuery, json: bool, detail: bool) -> anyhow::Result<ExitCode> {
     let (_, _, db) = open_db(config)?;
-    let mut rows = db.search_audit(q)?;
+    let mut rows = block_on(db.audit().search(q))??;
     // Newest were fetched first; show oldest first.
     rows.reverse();
     let mut out = std::io::stdout().lock();

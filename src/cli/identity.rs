@@ -93,8 +93,10 @@ fn list(config: &Path, stale_days: Option<u64>, json: bool) -> anyhow::Result<Ex
 /// `identity disabled`: what is disabled, as a table (or JSON) on stdout.
 fn disabled(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let cfg = load_config(config)?;
-    let store = revocation::open_store(&cfg)?;
-    let list = store.read(|b| b.disabled())?;
+    let list = runtime()?.block_on(async {
+        let store = revocation::open_store(&cfg)?;
+        anyhow::Ok(store.access().disabled().await?)
+    })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else {

@@ -17,8 +17,7 @@ use crate::config::{CaKeyConfig, Config, KeyProtection};
 use crate::inventory::{self, Inventory};
 use crate::policy::Policy;
 use crate::store::reports::{AuditSpan, DailyIssuance};
-use crate::store::sqlite::Sqlite;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
 /// User certificates meant to live longer than this get attention: the
 /// point of the CA is minutes-long credentials.
@@ -288,21 +287,22 @@ pub(crate) fn role_facts(policy: &Policy) -> Vec<RoleFacts> {
 }
 
 /// Gathers the evidence from the config, the policy and the database.
-pub fn gather(
+pub async fn gather(
     cfg: &Config,
     policy: &Policy,
-    db: &mut Sqlite,
+    store: &Store,
     days: u64,
     now: u64,
 ) -> Result<Evidence, StoreError> {
     let since_ms = inventory::window_start_ms(now, days);
-    let inv = inventory::collect(db, policy, days, now)?;
+    let inv = inventory::collect(store, policy, days, now).await?;
+    let db = store.reports();
     let review = review::build(
         policy,
         &inv,
-        &db.role_window_usage(since_ms)?,
-        &db.role_all_time()?,
-        &db.principals_granted(since_ms)?,
+        &db.role_window_usage(since_ms).await?,
+        &db.role_all_time().await?,
+        &db.principals_granted(since_ms).await?,
         days,
         now,
     );
@@ -333,7 +333,7 @@ pub fn gather(
         },
     })
     .collect();
-    let live: u64 = db.scrape_gauges(now)?.live_revocations;
+    let live: u64 = db.scrape_gauges(now).await?.live_revocations;
     Ok(Evidence {
         generated_at: now,
         days,
@@ -359,14 +359,14 @@ pub fn gather(
         ca_keys,
         inventory: inv,
         review,
-        audit: db.audit_span()?,
-        events: db.event_counts(since_ms)?,
-        denials: db.denials_by_reason(since_ms)?,
-        incomplete_issuance_records: db.incomplete_issuance_records(since_ms)?,
-        revocations_in_window: db.revocations_since(since_ms)?,
+        audit: db.audit_span().await?,
+        events: db.event_counts(since_ms).await?,
+        denials: db.denials_by_reason(since_ms).await?,
+        incomplete_issuance_records: db.incomplete_issuance_records(since_ms).await?,
+        revocations_in_window: db.revocations_since(since_ms).await?,
         revocations_live: live,
-        daily: db.daily_issuance(since_ms)?,
-        chain: chain_status(cfg, db),
+        daily: db.daily_issuance(since_ms).await?,
+        chain: chain_status(cfg, store).await,
         db_mode: file_mode(&cfg.data_dir.join(crate::config::files::DATABASE)),
         data_dir_mode: file_mode(&cfg.data_dir),
     })
@@ -375,7 +375,7 @@ pub fn gather(
 /// Runs the same verification as `mayfly audit verify`: every record
 /// against the hash chain, and every checkpoint signature against
 /// `data_dir/audit_key.pub` when that file exists.
-fn chain_status(cfg: &Config, db: &Sqlite) -> ChainStatus {
+async fn chain_status(cfg: &Config, store: &Store) -> ChainStatus {
     use crate::audit::checkpoint::{AuditPublicKey, PUB_FILE};
     let key_path = cfg.data_dir.join(PUB_FILE);
     let key = if key_path.exists() {
@@ -397,7 +397,7 @@ fn chain_status(cfg: &Config, db: &Sqlite) -> ChainStatus {
         "database {}",
         cfg.data_dir.join(crate::config::files::DATABASE).display()
     );
-    match crate::audit::verify::verify_db(db, key.as_ref(), &subject) {
+    match crate::evidence::verify::verify_db(store.audit(), key.as_ref(), &subject).await {
         Ok(r) if r.is_intact() => ChainStatus::Verified {
             records: r.records,
             checkpoints: r.checkpoints,

@@ -87,8 +87,8 @@ pub fn compliance_report(
     now: u64,
 ) -> Result<compliance::ComplianceReport, ReportError> {
     let policy = inventory::load_policy(cfg)?;
-    let db = inventory::open_db(cfg)?;
-    let evidence = db.with(|s| compliance::gather(cfg, &policy, s, days, now))?;
+    let store = inventory::open_db(cfg)?;
+    let evidence = crate::store::block_on(compliance::gather(cfg, &policy, &store, days, now))??;
     Ok(compliance::build(evidence))
 }
 
@@ -99,20 +99,21 @@ pub fn access_review(
     now: u64,
 ) -> Result<review::AccessReview, ReportError> {
     let policy = inventory::load_policy(cfg)?;
-    let db = inventory::open_db(cfg)?;
+    let store = inventory::open_db(cfg)?;
     let since = inventory::window_start_ms(now, days);
-    let r = db.with(|s| {
-        let inv = inventory::collect(s, &policy, days, now)?;
-        Ok(review::build(
+    let r = crate::store::block_on(async {
+        let inv = inventory::collect(&store, &policy, days, now).await?;
+        let reports = store.reports();
+        Ok::<_, crate::store::StoreError>(review::build(
             &policy,
             &inv,
-            &s.role_window_usage(since)?,
-            &s.role_all_time()?,
-            &s.principals_granted(since)?,
+            &reports.role_window_usage(since).await?,
+            &reports.role_all_time().await?,
+            &reports.principals_granted(since).await?,
             days,
             now,
         ))
-    })?;
+    })??;
     Ok(r)
 }
 

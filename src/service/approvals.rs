@@ -55,9 +55,7 @@ impl Service {
         ));
         arec.principals = r.principals.clone();
         let expires_at = r.expires_at;
-        self.store
-            .write(move |b| b.approval_put(&r, &[arec]))
-            .await?;
+        self.store.approvals().put(r, vec![arec]).await?;
         Ok(PendingApproval {
             id,
             needed: ap.required,
@@ -69,7 +67,7 @@ impl Service {
     /// identity, for the same role and key. A pending one answers "pending"
     /// again (202, no limits charged: `mayfly ssh` polls); anything else is
     /// refused. Redeeming it happens in the issuance's own commit.
-    pub(super) fn approved_request(
+    pub(super) async fn approved_request(
         &self,
         id: &str,
         req: &UserCertRequest,
@@ -78,10 +76,11 @@ impl Service {
         now_s: u64,
     ) -> Result<Result<crate::approval::ApprovalRequest, PendingApproval>, IssueError> {
         use crate::approval::{ApprovalError, ApprovalStatus};
-        let owned = id.to_string();
         let r = self
             .store
-            .read(|b| b.approval_get(&owned))?
+            .approvals()
+            .get(id)
+            .await?
             .ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
         if r.issuer != verified.issuer()
             || r.subject != verified.subject()
@@ -119,7 +118,9 @@ impl Service {
         let policy = self.policy();
         let all = self
             .store
-            .read(|b| b.approval_list(Some(crate::approval::ApprovalStatus::Pending)))?;
+            .approvals()
+            .list(Some(crate::approval::ApprovalStatus::Pending))
+            .await?;
         Ok(all
             .into_iter()
             .filter(|r| r.status_at(unix(now)) == crate::approval::ApprovalStatus::Pending)
@@ -195,10 +196,11 @@ impl Service {
         let approver = format!("{}:{}", v.issuer(), v.subject());
         *who = Some(approver.clone());
         let policy = self.policy();
-        let id_owned = id.to_string();
         let current = self
             .store
-            .read(|b| b.approval_get(&id_owned))?
+            .approvals()
+            .get(id)
+            .await?
             .ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
         let ap = policy
             .roles
@@ -225,22 +227,13 @@ impl Service {
         rec.subject = Some(current.subject.clone());
         rec.actor = Some(format!("approver:{approver}"));
         rec.reason = Some(format!("approval request {id}: {reason}"));
-        let (id, reason) = (id.to_string(), reason.to_string());
-        let updated = self
-            .store
-            .write(move |b| {
-                let Some(r) = b.approval_get(&id)? else {
-                    return Ok(Err(ApprovalError::NotFound(id)));
-                };
-                match crate::approval::apply_vote(r, &approver, approve, &reason, now_s) {
-                    Ok(r) => {
-                        b.approval_put(&r, &[rec])?;
-                        Ok(Ok(r))
-                    }
-                    Err(e) => Ok(Err(e)),
-                }
-            })
-            .await??;
+        let vote = crate::store::Vote {
+            approver,
+            approve,
+            reason: reason.to_string(),
+            now: now_s,
+        };
+        let updated = self.store.approvals().vote(id, vote, rec).await??;
         tracing::info!(request_id, approval = %updated.id, status = updated.status.as_str(), "approval vote recorded");
         Ok(updated)
     }

@@ -234,7 +234,10 @@ impl Service {
             )?,
         };
         grant.admit_key(&crate::policy::KeyFacts::from(&subject))?;
-        if let Some(d) = self.disabled_for(verified.issuer(), verified.subject(), &req.role)? {
+        if let Some(d) = self
+            .disabled_for(verified.issuer(), verified.subject(), &req.role)
+            .await?
+        {
             return Err(disabled_denial(&d));
         }
 
@@ -254,12 +257,12 @@ impl Service {
             }
             (None, None) => {
                 if let Some(role) = role_def {
-                    self.check_limits(role, &verified, now_s)?;
+                    self.check_limits(role, &verified, now_s).await?;
                 }
             }
             (Some(ap), None) => {
                 if let Some(role) = role_def {
-                    self.check_limits(role, &verified, now_s)?;
+                    self.check_limits(role, &verified, now_s).await?;
                 }
                 let pending = self
                     .request_approval(ap, req, &verified, &grant, rec, now)
@@ -270,15 +273,17 @@ impl Service {
                 // A validated redemption skips the rate limits (the request
                 // was charged when it was made), never max_active_certs.
                 let fingerprint = rec.key_fingerprint.clone().unwrap_or_default();
-                let approved =
-                    match self.approved_request(id, req, &verified, &fingerprint, now_s)? {
-                        Ok(approved) => approved,
-                        Err(pending) => return Ok(Issuance::Pending(pending)),
-                    };
+                let approved = match self
+                    .approved_request(id, req, &verified, &fingerprint, now_s)
+                    .await?
+                {
+                    Ok(approved) => approved,
+                    Err(pending) => return Ok(Issuance::Pending(pending)),
+                };
                 grant =
                     crate::approval::bound_grant(grant, &approved, req.principals.as_deref(), ttl)?;
                 if let Some(role) = role_def {
-                    self.check_active(role, &verified, now_s)?;
+                    self.check_active(role, &verified, now_s).await?;
                 }
                 let mut used = rec.clone();
                 used.event = EventKind::ApprovalUsed;
@@ -302,19 +307,25 @@ impl Service {
         if verified.replay_protection() {
             // The id older versions recorded for a jti-less token, so one
             // used just before an upgrade stays single-use after it.
-            let legacy_used = verified
-                .legacy_replay_id()
-                .is_some_and(|l| !self.replay.claim(l, verified.expires_at(), now_s));
+            let counters = self.store.counters();
+            let legacy_used = match verified.legacy_replay_id() {
+                Some(l) => {
+                    !counters
+                        .claim_token(l, verified.expires_at(), now_s)
+                        .await?
+                }
+                None => false,
+            };
             if legacy_used
-                || !self
-                    .replay
-                    .claim(verified.replay_id(), verified.expires_at(), now_s)
+                || !counters
+                    .claim_token(verified.replay_id(), verified.expires_at(), now_s)
+                    .await?
             {
                 return Err(TokenError::Replayed.into());
             }
         }
 
-        let serial = self.serials.next();
+        let serial = self.store.counters().next_serial().await?;
         let group = role_def.and_then(|r| r.ca_group.as_deref());
         let ring = match spec::ca_choice(req.kind, group) {
             spec::CaChoice::User => self.user_keys(),
@@ -345,7 +356,7 @@ impl Service {
         rec.valid_before = Some(spec.valid_before);
         rec.ca_key = Some(authority.public_key_line());
         let commit_started = self.clock.monotonic();
-        let stored = self.store.append_guarded(rec.clone(), Some(guard)).await;
+        let stored = self.store.issuance().issue(rec.clone(), Some(guard)).await;
         self.metrics
             .observe_store_commit(self.clock.monotonic().saturating_sub(commit_started));
         // The guard is checked again in the commit itself: a deactivation,

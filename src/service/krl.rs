@@ -24,8 +24,8 @@ pub struct KrlSnapshot {
 
 impl Service {
     /// The current KRL (rebuilt when revocations changed).
-    pub fn krl(&self, now: SystemTime) -> Result<Arc<KrlSnapshot>, StoreError> {
-        self.refresh_admin()?;
+    pub async fn krl(&self, now: SystemTime) -> Result<Arc<KrlSnapshot>, StoreError> {
+        self.refresh_admin().await?;
         let version = {
             let g = self.admin.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(k) = &g.krl {
@@ -33,7 +33,7 @@ impl Service {
             }
             g.version.unwrap_or_default()
         };
-        let revocations = self.store.read(|b| b.live_revocations(unix(now)))?;
+        let revocations = self.store.access().live_revocations(unix(now)).await?;
         let bytes = encode_krl(&revocations, version);
         let snap = Arc::new(KrlSnapshot {
             version: version.version,

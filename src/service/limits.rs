@@ -10,7 +10,7 @@ use crate::store::DisableTarget;
 impl Service {
     /// Per-role and per-identity rate limits and the cap on concurrently
     /// valid certificates of one identity in a role.
-    pub(super) fn check_limits(
+    pub(super) async fn check_limits(
         &self,
         role: &crate::policy::Role,
         verified: &VerifiedToken,
@@ -18,8 +18,10 @@ impl Service {
     ) -> Result<(), IssueError> {
         let t = self.clock.monotonic().as_secs_f64();
         if let Some(r) = role.rate_limit {
-            self.limiter
-                .check(&format!("role\0{}", role.name), r, t)
+            self.store
+                .counters()
+                .take_rate(&format!("role\0{}", role.name), r, t)
+                .await?
                 .map_err(|retry_after| IssueError::RateLimited {
                     scope: "role",
                     limit: r.to_string(),
@@ -33,35 +35,36 @@ impl Service {
                 verified.subject(),
                 role.name
             );
-            self.limiter
-                .check(&key, r, t)
+            self.store
+                .counters()
+                .take_rate(&key, r, t)
+                .await?
                 .map_err(|retry_after| IssueError::RateLimited {
                     scope: "identity",
                     limit: r.to_string(),
                     retry_after,
                 })?;
         }
-        self.check_active(role, verified, now_s)
+        self.check_active(role, verified, now_s).await
     }
 
     /// The cap on concurrently valid certificates of one identity in a
     /// role, checked early for a clear answer before signing; the commit
     /// checks it again atomically ([`crate::store::IssueGuard`]).
-    pub(super) fn check_active(
+    pub(super) async fn check_active(
         &self,
         role: &crate::policy::Role,
         verified: &VerifiedToken,
         now_s: u64,
     ) -> Result<(), IssueError> {
         if let Some(max) = role.max_active_certs {
-            let filter = crate::store::CertFilter::Identity {
-                issuer: verified.issuer().to_string(),
-                subject: verified.subject().to_string(),
-                role: Some(role.name.clone()),
-            };
-            let live = self.store.read(|b| b.live_certs(&filter, now_s))?.len();
-            if live >= max as usize {
-                return Err(too_many_active(&role.name, live as u64, max));
+            let live = self
+                .store
+                .issuance()
+                .active_certs(verified.issuer(), verified.subject(), &role.name, now_s)
+                .await?;
+            if live >= u64::from(max) {
+                return Err(too_many_active(&role.name, live, max));
             }
         }
         Ok(())

@@ -16,16 +16,14 @@ mod limits;
 pub mod spec;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use crate::auth::replay::ReplayCache;
 use crate::auth::{TokenError, Verifier};
 use crate::ca::rotation::KeyRing;
 use crate::ca::MintError;
 
-use crate::clock::{unix_ms, unix_secs as unix, Clock};
+use crate::clock::{unix_ms, Clock};
 use crate::metrics::Metrics;
 use crate::policy::{Denial, Policy};
 use crate::store::{DisableTarget, StateVersion};
@@ -88,28 +86,6 @@ impl IssueError {
     }
 }
 
-/// Allocates certificate serials that are never reused, even across
-/// restarts and even if the database were lost: each run starts above both
-/// the highest recorded serial and `start_time << 24`.
-pub struct SerialAllocator {
-    next: AtomicU64,
-}
-
-impl SerialAllocator {
-    /// Starts above `max_recorded` and the clock-derived floor.
-    pub fn new(max_recorded: u64, now_secs: u64) -> SerialAllocator {
-        let floor = now_secs << 24;
-        SerialAllocator {
-            next: AtomicU64::new(max_recorded.max(floor).saturating_add(1)),
-        }
-    }
-
-    /// The next serial.
-    pub fn next(&self) -> u64 {
-        self.next.fetch_add(1, Ordering::Relaxed)
-    }
-}
-
 /// Everything a request needs, shared by all requests.
 pub struct Service {
     verifier: Verifier,
@@ -119,13 +95,10 @@ pub struct Service {
     group_keys: RwLock<std::collections::BTreeMap<String, Arc<KeyRing>>>,
     key_loader: Option<KeyLoader>,
     store: Store,
-    replay: ReplayCache,
-    serials: SerialAllocator,
     backdate: Duration,
     metrics: Arc<Metrics>,
     admin: Mutex<AdminCache>,
     admins: Vec<(String, Vec<crate::policy::ClaimRule>)>,
-    limiter: crate::limits::RateLimiter,
     clock: Arc<dyn Clock>,
     unauthenticated: crate::audit::sampling::RefusalSampler,
 }
@@ -151,12 +124,9 @@ pub struct ServiceParts {
     pub host_keys: KeyRing,
     /// Reloads the key rings after a rotation (None: keys are fixed).
     pub key_loader: Option<KeyLoader>,
-    /// Store handle.
+    /// Store handle; its issuance counters (serials, used tokens, rate
+    /// limits) must be started ([`crate::store::IssuanceCounters::start`]).
     pub store: Store,
-    /// Used tokens restored from the store.
-    pub used_tokens: Vec<(String, u64)>,
-    /// Serial allocator.
-    pub serials: SerialAllocator,
     /// Backdating of `valid_after`.
     pub backdate: Duration,
     /// Metrics registry.
@@ -170,11 +140,6 @@ pub struct ServiceParts {
 impl Service {
     /// Assembles the service.
     pub fn new(p: ServiceParts) -> Service {
-        let replay = ReplayCache::new();
-        let now_s = unix(p.clock.now());
-        for (id, exp) in &p.used_tokens {
-            replay.claim(id, *exp, now_s);
-        }
         Service {
             verifier: p.verifier,
             policy: RwLock::new(Arc::new(p.policy)),
@@ -183,12 +148,9 @@ impl Service {
             group_keys: RwLock::new(Default::default()),
             key_loader: p.key_loader,
             store: p.store,
-            replay,
-            serials: p.serials,
             backdate: p.backdate,
             metrics: p.metrics,
             admin: Mutex::new(AdminCache::default()),
-            limiter: crate::limits::RateLimiter::new(),
             clock: p.clock,
             unauthenticated: crate::audit::sampling::RefusalSampler::new(),
             admins: p
@@ -239,20 +201,23 @@ impl Service {
 
     /// Picks up changes made by other processes (revocations, rotations);
     /// errors are logged and the state in force is kept.
-    pub fn refresh(&self) {
-        if let Err(e) = self.refresh_admin() {
+    pub async fn refresh(&self) {
+        if let Err(e) = self.refresh_admin().await {
             tracing::warn!(error = %e, "cannot read the store's state version");
         }
     }
 
     /// Reloads the revocation/deactivation cache if the store changed.
-    pub(super) fn refresh_admin(&self) -> Result<(), StoreError> {
-        let v = self.store.read(|b| b.state_version())?;
+    pub(super) async fn refresh_admin(&self) -> Result<(), StoreError> {
+        let v = self.store.access().state_version().await?;
+        if self.admin.lock().unwrap_or_else(|p| p.into_inner()).version == Some(v) {
+            return Ok(());
+        }
+        let disabled = self.store.access().disabled().await?;
         let mut g = self.admin.lock().unwrap_or_else(|p| p.into_inner());
         if g.version == Some(v) {
             return Ok(());
         }
-        let disabled = self.store.read(|b| b.disabled())?;
         g.disabled = disabled.into_iter().map(|d| d.key).collect();
         g.krl = None;
         let first = g.version.is_none();
@@ -265,13 +230,13 @@ impl Service {
     }
 
     /// Which disabled entry, if any, blocks this identity in this role.
-    pub(super) fn disabled_for(
+    pub(super) async fn disabled_for(
         &self,
         issuer: &str,
         subject: &str,
         role: &str,
     ) -> Result<Option<DisableTarget>, StoreError> {
-        self.refresh_admin()?;
+        self.refresh_admin().await?;
         let g = self.admin.lock().unwrap_or_else(|p| p.into_inner());
         let candidates = DisableTarget::blocking(issuer, subject, role);
         Ok(candidates.into_iter().find(|k| g.disabled.contains(k)))
@@ -305,20 +270,5 @@ impl Service {
             .read()
             .map(|p| p.clone())
             .unwrap_or_else(|p| p.into_inner().clone())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn serials_start_above_recorded_and_clock_floor() {
-        let a = SerialAllocator::new(5, 1_800_000_000);
-        let first = a.next();
-        assert!(first > 1_800_000_000u64 << 24);
-        assert_eq!(a.next(), first + 1);
-        let b = SerialAllocator::new(u64::MAX - 10, 1);
-        assert_eq!(b.next(), u64::MAX - 9);
     }
 }

@@ -4,12 +4,11 @@
 //!
 //! Nothing here changes a record. The only writes are two indexes that the
 //! report queries need, created once (`CREATE INDEX IF NOT EXISTS`) by
-//! [`Sqlite::ensure_report_indexes`]: building them on an existing large
-//! database holds the write lock for as long as the build takes, once.
-
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::Duration;
+//! [`Sqlite::ensure_report_indexes`] when the store's report connection
+//! opens: building them on an existing large database holds the write lock
+//! for as long as the build takes, once. The scrape-time gauges use a
+//! connection of their own that never builds them
+//! ([`super::sqlite_store::SqliteStore`]).
 
 use rusqlite::params;
 use serde::Serialize;
@@ -432,82 +431,13 @@ impl Sqlite {
     }
 }
 
-/// A lazily opened connection to the CA database for reports and
-/// scrape-time gauges, apart from the request path's reader so a slow
-/// report never holds up a certificate. Shared; one query at a time.
-pub struct ReportDb {
-    path: PathBuf,
-    busy_timeout: Duration,
-    indexes: bool,
-    conn: Mutex<Option<Sqlite>>,
-}
-
-impl ReportDb {
-    /// A report connection to the database at `path`, opened on first use;
-    /// the first open creates the report indexes.
-    pub fn new(path: &Path, busy_timeout: Duration) -> ReportDb {
-        ReportDb {
-            path: path.to_path_buf(),
-            busy_timeout,
-            indexes: true,
-            conn: Mutex::new(None),
-        }
-    }
-
-    /// A connection for the scrape-time gauges only: it never creates the
-    /// report indexes, so a scrape (on the async executor) never builds an
-    /// index or holds the write lock for long.
-    pub fn for_gauges(path: &Path, busy_timeout: Duration) -> ReportDb {
-        ReportDb {
-            indexes: false,
-            ..ReportDb::new(path, busy_timeout)
-        }
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Runs `f` on the connection, opening it (and, unless built with
-    /// [`ReportDb::for_gauges`], creating the report indexes) first if needed. A database that does not exist is an
-    /// error, never created here. After a failure the connection is
-    /// dropped, so the next call opens a fresh one.
-    pub fn with<T>(
-        &self,
-        f: impl FnOnce(&mut Sqlite) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut g = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if g.is_none() {
-            if !self.path.exists() {
-                return Err(StoreError::Backend(format!(
-                    "no database at {}",
-                    self.path.display()
-                )));
-            }
-            let db = Sqlite::open(&self.path, self.busy_timeout)?;
-            if self.indexes {
-                db.ensure_report_indexes()?;
-            }
-            *g = Some(db);
-        }
-        let res = match g.as_mut() {
-            Some(db) => f(db),
-            None => Err(StoreError::Backend("report connection not open".into())),
-        };
-        if res.is_err() {
-            *g = None;
-        }
-        res
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::audit::{AuditRecord, EventKind};
     use crate::store::{Backend, DisableTarget, DisabledEntry};
+    use std::time::Duration;
 
     fn issued(serial: u64, t_ms: u64, sub: &str, role: &str, ttl: u64) -> AuditRecord {
         let mut r = AuditRecord::new(EventKind::CertIssued, t_ms, "req");
@@ -619,36 +549,47 @@ mod tests {
         assert_eq!(g.live_revocations, 0);
     }
 
-    #[test]
-    fn only_the_report_connection_builds_the_report_indexes() {
+    fn has_report_index(p: &std::path::Path) -> i64 {
+        let c = rusqlite::Connection::open(p).unwrap();
+        c.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'audit_report_event'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_the_report_connection_builds_the_report_indexes() {
+        use crate::store::{open, OpenMode, StoreConfig};
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("m.db");
         drop(Sqlite::open(&p, Duration::from_millis(100)).unwrap());
-        let has_index = |db: &ReportDb| {
-            db.with(|s| {
-                s.conn
-                    .query_row(
-                        "SELECT COUNT(*) FROM sqlite_master WHERE name = 'audit_report_event'",
-                        [],
-                        |r| r.get::<_, i64>(0),
-                    )
-                    .map_err(err)
-            })
-            .unwrap()
-        };
-        assert_eq!(
-            has_index(&ReportDb::for_gauges(&p, Duration::from_millis(100))),
-            0
-        );
-        assert_eq!(has_index(&ReportDb::new(&p, Duration::from_millis(100))), 1);
+        let store = open(&StoreConfig {
+            backend: crate::config::StoreBackend::SQLite,
+            sqlite_path: p.clone(),
+            busy_timeout: Duration::from_millis(100),
+            mode: OpenMode::Existing,
+        })
+        .unwrap();
+        store.reports().scrape_gauges(0).await.unwrap();
+        assert_eq!(has_report_index(&p), 0, "a scrape built an index");
+        store.reports().audit_span().await.unwrap();
+        assert_eq!(has_report_index(&p), 1);
     }
 
-    #[test]
-    fn report_db_does_not_create_a_missing_database() {
+    #[tokio::test]
+    async fn reports_do_not_create_a_missing_database() {
+        use crate::store::{open, OpenMode, StoreConfig, StoreError};
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("none.db");
-        let db = ReportDb::new(&p, Duration::from_millis(100));
-        assert!(db.with(|s| s.audit_span()).is_err());
+        let cfg = StoreConfig {
+            backend: crate::config::StoreBackend::SQLite,
+            sqlite_path: p.clone(),
+            busy_timeout: Duration::from_millis(100),
+            mode: OpenMode::Existing,
+        };
+        assert!(matches!(open(&cfg), Err(StoreError::Missing(_))));
         assert!(!p.exists());
     }
 }

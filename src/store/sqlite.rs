@@ -7,14 +7,116 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags};
 
+use super::traits::CheckpointSigner;
 use super::{
-    Backend, CertFilter, DisableTarget, DisabledEntry, GuardRefusal, GuardedRecord, IssueGuard,
-    IssuedCert, Revocation, StateVersion, StoreError,
+    CertFilter, DisableTarget, DisabledEntry, GuardRefusal, GuardedRecord, IssueGuard, IssuedCert,
+    Revocation, StateVersion, StoreError,
 };
-use crate::audit::chain::{self, Hash, StoredRecord};
+use crate::audit::chain::{self, stored_form, Hash, StoredRecord};
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::search::AuditQuery;
 use crate::audit::AuditRecord;
+
+pub use crate::audit::chain::{BadRow, ChainMeta};
+
+/// The blocking interface of the SQLite connection, driven from the
+/// writer thread or a reader thread ([`super::writer`]).
+pub trait Backend: Send + 'static {
+    /// Appends records in one durable transaction: all or none.
+    fn append_batch(&mut self, records: &[AuditRecord]) -> Result<(), StoreError>;
+    /// Appends records in one durable transaction, checking each record's
+    /// guard in order inside it (so a guard sees the records before it).
+    /// A record whose guard fails is not written and gets its refusal; the
+    /// others commit. `Err` means nothing was written.
+    fn append_guarded(
+        &mut self,
+        records: &[GuardedRecord],
+    ) -> Result<Vec<Result<(), GuardRefusal>>, StoreError>;
+    /// Highest certificate serial ever recorded (0 if none).
+    fn max_serial(&mut self) -> Result<u64, StoreError>;
+    /// Replay ids of tokens that minted a certificate and expire after `now`.
+    fn used_tokens(&mut self, now: u64) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Issued certificates matching `filter` that are still valid at `now`
+    /// and not revoked.
+    fn live_certs(&mut self, filter: &CertFilter, now: u64) -> Result<Vec<IssuedCert>, StoreError>;
+    /// Records revocations and their audit records in one transaction,
+    /// bumping the state version. Already-revoked serials are kept once.
+    fn revoke(
+        &mut self,
+        revocations: &[Revocation],
+        audit: &[AuditRecord],
+        now: u64,
+    ) -> Result<StateVersion, StoreError>;
+    /// Revocations whose certificates are still valid at `now`.
+    fn live_revocations(&mut self, now: u64) -> Result<Vec<Revocation>, StoreError>;
+    /// Revokes every live certificate matching `filter` in one transaction:
+    /// the certificates are read, `revoke` turns each into its revocation
+    /// and audit record, and the state version is bumped. Returns the
+    /// revoked certificates (none: nothing written) and the new version.
+    fn revoke_matching(
+        &mut self,
+        filter: &CertFilter,
+        now: u64,
+        revoke: &dyn Fn(&IssuedCert) -> (Revocation, AuditRecord),
+    ) -> Result<(Vec<IssuedCert>, StateVersion), StoreError>;
+    /// Disables `key` and revokes the live certificates matching `filter`
+    /// in one transaction, so no certificate issued before the flag is set
+    /// escapes the sweep. Returns whether the flag changed and what was
+    /// revoked.
+    fn disable_and_revoke(
+        &mut self,
+        key: &DisableTarget,
+        entry: &DisabledEntry,
+        audit: &AuditRecord,
+        filter: &CertFilter,
+        now: u64,
+        revoke: &dyn Fn(&IssuedCert) -> (Revocation, AuditRecord),
+    ) -> Result<(bool, Vec<IssuedCert>), StoreError>;
+    /// Disables (`Some(entry)`) or re-enables (`None`) `key`, with its audit
+    /// record, in one transaction. Returns whether anything changed.
+    fn set_disabled(
+        &mut self,
+        key: &DisableTarget,
+        entry: Option<&DisabledEntry>,
+        audit: &AuditRecord,
+        now: u64,
+    ) -> Result<bool, StoreError>;
+    /// Every disabled entry.
+    fn disabled(&mut self) -> Result<Vec<DisabledEntry>, StoreError>;
+    /// The current state version.
+    fn state_version(&mut self) -> Result<StateVersion, StoreError>;
+    /// Latest `valid_before` of any certificate signed by `ca_key` (0 if none).
+    fn last_expiry_by_ca(&mut self, ca_key: &str) -> Result<u64, StoreError>;
+    /// Appends `audit` and bumps the state version in one transaction (for
+    /// changes other processes must notice, such as CA key rotation).
+    fn record_change(&mut self, audit: &AuditRecord, now: u64) -> Result<StateVersion, StoreError>;
+    /// Inserts or replaces an approval request, with its audit records, in one transaction.
+    fn approval_put(
+        &mut self,
+        req: &crate::approval::ApprovalRequest,
+        audit: &[AuditRecord],
+    ) -> Result<(), StoreError>;
+    /// One approval request.
+    fn approval_get(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<crate::approval::ApprovalRequest>, StoreError>;
+    /// Approval requests in a state (all if `None`).
+    fn approval_list(
+        &mut self,
+        status: Option<crate::approval::ApprovalStatus>,
+    ) -> Result<Vec<crate::approval::ApprovalRequest>, StoreError>;
+    /// Signs the current chain head and stores the checkpoint, in one
+    /// write transaction ([`Sqlite::write_checkpoint`]).
+    fn write_checkpoint(
+        &mut self,
+        key_fingerprint: &str,
+        time_ms: i64,
+        sign: CheckpointSigner,
+    ) -> Result<Option<Checkpoint>, StoreError>;
+    /// Saves the audit streaming cursor.
+    fn set_stream_cursor(&mut self, seq: u64) -> Result<(), StoreError>;
+}
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS audit (
@@ -146,50 +248,6 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
          UPDATE meta SET v = '2' WHERE k = 'schema_version';",
     )
     .map_err(err)
-}
-
-/// The stored form of `r` at position `seq`, before chaining: what the
-/// columns will hold, and so what the chain hash covers.
-fn stored_form(r: &AuditRecord, seq: u64) -> StoredRecord {
-    // Only issuance records claim the serial: a revocation record
-    // mentions the serial it revoked, which the unique index must allow.
-    let serial = match r.event {
-        crate::audit::EventKind::CertIssued => opt_i64(r.serial),
-        _ => None,
-    };
-    let reason = match (r.event, r.serial) {
-        (crate::audit::EventKind::CertRevoked, Some(s)) => Some(format!(
-            "serial {s}: {}",
-            r.reason.as_deref().unwrap_or_default()
-        )),
-        _ => r.reason.clone(),
-    };
-    StoredRecord {
-        seq,
-        time_ms: r.time_ms as i64,
-        event: r.event.as_str().to_string(),
-        request_id: r.request_id.clone(),
-        client_addr: r.client_addr.clone(),
-        issuer: r.issuer.clone(),
-        subject: r.subject.clone(),
-        role: r.role.clone(),
-        reason_code: r.reason_code.clone(),
-        reason,
-        serial,
-        key_id: r.key_id.clone(),
-        principals: r.principals.clone(),
-        valid_after: opt_i64(r.valid_after),
-        valid_before: opt_i64(r.valid_before),
-        key_fingerprint: r.key_fingerprint.clone(),
-        token_id: r.token_id.clone(),
-        token_exp: opt_i64(r.token_exp),
-        policy_digest: r.policy_digest.clone(),
-        cert_type: r.cert_type.clone(),
-        ca_key: r.ca_key.clone(),
-        actor: r.actor.clone(),
-        prev_hash: None,
-        hash: None,
-    }
 }
 
 /// Appends `records` to the hash chain. Runs inside a write transaction
@@ -627,15 +685,6 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A stored row that cannot be read as an audit record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadRow {
-    /// Its seq.
-    pub seq: u64,
-    /// What is wrong.
-    pub what: String,
-}
-
 fn col_text(row: &rusqlite::Row<'_>, i: usize, name: &str) -> Result<Option<String>, String> {
     use rusqlite::types::ValueRef;
     match row.get_ref(i).map_err(|e| e.to_string())? {
@@ -747,22 +796,6 @@ fn scan_rows(
         }
     }
     Ok(())
-}
-
-/// Facts about the chain stored next to it, for `audit verify`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ChainMeta {
-    /// Records up to this seq existed before the chain and were chained
-    /// when the database was upgraded.
-    pub legacy_through: Option<u64>,
-    /// When that upgrade happened (unix ms).
-    pub migrated_at_ms: Option<i64>,
-    /// SQLite's AUTOINCREMENT counter: the highest seq ever used.
-    pub seq_counter: u64,
-    /// The highest seq present.
-    pub max_seq: u64,
-    /// Highest checkpoint id ever used.
-    pub checkpoint_counter: u64,
 }
 
 /// The audit-chain queries: verification, export, search, checkpoints.
@@ -901,14 +934,38 @@ impl Sqlite {
         &self,
         f: &mut dyn FnMut(Result<Checkpoint, BadRow>),
     ) -> Result<(), StoreError> {
+        let mut after = 0i64;
+        loop {
+            let page = self.checkpoints_page(after, 10_000)?;
+            let n = page.len();
+            for (id, cp) in page {
+                after = id;
+                f(cp);
+            }
+            if n < 10_000 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Up to `limit` checkpoints with an id above `after_id`, oldest
+    /// first, each with its id.
+    pub fn checkpoints_page(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<super::traits::CheckpointPage, StoreError> {
         let mut st = self
             .conn
             .prepare_cached(
                 "SELECT id, seq, hash, time_ms, key_fingerprint, signature
-                 FROM audit_checkpoints ORDER BY id",
+                 FROM audit_checkpoints WHERE id > ?1 ORDER BY id LIMIT ?2",
             )
             .map_err(err)?;
-        let mut rows = st.query([]).map_err(err)?;
+        let mut rows = st
+            .query(params![after_id, limit.min(i64::MAX as usize) as i64])
+            .map_err(err)?;
+        let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(err)? {
             let id: i64 = row.get(0).map_err(err)?;
             let seq = col_int(row, 1, "seq").ok().flatten().unwrap_or(0).max(0) as u64;
@@ -925,12 +982,15 @@ impl Sqlite {
                     signature: required(col_text(row, 5, "signature")?, "signature")?,
                 })
             };
-            f(parse().map_err(|what| BadRow {
-                seq,
-                what: format!("#{id}: {what}"),
-            }));
+            out.push((
+                id,
+                parse().map_err(|what| BadRow {
+                    seq,
+                    what: format!("#{id}: {what}"),
+                }),
+            ));
         }
-        Ok(())
+        Ok(out)
     }
 
     /// The latest checkpoint's (seq, hash), if any (not verified).
@@ -960,7 +1020,7 @@ impl Sqlite {
         &mut self,
         key_fingerprint: &str,
         time_ms: i64,
-        sign: &dyn Fn(u64, &Hash, i64) -> Result<String, String>,
+        sign: impl FnOnce(u64, &Hash, i64) -> Result<String, String>,
     ) -> Result<Option<Checkpoint>, StoreError> {
         use rusqlite::OptionalExtension as _;
         let tx = self
@@ -1125,6 +1185,19 @@ fn opt_i64(v: Option<u64>) -> Option<i64> {
 }
 
 impl Backend for Sqlite {
+    fn write_checkpoint(
+        &mut self,
+        key_fingerprint: &str,
+        time_ms: i64,
+        sign: CheckpointSigner,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        Sqlite::write_checkpoint(self, key_fingerprint, time_ms, sign)
+    }
+
+    fn set_stream_cursor(&mut self, seq: u64) -> Result<(), StoreError> {
+        Sqlite::set_stream_cursor(self, seq)
+    }
+
     fn approval_put(
         &mut self,
         req: &crate::approval::ApprovalRequest,
@@ -1404,7 +1477,6 @@ impl Backend for Sqlite {
 mod tests {
     use super::*;
     use crate::audit::EventKind;
-    use crate::store::Store;
 
     fn rec(serial: u64) -> AuditRecord {
         let mut r = AuditRecord::new(EventKind::CertIssued, 1, "req");
@@ -1607,10 +1679,12 @@ mod tests {
     async fn concurrent_appends_all_commit_and_a_bad_one_fails_alone() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("m.db");
-        let store = Store::start(
-            Sqlite::open(&p, Duration::from_millis(100)).unwrap(),
-            Sqlite::open(&p, Duration::from_millis(100)).unwrap(),
-        )
+        let store = crate::store::open(&crate::store::StoreConfig {
+            backend: crate::config::StoreBackend::SQLite,
+            sqlite_path: p.clone(),
+            busy_timeout: Duration::from_millis(100),
+            mode: crate::store::OpenMode::Create,
+        })
         .unwrap();
         let mut tasks = Vec::new();
         for i in 1..=200u64 {
@@ -1653,9 +1727,25 @@ mod tests {
 mod chain_tests {
     use super::*;
     use crate::audit::chain::Problem;
-    use crate::audit::checkpoint::AuditKey;
-    use crate::audit::verify::verify_db;
+    use crate::audit::checkpoint::{AuditKey, AuditPublicKey};
+    use crate::audit::verify::{LogVerifier, VerifyReport};
     use crate::audit::EventKind;
+
+    /// `audit verify` over this connection, without the async store.
+    fn verify_db(
+        db: &Sqlite,
+        key: Option<&AuditPublicKey>,
+        subject: &str,
+    ) -> Result<VerifyReport, StoreError> {
+        let mut v = LogVerifier::new(subject, key, db.chain_meta()?);
+        db.scan_checkpoints(&mut |cp| v.checkpoint(cp))?;
+        v.checkpoints_done();
+        db.scan_audit(1, None, &mut |r| {
+            v.record(r);
+            true
+        })?;
+        Ok(v.finish())
+    }
 
     fn rec(serial: u64) -> AuditRecord {
         let mut r = AuditRecord::new(EventKind::CertIssued, 1_793_491_200_000 + serial, "req");
@@ -1789,13 +1879,13 @@ mod chain_tests {
         let mut db = open(&p);
         db.append_batch(&[rec(1), rec(2), rec(3)]).expect("append");
         let cp = db
-            .write_checkpoint(&key.fingerprint(), 1000, &sign(&key))
+            .write_checkpoint(&key.fingerprint(), 1000, sign(&key))
             .expect("checkpoint")
             .expect("written");
         assert_eq!(cp.seq, 3);
         // Nothing new: no second checkpoint of the same head.
         assert!(db
-            .write_checkpoint(&key.fingerprint(), 1001, &sign(&key))
+            .write_checkpoint(&key.fingerprint(), 1001, sign(&key))
             .expect("checkpoint")
             .is_none());
         db.append_batch(&[rec(4)]).expect("append");

@@ -1,13 +1,13 @@
 //! Live audit streaming and periodic signed checkpoints.
 //!
-//! One background thread follows the audit table: after every commit the
-//! store's writer thread pokes it (a non-blocking, coalescing notification;
-//! see [`crate::store::Store::start_with_hook`]), and it also polls once a
-//! second so records written by other processes on the CA host (`mayfly
-//! revoke`) are picked up too. It reads the new records *as stored* (with
-//! their seq and chain hashes) from its own connection and hands each to
-//! the configured sinks (JSON Lines file with size-based rotation, stdout,
-//! syslog). Durability is SQLite's: certificates never wait for a sink, and
+//! One background thread follows the audit log: after every commit the
+//! store pokes it (a non-blocking, coalescing notification; see
+//! [`crate::store::AuditLog::on_commit`]), and it also polls once a second
+//! so records written by other processes on the CA host (`mayfly revoke`)
+//! are picked up too. It reads the new records *as stored* (with their seq
+//! and chain hashes) through the store's [`AuditLog`] and hands each to the
+//! configured sinks (JSON Lines file with size-based rotation, stdout,
+//! syslog). Durability is the store's: certificates never wait for a sink, and
 //! a failing sink is logged and counted, never retried into a backlog (use
 //! `mayfly audit export --since` to backfill a gap; SIEMs de-duplicate on
 //! `event.id`, the chain hash).
@@ -28,13 +28,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::chain::{ChainWalker, StoredRecord};
-use super::checkpoint::{AuditKey, AuditKeyError};
-use super::export;
-use super::syslog::{SyslogSender, SyslogTarget};
+use crate::audit::chain::{ChainWalker, StoredRecord};
+use crate::audit::checkpoint::{self, AuditKey, AuditKeyError};
+use crate::audit::export;
+use crate::audit::syslog::{SyslogSender, SyslogTarget};
 use crate::config::AuditConfig;
-use crate::store::sqlite::Sqlite;
-use crate::store::{AfterCommit, StoreError};
+use crate::store::{AfterCommit, AuditLog, StoreError};
 
 /// How often the log is polled for records written by other processes.
 const POLL: Duration = Duration::from_secs(1);
@@ -322,8 +321,10 @@ fn now_ms() -> i64 {
 }
 
 struct Worker {
-    db: Sqlite,
-    key: AuditKey,
+    db: Arc<dyn AuditLog>,
+    /// Drives the store's futures on this thread.
+    rt: tokio::runtime::Runtime,
+    key: Arc<AuditKey>,
     sinks: Vec<Box<dyn Sink>>,
     stats: Arc<StreamStats>,
     cfg: AuditConfig,
@@ -335,37 +336,52 @@ struct Worker {
 }
 
 impl AuditStream {
-    /// Loads (or creates) `data_dir/audit_key`, opens the sinks and its
-    /// own connection to `db_path`, and starts the thread. Returns the
-    /// handle; pass [`AuditStream::hook`] to the store's writer.
+    /// Loads (or creates) `data_dir/audit_key`, opens the sinks and starts
+    /// the thread, which reads `log`. Returns the handle; register
+    /// [`AuditStream::hook`] with [`AuditLog::on_commit`].
     pub fn start(
         cfg: &AuditConfig,
         data_dir: &Path,
-        db_path: &Path,
-        busy_timeout: Duration,
+        log: Arc<dyn AuditLog>,
     ) -> Result<AuditStream, StreamError> {
         let (key, created) = AuditKey::load_or_generate(data_dir)?;
         if created {
             tracing::info!(fingerprint = %key.fingerprint(),
-                path = %data_dir.join(super::checkpoint::PUB_FILE).display(),
+                path = %data_dir.join(checkpoint::PUB_FILE).display(),
                 "generated the audit checkpoint key; keep a copy of audit_key.pub off this host \
                  for `mayfly audit verify --key`");
         }
-        AuditStream::start_with_key(cfg, key, db_path, busy_timeout)
+        AuditStream::start_with_key(cfg, key, log)
     }
 
     /// As [`AuditStream::start`] with a given key.
     pub fn start_with_key(
         cfg: &AuditConfig,
         key: AuditKey,
-        db_path: &Path,
-        busy_timeout: Duration,
+        log: Arc<dyn AuditLog>,
     ) -> Result<AuditStream, StreamError> {
         let sinks = open_sinks(cfg)?;
-        let db = Sqlite::open(db_path, busy_timeout)?;
-        let head = db.audit_head()?.map(|(s, _)| s).unwrap_or(0);
-        let last_cp = db.checkpoints_last()?.map(|(seq, _)| seq).unwrap_or(0);
-        let cursor = match db.stream_cursor()? {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(StreamError::Thread)?;
+        let db = log;
+        // Read where to start on a thread of our own: the caller may be
+        // inside an async runtime, where blocking on a future is refused.
+        let (head, last_cp, saved) = std::thread::scope(|s| {
+            s.spawn(|| -> Result<_, StoreError> {
+                let head = rt.block_on(db.head())?.map(|(s, _)| s).unwrap_or(0);
+                let last_cp = rt
+                    .block_on(db.last_checkpoint())?
+                    .map(|(seq, _)| seq)
+                    .unwrap_or(0);
+                Ok((head, last_cp, rt.block_on(db.stream_cursor())?))
+            })
+            .join()
+        })
+        .map_err(|_| {
+            StreamError::Thread(std::io::Error::other("reading the audit log head failed"))
+        })??;
+        let cursor = match saved {
             Some(c) if c <= head => c,
             Some(c) => {
                 tracing::error!(cursor = c, head,
@@ -387,7 +403,8 @@ impl AuditStream {
         let (done_tx, done) = mpsc::channel();
         let worker = Worker {
             db,
-            key,
+            rt,
+            key: Arc::new(key),
             error_logged_at: vec![None; sinks.len()],
             sinks,
             stats: stats.clone(),
@@ -412,8 +429,8 @@ impl AuditStream {
         })
     }
 
-    /// The after-commit hook for the store's writer thread: a coalescing,
-    /// never-blocking poke.
+    /// The after-commit hook for the store ([`AuditLog::on_commit`]): a
+    /// coalescing, never-blocking poke.
     pub fn hook(&self) -> AfterCommit {
         let tx = self.tx.clone();
         Box::new(move || {
@@ -439,8 +456,8 @@ impl AuditStream {
         }
     }
 
-    /// Lets the thread run on its own; it stops (with a final checkpoint)
-    /// when the store's writer thread, which holds the hook, ends.
+    /// Lets the thread run on its own until the process exits (it holds
+    /// the store, so the store's writer outlives every caller).
     pub fn detach(mut self) {
         self.thread.take();
     }
@@ -483,7 +500,7 @@ impl Worker {
         if !self.sinks.is_empty() {
             return self.cursor;
         }
-        match self.db.audit_head() {
+        match self.rt.block_on(self.db.head()) {
             Ok(h) => h.map(|(s, _)| s).unwrap_or(0),
             Err(e) => {
                 tracing::warn!(error = %e, "audit: reading the log head failed");
@@ -495,11 +512,11 @@ impl Worker {
     /// At start: the last checkpoint must still match the log, and the
     /// records after it must chain. Problems are logged, not fatal.
     fn check_tail(&mut self) {
-        let Ok(Some((cp_seq, cp_hash))) = self.db.checkpoints_last() else {
+        let Ok(Some((cp_seq, cp_hash))) = self.rt.block_on(self.db.last_checkpoint()) else {
             return;
         };
         let mut walker = ChainWalker::after(cp_seq, cp_hash);
-        match self.db.audit_record(cp_seq) {
+        match self.rt.block_on(self.db.record(cp_seq)) {
             Ok(Some(Ok(r))) if r.hash == Some(cp_hash) => {}
             _ => {
                 tracing::error!(seq = cp_seq,
@@ -507,13 +524,28 @@ impl Worker {
                 return;
             }
         }
-        let scanned = self.db.scan_audit(cp_seq + 1, None, &mut |row| {
-            match row {
-                Ok(r) => walker.push(&r),
-                Err(b) => walker.malformed(b.seq, b.what),
+        let scanned = (|| -> Result<(), StoreError> {
+            let mut next = cp_seq + 1;
+            loop {
+                let rows = self.rt.block_on(self.db.scan(next, BATCH))?;
+                let n = rows.len();
+                for row in rows {
+                    match row {
+                        Ok(r) => {
+                            next = r.seq + 1;
+                            walker.push(&r);
+                        }
+                        Err(b) => {
+                            next = b.seq + 1;
+                            walker.malformed(b.seq, b.what);
+                        }
+                    }
+                }
+                if n < BATCH {
+                    return Ok(());
+                }
             }
-            true
-        });
+        })();
         if let Err(e) = scanned {
             tracing::warn!(error = %e, "audit: checking the log tail failed");
         } else if let Some(p) = walker.problems().first() {
@@ -527,14 +559,13 @@ impl Worker {
             return;
         }
         loop {
-            let mut rows = Vec::with_capacity(BATCH);
-            if let Err(e) = self.db.scan_audit(self.cursor + 1, Some(BATCH), &mut |r| {
-                rows.push(r);
-                true
-            }) {
-                tracing::warn!(error = %e, "audit: reading new records for the sinks failed");
-                return;
-            }
+            let rows = match self.rt.block_on(self.db.scan(self.cursor + 1, BATCH)) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit: reading new records for the sinks failed");
+                    return;
+                }
+            };
             let n = rows.len();
             for row in rows {
                 match row {
@@ -593,19 +624,22 @@ impl Worker {
     }
 
     fn checkpoint(&mut self) {
-        let key = &self.key;
+        let key = self.key.clone();
         let fp = key.fingerprint();
-        let sign = |seq: u64, hash: &super::chain::Hash, t: i64| {
+        let sign = Box::new(move |seq: u64, hash: &crate::audit::chain::Hash, t: i64| {
             key.sign(seq, hash, t).map_err(|e| e.to_string())
-        };
-        match self.db.write_checkpoint(&fp, now_ms(), &sign) {
+        });
+        match self
+            .rt
+            .block_on(self.db.write_checkpoint(&fp, now_ms(), sign))
+        {
             Ok(Some(cp)) => {
                 self.last_checkpoint_seq = cp.seq;
                 self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(seq = cp.seq, "audit checkpoint signed");
             }
             Ok(None) => {
-                if let Ok(Some((s, _))) = self.db.checkpoints_last() {
+                if let Ok(Some((s, _))) = self.rt.block_on(self.db.last_checkpoint()) {
                     self.last_checkpoint_seq = s;
                 }
             }
@@ -622,7 +656,7 @@ impl Worker {
         if self.sinks.is_empty() || self.cursor == self.saved_cursor {
             return;
         }
-        match self.db.set_stream_cursor(self.cursor) {
+        match self.rt.block_on(self.db.set_stream_cursor(self.cursor)) {
             Ok(()) => self.saved_cursor = self.cursor,
             Err(e) => tracing::warn!(error = %e, "audit: saving the stream position failed"),
         }
@@ -641,6 +675,38 @@ impl Drop for AuditStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn starts_inside_an_async_runtime_and_signs_a_checkpoint_at_shutdown() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::open(&crate::store::StoreConfig {
+            backend: crate::config::StoreBackend::SQLite,
+            sqlite_path: d.path().join("m.db"),
+            busy_timeout: Duration::from_secs(1),
+            mode: crate::store::OpenMode::Create,
+        })
+        .expect("store");
+        let cfg = AuditConfig::default();
+        let stream = AuditStream::start_with_key(&cfg, AuditKey::ephemeral(), store.audit_shared())
+            .expect("stream starts from async code");
+        store.audit().on_commit(stream.hook());
+        let rec = crate::audit::AuditRecord::new(crate::audit::EventKind::Disabled, 1, "r");
+        store.audit().append(rec).await.expect("append");
+        let stats = stream.stats();
+        tokio::task::spawn_blocking(move || stream.shutdown())
+            .await
+            .expect("shutdown");
+        assert_eq!(stats.checkpoints.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            store
+                .audit()
+                .last_checkpoint()
+                .await
+                .expect("read")
+                .map(|c| c.0),
+            Some(1)
+        );
+    }
 
     fn rec(seq: u64) -> StoredRecord {
         StoredRecord {

@@ -1,0 +1,378 @@
+//! What a store is, by concern. Each trait is async (its methods return a
+//! boxed future, so the traits stay object-safe and a handle is an
+//! `Arc<dyn Trait>`), `Send + Sync`, and fails with [`StoreError`].
+//!
+//! A backend implements all of them over one database; the SQLite backend
+//! is [`super::sqlite_store::SqliteStore`]. A PostgreSQL backend with many
+//! replicas implements the same traits, and the counters of
+//! [`IssuanceCounters`] then live in the database instead of in memory.
+//!
+//! Every read-then-write sequence that must not interleave with another
+//! writer is one method here, so a backend runs it as one transaction:
+//! [`IssuanceStore::issue`] (disabled check, `max_active_certs`, approval
+//! redemption, then the record), [`AccessStore::disable_and_revoke`] and
+//! [`AccessStore::revoke_matching`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::reports::{
+    AuditSpan, DailyIssuance, IdentityRoleUsage, LastDenialRow, PrincipalUse, RoleAllTime,
+    RoleWindowUsage, ScrapeGauges,
+};
+use super::{
+    CertFilter, DisableTarget, DisabledEntry, GuardRefusal, IssueGuard, IssuedCert, Revocation,
+    StateVersion, StoreError,
+};
+use crate::approval::{ApprovalError, ApprovalRequest, ApprovalStatus};
+use crate::audit::chain::{BadRow, ChainMeta, Hash, StoredRecord};
+use crate::audit::checkpoint::Checkpoint;
+use crate::audit::search::AuditQuery;
+use crate::audit::AuditRecord;
+use crate::policy::limits::RateLimit;
+
+/// Checkpoints read in one page, each with its id (a row that cannot be
+/// read as a checkpoint comes as `Err`).
+pub type CheckpointPage = Vec<(i64, Result<Checkpoint, BadRow>)>;
+
+/// The future a store method returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Turns one certificate found by a revocation sweep into its revocation
+/// and audit record (run inside the store's transaction).
+pub type Revoker = Box<dyn Fn(&IssuedCert) -> (Revocation, AuditRecord) + Send + Sync>;
+
+/// Signs a checkpoint of the chain head: `(seq, hash, time_ms)` to the
+/// signature text (run inside the store's transaction, so the head cannot
+/// move in between).
+pub type CheckpointSigner = Box<dyn FnOnce(u64, &Hash, i64) -> Result<String, String> + Send>;
+
+/// Called after each commit of the log (a group commit or an admin
+/// change), once the waiting requests have their answers. Must not block:
+/// the audit stream uses it to wake its own thread.
+pub type AfterCommit = Box<dyn FnMut() + Send>;
+
+/// Issuance: the durable record of every certificate and the facts read
+/// from it (serials, used token ids, live certificates).
+pub trait IssuanceStore: Send + Sync {
+    /// Appends an issuance record if `guard` still holds when it commits,
+    /// in the same group commit as concurrent records. `Ok(Err(_))`: the
+    /// guard failed and nothing was written.
+    fn issue(
+        &self,
+        record: AuditRecord,
+        guard: Option<IssueGuard>,
+    ) -> StoreFuture<'_, Result<(), GuardRefusal>>;
+    /// Highest certificate serial ever recorded (0 if none).
+    fn max_serial(&self) -> StoreFuture<'_, u64>;
+    /// Replay ids of tokens that minted a certificate and expire after `now`.
+    fn used_tokens(&self, now: u64) -> StoreFuture<'_, Vec<(String, u64)>>;
+    /// Issued certificates matching `filter` that are still valid at `now`
+    /// and not revoked.
+    fn live_certs(&self, filter: &CertFilter, now: u64) -> StoreFuture<'_, Vec<IssuedCert>>;
+    /// How many certificates of `issuer`/`subject` in `role` are valid at
+    /// `now` and not revoked (the `max_active_certs` count).
+    fn active_certs(
+        &self,
+        issuer: &str,
+        subject: &str,
+        role: &str,
+        now: u64,
+    ) -> StoreFuture<'_, u64>;
+    /// Latest `valid_before` of any certificate signed by `ca_key` (0 if none).
+    fn last_expiry_by_ca(&self, ca_key: &str) -> StoreFuture<'_, u64>;
+}
+
+/// The state of issuance that is process memory in SQLite mode (one
+/// server per database) and shared rows with many replicas: serials, the
+/// used-token (replay) set, and rate-limit buckets.
+pub trait IssuanceCounters: Send + Sync {
+    /// Loads what the counters start from (SQLite mode: the highest serial
+    /// and the unexpired used token ids recorded in the log). Called once
+    /// at start, before the first certificate; `now` is unix seconds.
+    fn start(&self, now: u64) -> StoreFuture<'_, ()>;
+    /// The next certificate serial: never handed out before, above every
+    /// recorded serial and above the clock floor taken at [`Self::start`].
+    fn next_serial(&self) -> StoreFuture<'_, u64>;
+    /// Marks token `id` (valid until `expires_at`) as used at `now`.
+    /// `false`: it was used already, and the request must be refused.
+    fn claim_token(&self, id: &str, expires_at: u64, now: u64) -> StoreFuture<'_, bool>;
+    /// Takes one token from `key`'s bucket at `now` (seconds, any
+    /// monotonic origin). `Err(wait)`: how long until one is available.
+    fn take_rate(
+        &self,
+        key: &str,
+        rate: RateLimit,
+        now: f64,
+    ) -> StoreFuture<'_, Result<(), Duration>>;
+}
+
+/// The audit log: append with group commit, scan, checkpoints, search.
+/// Records are stored in their canonical form
+/// ([`crate::audit::chain::stored_form`]) and chained inside the write
+/// transaction that inserts them.
+pub trait AuditLog: Send + Sync {
+    /// Appends one record and returns once it is durable.
+    fn append(&self, record: AuditRecord) -> StoreFuture<'_, ()>;
+    /// Appends `record` and bumps the state version in one transaction
+    /// (changes other processes must notice, such as a CA key rotation).
+    fn record_change(&self, record: AuditRecord, now: u64) -> StoreFuture<'_, StateVersion>;
+    /// Up to `limit` records from `from_seq` on, in seq order. Rows that
+    /// cannot be read as records come as `Err`.
+    fn scan(
+        &self,
+        from_seq: u64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Result<StoredRecord, BadRow>>>;
+    /// The record at `seq`, if present.
+    fn record(&self, seq: u64) -> StoreFuture<'_, Option<Result<StoredRecord, BadRow>>>;
+    /// The highest seq present and its hash (`None` when the log is empty).
+    fn head(&self) -> StoreFuture<'_, Option<(u64, Option<Hash>)>>;
+    /// Where an export `--since time_ms` starts: the record after the last
+    /// one older than `time_ms` (`None` when nothing is that new).
+    fn first_seq_since(&self, time_ms: i64) -> StoreFuture<'_, Option<u64>>;
+    /// Chain facts kept beside the records.
+    fn chain_meta(&self) -> StoreFuture<'_, ChainMeta>;
+    /// Up to `limit` checkpoints with an id above `after_id`, oldest first,
+    /// each with its id.
+    fn checkpoints(&self, after_id: i64, limit: usize) -> StoreFuture<'_, CheckpointPage>;
+    /// The latest checkpoint's (seq, hash), if any (not verified).
+    fn last_checkpoint(&self) -> StoreFuture<'_, Option<(u64, Hash)>>;
+    /// Signs the current head with `sign` and stores the checkpoint in one
+    /// write transaction. `None` when the log is empty or the head is
+    /// already checkpointed.
+    fn write_checkpoint(
+        &self,
+        key_fingerprint: &str,
+        time_ms: i64,
+        sign: CheckpointSigner,
+    ) -> StoreFuture<'_, Option<Checkpoint>>;
+    /// Where live streaming to the audit sinks got to (last seq sent).
+    fn stream_cursor(&self) -> StoreFuture<'_, Option<u64>>;
+    /// Saves the streaming cursor.
+    fn set_stream_cursor(&self, seq: u64) -> StoreFuture<'_, ()>;
+    /// Records matching `q` ([`AuditQuery::matches`]), newest first, at
+    /// most `q.limit`.
+    fn search(&self, q: &AuditQuery) -> StoreFuture<'_, Vec<Result<StoredRecord, BadRow>>>;
+    /// Calls `hook` after every commit of this process's writer. Not every
+    /// backend can notice other writers; readers poll as well.
+    fn on_commit(&self, hook: AfterCommit);
+}
+
+/// Approval requests (just-in-time access); each change is written with
+/// its audit records in one transaction. Redemption is part of
+/// [`IssuanceStore::issue`].
+pub trait ApprovalStore: Send + Sync {
+    /// Inserts or replaces `req`, with its audit records, in one transaction.
+    fn put(&self, req: ApprovalRequest, audit: Vec<AuditRecord>) -> StoreFuture<'_, ()>;
+    /// One approval request.
+    fn get(&self, id: &str) -> StoreFuture<'_, Option<ApprovalRequest>>;
+    /// Approval requests in a state (all if `None`), newest first.
+    fn list(&self, status: Option<ApprovalStatus>) -> StoreFuture<'_, Vec<ApprovalRequest>>;
+    /// Records one approver's vote on request `id` as one atomic
+    /// read-then-write ([`crate::approval::apply_vote`] decides), with its
+    /// audit record. `Ok(Err(_))`: the vote was refused, nothing written.
+    fn vote(
+        &self,
+        id: &str,
+        vote: Vote,
+        audit: AuditRecord,
+    ) -> StoreFuture<'_, Result<ApprovalRequest, ApprovalError>>;
+}
+
+/// One approver's vote on an approval request.
+#[derive(Debug, Clone)]
+pub struct Vote {
+    /// `issuer:subject` of the approver.
+    pub approver: String,
+    /// Approve (true) or deny.
+    pub approve: bool,
+    /// Why.
+    pub reason: String,
+    /// Unix seconds.
+    pub now: u64,
+}
+
+/// Revocations and deactivations, and the state version that tells
+/// readers (the KRL cache, other processes) that they changed.
+pub trait AccessStore: Send + Sync {
+    /// Records revocations and their audit records in one transaction,
+    /// bumping the state version. Already-revoked serials are kept once.
+    fn revoke(
+        &self,
+        revocations: Vec<Revocation>,
+        audit: Vec<AuditRecord>,
+        now: u64,
+    ) -> StoreFuture<'_, StateVersion>;
+    /// Revokes every live certificate matching `filter` in one
+    /// transaction; returns the revoked certificates (none: nothing
+    /// written) and the new version.
+    fn revoke_matching(
+        &self,
+        filter: CertFilter,
+        now: u64,
+        revoke: Revoker,
+    ) -> StoreFuture<'_, (Vec<IssuedCert>, StateVersion)>;
+    /// Disables `key` and revokes the live certificates matching `filter`
+    /// in one transaction, so no certificate issued before the flag is set
+    /// escapes the sweep. Returns whether the flag changed and what was
+    /// revoked.
+    fn disable_and_revoke(
+        &self,
+        entry: DisabledEntry,
+        audit: AuditRecord,
+        filter: CertFilter,
+        now: u64,
+        revoke: Revoker,
+    ) -> StoreFuture<'_, (bool, Vec<IssuedCert>)>;
+    /// Disables (`Some(entry)`) or re-enables (`None`) `key`, with its
+    /// audit record, in one transaction. Returns whether anything changed.
+    fn set_disabled(
+        &self,
+        key: DisableTarget,
+        entry: Option<DisabledEntry>,
+        audit: AuditRecord,
+        now: u64,
+    ) -> StoreFuture<'_, bool>;
+    /// Revocations whose certificates are still valid at `now`.
+    fn live_revocations(&self, now: u64) -> StoreFuture<'_, Vec<Revocation>>;
+    /// Every disabled entry.
+    fn disabled(&self) -> StoreFuture<'_, Vec<DisabledEntry>>;
+    /// The current state version.
+    fn state_version(&self) -> StoreFuture<'_, StateVersion>;
+}
+
+/// Read-only report queries (inventory, access review, compliance
+/// evidence, scrape-time gauges), served apart from the request path so a
+/// slow report never holds up a certificate.
+pub trait ReportStore: Send + Sync {
+    /// Per identity and role: issued and denied counts, first and last use.
+    fn identity_usage(&self) -> StoreFuture<'_, Vec<IdentityRoleUsage>>;
+    /// The latest refusal of each identity.
+    fn last_denials(&self) -> StoreFuture<'_, Vec<LastDenialRow>>;
+    /// Issuance per role since `since_ms`.
+    fn role_window_usage(&self, since_ms: u64) -> StoreFuture<'_, Vec<RoleWindowUsage>>;
+    /// Issuance per role over the whole log.
+    fn role_all_time(&self) -> StoreFuture<'_, Vec<RoleAllTime>>;
+    /// Which principals each role's certificates carried since `since_ms`.
+    fn principals_granted(&self, since_ms: u64) -> StoreFuture<'_, Vec<PrincipalUse>>;
+    /// Certificates issued per role and UTC day since `since_ms`.
+    fn daily_issuance(&self, since_ms: u64) -> StoreFuture<'_, Vec<DailyIssuance>>;
+    /// Refusals by reason code since `since_ms`, most frequent first.
+    fn denials_by_reason(&self, since_ms: u64) -> StoreFuture<'_, Vec<(String, u64)>>;
+    /// Audit records by event since `since_ms`.
+    fn event_counts(&self, since_ms: u64) -> StoreFuture<'_, Vec<(String, u64)>>;
+    /// Issuance records since `since_ms` that lack a required field.
+    fn incomplete_issuance_records(&self, since_ms: u64) -> StoreFuture<'_, u64>;
+    /// Size and time span of the audit log.
+    fn audit_span(&self) -> StoreFuture<'_, AuditSpan>;
+    /// Revocations recorded since `since_ms`.
+    fn revocations_since(&self, since_ms: u64) -> StoreFuture<'_, u64>;
+    /// The gauges of one `/metrics` scrape (cheap queries only; never
+    /// builds an index).
+    fn scrape_gauges(&self, now: u64) -> StoreFuture<'_, ScrapeGauges>;
+    /// Number of audit records of `event` (e.g. `cert_issued`).
+    fn count_events(&self, event: &str) -> StoreFuture<'_, u64>;
+}
+
+/// Every concern of one backend. A handle is cheap to clone; each
+/// accessor gives the concern's trait object.
+#[derive(Clone)]
+pub struct Store {
+    pub(super) issuance: Arc<dyn IssuanceStore>,
+    pub(super) counters: Arc<dyn IssuanceCounters>,
+    pub(super) audit: Arc<dyn AuditLog>,
+    pub(super) approvals: Arc<dyn ApprovalStore>,
+    pub(super) access: Arc<dyn AccessStore>,
+    pub(super) reports: Arc<dyn ReportStore>,
+}
+
+impl Store {
+    /// A handle over one backend that implements every concern.
+    pub fn new<B>(backend: Arc<B>) -> Store
+    where
+        B: IssuanceStore
+            + IssuanceCounters
+            + AuditLog
+            + ApprovalStore
+            + AccessStore
+            + ReportStore
+            + 'static,
+    {
+        Store {
+            issuance: backend.clone(),
+            counters: backend.clone(),
+            audit: backend.clone(),
+            approvals: backend.clone(),
+            access: backend.clone(),
+            reports: backend,
+        }
+    }
+
+    /// A handle assembled from separate parts (tests, fakes, a backend
+    /// that keeps some concern elsewhere).
+    pub fn from_parts(
+        issuance: Arc<dyn IssuanceStore>,
+        counters: Arc<dyn IssuanceCounters>,
+        audit: Arc<dyn AuditLog>,
+        approvals: Arc<dyn ApprovalStore>,
+        access: Arc<dyn AccessStore>,
+        reports: Arc<dyn ReportStore>,
+    ) -> Store {
+        Store {
+            issuance,
+            counters,
+            audit,
+            approvals,
+            access,
+            reports,
+        }
+    }
+
+    /// Issuance records and the facts read from them.
+    pub fn issuance(&self) -> &dyn IssuanceStore {
+        &*self.issuance
+    }
+
+    /// Serials, used tokens and rate-limit buckets.
+    pub fn counters(&self) -> &dyn IssuanceCounters {
+        &*self.counters
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &dyn AuditLog {
+        &*self.audit
+    }
+
+    /// The audit log, shared (for a thread that outlives the caller).
+    pub fn audit_shared(&self) -> Arc<dyn AuditLog> {
+        self.audit.clone()
+    }
+
+    /// Approval requests.
+    pub fn approvals(&self) -> &dyn ApprovalStore {
+        &*self.approvals
+    }
+
+    /// Revocations and deactivations.
+    pub fn access(&self) -> &dyn AccessStore {
+        &*self.access
+    }
+
+    /// Report queries.
+    pub fn reports(&self) -> &dyn ReportStore {
+        &*self.reports
+    }
+
+    /// Report queries, shared (for the metrics registry).
+    pub fn reports_shared(&self) -> Arc<dyn ReportStore> {
+        self.reports.clone()
+    }
+
+    /// Appends one audit record and returns once it is durable.
+    pub async fn append(&self, record: AuditRecord) -> Result<(), StoreError> {
+        self.audit.append(record).await
+    }
+}
