@@ -87,8 +87,13 @@ fn durable_appends(dir: &Path, concurrency: usize, total: usize, stream: bool) -
             jsonl_file: Some(dir.join(format!("stream-{concurrency}.jsonl"))),
             ..AuditConfig::default()
         };
-        let a = AuditStream::start_with_key(&cfg, AuditKey::ephemeral(), store.audit_shared())
-            .expect("stream");
+        let a = AuditStream::start_with_key(
+            &cfg,
+            AuditKey::ephemeral(),
+            store.audit_shared(),
+            std::sync::Arc::new(mayfly::clock::SystemClock::new()),
+        )
+        .expect("stream");
         store.audit().on_commit(a.hook());
         a
     });

@@ -6,6 +6,7 @@
 //! directory, so they are right after a restart and include changes made by
 //! other processes (`mayfly revoke`, `mayfly identity disable`).
 
+use crate::auth::keystats::{IssuerKeyStats, JwksMetrics};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -27,95 +28,49 @@ const STORE_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// Most distinct issuers kept in the JWKS metrics.
-const MAX_ISSUER_LABELS: usize = 64;
-
-/// What the issuers' key caches (`auth::jwks`) report, by issuer URL. The
-/// key cache sits below the service that owns [`Metrics`], so it gets this
-/// handle ([`Metrics::jwks`]) instead of writing to a global; issuers come
-/// from the config, so the label set is bounded.
-#[derive(Default)]
-pub struct JwksMetrics {
-    issuers: Mutex<BTreeMap<String, IssuerKeyStats>>,
-}
-
-#[derive(Default)]
-struct IssuerKeyStats {
-    fetch_errors: u64,
-    stale_refusals: u64,
-    fetched_at: Option<SystemTime>,
-}
-
-impl JwksMetrics {
-    fn with(&self, issuer: &str, f: impl FnOnce(&mut IssuerKeyStats)) {
-        let mut g = self.issuers.lock().unwrap_or_else(|p| p.into_inner());
-        let key = if g.len() >= MAX_ISSUER_LABELS && !g.contains_key(issuer) {
-            "_other"
-        } else {
-            issuer
-        };
-        f(g.entry(key.to_string()).or_default());
-    }
-
-    /// Counts one failed fetch of `issuer`'s discovery document or JWKS.
-    pub fn fetch_failed(&self, issuer: &str) {
-        self.with(issuer, |s| s.fetch_errors += 1);
-    }
-
-    /// Notes that `issuer`'s keys were fetched successfully at `at`.
-    pub fn fetched(&self, issuer: &str, at: SystemTime) {
-        self.with(issuer, |s| s.fetched_at = Some(at));
-    }
-
-    /// Counts one token refused because `issuer`'s keys are older than its
-    /// `max_stale_keys` and could not be refreshed.
-    pub fn stale_refused(&self, issuer: &str) {
-        self.with(issuer, |s| s.stale_refusals += 1);
-    }
-
-    fn write(&self, o: &mut String, now: SystemTime) {
-        let g = self.issuers.lock().unwrap_or_else(|p| p.into_inner());
-        family(
+/// Renders the issuers' key-cache counters.
+fn write_jwks(stats: &BTreeMap<String, IssuerKeyStats>, o: &mut String, now: SystemTime) {
+    let g = stats;
+    family(
+        o,
+        "mayfly_jwks_fetch_errors_total",
+        "counter",
+        "Failed fetches of an issuer's OIDC discovery document or JWKS, by issuer URL.",
+    );
+    // Counters appear for an issuer once they count something.
+    for (issuer, s) in g.iter().filter(|(_, s)| s.fetch_errors > 0) {
+        sample(
             o,
             "mayfly_jwks_fetch_errors_total",
-            "counter",
-            "Failed fetches of an issuer's OIDC discovery document or JWKS, by issuer URL.",
+            &[("issuer", issuer)],
+            s.fetch_errors,
         );
-        // Counters appear for an issuer once they count something.
-        for (issuer, s) in g.iter().filter(|(_, s)| s.fetch_errors > 0) {
-            sample(
-                o,
-                "mayfly_jwks_fetch_errors_total",
-                &[("issuer", issuer)],
-                s.fetch_errors,
-            );
+    }
+    family(
+        o,
+        "mayfly_jwks_key_age_seconds",
+        "gauge",
+        "Seconds since the issuer's signing keys were last fetched successfully (absent until the first fetch).",
+    );
+    for (issuer, s) in g.iter() {
+        if let Some(at) = s.fetched_at {
+            let age = now.duration_since(at).map(|d| d.as_secs()).unwrap_or(0);
+            sample(o, "mayfly_jwks_key_age_seconds", &[("issuer", issuer)], age);
         }
-        family(
-            o,
-            "mayfly_jwks_key_age_seconds",
-            "gauge",
-            "Seconds since the issuer's signing keys were last fetched successfully (absent until the first fetch).",
-        );
-        for (issuer, s) in g.iter() {
-            if let Some(at) = s.fetched_at {
-                let age = now.duration_since(at).map(|d| d.as_secs()).unwrap_or(0);
-                sample(o, "mayfly_jwks_key_age_seconds", &[("issuer", issuer)], age);
-            }
-        }
-        family(
+    }
+    family(
+        o,
+        "mayfly_jwks_stale_refusals_total",
+        "counter",
+        "Tokens refused (503) because the issuer's keys were older than its max_stale_keys and could not be refreshed.",
+    );
+    for (issuer, s) in g.iter().filter(|(_, s)| s.stale_refusals > 0) {
+        sample(
             o,
             "mayfly_jwks_stale_refusals_total",
-            "counter",
-            "Tokens refused (503) because the issuer's keys were older than its max_stale_keys and could not be refreshed.",
+            &[("issuer", issuer)],
+            s.stale_refusals,
         );
-        for (issuer, s) in g.iter().filter(|(_, s)| s.stale_refusals > 0) {
-            sample(
-                o,
-                "mayfly_jwks_stale_refusals_total",
-                &[("issuer", issuer)],
-                s.stale_refusals,
-            );
-        }
     }
 }
 
@@ -514,7 +469,7 @@ impl Metrics {
         );
         family(&mut o, "mayfly_policy_roles", "gauge", "Roles loaded.");
         sample(&mut o, "mayfly_policy_roles", &[], roles);
-        self.jwks.write(&mut o, now);
+        write_jwks(&self.jwks.snapshot(), &mut o, now);
         if let Some(dir) = &self.data_dir {
             family(
                 &mut o,

@@ -109,8 +109,6 @@ pub fn load_policy(dir: &Path, cfg: &Config) -> Result<policy::Policy, StartErro
     })
 }
 
-use crate::clock::now_secs;
-
 /// Builds the service from config (keys, policy, store), without listening.
 pub async fn build(cfg: &Config) -> Result<Service, StartError> {
     let (service, audit) = build_with_audit(cfg).await?;
@@ -132,12 +130,18 @@ pub async fn build_with_audit(
     let user_keys = load_ring(cfg, files::USER_CA_KEY, files::USER_CA_PUB, "user")?;
     let host_keys = load_ring(cfg, files::HOST_CA_KEY, files::HOST_CA_PUB, "host")?;
     let store = crate::store::open(&StoreConfig::from_config(cfg, OpenMode::Create))?;
+    // The one clock of this server; everything below asks it for the time.
+    let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock::new());
     // Serials above every recorded one, used tokens restored from the log.
-    store.counters().start(now_secs()).await?;
+    store
+        .counters()
+        .start(crate::clock::unix_secs(clock.now()))
+        .await?;
     let audit = crate::evidence::stream::AuditStream::start(
         &cfg.audit,
         &cfg.data_dir,
         store.audit_shared(),
+        clock.clone(),
     )?;
     store.audit().on_commit(audit.hook());
     let http = reqwest::Client::builder()
@@ -147,7 +151,6 @@ pub async fn build_with_audit(
         .build()
         .map_err(std::io::Error::other)?;
     let metrics = Arc::new(Metrics::for_data_dir(&cfg.data_dir, store.reports_shared()));
-    let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock::new());
     let verifier = Verifier::new(&cfg.issuers, http, metrics.jwks(), clock.clone());
     tracing::info!(roles = policy.roles.len(), digest = %policy.digest, dir = %cfg.policy_dir.display(), "policy loaded");
     let service = Service::new(ServiceParts {

@@ -39,8 +39,6 @@ struct DisableBody {
     reason: String,
 }
 
-use crate::clock::now_secs as now;
-
 /// The administrator a request was authorized for. Only
 /// [`require_admin`] puts it into a request; a handler that takes it can
 /// therefore only run behind that middleware, and one mounted elsewhere by
@@ -202,7 +200,14 @@ pub async fn revoke(
             ))
         }
     };
-    let o = revocation::revoke(s.service.store(), filter, &b.reason, &actor, now()).await?;
+    let o = revocation::revoke(
+        s.service.store(),
+        filter,
+        &b.reason,
+        &actor,
+        crate::clock::unix_secs(s.service.clock().now()),
+    )
+    .await?;
     Ok(Json(o))
 }
 
@@ -215,8 +220,15 @@ async fn set_disabled(
     let b: DisableBody = read_json(body, "\"issuer\"+\"subject\" and/or \"role\", \"reason\"")?;
     let target =
         DisableTarget::from_parts(b.issuer, b.subject, b.role).map_err(RevokeError::from)?;
-    let o = revocation::set_disabled(s.service.store(), target, enable, &b.reason, &actor, now())
-        .await?;
+    let o = revocation::set_disabled(
+        s.service.store(),
+        target,
+        enable,
+        &b.reason,
+        &actor,
+        crate::clock::unix_secs(s.service.clock().now()),
+    )
+    .await?;
     Ok(Json(o))
 }
 

@@ -14,7 +14,7 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::chain::{self, StoredRecord};
 use super::export::{outcome, rfc3339_ms};
@@ -133,19 +133,25 @@ pub struct SyslogSender {
     target: SyslogTarget,
     udp: Option<UdpSocket>,
     tcp: Option<TcpStream>,
-    retry_at: Option<Instant>,
+    /// Monotonic clock time before which no reconnect is tried.
+    retry_at: Option<Duration>,
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
     hostname: String,
     pid: u32,
 }
 
 impl SyslogSender {
     /// A sender for `target`; connects on first use.
-    pub fn new(target: SyslogTarget) -> SyslogSender {
+    pub fn new(
+        target: SyslogTarget,
+        clock: std::sync::Arc<dyn crate::clock::Clock>,
+    ) -> SyslogSender {
         SyslogSender {
             target,
             udp: None,
             tcp: None,
             retry_at: None,
+            clock,
             hostname: hostname(),
             pid: std::process::id(),
         }
@@ -168,7 +174,7 @@ impl SyslogSender {
     pub fn send(&mut self, r: &StoredRecord, json: &str) -> Result<(), SyslogError> {
         let msg = format_5424(r, json, &self.hostname, self.pid);
         if let Some(t) = self.retry_at {
-            if Instant::now() < t {
+            if self.clock.monotonic() < t {
                 return Err(SyslogError::Backoff(self.target.describe()));
             }
             self.retry_at = None;
@@ -180,7 +186,7 @@ impl SyslogSender {
         if result.is_err() {
             self.tcp = None;
             self.udp = None;
-            self.retry_at = Some(Instant::now() + RECONNECT_EVERY);
+            self.retry_at = Some(self.clock.monotonic() + RECONNECT_EVERY);
         }
         result
     }

@@ -21,8 +21,8 @@ use crate::clock::Clock;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
+use crate::auth::keystats::JwksMetrics;
 use crate::config::{is_loopback_http, IssuerConfig};
-use crate::metrics::JwksMetrics;
 
 /// Largest discovery or JWKS document we read.
 const MAX_DOC_BYTES: usize = 1024 * 1024;

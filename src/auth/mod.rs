@@ -17,6 +17,7 @@
 //! come with many valid signatures and must still count as one use.
 
 pub mod jwks;
+pub mod keystats;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -28,8 +29,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::IssuerConfig;
-use crate::metrics::JwksMetrics;
 use jwks::{IssuerKeys, JwksError};
+pub use keystats::JwksMetrics;
 
 /// Why a token was not accepted. Each variant is one check; none carries
 /// the token itself.

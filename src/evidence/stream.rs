@@ -26,7 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::Clock;
 
 use crate::audit::chain::{ChainWalker, StoredRecord};
 use crate::audit::checkpoint::{self, AuditKey, AuditKeyError};
@@ -264,8 +266,8 @@ pub struct Syslog(SyslogSender);
 
 impl Syslog {
     /// A sink for `target` (connects on first record).
-    pub fn new(target: SyslogTarget) -> Syslog {
-        Syslog(SyslogSender::new(target))
+    pub fn new(target: SyslogTarget, clock: Arc<dyn Clock>) -> Syslog {
+        Syslog(SyslogSender::new(target, clock))
     }
 }
 
@@ -280,7 +282,10 @@ impl Sink for Syslog {
 }
 
 /// The sinks `[audit]` configures.
-pub fn open_sinks(cfg: &AuditConfig) -> Result<Vec<Box<dyn Sink>>, StreamError> {
+pub fn open_sinks(
+    cfg: &AuditConfig,
+    clock: &Arc<dyn Clock>,
+) -> Result<Vec<Box<dyn Sink>>, StreamError> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if let Some(path) = &cfg.jsonl_file {
         let f = JsonlFile::open(path, cfg.jsonl_max_bytes, cfg.jsonl_keep).map_err(|source| {
@@ -295,7 +300,7 @@ pub fn open_sinks(cfg: &AuditConfig) -> Result<Vec<Box<dyn Sink>>, StreamError> 
         sinks.push(Box::new(Stdout));
     }
     if let Some(t) = &cfg.syslog {
-        sinks.push(Box::new(Syslog::new(t.clone())));
+        sinks.push(Box::new(Syslog::new(t.clone(), clock.clone())));
     }
     Ok(sinks)
 }
@@ -313,13 +318,6 @@ pub struct AuditStream {
     done: mpsc::Receiver<()>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 struct Worker {
     db: Arc<dyn AuditLog>,
     /// Drives the store's futures on this thread.
@@ -331,8 +329,11 @@ struct Worker {
     cursor: u64,
     saved_cursor: u64,
     last_checkpoint_seq: u64,
-    last_checkpoint_at: Instant,
-    error_logged_at: Vec<Option<Instant>>,
+    /// Monotonic clock time of the last checkpoint.
+    last_checkpoint_at: Duration,
+    /// Monotonic clock time each sink's last error was logged.
+    error_logged_at: Vec<Option<Duration>>,
+    clock: Arc<dyn Clock>,
 }
 
 impl AuditStream {
@@ -343,6 +344,7 @@ impl AuditStream {
         cfg: &AuditConfig,
         data_dir: &Path,
         log: Arc<dyn AuditLog>,
+        clock: Arc<dyn Clock>,
     ) -> Result<AuditStream, StreamError> {
         let (key, created) = AuditKey::load_or_generate(data_dir)?;
         if created {
@@ -351,7 +353,7 @@ impl AuditStream {
                 "generated the audit checkpoint key; keep a copy of audit_key.pub off this host \
                  for `mayfly audit verify --key`");
         }
-        AuditStream::start_with_key(cfg, key, log)
+        AuditStream::start_with_key(cfg, key, log, clock)
     }
 
     /// As [`AuditStream::start`] with a given key.
@@ -359,8 +361,9 @@ impl AuditStream {
         cfg: &AuditConfig,
         key: AuditKey,
         log: Arc<dyn AuditLog>,
+        clock: Arc<dyn Clock>,
     ) -> Result<AuditStream, StreamError> {
-        let sinks = open_sinks(cfg)?;
+        let sinks = open_sinks(cfg, &clock)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .map_err(StreamError::Thread)?;
@@ -412,7 +415,8 @@ impl AuditStream {
             cursor,
             saved_cursor: cursor,
             last_checkpoint_seq: last_cp,
-            last_checkpoint_at: Instant::now(),
+            last_checkpoint_at: clock.monotonic(),
+            clock,
         };
         let thread = std::thread::Builder::new()
             .name("mayfly-audit-stream".into())
@@ -466,11 +470,11 @@ impl AuditStream {
 impl Worker {
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
         self.check_tail();
-        let mut last_read = Instant::now();
+        let mut last_read = self.clock.monotonic();
         loop {
             let stop = match rx.recv_timeout(POLL) {
                 Ok(Msg::Committed) => {
-                    let since = last_read.elapsed();
+                    let since = self.clock.monotonic().saturating_sub(last_read);
                     if since < MIN_PAUSE {
                         std::thread::sleep(MIN_PAUSE - since);
                     }
@@ -479,13 +483,17 @@ impl Worker {
                 Err(RecvTimeoutError::Timeout) => false,
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => true,
             };
-            last_read = Instant::now();
+            last_read = self.clock.monotonic();
             self.drain();
             let head = self.head();
             let pending = head.saturating_sub(self.last_checkpoint_seq);
             let due = pending >= self.cfg.checkpoint_every
                 || (pending > 0
-                    && self.last_checkpoint_at.elapsed() >= self.cfg.checkpoint_interval);
+                    && self
+                        .clock
+                        .monotonic()
+                        .saturating_sub(self.last_checkpoint_at)
+                        >= self.cfg.checkpoint_interval);
             if due || (stop && pending > 0) {
                 self.checkpoint();
             }
@@ -612,13 +620,13 @@ impl Worker {
             .get(i)
             .copied()
             .flatten()
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(60));
+            .is_some_and(|t| self.clock.monotonic().saturating_sub(t) < Duration::from_secs(60));
         if !quiet {
             let name = self.sinks.get(i).map(|s| s.name()).unwrap_or("?");
             tracing::warn!(sink = name, error = %e,
                 "audit sink failed; records are dropped for this sink (issuance is not affected; backfill with `mayfly audit export --since`)");
             if let Some(slot) = self.error_logged_at.get_mut(i) {
-                *slot = Some(Instant::now());
+                *slot = Some(self.clock.monotonic());
             }
         }
     }
@@ -629,10 +637,11 @@ impl Worker {
         let sign = Box::new(move |seq: u64, hash: &crate::audit::chain::Hash, t: i64| {
             key.sign(seq, hash, t).map_err(|e| e.to_string())
         });
-        match self
-            .rt
-            .block_on(self.db.write_checkpoint(&fp, now_ms(), sign))
-        {
+        match self.rt.block_on(self.db.write_checkpoint(
+            &fp,
+            crate::clock::unix_ms(self.clock.now()) as i64,
+            sign,
+        )) {
             Ok(Some(cp)) => {
                 self.last_checkpoint_seq = cp.seq;
                 self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -648,7 +657,7 @@ impl Worker {
                 tracing::warn!(error = %e, "audit: writing a checkpoint failed; retrying later");
             }
         }
-        self.last_checkpoint_at = Instant::now();
+        self.last_checkpoint_at = self.clock.monotonic();
         self.save_cursor();
     }
 
@@ -687,8 +696,13 @@ mod tests {
         })
         .expect("store");
         let cfg = AuditConfig::default();
-        let stream = AuditStream::start_with_key(&cfg, AuditKey::ephemeral(), store.audit_shared())
-            .expect("stream starts from async code");
+        let stream = AuditStream::start_with_key(
+            &cfg,
+            AuditKey::ephemeral(),
+            store.audit_shared(),
+            Arc::new(crate::clock::SystemClock::new()),
+        )
+        .expect("stream starts from async code");
         store.audit().on_commit(stream.hook());
         let rec = crate::audit::AuditRecord::new(crate::audit::EventKind::Disabled, 1, "r");
         store.audit().append(rec).await.expect("append");

@@ -15,6 +15,9 @@ mod krl;
 mod limits;
 pub mod spec;
 
+#[cfg(test)]
+mod pipeline_tests;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};

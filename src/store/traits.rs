@@ -331,6 +331,30 @@ impl Store {
         }
     }
 
+    /// The six trait objects of this handle, in [`Store::from_parts`]
+    /// order: to wrap one concern (a fake that records calls or fails on
+    /// demand) and keep the others.
+    #[allow(clippy::type_complexity)]
+    pub fn into_parts(
+        self,
+    ) -> (
+        Arc<dyn IssuanceStore>,
+        Arc<dyn IssuanceCounters>,
+        Arc<dyn AuditLog>,
+        Arc<dyn ApprovalStore>,
+        Arc<dyn AccessStore>,
+        Arc<dyn ReportStore>,
+    ) {
+        (
+            self.issuance,
+            self.counters,
+            self.audit,
+            self.approvals,
+            self.access,
+            self.reports,
+        )
+    }
+
     /// Issuance records and the facts read from them.
     pub fn issuance(&self) -> &dyn IssuanceStore {
         &*self.issuance
