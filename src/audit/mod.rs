@@ -10,7 +10,7 @@
 //! * [`export`]: the ECS-like JSON Lines schema (`docs/audit-schema.md`).
 //! * [`search`]: the query of `mayfly audit search` and its reference
 //!   semantics ([`search::AuditQuery::matches`]).
-//! * [`cli`]: the `mayfly audit ...` subcommands.
+//! * the `mayfly audit ...` subcommands are the binary's (`src/cli/audit.rs`).
 //!
 //! This layer knows no store: a store turns records into their stored form
 //! with [`chain::stored_form`] and chains them with [`chain::record_hash`]

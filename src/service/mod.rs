@@ -1,11 +1,11 @@
 //! One certificate request, end to end: auth -> policy -> ca -> audit/store.
 //! The HTTP layer only translates to and from this.
 //!
-//! One file per job: [`issue`] runs the pipeline, [`spec`] turns a grant
-//! into the certificate to sign (pure), [`limits`] holds rate limits,
-//! active-certificate caps and deactivation answers, [`approvals`] the
-//! approval workflow, [`admin`] admin authorisation, [`keys`] the CA key
-//! rings in force, [`krl`] the cached revocation list.
+//! One file per job: `issue` runs the pipeline, [`spec`] turns a grant
+//! into the certificate to sign (pure), `limits` holds rate limits,
+//! active-certificate caps and deactivation answers, `approvals` the
+//! approval workflow, `admin` admin authorisation, `keys` the CA key
+//! rings in force, `krl` the cached revocation list.
 
 mod admin;
 mod approvals;
