@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::time::UnixSecs;
+
 pub use crate::policy::approval::{ApprovalPolicy, DistinctClaims, MAX_APPROVAL_EXPIRY};
 
 /// State of an approval request.
@@ -67,8 +69,8 @@ pub struct Vote {
     pub approve: bool,
     /// Why.
     pub reason: String,
-    /// Unix seconds.
-    pub time: u64,
+    /// When the vote was cast.
+    pub time: UnixSecs,
 }
 
 /// An approval request as stored and shown to approvers.
@@ -88,10 +90,10 @@ pub struct ApprovalRequest {
     pub principals: Vec<String>,
     /// Requested lifetime in seconds.
     pub ttl_seconds: u64,
-    /// Unix seconds.
-    pub created_at: u64,
-    /// Unix seconds: pending until then; once approved, usable until then.
-    pub expires_at: u64,
+    /// When the request was made.
+    pub created_at: UnixSecs,
+    /// Pending until then; once approved, usable until then.
+    pub expires_at: UnixSecs,
     /// Approvals needed.
     pub required: u32,
     /// State.
@@ -107,7 +109,7 @@ impl ApprovalRequest {
     /// The status at `now` (pending/approved requests past `expires_at` are expired).
     pub fn status_at(&self, now: u64) -> ApprovalStatus {
         match self.status {
-            ApprovalStatus::Pending | ApprovalStatus::Approved if now >= self.expires_at => {
+            ApprovalStatus::Pending | ApprovalStatus::Approved if now >= self.expires_at.get() => {
                 ApprovalStatus::Expired
             }
             s => s,
@@ -282,7 +284,7 @@ pub fn apply_vote(
         approver: approver.into(),
         approve,
         reason: reason.into(),
-        time: now,
+        time: UnixSecs(now),
     });
     if !approve {
         req.status = ApprovalStatus::Denied;
@@ -305,8 +307,8 @@ mod tests {
             key_fingerprint: "SHA256:x".into(),
             principals: vec!["deploy".into()],
             ttl_seconds: 300,
-            created_at: 100,
-            expires_at: 1000,
+            created_at: UnixSecs(100),
+            expires_at: UnixSecs(1000),
             required: 2,
             status: ApprovalStatus::Pending,
             votes: vec![],

@@ -13,6 +13,88 @@
 use jiff::civil::DateTime;
 use jiff::SignedDuration;
 
+/// An instant as whole seconds since 1970-01-01 UTC: what OpenSSH
+/// certificates, JWT claims and approval requests carry. On the wire and
+/// in stored JSON it is the bare number (`serde(transparent)`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct UnixSecs(pub u64);
+
+impl UnixSecs {
+    /// The latest representable instant.
+    pub const MAX: UnixSecs = UnixSecs(u64::MAX);
+
+    /// The unix seconds of `t` (0 before 1970).
+    pub fn of(t: std::time::SystemTime) -> UnixSecs {
+        UnixSecs(crate::clock::unix_secs(t))
+    }
+
+    /// The number of seconds.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// `self + d`, stopping at [`UnixSecs::MAX`].
+    pub fn saturating_add(self, d: std::time::Duration) -> UnixSecs {
+        UnixSecs(self.0.saturating_add(d.as_secs()))
+    }
+
+    /// `self - d`, stopping at 1970.
+    pub fn saturating_sub(self, d: std::time::Duration) -> UnixSecs {
+        UnixSecs(self.0.saturating_sub(d.as_secs()))
+    }
+
+    /// Seconds from `earlier` to `self` (0 if `earlier` is later).
+    pub fn since(self, earlier: UnixSecs) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+impl std::fmt::Display for UnixSecs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<UnixSecs> for u64 {
+    fn from(t: UnixSecs) -> u64 {
+        t.0
+    }
+}
+
+/// A certificate lifetime a bot asked for: whole seconds, never zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ttl(std::time::Duration);
+
+impl Ttl {
+    /// `secs` seconds; `None` for 0, which is no lifetime at all.
+    pub fn from_secs(secs: u64) -> Option<Ttl> {
+        (secs > 0).then(|| Ttl(std::time::Duration::from_secs(secs)))
+    }
+
+    /// The lifetime as a duration.
+    pub fn duration(self) -> std::time::Duration {
+        self.0
+    }
+
+    /// Whole seconds.
+    pub fn as_secs(self) -> u64 {
+        self.0.as_secs()
+    }
+}
+
 /// Seconds in a UTC day (no leap seconds in unix time).
 const DAY_SECS: u64 = 86_400;
 
@@ -88,5 +170,32 @@ mod tests {
         assert_eq!(utc_minute(u64::MAX), "9999-12-31 23:59Z");
         assert_eq!(utc_day(u64::MAX), "9999-12-31");
         assert_eq!(http_date(u64::MAX), "Fri, 31 Dec 9999 23:59:59 GMT");
+    }
+
+    #[test]
+    fn unix_secs_saturate_and_serialize_as_a_bare_number() {
+        use std::time::Duration;
+        assert_eq!(
+            UnixSecs(5).saturating_sub(Duration::from_secs(9)),
+            UnixSecs(0)
+        );
+        assert_eq!(
+            UnixSecs::MAX.saturating_add(Duration::from_secs(1)),
+            UnixSecs::MAX
+        );
+        assert_eq!(UnixSecs(10).since(UnixSecs(4)), 6);
+        assert_eq!(UnixSecs(4).since(UnixSecs(10)), 0);
+        assert_eq!(
+            serde_json::to_string(&UnixSecs(1_800_000_000)).unwrap(),
+            "1800000000"
+        );
+        let back: UnixSecs = serde_json::from_str("42").unwrap();
+        assert_eq!(back, UnixSecs(42));
+    }
+
+    #[test]
+    fn a_ttl_is_never_zero() {
+        assert_eq!(Ttl::from_secs(0), None);
+        assert_eq!(Ttl::from_secs(300).map(Ttl::as_secs), Some(300));
     }
 }

@@ -1,6 +1,6 @@
 //! The audit record decoder and the chain verifier on arbitrary bytes: an
 //! exported JSON Lines file as `mayfly audit verify --export` reads it
-//! (`record_from_line`, `verify_export`).
+//! (`record_from_line`, `verify_export_file`).
 //!
 //! Invariants: never panics (also when printing the report); a decoded
 //! line encodes back (`to_json`) to a line that decodes to the same record;
@@ -10,7 +10,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use mayfly::audit::export::{record_from_line, to_json};
-use mayfly::audit::verify::verify_export;
+use mayfly::audit::verify::verify_export_file;
 
 fuzz_target!(|data: &[u8]| {
     let mut decoded = 0u64;
@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         let again = record_from_line(&to_json(&r)).expect("an encoded record decodes");
         assert_eq!(again, r, "record changed in an export round trip");
     }
-    let Ok(report) = verify_export(std::io::Cursor::new(data), "fuzz", None) else {
+    let Ok(report) = verify_export_file(std::io::Cursor::new(data), "fuzz") else {
         return;
     };
     let _ = report.to_string();

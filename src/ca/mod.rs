@@ -79,8 +79,8 @@ impl Authority {
         let mut b = Builder::new_with_random_nonce(
             &mut OsRng,
             spec.subject.0.key_data().clone(),
-            spec.valid_after,
-            spec.valid_before,
+            spec.valid_after.get(),
+            spec.valid_before.get(),
         )?;
         b.serial(spec.serial)?;
         b.key_id(spec.key_id.clone())?;
@@ -131,7 +131,7 @@ fn check_bounds(spec: &CertSpec) -> Result<(), MintError> {
             "host certificates carry no options or extensions",
         ));
     }
-    if spec.valid_before - spec.valid_after > (ceiling + MAX_BACKDATE).as_secs() {
+    if spec.valid_before.since(spec.valid_after) > (ceiling + MAX_BACKDATE).as_secs() {
         return Err(MintError::OutOfBounds("validity window too long"));
     }
     if spec.key_id.is_empty() || spec.key_id.len() > 512 {
@@ -156,8 +156,8 @@ mod tests {
             serial: 42,
             key_id: "mayfly:deploy:gh:repo:1:42".into(),
             principals: vec![Principal::parse("deploy").unwrap()],
-            valid_after: 1_700_000_000,
-            valid_before: 1_700_000_300,
+            valid_after: crate::time::UnixSecs(1_700_000_000),
+            valid_before: crate::time::UnixSecs(1_700_000_300),
             extensions: vec![Extension::PermitPty],
             force_command: Some("/bin/true".into()),
             source_address: vec!["10.0.0.0/8".parse().unwrap()],
@@ -192,7 +192,9 @@ mod tests {
         s.principals.clear();
         assert!(ca.mint(&s).is_err());
         let mut s = spec(subject());
-        s.valid_before = s.valid_after + 30 * 24 * 3600;
+        s.valid_before = s
+            .valid_after
+            .saturating_add(std::time::Duration::from_secs(30 * 24 * 3600));
         assert!(ca.mint(&s).is_err());
         let mut s = spec(subject());
         s.serial = 0;

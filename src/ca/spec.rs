@@ -1,6 +1,7 @@
 //! The checked parts a certificate is made of: principals, extensions, TTLs,
 //! subject keys and the complete [`CertSpec`] that policy hands to minting.
 
+use crate::time::UnixSecs;
 use std::fmt;
 use std::time::Duration;
 
@@ -262,10 +263,10 @@ pub struct CertSpec {
     pub key_id: String,
     /// Principals the certificate is valid for.
     pub principals: Vec<Principal>,
-    /// Unix seconds; already backdated.
-    pub valid_after: u64,
-    /// Unix seconds; exclusive end.
-    pub valid_before: u64,
+    /// Start of validity; already backdated.
+    pub valid_after: UnixSecs,
+    /// End of validity (exclusive).
+    pub valid_before: UnixSecs,
     /// Extensions granted (nothing else is permitted).
     pub extensions: Vec<Extension>,
     /// `force-command` critical option.

@@ -130,7 +130,7 @@ fn pending_table(list: &[ApprovalRequest]) -> String {
             r.role,
             format!("{}:{}", r.issuer, r.subject),
             r.principals.join(","),
-            client::remaining(r.expires_at),
+            client::remaining(r.expires_at.get()),
             approvals(r),
             r.required
         ));

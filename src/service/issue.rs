@@ -1,6 +1,6 @@
 //! The issuance pipeline: token, policy, limits, replay, mint, durable record.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use crate::audit::{AuditRecord, EventKind};
 use crate::auth::{TokenError, VerifiedToken};
@@ -15,6 +15,7 @@ use crate::ca::{self, CertKind, MintError, SubjectKey};
 use super::limits::{disabled_denial, guard_refusal};
 use super::spec;
 use crate::policy::{CertRequest, HostCertRequest};
+use crate::time::{Ttl, UnixSecs};
 
 /// A bot's (or host's) request for a certificate.
 #[derive(Debug)]
@@ -57,8 +58,8 @@ pub struct PendingApproval {
     pub id: String,
     /// Approvals still needed.
     pub needed: u32,
-    /// Unix seconds.
-    pub expires_at: u64,
+    /// When the approval request expires.
+    pub expires_at: UnixSecs,
 }
 
 impl std::fmt::Display for PendingApproval {
@@ -82,10 +83,10 @@ pub struct Issued {
     pub key_id: String,
     /// Principals.
     pub principals: Vec<String>,
-    /// Unix seconds.
-    pub valid_after: u64,
-    /// Unix seconds.
-    pub valid_before: u64,
+    /// Start of validity.
+    pub valid_after: UnixSecs,
+    /// End of validity.
+    pub valid_before: UnixSecs,
 }
 
 impl Service {
@@ -124,7 +125,7 @@ impl Service {
                     issuer = rec.issuer.as_deref().unwrap_or(""),
                     subject = rec.subject.as_deref().unwrap_or(""),
                     serial = issued.serial, key_id = %issued.key_id,
-                    principals = ?issued.principals, valid_before = issued.valid_before,
+                    principals = ?issued.principals, valid_before = issued.valid_before.get(),
                     "certificate issued"
                 );
             }
@@ -199,15 +200,15 @@ impl Service {
             message: e.to_string(),
         })?;
         rec.key_fingerprint = Some(subject.fingerprint());
-        let ttl = match req.ttl_seconds {
+        let ttl = match req.ttl_seconds.map(Ttl::from_secs) {
             None => None,
-            Some(0) => {
+            Some(None) => {
                 return Err(IssueError::BadRequest {
                     code: "invalid_ttl",
                     message: "ttl_seconds must be above 0; omit it for the role's default".into(),
                 })
             }
-            Some(s) => Some(Duration::from_secs(s)),
+            Some(Some(t)) => Some(t.duration()),
         };
         let policy = self.policy();
         rec.policy_digest = Some(policy.digest.clone());
@@ -342,7 +343,15 @@ impl Service {
             issuer: verified.issuer(),
             subject: verified.subject(),
         };
-        let spec = spec::cert_spec(req.kind, who, subject, serial, grant, now_s, self.backdate);
+        let spec = spec::cert_spec(
+            req.kind,
+            who,
+            subject,
+            serial,
+            grant,
+            UnixSecs(now_s),
+            self.backdate,
+        );
         let cert = authority.mint(&spec)?;
         let line = cert
             .to_openssh()
@@ -352,8 +361,8 @@ impl Service {
         rec.serial = Some(serial);
         rec.key_id = Some(spec.key_id.clone());
         rec.principals = principals.clone();
-        rec.valid_after = Some(spec.valid_after);
-        rec.valid_before = Some(spec.valid_before);
+        rec.valid_after = Some(spec.valid_after.get());
+        rec.valid_before = Some(spec.valid_before.get());
         rec.ca_key = Some(authority.public_key_line());
         let commit_started = self.clock.monotonic();
         let stored = self.store.issuance().issue(rec.clone(), Some(guard)).await;

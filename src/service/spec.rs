@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::ca::{key_id, CertKind, CertSpec, SubjectKey};
 use crate::policy::Grant;
+use crate::time::UnixSecs;
 
 /// Which key ring signs a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +56,7 @@ pub fn cert_spec(
     subject: SubjectKey,
     serial: u64,
     grant: Grant,
-    now_s: u64,
+    now: UnixSecs,
     backdate: Duration,
 ) -> CertSpec {
     let kid = key_id(who.role, who.issuer, who.subject, serial);
@@ -68,10 +69,10 @@ pub fn cert_spec(
             CertKind::Host => kid.replacen("mayfly:", "mayfly-host:", 1),
         },
         principals: grant.principals,
-        valid_after: now_s.saturating_sub(backdate.as_secs()),
-        valid_before: now_s
-            .saturating_add(grant.ttl.as_secs())
-            .min(grant.window_end.unwrap_or(u64::MAX)),
+        valid_after: now.saturating_sub(backdate),
+        valid_before: now
+            .saturating_add(grant.ttl)
+            .min(grant.window_end.map_or(UnixSecs::MAX, UnixSecs)),
         extensions: grant.extensions,
         force_command: grant.force_command,
         source_address: grant.source_address,
@@ -120,11 +121,11 @@ mod tests {
             key(),
             7,
             grant(300, None),
-            1_000_000,
+            UnixSecs(1_000_000),
             Duration::from_secs(30),
         );
-        assert_eq!(s.valid_after, 999_970);
-        assert_eq!(s.valid_before, 1_000_300);
+        assert_eq!(s.valid_after, UnixSecs(999_970));
+        assert_eq!(s.valid_before, UnixSecs(1_000_300));
         assert_eq!(s.serial, 7);
         assert_eq!(s.force_command.as_deref(), Some("/usr/bin/true"));
         assert_eq!(s.principals.len(), 1);
@@ -138,20 +139,20 @@ mod tests {
             key(),
             7,
             grant(300, Some(1_000_100)),
-            1_000_000,
+            UnixSecs(1_000_000),
             Duration::ZERO,
         );
-        assert_eq!(s.valid_before, 1_000_100);
+        assert_eq!(s.valid_before, UnixSecs(1_000_100));
         let later = cert_spec(
             CertKind::User,
             who(),
             key(),
             7,
             grant(300, Some(2_000_000)),
-            1_000_000,
+            UnixSecs(1_000_000),
             Duration::ZERO,
         );
-        assert_eq!(later.valid_before, 1_000_300);
+        assert_eq!(later.valid_before, UnixSecs(1_000_300));
     }
 
     #[test]
@@ -162,11 +163,11 @@ mod tests {
             key(),
             1,
             grant(u64::MAX, None),
-            u64::MAX - 5,
+            UnixSecs(u64::MAX - 5),
             Duration::from_secs(u64::MAX),
         );
-        assert_eq!(s.valid_after, 0);
-        assert_eq!(s.valid_before, u64::MAX);
+        assert_eq!(s.valid_after, UnixSecs(0));
+        assert_eq!(s.valid_before, UnixSecs::MAX);
     }
 
     #[test]
@@ -177,7 +178,7 @@ mod tests {
             key(),
             42,
             grant(60, None),
-            0,
+            UnixSecs(0),
             Duration::ZERO,
         );
         assert_eq!(
@@ -190,7 +191,7 @@ mod tests {
             key(),
             42,
             grant(60, None),
-            0,
+            UnixSecs(0),
             Duration::ZERO,
         );
         assert_eq!(

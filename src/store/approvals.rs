@@ -85,7 +85,7 @@ pub(crate) fn approval_write_on(
     conn.execute(
         "INSERT INTO approvals (id, status, role, expires_at, body) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(id) DO UPDATE SET status = excluded.status, expires_at = excluded.expires_at, body = excluded.body",
-        params![req.id, req.status.as_str(), req.role, req.expires_at as i64, body],
+        params![req.id, req.status.as_str(), req.role, req.expires_at.get() as i64, body],
     )
     .map_err(err)?;
     Ok(())
