@@ -1,6 +1,6 @@
 //! The audit hash chain: records built from the input are chained
 //! (`chain::chain`), walked (`ChainWalker`), exported and verified
-//! (`verify_export`); then one column of one record is changed.
+//! (`verify_export_file`); then one column of one record is changed.
 //!
 //! Invariants: never panics; an untouched chain verifies intact, both in
 //! memory and through an export; a changed column, a changed hash, a
@@ -11,7 +11,7 @@ use arbitrary::Unstructured;
 use libfuzzer_sys::fuzz_target;
 use mayfly::audit::chain::{self, ChainWalker, StoredRecord, GENESIS};
 use mayfly::audit::export::to_json;
-use mayfly::audit::verify::verify_export;
+use mayfly::audit::verify::verify_export_file;
 use mayfly_fuzz::{alter, record};
 
 /// Largest time an export line can carry: 9999-12-31T23:59:59.999Z.
@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(w.last_hash(), Some(head));
 
     let text = export(&records);
-    let report = verify_export(text.as_bytes(), "fuzz", None).expect("reading from memory");
+    let report = verify_export_file(text.as_bytes(), "fuzz").expect("reading from memory");
     let _ = report.to_string();
     let exportable = records.iter().all(|r| (0..=MAX_EXPORT_MS).contains(&r.time_ms));
     if exportable {
@@ -65,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
     alter(&mut changed[at], which);
     assert!(!walk(&changed).problems().is_empty(), "column {which} of record {at} changed unnoticed");
     if exportable {
-        let report = verify_export(export(&changed).as_bytes(), "fuzz", None).expect("memory");
+        let report = verify_export_file(export(&changed).as_bytes(), "fuzz").expect("memory");
         assert!(!report.is_intact(), "changed export verified intact");
     }
 
