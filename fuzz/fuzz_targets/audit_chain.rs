@@ -51,7 +51,9 @@ fuzz_target!(|data: &[u8]| {
     let text = export(&records);
     let report = verify_export_file(text.as_bytes(), "fuzz").expect("reading from memory");
     let _ = report.to_string();
-    let exportable = records.iter().all(|r| (0..=MAX_EXPORT_MS).contains(&r.time_ms));
+    let exportable = records
+        .iter()
+        .all(|r| (0..=MAX_EXPORT_MS).contains(&r.time_ms));
     if exportable {
         assert!(report.is_intact(), "exported chain: {report}");
         assert_eq!(report.records, records.len() as u64);
@@ -63,7 +65,10 @@ fuzz_target!(|data: &[u8]| {
     let at = usize::from(u.arbitrary::<u8>().unwrap_or(0)) % records.len();
     let mut changed = records.clone();
     alter(&mut changed[at], which);
-    assert!(!walk(&changed).problems().is_empty(), "column {which} of record {at} changed unnoticed");
+    assert!(
+        !walk(&changed).problems().is_empty(),
+        "column {which} of record {at} changed unnoticed"
+    );
     if exportable {
         let report = verify_export_file(export(&changed).as_bytes(), "fuzz").expect("memory");
         assert!(!report.is_intact(), "changed export verified intact");
@@ -76,6 +81,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(!w.problems().is_empty() || at == records.len() - 1);
         let mut swapped = records.clone();
         swapped.swap(at, (at + 1) % records.len());
-        assert!(!walk(&swapped).problems().is_empty(), "swapped records unnoticed");
+        assert!(
+            !walk(&swapped).problems().is_empty(),
+            "swapped records unnoticed"
+        );
     }
 });

@@ -50,7 +50,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(checked.is_ok(), strict.is_ok());
     }
     if let (Ok(info), Ok(k)) = (checked, strict) {
-        assert_eq!((info.version, info.generated_date), (k.krl_version, k.generated_date));
+        assert_eq!(
+            (info.version, info.generated_date),
+            (k.krl_version, k.generated_date)
+        );
     }
 });
 

@@ -54,7 +54,10 @@ fuzz_target!(|data: &[u8]| {
                 e.code(),
                 msg.len()
             );
-            assert!(!matches!(e, TokenError::Replayed | TokenError::BadSignature));
+            assert!(!matches!(
+                e,
+                TokenError::Replayed | TokenError::BadSignature
+            ));
         }
     }
 });

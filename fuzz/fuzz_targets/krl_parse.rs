@@ -27,11 +27,17 @@ fuzz_target!(|data: &[u8]| {
     assert!(!k.comment.contains('\0'));
     let mut seen_cas = Vec::new();
     for c in &k.certs {
-        assert!(!c.serials.is_empty() || !c.key_ids.is_empty(), "empty section kept");
+        assert!(
+            !c.serials.is_empty() || !c.key_ids.is_empty(),
+            "empty section kept"
+        );
         assert!(!c.serials.contains(&0), "serial 0 revoked");
         assert!(sorted_unique(&c.serials) && sorted_unique(&c.key_ids));
         assert!(c.key_ids.iter().all(|id| !id.contains('\0')));
-        assert!(!seen_cas.contains(&&c.ca_key_blob), "CA sections not merged");
+        assert!(
+            !seen_cas.contains(&&c.ca_key_blob),
+            "CA sections not merged"
+        );
         seen_cas.push(&c.ca_key_blob);
         for &s in c.serials.iter().take(16) {
             assert!(k.is_serial_revoked(&c.ca_key_blob, s));

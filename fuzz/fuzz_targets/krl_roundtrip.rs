@@ -96,7 +96,10 @@ fuzz_target!(|input: Input| {
     };
     let bytes = krl::encode(&spec);
     let k = krl::parse(&bytes).expect("mayfly's own KRL parses");
-    assert_eq!(krl::parse_header(&bytes).ok(), Some((spec.krl_version, spec.generated_date)));
+    assert_eq!(
+        krl::parse_header(&bytes).ok(),
+        Some((spec.krl_version, spec.generated_date))
+    );
     assert_eq!(k.comment, spec.comment.replace('\0', ""));
 
     // Expected revocations per CA blob, merged in order of first appearance.
@@ -109,7 +112,9 @@ fuzz_target!(|input: Input| {
                 expected.len() - 1
             }
         };
-        expected[i].1.extend(c.serials.iter().copied().filter(|&s| s != 0));
+        expected[i]
+            .1
+            .extend(c.serials.iter().copied().filter(|&s| s != 0));
         expected[i]
             .2
             .extend(c.key_ids.iter().filter(|id| !id.contains('\0')).cloned());
@@ -135,7 +140,10 @@ fuzz_target!(|input: Input| {
             assert!(k.is_serial_revoked(ca, s));
             let next = s.wrapping_add(1);
             if next != 0 && !k.certs.iter().any(|c| c.ca_key_blob.is_empty()) {
-                assert_eq!(k.is_serial_revoked(ca, next), serials.binary_search(&next).is_ok());
+                assert_eq!(
+                    k.is_serial_revoked(ca, next),
+                    serials.binary_search(&next).is_ok()
+                );
             }
         }
     }
@@ -152,9 +160,12 @@ fuzz_target!(|input: Input| {
     // Never worse than listing every serial: per CA section at most
     // type + length + CA string + reserved + one list subsection header.
     let empty = krl::encode_empty(spec.krl_version, spec.generated_date, &spec.comment).len();
-    let per_ca: usize = expected.iter().map(|(ca, _, ids)| {
-        5 + 4 + ca.len() + 4 + 5 + 5 + ids.iter().map(|i| 4 + i.len()).sum::<usize>()
-    }).sum();
+    let per_ca: usize = expected
+        .iter()
+        .map(|(ca, _, ids)| {
+            5 + 4 + ca.len() + 4 + 5 + 5 + ids.iter().map(|i| 4 + i.len()).sum::<usize>()
+        })
+        .sum();
     let other = 5 + keys.iter().map(|k| 4 + k.len()).sum::<usize>() + 5 + 36 * sha.len();
     assert!(
         bytes.len() <= empty + per_ca + other + 8 * total_serials,

@@ -30,7 +30,11 @@ fuzz_target!(|data: &[u8]| {
             assert!(!errors.is_empty(), "refused without a reason");
             let lines = text.split('\n').count();
             for e in &errors {
-                assert!(e.line >= 1 && e.line <= lines, "error at line {} of {lines}", e.line);
+                assert!(
+                    e.line >= 1 && e.line <= lines,
+                    "error at line {} of {lines}",
+                    e.line
+                );
             }
             return;
         }
@@ -58,10 +62,19 @@ fuzz_target!(|data: &[u8]| {
     let issuer = role.issuer.clone();
     match role.evaluate(&issuer, &claims, &CertRequest::default(), NOW) {
         Ok(g) => {
-            assert!(g.ttl <= role.max_ttl, "granted {:?} > max {:?}", g.ttl, role.max_ttl);
+            assert!(
+                g.ttl <= role.max_ttl,
+                "granted {:?} > max {:?}",
+                g.ttl,
+                role.max_ttl
+            );
             assert!(!g.principals.is_empty(), "grant without principals");
             for p in &g.principals {
-                assert!(principal_grammar_ok(p.as_str()), "principal {:?}", p.as_str());
+                assert!(
+                    principal_grammar_ok(p.as_str()),
+                    "principal {:?}",
+                    p.as_str()
+                );
             }
             let too_long = CertRequest {
                 ttl: Some(role.max_ttl + Duration::from_secs(1)),

@@ -65,13 +65,25 @@ fuzz_target!(|input: Input| {
     let Ok(principals) = role.principals_for(&claims) else {
         return;
     };
-    assert!(!principals.is_empty(), "no principals from {:?}", input.templates);
+    assert!(
+        !principals.is_empty(),
+        "no principals from {:?}",
+        input.templates
+    );
     assert!(principals.len() <= role.principals.len());
     for p in &principals {
-        assert!(principal_grammar_ok(p.as_str()), "principal {:?}", p.as_str());
+        assert!(
+            principal_grammar_ok(p.as_str()),
+            "principal {:?}",
+            p.as_str()
+        );
     }
     for (i, a) in principals.iter().enumerate() {
-        assert!(!principals[i + 1..].contains(a), "duplicate principal {}", a.as_str());
+        assert!(
+            !principals[i + 1..].contains(a),
+            "duplicate principal {}",
+            a.as_str()
+        );
     }
     // Independent expansion: every template, claims substituted.
     let mut expected: Vec<String> = Vec::new();
