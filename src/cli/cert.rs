@@ -96,16 +96,7 @@ pub fn run_cert(a: CertArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     init_logging(quiet(verbose), LogFormat::Text);
     let opts = a.req.options()?;
     let (answer, path) = runtime()?.block_on(client::cert_to_dir(&opts, &a.out))?;
-    if verbose {
-        eprintln!(
-            "certificate serial {} key_id {} principals {:?}, valid for {}s",
-            answer.serial,
-            answer.key_id,
-            answer.principals,
-            client::remaining(answer.valid_before)
-        );
-    }
-    println!("{}", path.display());
+    super::print_cert_written("certificate", &answer, &path, verbose);
     Ok(ExitCode::SUCCESS)
 }
 

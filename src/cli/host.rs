@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
-use mayfly::client::{self, token::TokenSource};
+use mayfly::client::token::TokenSource;
 use mayfly::hostsync::{self, HostCertOptions, SyncOptions};
 
 /// `mayfly host ...`: commands run on a server that bots log in to.
@@ -166,16 +166,7 @@ fn cert(a: HostCertArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         insecure_http: a.insecure_http,
     };
     let (answer, path) = runtime()?.block_on(hostsync::host_cert(&opts))?;
-    if verbose {
-        eprintln!(
-            "host certificate serial {} key_id {} principals {:?}, valid for {}s",
-            answer.serial,
-            answer.key_id,
-            answer.principals,
-            client::remaining(answer.valid_before)
-        );
-    }
-    println!("{}", path.display());
+    super::print_cert_written("host certificate", &answer, &path, verbose);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -76,3 +76,23 @@ pub fn parse_ttl(s: &Option<String>) -> anyhow::Result<Option<Duration>> {
         })
         .transpose()
 }
+
+/// Prints where a certificate was written (stdout) and, with `--verbose`,
+/// what it holds (stderr): the output of `mayfly cert` and `host cert`.
+pub fn print_cert_written(
+    what: &str,
+    answer: &mayfly::client::CertAnswer,
+    path: &std::path::Path,
+    verbose: bool,
+) {
+    if verbose {
+        eprintln!(
+            "{what} serial {} key_id {} principals {:?}, valid for {}s",
+            answer.serial,
+            answer.key_id,
+            answer.principals,
+            mayfly::client::remaining(answer.valid_before)
+        );
+    }
+    println!("{}", path.display());
+}

@@ -150,6 +150,30 @@ fn spawn_server(dir: &Path, config_path: &Path, port: u16) -> Result<Proc, Strin
     }
 }
 
+/// A temporary server directory with `ca-policy/<role>.toml` for each of
+/// `policies`, and where its `mayfly.toml` goes.
+fn server_dir(policies: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let dir = temp_dir("server");
+    let policy_dir = dir.path().join("ca-policy");
+    std::fs::create_dir_all(&policy_dir).expect("create ca-policy dir");
+    for (role, toml) in policies {
+        std::fs::write(policy_dir.join(format!("{role}.toml")), toml)
+            .unwrap_or_else(|e| panic!("write policy {role}: {e}"));
+    }
+    let config_path = dir.path().join("mayfly.toml");
+    (dir, config_path)
+}
+
+/// Writes the `mayfly.toml` of a server in `dir` listening on `port`.
+fn write_config(dir: &Path, config_path: &Path, port: u16, config_toml_extra: &str) {
+    let config = format!(
+        "listen = \"127.0.0.1:{port}\"\ndata_dir = {}\npolicy_dir = {}\n{config_toml_extra}\n",
+        toml_string(&dir.join("data")),
+        toml_string(&dir.join("ca-policy")),
+    );
+    std::fs::write(config_path, config).expect("write mayfly.toml");
+}
+
 /// A TOML basic string for a path (JSON string escapes are valid TOML).
 fn toml_string(p: &Path) -> String {
     serde_json::to_string(p.to_str().expect("path is UTF-8")).expect("quote path")
@@ -327,23 +351,11 @@ impl Mayfly {
     /// (`restart` polls plain HTTP, so it is not for TLS servers.)
     pub fn start_tls(config_toml_extra: &str, policies: &[(&str, &str)], ca_pem: &Path) -> Mayfly {
         let client = tls_client_config(ca_pem, None);
-        let dir = temp_dir("server");
-        let policy_dir = dir.path().join("ca-policy");
-        std::fs::create_dir_all(&policy_dir).expect("create ca-policy dir");
-        for (role, toml) in policies {
-            std::fs::write(policy_dir.join(format!("{role}.toml")), toml)
-                .unwrap_or_else(|e| panic!("write policy {role}: {e}"));
-        }
-        let config_path = dir.path().join("mayfly.toml");
+        let (dir, config_path) = server_dir(policies);
         let mut last_failure = String::new();
         for _attempt in 0..3 {
             let port = free_port();
-            let config = format!(
-                "listen = \"127.0.0.1:{port}\"\ndata_dir = {}\npolicy_dir = {}\n{config_toml_extra}\n",
-                toml_string(&dir.path().join("data")),
-                toml_string(&policy_dir),
-            );
-            std::fs::write(&config_path, config).expect("write mayfly.toml");
+            write_config(dir.path(), &config_path, port, config_toml_extra);
             let mut cmd = Command::new(Mayfly::bin());
             cmd.arg("serve")
                 .arg("--config")
@@ -408,23 +420,11 @@ impl Mayfly {
     /// (e.g. it exits because of its config or CA key) is an `Err` carrying
     /// its report (how it exited, stdout, stderr) instead of a panic.
     pub fn try_start(config_toml_extra: &str, policies: &[(&str, &str)]) -> Result<Mayfly, String> {
-        let dir = temp_dir("server");
-        let policy_dir = dir.path().join("ca-policy");
-        std::fs::create_dir_all(&policy_dir).expect("create ca-policy dir");
-        for (role, toml) in policies {
-            std::fs::write(policy_dir.join(format!("{role}.toml")), toml)
-                .unwrap_or_else(|e| panic!("write policy {role}: {e}"));
-        }
-        let config_path = dir.path().join("mayfly.toml");
+        let (dir, config_path) = server_dir(policies);
         let mut last_failure = String::new();
         for _attempt in 0..3 {
             let port = free_port();
-            let config = format!(
-                "listen = \"127.0.0.1:{port}\"\ndata_dir = {}\npolicy_dir = {}\n{config_toml_extra}\n",
-                toml_string(&dir.path().join("data")),
-                toml_string(&policy_dir),
-            );
-            std::fs::write(&config_path, config).expect("write mayfly.toml");
+            write_config(dir.path(), &config_path, port, config_toml_extra);
             match spawn_server(dir.path(), &config_path, port) {
                 Ok(proc) => {
                     return Ok(Mayfly {
