@@ -332,6 +332,11 @@ pub fn is_loopback_http(url: &url::Url) -> bool {
 }
 
 impl Config {
+    /// The names of the configured `[[issuer]]`s, as role files name them.
+    pub fn issuer_names(&self) -> Vec<&str> {
+        self.issuers.iter().map(|i| i.name.as_str()).collect()
+    }
+
     /// Loads `path` (or embedded defaults when `None`), then applies `MAYFLY_*` overrides.
     pub fn load(
         path: Option<&Path>,

@@ -59,8 +59,7 @@ pub async fn reload(service: &Service, cfg: &Config, trigger: &str) -> bool {
     let loaded = {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || {
-            let names: Vec<&str> = cfg.issuers.iter().map(|i| i.name.as_str()).collect();
-            crate::policy::load::load_for_issuers(&cfg.policy_dir, &names)
+            crate::policy::load::load_for_issuers(&cfg.policy_dir, &cfg.issuer_names())
         })
         .await
     };

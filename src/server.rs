@@ -102,8 +102,7 @@ fn load_ring(cfg: &Config, base: &str, pub_name: &str, what: &str) -> Result<Key
 
 /// Loads the policy directory or explains every problem.
 pub fn load_policy(dir: &Path, cfg: &Config) -> Result<policy::Policy, StartError> {
-    let names: Vec<&str> = cfg.issuers.iter().map(|i| i.name.as_str()).collect();
-    policy::load::load_for_issuers(dir, &names).map_err(|e| StartError::Policy {
+    policy::load::load_for_issuers(dir, &cfg.issuer_names()).map_err(|e| StartError::Policy {
         dir: e.dir,
         errors: e.errors,
     })

@@ -190,8 +190,7 @@ fn check(dir: &Path, config: Option<&Path>, deny_warnings: bool) -> anyhow::Resu
     if let Some(c) = config {
         // The issuer names only: no MAYFLY_* overrides, no secrets read.
         let cfg = Config::load(Some(c), &|_| None)?;
-        let names: Vec<&str> = cfg.issuers.iter().map(|i| i.name.as_str()).collect();
-        if let Err(errs) = policy::load::check_issuers(&policy, &names) {
+        if let Err(errs) = policy::load::check_issuers(&policy, &cfg.issuer_names()) {
             for e in &errs {
                 eprintln!("{e}");
             }
