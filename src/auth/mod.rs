@@ -586,6 +586,16 @@ impl Verifier {
     }
 }
 
+/// A fixed Ed25519 issuer key (RFC 8037 A.1) and its JWKS (kid `k1`), for
+/// unit tests that sign tokens.
+#[cfg(test)]
+pub(crate) mod test_key {
+    /// The private key, PKCS#8 PEM.
+    pub const PKCS8_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g\n-----END PRIVATE KEY-----\n";
+    /// Its public half as a JWKS.
+    pub const JWKS: &str = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"k1"}]}"#;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -593,9 +603,7 @@ mod tests {
     use serde_json::json;
     use std::time::Duration;
 
-    // A fixed Ed25519 test key (RFC 8037 A.1).
-    const PKCS8_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g\n-----END PRIVATE KEY-----\n";
-    const JWKS: &str = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"k1"}]}"#;
+    use super::test_key::{JWKS, PKCS8_PEM};
     const NOW: u64 = 1_800_000_000;
 
     fn verifier(dir: &tempfile::TempDir) -> Verifier {

@@ -18,6 +18,7 @@ use crate::audit::chain::{BadRow, ChainMeta, Hash, StoredRecord};
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::search::AuditQuery;
 use crate::audit::AuditRecord;
+use crate::auth::test_key::{JWKS, PKCS8_PEM};
 use crate::ca::CertKind;
 use crate::clock::ManualClock;
 use crate::config::{CaKeyConfig, IssuerConfig, StoreBackend};
@@ -31,9 +32,6 @@ use crate::store::{
 };
 
 const NOW: u64 = 1_800_000_000;
-// A fixed Ed25519 test key (RFC 8037 A.1) and its JWKS.
-const PKCS8_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g\n-----END PRIVATE KEY-----\n";
-const JWKS: &str = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"k1"}]}"#;
 const BOT_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl bot";
 const SUB: &str = "system:serviceaccount:backup:restic";
