@@ -121,14 +121,19 @@ impl Env {
         self.ca.audit(&["--event", event])
     }
 
-    /// Asks for approval of `body` and has alice approve it; the id.
-    fn approved(&self, body: &Value) -> String {
+    /// Asks for approval of `body` as the bot; the pending request's id.
+    fn pending(&self, body: &Value) -> String {
         let r = self.post_as("/v1/certs/user", "bot", body);
         assert_eq!(r.status, 202, "{}", r.text());
-        let id = r.json()["approval_request"]
+        r.json()["approval_request"]
             .as_str()
             .expect("id")
-            .to_string();
+            .to_string()
+    }
+
+    /// Asks for approval of `body` and has alice approve it; the id.
+    fn approved(&self, body: &Value) -> String {
+        let id = self.pending(body);
         let r = self.post_as(
             &format!("/v1/requests/{id}/approve"),
             "alice",
@@ -430,11 +435,7 @@ fn refused_votes_are_audited() {
     let env = setup();
     let (_, key) = keygen_ed25519(env.dir.path());
     let body = json!({"role": "jit", "public_key": key, "principals": ["readonly"]});
-    let r = env.post_as("/v1/certs/user", "bot", &body);
-    let id = r.json()["approval_request"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = env.pending(&body);
     let approve = format!("/v1/requests/{id}/approve");
     // Not an approver.
     let r = env.post_as(&approve, "bob", &json!({}));
@@ -466,11 +467,7 @@ fn the_person_who_triggered_a_job_cannot_approve_it_from_their_own_account() {
     let env = setup();
     let (_, key) = keygen_ed25519(env.dir.path());
     let body = json!({"role": "jit", "public_key": key, "principals": ["readonly"]});
-    let r = env.post_as("/v1/certs/user", "bot", &body);
-    let id = r.json()["approval_request"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = env.pending(&body);
     let approve = format!("/v1/requests/{id}/approve");
     // carol's preferred_username "Carol" is the job's actor "carol".
     let r = env.post_as(&approve, "carol", &json!({}));

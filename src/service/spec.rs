@@ -113,15 +113,18 @@ mod tests {
         SubjectKey::parse(KEY).expect("key")
     }
 
+    /// [`cert_spec`] for the test requester and key.
+    fn spec(kind: CertKind, serial: u64, grant: Grant, now: u64, backdate: Duration) -> CertSpec {
+        cert_spec(kind, who(), key(), serial, grant, UnixSecs(now), backdate)
+    }
+
     #[test]
     fn validity_is_backdated_and_lasts_the_ttl() {
-        let s = cert_spec(
+        let s = spec(
             CertKind::User,
-            who(),
-            key(),
             7,
             grant(300, None),
-            UnixSecs(1_000_000),
+            1_000_000,
             Duration::from_secs(30),
         );
         assert_eq!(s.valid_after, UnixSecs(999_970));
@@ -133,23 +136,19 @@ mod tests {
 
     #[test]
     fn the_window_end_clips_validity() {
-        let s = cert_spec(
+        let s = spec(
             CertKind::User,
-            who(),
-            key(),
             7,
             grant(300, Some(1_000_100)),
-            UnixSecs(1_000_000),
+            1_000_000,
             Duration::ZERO,
         );
         assert_eq!(s.valid_before, UnixSecs(1_000_100));
-        let later = cert_spec(
+        let later = spec(
             CertKind::User,
-            who(),
-            key(),
             7,
             grant(300, Some(2_000_000)),
-            UnixSecs(1_000_000),
+            1_000_000,
             Duration::ZERO,
         );
         assert_eq!(later.valid_before, UnixSecs(1_000_300));
@@ -157,13 +156,11 @@ mod tests {
 
     #[test]
     fn validity_saturates_instead_of_wrapping() {
-        let s = cert_spec(
+        let s = spec(
             CertKind::User,
-            who(),
-            key(),
             1,
             grant(u64::MAX, None),
-            UnixSecs(u64::MAX - 5),
+            u64::MAX - 5,
             Duration::from_secs(u64::MAX),
         );
         assert_eq!(s.valid_after, UnixSecs(0));
@@ -172,28 +169,12 @@ mod tests {
 
     #[test]
     fn key_ids_name_role_issuer_subject_serial_and_kind() {
-        let u = cert_spec(
-            CertKind::User,
-            who(),
-            key(),
-            42,
-            grant(60, None),
-            UnixSecs(0),
-            Duration::ZERO,
-        );
+        let u = spec(CertKind::User, 42, grant(60, None), 0, Duration::ZERO);
         assert_eq!(
             u.key_id,
             "mayfly:deploy:https_//issuer.example:repo_acme/app:42"
         );
-        let h = cert_spec(
-            CertKind::Host,
-            who(),
-            key(),
-            42,
-            grant(60, None),
-            UnixSecs(0),
-            Duration::ZERO,
-        );
+        let h = spec(CertKind::Host, 42, grant(60, None), 0, Duration::ZERO);
         assert_eq!(
             h.key_id,
             "mayfly-host:deploy:https_//issuer.example:repo_acme/app:42"
