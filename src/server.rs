@@ -13,7 +13,8 @@ use crate::config::files;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy;
-use crate::service::{KeyLoader, Service, ServiceParts};
+use crate::rotation::KeyLoader;
+use crate::service::{Service, ServiceParts};
 use crate::store::{OpenMode, StoreConfig};
 
 pub mod connections;
@@ -84,10 +85,17 @@ fn ensure_data_dir(dir: &Path) -> Result<(), StartError> {
     Ok(())
 }
 
-fn load_ring(cfg: &Config, base: &str, pub_name: &str, what: &str) -> Result<KeyRing, StartError> {
-    let (ring, created) =
-        ca::rotation::load(&cfg.ca, &cfg.data_dir, base, &|k| std::env::var(k).ok())
-            .map_err(|e| StartError::Rotation(e.to_string()))?;
+async fn load_ring(
+    cfg: &Config,
+    loader: &KeyLoader,
+    base: &str,
+    pub_name: &str,
+    what: &str,
+) -> Result<KeyRing, StartError> {
+    let (ring, created) = loader
+        .load_or_create(base)
+        .await
+        .map_err(|e| StartError::Rotation(e.to_string()))?;
     if created {
         tracing::info!(key = %ring.active.describe(), fingerprint = %ring.active.fingerprint(),
             "generated a new {what} CA key");
@@ -126,9 +134,27 @@ pub async fn build_with_audit(
     if let Some(w) = ca::keys::at_rest_warning(&cfg.ca) {
         tracing::warn!("{w}");
     }
-    let user_keys = load_ring(cfg, files::USER_CA_KEY, files::USER_CA_PUB, "user")?;
-    let host_keys = load_ring(cfg, files::HOST_CA_KEY, files::HOST_CA_PUB, "host")?;
     let store = crate::store::open(&StoreConfig::from_config(cfg, OpenMode::Create))?;
+    // Keys come from the store: the first process on an empty store
+    // creates them, every later one (another replica) loads them.
+    let key_loader = KeyLoader::new(&cfg.ca, &cfg.data_dir, store.keys_shared())
+        .map_err(|e| StartError::Rotation(e.to_string()))?;
+    let user_keys = load_ring(
+        cfg,
+        &key_loader,
+        files::USER_CA_KEY,
+        files::USER_CA_PUB,
+        "user",
+    )
+    .await?;
+    let host_keys = load_ring(
+        cfg,
+        &key_loader,
+        files::HOST_CA_KEY,
+        files::HOST_CA_PUB,
+        "host",
+    )
+    .await?;
     // The one clock of this server; everything below asks it for the time.
     let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock::new());
     // Serials above every recorded one, used tokens restored from the log.
@@ -157,10 +183,7 @@ pub async fn build_with_audit(
         policy,
         user_keys,
         host_keys,
-        key_loader: Some(KeyLoader {
-            cfg: cfg.ca.clone(),
-            data_dir: cfg.data_dir.clone(),
-        }),
+        key_loader: Some(key_loader),
         store,
         backdate: cfg.backdate,
         metrics,
@@ -169,6 +192,7 @@ pub async fn build_with_audit(
     });
     service
         .load_group_keys(&service.policy())
+        .await
         .map_err(|e| StartError::Rotation(e.to_string()))?;
     Ok((service, audit))
 }

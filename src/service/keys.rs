@@ -1,4 +1,5 @@
-//! The CA key rings in force: loaded at start, reloaded after a rotation.
+//! The CA key rings in force: loaded at start, reloaded after a rotation
+//! (from the store, through [`KeyLoader`]).
 
 use std::sync::Arc;
 
@@ -6,22 +7,7 @@ use super::Service;
 use crate::ca;
 use crate::ca::rotation::KeyRing;
 use crate::policy::Policy;
-
-/// Loads CA key rings from `data_dir` as `[ca]` says.
-pub struct KeyLoader {
-    /// `[ca]` settings.
-    pub cfg: crate::config::CaKeyConfig,
-    /// Where key files live.
-    pub data_dir: std::path::PathBuf,
-}
-
-impl KeyLoader {
-    /// Loads the ring of `base` (`user_ca` / `host_ca`).
-    pub fn load(&self, base: &str) -> Result<KeyRing, ca::rotation::RotationError> {
-        ca::rotation::load(&self.cfg, &self.data_dir, base, &|k| std::env::var(k).ok())
-            .map(|(r, _)| r)
-    }
-}
+pub use crate::rotation::KeyLoader;
 
 impl Service {
     /// The user CA keys in force.
@@ -64,37 +50,53 @@ impl Service {
     }
 
     /// Loads (generating on first use) the key ring of every CA group the
-    /// policy names; groups already loaded are reloaded from disk.
-    pub fn load_group_keys(&self, policy: &Policy) -> Result<(), ca::rotation::RotationError> {
+    /// policy names; groups already loaded are reloaded when their stored
+    /// keys changed.
+    pub async fn load_group_keys(
+        &self,
+        policy: &Policy,
+    ) -> Result<(), ca::rotation::RotationError> {
         let Some(loader) = &self.key_loader else {
             return Ok(());
         };
         let mut fresh = std::collections::BTreeMap::new();
         for g in policy.ca_groups() {
-            let ring = loader.load(&crate::config::files::group_base(&g))?;
-            fresh.insert(g, Arc::new(ring));
+            let base = crate::config::files::group_base(&g);
+            let ring = match self.group_keys(&g) {
+                Some(current) => match loader.reload(&base, &current).await? {
+                    Some(ring) => Arc::new(ring),
+                    None => current,
+                },
+                None => Arc::new(loader.load_or_create(&base).await?.0),
+            };
+            fresh.insert(g, ring);
         }
         *self.group_keys.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(())
     }
 
-    /// Reloads both key rings from disk (after `mayfly ca rotate`). On
-    /// failure the keys in force stay and the error is logged.
-    pub(super) fn reload_keys(&self) {
-        if let Err(e) = self.load_group_keys(&self.policy()) {
+    /// Reloads the key rings whose stored keys changed (after `mayfly ca
+    /// rotate`, wherever it ran). On failure the keys in force stay and the
+    /// error is logged.
+    pub(super) async fn reload_keys(&self) {
+        if let Err(e) = self.load_group_keys(&self.policy()).await {
             tracing::error!(error = %e, "reloading CA group keys failed; keeping the keys in force");
         }
         let Some(loader) = &self.key_loader else {
             return;
         };
         for (base, slot) in [("user_ca", &self.user_keys), ("host_ca", &self.host_keys)] {
-            match loader.load(base) {
-                Ok(ring) => {
-                    let mut g = slot.write().unwrap_or_else(|p| p.into_inner());
-                    if g.public_lines() != ring.public_lines() {
+            let current = slot
+                .read()
+                .map(|k| k.clone())
+                .unwrap_or_else(|p| p.into_inner().clone());
+            match loader.reload(base, &current).await {
+                Ok(None) => {}
+                Ok(Some(ring)) => {
+                    if current.public_lines() != ring.public_lines() {
                         tracing::info!(ca = base, active = %ring.active.fingerprint(), "CA keys reloaded");
                     }
-                    *g = Arc::new(ring);
+                    *slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
                 }
                 Err(e) => {
                     tracing::error!(ca = base, error = %e, "reloading CA keys failed; keeping the keys in force")

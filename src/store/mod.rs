@@ -1,6 +1,7 @@
 //! Durable storage behind a set of async traits, one per concern
 //! ([`traits`]): issuance, the issuance counters, the audit log,
-//! approvals, revocations and deactivations, and reports. Only this module
+//! approvals, revocations and deactivations, reports, and CA keys with
+//! their rotation state. Only this module
 //! writes SQL, and nothing outside it names a backend: callers hold a
 //! [`Store`] from [`open`].
 //!
@@ -11,6 +12,8 @@
 //! [`crate::audit::chain`], not here, so a second backend stores the same.
 
 pub mod approvals;
+pub mod key_files;
+pub mod key_memory;
 pub mod memory;
 pub mod reports;
 pub mod sqlite;
@@ -32,7 +35,8 @@ pub use target::{DisableTarget, DisableTargetError};
 pub use sqlite::Backend;
 pub use traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
-    IssuanceCounters, IssuanceStore, ReportStore, Revoker, Store, StoreFuture, Vote,
+    IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReportStore, Revoker, Store, StoreFuture,
+    Vote,
 };
 
 /// A store failure. The message is for logs; clients only see "store unavailable".
@@ -242,7 +246,9 @@ impl StoreConfig {
     }
 }
 
-/// Opens the store `cfg` describes and starts its threads.
+/// Opens the store `cfg` describes and starts its threads. The SQLite
+/// store keeps CA keys as files beside its database (the database is
+/// `data_dir/mayfly.db`, so the keys stay where they have always been).
 pub fn open(cfg: &StoreConfig) -> Result<Store, StoreError> {
     match cfg.backend {
         StoreBackend::SQLite => {

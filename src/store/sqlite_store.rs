@@ -3,12 +3,14 @@
 //! report thread (apart, so a slow report never holds up a certificate)
 //! and one gauge thread for `/metrics` scrapes (which never builds an
 //! index). The issuance counters live in process memory
-//! ([`MemoryCounters`]): one server owns a SQLite database.
+//! ([`MemoryCounters`]): one server owns a SQLite database. CA keys are
+//! files beside the database ([`KeyFiles`], in `data_dir`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::key_files::KeyFiles;
 use super::memory::MemoryCounters;
 use super::reports::{
     AuditSpan, DailyIssuance, IdentityRoleUsage, LastDenialRow, PrincipalUse, RoleAllTime,
@@ -17,7 +19,7 @@ use super::reports::{
 use super::sqlite::{Backend, Sqlite};
 use super::traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
-    IssuanceCounters, IssuanceStore, ReportStore, Revoker, StoreFuture, Vote,
+    IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReportStore, Revoker, StoreFuture, Vote,
 };
 use super::writer::{Hooks, Opener, Readers, Writer};
 use super::{
@@ -29,6 +31,8 @@ use crate::audit::chain::{BadRow, ChainMeta, Hash, StoredRecord};
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::search::AuditQuery;
 use crate::audit::AuditRecord;
+use crate::ca::keys::{NewKey, StoredKey};
+use crate::ca::rotation::{CaKeys, KeyStep, RotationError};
 use crate::policy::limits::RateLimit;
 
 /// Reader threads on the request path.
@@ -47,6 +51,7 @@ pub struct SqliteStore {
     gauges: Readers<Sqlite>,
     hooks: Hooks,
     counters: MemoryCounters,
+    key_files: KeyFiles,
 }
 
 fn io(e: std::io::Error) -> StoreError {
@@ -123,6 +128,7 @@ impl SqliteStore {
             gauges,
             hooks,
             counters: MemoryCounters::new(),
+            key_files: KeyFiles::new(path.parent().unwrap_or(Path::new("."))),
         })
     }
 
@@ -156,6 +162,72 @@ impl SqliteStore {
         f: impl FnOnce(&mut Sqlite) -> Result<T, StoreError> + Send + 'static,
     ) -> StoreFuture<'_, T> {
         Box::pin(self.reports.read(f))
+    }
+}
+
+/// Runs blocking file work (CA key files) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Backend(format!("CA key file task failed: {e}")))
+}
+
+impl KeyStore for SqliteStore {
+    fn shared(&self) -> bool {
+        false
+    }
+
+    fn cas(&self) -> StoreFuture<'_, Vec<String>> {
+        let files = self.key_files.clone();
+        Box::pin(async move {
+            blocking(move || files.list())
+                .await?
+                .map_err(|e| StoreError::Backend(format!("listing CA key files: {e}")))
+        })
+    }
+
+    fn ca_keys(&self, base: &str) -> StoreFuture<'_, Result<CaKeys, RotationError>> {
+        let (files, base) = (self.key_files.clone(), base.to_string());
+        Box::pin(blocking(move || files.read(&base)))
+    }
+
+    fn create_active_if_absent(
+        &self,
+        base: &str,
+        key: NewKey,
+    ) -> StoreFuture<'_, Result<(StoredKey, bool), RotationError>> {
+        let (files, base) = (self.key_files.clone(), base.to_string());
+        Box::pin(async move {
+            self.writer()?;
+            blocking(move || files.create_active_if_absent(&base, &key)).await
+        })
+    }
+
+    fn rotate(&self, change: KeyChange) -> StoreFuture<'_, Result<StateVersion, RotationError>> {
+        Box::pin(async move {
+            // A read-only store refuses before any file changes.
+            self.writer()?;
+            let last_expiry = match (&change.step, &change.expected.previous) {
+                (KeyStep::Retire { .. }, Some(prev)) => self.last_expiry_by_ca(prev).await?,
+                _ => 0,
+            };
+            let KeyChange {
+                base,
+                step,
+                expected,
+                audit,
+                now,
+            } = change;
+            let files = self.key_files.clone();
+            if let Err(e) =
+                blocking(move || files.apply(&base, &step, &expected, last_expiry, now)).await?
+            {
+                return Ok(Err(e));
+            }
+            Ok(Ok(self.record_change(audit, now).await?))
+        })
     }
 }
 

@@ -11,7 +11,9 @@
 //! writer is one method here, so a backend runs it as one transaction:
 //! [`IssuanceStore::issue`] (disabled check, `max_active_certs`, approval
 //! redemption, then the record), [`AccessStore::disable_and_revoke`] and
-//! [`AccessStore::revoke_matching`].
+//! [`AccessStore::revoke_matching`]. [`KeyStore::rotate`] applies a CA key
+//! rotation step, its audit record and the state-version bump as one
+//! operation.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,6 +33,8 @@ use crate::audit::chain::{BadRow, ChainMeta, Hash, StoredRecord};
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::search::AuditQuery;
 use crate::audit::AuditRecord;
+use crate::ca::keys::{NewKey, StoredKey};
+use crate::ca::rotation::{CaKeys, KeyStep, RotationError, Slots};
 use crate::policy::limits::RateLimit;
 
 /// Checkpoints read in one page, each with its id (a row that cannot be
@@ -277,6 +281,132 @@ pub trait ReportStore: Send + Sync {
     fn count_events(&self, event: &str) -> StoreFuture<'_, u64>;
 }
 
+/// CA keys and their rotation state, shared by every process of the CA.
+///
+/// A CA is named by its base (`user_ca`, `host_ca`, `user_ca-<group>`) and
+/// has up to three slots ([`crate::ca::rotation::Slot`]). The store keeps
+/// each key as OpenSSH private key text ([`StoredKey`]: passphrase-encrypted
+/// under `[ca] key_protection = "passphrase"`) with its public line; it
+/// never decrypts. PKCS#11 keys are not stored: they stay on the token.
+///
+/// Whether a step fits is decided by
+/// [`crate::ca::rotation::check_step`] (and, for retire,
+/// [`crate::ca::rotation::check_retire_expiry`]), which every
+/// implementation calls on the stored state inside the operation that
+/// applies the step, so all of them refuse alike.
+///
+/// # SQLite mode (files)
+///
+/// `SqliteStore` keeps the keys as files beside its database, in
+/// `data_dir`: `user_ca`, `user_ca.next`, `user_ca.previous` (0600, written
+/// to a temp file, fsynced, hard-linked into place so an existing key is
+/// never replaced). Activation links `user_ca` to `user_ca.previous` and
+/// then renames `user_ca.next` over `user_ca`; retire removes
+/// `user_ca.previous`. The file step comes first, then the audit record
+/// and the state-version bump in one SQLite transaction: a crash between
+/// them leaves the step done but not yet recorded, never recorded but not
+/// done. One server owns a SQLite database, so no lock across machines is
+/// needed; two processes creating the same key file at once still end up
+/// with one key (the hard link fails for the second, which loads the
+/// first's).
+///
+/// # PostgreSQL (what a shared-database implementation must do)
+///
+/// One table, one row per stored key:
+///
+/// ```sql
+/// CREATE TABLE ca_keys (
+///     base        TEXT   NOT NULL,   -- 'user_ca', 'host_ca', 'user_ca-<group>'
+///     slot        TEXT   NOT NULL CHECK (slot IN ('active', 'next', 'previous')),
+///     public_key  TEXT   NOT NULL,   -- StoredKey::public (the audit ca_key form)
+///     private_key TEXT   NOT NULL,   -- OpenSSH text, passphrase-encrypted
+///     created_at  BIGINT NOT NULL,   -- unix seconds, from the inserting replica
+///     PRIMARY KEY (base, slot)
+/// );
+/// ```
+///
+/// * [`KeyStore::shared`] is `true`. Start-up then refuses an unencrypted
+///   file key (`[ca] key_protection = "none"`) before anything is stored,
+///   and [`KeyStore::create_active_if_absent`] and a `Stage` step refuse
+///   any key text for which [`crate::ca::keys::is_encrypted`] is not
+///   `Some(true)`, with [`crate::ca::keys::UNENCRYPTED_SHARED_KEY`].
+/// * [`KeyStore::ca_keys`]: `SELECT ... WHERE base = $1`, locations
+///   [`crate::ca::KeyLocation::Database`]. [`KeyStore::cas`]:
+///   `SELECT DISTINCT base ... ORDER BY base`.
+/// * [`KeyStore::create_active_if_absent`] resolves the first-start race
+///   by the primary key, in one transaction: if the CA has a next or
+///   previous row but no active one, refuse (the same words as
+///   [`crate::ca::rotation::check_step`] for a missing active key); else
+///   `INSERT ... (base, 'active', ...) ON CONFLICT (base, slot) DO
+///   NOTHING`, then `SELECT` the active row. Two replicas starting at once
+///   on an empty database both insert; the second insert waits on the
+///   first's uncommitted row, then does nothing, and its `SELECT` (a new
+///   snapshot under READ COMMITTED) returns the first's key: both sign
+///   with ONE key. Returns `(row, inserted)`. No audit record (as today,
+///   a key's creation is logged, not audited) and no version bump: a
+///   replica that starts later loads the row.
+/// * [`KeyStore::rotate`] is one transaction: take the audit chain head
+///   lock (`SELECT ... FROM chain_head FOR UPDATE`, as every transaction
+///   that appends audit rows does; it also serialises rotations with
+///   issuance), `SELECT ... FROM ca_keys WHERE base = $1 FOR UPDATE`, call
+///   `check_step` on what was read (so a rotation run at the same time on
+///   another host is refused as [`RotationError::Changed`], never half
+///   applied); for `Retire`, read `MAX(valid_before)` of `cert_issued`
+///   rows whose `ca_key` is the previous key's public line in the same
+///   transaction and call `check_retire_expiry`; then apply:
+///   `Stage`: `INSERT` the `next` row; `Activate`: `UPDATE ... SET slot =
+///   'previous' WHERE slot = 'active'` and then `UPDATE ... SET slot =
+///   'active' WHERE slot = 'next'` (two statements, in this order, so the
+///   primary key never sees two active rows; a `previous` row equal to the
+///   active key cannot exist here); `Retire`: `DELETE` the `previous` row.
+///   Then append `change.audit` to the chain, bump the state version,
+///   `NOTIFY` (every replica reloads its key rings when the version moves:
+///   `Service::refresh_admin`), and commit. A refusal rolls back and
+///   returns `Ok(Err(_))`.
+pub trait KeyStore: Send + Sync {
+    /// Whether the keys are shared with processes on other machines (a
+    /// database of replicas). Such a store only takes encrypted keys.
+    fn shared(&self) -> bool;
+    /// The base names of every CA with a stored key, sorted.
+    fn cas(&self) -> StoreFuture<'_, Vec<String>>;
+    /// The stored keys of CA `base`, by slot (all empty: none yet).
+    /// `Ok(Err(_))`: a stored key cannot be read (file mode, bad mode
+    /// bits, not an OpenSSH key).
+    fn ca_keys(&self, base: &str) -> StoreFuture<'_, Result<CaKeys, RotationError>>;
+    /// Stores `key` as the active key of CA `base` unless one is stored,
+    /// and returns the active key stored now and whether it is `key`. Of
+    /// any number of processes calling this at once, exactly one key
+    /// wins and every caller gets it. Refused when the CA has a next or
+    /// previous key but no active one (an interrupted rotation).
+    fn create_active_if_absent(
+        &self,
+        base: &str,
+        key: NewKey,
+    ) -> StoreFuture<'_, Result<(StoredKey, bool), RotationError>>;
+    /// Applies one rotation step, its audit record and a state-version
+    /// bump as one operation, if the step fits the stored keys and they
+    /// are still what it was decided on. `Ok(Err(_))`: refused, nothing
+    /// changed.
+    fn rotate(&self, change: KeyChange) -> StoreFuture<'_, Result<StateVersion, RotationError>>;
+}
+
+/// A CA key rotation step with its audit record, as [`KeyStore::rotate`]
+/// applies it.
+#[derive(Debug)]
+pub struct KeyChange {
+    /// CA base name (`user_ca`, `host_ca`, `user_ca-<group>`).
+    pub base: String,
+    /// The step.
+    pub step: KeyStep,
+    /// The public lines of the slots the step was decided on; refused as
+    /// [`RotationError::Changed`] when the stored ones differ.
+    pub expected: Slots,
+    /// The `ca_key_rotated` record, written with the step.
+    pub audit: AuditRecord,
+    /// Unix seconds: retire's expiry check and the state version's time.
+    pub now: u64,
+}
+
 /// Every concern of one backend. A handle is cheap to clone; each
 /// accessor gives the concern's trait object.
 #[derive(Clone)]
@@ -287,6 +417,7 @@ pub struct Store {
     pub(super) approvals: Arc<dyn ApprovalStore>,
     pub(super) access: Arc<dyn AccessStore>,
     pub(super) reports: Arc<dyn ReportStore>,
+    pub(super) keys: Arc<dyn KeyStore>,
 }
 
 impl Store {
@@ -299,6 +430,7 @@ impl Store {
             + ApprovalStore
             + AccessStore
             + ReportStore
+            + KeyStore
             + 'static,
     {
         Store {
@@ -307,7 +439,8 @@ impl Store {
             audit: backend.clone(),
             approvals: backend.clone(),
             access: backend.clone(),
-            reports: backend,
+            reports: backend.clone(),
+            keys: backend,
         }
     }
 
@@ -320,6 +453,7 @@ impl Store {
         approvals: Arc<dyn ApprovalStore>,
         access: Arc<dyn AccessStore>,
         reports: Arc<dyn ReportStore>,
+        keys: Arc<dyn KeyStore>,
     ) -> Store {
         Store {
             issuance,
@@ -328,10 +462,11 @@ impl Store {
             approvals,
             access,
             reports,
+            keys,
         }
     }
 
-    /// The six trait objects of this handle, in [`Store::from_parts`]
+    /// The trait objects of this handle, in [`Store::from_parts`]
     /// order: to wrap one concern (a fake that records calls or fails on
     /// demand) and keep the others.
     #[allow(clippy::type_complexity)]
@@ -344,6 +479,7 @@ impl Store {
         Arc<dyn ApprovalStore>,
         Arc<dyn AccessStore>,
         Arc<dyn ReportStore>,
+        Arc<dyn KeyStore>,
     ) {
         (
             self.issuance,
@@ -352,6 +488,7 @@ impl Store {
             self.approvals,
             self.access,
             self.reports,
+            self.keys,
         )
     }
 
@@ -393,6 +530,16 @@ impl Store {
     /// Report queries, shared (for the metrics registry).
     pub fn reports_shared(&self) -> Arc<dyn ReportStore> {
         self.reports.clone()
+    }
+
+    /// CA keys and their rotation state.
+    pub fn keys(&self) -> &dyn KeyStore {
+        &*self.keys
+    }
+
+    /// CA keys, shared (for the service's key loader).
+    pub fn keys_shared(&self) -> Arc<dyn KeyStore> {
+        self.keys.clone()
     }
 
     /// Appends one audit record and returns once it is durable.
