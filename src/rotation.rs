@@ -171,14 +171,15 @@ impl KeyLoader {
 
     /// Reloads the ring of CA `base` if its stored keys are no longer the
     /// ones `current` holds (`None`: unchanged, nothing decrypted).
-    /// Never creates a key. PKCS#11 keys are opened again.
+    /// Never creates a key. PKCS#11 keys are not stored and cannot be
+    /// rotated: they stay as loaded at start.
     pub async fn reload(
         &self,
         base: &str,
         current: &KeyRing,
     ) -> Result<Option<KeyRing>, RotationError> {
         if let CaKeyConfig::Pkcs11(_) = &self.cfg {
-            return Ok(Some(self.open_in_token(base).await?.0));
+            return Ok(None);
         }
         let keys = self.stored(base).await?;
         if current.matches(&keys) {
@@ -388,4 +389,111 @@ pub async fn status(cfg: &Config, now: u64) -> Result<Vec<KeyStatus>, RotateErro
         out.extend(loader.status(&base, &ca, now).await?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::StoreBackend;
+    use crate::store::key_memory::MemoryKeys;
+
+    fn sqlite(dir: &Path) -> Store {
+        crate::store::open(&StoreConfig {
+            backend: StoreBackend::SQLite,
+            sqlite_path: dir.join(crate::store::SQLITE_FILE),
+            busy_timeout: Duration::from_secs(5),
+            mode: OpenMode::Create,
+        })
+        .expect("store opens")
+    }
+
+    fn protected(dir: &Path) -> CaKeyConfig {
+        let pass = dir.join("pass");
+        std::fs::write(&pass, "correct horse").expect("test step");
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).expect("test step");
+        CaKeyConfig::File {
+            protection: KeyProtection::Passphrase,
+            passphrase_file: Some(pass),
+        }
+    }
+
+    #[test]
+    fn a_shared_store_refuses_unencrypted_file_keys_but_not_encrypted_or_token_keys() {
+        let d = tempfile::tempdir().expect("test step");
+        let shared: Arc<dyn KeyStore> = Arc::new(MemoryKeys::shared());
+        let err = KeyLoader::new(&CaKeyConfig::default(), d.path(), shared.clone())
+            .err()
+            .expect("refused");
+        assert!(
+            err.to_string().contains("key_protection = \"passphrase\""),
+            "{err}"
+        );
+        KeyLoader::new(&protected(d.path()), d.path(), shared).expect("encrypted keys are fine");
+        let own: Arc<dyn KeyStore> = Arc::new(MemoryKeys::new());
+        KeyLoader::new(&CaKeyConfig::default(), d.path(), own).expect("one server's own store");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_processes_starting_on_one_store_sign_with_one_encrypted_key() {
+        let d = tempfile::tempdir().expect("test step");
+        let store = sqlite(d.path());
+        let cfg = protected(d.path());
+        let loaders: Vec<KeyLoader> = (0..2)
+            .map(|_| KeyLoader::new(&cfg, d.path(), store.keys_shared()).expect("loader"))
+            .collect();
+        let (a, b) = tokio::join!(
+            loaders[0].load_or_create("user_ca"),
+            loaders[1].load_or_create("user_ca")
+        );
+        let ((ra, ca), (rb, cb)) = (a.expect("first"), b.expect("second"));
+        assert_eq!(ra.active.fingerprint(), rb.active.fingerprint());
+        assert!(ca ^ cb, "exactly one created the key");
+        assert!(
+            ra.active.describe().contains("(encrypted: bcrypt-pbkdf"),
+            "{}",
+            ra.active.describe()
+        );
+    }
+
+    #[tokio::test]
+    async fn reload_decrypts_nothing_until_the_stored_keys_change() {
+        let d = tempfile::tempdir().expect("test step");
+        let store = sqlite(d.path());
+        let loader =
+            KeyLoader::new(&CaKeyConfig::default(), d.path(), store.keys_shared()).expect("loader");
+        let (ring, created) = loader.load_or_create("host_ca").await.expect("load");
+        assert!(created);
+        assert!(loader
+            .reload("host_ca", &ring)
+            .await
+            .expect("reload")
+            .is_none());
+        let keys = loader.stored("host_ca").await.expect("stored");
+        let next = loader.generate().await.expect("generate");
+        let mut rec = AuditRecord::new(EventKind::CaKeyRotated, 1_000, "admin");
+        rec.reason = Some("test".into());
+        store
+            .keys()
+            .rotate(KeyChange {
+                base: "host_ca".into(),
+                step: KeyStep::Stage(next.clone()),
+                expected: keys.slots(),
+                audit: rec,
+                now: 1,
+            })
+            .await
+            .expect("store")
+            .expect("stage");
+        let fresh = loader
+            .reload("host_ca", &ring)
+            .await
+            .expect("reload")
+            .expect("changed");
+        assert_eq!(fresh.next.expect("next").public_key_line(), next.public);
+        // Reload never creates: a CA without keys stays an error.
+        assert!(loader.reload("user_ca", &ring).await.is_err());
+    }
 }

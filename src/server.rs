@@ -175,7 +175,9 @@ pub async fn build_with_audit(
         .redirect(crate::auth::jwks::redirect_policy())
         .build()
         .map_err(std::io::Error::other)?;
-    let metrics = Arc::new(Metrics::for_data_dir(&cfg.data_dir, store.reports_shared()));
+    let metrics = Arc::new(
+        Metrics::for_data_dir(&cfg.data_dir, store.reports_shared()).with_keys(store.keys_shared()),
+    );
     let verifier = Verifier::new(&cfg.issuers, http, metrics.jwks(), clock.clone());
     tracing::info!(roles = policy.roles.len(), digest = %policy.digest, dir = %cfg.policy_dir.display(), "policy loaded");
     let service = Service::new(ServiceParts {
