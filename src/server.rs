@@ -13,7 +13,7 @@ use crate::config::files;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy;
-use crate::rotation::KeyLoader;
+use crate::service::KeyLoader;
 use crate::service::{Service, ServiceParts};
 use crate::store::{OpenMode, StoreConfig};
 
