@@ -8,13 +8,20 @@
 //! rotation step is a link, rename or unlink in the one directory, fsynced,
 //! so a crash leaves a state the next command understands.
 //!
-//! These are blocking calls; the SQLite store runs them with
-//! `spawn_blocking` and writes the audit record after the file step
-//! ([`super::traits::KeyStore`] says why in that order).
+//! The file steps are blocking calls; the async methods ([`KeyFiles::rotate`]
+//! and the others) run them with `spawn_blocking` and write the audit
+//! record after the file step ([`super::traits::KeyStore`] says why in
+//! that order). They take the store's audit log and issuance records as
+//! arguments, so any backend can keep its CA keys as files: the SQLite
+//! store does, and a backend whose keys are not in its database yet can
+//! delegate its [`super::KeyStore`] to them (keys in `data_dir`, as
+//! before).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::traits::{AuditLog, IssuanceStore, KeyChange};
+use super::{StateVersion, StoreError};
 use crate::ca::keys::{public_line_of, read_key_file, write_new_key_file, NewKey, StoredKey};
 use crate::ca::rotation::{
     check_retire_expiry, check_step, CaKeys, KeyStep, RotationError, Slot, Slots,
@@ -182,6 +189,71 @@ impl KeyFiles {
                 sync_dir(&self.dir)
             }
         }
+    }
+}
+
+/// Runs blocking file work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Backend(format!("CA key file task failed: {e}")))
+}
+
+/// The async half: what a [`super::KeyStore`] over these files does.
+impl KeyFiles {
+    /// [`super::KeyStore::cas`].
+    pub async fn cas(&self) -> Result<Vec<String>, StoreError> {
+        let files = self.clone();
+        blocking(move || files.list())
+            .await?
+            .map_err(|e| StoreError::Backend(format!("listing CA key files: {e}")))
+    }
+
+    /// [`super::KeyStore::ca_keys`].
+    pub async fn ca_keys(&self, base: &str) -> Result<Result<CaKeys, RotationError>, StoreError> {
+        let (files, base) = (self.clone(), base.to_string());
+        blocking(move || files.read(&base)).await
+    }
+
+    /// [`super::KeyStore::create_active_if_absent`].
+    pub async fn create_active(
+        &self,
+        base: &str,
+        key: NewKey,
+    ) -> Result<Result<(StoredKey, bool), RotationError>, StoreError> {
+        let (files, base) = (self.clone(), base.to_string());
+        blocking(move || files.create_active_if_absent(&base, &key)).await
+    }
+
+    /// [`super::KeyStore::rotate`]: the file step, then the audit record
+    /// and the state-version bump in one transaction of `audit`'s store.
+    /// Retire reads the previous key's last expiry from `issuance` first.
+    pub async fn rotate(
+        &self,
+        issuance: &dyn IssuanceStore,
+        audit: &dyn AuditLog,
+        change: KeyChange,
+    ) -> Result<Result<StateVersion, RotationError>, StoreError> {
+        let last_expiry = match (&change.step, &change.expected.previous) {
+            (KeyStep::Retire { .. }, Some(prev)) => issuance.last_expiry_by_ca(prev).await?,
+            _ => 0,
+        };
+        let KeyChange {
+            base,
+            step,
+            expected,
+            audit: record,
+            now,
+        } = change;
+        let files = self.clone();
+        if let Err(e) =
+            blocking(move || files.apply(&base, &step, &expected, last_expiry, now)).await?
+        {
+            return Ok(Err(e));
+        }
+        Ok(Ok(audit.record_change(record, now).await?))
     }
 }
 

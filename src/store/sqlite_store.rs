@@ -32,7 +32,7 @@ use crate::audit::checkpoint::Checkpoint;
 use crate::audit::search::AuditQuery;
 use crate::audit::AuditRecord;
 use crate::ca::keys::{NewKey, StoredKey};
-use crate::ca::rotation::{CaKeys, KeyStep, RotationError};
+use crate::ca::rotation::{CaKeys, RotationError};
 use crate::policy::limits::RateLimit;
 
 /// Reader threads on the request path.
@@ -165,32 +165,18 @@ impl SqliteStore {
     }
 }
 
-/// Runs blocking file work (CA key files) off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Backend(format!("CA key file task failed: {e}")))
-}
-
 impl KeyStore for SqliteStore {
     fn shared(&self) -> bool {
         false
     }
 
     fn cas(&self) -> StoreFuture<'_, Vec<String>> {
-        let files = self.key_files.clone();
-        Box::pin(async move {
-            blocking(move || files.list())
-                .await?
-                .map_err(|e| StoreError::Backend(format!("listing CA key files: {e}")))
-        })
+        Box::pin(self.key_files.cas())
     }
 
     fn ca_keys(&self, base: &str) -> StoreFuture<'_, Result<CaKeys, RotationError>> {
-        let (files, base) = (self.key_files.clone(), base.to_string());
-        Box::pin(blocking(move || files.read(&base)))
+        let base = base.to_string();
+        Box::pin(async move { self.key_files.ca_keys(&base).await })
     }
 
     fn create_active_if_absent(
@@ -198,35 +184,18 @@ impl KeyStore for SqliteStore {
         base: &str,
         key: NewKey,
     ) -> StoreFuture<'_, Result<(StoredKey, bool), RotationError>> {
-        let (files, base) = (self.key_files.clone(), base.to_string());
+        let base = base.to_string();
         Box::pin(async move {
+            // A read-only store refuses before any file changes.
             self.writer()?;
-            blocking(move || files.create_active_if_absent(&base, &key)).await
+            self.key_files.create_active(&base, key).await
         })
     }
 
     fn rotate(&self, change: KeyChange) -> StoreFuture<'_, Result<StateVersion, RotationError>> {
         Box::pin(async move {
-            // A read-only store refuses before any file changes.
             self.writer()?;
-            let last_expiry = match (&change.step, &change.expected.previous) {
-                (KeyStep::Retire { .. }, Some(prev)) => self.last_expiry_by_ca(prev).await?,
-                _ => 0,
-            };
-            let KeyChange {
-                base,
-                step,
-                expected,
-                audit,
-                now,
-            } = change;
-            let files = self.key_files.clone();
-            if let Err(e) =
-                blocking(move || files.apply(&base, &step, &expected, last_expiry, now)).await?
-            {
-                return Ok(Err(e));
-            }
-            Ok(Ok(self.record_change(audit, now).await?))
+            self.key_files.rotate(self, self, change).await
         })
     }
 }

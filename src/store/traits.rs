@@ -345,24 +345,28 @@ pub trait ReportStore: Send + Sync {
 ///   with ONE key. Returns `(row, inserted)`. No audit record (as today,
 ///   a key's creation is logged, not audited) and no version bump: a
 ///   replica that starts later loads the row.
-/// * [`KeyStore::rotate`] is one transaction: take the audit chain head
-///   lock (`SELECT ... FROM chain_head FOR UPDATE`, as every transaction
-///   that appends audit rows does; it also serialises rotations with
-///   issuance), `SELECT ... FROM ca_keys WHERE base = $1 FOR UPDATE`, call
-///   `check_step` on what was read (so a rotation run at the same time on
-///   another host is refused as [`RotationError::Changed`], never half
-///   applied); for `Retire`, read `MAX(valid_before)` of `cert_issued`
-///   rows whose `ca_key` is the previous key's public line in the same
-///   transaction and call `check_retire_expiry`; then apply:
-///   `Stage`: `INSERT` the `next` row; `Activate`: `UPDATE ... SET slot =
-///   'previous' WHERE slot = 'active'` and then `UPDATE ... SET slot =
-///   'active' WHERE slot = 'next'` (two statements, in this order, so the
-///   primary key never sees two active rows; a `previous` row equal to the
-///   active key cannot exist here); `Retire`: `DELETE` the `previous` row.
-///   Then append `change.audit` to the chain, bump the state version,
-///   `NOTIFY` (every replica reloads its key rings when the version moves:
-///   `Service::refresh_admin`), and commit. A refusal rolls back and
-///   returns `Ok(Err(_))`.
+/// * [`KeyStore::rotate`] is one transaction (one write of the store's
+///   writer, like `record_change`): first append `change.audit` to the
+///   chain, which takes the chain head row lock (`SELECT ... FROM
+///   chain_head FOR UPDATE`) as every transaction that appends audit rows
+///   does, so rotations serialise with each other and with every issuance
+///   commit of every replica; then `SELECT ... FROM ca_keys WHERE base =
+///   $1 FOR UPDATE` and call `check_step` on what was read (a rotation run
+///   at the same time on another host is refused as
+///   [`RotationError::Changed`], never half applied); for `Retire`, read
+///   `MAX(valid_before)` of the `cert_issued` rows whose `ca_key` is the
+///   previous key's public line, in the same transaction, and call
+///   `check_retire_expiry`; then apply: `Stage`: `INSERT` the `next` row;
+///   `Activate`: `UPDATE ... SET slot = 'previous' WHERE slot = 'active'`
+///   and then `UPDATE ... SET slot = 'active' WHERE slot = 'next'` (two
+///   statements, in this order, so the primary key never sees two active
+///   rows; a `previous` row equal to the active key cannot exist here);
+///   `Retire`: `DELETE` the `previous` row. Then bump the state version
+///   (which sends `NOTIFY mayfly_state`; every replica reloads its key
+///   rings when the version moves, `Service::refresh_admin`) and commit.
+///   A refusal rolls the whole transaction back, the audit row with it,
+///   and returns `Ok(Err(_))`.
+/// * The table comes as a new versioned migration.
 pub trait KeyStore: Send + Sync {
     /// Whether the keys are shared with processes on other machines (a
     /// database of replicas). Such a store only takes encrypted keys.
