@@ -48,6 +48,11 @@ if ! command -v ssh >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1; 
     missing+=(openssh-client)
 fi
 
+# PostgreSQL: the real database behind the replica tests (tests/support/
+# postgres.rs runs initdb into a temp dir as the `postgres` user the package
+# creates, on 127.0.0.1 and a free port)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+
 # Python 3 runs scripts/modcycles.py (the module layering check)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 
