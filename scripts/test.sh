@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command. On a fresh Debian with only Rust it installs the real
 # programs the integration tests drive (OpenSSH server and client, Node.js
-# for the OIDC provider), then runs every test and checks the example
+# for the OIDC provider, PostgreSQL), then runs every test and checks the example
 # policies.
 #
 #   scripts/test.sh                 # everything
