@@ -310,7 +310,11 @@ fn store_settings(s: RawStore) -> Result<StoreSettings, ConfigError> {
                 "store.{} {} only to backend = \"postgres\"; set [store] backend = \"postgres\" \
                  or remove {}",
                 pg_keys.join(", store."),
-                if pg_keys.len() == 1 { "applies" } else { "apply" },
+                if pg_keys.len() == 1 {
+                    "applies"
+                } else {
+                    "apply"
+                },
                 if pg_keys.len() == 1 { "it" } else { "them" }
             )));
         }
@@ -376,9 +380,8 @@ fn check_pg_url(url: &str) -> Result<(), ConfigError> {
     let has_password_in_userinfo = authority
         .rsplit_once('@')
         .is_some_and(|(userinfo, _)| userinfo.contains(':'));
-    let has_password_param = query.is_some_and(|q| {
-        url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "password")
-    });
+    let has_password_param = query
+        .is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "password"));
     if has_password_in_userinfo || has_password_param {
         return Err(ConfigError::Invalid(format!(
             "store.url contains a password; remove it from the URL and put it in a file named \
@@ -1308,7 +1311,10 @@ mod tests {
         let c = Config::parse("[store]\nbackend = \"postgres\"\nurl = \"postgresql://m@h/d\"\n")
             .expect("defaults");
         let pg = c.store.postgres.expect("postgres settings");
-        assert_eq!((pg.pool_size, pg.password_file), (DEFAULT_PG_POOL_SIZE, None));
+        assert_eq!(
+            (pg.pool_size, pg.password_file),
+            (DEFAULT_PG_POOL_SIZE, None)
+        );
     }
 
     #[test]
@@ -1336,8 +1342,10 @@ mod tests {
             assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
         }
         // An @ in the path or query is not a password.
-        Config::parse("[store]\nbackend = \"postgres\"\nurl = \"postgres://m@h/d?application_name=a:b\"\n")
-            .expect("no password");
+        Config::parse(
+            "[store]\nbackend = \"postgres\"\nurl = \"postgres://m@h/d?application_name=a:b\"\n",
+        )
+        .expect("no password");
         for bad in ["0", "100000"] {
             let err = Config::parse(&format!(
                 "[store]\nbackend = \"postgres\"\nurl = \"postgres://m@h/d\"\npool_size = {bad}\n"

@@ -47,11 +47,7 @@ pub async fn state_version(db: Db<'_>) -> PgResult<StateVersion> {
 }
 
 /// Inserts revocations; an already revoked serial or key id is kept once.
-pub async fn insert_revocations(
-    tx: Db<'_>,
-    revocations: &[Revocation],
-    now: u64,
-) -> PgResult<()> {
+pub async fn insert_revocations(tx: Db<'_>, revocations: &[Revocation], now: u64) -> PgResult<()> {
     for r in revocations {
         tx.execute(
             "INSERT INTO revocations (time_ms, ca_key, serial, key_id, expires_at, reason, actor)
@@ -96,7 +92,7 @@ pub async fn revoke_matching(
     if certs.is_empty() {
         return Ok((certs, None));
     }
-    let (revocations, audit): (Vec<_>, Vec<_>) = certs.iter().map(|c| revoke(c)).unzip();
+    let (revocations, audit): (Vec<_>, Vec<_>) = certs.iter().map(revoke).unzip();
     insert_revocations(tx, &revocations, now).await?;
     let rows = chain::chain_records(&mut head, &audit);
     chain::insert_rows(tx, &rows).await?;
@@ -117,7 +113,7 @@ pub async fn disable_and_revoke(
     let mut head = chain::lock_head(tx).await?;
     let changed = insert_disabled(tx, &entry.key, entry).await?;
     let certs = live_certs(tx, filter, now).await?;
-    let (revocations, records): (Vec<_>, Vec<_>) = certs.iter().map(|c| revoke(c)).unzip();
+    let (revocations, records): (Vec<_>, Vec<_>) = certs.iter().map(revoke).unzip();
     insert_revocations(tx, &revocations, now).await?;
     let mut all = Vec::with_capacity(records.len() + 1);
     all.push(audit.clone());

@@ -216,19 +216,41 @@ mod tests {
             "PGPASSWORD" => Some("from-env-s3cret".to_string()),
             _ => None,
         };
-        let pw = |c: &Connector| String::from_utf8(c.config.get_password().unwrap().to_vec()).unwrap();
-        let c = connector(&settings(Some(&file)), OpenMode::Create, Duration::from_secs(2), &env)
-            .unwrap();
+        let pw =
+            |c: &Connector| String::from_utf8(c.config.get_password().unwrap().to_vec()).unwrap();
+        let c = connector(
+            &settings(Some(&file)),
+            OpenMode::Create,
+            Duration::from_secs(2),
+            &env,
+        )
+        .unwrap();
         assert_eq!(pw(&c), "from-file-s3cret");
         assert!(!format!("{c:?} {:?}", c.config).contains("s3cret"));
-        let c = connector(&settings(None), OpenMode::Create, Duration::from_secs(2), &env).unwrap();
+        let c = connector(
+            &settings(None),
+            OpenMode::Create,
+            Duration::from_secs(2),
+            &env,
+        )
+        .unwrap();
         assert_eq!(pw(&c), "from-cred-s3cret");
         let only_env = |k: &str| (k == "PGPASSWORD").then(|| "from-env-s3cret".to_string());
-        let c = connector(&settings(None), OpenMode::Create, Duration::from_secs(2), &only_env)
-            .unwrap();
+        let c = connector(
+            &settings(None),
+            OpenMode::Create,
+            Duration::from_secs(2),
+            &only_env,
+        )
+        .unwrap();
         assert_eq!(pw(&c), "from-env-s3cret");
-        let c = connector(&settings(None), OpenMode::Create, Duration::from_secs(2), &|_| None)
-            .unwrap();
+        let c = connector(
+            &settings(None),
+            OpenMode::Create,
+            Duration::from_secs(2),
+            &|_| None,
+        )
+        .unwrap();
         assert!(c.config.get_password().is_none(), "no source: no password");
     }
 
@@ -237,10 +259,18 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let missing = d.path().join("nope");
         let env = |k: &str| (k == "PGPASSWORD").then(|| "from-env-s3cret".to_string());
-        let e = connector(&settings(Some(&missing)), OpenMode::Create, Duration::from_secs(2), &env)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("PostgreSQL password") && e.contains("nope"), "{e}");
+        let e = connector(
+            &settings(Some(&missing)),
+            OpenMode::Create,
+            Duration::from_secs(2),
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("PostgreSQL password") && e.contains("nope"),
+            "{e}"
+        );
         assert!(!e.contains("s3cret"), "{e}");
         #[cfg(unix)]
         {
@@ -248,22 +278,37 @@ mod tests {
             let open = d.path().join("world");
             std::fs::write(&open, "s3cret").unwrap();
             std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
-            let e = connector(&settings(Some(&open)), OpenMode::Create, Duration::from_secs(2), &env)
-                .unwrap_err()
-                .to_string();
+            let e = connector(
+                &settings(Some(&open)),
+                OpenMode::Create,
+                Duration::from_secs(2),
+                &env,
+            )
+            .unwrap_err()
+            .to_string();
             assert!(e.contains("chmod"), "{e}");
         }
     }
 
     #[test]
     fn sessions_get_lock_timeout_and_read_only_commands_read_only_transactions() {
-        let c = connector(&settings(None), OpenMode::ReadOnly, Duration::from_secs(3), &|_| None)
-            .unwrap();
+        let c = connector(
+            &settings(None),
+            OpenMode::ReadOnly,
+            Duration::from_secs(3),
+            &|_| None,
+        )
+        .unwrap();
         let o = c.config.get_options().unwrap();
         assert!(o.contains("lock_timeout=3000"), "{o}");
         assert!(o.contains("default_transaction_read_only=on"), "{o}");
-        let c = connector(&settings(None), OpenMode::Create, Duration::from_secs(3), &|_| None)
-            .unwrap();
+        let c = connector(
+            &settings(None),
+            OpenMode::Create,
+            Duration::from_secs(3),
+            &|_| None,
+        )
+        .unwrap();
         assert!(!c.config.get_options().unwrap().contains("read_only"));
     }
 }

@@ -144,10 +144,9 @@ pub fn pg_err(e: tokio_postgres::Error) -> StoreError {
 pub fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     use deadpool_postgres::PoolError;
     match e {
-        PoolError::Backend(e) => StoreError::Backend(format!(
-            "postgres: cannot connect: {}",
-            describe(&e)
-        )),
+        PoolError::Backend(e) => {
+            StoreError::Backend(format!("postgres: cannot connect: {}", describe(&e)))
+        }
         PoolError::Timeout(_) => StoreError::Backend(
             "postgres: no database connection available in time (pool exhausted or the \
              database unreachable)"

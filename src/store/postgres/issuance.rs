@@ -346,7 +346,7 @@ pub async fn claim_token(db: Db<'_>, id: &str, expires_at: u64, now: u64) -> PgR
              ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at
                 WHERE t.expires_at <= $3
              RETURNING 1",
-            &[&id, &i(expires_at), &i(now)],
+            &[&id.as_bytes(), &i(expires_at), &i(now)],
         )
         .await?;
     Ok(row.is_some())
@@ -361,7 +361,10 @@ pub async fn used_tokens(db: Db<'_>, now: u64) -> PgResult<Vec<(String, u64)>> {
         )
         .await?;
     rows.iter()
-        .map(|r| Ok((r.try_get(0)?, u(r.try_get(1)?))))
+        .map(|r| {
+            let id: Vec<u8> = r.try_get(0)?;
+            Ok((String::from_utf8_lossy(&id).into_owned(), u(r.try_get(1)?)))
+        })
         .collect()
 }
 
@@ -398,7 +401,7 @@ pub async fn take_rate(db: Db<'_>, key: &str, rate: RateLimit) -> PgResult<Resul
                     - CASE WHEN LEAST($2::float8, b.tokens + GREATEST(EXCLUDED.last_at - b.last_at, 0) * $3::float8) >= 1
                       THEN 1 ELSE 0 END)) / $3::float8
              RETURNING taken, tokens",
-            &[&key, &cap, &refill],
+            &[&key.as_bytes(), &cap, &refill],
         )
         .await?;
     let taken: bool = row.try_get(0)?;

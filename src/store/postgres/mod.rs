@@ -79,9 +79,10 @@ pub(crate) fn call_hooks(hooks: &Hooks) {
 /// A pool error, with what to fix when the server said.
 pub(crate) fn pool_error(display: &str, e: deadpool_postgres::PoolError) -> StoreError {
     match e {
-        deadpool_postgres::PoolError::Backend(e) => {
-            StoreError::Backend(format!("postgres: {}", connect::explain_connect(display, &e)))
-        }
+        deadpool_postgres::PoolError::Backend(e) => StoreError::Backend(format!(
+            "postgres: {}",
+            connect::explain_connect(display, &e)
+        )),
         other => db::pool_err(other),
     }
 }
@@ -122,18 +123,14 @@ impl Exec {
     /// without blocking an async worker.
     fn block<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
         match Handle::try_current() {
-            Ok(_) if self.own.is_none() => {
-                tokio::task::block_in_place(|| self.handle.block_on(f))
-            }
+            Ok(_) if self.own.is_none() => tokio::task::block_in_place(|| self.handle.block_on(f)),
             Ok(_) => {
                 // Inside another runtime (a current-thread one): its thread
                 // cannot block on ours, a helper thread can.
                 let handle = self.handle.clone();
-                std::thread::scope(|s| {
-                    match s.spawn(move || handle.block_on(f)).join() {
-                        Ok(v) => v,
-                        Err(p) => std::panic::resume_unwind(p),
-                    }
+                std::thread::scope(|s| match s.spawn(move || handle.block_on(f)).join() {
+                    Ok(v) => v,
+                    Err(p) => std::panic::resume_unwind(p),
                 })
             }
             Err(_) => self.handle.block_on(f),
@@ -364,7 +361,11 @@ async fn prune_loop(pool: Pool) {
         let now = crate::clock::unix_secs(std::time::SystemTime::now());
         match issuance::prune(Db::Client(&client), now).await {
             Ok((tokens, buckets)) if tokens + buckets > 0 => {
-                tracing::debug!(tokens, buckets, "store: pruned expired used tokens and full buckets")
+                tracing::debug!(
+                    tokens,
+                    buckets,
+                    "store: pruned expired used tokens and full buckets"
+                )
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %StoreError::from(e), "store: pruning failed"),
@@ -714,7 +715,9 @@ impl ReportStore for PgStore {
     }
 
     fn incomplete_issuance_records(&self, since_ms: u64) -> StoreFuture<'_, u64> {
-        read!(self, |db| reports::incomplete_issuance_records(db, since_ms))
+        read!(self, |db| reports::incomplete_issuance_records(
+            db, since_ms
+        ))
     }
 
     fn audit_span(&self) -> StoreFuture<'_, AuditSpan> {

@@ -28,6 +28,8 @@
 //! * `used_tokens`: replay ids of used tokens until they expire; the
 //!   primary key makes a claim exactly-once across replicas.
 //! * `rate_buckets`: one token bucket per key, taken from in one statement.
+//!   Token ids and bucket keys are bytes (`BYTEA`): they come from tokens
+//!   and may hold NUL, which `TEXT` cannot.
 //! * `serial_counter`: one row, the next unreserved serial; replicas reserve
 //!   small blocks from it with an update that only moves it up.
 //! * `meta`: key/value facts (the audit streaming cursor, chain migration
@@ -154,13 +156,13 @@ CREATE TABLE approvals (
 CREATE INDEX approvals_status ON approvals (status, expires_at);
 
 CREATE TABLE used_tokens (
-    id          TEXT PRIMARY KEY,
+    id          BYTEA PRIMARY KEY,
     expires_at  BIGINT NOT NULL
 );
 CREATE INDEX used_tokens_expiry ON used_tokens (expires_at);
 
 CREATE TABLE rate_buckets (
-    key      TEXT PRIMARY KEY,
+    key      BYTEA PRIMARY KEY,
     tokens   DOUBLE PRECISION NOT NULL,
     last_at  DOUBLE PRECISION NOT NULL,
     full_at  DOUBLE PRECISION NOT NULL,
@@ -204,10 +206,7 @@ CREATE TABLE meta (
 /// Whether the schema is there, and at which version.
 async fn installed_version(c: &Client) -> Result<Option<i32>, StoreError> {
     let exists: bool = c
-        .query_one(
-            "SELECT to_regclass('schema_migrations') IS NOT NULL",
-            &[],
-        )
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
         .await
         .map_err(pg_err)?
         .get(0);

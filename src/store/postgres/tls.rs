@@ -235,7 +235,9 @@ mod tests {
         assert!(e.contains("cannot read") && e.contains("none.pem"), "{e}");
         let empty = d.path().join("empty.pem");
         std::fs::write(&empty, "").unwrap();
-        let e = connector(SslMode::VerifyCa, &Roots::File(empty)).err().unwrap();
+        let e = connector(SslMode::VerifyCa, &Roots::File(empty))
+            .err()
+            .unwrap();
         assert!(e.contains("no usable CA certificate"), "{e}");
         // Modes that do not verify need no roots.
         assert!(connector(SslMode::Require, &Roots::File(missing)).is_ok());

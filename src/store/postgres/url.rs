@@ -215,7 +215,13 @@ fn display(config: &tokio_postgres::Config) -> String {
         .map(|(i, h)| {
             let port = ports
                 .get(i)
-                .or_else(|| if ports.len() == 1 { ports.first() } else { None })
+                .or_else(|| {
+                    if ports.len() == 1 {
+                        ports.first()
+                    } else {
+                        None
+                    }
+                })
                 .copied()
                 .unwrap_or(5432);
             match h {
@@ -266,7 +272,11 @@ mod tests {
         assert_eq!(t.roots, Roots::File(PathBuf::from("/etc/mayfly/pg ca.pem")));
         assert_eq!(t.ssl, SslMode::VerifyFull);
         let t = ok("postgres://m@db/ca?sslrootcert=/ca.pem&sslmode=require");
-        assert_eq!(t.ssl, SslMode::VerifyCa, "libpq: require + root file = verify-ca");
+        assert_eq!(
+            t.ssl,
+            SslMode::VerifyCa,
+            "libpq: require + root file = verify-ca"
+        );
         let t = ok("postgres://m@db/ca?sslmode=verify-ca&sslrootcert=system");
         assert_eq!(t.roots, Roots::System);
     }

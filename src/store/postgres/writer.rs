@@ -38,12 +38,7 @@ pub fn start(
     (tx, task)
 }
 
-async fn run(
-    pool: Pool,
-    mut rx: mpsc::UnboundedReceiver<Pending>,
-    hooks: Hooks,
-    display: String,
-) {
+async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Pending>, hooks: Hooks, display: String) {
     let mut records = Vec::with_capacity(MAX_BATCH);
     let mut replies = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
