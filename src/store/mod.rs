@@ -1,6 +1,7 @@
 //! Durable storage behind a set of async traits, one per concern
 //! ([`traits`]): issuance, the issuance counters, the audit log,
-//! approvals, revocations and deactivations, and reports. Only this module
+//! approvals, revocations and deactivations, reports, and replica
+//! heartbeats. Only this module
 //! writes SQL, and nothing outside it names a backend: callers hold a
 //! [`Store`] from [`open`].
 //!
@@ -12,6 +13,7 @@
 
 pub mod approvals;
 pub mod memory;
+pub mod replicas;
 pub mod reports;
 pub mod sqlite;
 pub mod sqlite_store;
@@ -32,7 +34,7 @@ pub use target::{DisableTarget, DisableTargetError};
 pub use sqlite::Backend;
 pub use traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
-    IssuanceCounters, IssuanceStore, ReportStore, Revoker, Store, StoreFuture, Vote,
+    IssuanceCounters, IssuanceStore, ReplicaStore, ReportStore, Revoker, Store, StoreFuture, Vote,
 };
 
 /// A store failure. The message is for logs; clients only see "store unavailable".
