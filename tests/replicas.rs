@@ -239,7 +239,7 @@ fn a_policy_reload_shows_its_digest_and_git_commit_at_once() {
         .pop()
         .expect("policy_reloaded record");
     assert_eq!(
-        reload["mayfly"]["policy_digest"], after["policy_digest"],
+        reload["mayfly"]["policy"]["digest"], after["policy_digest"],
         "{reload}"
     );
     assert_eq!(after["git_commit"], head.as_str());
