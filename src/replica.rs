@@ -371,7 +371,9 @@ mod tests {
 
     proptest! {
         #[test]
-        fn a_parsed_id_is_safe_in_labels_tables_and_logs(s in "\\PC{0,80}") {
+        fn a_parsed_id_is_safe_in_labels_tables_and_logs(
+            s in prop_oneof!["\\PC{0,80}", "[a-z0-9._\\-\"\\\\{},= \n]{0,70}"]
+        ) {
             if let Ok(id) = ReplicaId::parse(&s) {
                 prop_assert!(id.as_str().len() <= MAX_ID_LEN);
                 prop_assert!(id.as_str().bytes().all(|b| b.is_ascii_graphic()));
