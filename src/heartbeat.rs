@@ -23,8 +23,10 @@ use crate::service::Service;
 use crate::store::{OpenMode, Store, StoreConfig, StoreError};
 use crate::time::UnixSecs;
 
-/// Shortest wait for one heartbeat write before it counts as failed.
-const MIN_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one heartbeat write may take before it counts as failed: the
+/// interval, but at least 5 s and at most 30 s (the first heartbeat holds up
+/// the start of serving for at most that long).
+const WRITE_TIMEOUT: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(30));
 
 /// What this replica says about itself besides the policy in force.
 #[derive(Debug, Clone)]
@@ -116,7 +118,10 @@ impl Beater {
 
     async fn send(&mut self) {
         let beat = self.heartbeat();
-        let timeout = self.settings.interval.max(MIN_WRITE_TIMEOUT);
+        let timeout = self
+            .settings
+            .interval
+            .clamp(WRITE_TIMEOUT.0, WRITE_TIMEOUT.1);
         let store = self.service.store().replicas();
         let outcome = match tokio::time::timeout(timeout, store.heartbeat(beat.clone())).await {
             Ok(Ok(previous)) => Ok(previous),
