@@ -1,6 +1,7 @@
 //! Durable storage behind a set of async traits, one per concern
 //! ([`traits`]): issuance, the issuance counters, the audit log,
-//! approvals, revocations and deactivations, and reports. Only this module
+//! approvals, revocations and deactivations, reports, and replica
+//! heartbeats. Only this module
 //! writes SQL, and nothing outside it names a backend: callers hold a
 //! [`Store`] from [`open`].
 //!
@@ -16,6 +17,7 @@
 pub mod approvals;
 pub mod memory;
 pub mod postgres;
+pub mod replicas;
 pub mod reports;
 pub mod sqlite;
 pub mod sqlite_store;
@@ -36,7 +38,7 @@ pub use target::{DisableTarget, DisableTargetError};
 pub use sqlite::Backend;
 pub use traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
-    IssuanceCounters, IssuanceStore, ReportStore, Revoker, Store, StoreFuture, Vote,
+    IssuanceCounters, IssuanceStore, ReplicaStore, ReportStore, Revoker, Store, StoreFuture, Vote,
 };
 
 /// A store failure. The message is for logs; clients only see "store unavailable".

@@ -32,6 +32,7 @@ use crate::audit::checkpoint::Checkpoint;
 use crate::audit::search::AuditQuery;
 use crate::audit::AuditRecord;
 use crate::policy::limits::RateLimit;
+use crate::replica::Heartbeat;
 
 /// Checkpoints read in one page, each with its id (a row that cannot be
 /// read as a checkpoint comes as `Err`).
@@ -277,6 +278,20 @@ pub trait ReportStore: Send + Sync {
     fn count_events(&self, event: &str) -> StoreFuture<'_, u64>;
 }
 
+/// Replica heartbeats: one row per replica of this database, each
+/// written only by its own replica. With many replicas on one database the
+/// rows are the fleet as the database sees it (`mayfly status`).
+pub trait ReplicaStore: Send + Sync {
+    /// Inserts or replaces the row of `beat.replica` and returns the row
+    /// it replaced, if any (so a replica notices another process writing
+    /// under its id). Rows last seen more than
+    /// [`crate::replica::RETENTION_SECS`] before `beat.last_seen` are
+    /// dropped in the same write.
+    fn heartbeat(&self, beat: Heartbeat) -> StoreFuture<'_, Option<Heartbeat>>;
+    /// Every replica row, in no particular order.
+    fn replicas(&self) -> StoreFuture<'_, Vec<Heartbeat>>;
+}
+
 /// Every concern of one backend. A handle is cheap to clone; each
 /// accessor gives the concern's trait object.
 #[derive(Clone)]
@@ -287,6 +302,7 @@ pub struct Store {
     pub(super) approvals: Arc<dyn ApprovalStore>,
     pub(super) access: Arc<dyn AccessStore>,
     pub(super) reports: Arc<dyn ReportStore>,
+    pub(super) replicas: Arc<dyn ReplicaStore>,
 }
 
 impl Store {
@@ -299,6 +315,7 @@ impl Store {
             + ApprovalStore
             + AccessStore
             + ReportStore
+            + ReplicaStore
             + 'static,
     {
         Store {
@@ -307,7 +324,8 @@ impl Store {
             audit: backend.clone(),
             approvals: backend.clone(),
             access: backend.clone(),
-            reports: backend,
+            reports: backend.clone(),
+            replicas: backend,
         }
     }
 
@@ -320,6 +338,7 @@ impl Store {
         approvals: Arc<dyn ApprovalStore>,
         access: Arc<dyn AccessStore>,
         reports: Arc<dyn ReportStore>,
+        replicas: Arc<dyn ReplicaStore>,
     ) -> Store {
         Store {
             issuance,
@@ -328,10 +347,11 @@ impl Store {
             approvals,
             access,
             reports,
+            replicas,
         }
     }
 
-    /// The six trait objects of this handle, in [`Store::from_parts`]
+    /// The trait objects of this handle, in [`Store::from_parts`]
     /// order: to wrap one concern (a fake that records calls or fails on
     /// demand) and keep the others.
     #[allow(clippy::type_complexity)]
@@ -344,6 +364,7 @@ impl Store {
         Arc<dyn ApprovalStore>,
         Arc<dyn AccessStore>,
         Arc<dyn ReportStore>,
+        Arc<dyn ReplicaStore>,
     ) {
         (
             self.issuance,
@@ -352,6 +373,7 @@ impl Store {
             self.approvals,
             self.access,
             self.reports,
+            self.replicas,
         )
     }
 
@@ -393,6 +415,16 @@ impl Store {
     /// Report queries, shared (for the metrics registry).
     pub fn reports_shared(&self) -> Arc<dyn ReportStore> {
         self.reports.clone()
+    }
+
+    /// Replica heartbeats.
+    pub fn replicas(&self) -> &dyn ReplicaStore {
+        &*self.replicas
+    }
+
+    /// Replica heartbeats, shared (for the metrics registry).
+    pub fn replicas_shared(&self) -> Arc<dyn ReplicaStore> {
+        self.replicas.clone()
     }
 
     /// Appends one audit record and returns once it is durable.

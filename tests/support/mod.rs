@@ -20,6 +20,7 @@ pub mod postgres;
 pub mod process;
 pub mod server;
 pub mod sshd;
+pub mod store;
 
 pub use cli::{all_output, audit_count, audit_search, mayfly, mayfly_command, now, ok, signing_ca};
 pub use keygen::{keygen_ed25519, sign_user_cert};

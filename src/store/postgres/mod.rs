@@ -29,6 +29,7 @@ pub mod connect;
 pub mod db;
 pub mod issuance;
 pub mod listen;
+pub mod replicas;
 pub mod reports;
 pub mod schema;
 pub mod tls;
@@ -51,7 +52,7 @@ use super::reports::{
 };
 use super::traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
-    IssuanceCounters, IssuanceStore, ReportStore, Revoker, StoreFuture, Vote,
+    IssuanceCounters, IssuanceStore, ReplicaStore, ReportStore, Revoker, StoreFuture, Vote,
 };
 use super::writer::Hooks;
 use super::{
@@ -64,6 +65,7 @@ use crate::audit::checkpoint::Checkpoint;
 use crate::audit::search::AuditQuery;
 use crate::audit::AuditRecord;
 use crate::policy::limits::RateLimit;
+use crate::replica::Heartbeat;
 
 /// How often expired used-token rows and full rate buckets are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -568,6 +570,18 @@ impl AuditLog for PgStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(hook);
+    }
+}
+
+impl ReplicaStore for PgStore {
+    fn heartbeat(&self, beat: Heartbeat) -> StoreFuture<'_, Option<Heartbeat>> {
+        write!(self, |db| replicas::heartbeat(db, &beat), |_: &Option<
+            Heartbeat,
+        >| None)
+    }
+
+    fn replicas(&self) -> StoreFuture<'_, Vec<Heartbeat>> {
+        read!(self, |db| replicas::list(db))
     }
 }
 
