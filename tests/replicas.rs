@@ -690,6 +690,59 @@ fn max_active_certs_is_exact_across_replicas_under_a_race() {
     assert_eq!(r.audit(&["--event", "cert_issued"]).len(), 3 * 4);
 }
 
+// ---- rate limits -------------------------------------------------------------
+
+const LIMITED_ROLE: &str = r#"
+description = "Deploys, four a minute per job"
+owner = "platform@example.com"
+issuer = "ci"
+principals = ["deploy"]
+max_ttl = "10m"
+identity_rate_limit = "4/m"
+[claims]
+sub = "bot*"
+"#;
+
+#[test]
+fn identity_rate_limit_holds_across_replicas_under_a_race() {
+    let r = replicas(3, &[("limited", LIMITED_ROLE)], "");
+    // Twelve requests of one identity, four on each replica, at once: the
+    // shared bucket lets exactly four through (a token refills every
+    // 15 s, far longer than the race).
+    let tokens: Vec<String> = (0..12).map(|_| r.token("bot-rate")).collect();
+    let r = &r;
+    let answers = together(
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(k, t)| {
+                Box::new(move || r.request_cert(k % 3, "limited", t))
+                    as Box<dyn FnOnce() -> Response + Send + '_>
+            })
+            .collect(),
+    );
+    let won = answers.iter().filter(|a| a.status == 200).count();
+    assert_eq!(
+        won,
+        4,
+        "identity_rate_limit = 4/m across 3 replicas: {:?}",
+        answers.iter().map(|a| (a.status, a.text())).collect::<Vec<_>>()
+    );
+    for a in answers.iter().filter(|a| a.status != 200) {
+        expect_refusal(a, 429, "rate_limited", "bot-rate");
+        let retry: u64 = a
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .expect("seconds");
+        assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    }
+    // The limit is per identity: another one is untouched, on any replica.
+    for i in 0..3 {
+        r.cert(i, "limited", &format!("bot-other{i}"));
+    }
+}
+
 // ---- the audit chain ---------------------------------------------------------
 
 #[test]
@@ -795,3 +848,113 @@ fn checkpoint_counts(report: &str) -> (u64, u64) {
     (nums[0], nums[1])
 }
 
+
+// ---- policy drift ------------------------------------------------------------
+
+/// The digest of the policy replica `i` enforces, from its `/metrics`.
+fn served_digest(r: &Replicas, i: usize) -> String {
+    let text = http::get(&format!("{}/metrics", r.node(i).url()))
+        .expect("GET /metrics")
+        .text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("mayfly_policy_info{digest=\""))
+        .and_then(|l| l.split('"').next())
+        .unwrap_or_else(|| panic!("no mayfly_policy_info in /metrics of replica {i}:\n{text}"))
+        .to_string()
+}
+
+/// `mayfly status --config --json` on the shared database, which must
+/// exit with `code`.
+fn status_json(r: &Replicas, code: i32) -> serde_json::Value {
+    let out = r.cli(&["status", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "mayfly status --json:\n{}",
+        support::all_output(&out)
+    );
+    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+}
+
+/// A `deploy` role that differs from [`DEPLOY_ROLE`] only in its TTL.
+const DEPLOY_ROLE_SHORTER: &str = "description = \"replica tests\"\nowner = \"sre@example.com\"\n\
+    issuer = \"ci\"\nprincipals = [\"deploy\"]\nmax_ttl = \"5m\"\ndefault_ttl = \"5m\"\n\n\
+    [claims]\nsub = \"bot*\"\n";
+
+#[test]
+fn policy_drift_between_real_replicas_is_shown_by_status_and_cleared_by_a_reload() {
+    let db = database();
+    let store = db.store_toml();
+    let mut r = Replicas::new(Shared {
+        store_toml: &store,
+        policies: &[],
+        extra: "heartbeat_interval = \"1s\"\n",
+    });
+    r.add(&[("deploy", DEPLOY_ROLE)]);
+    r.add(&[("deploy", DEPLOY_ROLE)]);
+    r.add(&[("deploy", DEPLOY_ROLE_SHORTER)]);
+    let (ours, theirs) = (served_digest(&r, 0), served_digest(&r, 2));
+    assert_ne!(ours, theirs);
+    assert_eq!(served_digest(&r, 1), ours);
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            std::fs::read_to_string(r.node(i).data_dir().join("replica_id"))
+                .expect("data_dir/replica_id")
+                .trim()
+                .to_string()
+        })
+        .collect();
+
+    // Every replica's heartbeat is in the shared database: status, run
+    // anywhere, lists all three and flags the drift.
+    let s = status_json(&r, 2);
+    assert_eq!(s["status"], "policy_drift", "{s}");
+    assert_eq!(s["policy_drift"], true, "{s}");
+    assert_eq!(s["live_replicas"], 3, "{s}");
+    let mut want = vec![ours.clone(), theirs.clone()];
+    want.sort();
+    assert_eq!(s["policy_digests"], json!(want), "{s}");
+    let rows = s["replicas"].as_array().expect("replicas");
+    for (i, id) in ids.iter().enumerate() {
+        let row = rows
+            .iter()
+            .find(|row| row["replica"] == json!(id))
+            .unwrap_or_else(|| panic!("replica {i} ({id}) missing from status: {s}"));
+        let digest = if i == 2 { &theirs } else { &ours };
+        assert_eq!(row["policy_digest"], json!(digest), "replica {i}: {row}");
+        assert_eq!(row["listen"], format!("127.0.0.1:{}", r.node(i).port()));
+        assert_eq!(row["live"], true, "replica {i}: {row}");
+    }
+    let out = r.cli(&["status"]);
+    let text = support::all_output(&out);
+    assert!(
+        text.contains("POLICY DRIFT: the 3 live replicas enforce 2 different policies"),
+        "{text}"
+    );
+    // The admin endpoint of any replica says the same.
+    for i in 0..3 {
+        let v = r.get_with(i, "/v1/admin/replicas", &r.admin_token()).json();
+        assert_eq!(v["policy_drift"], true, "replica {i}: {v}");
+        assert_eq!(v["live_replicas"], 3, "replica {i}: {v}");
+    }
+
+    // The odd one out gets the common policy and reloads: no drift.
+    std::fs::write(
+        r.node(2).policy_dir().join("deploy.toml"),
+        DEPLOY_ROLE,
+    )
+    .expect("rewrite the policy");
+    let pid = r.node(2).pid().expect("replica 2 runs").to_string();
+    ok(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .output()
+        .expect("kill -HUP"));
+    let cleared = support::wait_for(Duration::from_secs(15), Duration::from_millis(200), || {
+        let out = r.cli(&["status", "--json"]);
+        (out.status.code() == Some(0)).then_some(())
+    });
+    assert!(cleared.is_some(), "drift not cleared: {}", status_json(&r, 2));
+    let s = status_json(&r, 0);
+    assert_eq!(s["policy_drift"], false, "{s}");
+    assert_eq!(s["policy_digests"], json!([ours]), "{s}");
+}
