@@ -1,423 +1,963 @@
-//! Replica heartbeats and `mayfly status` against a real `mayfly serve`:
-//! the server lists itself with its version, policy digest, git commit and
-//! address, keeps its replica id across restarts, shows a reloaded policy
-//! at once, keeps serving when its heartbeat cannot be stored, and
-//! `status`, `GET /v1/admin/replicas` (admins only) and the exit code flag
-//! policy drift.
+//! Several real `mayfly serve` replicas on one real PostgreSQL database
+//! agree on everything they must share: used tokens, serials, revocations
+//! and the KRL, deactivations, approvals, `max_active_certs`, the CA keys
+//! and the one audit chain.
 //!
-//! With SQLite one server owns a database, so a second replica cannot run
-//! on it. The drift tests write the second replica's heartbeat row through
-//! the library's store API on the server's database (what that replica's
-//! own heartbeat task would write on a shared database); the server, the
-//! CLI and the HTTP API under test are the real ones. Drift between real
-//! replica processes is tested on PostgreSQL.
+//! One cluster serves the whole binary (`Postgres::shared`), each test has
+//! its own database. Tokens come from a test issuer whose keys the test
+//! holds (`support::issuer`), so a test can make hundreds of single-use
+//! tokens; certificates and KRLs are checked with the real `ssh-keygen`.
+//! The faults (PostgreSQL stopped, failover, `kill -9`) are in
+//! `tests/replica_faults.rs`.
 
 mod support;
 
-use std::process::Output;
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::Algorithm;
-use mayfly::replica::{Heartbeat, ReplicaId};
-use mayfly::time::UnixSecs;
-use serde_json::{json, Value};
-use support::issuer::TestIssuer;
-use support::{http, keygen_ed25519, mayfly, now, wait_for, Mayfly};
+use serde_json::json;
+use support::http::Response;
+use support::replicas::{
+    error_code, krl_revokes, together, Issued, Replicas, Shared, DEPLOY_ROLE,
+};
+use support::{http, ok, Mayfly, PgDb, Postgres};
 
-const DEPLOY: &str = "description = \"replica tests\"\nowner = \"sre@example.com\"\n\
-    issuer = \"ci\"\nprincipals = [\"deploy\"]\nmax_ttl = \"10m\"\n\n[claims]\nsub = \"bot\"\n";
+/// How long a revocation may take to reach another replica's `/v1/krl`
+/// (the contract: LISTEN/NOTIFY, with a poll as the fallback).
+const KRL_WITHIN: Duration = Duration::from_secs(1);
 
-fn start(extra: &str) -> Mayfly {
-    Mayfly::start(extra, &[("deploy", DEPLOY)])
+fn database() -> PgDb {
+    Postgres::shared().create_database()
 }
 
-/// `mayfly status --config CONFIG ARGS...`.
-fn status(ca: &Mayfly, args: &[&str]) -> Output {
-    let config = ca.config_path().to_str().expect("utf-8 path");
-    let mut all = vec!["status", "--config", config];
-    all.extend_from_slice(args);
-    mayfly(&all)
+/// `n` replicas of a fresh database running `policies`.
+fn replicas(n: usize, policies: &[(&str, &str)], extra: &str) -> Replicas {
+    replicas_on(&database(), n, policies, extra)
 }
 
-/// `mayfly status --json`, which must exit with `code`.
-fn status_json(ca: &Mayfly, code: i32) -> Value {
-    let out = status(ca, &["--json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+/// `n` replicas of `db` running `policies`.
+fn replicas_on(db: &PgDb, n: usize, policies: &[(&str, &str)], extra: &str) -> Replicas {
+    Replicas::start(
+        n,
+        Shared {
+            store_toml: &db.store_toml(),
+            policies,
+            extra,
+        },
+    )
+}
+
+/// The `serial` of every `cert_issued` record, in chain order.
+fn audited_serials(r: &Replicas) -> Vec<u64> {
+    r.audit(&["--event", "cert_issued"])
+        .iter()
+        .map(|rec| {
+            rec["ssh"]["cert"]["serial"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("cert_issued without a serial: {rec}"))
+        })
+        .collect()
+}
+
+#[track_caller]
+fn expect_refusal(r: &Response, status: u16, code: &str, what: &str) {
+    assert_eq!(r.status, status, "{what}: {}", r.text());
+    assert_eq!(error_code(r), code, "{what}: {}", r.text());
+    assert!(
+        r.json().get("certificate").is_none(),
+        "{what}: a refusal with a certificate: {}",
+        r.text()
     );
-    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
 }
 
-/// `mayfly status` as text, which must exit with `code`.
-fn status_text(ca: &Mayfly, code: i32) -> String {
-    let out = status(ca, &[]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout: {text}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
+// ---- used tokens -----------------------------------------------------------
+
+#[test]
+fn one_token_sent_to_two_replicas_at_once_gives_exactly_one_certificate() {
+    const TOKENS: usize = 100;
+    const AT_ONCE: usize = 20;
+    let r = replicas(3, &[("deploy", DEPLOY_ROLE)], "");
+    // Each token goes to a different pair of replicas, both requests
+    // released at the same instant, 20 tokens (40 requests) at a time.
+    let tokens: Vec<(String, String)> = (0..TOKENS)
+        .map(|_| {
+            let claims = r.issuer.claims("bot-race");
+            let jti = claims["jti"].as_str().expect("jti").to_string();
+            (jti, r.issuer.sign(Algorithm::ES256, &claims))
+        })
+        .collect();
+    let mut outcomes: Vec<(Response, Response)> = Vec::with_capacity(TOKENS);
+    for (batch_no, batch) in tokens.chunks(AT_ONCE).enumerate() {
+        let mut jobs: Vec<Box<dyn FnOnce() -> Response + Send + '_>> = Vec::new();
+        for (k, (_, token)) in batch.iter().enumerate() {
+            let n = batch_no * AT_ONCE + k;
+            let (a, b) = (n % 3, (n + 1) % 3);
+            let r = &r;
+            jobs.push(Box::new(move || r.request_cert(a, "deploy", token)));
+            jobs.push(Box::new(move || r.request_cert(b, "deploy", token)));
+        }
+        let mut answers = together(jobs).into_iter();
+        while let (Some(x), Some(y)) = (answers.next(), answers.next()) {
+            outcomes.push((x, y));
+        }
+    }
+
+    let mut issued: HashMap<String, u64> = HashMap::new();
+    for (n, ((jti, _), (x, y))) in tokens.iter().zip(&outcomes).enumerate() {
+        let certs: Vec<Issued> = [x, y].into_iter().filter_map(Issued::from_response).collect();
+        assert_eq!(
+            certs.len(),
+            1,
+            "token {n} sent to replicas {} and {}: {} certificates ({} {} / {} {})\n{}",
+            n % 3,
+            (n + 1) % 3,
+            certs.len(),
+            x.status,
+            x.text(),
+            y.status,
+            y.text(),
+            r.logs()
+        );
+        let refused = if x.status == 200 { y } else { x };
+        expect_refusal(refused, 401, "token_replayed", &format!("token {n}"));
+        issued.insert(jti.clone(), certs[0].serial);
+    }
+
+    // The audit log has exactly one issuance per token: the one returned.
+    let records = r.audit(&["--event", "cert_issued"]);
+    assert_eq!(records.len(), TOKENS, "cert_issued records");
+    let mut seen = HashSet::new();
+    for rec in &records {
+        let token_id = rec["mayfly"]["token"]["id"].as_str().expect("token id");
+        let jti = token_id
+            .strip_prefix("ci:jti:")
+            .unwrap_or_else(|| panic!("token id {token_id}"));
+        assert!(seen.insert(jti.to_string()), "two issuances for {jti}");
+        assert_eq!(
+            rec["ssh"]["cert"]["serial"].as_u64(),
+            issued.get(jti).copied(),
+            "the audited serial of {jti} is the one returned"
+        );
+    }
+}
+
+// ---- serials ---------------------------------------------------------------
+
+#[test]
+fn serials_stay_unique_across_three_replicas_under_concurrent_load_and_restarts() {
+    const CLIENTS_PER_REPLICA: usize = 4;
+    const CERTS_PER_CLIENT: usize = 6;
+    let mut r = replicas(3, &[("deploy", DEPLOY_ROLE)], "");
+    let load = |r: &Replicas| -> Vec<(usize, u64)> {
+        let mut jobs: Vec<Box<dyn FnOnce() -> Vec<(usize, u64)> + Send + '_>> = Vec::new();
+        for i in 0..r.len() {
+            for _ in 0..CLIENTS_PER_REPLICA {
+                jobs.push(Box::new(move || {
+                    (0..CERTS_PER_CLIENT)
+                        .map(|_| (i, r.cert(i, "deploy", "bot-serial").serial))
+                        .collect()
+                }));
+            }
+        }
+        together(jobs).into_iter().flatten().collect()
+    };
+    let mut got = load(&r);
+    // A clean restart and a crash: neither may hand out a serial again.
+    r.node_mut(0).restart();
+    r.node_mut(1).kill();
+    r.node_mut(1).restart();
+    got.extend(load(&r));
+
+    let total = 2 * r.len() * CLIENTS_PER_REPLICA * CERTS_PER_CLIENT;
+    assert_eq!(got.len(), total);
+    let mut by_serial: HashMap<u64, usize> = HashMap::new();
+    for (i, serial) in &got {
+        if let Some(other) = by_serial.insert(*serial, *i) {
+            panic!("serial {serial} was issued by replica {other} and by replica {i}");
+        }
+    }
+    // The audit log holds each serial once, and exactly those.
+    let audited = audited_serials(&r);
+    assert_eq!(audited.len(), total, "cert_issued records");
+    let audited_set: BTreeSet<u64> = audited.iter().copied().collect();
+    assert_eq!(audited_set.len(), total, "a serial audited twice");
+    let returned: BTreeSet<u64> = by_serial.keys().copied().collect();
+    assert_eq!(audited_set, returned);
+    // The serial in the answer is the certificate's own.
+    let one = r.cert(2, "deploy", "bot-serial");
+    let cert = one.write(r.dir());
+    let shown = ok(std::process::Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(&cert)
+        .output()
+        .expect("ssh-keygen -L"));
+    assert!(
+        shown.contains(&format!("Serial: {}", one.serial)),
+        "{shown}"
     );
-    text
+    assert!(!returned.contains(&one.serial));
 }
 
-fn replica_id(ca: &Mayfly) -> String {
-    std::fs::read_to_string(ca.data_dir().join("replica_id"))
-        .expect("data_dir/replica_id")
-        .trim()
-        .to_string()
+// ---- CA keys ---------------------------------------------------------------
+
+#[test]
+fn replicas_started_together_on_an_empty_database_serve_one_ca() {
+    let db = database();
+    let store = db.store_toml();
+    let mut r = Replicas::new(Shared {
+        store_toml: &store,
+        policies: &[("deploy", DEPLOY_ROLE)],
+        extra: "",
+    });
+    let config = r.config_extra().to_string();
+    let started: Vec<Mayfly> = together(
+        (0..3)
+            .map(|_| {
+                let config = config.as_str();
+                Box::new(move || Mayfly::start(config, &[("deploy", DEPLOY_ROLE)]))
+                    as Box<dyn FnOnce() -> Mayfly + Send + '_>
+            })
+            .collect(),
+    );
+    for m in started {
+        r.adopt(m);
+    }
+    for path in ["/v1/ca/user.pub", "/v1/ca/host.pub"] {
+        let keys: Vec<String> = (0..3)
+            .map(|i| {
+                let resp = http::get(&format!("{}{path}", r.node(i).url())).expect("GET");
+                assert_eq!(resp.status, 200, "{path} on replica {i}: {}", resp.text());
+                resp.text()
+            })
+            .collect();
+        assert!(!keys[0].trim().is_empty(), "{path}");
+        assert!(
+            keys.iter().all(|k| *k == keys[0]),
+            "replicas serve different {path}:\n{}",
+            keys.join("---\n")
+        );
+    }
+    // Every replica signs with that key.
+    let user_ca = http::get(&format!("{}/v1/ca/user.pub", r.node(0).url()))
+        .expect("GET")
+        .text();
+    let ca_fields: Vec<String> = user_ca
+        .lines()
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        .collect();
+    for i in 0..3 {
+        let cert = r.cert(i, "deploy", "bot-ca").write(r.dir());
+        let fp = support::signing_ca(&cert);
+        let ca_file = r.dir().join(format!("ca-{i}.pub"));
+        std::fs::write(&ca_file, format!("{}\n", ca_fields[0])).expect("write CA key");
+        let ca_fp = ok(std::process::Command::new("ssh-keygen")
+            .arg("-l")
+            .arg("-f")
+            .arg(&ca_file)
+            .output()
+            .expect("ssh-keygen -l"));
+        assert!(
+            ca_fp.contains(&fp),
+            "replica {i} signed with {fp}, not the served user CA {ca_fp}"
+        );
+    }
 }
 
-/// The digest of the policy the server enforces, from `/metrics`.
-fn served_digest(ca: &Mayfly) -> String {
-    let text = http::get(&format!("{}/metrics", ca.url()))
+// ---- revocations and the KRL -------------------------------------------------
+
+/// Polls `/v1/krl` of replica `i` from now on until it serves a version
+/// above `above`, and returns that answer. Panics if a request that
+/// started more than [`KRL_WITHIN`] after `returned` still got an older
+/// version: requests before that may see either.
+fn krl_after(r: &Replicas, i: usize, above: u64, returned: Instant, how: &str) -> Response {
+    loop {
+        let started = Instant::now();
+        let resp = r.krl(i);
+        let took = started.elapsed();
+        assert_eq!(resp.status, 200, "KRL of replica {i}: {}", resp.text());
+        let version = krl_version(&resp);
+        if version > above {
+            return resp;
+        }
+        let late = started.saturating_duration_since(returned);
+        assert!(
+            late <= KRL_WITHIN,
+            "{how}: replica {i} still served KRL version {version} (not above {above}) to a \
+             request sent {late:?} after the revocation returned (answered in {took:?})\n{}",
+            r.logs()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn krl_version(resp: &Response) -> u64 {
+    resp.header("x-krl-version")
+        .expect("X-KRL-Version")
+        .parse()
+        .expect("a number")
+}
+
+/// Checks that each of `replicas` serves, within [`KRL_WITHIN`] of
+/// `returned`, a KRL above version `above` that revokes `cert` and not
+/// `live` (all polled at once); returns the highest version seen.
+#[track_caller]
+fn krl_reaches_replicas(
+    r: &Replicas,
+    replicas: &[usize],
+    above: u64,
+    returned: Instant,
+    (cert, live): (&std::path::Path, &std::path::Path),
+    how: &str,
+) -> u64 {
+    let answers = together(
+        replicas
+            .iter()
+            .map(|&i| {
+                Box::new(move || krl_after(r, i, above, returned, how))
+                    as Box<dyn FnOnce() -> Response + Send + '_>
+            })
+            .collect(),
+    );
+    let mut version = 0;
+    for (&i, resp) in replicas.iter().zip(&answers) {
+        let krl = r.dir().join(format!("krl-{i}-{}", krl_version(resp)));
+        std::fs::write(&krl, &resp.body).expect("write KRL");
+        assert!(
+            krl_revokes(&krl, cert),
+            "{how}: the KRL of replica {i} (version {}) does not revoke the certificate",
+            krl_version(resp)
+        );
+        assert!(
+            !krl_revokes(&krl, live),
+            "{how}: the KRL of replica {i} revokes a live certificate"
+        );
+        version = version.max(krl_version(resp));
+    }
+    version
+}
+
+#[test]
+fn a_revocation_on_one_replica_reaches_every_krl_within_a_second_with_the_same_bytes() {
+    let r = replicas(3, &[("deploy", DEPLOY_ROLE)], "");
+    let c1 = r.cert(1, "deploy", "bot-krl");
+    let c2 = r.cert(2, "deploy", "bot-krl");
+    let live = r.cert(0, "deploy", "bot-krl");
+    let (f1, f2, flive) = (c1.write(r.dir()), c2.write(r.dir()), live.write(r.dir()));
+    // Every replica has served (and cached) a KRL before the change.
+    let v0 = (0..3).map(|i| krl_version(&r.krl(i))).max().unwrap_or(0);
+    for i in 0..3 {
+        let krl = r.dir().join(format!("krl-before-{i}"));
+        std::fs::write(&krl, &r.krl(i).body).expect("write KRL");
+        assert!(!krl_revokes(&krl, &f1));
+    }
+
+    // Through the admin API of replica 0.
+    let resp = r.post(
+        0,
+        "/v1/admin/revoke",
+        &r.admin_token(),
+        &json!({"serial": c1.serial, "reason": "leaked"}),
+    );
+    let returned = Instant::now();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let v1 = krl_reaches_replicas(&r, &[1, 2], v0, returned, (&f1, &flive), "admin API on replica 0");
+
+    // Through `mayfly revoke --config` against the shared database: a
+    // process that is no replica at all.
+    let out = r.cli(&["revoke", "--serial", &c2.serial.to_string(), "--reason", "leaked"]);
+    let returned = Instant::now();
+    let text = ok(out);
+    assert!(text.contains(&format!("revoked serial {}", c2.serial)), "{text}");
+    let v2 = krl_reaches_replicas(&r, &[0, 1, 2], v1, returned, (&f2, &flive), "mayfly revoke");
+    assert!(v2 > v1 && v1 > v0, "versions only go up: {v0} {v1} {v2}");
+
+    // Every replica serves the same bytes, ETag and version.
+    let krls: Vec<Response> = (0..3).map(|i| r.krl(i)).collect();
+    for (i, k) in krls.iter().enumerate() {
+        assert_eq!(krl_version(k), v2, "version of replica {i}");
+        assert_eq!(k.header("etag"), krls[0].header("etag"), "ETag of replica {i}");
+        assert!(
+            k.body == krls[0].body,
+            "replica {i} serves other KRL bytes for version {v2} than replica 0"
+        );
+    }
+    // A conditional GET with replica 0's ETag is 304 on every replica.
+    let etag = krls[0].header("etag").expect("ETag").to_string();
+    for i in 0..3 {
+        let again = http::request(
+            "GET",
+            &format!("{}/v1/krl", r.node(i).url()),
+            &[("If-None-Match", etag.as_str())],
+            b"",
+        )
+        .expect("GET /v1/krl");
+        assert_eq!(again.status, 304, "replica {i}");
+    }
+    let krl = r.dir().join("krl-final");
+    std::fs::write(&krl, &krls[2].body).expect("write KRL");
+    assert!(krl_revokes(&krl, &f1) && krl_revokes(&krl, &f2) && !krl_revokes(&krl, &flive));
+}
+
+// ---- deactivations -----------------------------------------------------------
+
+#[test]
+fn a_deactivation_through_one_replica_is_honoured_by_another_on_the_very_next_request() {
+    let r = replicas(3, &[("deploy", DEPLOY_ROLE)], "");
+    for k in 0..6 {
+        let (a, b, c) = (k % 3, (k + 1) % 3, (k + 2) % 3);
+        let sub = format!("bot-d{k}");
+        // b and c have just issued to this identity (their view is warm).
+        r.cert(b, "deploy", &sub);
+        r.cert(c, "deploy", &sub);
+        let how = if k % 2 == 0 {
+            let resp = r.post(
+                a,
+                "/v1/admin/disable",
+                &r.admin_token(),
+                &json!({"issuer": "ci", "subject": sub, "reason": "retired"}),
+            );
+            assert_eq!(resp.status, 200, "{}", resp.text());
+            format!("admin API on replica {a}")
+        } else {
+            ok(r.cli(&[
+                "identity", "disable", "--issuer", "ci", "--subject", &sub, "--reason", "retired",
+            ]));
+            "mayfly identity disable".to_string()
+        };
+        // The very next request, on another replica, with no pause.
+        let next = r.request_cert(b, "deploy", &r.token(&sub));
+        expect_refusal(&next, 403, "disabled", &format!("{sub} after {how}, replica {b}"));
+        assert!(
+            r.json_message(&next).contains(&format!("ci/{sub} is disabled")),
+            "{}",
+            next.text()
+        );
+        let next = r.request_cert(c, "deploy", &r.token(&sub));
+        expect_refusal(&next, 403, "disabled", &format!("{sub} after {how}, replica {c}"));
+        // Others are untouched.
+        r.cert(b, "deploy", "bot-other");
+    }
+
+    // A whole role, disabled on replica 2 and then refused by 0 and 1.
+    r.cert(0, "deploy", "bot-role");
+    r.cert(1, "deploy", "bot-role");
+    let resp = r.post(
+        2,
+        "/v1/admin/disable",
+        &r.admin_token(),
+        &json!({"role": "deploy", "reason": "freeze"}),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    for i in [0, 1] {
+        let next = r.request_cert(i, "deploy", &r.token("bot-role"));
+        expect_refusal(&next, 403, "disabled", &format!("role freeze, replica {i}"));
+        assert!(
+            r.json_message(&next).contains("role \"deploy\" is disabled"),
+            "{}",
+            next.text()
+        );
+    }
+    // Enabled again through the CLI: every replica issues again.
+    ok(r.cli(&["identity", "enable", "--role", "deploy"]));
+    for i in 0..3 {
+        let again = support::wait_for(Duration::from_secs(5), Duration::from_millis(50), || {
+            Issued::from_response(&r.request_cert(i, "deploy", &r.token("bot-role")))
+        });
+        assert!(again.is_some(), "replica {i} still refuses an enabled role");
+    }
+}
+
+// ---- approvals ---------------------------------------------------------------
+
+const APPROVED_ROLE: &str = r#"
+description = "Production deploys need a person"
+owner = "platform@example.com"
+issuer = "ci"
+principals = ["deploy"]
+max_ttl = "10m"
+[claims]
+sub = "bot*"
+[approval]
+required = 1
+issuer = "ci"
+approvers = ["groups:sre"]
+expires = "15m"
+"#;
+
+const TWO_PERSON_ROLE: &str = r#"
+description = "Break-glass needs two people"
+owner = "platform@example.com"
+issuer = "ci"
+principals = ["root"]
+max_ttl = "10m"
+[claims]
+sub = "bot*"
+[approval]
+required = 2
+issuer = "ci"
+approvers = ["groups:sre"]
+expires = "15m"
+"#;
+
+impl Replicas {
+    /// A person's token: `groups: ["sre"]` makes an approver.
+    fn person(&self, name: &str) -> String {
+        self.token_with(name, json!({"groups": ["sre"]}))
+    }
+
+    /// Asks for a certificate in an approved `role` on replica `i`;
+    /// returns the approval request's id.
+    fn ask_approval(&self, i: usize, role: &str) -> String {
+        let resp = self.request_cert(i, role, &self.token("bot-jit"));
+        assert_eq!(resp.status, 202, "{}", resp.text());
+        resp.json()["approval_request"]
+            .as_str()
+            .expect("approval_request")
+            .to_string()
+    }
+
+    /// Redeems approval `id` on replica `i` with a fresh token.
+    fn redeem(&self, i: usize, role: &str, id: &str) -> Response {
+        self.post(
+            i,
+            "/v1/certs/user",
+            &self.token("bot-jit"),
+            &json!({"role": role, "public_key": self.public_key(), "approval_request": id}),
+        )
+    }
+
+    fn vote(&self, i: usize, id: &str, who: &str) -> Response {
+        self.post(
+            i,
+            &format!("/v1/requests/{id}/approve"),
+            &self.person(who),
+            &json!({"reason": "change 1234"}),
+        )
+    }
+
+    fn json_message(&self, r: &Response) -> String {
+        r.json()["message"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+#[test]
+fn an_approval_requested_on_one_replica_approved_on_another_is_redeemed_once_on_a_third() {
+    let r = replicas(
+        3,
+        &[("prod", APPROVED_ROLE), ("break-glass", TWO_PERSON_ROLE)],
+        "",
+    );
+    // Requested on A, seen and approved on B, redeemed on C, once.
+    let id = r.ask_approval(0, "prod");
+    let pending = r.get_with(1, "/v1/requests", &r.person("alice")).json();
+    assert!(
+        pending
+            .as_array()
+            .is_some_and(|l| l.iter().any(|p| p["id"] == json!(id))),
+        "replica 1 does not list {id}: {pending}"
+    );
+    let before = r.redeem(2, "prod", &id);
+    assert_eq!(before.status, 202, "not yet approved: {}", before.text());
+    let resp = r.vote(1, &id, "alice");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["status"], "approved");
+    let cert = r.redeem(2, "prod", &id);
+    assert!(Issued::from_response(&cert).is_some(), "{}", cert.text());
+    expect_refusal(&r.redeem(0, "prod", &id), 403, "approval_not_pending", "used on A");
+    expect_refusal(&r.redeem(1, "prod", &id), 403, "approval_not_pending", "used on B");
+
+    // One approval redeemed on two replicas at the same instant: one wins.
+    for round in 0..5 {
+        let id = r.ask_approval(round % 3, "prod");
+        assert_eq!(r.vote((round + 1) % 3, &id, "alice").status, 200);
+        let answers = together(vec![
+            Box::new(|| r.redeem(1, "prod", &id)) as Box<dyn FnOnce() -> Response + Send>,
+            Box::new(|| r.redeem(2, "prod", &id)),
+        ]);
+        let won = answers.iter().filter(|a| a.status == 200).count();
+        assert_eq!(
+            won,
+            1,
+            "round {round}: {} redemptions of one approval: {} / {}",
+            won,
+            answers[0].text(),
+            answers[1].text()
+        );
+        let lost = answers.iter().find(|a| a.status != 200).expect("a loser");
+        expect_refusal(lost, 403, "approval_not_pending", &format!("round {round}"));
+    }
+
+    // Two people needed: the same person approving on two replicas at once
+    // counts once; a second person on a third replica completes it.
+    for round in 0..3 {
+        let id = r.ask_approval(0, "break-glass");
+        let answers = together(vec![
+            Box::new(|| r.vote(1, &id, "alice")) as Box<dyn FnOnce() -> Response + Send>,
+            Box::new(|| r.vote(2, &id, "alice")),
+        ]);
+        let counted: Vec<&Response> = answers.iter().filter(|a| a.status == 200).collect();
+        assert_eq!(
+            counted.len(),
+            1,
+            "round {round}: alice's vote on two replicas: {} / {}",
+            answers[0].text(),
+            answers[1].text()
+        );
+        assert_eq!(counted[0].json()["status"], "pending", "one of two votes");
+        let dup = answers.iter().find(|a| a.status != 200).expect("a duplicate");
+        expect_refusal(dup, 403, "already_voted", &format!("round {round}"));
+        let early = r.redeem(1, "break-glass", &id);
+        assert_eq!(early.status, 202, "one vote of two: {}", early.text());
+        let resp = r.vote(0, &id, "carol");
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.json()["status"], "approved");
+        let cert = r.redeem(2, "break-glass", &id);
+        assert!(Issued::from_response(&cert).is_some(), "{}", cert.text());
+    }
+
+    // One vote per approval above, two per two-person approval.
+    for (event, n) in [
+        ("approval_requested", 1 + 5 + 3),
+        ("approval_granted", 1 + 5 + 2 * 3),
+        ("approval_vote_refused", 3),
+        ("approval_used", 1 + 5 + 3),
+        ("cert_issued", 1 + 5 + 3),
+    ] {
+        assert_eq!(r.audit(&["--event", event]).len(), n, "{event}");
+    }
+}
+
+// ---- max_active_certs --------------------------------------------------------
+
+const CAPPED_ROLE: &str = r#"
+description = "Backups, three at a time"
+owner = "storage@example.com"
+issuer = "ci"
+principals = ["backup"]
+max_ttl = "10m"
+max_active_certs = 3
+[claims]
+sub = "bot*"
+"#;
+
+/// `n` requests of `sub` spread over the replicas, released together;
+/// returns the certificates and checks every refusal names the cap.
+fn capped_race(r: &Replicas, n: usize, sub: &str) -> Vec<Issued> {
+    let tokens: Vec<String> = (0..n).map(|_| r.token(sub)).collect();
+    let jobs: Vec<Box<dyn FnOnce() -> Response + Send + '_>> = tokens
+        .iter()
+        .enumerate()
+        .map(|(k, t)| {
+            Box::new(move || r.request_cert(k % r.len(), "backup", t))
+                as Box<dyn FnOnce() -> Response + Send + '_>
+        })
+        .collect();
+    let answers = together(jobs);
+    for a in answers.iter().filter(|a| a.status != 200) {
+        expect_refusal(a, 403, "too_many_active_certs", sub);
+        assert!(r.json_message(a).contains("allows 3"), "{}", a.text());
+    }
+    answers.iter().filter_map(Issued::from_response).collect()
+}
+
+#[test]
+fn max_active_certs_is_exact_across_replicas_under_a_race() {
+    let r = replicas(3, &[("backup", CAPPED_ROLE)], "");
+    for round in 0..3 {
+        let sub = format!("bot-cap{round}");
+        let won = capped_race(&r, 12, &sub);
+        assert_eq!(
+            won.len(),
+            3,
+            "round {round}: 12 requests on 3 replicas under max_active_certs = 3 gave {} \
+             certificates: serials {:?}",
+            won.len(),
+            won.iter().map(|c| c.serial).collect::<Vec<_>>()
+        );
+        // Revoking one makes room for exactly one, wherever it is asked.
+        let resp = r.post(
+            round % 3,
+            "/v1/admin/revoke",
+            &r.admin_token(),
+            &json!({"serial": won[0].serial, "reason": "room"}),
+        );
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        let again = capped_race(&r, 6, &sub);
+        assert_eq!(again.len(), 1, "round {round}: after one revocation");
+    }
+    assert_eq!(r.audit(&["--event", "cert_issued"]).len(), 3 * 4);
+}
+
+// ---- rate limits -------------------------------------------------------------
+
+const LIMITED_ROLE: &str = r#"
+description = "Deploys, four a minute per job"
+owner = "platform@example.com"
+issuer = "ci"
+principals = ["deploy"]
+max_ttl = "10m"
+identity_rate_limit = "4/m"
+[claims]
+sub = "bot*"
+"#;
+
+#[test]
+fn identity_rate_limit_holds_across_replicas_under_a_race() {
+    let r = replicas(3, &[("limited", LIMITED_ROLE)], "");
+    // Twelve requests of one identity, four on each replica, at once: the
+    // shared bucket lets exactly four through (a token refills every
+    // 15 s, far longer than the race).
+    let tokens: Vec<String> = (0..12).map(|_| r.token("bot-rate")).collect();
+    let r = &r;
+    let answers = together(
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(k, t)| {
+                Box::new(move || r.request_cert(k % 3, "limited", t))
+                    as Box<dyn FnOnce() -> Response + Send + '_>
+            })
+            .collect(),
+    );
+    let won = answers.iter().filter(|a| a.status == 200).count();
+    assert_eq!(
+        won,
+        4,
+        "identity_rate_limit = 4/m across 3 replicas: {:?}",
+        answers.iter().map(|a| (a.status, a.text())).collect::<Vec<_>>()
+    );
+    for a in answers.iter().filter(|a| a.status != 200) {
+        expect_refusal(a, 429, "rate_limited", "bot-rate");
+        let retry: u64 = a
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .expect("seconds");
+        assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    }
+    // The limit is per identity: another one is untouched, on any replica.
+    for i in 0..3 {
+        r.cert(i, "limited", &format!("bot-other{i}"));
+    }
+}
+
+// ---- the audit chain ---------------------------------------------------------
+
+#[test]
+fn audit_verify_passes_after_interleaved_writes_from_three_replicas_and_the_cli() {
+    // A checkpoint every few records, so several replicas sign some.
+    let db = database();
+    let mut r = replicas_on(
+        &db,
+        3,
+        &[("deploy", DEPLOY_ROLE)],
+        "[audit]\ncheckpoint_every = 5\n",
+    );
+    let live = r.cert(0, "deploy", "bot-audit");
+    let mut jobs: Vec<Box<dyn FnOnce() -> Vec<(usize, u64)> + Send + '_>> = Vec::new();
+    for i in 0..3 {
+        for _ in 0..3 {
+            let r = &r;
+            jobs.push(Box::new(move || {
+                let mut got = Vec::new();
+                for k in 0..8 {
+                    if k % 4 == 3 {
+                        // A refusal is a record too.
+                        let no = r.request_cert(i, "deploy", &r.token("intruder"));
+                        assert_eq!(no.status, 403, "{}", no.text());
+                    } else {
+                        got.push((i, r.cert(i, "deploy", "bot-audit").serial));
+                    }
+                }
+                got
+            }));
+        }
+    }
+    // Administrative writes from a replica and from the CLI meanwhile.
+    let admin = r.admin_token();
+    let rr = &r;
+    jobs.push(Box::new(move || {
+        for k in 0..3 {
+            let resp = rr.post(
+                1,
+                "/v1/admin/disable",
+                &admin,
+                &json!({"issuer": "ci", "subject": format!("bot-gone{k}"), "reason": "x"}),
+            );
+            assert_eq!(resp.status, 200, "{}", resp.text());
+        }
+        Vec::new()
+    }));
+    jobs.push(Box::new(move || {
+        for k in 0..3 {
+            ok(rr.cli(&["identity", "disable", "--role", &format!("gone{k}")]));
+        }
+        Vec::new()
+    }));
+    let issued: Vec<(usize, u64)> = together(jobs).into_iter().flatten().collect();
+    ok(r.cli(&["revoke", "--serial", &live.serial.to_string(), "--reason", "done"]));
+
+    // The writes really interleaved: in chain order, the replica that
+    // issued changes many times.
+    let replica_of: HashMap<u64, usize> = issued.iter().map(|(i, s)| (*s, *i)).collect();
+    let order: Vec<usize> = audited_serials(&r)
+        .iter()
+        .filter_map(|s| replica_of.get(s).copied())
+        .collect();
+    assert_eq!(order.len(), issued.len());
+    let switches = order.windows(2).filter(|w| w[0] != w[1]).count();
+    assert!(switches >= 6, "issuances hardly interleaved: {order:?}");
+
+    let report = r.assert_audit_verifies();
+    assert!(report.contains("hash chain intact"), "{report}");
+    let checkpoints = checkpoint_counts(&report);
+    assert!(
+        checkpoints.0 >= 5 && checkpoints.0 == checkpoints.1,
+        "every checkpoint signed and verified: {report}"
+    );
+    // A replica's clean shutdown signs the head (unless it is signed
+    // already); the chain and every signature still verify.
+    r.cert(2, "deploy", "bot-audit");
+    r.node_mut(2).stop();
+    let report = r.assert_audit_verifies();
+    let after = checkpoint_counts(&report);
+    assert!(after.0 >= checkpoints.0 && after.0 == after.1, "{report}");
+
+    // The check is real on PostgreSQL: one edited row is named.
+    let rows = r.audit(&["--event", "cert_issued"]);
+    let seq = rows[rows.len() / 2]["mayfly"]["audit"]["seq"]
+        .as_u64()
+        .expect("seq");
+    db.psql(&format!("UPDATE audit SET reason = 'edited' WHERE seq = {seq}"));
+    let (code, out) = r.audit_verify(0);
+    assert_ne!(code, Some(0), "an edited row verified:\n{out}");
+    assert!(out.contains(&format!("seq {seq}")), "{out}");
+}
+
+/// `(checkpoints, signatures verified)` from `mayfly audit verify`.
+fn checkpoint_counts(report: &str) -> (u64, u64) {
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("checkpoints: "))
+        .unwrap_or_else(|| panic!("no checkpoints in:\n{report}"));
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .map(|s| s.parse().expect("a number"))
+        .collect();
+    (nums[0], nums[1])
+}
+
+
+// ---- policy drift ------------------------------------------------------------
+
+/// The digest of the policy replica `i` enforces, from its `/metrics`.
+fn served_digest(r: &Replicas, i: usize) -> String {
+    let text = http::get(&format!("{}/metrics", r.node(i).url()))
         .expect("GET /metrics")
         .text();
     text.lines()
         .find_map(|l| l.strip_prefix("mayfly_policy_info{digest=\""))
         .and_then(|l| l.split('"').next())
-        .expect("mayfly_policy_info")
+        .unwrap_or_else(|| panic!("no mayfly_policy_info in /metrics of replica {i}:\n{text}"))
         .to_string()
 }
 
-/// A heartbeat of another replica named `id`, enforcing `digest`, last
-/// seen `age` seconds ago.
-fn other_replica(id: &str, digest: &str, age: u64) -> Heartbeat {
-    Heartbeat {
-        replica: ReplicaId::parse(id).expect("id"),
-        version: "0.0.9".into(),
-        policy_digest: digest.into(),
-        git_commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
-        listen: "10.0.0.2:8400".into(),
-        started_at: UnixSecs(now() - age - 60),
-        last_seen: UnixSecs(now() - age),
-        interval_secs: 10,
-    }
+/// `mayfly status --config --json` on the shared database, which must
+/// exit with `code`.
+fn status_json(r: &Replicas, code: i32) -> serde_json::Value {
+    let out = r.cli(&["status", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "mayfly status --json:\n{}",
+        support::all_output(&out)
+    );
+    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
 }
 
-fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=mayfly test",
-            "-c",
-            "user.email=test@example.com",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+/// A `deploy` role that differs from [`DEPLOY_ROLE`] only in its TTL.
+const DEPLOY_ROLE_SHORTER: &str = "description = \"replica tests\"\nowner = \"sre@example.com\"\n\
+    issuer = \"ci\"\nprincipals = [\"deploy\"]\nmax_ttl = \"5m\"\ndefault_ttl = \"5m\"\n\n\
+    [claims]\nsub = \"bot*\"\n";
 
 #[test]
-fn status_lists_the_running_server_and_its_id_survives_a_restart() {
-    let mut ca = start("heartbeat_interval = \"1s\"\n");
-    let id = replica_id(&ca);
-    assert_eq!(id.len(), 32, "{id}");
-    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
-    let meta = std::fs::metadata(ca.data_dir().join("replica_id")).expect("stat");
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
-        0o600
-    );
+fn policy_drift_between_real_replicas_is_shown_by_status_and_cleared_by_a_reload() {
+    let db = database();
+    let store = db.store_toml();
+    let mut r = Replicas::new(Shared {
+        store_toml: &store,
+        policies: &[],
+        extra: "heartbeat_interval = \"1s\"\n",
+    });
+    r.add(&[("deploy", DEPLOY_ROLE)]);
+    r.add(&[("deploy", DEPLOY_ROLE)]);
+    r.add(&[("deploy", DEPLOY_ROLE_SHORTER)]);
+    let (ours, theirs) = (served_digest(&r, 0), served_digest(&r, 2));
+    assert_ne!(ours, theirs);
+    assert_eq!(served_digest(&r, 1), ours);
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            std::fs::read_to_string(r.node(i).data_dir().join("replica_id"))
+                .expect("data_dir/replica_id")
+                .trim()
+                .to_string()
+        })
+        .collect();
 
-    // Listed as soon as it answers: the first heartbeat precedes serving.
-    let s = status_json(&ca, 0);
-    assert_eq!(s["status"], "ok");
-    assert_eq!(s["policy_drift"], false);
-    assert_eq!(s["live_replicas"], 1);
-    let r = &s["replicas"][0];
-    assert_eq!(s["replicas"].as_array().map(Vec::len), Some(1), "{s}");
-    assert_eq!(r["replica"], id.as_str());
-    assert_eq!(r["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(r["policy_digest"], served_digest(&ca).as_str());
-    assert_eq!(s["policy_digests"], json!([served_digest(&ca)]));
-    assert_eq!(
-        r["git_commit"],
-        Value::Null,
-        "policy_dir is no git checkout"
-    );
-    assert_eq!(r["listen"], format!("127.0.0.1:{}", ca.port()));
-    assert_eq!(r["interval_secs"], 1);
-    assert_eq!(r["live"], true);
-    let first_start = r["started_at"].as_u64().expect("started_at");
-
-    // It keeps beating: last_seen moves on.
-    let seen = r["last_seen"].as_u64().expect("last_seen");
-    wait_for(Duration::from_secs(10), Duration::from_millis(200), || {
-        let s = status_json(&ca, 0);
-        (s["replicas"][0]["last_seen"].as_u64() > Some(seen)).then_some(())
-    })
-    .expect("a periodic heartbeat moves last_seen");
-
-    let text = status_text(&ca, 0);
-    let row = text
-        .lines()
-        .find(|l| l.starts_with(&id))
-        .unwrap_or_else(|| panic!("no row for {id}:\n{text}"));
-    assert!(row.contains(" live "), "{row}");
-    assert!(row.contains(&format!("127.0.0.1:{}", ca.port())), "{row}");
-    assert!(row.contains(&served_digest(&ca)[..12]), "{row}");
-    assert!(
-        text.contains(&format!(
-            "ok: 1 live replica(s), all enforcing policy {}",
-            served_digest(&ca)
-        )),
-        "{text}"
-    );
-
-    // Stopped: stale after three intervals, and status says nobody is live.
-    ca.stop();
-    wait_for(Duration::from_secs(15), Duration::from_millis(500), || {
-        let out = status(&ca, &["--json"]);
-        (out.status.code() == Some(3)).then_some(())
-    })
-    .expect("status exits 3 once the only replica is stale");
-    let s = status_json(&ca, 3);
-    assert_eq!(s["status"], "no_live_replica");
-    assert_eq!(s["replicas"][0]["live"], false);
-    let text = status_text(&ca, 3);
-    assert!(text.contains(" stale "), "{text}");
-    assert!(text.contains("NO LIVE REPLICA"), "{text}");
-
-    // A restart keeps the id: still one replica, started again.
-    std::thread::sleep(Duration::from_secs(1));
-    ca.restart();
-    assert_eq!(replica_id(&ca), id);
-    let s = status_json(&ca, 0);
-    assert_eq!(s["replicas"].as_array().map(Vec::len), Some(1), "{s}");
-    assert_eq!(s["replicas"][0]["replica"], id.as_str());
-    assert!(s["replicas"][0]["started_at"].as_u64() > Some(first_start));
-}
-
-#[test]
-fn a_policy_reload_shows_its_digest_and_git_commit_at_once() {
-    // An hour between heartbeats and between policy polls: only the start
-    // and the reload (on SIGHUP) can send one during this test.
-    let ca = start("heartbeat_interval = \"1h\"\npolicy_poll_interval = \"1h\"\n");
-    let before = status_json(&ca, 0)["replicas"][0].clone();
-    assert_eq!(before["git_commit"], Value::Null);
-
-    let dir = ca.policy_dir();
-    std::fs::write(
-        dir.join("deploy.toml"),
-        DEPLOY.replace("max_ttl = \"10m\"", "max_ttl = \"5m\""),
-    )
-    .expect("edit the policy");
-    git(&dir, &["init", "-q"]);
-    git(&dir, &["add", "deploy.toml"]);
-    git(&dir, &["commit", "-q", "-m", "shorter certificates"]);
-    let head = git(&dir, &["rev-parse", "HEAD"]);
-    let pid = ca.pid().expect("running").to_string();
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .expect("kill -HUP");
-    assert!(hup.success());
-
-    let after = wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
-        let r = status_json(&ca, 0)["replicas"][0].clone();
-        (r["policy_digest"] != before["policy_digest"]).then_some(r)
-    })
-    .expect("the reloaded policy's digest shows without waiting for the interval");
-    assert_eq!(after["policy_digest"], served_digest(&ca).as_str());
-    let reload = ca
-        .audit(&["--event", "policy_reloaded"])
-        .pop()
-        .expect("policy_reloaded record");
-    assert_eq!(
-        reload["mayfly"]["policy"]["digest"], after["policy_digest"],
-        "{reload}"
-    );
-    assert_eq!(after["git_commit"], head.as_str());
-    assert_eq!(after["started_at"], before["started_at"]);
-}
-
-#[test]
-fn policy_drift_between_live_replicas_is_flagged_in_text_json_and_exit_code() {
-    let ca = start("");
-    let ours = served_digest(&ca);
-    let id = replica_id(&ca);
-    let theirs = "f".repeat(64);
-
-    // A second live replica on another policy.
-    assert_eq!(
-        ca.write_heartbeat(other_replica("ca-eu-2", &theirs, 2)),
-        None
-    );
-    let s = status_json(&ca, 2);
-    assert_eq!(s["status"], "policy_drift");
-    assert_eq!(s["policy_drift"], true);
-    assert_eq!(s["live_replicas"], 2);
+    // Every replica's heartbeat is in the shared database: status, run
+    // anywhere, lists all three and flags the drift.
+    let s = status_json(&r, 2);
+    assert_eq!(s["status"], "policy_drift", "{s}");
+    assert_eq!(s["policy_drift"], true, "{s}");
+    assert_eq!(s["live_replicas"], 3, "{s}");
     let mut want = vec![ours.clone(), theirs.clone()];
     want.sort();
-    assert_eq!(s["policy_digests"], json!(want));
-    let text = status_text(&ca, 2);
+    assert_eq!(s["policy_digests"], json!(want), "{s}");
+    let rows = s["replicas"].as_array().expect("replicas");
+    for (i, id) in ids.iter().enumerate() {
+        let row = rows
+            .iter()
+            .find(|row| row["replica"] == json!(id))
+            .unwrap_or_else(|| panic!("replica {i} ({id}) missing from status: {s}"));
+        let digest = if i == 2 { &theirs } else { &ours };
+        assert_eq!(row["policy_digest"], json!(digest), "replica {i}: {row}");
+        assert_eq!(row["listen"], format!("127.0.0.1:{}", r.node(i).port()));
+        assert_eq!(row["live"], true, "replica {i}: {row}");
+    }
+    let out = r.cli(&["status"]);
+    let text = support::all_output(&out);
     assert!(
-        text.contains("POLICY DRIFT: the 2 live replicas enforce 2 different policies"),
+        text.contains("POLICY DRIFT: the 3 live replicas enforce 2 different policies"),
         "{text}"
     );
-    assert!(text.contains(&format!("  {ours}  {id}\n")), "{text}");
-    assert!(text.contains(&format!("  {theirs}  ca-eu-2\n")), "{text}");
-    let row = text
-        .lines()
-        .find(|l| l.starts_with("ca-eu-2"))
-        .expect("row of the second replica");
-    assert!(
-        row.contains(" live ") && row.contains("0.0.9") && row.contains("10.0.0.2:8400"),
-        "{row}"
-    );
-    assert!(row.contains("0123456789ab"), "{row}");
+    // The admin endpoint of any replica says the same.
+    for i in 0..3 {
+        let v = r.get_with(i, "/v1/admin/replicas", &r.admin_token()).json();
+        assert_eq!(v["policy_drift"], true, "replica {i}: {v}");
+        assert_eq!(v["live_replicas"], 3, "replica {i}: {v}");
+    }
 
-    // The same replica on the same policy: no drift.
-    ca.write_heartbeat(other_replica("ca-eu-2", &ours, 1));
-    let s = status_json(&ca, 0);
-    assert_eq!(s["policy_drift"], false);
-    assert_eq!(s["live_replicas"], 2);
-
-    // On another policy but stale (gone for a while): not drift either.
-    ca.write_heartbeat(other_replica("ca-eu-2", &theirs, 31));
-    let s = status_json(&ca, 0);
-    assert_eq!(s["policy_drift"], false);
-    assert_eq!(s["live_replicas"], 1);
-    assert_eq!(s["policy_digests"], json!([ours]));
-    let text = status_text(&ca, 0);
-    let row = text
-        .lines()
-        .find(|l| l.starts_with("ca-eu-2"))
-        .expect("the stale replica is still listed");
-    assert!(row.contains(" stale "), "{row}");
-}
-
-#[test]
-fn admin_replicas_endpoint_needs_an_admin_token_and_answers_as_status_json() {
-    let issuer = TestIssuer::start();
-    let extra = format!(
-        "{}\n[[admin]]\nissuer = \"ci\"\n[admin.claims]\nsub = \"ops\"\n",
-        issuer.issuer_toml("ci", "")
-    );
-    let ca = start(&extra);
-    ca.write_heartbeat(other_replica("ca-eu-2", &"f".repeat(64), 2));
-    let url = format!("{}/v1/admin/replicas", ca.url());
-    let get = |token: Option<String>| {
-        let auth = token.map(|t| format!("Bearer {t}"));
-        let headers: Vec<(&str, &str)> =
-            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-        http::request("GET", &url, &headers, b"").expect("GET /v1/admin/replicas")
-    };
-
-    let r = get(None);
-    assert_eq!(r.status, 401, "{}", r.text());
-    assert_eq!(r.json()["error"], "missing_token");
-    let r = get(Some(issuer.sign(Algorithm::ES256, &issuer.claims("bot"))));
-    assert_eq!(r.status, 403, "{}", r.text());
-    assert_eq!(r.json()["error"], "not_admin");
-    let denied = ca.audit(&["--event", "admin_denied"]);
-    assert_eq!(denied.len(), 2, "both refusals audited: {denied:?}");
-
-    let r = get(Some(issuer.sign(Algorithm::ES256, &issuer.claims("ops"))));
-    assert_eq!(r.status, 200, "{}", r.text());
-    // The same document as `mayfly status --json`, but for the clock.
-    let strip = |mut v: Value| {
-        v["now"] = Value::Null;
-        for r in v["replicas"].as_array_mut().expect("replicas") {
-            r["age_secs"] = Value::Null;
-        }
-        v
-    };
-    assert_eq!(strip(r.json()), strip(status_json(&ca, 2)));
-    assert_eq!(r.json()["policy_drift"], true);
-}
-
-#[test]
-fn a_failing_heartbeat_is_logged_and_the_server_keeps_issuing() {
-    let issuer = TestIssuer::start();
-    let ca = start(&format!(
-        "heartbeat_interval = \"1s\"\n{}",
-        issuer.issuer_toml("ci", "")
-    ));
-    let db = rusqlite::Connection::open(ca.data_dir().join("mayfly.db")).expect("open db");
-    db.busy_timeout(Duration::from_secs(10)).expect("busy");
-    db.execute_batch(
-        "CREATE TRIGGER refuse_heartbeats BEFORE INSERT ON replicas
-         BEGIN SELECT RAISE(ABORT, 'heartbeats refused by the test'); END;",
-    )
-    .expect("trigger");
-    wait_for(Duration::from_secs(15), Duration::from_millis(200), || {
-        ca.stderr_log()
-            .contains("heartbeat not stored")
-            .then_some(())
-    })
-    .unwrap_or_else(|| panic!("no warning about the heartbeat:\n{}", ca.stderr_log()));
-    assert!(ca.stderr_log().contains("heartbeats refused by the test"));
-
-    // Serving goes on: health and a certificate.
-    assert_eq!(
-        http::get(&format!("{}/healthz", ca.url()))
-            .expect("healthz")
-            .status,
-        200
-    );
-    let work = support::temp_dir("replicas");
-    let (_, public) = keygen_ed25519(work.path());
-    let auth = format!(
-        "Bearer {}",
-        issuer.sign(Algorithm::ES256, &issuer.claims("bot"))
-    );
-    let r = http::post_json(
-        &format!("{}/v1/certs/user", ca.url()),
-        &[("Authorization", auth.as_str())],
-        &json!({"role": "deploy", "public_key": public}),
-    )
-    .expect("POST /v1/certs/user");
-    assert_eq!(r.status, 200, "{}", r.text());
-
-    // Once the store takes heartbeats again, the replica is live again.
-    let seen = status_json(&ca, 0)["replicas"][0]["last_seen"]
-        .as_u64()
-        .expect("last_seen");
-    db.execute_batch("DROP TRIGGER refuse_heartbeats")
-        .expect("drop trigger");
-    wait_for(Duration::from_secs(15), Duration::from_millis(200), || {
-        ca.stderr_log()
-            .contains("heartbeat stored again")
-            .then_some(())
-    })
-    .expect("the recovery is logged");
-    assert!(status_json(&ca, 0)["replicas"][0]["last_seen"].as_u64() > Some(seen));
-}
-
-#[test]
-fn status_without_a_database_fails_with_exit_1_and_says_where_it_looked() {
-    let dir = support::temp_dir("replicas-nodb");
-    let config = dir.path().join("mayfly.toml");
+    // The odd one out gets the common policy and reloads: no drift.
     std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\n",
-            dir.path().join("data").to_str().expect("utf-8")
-        ),
+        r.node(2).policy_dir().join("deploy.toml"),
+        DEPLOY_ROLE,
     )
-    .expect("write config");
-    let out = mayfly(&["status", "--config", config.to_str().expect("utf-8")]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("no database at") && err.contains("mayfly.db"),
-        "{err}"
-    );
-    assert!(out.stdout.is_empty());
+    .expect("rewrite the policy");
+    let pid = r.node(2).pid().expect("replica 2 runs").to_string();
+    ok(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .output()
+        .expect("kill -HUP"));
+    let cleared = support::wait_for(Duration::from_secs(15), Duration::from_millis(200), || {
+        let out = r.cli(&["status", "--json"]);
+        (out.status.code() == Some(0)).then_some(())
+    });
+    assert!(cleared.is_some(), "drift not cleared: {}", status_json(&r, 2));
+    let s = status_json(&r, 0);
+    assert_eq!(s["policy_drift"], false, "{s}");
+    assert_eq!(s["policy_digests"], json!([ours]), "{s}");
 }

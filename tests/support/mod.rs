@@ -18,6 +18,7 @@ pub mod keygen;
 pub mod oidc;
 pub mod postgres;
 pub mod process;
+pub mod replicas;
 pub mod server;
 pub mod sshd;
 pub mod store;
