@@ -74,27 +74,29 @@ fn kill_9_of_a_replica_under_load_loses_no_audit_record_and_the_others_keep_serv
                         let i = n % 3;
                         n += 1;
                         let late = killed.load(Ordering::SeqCst);
-                        let what = match r_ref.try_request_cert(i, "deploy", &r_ref.token("bot-load")) {
-                            Ok(resp) => match Issued::from_response(&resp) {
-                                Some(cert) => {
-                                    certs.fetch_add(1, Ordering::SeqCst);
-                                    if late && i != 0 {
-                                        after_kill.fetch_add(1, Ordering::SeqCst);
+                        let what =
+                            match r_ref.try_request_cert(i, "deploy", &r_ref.token("bot-load")) {
+                                Ok(resp) => match Issued::from_response(&resp) {
+                                    Some(cert) => {
+                                        certs.fetch_add(1, Ordering::SeqCst);
+                                        if late && i != 0 {
+                                            after_kill.fetch_add(1, Ordering::SeqCst);
+                                        }
+                                        Seen::Cert(cert)
                                     }
-                                    Seen::Cert(cert)
-                                }
-                                None => Seen::Answer(resp.status, resp.text()),
-                            },
-                            Err(_) => Seen::NoAnswer,
-                        };
+                                    None => Seen::Answer(resp.status, resp.text()),
+                                },
+                                Err(_) => Seen::NoAnswer,
+                            };
                         seen.lock().expect("lock").push((i, late, what));
                     }
                 });
             }
             // Kill replica 0 in the middle of the load.
-            let loaded = support::wait_for(Duration::from_secs(60), Duration::from_millis(5), || {
-                (certs.load(Ordering::SeqCst) >= BEFORE_KILL).then_some(())
-            });
+            let loaded =
+                support::wait_for(Duration::from_secs(60), Duration::from_millis(5), || {
+                    (certs.load(Ordering::SeqCst) >= BEFORE_KILL).then_some(())
+                });
             // The clients hold `r`, so the kill goes by process id; the
             // harness has not reaped the process, so the id is still its.
             let pid = r_ref.node(0).pid().expect("replica 0 runs");
@@ -106,11 +108,15 @@ fn kill_9_of_a_replica_under_load_loses_no_audit_record_and_the_others_keep_serv
                 assert!(status.success(), "kill -9 {pid}");
                 killed.store(true, Ordering::SeqCst);
             }
-            let served = support::wait_for(Duration::from_secs(60), Duration::from_millis(5), || {
-                (after_kill.load(Ordering::SeqCst) >= AFTER_KILL).then_some(())
-            });
+            let served =
+                support::wait_for(Duration::from_secs(60), Duration::from_millis(5), || {
+                    (after_kill.load(Ordering::SeqCst) >= AFTER_KILL).then_some(())
+                });
             stop.store(true, Ordering::SeqCst);
-            assert!(loaded.is_some(), "the load never reached {BEFORE_KILL} certificates");
+            assert!(
+                loaded.is_some(),
+                "the load never reached {BEFORE_KILL} certificates"
+            );
             assert!(
                 served.is_some(),
                 "after replica 0 was killed, replicas 1 and 2 issued only {} certificates",
@@ -126,10 +132,17 @@ fn kill_9_of_a_replica_under_load_loses_no_audit_record_and_the_others_keep_serv
     for (i, late, what) in &seen {
         match what {
             Seen::Cert(c) => {
-                assert!(received.insert(c.serial, *i).is_none(), "serial {} twice", c.serial);
+                assert!(
+                    received.insert(c.serial, *i).is_none(),
+                    "serial {} twice",
+                    c.serial
+                );
             }
             Seen::Answer(status, text) => {
-                panic!("replica {i} (after kill: {late}) answered {status}: {text}\n{}", r.logs())
+                panic!(
+                    "replica {i} (after kill: {late}) answered {status}: {text}\n{}",
+                    r.logs()
+                )
             }
             Seen::NoAnswer => assert_eq!(
                 *i,
@@ -140,7 +153,8 @@ fn kill_9_of_a_replica_under_load_loses_no_audit_record_and_the_others_keep_serv
         }
     }
     assert!(
-        seen.iter().any(|(i, late, w)| *i == 0 && *late && matches!(w, Seen::NoAnswer)),
+        seen.iter()
+            .any(|(i, late, w)| *i == 0 && *late && matches!(w, Seen::NoAnswer)),
         "replica 0 was never seen dead"
     );
 
@@ -161,7 +175,11 @@ fn kill_9_of_a_replica_under_load_loses_no_audit_record_and_the_others_keep_serv
     // The killed replica comes back on the same data_dir and serves.
     r.node_mut(0).restart();
     let again = r.cert(0, "deploy", "bot-load");
-    assert!(!audited.contains(&again.serial), "serial {} reused", again.serial);
+    assert!(
+        !audited.contains(&again.serial),
+        "serial {} reused",
+        again.serial
+    );
 }
 
 #[test]
@@ -202,15 +220,26 @@ fn postgres_stopped_gives_503_and_no_certificate_and_the_same_replicas_serve_aga
         }
         r.wait_health(i, 503, REFUSE_WITHIN);
         let health = support::http::get(&format!("{}/healthz", r.node(i).url())).expect("GET");
-        assert_eq!(error_code(&health), "store_unavailable", "{}", health.text());
+        assert_eq!(
+            error_code(&health),
+            "store_unavailable",
+            "{}",
+            health.text()
+        );
     }
     // An admin command says it cannot reach the database, and fails.
     let started = Instant::now();
     let out = r.cli(&["revoke", "--serial", "1", "--reason", "outage"]);
-    assert!(!out.status.success(), "revoke with PostgreSQL stopped succeeded");
+    assert!(
+        !out.status.success(),
+        "revoke with PostgreSQL stopped succeeded"
+    );
     let text = support::all_output(&out);
     assert!(!text.contains("panicked"), "{text}");
-    assert!(started.elapsed() <= REFUSE_WITHIN * 3, "revoke hung: {text}");
+    assert!(
+        started.elapsed() <= REFUSE_WITHIN * 3,
+        "revoke hung: {text}"
+    );
 
     pg.restart();
     for i in 0..2 {
@@ -230,7 +259,10 @@ fn replicas_come_back_on_a_promoted_standby_and_forget_no_used_token_or_revocati
     let standby = pg.standby();
     // A synchronous standby: a commit returns only once the standby has
     // it, so the failover loses no used token and no audit row.
-    pg.psql("postgres", "ALTER SYSTEM SET synchronous_standby_names = '*'");
+    pg.psql(
+        "postgres",
+        "ALTER SYSTEM SET synchronous_standby_names = '*'",
+    );
     pg.psql("postgres", "SELECT pg_reload_conf()");
     let sync = support::wait_for(Duration::from_secs(30), Duration::from_millis(100), || {
         (pg.psql("postgres", "SELECT sync_state FROM pg_stat_replication")
@@ -285,7 +317,11 @@ fn replicas_come_back_on_a_promoted_standby_and_forget_no_used_token_or_revocati
     for i in 0..2 {
         for _ in 0..3 {
             let cert = r.cert(i, "deploy", "bot-failover");
-            assert!(!before.contains(&cert.serial), "serial {} reused", cert.serial);
+            assert!(
+                !before.contains(&cert.serial),
+                "serial {} reused",
+                cert.serial
+            );
             after.insert(cert.serial);
         }
     }
@@ -293,7 +329,12 @@ fn replicas_come_back_on_a_promoted_standby_and_forget_no_used_token_or_revocati
     for (i, token, _) in &used {
         let other = 1 - i;
         let resp: Response = r.request_cert(other, "deploy", token);
-        assert_eq!(resp.status, 401, "a used token after failover: {}", resp.text());
+        assert_eq!(
+            resp.status,
+            401,
+            "a used token after failover: {}",
+            resp.text()
+        );
         assert_eq!(error_code(&resp), "token_replayed", "{}", resp.text());
     }
     // The revocation survived, in every replica's KRL.
@@ -302,7 +343,10 @@ fn replicas_come_back_on_a_promoted_standby_and_forget_no_used_token_or_revocati
     for i in 0..2 {
         let krl = r.dir().join(format!("krl-{i}"));
         std::fs::write(&krl, &r.krl(i).body).expect("write KRL");
-        assert!(krl_revokes(&krl, &cert), "replica {i} forgot the revocation");
+        assert!(
+            krl_revokes(&krl, &cert),
+            "replica {i} forgot the revocation"
+        );
         assert!(!krl_revokes(&krl, &live), "replica {i}");
     }
     // One chain, whole, on the new primary.

@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 use support::http::Response;
-use support::replicas::{
-    error_code, krl_revokes, together, Issued, Replicas, Shared, DEPLOY_ROLE,
-};
+use support::replicas::{error_code, krl_revokes, together, Issued, Replicas, Shared, DEPLOY_ROLE};
 use support::{http, ok, Mayfly, PgDb, Postgres};
 
 /// How long a revocation may take to reach another replica's `/v1/krl`
@@ -105,7 +103,10 @@ fn one_token_sent_to_two_replicas_at_once_gives_exactly_one_certificate() {
 
     let mut issued: HashMap<String, u64> = HashMap::new();
     for (n, ((jti, _), (x, y))) in tokens.iter().zip(&outcomes).enumerate() {
-        let certs: Vec<Issued> = [x, y].into_iter().filter_map(Issued::from_response).collect();
+        let certs: Vec<Issued> = [x, y]
+            .into_iter()
+            .filter_map(Issued::from_response)
+            .collect();
         assert_eq!(
             certs.len(),
             1,
@@ -198,71 +199,6 @@ fn serials_stay_unique_across_three_replicas_under_concurrent_load_and_restarts(
         "{shown}"
     );
     assert!(!returned.contains(&one.serial));
-}
-
-// ---- CA keys ---------------------------------------------------------------
-
-#[test]
-fn replicas_started_together_on_an_empty_database_serve_one_ca() {
-    let db = database();
-    let store = db.store_toml();
-    let mut r = Replicas::new(Shared {
-        store_toml: &store,
-        policies: &[("deploy", DEPLOY_ROLE)],
-        extra: "",
-    });
-    let config = r.config_extra().to_string();
-    let started: Vec<Mayfly> = together(
-        (0..3)
-            .map(|_| {
-                let config = config.as_str();
-                Box::new(move || Mayfly::start(config, &[("deploy", DEPLOY_ROLE)]))
-                    as Box<dyn FnOnce() -> Mayfly + Send + '_>
-            })
-            .collect(),
-    );
-    for m in started {
-        r.adopt(m);
-    }
-    for path in ["/v1/ca/user.pub", "/v1/ca/host.pub"] {
-        let keys: Vec<String> = (0..3)
-            .map(|i| {
-                let resp = http::get(&format!("{}{path}", r.node(i).url())).expect("GET");
-                assert_eq!(resp.status, 200, "{path} on replica {i}: {}", resp.text());
-                resp.text()
-            })
-            .collect();
-        assert!(!keys[0].trim().is_empty(), "{path}");
-        assert!(
-            keys.iter().all(|k| *k == keys[0]),
-            "replicas serve different {path}:\n{}",
-            keys.join("---\n")
-        );
-    }
-    // Every replica signs with that key.
-    let user_ca = http::get(&format!("{}/v1/ca/user.pub", r.node(0).url()))
-        .expect("GET")
-        .text();
-    let ca_fields: Vec<String> = user_ca
-        .lines()
-        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
-        .collect();
-    for i in 0..3 {
-        let cert = r.cert(i, "deploy", "bot-ca").write(r.dir());
-        let fp = support::signing_ca(&cert);
-        let ca_file = r.dir().join(format!("ca-{i}.pub"));
-        std::fs::write(&ca_file, format!("{}\n", ca_fields[0])).expect("write CA key");
-        let ca_fp = ok(std::process::Command::new("ssh-keygen")
-            .arg("-l")
-            .arg("-f")
-            .arg(&ca_file)
-            .output()
-            .expect("ssh-keygen -l"));
-        assert!(
-            ca_fp.contains(&fp),
-            "replica {i} signed with {fp}, not the served user CA {ca_fp}"
-        );
-    }
 }
 
 // ---- revocations and the KRL -------------------------------------------------
@@ -362,14 +298,30 @@ fn a_revocation_on_one_replica_reaches_every_krl_within_a_second_with_the_same_b
     );
     let returned = Instant::now();
     assert_eq!(resp.status, 200, "{}", resp.text());
-    let v1 = krl_reaches_replicas(&r, &[1, 2], v0, returned, (&f1, &flive), "admin API on replica 0");
+    let v1 = krl_reaches_replicas(
+        &r,
+        &[1, 2],
+        v0,
+        returned,
+        (&f1, &flive),
+        "admin API on replica 0",
+    );
 
     // Through `mayfly revoke --config` against the shared database: a
     // process that is no replica at all.
-    let out = r.cli(&["revoke", "--serial", &c2.serial.to_string(), "--reason", "leaked"]);
+    let out = r.cli(&[
+        "revoke",
+        "--serial",
+        &c2.serial.to_string(),
+        "--reason",
+        "leaked",
+    ]);
     let returned = Instant::now();
     let text = ok(out);
-    assert!(text.contains(&format!("revoked serial {}", c2.serial)), "{text}");
+    assert!(
+        text.contains(&format!("revoked serial {}", c2.serial)),
+        "{text}"
+    );
     let v2 = krl_reaches_replicas(&r, &[0, 1, 2], v1, returned, (&f2, &flive), "mayfly revoke");
     assert!(v2 > v1 && v1 > v0, "versions only go up: {v0} {v1} {v2}");
 
@@ -377,7 +329,11 @@ fn a_revocation_on_one_replica_reaches_every_krl_within_a_second_with_the_same_b
     let krls: Vec<Response> = (0..3).map(|i| r.krl(i)).collect();
     for (i, k) in krls.iter().enumerate() {
         assert_eq!(krl_version(k), v2, "version of replica {i}");
-        assert_eq!(k.header("etag"), krls[0].header("etag"), "ETag of replica {i}");
+        assert_eq!(
+            k.header("etag"),
+            krls[0].header("etag"),
+            "ETag of replica {i}"
+        );
         assert!(
             k.body == krls[0].body,
             "replica {i} serves other KRL bytes for version {v2} than replica 0"
@@ -422,20 +378,38 @@ fn a_deactivation_through_one_replica_is_honoured_by_another_on_the_very_next_re
             format!("admin API on replica {a}")
         } else {
             ok(r.cli(&[
-                "identity", "disable", "--issuer", "ci", "--subject", &sub, "--reason", "retired",
+                "identity",
+                "disable",
+                "--issuer",
+                "ci",
+                "--subject",
+                &sub,
+                "--reason",
+                "retired",
             ]));
             "mayfly identity disable".to_string()
         };
         // The very next request, on another replica, with no pause.
         let next = r.request_cert(b, "deploy", &r.token(&sub));
-        expect_refusal(&next, 403, "disabled", &format!("{sub} after {how}, replica {b}"));
+        expect_refusal(
+            &next,
+            403,
+            "disabled",
+            &format!("{sub} after {how}, replica {b}"),
+        );
         assert!(
-            r.json_message(&next).contains(&format!("ci/{sub} is disabled")),
+            r.json_message(&next)
+                .contains(&format!("ci/{sub} is disabled")),
             "{}",
             next.text()
         );
         let next = r.request_cert(c, "deploy", &r.token(&sub));
-        expect_refusal(&next, 403, "disabled", &format!("{sub} after {how}, replica {c}"));
+        expect_refusal(
+            &next,
+            403,
+            "disabled",
+            &format!("{sub} after {how}, replica {c}"),
+        );
         // Others are untouched.
         r.cert(b, "deploy", "bot-other");
     }
@@ -454,7 +428,8 @@ fn a_deactivation_through_one_replica_is_honoured_by_another_on_the_very_next_re
         let next = r.request_cert(i, "deploy", &r.token("bot-role"));
         expect_refusal(&next, 403, "disabled", &format!("role freeze, replica {i}"));
         assert!(
-            r.json_message(&next).contains("role \"deploy\" is disabled"),
+            r.json_message(&next)
+                .contains("role \"deploy\" is disabled"),
             "{}",
             next.text()
         );
@@ -565,8 +540,18 @@ fn an_approval_requested_on_one_replica_approved_on_another_is_redeemed_once_on_
     assert_eq!(resp.json()["status"], "approved");
     let cert = r.redeem(2, "prod", &id);
     assert!(Issued::from_response(&cert).is_some(), "{}", cert.text());
-    expect_refusal(&r.redeem(0, "prod", &id), 403, "approval_not_pending", "used on A");
-    expect_refusal(&r.redeem(1, "prod", &id), 403, "approval_not_pending", "used on B");
+    expect_refusal(
+        &r.redeem(0, "prod", &id),
+        403,
+        "approval_not_pending",
+        "used on A",
+    );
+    expect_refusal(
+        &r.redeem(1, "prod", &id),
+        403,
+        "approval_not_pending",
+        "used on B",
+    );
 
     // One approval redeemed on two replicas at the same instant: one wins.
     for round in 0..5 {
@@ -606,7 +591,10 @@ fn an_approval_requested_on_one_replica_approved_on_another_is_redeemed_once_on_
             answers[1].text()
         );
         assert_eq!(counted[0].json()["status"], "pending", "one of two votes");
-        let dup = answers.iter().find(|a| a.status != 200).expect("a duplicate");
+        let dup = answers
+            .iter()
+            .find(|a| a.status != 200)
+            .expect("a duplicate");
         expect_refusal(dup, 403, "already_voted", &format!("round {round}"));
         let early = r.redeem(1, "break-glass", &id);
         assert_eq!(early.status, 202, "one vote of two: {}", early.text());
@@ -726,7 +714,10 @@ fn identity_rate_limit_holds_across_replicas_under_a_race() {
         won,
         4,
         "identity_rate_limit = 4/m across 3 replicas: {:?}",
-        answers.iter().map(|a| (a.status, a.text())).collect::<Vec<_>>()
+        answers
+            .iter()
+            .map(|a| (a.status, a.text()))
+            .collect::<Vec<_>>()
     );
     for a in answers.iter().filter(|a| a.status != 200) {
         expect_refusal(a, 429, "rate_limited", "bot-rate");
@@ -797,7 +788,13 @@ fn audit_verify_passes_after_interleaved_writes_from_three_replicas_and_the_cli(
         Vec::new()
     }));
     let issued: Vec<(usize, u64)> = together(jobs).into_iter().flatten().collect();
-    ok(r.cli(&["revoke", "--serial", &live.serial.to_string(), "--reason", "done"]));
+    ok(r.cli(&[
+        "revoke",
+        "--serial",
+        &live.serial.to_string(),
+        "--reason",
+        "done",
+    ]));
 
     // The writes really interleaved: in chain order, the replica that
     // issued changes many times.
@@ -830,7 +827,9 @@ fn audit_verify_passes_after_interleaved_writes_from_three_replicas_and_the_cli(
     let seq = rows[rows.len() / 2]["mayfly"]["audit"]["seq"]
         .as_u64()
         .expect("seq");
-    db.psql(&format!("UPDATE audit SET reason = 'edited' WHERE seq = {seq}"));
+    db.psql(&format!(
+        "UPDATE audit SET reason = 'edited' WHERE seq = {seq}"
+    ));
     let (code, out) = r.audit_verify(0);
     assert_ne!(code, Some(0), "an edited row verified:\n{out}");
     assert!(out.contains(&format!("seq {seq}")), "{out}");
@@ -850,7 +849,6 @@ fn checkpoint_counts(report: &str) -> (u64, u64) {
         .collect();
     (nums[0], nums[1])
 }
-
 
 // ---- policy drift ------------------------------------------------------------
 
@@ -942,11 +940,8 @@ fn policy_drift_between_real_replicas_is_shown_by_status_and_cleared_by_a_reload
     }
 
     // The odd one out gets the common policy and reloads: no drift.
-    std::fs::write(
-        r.node(2).policy_dir().join("deploy.toml"),
-        DEPLOY_ROLE,
-    )
-    .expect("rewrite the policy");
+    std::fs::write(r.node(2).policy_dir().join("deploy.toml"), DEPLOY_ROLE)
+        .expect("rewrite the policy");
     let pid = r.node(2).pid().expect("replica 2 runs").to_string();
     ok(std::process::Command::new("kill")
         .args(["-HUP", &pid])
@@ -956,7 +951,11 @@ fn policy_drift_between_real_replicas_is_shown_by_status_and_cleared_by_a_reload
         let out = r.cli(&["status", "--json"]);
         (out.status.code() == Some(0)).then_some(())
     });
-    assert!(cleared.is_some(), "drift not cleared: {}", status_json(&r, 2));
+    assert!(
+        cleared.is_some(),
+        "drift not cleared: {}",
+        status_json(&r, 2)
+    );
     let s = status_json(&r, 0);
     assert_eq!(s["policy_drift"], false, "{s}");
     assert_eq!(s["policy_digests"], json!([ours]), "{s}");

@@ -63,10 +63,7 @@ impl Issued {
         let v = r.json();
         Some(Issued {
             serial: v["serial"].as_u64().expect("serial in a 200 answer"),
-            key_id: v["key_id"]
-                .as_str()
-                .expect("key_id in a 200 answer")
-                .into(),
+            key_id: v["key_id"].as_str().expect("key_id in a 200 answer").into(),
             certificate: v["certificate"]
                 .as_str()
                 .expect("certificate in a 200 answer")
@@ -119,9 +116,13 @@ impl Replicas {
         let pass = dir.path().join("ca-passphrase");
         std::fs::write(&pass, PASSPHRASE).expect("write the CA passphrase");
         set_private(&pass);
+        // `extra` comes first, so its top-level keys (before any table
+        // header of its own) stay top-level. The chain lock may be waited
+        // for longer than the 2 s default on a loaded 2-core test machine:
+        // these tests check what is stored, not latency.
         let config = format!(
-            "{issuer_toml}\n[[admin]]\nissuer = \"{ISSUER}\"\n[admin.claims]\ngroups = \"sre\"\n\n\
-             {store}\n[ca]\nkey_protection = \"passphrase\"\npassphrase_file = {pass:?}\n\n{extra}\n",
+            "{extra}\nstore_busy_timeout = \"10s\"\n{issuer_toml}\n[[admin]]\nissuer = \"{ISSUER}\"\n[admin.claims]\ngroups = \"sre\"\n\n\
+             {store}\n[ca]\nkey_protection = \"passphrase\"\npassphrase_file = {pass:?}\n",
             issuer_toml = issuer.issuer_toml(ISSUER, ""),
             store = shared.store_toml,
             pass = pass.display().to_string(),
@@ -226,12 +227,7 @@ impl Replicas {
 
     /// `POST /v1/certs/user` for `role` on replica `i`; `Err` when the
     /// connection failed (a killed replica).
-    pub fn try_request_cert(
-        &self,
-        i: usize,
-        role: &str,
-        token: &str,
-    ) -> std::io::Result<Response> {
+    pub fn try_request_cert(&self, i: usize, role: &str, token: &str) -> std::io::Result<Response> {
         let auth = format!("Bearer {token}");
         http::post_json(
             &format!("{}/v1/certs/user", self.nodes[i].url()),
