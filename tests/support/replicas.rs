@@ -121,7 +121,7 @@ impl Replicas {
         // for longer than the 2 s default on a loaded 2-core test machine:
         // these tests check what is stored, not latency.
         let config = format!(
-            "{extra}\nstore_busy_timeout = \"10s\"\n{issuer_toml}\n[[admin]]\nissuer = \"{ISSUER}\"\n[admin.claims]\ngroups = \"sre\"\n\n\
+            "store_busy_timeout = \"10s\"\n{extra}\n{issuer_toml}\n[[admin]]\nissuer = \"{ISSUER}\"\n[admin.claims]\ngroups = \"sre\"\n\n\
              {store}\n[ca]\nkey_protection = \"passphrase\"\npassphrase_file = {pass:?}\n",
             issuer_toml = issuer.issuer_toml(ISSUER, ""),
             store = shared.store_toml,
