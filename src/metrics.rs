@@ -769,6 +769,7 @@ mod tests {
             sqlite_path: d.path().join(crate::store::SQLITE_FILE),
             busy_timeout: Duration::from_millis(100),
             mode: crate::store::OpenMode::Create,
+            postgres: None,
         })
         .unwrap();
         let beat = |id: &str, digest: &str, last_seen: u64| Heartbeat {
