@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command. On a fresh Debian with only Rust it installs the real
 # programs the integration tests drive (OpenSSH server and client, Node.js
-# for the OIDC provider), then runs every test and checks the example
+# for the OIDC provider, PostgreSQL), then runs every test and checks the example
 # policies.
 #
 #   scripts/test.sh                 # everything
@@ -47,6 +47,11 @@ command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
 if ! command -v ssh >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1; then
     missing+=(openssh-client)
 fi
+
+# PostgreSQL: the real database behind the replica tests (tests/support/
+# postgres.rs runs initdb into a temp dir as the `postgres` user the package
+# creates, on 127.0.0.1 and a free port)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 
 # Python 3 runs scripts/modcycles.py (the module layering check)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)

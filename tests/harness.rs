@@ -315,3 +315,41 @@ fn mayfly_server_starts_answers_healthz_and_keeps_its_ca_across_restart() {
     mayfly.restart();
     assert_eq!(user_ca(&mayfly), before, "the CA key survives a restart");
 }
+
+#[test]
+fn postgres_cluster_serves_fresh_databases_stops_restarts_and_promotes_a_standby() {
+    let pg = support::Postgres::start();
+    let a = pg.create_database();
+    let b = pg.create_database();
+    assert_ne!(a.name, b.name);
+    a.psql("CREATE TABLE t (v int); INSERT INTO t VALUES (7)");
+    assert_eq!(a.psql("SELECT v FROM t").trim(), "7");
+    // Databases are separate.
+    assert_eq!(
+        b.psql("SELECT count(*) FROM pg_tables WHERE tablename = 't'")
+            .trim(),
+        "0"
+    );
+    // Password authentication is on: the password file is what mayfly gets.
+    let pw = std::fs::read_to_string(&a.password_file).expect("password file");
+    assert!(!pw.trim().is_empty());
+    assert!(a.store_toml().contains("backend = \"postgres\""));
+
+    // A standby follows the primary, and takes over when promoted.
+    let standby = pg.standby();
+    assert!(standby.in_recovery());
+    a.psql("INSERT INTO t VALUES (8)");
+    let seen = support::wait_for(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(100),
+        || (standby.db(&a.name).psql("SELECT count(*) FROM t").trim() == "2").then_some(()),
+    );
+    assert!(seen.is_some(), "the standby did not replay the insert");
+
+    pg.stop();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", pg.port())).is_err());
+    standby.promote();
+    standby.db(&a.name).psql("INSERT INTO t VALUES (9)");
+    pg.restart();
+    assert_eq!(a.psql("SELECT count(*) FROM t").trim(), "2");
+}

@@ -317,6 +317,7 @@ mod loader_tests {
             sqlite_path: dir.join(crate::store::SQLITE_FILE),
             busy_timeout: Duration::from_secs(5),
             mode: OpenMode::Create,
+            postgres: None,
         })
         .expect("store opens")
     }

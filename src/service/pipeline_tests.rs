@@ -229,9 +229,11 @@ async fn rig() -> Rig {
         sqlite_path: dir.path().join("mayfly.db"),
         busy_timeout: Duration::from_secs(5),
         mode: OpenMode::Create,
+        postgres: None,
     })
     .expect("store opens");
-    let (issuance, counters, audit, approvals, access, reports, keys) = store.into_parts();
+    let (issuance, counters, audit, approvals, access, reports, keys, replicas) =
+        store.into_parts();
     let rec = Arc::new(Recording {
         calls: Mutex::new(Vec::new()),
         fail_issue: AtomicBool::new(false),
@@ -247,6 +249,7 @@ async fn rig() -> Rig {
         access,
         reports.clone(),
         keys,
+        replicas,
     );
     store.counters().start(NOW).await.expect("counters start");
     let service = Service::new(ServiceParts {

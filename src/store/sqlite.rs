@@ -116,6 +116,12 @@ pub trait Backend: Send + 'static {
     ) -> Result<Option<Checkpoint>, StoreError>;
     /// Saves the audit streaming cursor.
     fn set_stream_cursor(&mut self, seq: u64) -> Result<(), StoreError>;
+    /// Replaces one replica's heartbeat row and returns the row it
+    /// replaced ([`super::ReplicaStore::heartbeat`]).
+    fn replica_heartbeat(
+        &mut self,
+        beat: &crate::replica::Heartbeat,
+    ) -> Result<Option<crate::replica::Heartbeat>, StoreError>;
 }
 
 const SCHEMA: &str = r#"
@@ -205,6 +211,7 @@ impl Sqlite {
         conn.execute_batch(SCHEMA).map_err(err)?;
         migrate(&conn)?;
         migrate_chain(&conn)?;
+        super::replicas::migrate(&conn)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -1198,6 +1205,13 @@ impl Backend for Sqlite {
         Sqlite::set_stream_cursor(self, seq)
     }
 
+    fn replica_heartbeat(
+        &mut self,
+        beat: &crate::replica::Heartbeat,
+    ) -> Result<Option<crate::replica::Heartbeat>, StoreError> {
+        self.replica_heartbeat_impl(beat)
+    }
+
     fn approval_put(
         &mut self,
         req: &crate::approval::ApprovalRequest,
@@ -1684,6 +1698,7 @@ mod tests {
             sqlite_path: p.clone(),
             busy_timeout: Duration::from_millis(100),
             mode: crate::store::OpenMode::Create,
+            postgres: None,
         })
         .unwrap();
         let mut tasks = Vec::new();

@@ -36,6 +36,7 @@ use crate::audit::AuditRecord;
 use crate::ca::keys::{NewKey, StoredKey};
 use crate::ca::rotation::{CaKeys, KeyStep, RotationError, Slots};
 use crate::policy::limits::RateLimit;
+use crate::replica::Heartbeat;
 
 /// Checkpoints read in one page, each with its id (a row that cannot be
 /// read as a checkpoint comes as `Err`).
@@ -411,6 +412,20 @@ pub struct KeyChange {
     pub now: u64,
 }
 
+/// Replica heartbeats: one row per replica of this database, each
+/// written only by its own replica. With many replicas on one database the
+/// rows are the fleet as the database sees it (`mayfly status`).
+pub trait ReplicaStore: Send + Sync {
+    /// Inserts or replaces the row of `beat.replica` and returns the row
+    /// it replaced, if any (so a replica notices another process writing
+    /// under its id). Rows last seen more than
+    /// [`crate::replica::RETENTION_SECS`] before `beat.last_seen` are
+    /// dropped in the same write.
+    fn heartbeat(&self, beat: Heartbeat) -> StoreFuture<'_, Option<Heartbeat>>;
+    /// Every replica row, in no particular order.
+    fn replicas(&self) -> StoreFuture<'_, Vec<Heartbeat>>;
+}
+
 /// Every concern of one backend. A handle is cheap to clone; each
 /// accessor gives the concern's trait object.
 #[derive(Clone)]
@@ -422,6 +437,7 @@ pub struct Store {
     pub(super) access: Arc<dyn AccessStore>,
     pub(super) reports: Arc<dyn ReportStore>,
     pub(super) keys: Arc<dyn KeyStore>,
+    pub(super) replicas: Arc<dyn ReplicaStore>,
 }
 
 impl Store {
@@ -435,6 +451,7 @@ impl Store {
             + AccessStore
             + ReportStore
             + KeyStore
+            + ReplicaStore
             + 'static,
     {
         Store {
@@ -444,7 +461,8 @@ impl Store {
             approvals: backend.clone(),
             access: backend.clone(),
             reports: backend.clone(),
-            keys: backend,
+            keys: backend.clone(),
+            replicas: backend,
         }
     }
 
@@ -458,6 +476,7 @@ impl Store {
         access: Arc<dyn AccessStore>,
         reports: Arc<dyn ReportStore>,
         keys: Arc<dyn KeyStore>,
+        replicas: Arc<dyn ReplicaStore>,
     ) -> Store {
         Store {
             issuance,
@@ -467,6 +486,7 @@ impl Store {
             access,
             reports,
             keys,
+            replicas,
         }
     }
 
@@ -484,6 +504,7 @@ impl Store {
         Arc<dyn AccessStore>,
         Arc<dyn ReportStore>,
         Arc<dyn KeyStore>,
+        Arc<dyn ReplicaStore>,
     ) {
         (
             self.issuance,
@@ -493,6 +514,7 @@ impl Store {
             self.access,
             self.reports,
             self.keys,
+            self.replicas,
         )
     }
 
@@ -544,6 +566,16 @@ impl Store {
     /// CA keys, shared (for the service's key loader).
     pub fn keys_shared(&self) -> Arc<dyn KeyStore> {
         self.keys.clone()
+    }
+
+    /// Replica heartbeats.
+    pub fn replicas(&self) -> &dyn ReplicaStore {
+        &*self.replicas
+    }
+
+    /// Replica heartbeats, shared (for the metrics registry).
+    pub fn replicas_shared(&self) -> Arc<dyn ReplicaStore> {
+        self.replicas.clone()
     }
 
     /// Appends one audit record and returns once it is durable.

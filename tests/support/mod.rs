@@ -16,13 +16,17 @@ pub mod http;
 pub mod issuer;
 pub mod keygen;
 pub mod oidc;
+pub mod postgres;
 pub mod process;
+pub mod replicas;
 pub mod server;
 pub mod sshd;
+pub mod store;
 
 pub use cli::{all_output, audit_count, audit_search, mayfly, mayfly_command, now, ok, signing_ca};
 pub use keygen::{keygen_ed25519, sign_user_cert};
 pub use oidc::{ClientSpec, Oidc};
+pub use postgres::{PgDb, Postgres};
 pub use server::Mayfly;
 pub use sshd::Sshd;
 
