@@ -231,7 +231,7 @@ async fn rig() -> Rig {
         mode: OpenMode::Create,
     })
     .expect("store opens");
-    let (issuance, counters, audit, approvals, access, reports) = store.into_parts();
+    let (issuance, counters, audit, approvals, access, reports, imports) = store.into_parts();
     let rec = Arc::new(Recording {
         calls: Mutex::new(Vec::new()),
         fail_issue: AtomicBool::new(false),
@@ -246,6 +246,7 @@ async fn rig() -> Rig {
         approvals,
         access,
         reports.clone(),
+        imports,
     );
     store.counters().start(NOW).await.expect("counters start");
     let service = Service::new(ServiceParts {

@@ -1,6 +1,7 @@
 //! Durable storage behind a set of async traits, one per concern
 //! ([`traits`]): issuance, the issuance counters, the audit log,
-//! approvals, revocations and deactivations, and reports. Only this module
+//! approvals, revocations and deactivations, reports, and imports (a whole
+//! CA's state into an empty store, [`import`]). Only this module
 //! writes SQL, and nothing outside it names a backend: callers hold a
 //! [`Store`] from [`open`].
 //!
@@ -11,9 +12,11 @@
 //! [`crate::audit::chain`], not here, so a second backend stores the same.
 
 pub mod approvals;
+pub mod import;
 pub mod memory;
 pub mod reports;
 pub mod sqlite;
+mod sqlite_import;
 pub mod sqlite_store;
 mod target;
 pub mod traits;
@@ -30,6 +33,7 @@ use crate::config::{Config, StoreBackend};
 pub use target::{DisableTarget, DisableTargetError};
 
 pub use sqlite::Backend;
+pub use traits::ImportStore;
 pub use traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
     IssuanceCounters, IssuanceStore, ReportStore, Revoker, Store, StoreFuture, Vote,
