@@ -78,6 +78,7 @@ pub mod service;
 
 pub mod evidence;
 pub mod inventory;
+pub mod migrate;
 pub mod reload;
 pub mod report;
 pub mod revocation;

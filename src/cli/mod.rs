@@ -19,6 +19,7 @@ pub mod report;
 pub mod request;
 pub mod revoke;
 pub mod serve;
+pub mod store;
 
 use std::path::Path;
 use std::time::Duration;
