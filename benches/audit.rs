@@ -28,6 +28,7 @@ fn open(path: &Path, mode: OpenMode) -> Store {
         sqlite_path: path.to_path_buf(),
         busy_timeout: BUSY,
         mode,
+        postgres: None,
     })
     .expect("open store")
 }

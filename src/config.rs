@@ -191,11 +191,40 @@ pub struct Config {
 }
 
 /// `[store]`: which backend holds the audit log and the CA's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StoreSettings {
     /// The backend (`backend = "sqlite"`, the default).
     pub backend: StoreBackend,
+    /// The PostgreSQL settings; set exactly when `backend = "postgres"`.
+    pub postgres: Option<PgSettings>,
 }
+
+/// `[store]` with `backend = "postgres"`: where the shared database is and
+/// how to log in. The password is never part of this value: it is read
+/// when the store opens, from `password_file`, else the systemd credential
+/// [`PG_PASSWORD_CREDENTIAL`], else `$PGPASSWORD`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgSettings {
+    /// `postgres://user@host[:port][,host2[:port]]/db?sslmode=...`; never
+    /// holds a password (refused at parse time).
+    pub url: String,
+    /// File holding the password (one line), if configured; when set it is
+    /// the only source.
+    pub password_file: Option<PathBuf>,
+    /// Most connections this process opens to the database.
+    pub pool_size: usize,
+}
+
+/// The systemd credential that holds the PostgreSQL password
+/// (`LoadCredential=mayfly-pg-password:/etc/mayfly/pg-password`).
+pub const PG_PASSWORD_CREDENTIAL: &str = "mayfly-pg-password";
+/// The environment variable read last for the PostgreSQL password.
+pub const PG_PASSWORD_ENV: &str = "PGPASSWORD";
+/// Default `[store] pool_size`.
+pub const DEFAULT_PG_POOL_SIZE: usize = 16;
+/// Largest `[store] pool_size`: each connection is a PostgreSQL backend
+/// process, and a few replicas must fit under `max_connections`.
+pub const MAX_PG_POOL_SIZE: usize = 512;
 
 /// A store backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -203,16 +232,19 @@ pub enum StoreBackend {
     /// SQLite, in `data_dir/mayfly.db` (one server per database).
     #[default]
     SQLite,
+    /// PostgreSQL shared by any number of replicas (`[store] url`).
+    Postgres,
 }
 
 impl StoreBackend {
     /// Every accepted `backend` value.
-    pub const ACCEPTED: &'static [&'static str] = &["sqlite"];
+    pub const ACCEPTED: &'static [&'static str] = &["sqlite", "postgres"];
 
     /// Parses a `backend` value.
     pub fn parse(s: &str) -> Result<StoreBackend, ConfigError> {
         match s {
             "sqlite" => Ok(StoreBackend::SQLite),
+            "postgres" => Ok(StoreBackend::Postgres),
             other => Err(ConfigError::Invalid(format!(
                 "store.backend = {other:?} is not a store mayfly has; accepted: {}",
                 StoreBackend::ACCEPTED
@@ -228,15 +260,136 @@ impl StoreBackend {
     pub fn as_str(self) -> &'static str {
         match self {
             StoreBackend::SQLite => "sqlite",
+            StoreBackend::Postgres => "postgres",
         }
     }
 }
 
 /// Raw `[store]` section.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
     backend: Option<String>,
+    url: Option<String>,
+    password_file: Option<PathBuf>,
+    pool_size: Option<usize>,
+}
+
+/// Not derived: `url` may hold a password until [`store_settings`] refused it.
+impl std::fmt::Debug for RawStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawStore")
+            .field("backend", &self.backend)
+            .field("url", &self.url.as_ref().map(|_| "[not shown]"))
+            .field("password_file", &self.password_file)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+/// Validates `[store]`. Keys that only apply to PostgreSQL are refused with
+/// SQLite, so a typo in `backend` does not silently leave a replica on a
+/// private database.
+fn store_settings(s: RawStore) -> Result<StoreSettings, ConfigError> {
+    let backend = match s.backend {
+        Some(b) => StoreBackend::parse(&b)?,
+        None => StoreBackend::default(),
+    };
+    if backend == StoreBackend::SQLite {
+        let pg_keys: Vec<&str> = [
+            ("url", s.url.is_some()),
+            ("password_file", s.password_file.is_some()),
+            ("pool_size", s.pool_size.is_some()),
+        ]
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(k, _)| *k)
+        .collect();
+        if !pg_keys.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "store.{} {} only to backend = \"postgres\"; set [store] backend = \"postgres\" \
+                 or remove {}",
+                pg_keys.join(", store."),
+                if pg_keys.len() == 1 {
+                    "applies"
+                } else {
+                    "apply"
+                },
+                if pg_keys.len() == 1 { "it" } else { "them" }
+            )));
+        }
+        return Ok(StoreSettings {
+            backend,
+            postgres: None,
+        });
+    }
+    let url = s.url.filter(|u| !u.trim().is_empty()).ok_or_else(|| {
+        ConfigError::Invalid(
+            "[store] backend = \"postgres\" needs url, e.g. \
+             url = \"postgres://mayfly@db.example.com:5432/mayfly?sslmode=verify-full\""
+                .into(),
+        )
+    })?;
+    check_pg_url(&url)?;
+    let pool_size = s.pool_size.unwrap_or(DEFAULT_PG_POOL_SIZE);
+    if !(1..=MAX_PG_POOL_SIZE).contains(&pool_size) {
+        return Err(ConfigError::Invalid(format!(
+            "store.pool_size = {pool_size} must be between 1 and {MAX_PG_POOL_SIZE}"
+        )));
+    }
+    if let Some(p) = &s.password_file {
+        if p.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid(
+                "store.password_file is empty; name the file that holds the password, or \
+                 remove the key to use the systemd credential or $PGPASSWORD"
+                    .into(),
+            ));
+        }
+    }
+    Ok(StoreSettings {
+        backend,
+        postgres: Some(PgSettings {
+            url: url.trim().to_string(),
+            password_file: s.password_file,
+            pool_size,
+        }),
+    })
+}
+
+/// The shape checks of `[store] url` that need no PostgreSQL client: a
+/// `postgres://` URL, and no password in it (passwords in URLs end up in
+/// shell history, process lists and logs). The store checks the rest when
+/// it opens. Error messages never repeat the URL, which may hold the
+/// password being refused.
+fn check_pg_url(url: &str) -> Result<(), ConfigError> {
+    let url = url.trim();
+    let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    else {
+        return Err(ConfigError::Invalid(
+            "store.url must be a URL starting with postgres:// (or postgresql://), \
+             e.g. \"postgres://mayfly@db.example.com:5432/mayfly?sslmode=verify-full\""
+                .into(),
+        ));
+    };
+    let (authority, query) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], rest[i..].split_once('?').map(|(_, q)| q)),
+        None => (rest, None),
+    };
+    let has_password_in_userinfo = authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    let has_password_param = query
+        .is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "password"));
+    if has_password_in_userinfo || has_password_param {
+        return Err(ConfigError::Invalid(format!(
+            "store.url contains a password; remove it from the URL and put it in a file named \
+             by [store] password_file (mode 0600), or in the systemd credential \
+             {PG_PASSWORD_CREDENTIAL}, or in ${PG_PASSWORD_ENV}"
+        )));
+    }
+    Ok(())
 }
 
 /// Log line format.
@@ -425,9 +578,7 @@ impl Config {
             c.store_busy_timeout = duration("store_busy_timeout", &t)?;
         }
         if let Some(s) = raw.store {
-            if let Some(b) = s.backend {
-                c.store.backend = StoreBackend::parse(&b)?;
-            }
+            c.store = store_settings(s)?;
         }
         if let Some(m) = raw.max_body_bytes {
             if !(1024..=16 * 1024 * 1024).contains(&m) {
@@ -1127,15 +1278,88 @@ mod tests {
             Config::parse("[store]\n").expect("empty").store.backend,
             StoreBackend::SQLite
         );
-        let err = Config::parse("[store]\nbackend = \"postgres\"\n").expect_err("unknown");
+        let err = Config::parse("[store]\nbackend = \"mysql\"\n").expect_err("unknown");
         let msg = err.to_string();
         assert!(
-            msg.contains("store.backend") && msg.contains("\"postgres\""),
+            msg.contains("store.backend") && msg.contains("\"mysql\""),
             "{msg}"
         );
-        assert!(msg.contains("accepted: \"sqlite\""), "{msg}");
+        assert!(msg.contains("accepted: \"sqlite\", \"postgres\""), "{msg}");
         let err = Config::parse("[store]\nbakend = \"sqlite\"\n").expect_err("typo");
         assert!(err.to_string().contains("bakend"), "{err}");
+    }
+
+    #[test]
+    fn postgres_store_takes_url_password_file_and_pool_size() {
+        let c = Config::parse(
+            "[store]\nbackend = \"postgres\"\n\
+             url = \"postgres://mayfly@db1:5432,db2:5432/mayfly?target_session_attrs=read-write\"\n\
+             password_file = \"/etc/mayfly/pg-password\"\npool_size = 4\n",
+        )
+        .expect("valid");
+        assert_eq!(c.store.backend, StoreBackend::Postgres);
+        let pg = c.store.postgres.expect("postgres settings");
+        assert_eq!(
+            pg.url,
+            "postgres://mayfly@db1:5432,db2:5432/mayfly?target_session_attrs=read-write"
+        );
+        assert_eq!(
+            pg.password_file,
+            Some(PathBuf::from("/etc/mayfly/pg-password"))
+        );
+        assert_eq!(pg.pool_size, 4);
+        let c = Config::parse("[store]\nbackend = \"postgres\"\nurl = \"postgresql://m@h/d\"\n")
+            .expect("defaults");
+        let pg = c.store.postgres.expect("postgres settings");
+        assert_eq!(
+            (pg.pool_size, pg.password_file),
+            (DEFAULT_PG_POOL_SIZE, None)
+        );
+    }
+
+    #[test]
+    fn postgres_store_errors_say_what_to_fix_and_never_echo_a_password() {
+        let err = Config::parse("[store]\nbackend = \"postgres\"\n").expect_err("no url");
+        assert!(err.to_string().contains("needs url"), "{err}");
+        let err = Config::parse("[store]\nbackend = \"postgres\"\nurl = \"mysql://h/d\"\n")
+            .expect_err("scheme");
+        assert!(err.to_string().contains("postgres://"), "{err}");
+        for url in [
+            "postgres://mayfly:hunter2@db/mayfly",
+            "postgres://mayfly:hunter2@db1,db2:5433/mayfly",
+            "postgres://mayfly@db/mayfly?sslmode=require&password=hunter2",
+        ] {
+            let err = Config::parse(&format!(
+                "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\n"
+            ))
+            .expect_err("password in url");
+            let msg = err.to_string();
+            assert!(
+                msg.contains("contains a password") && msg.contains("password_file"),
+                "{msg}"
+            );
+            assert!(!msg.contains("hunter2"), "password echoed: {msg}");
+            assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
+        }
+        // An @ in the path or query is not a password.
+        Config::parse(
+            "[store]\nbackend = \"postgres\"\nurl = \"postgres://m@h/d?application_name=a:b\"\n",
+        )
+        .expect("no password");
+        for bad in ["0", "100000"] {
+            let err = Config::parse(&format!(
+                "[store]\nbackend = \"postgres\"\nurl = \"postgres://m@h/d\"\npool_size = {bad}\n"
+            ))
+            .expect_err("pool size");
+            assert!(err.to_string().contains("store.pool_size"), "{err}");
+        }
+        let err = Config::parse("[store]\nurl = \"postgres://m@h/d\"\npool_size = 3\n")
+            .expect_err("postgres keys with sqlite");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("store.url, store.pool_size apply only to backend = \"postgres\""),
+            "{msg}"
+        );
     }
 
     #[test]

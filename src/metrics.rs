@@ -644,6 +644,7 @@ mod tests {
             sqlite_path: d.path().join(crate::store::SQLITE_FILE),
             busy_timeout: Duration::from_millis(100),
             mode: crate::store::OpenMode::Create,
+            postgres: None,
         })
         .unwrap();
         std::fs::write(d.path().join(crate::config::files::USER_CA_KEY), "k").unwrap();

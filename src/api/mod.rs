@@ -99,8 +99,31 @@ fn admin_routes() -> admin::AdminRoutes {
         .route("/v1/identities", get(inventory::list_identities))
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// How long `/healthz` waits for the store before it answers 503.
+const HEALTH_STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// 200 `ok` while this process can issue: the store answers a read within
+/// two seconds. A load balancer takes a replica that cannot reach its
+/// database out of rotation (503 `store_unavailable`) and back once it can.
+async fn healthz(State(s): State<AppState>) -> Result<&'static str, ApiError> {
+    match tokio::time::timeout(
+        HEALTH_STORE_TIMEOUT,
+        s.service.store().access().state_version(),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok("ok\n"),
+        Ok(Err(e)) => Err(ApiError::store_unavailable(
+            &e,
+            "health check: the store failed",
+            "the store is unavailable; this replica cannot issue certificates",
+        )),
+        Err(_) => Err(ApiError::store_unavailable(
+            &"no answer within 2 s",
+            "health check: the store did not answer",
+            "the store is unavailable; this replica cannot issue certificates",
+        )),
+    }
 }
 
 async fn not_found() -> ApiError {

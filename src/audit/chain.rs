@@ -518,8 +518,12 @@ impl ChainWalker {
 ///   revocation record mentions the serial it revoked, which must be
 ///   allowed), so a revocation's serial moves into its reason as
 ///   `serial N: <reason>` ([`revoked_serial_prefix`]);
-/// * unsigned numbers are stored as signed 64-bit integers.
+/// * unsigned numbers are stored as signed 64-bit integers;
+/// * NUL in text (a requested role or a claim can carry one) becomes
+///   U+FFFD, since PostgreSQL's text type cannot hold it: both stores keep,
+///   and hash, the same characters.
 pub fn stored_form(r: &AuditRecord, seq: u64) -> StoredRecord {
+    let text = |v: &Option<String>| v.as_deref().map(storable_text);
     let serial = match r.event {
         EventKind::CertIssued => opt_i64(r.serial),
         _ => None,
@@ -528,35 +532,44 @@ pub fn stored_form(r: &AuditRecord, seq: u64) -> StoredRecord {
         (EventKind::CertRevoked, Some(s)) => Some(format!(
             "{}{}",
             revoked_serial_prefix(s),
-            r.reason.as_deref().unwrap_or_default()
+            storable_text(r.reason.as_deref().unwrap_or_default())
         )),
-        _ => r.reason.clone(),
+        _ => text(&r.reason),
     };
     StoredRecord {
         seq,
         time_ms: r.time_ms as i64,
         event: r.event.as_str().to_string(),
-        request_id: r.request_id.clone(),
-        client_addr: r.client_addr.clone(),
-        issuer: r.issuer.clone(),
-        subject: r.subject.clone(),
-        role: r.role.clone(),
-        reason_code: r.reason_code.clone(),
+        request_id: storable_text(&r.request_id),
+        client_addr: text(&r.client_addr),
+        issuer: text(&r.issuer),
+        subject: text(&r.subject),
+        role: text(&r.role),
+        reason_code: text(&r.reason_code),
         reason,
         serial,
-        key_id: r.key_id.clone(),
-        principals: r.principals.clone(),
+        key_id: text(&r.key_id),
+        principals: r.principals.iter().map(|p| storable_text(p)).collect(),
         valid_after: opt_i64(r.valid_after),
         valid_before: opt_i64(r.valid_before),
-        key_fingerprint: r.key_fingerprint.clone(),
-        token_id: r.token_id.clone(),
+        key_fingerprint: text(&r.key_fingerprint),
+        token_id: text(&r.token_id),
         token_exp: opt_i64(r.token_exp),
-        policy_digest: r.policy_digest.clone(),
-        cert_type: r.cert_type.clone(),
-        ca_key: r.ca_key.clone(),
-        actor: r.actor.clone(),
+        policy_digest: text(&r.policy_digest),
+        cert_type: text(&r.cert_type),
+        ca_key: text(&r.ca_key),
+        actor: text(&r.actor),
         prev_hash: None,
         hash: None,
+    }
+}
+
+/// `s` as a store keeps it: NUL replaced by U+FFFD (see [`stored_form`]).
+pub fn storable_text(s: &str) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s.to_string()
     }
 }
 
@@ -612,6 +625,21 @@ pub fn chain(records: &mut [StoredRecord], mut prev: Hash) -> Hash {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn nul_in_text_is_stored_as_a_replacement_character_in_every_store() {
+        let mut r = AuditRecord::new(EventKind::CertRevoked, 1, "req\0id");
+        r.role = Some("de\0ploy".into());
+        r.serial = Some(7);
+        r.reason = Some("bad\0reason".into());
+        r.principals = vec!["a\0b".into()];
+        let s = stored_form(&r, 1);
+        assert_eq!(s.request_id, "req\u{FFFD}id");
+        assert_eq!(s.role.as_deref(), Some("de\u{FFFD}ploy"));
+        assert_eq!(s.reason.as_deref(), Some("serial 7: bad\u{FFFD}reason"));
+        assert_eq!(s.principals, vec!["a\u{FFFD}b".to_string()]);
+        assert_eq!(storable_text("plain"), "plain");
+    }
 
     fn rec(seq: u64) -> StoredRecord {
         StoredRecord {

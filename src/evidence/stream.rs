@@ -693,6 +693,7 @@ mod tests {
             sqlite_path: d.path().join("m.db"),
             busy_timeout: Duration::from_secs(1),
             mode: crate::store::OpenMode::Create,
+            postgres: None,
         })
         .expect("store");
         let cfg = AuditConfig::default();

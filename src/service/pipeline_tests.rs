@@ -229,6 +229,7 @@ async fn rig() -> Rig {
         sqlite_path: dir.path().join("mayfly.db"),
         busy_timeout: Duration::from_secs(5),
         mode: OpenMode::Create,
+        postgres: None,
     })
     .expect("store opens");
     let (issuance, counters, audit, approvals, access, reports, imports) = store.into_parts();

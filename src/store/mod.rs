@@ -8,12 +8,16 @@
 //! The SQLite backend ([`sqlite_store::SqliteStore`]) runs every write on
 //! one group-commit writer thread and every read on reader threads
 //! ([`writer`]), so no blocking database call runs on an async worker.
+//! The PostgreSQL backend ([`postgres::PgStore`]) serves any number of
+//! replicas from one database, with the same group commit per replica and
+//! one audit chain across all of them.
 //! What the audit chain stores and hashes is defined in
 //! [`crate::audit::chain`], not here, so a second backend stores the same.
 
 pub mod approvals;
 pub mod import;
 pub mod memory;
+pub mod postgres;
 pub mod reports;
 pub mod sqlite;
 mod sqlite_import;
@@ -51,6 +55,13 @@ pub enum StoreError {
     /// The database does not exist, and was not to be created.
     #[error("no database at {0}; is --config the CA's config and has the CA run once?")]
     Missing(String),
+    /// The database exists but holds no mayfly schema, and was not to be
+    /// created (an administrative command on a fresh PostgreSQL database).
+    #[error(
+        "{0} has no mayfly tables; start `mayfly serve --config FILE` with this config once \
+         (it creates them), or check store.url"
+    )]
+    NoSchema(String),
 }
 
 /// An issued certificate as recorded in the audit log.
@@ -216,6 +227,8 @@ pub struct StoreConfig {
     pub busy_timeout: Duration,
     /// Create, open existing, or read only.
     pub mode: OpenMode,
+    /// The PostgreSQL settings (`backend = "postgres"`).
+    pub postgres: Option<crate::config::PgSettings>,
 }
 
 /// The SQLite database file in the data directory.
@@ -235,6 +248,7 @@ impl StoreConfig {
             sqlite_path: cfg.data_dir.join(SQLITE_FILE),
             busy_timeout,
             mode,
+            postgres: cfg.store.postgres.clone(),
         }
     }
 
@@ -242,6 +256,12 @@ impl StoreConfig {
     pub fn location(&self) -> String {
         match self.backend {
             StoreBackend::SQLite => self.sqlite_path.display().to_string(),
+            StoreBackend::Postgres => match &self.postgres {
+                Some(pg) => postgres::url::parse(&pg.url)
+                    .map(|t| t.display)
+                    .unwrap_or_else(|_| "the PostgreSQL database of store.url".into()),
+                None => "the PostgreSQL database (store.url is not set)".into(),
+            },
         }
     }
 }
@@ -253,6 +273,7 @@ pub fn open(cfg: &StoreConfig) -> Result<Store, StoreError> {
             let s = sqlite_store::SqliteStore::open(&cfg.sqlite_path, cfg.busy_timeout, cfg.mode)?;
             Ok(Store::new(Arc::new(s)))
         }
+        StoreBackend::Postgres => Ok(Store::new(Arc::new(postgres::PgStore::open(cfg)?))),
     }
 }
 

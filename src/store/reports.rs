@@ -570,6 +570,7 @@ mod tests {
             sqlite_path: p.clone(),
             busy_timeout: Duration::from_millis(100),
             mode: OpenMode::Existing,
+            postgres: None,
         })
         .unwrap();
         store.reports().scrape_gauges(0).await.unwrap();
@@ -588,6 +589,7 @@ mod tests {
             sqlite_path: p.clone(),
             busy_timeout: Duration::from_millis(100),
             mode: OpenMode::Existing,
+            postgres: None,
         };
         assert!(matches!(open(&cfg), Err(StoreError::Missing(_))));
         assert!(!p.exists());

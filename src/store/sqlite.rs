@@ -1688,6 +1688,7 @@ mod tests {
             sqlite_path: p.clone(),
             busy_timeout: Duration::from_millis(100),
             mode: crate::store::OpenMode::Create,
+            postgres: None,
         })
         .unwrap();
         let mut tasks = Vec::new();

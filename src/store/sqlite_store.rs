@@ -557,6 +557,7 @@ mod tests {
             sqlite_path: dir.join("m.db"),
             busy_timeout: Duration::from_secs(1),
             mode,
+            postgres: None,
         })
     }
 
