@@ -15,7 +15,9 @@ use std::path::Path;
 use std::process::Output;
 
 use serde_json::{json, Value};
-use support::{all_output, http, keygen_ed25519, mayfly, ok, ClientSpec, Mayfly, Oidc};
+use support::{
+    all_output, http, keygen_ed25519, mayfly, ok, ClientSpec, Mayfly, Oidc, PgDb, Postgres,
+};
 
 const DEPLOY_POLICY: &str = r#"
 description = "Deploy acme services from CI"
@@ -103,6 +105,30 @@ fn krl(ca: &Mayfly) -> Vec<u8> {
     r.body
 }
 
+/// Which serials the KRL `bytes` revokes, as `ssh-keygen -Q -l` lists
+/// them (`serial: N` or `serial: A-B`), and the listing.
+fn revoked_serials(bytes: &[u8], dir: &Path) -> (impl Fn(u64) -> bool, String) {
+    let file = dir.join("served.krl");
+    std::fs::write(&file, bytes).expect("write the KRL");
+    let out = support::keygen::run_ssh_keygen(&["-Q", "-l", "-f", path_str(&file)]);
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ranges: Vec<(u64, u64)> = listing
+        .lines()
+        .filter_map(|l| l.strip_prefix("serial: "))
+        .map(|r| {
+            let (a, b) = r.split_once('-').unwrap_or((r, r));
+            (
+                a.trim().parse().expect("serial"),
+                b.trim().parse().expect("serial"),
+            )
+        })
+        .collect();
+    (
+        move |s: u64| ranges.iter().any(|&(a, b)| a <= s && s <= b),
+        listing,
+    )
+}
+
 /// Appends, to the stopped CA of `config`, the issuance record of a serial
 /// far above the clock-derived floor: the record of a CA whose clock ran
 /// ahead. The copy must keep issuing above it.
@@ -125,7 +151,19 @@ fn record_serial_ahead_of_the_clock(config: &Path, serial: u64) {
 }
 
 #[test]
-fn a_stopped_sqlite_ca_moves_to_a_fresh_store_and_the_copy_serves_the_same_state() {
+fn a_stopped_sqlite_ca_moves_to_a_fresh_sqlite_store_and_the_copy_serves_the_same_state() {
+    moves_and_serves_the_same_state(None);
+}
+
+#[test]
+fn a_stopped_sqlite_ca_moves_to_postgresql_and_the_copy_serves_the_same_state() {
+    let db = Postgres::shared().create_database();
+    moves_and_serves_the_same_state(Some(&db));
+}
+
+/// The whole move, into a fresh SQLite store (`None`) or the PostgreSQL
+/// database `pg`.
+fn moves_and_serves_the_same_state(pg: Option<&PgDb>) {
     let oidc = Oidc::start(&[
         ClientSpec::new("deploy-a", "ES256").claims(json!({"repository": "acme/api"})),
         ClientSpec::new("deploy-b", "ES256").claims(json!({"repository": "acme/web"})),
@@ -146,6 +184,15 @@ fn a_stopped_sqlite_ca_moves_to_a_fresh_store_and_the_copy_serves_the_same_state
 
     // The old CA's life: certificates, one revoked, an identity disabled
     // (its live certificate revoked with it), an approval granted.
+    let used = oidc.token("deploy-a");
+    let (_, public) = keygen_ed25519(work.path());
+    let r = post(
+        &src,
+        "/v1/certs/user",
+        &used,
+        json!({"role": "deploy", "public_key": public}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
     let revoked = deploy(&src, "deploy-a");
     let kept = deploy(&src, "deploy-a");
     deploy(&src, "deploy-b");
@@ -193,7 +240,11 @@ fn a_stopped_sqlite_ca_moves_to_a_fresh_store_and_the_copy_serves_the_same_state
     let old_krl = krl(&src);
 
     // A migration never copies a CA that is still running.
-    let dst = Mayfly::configure(&extra, POLICIES);
+    let dst_extra = match pg {
+        Some(db) => format!("{extra}\n{}", db.store_toml()),
+        None => extra.clone(),
+    };
+    let dst = Mayfly::configure(&dst_extra, POLICIES);
     let out = migrate(src.config_path(), dst.config_path(), false);
     assert_eq!(out.status.code(), Some(1), "{}", all_output(&out));
     assert!(
@@ -212,6 +263,15 @@ fn a_stopped_sqlite_ca_moves_to_a_fresh_store_and_the_copy_serves_the_same_state
     let summary: Value =
         serde_json::from_str(&ok(migrate(src.config_path(), dst.config_path(), true)))
             .expect("--json summary");
+    if let Some(db) = pg {
+        assert!(
+            summary["to"]
+                .as_str()
+                .expect("to")
+                .ends_with(&format!("/{}", db.name)),
+            "{summary}"
+        );
+    }
     let copied = &summary["copied"];
     assert_eq!(copied["audit_records"], json!(records), "{summary}");
     assert_eq!(copied["revocations"], json!(2), "{summary}");
@@ -254,12 +314,10 @@ fn a_stopped_sqlite_ca_moves_to_a_fresh_store_and_the_copy_serves_the_same_state
     let mut dst = dst;
     dst.restart();
     assert_eq!(krl(&dst), old_krl, "the copy serves another KRL");
-    let krl_file = work.path().join("copy.krl");
-    std::fs::write(&krl_file, krl(&dst)).expect("write KRL");
-    let listed = support::keygen::run_ssh_keygen(&["-Q", "-l", "-f", path_str(&krl_file)]);
-    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
-    assert!(listed.contains(&format!("serial: {revoked}")), "{listed}");
-    assert!(!listed.contains(&format!("serial: {kept}")), "{listed}");
+    let revoked_now = || revoked_serials(&krl(&dst), work.path());
+    let (serials, listing) = revoked_now();
+    assert!(serials(revoked), "{listing}");
+    assert!(!serials(kept), "{listing}");
 
     let (_, public) = keygen_ed25519(work.path());
     let r = cert(
@@ -282,22 +340,85 @@ fn a_stopped_sqlite_ca_moves_to_a_fresh_store_and_the_copy_serves_the_same_state
         r.text()
     );
 
+    let (_, public) = keygen_ed25519(work.path());
+    let r = post(
+        &dst,
+        "/v1/certs/user",
+        &used,
+        json!({"role": "deploy", "public_key": public}),
+    );
+    assert_eq!(r.status, 401, "a token used on the old CA: {}", r.text());
+    assert_eq!(r.json()["error"], "token_replayed");
+
     let next = deploy(&dst, "deploy-a");
     assert!(
         next > ahead,
         "serial {next} is not above the old CA's {ahead}"
     );
 
-    // The copy's chain goes on from the old head.
+    // Revocations recorded on the copy come after the imported ones, and
+    // the KRL version goes on up.
+    admin(
+        dst.config_path(),
+        &[
+            "revoke",
+            "--serial",
+            &kept.to_string(),
+            "--reason",
+            "rotated",
+        ],
+    );
+    let (serials, listing) = revoked_now();
+    assert!(serials(revoked) && serials(kept), "{listing}");
+
+    // The copy's chain goes on from the old head, and the checkpoint the
+    // server signs when it stops follows the imported ones.
+    dst.stop();
     let (code, after) = verify(dst.config_path());
     assert_eq!(code, Some(0), "{after}");
     assert_ne!(head_hash(&after), head_hash(&src_verify), "{after}");
+    let checkpoints = copied["checkpoints"].as_u64().expect("checkpoints");
+    assert!(
+        after.contains(&format!("checkpoints: {} ", checkpoints + 1)),
+        "no new checkpoint after the {checkpoints} imported: {after}"
+    );
+}
+
+/// Where a target keeps its store: SQLite in its data_dir, or a
+/// PostgreSQL database.
+fn store_toml(pg: Option<&PgDb>) -> String {
+    pg.map(PgDb::store_toml).unwrap_or_default()
+}
+
+/// Empties the target's store as the refusal says (SQLite: delete the
+/// database files; PostgreSQL: drop and create the database).
+fn recreate(ca: &Mayfly, pg: Option<&PgDb>) {
+    match pg {
+        None => {
+            for f in ["mayfly.db", "mayfly.db-wal", "mayfly.db-shm"] {
+                let _ = std::fs::remove_file(ca.data_dir().join(f));
+            }
+        }
+        Some(db) => {
+            let cluster = Postgres::shared();
+            cluster.psql(
+                "postgres",
+                &format!("DROP DATABASE {} WITH (FORCE)", db.name),
+            );
+            cluster.psql("postgres", &format!("CREATE DATABASE {}", db.name));
+        }
+    }
 }
 
 /// A CA with no issuer, started and stopped, whose log holds `roles`
 /// disabled by `mayfly identity disable`.
 fn quiet_ca(roles: &[&str]) -> Mayfly {
-    let mut ca = Mayfly::start("", &[]);
+    quiet_ca_on(roles, None)
+}
+
+/// As [`quiet_ca`], with its store in `pg` when given.
+fn quiet_ca_on(roles: &[&str], pg: Option<&PgDb>) -> Mayfly {
+    let mut ca = Mayfly::start(&store_toml(pg), &[]);
     for role in roles {
         admin(ca.config_path(), &["identity", "disable", "--role", role]);
     }
@@ -307,6 +428,16 @@ fn quiet_ca(roles: &[&str]) -> Mayfly {
 
 #[test]
 fn migrate_refuses_one_database_on_both_sides_and_a_target_with_anything_in_it() {
+    refuses_the_same_database_and_a_full_target(None);
+}
+
+#[test]
+fn migrate_refuses_a_postgresql_target_with_anything_in_it() {
+    let db = Postgres::shared().create_database();
+    refuses_the_same_database_and_a_full_target(Some(&db));
+}
+
+fn refuses_the_same_database_and_a_full_target(pg: Option<&PgDb>) {
     let src = quiet_ca(&["deploy"]);
     let out = migrate(src.config_path(), src.config_path(), false);
     assert_eq!(out.status.code(), Some(1), "{}", all_output(&out));
@@ -316,7 +447,13 @@ fn migrate_refuses_one_database_on_both_sides_and_a_target_with_anything_in_it()
         all_output(&out)
     );
 
-    let dst = quiet_ca(&["other"]);
+    let dst = quiet_ca_on(&["other"], pg);
+    let out = migrate(dst.config_path(), dst.config_path(), false);
+    assert!(
+        all_output(&out).contains("name the same database"),
+        "{}",
+        all_output(&out)
+    );
     let out = migrate(src.config_path(), dst.config_path(), false);
     let text = all_output(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
@@ -372,8 +509,18 @@ fn a_tampered_source_is_refused_and_nothing_is_copied() {
 
 #[test]
 fn a_failed_run_leaves_a_target_that_serve_and_migrate_refuse_until_it_is_recreated() {
+    refused_until_recreated(None);
+}
+
+#[test]
+fn a_failed_run_into_postgresql_is_refused_until_the_database_is_recreated() {
+    let db = Postgres::shared().create_database();
+    refused_until_recreated(Some(&db));
+}
+
+fn refused_until_recreated(pg: Option<&PgDb>) {
     let src = quiet_ca(&["deploy"]);
-    let mut dst = Mayfly::configure("", &[]);
+    let mut dst = Mayfly::configure(&store_toml(pg), &[]);
     // The last step (the audit key's public half) cannot be written.
     let blocker = dst.data_dir().join("audit_key.pub");
     std::fs::create_dir_all(blocker.join("in-the-way")).expect("mkdir");
@@ -400,9 +547,7 @@ fn a_failed_run_leaves_a_target_that_serve_and_migrate_refuse_until_it_is_recrea
     assert!(report.contains("unfinished import"), "{report}");
 
     // Recreated empty, as the message says, it takes the copy.
-    for f in ["mayfly.db", "mayfly.db-wal", "mayfly.db-shm"] {
-        let _ = std::fs::remove_file(dst.data_dir().join(f));
-    }
+    recreate(&dst, pg);
     let summary: Value =
         serde_json::from_str(&ok(migrate(src.config_path(), dst.config_path(), true)))
             .expect("--json summary");

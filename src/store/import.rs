@@ -154,6 +154,10 @@ pub fn same_database(a: &StoreConfig, b: &StoreConfig) -> bool {
         (StoreBackend::SQLite, StoreBackend::SQLite) => {
             resolved(&a.sqlite_path) == resolved(&b.sqlite_path)
         }
+        // `host:port,...` and the database name, as the URL gives them.
+        (StoreBackend::Postgres, StoreBackend::Postgres) => a.location() == b.location(),
+        (StoreBackend::SQLite, StoreBackend::Postgres)
+        | (StoreBackend::Postgres, StoreBackend::SQLite) => false,
     }
 }
 

@@ -306,8 +306,8 @@ pub trait ReportStore: Send + Sync {
 ///    checkpoints verify unchanged on the target.
 ///    [`ImportStore::import_checkpoints`] keeps their ids (the verifier
 ///    treats a gap in ids as deleted checkpoints).
-/// 3. [`ImportStore::import_state`]: the serial floor (the store's
-///    [`IssuanceStore::max_serial`] is at least it from then on), the
+/// 3. [`ImportStore::import_state`]: the serial floor (no serial at or
+///    below it is handed out from then on, whatever the clock says), the
 ///    state version (the KRL version continues), the stream cursor and the
 ///    chain facts of [`ImportedState`].
 /// 4. The caller verifies the copy; then [`ImportStore::finish_import`]
