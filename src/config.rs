@@ -41,6 +41,7 @@ struct RawConfig {
     data_dir: Option<PathBuf>,
     policy_dir: Option<PathBuf>,
     policy_poll_interval: Option<String>,
+    heartbeat_interval: Option<String>,
     backdate: Option<String>,
     request_timeout: Option<String>,
     max_body_bytes: Option<usize>,
@@ -155,6 +156,10 @@ pub struct Config {
     pub policy_dir: PathBuf,
     /// How often `policy_dir` is checked for changes (SIGHUP reloads at once).
     pub policy_poll_interval: Duration,
+    /// How often this replica writes its heartbeat (version, policy
+    /// digest, last seen) into the store; `mayfly status` calls it stale
+    /// after three intervals without one.
+    pub heartbeat_interval: Duration,
     /// How far `valid_after` is set in the past, for hosts with slow clocks.
     pub backdate: Duration,
     /// Upper bound on one request's handling time.
@@ -406,6 +411,11 @@ pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often `policy_dir` is checked for changes by default.
 pub const DEFAULT_POLICY_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// How often a replica writes its heartbeat by default.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+/// Shortest and longest `heartbeat_interval`.
+const HEARTBEAT_INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
 /// How long an issuer's keys stay in use while it is unreachable, unless
 /// `max_stale_keys` says otherwise: long enough to ride out an outage of the
 /// issuer's discovery endpoint, short enough that a key the issuer withdrew
@@ -433,6 +443,7 @@ impl Default for Config {
             data_dir: PathBuf::from("mayfly-data"),
             policy_dir: PathBuf::from("ca-policy"),
             policy_poll_interval: DEFAULT_POLICY_POLL_INTERVAL,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             backdate: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 64 * 1024,
@@ -558,6 +569,16 @@ impl Config {
                     "policy_poll_interval must be between 1s and 24h (SIGHUP reloads at once)"
                         .into(),
                 ));
+            }
+        }
+        if let Some(h) = raw.heartbeat_interval {
+            c.heartbeat_interval = duration("heartbeat_interval", &h)?;
+            if !HEARTBEAT_INTERVAL_RANGE.contains(&c.heartbeat_interval)
+                || c.heartbeat_interval.subsec_nanos() != 0
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "heartbeat_interval = {h:?} must be whole seconds between 1s and 1h"
+                )));
             }
         }
         if let Some(b) = raw.backdate {
@@ -1165,6 +1186,8 @@ pub mod files {
     pub const HOST_CA_PUB: &str = "host_ca.pub";
     /// SQLite database.
     pub const DATABASE: &str = "mayfly.db";
+    /// This replica's id (`mayfly status`), generated at first start.
+    pub const REPLICA_ID: &str = "replica_id";
 
     /// Key file base name of CA group `g`.
     pub fn group_base(g: &str) -> String {
@@ -1360,6 +1383,22 @@ mod tests {
             msg.contains("store.url, store.pool_size apply only to backend = \"postgres\""),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn heartbeat_interval_defaults_to_10s_and_is_whole_seconds_up_to_an_hour() {
+        assert_eq!(
+            Config::parse("").expect("valid").heartbeat_interval,
+            DEFAULT_HEARTBEAT_INTERVAL
+        );
+        let c = Config::parse("heartbeat_interval = \"30s\"\n").expect("valid");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+        for bad in ["\"0s\"", "\"2h\"", "\"1500ms\"", "\"soon\""] {
+            let err = Config::parse(&format!("heartbeat_interval = {bad}\n"))
+                .expect_err("must fail")
+                .to_string();
+            assert!(err.contains("heartbeat_interval"), "{bad}: {err}");
+        }
     }
 
     #[test]

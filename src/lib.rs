@@ -35,13 +35,15 @@
 //! * domain: [`ca`] (keys, signers, `CertSpec`, mint, KRL codec), [`policy`]
 //!   (roles, pure evaluation), [`approval`] (the workflow as a pure state
 //!   machine), [`audit`] (the record, the chain and its canonical stored
-//!   form, checkpoints, the search query);
+//!   form, checkpoints, the search query), [`replica`] (replica ids,
+//!   heartbeats, live/stale and policy drift);
 //! * state: [`store`], async traits by concern with SQLite behind them;
 //!   nothing else names SQLite;
 //! * core: [`auth`] (token verification, JWKS cache), [`metrics`],
 //!   [`service`] (one file per job: issue, spec, limits, approvals, admin,
 //!   keys, krl);
-//! * operations and evidence: [`reload`], [`rotation`], [`revocation`],
+//! * operations and evidence: [`reload`], [`heartbeat`] (this replica's
+//!   heartbeats, the replicas' status), [`rotation`], [`revocation`],
 //!   [`inventory`], [`report`], [`evidence`] (export, verify, stream);
 //! * edge: [`api`] (axum; extractors and the admin sub-router apply the
 //!   cross-cutting rules once), [`server`] (`serve`), [`bench`](mod@bench);
@@ -69,6 +71,7 @@ pub mod approval;
 pub mod audit;
 pub mod ca;
 pub mod policy;
+pub mod replica;
 
 pub mod store;
 
@@ -77,6 +80,7 @@ pub mod metrics;
 pub mod service;
 
 pub mod evidence;
+pub mod heartbeat;
 pub mod inventory;
 pub mod migrate;
 pub mod reload;

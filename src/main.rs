@@ -57,6 +57,8 @@ enum Cmd {
     KnownHosts(cli::host::KnownHostsArgs),
     /// Measure certificates/s through the full path on loopback.
     Bench(cli::bench::BenchArgs),
+    /// The replicas of this CA: version, policy digest, last heartbeat, drift.
+    Status(cli::status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Host(cmd) => cli::host::run(cmd, v),
         Cmd::KnownHosts(a) => cli::host::run_known_hosts(a),
         Cmd::Bench(a) => cli::bench::run(a),
+        Cmd::Status(a) => cli::status::run(a),
     }
 }
 

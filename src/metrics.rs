@@ -4,7 +4,9 @@
 //! Gauges that describe durable state (audit records, live revocations,
 //! disabled identities, CA key age) are read at scrape time from the data
 //! directory, so they are right after a restart and include changes made by
-//! other processes (`mayfly revoke`, `mayfly identity disable`).
+//! other processes (`mayfly revoke`, `mayfly identity disable`). So are the
+//! replica gauges: every replica's last heartbeat, as the store has it
+//! (see [`crate::replica`]).
 
 use crate::auth::keystats::{IssuerKeyStats, JwksMetrics};
 use std::collections::BTreeMap;
@@ -14,8 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::replica::StatusReport;
 use crate::store::reports::ScrapeGauges;
-use crate::store::ReportStore;
+use crate::store::{ReplicaStore, ReportStore};
+use crate::time::UnixSecs;
 
 /// Upper bounds (seconds) of the request latency histogram buckets.
 const BUCKETS: [f64; 10] = [
@@ -266,6 +270,8 @@ pub struct Metrics {
     /// Scrape-time gauges (the store serves them apart from the reports,
     /// and never builds an index for them).
     gauges: Option<Arc<dyn ReportStore>>,
+    /// The replicas' heartbeats, read at scrape time.
+    replicas: Option<Arc<dyn ReplicaStore>>,
     /// Written by the issuers' key caches.
     jwks: Arc<JwksMetrics>,
     /// The listener's connection counters, shared with the serve loop.
@@ -339,9 +345,17 @@ impl Metrics {
             inner: Mutex::default(),
             data_dir: Some(data_dir.to_path_buf()),
             gauges: Some(store),
+            replicas: None,
             jwks: Arc::default(),
             connections: Arc::default(),
         }
+    }
+
+    /// Also reports every replica's last heartbeat and the policy drift
+    /// between the live ones, read from `store` at scrape time.
+    pub fn with_replicas(mut self, store: Arc<dyn ReplicaStore>) -> Metrics {
+        self.replicas = Some(store);
+        self
     }
 
     /// The handle through which the issuers' key caches report fetches,
@@ -400,6 +414,18 @@ impl Metrics {
         };
         if let Some(Err(e)) = &gauges {
             tracing::warn!(error = %e, "metrics: cannot read the audit database");
+        }
+        let replicas: Option<Result<StatusReport, String>> = match &self.replicas {
+            Some(db) => Some(
+                db.replicas()
+                    .await
+                    .map(|rows| StatusReport::new(rows, UnixSecs(unix)))
+                    .map_err(|e| e.to_string()),
+            ),
+            None => None,
+        };
+        if let Some(Err(e)) = &replicas {
+            tracing::warn!(error = %e, "metrics: cannot read the replicas' heartbeats");
         }
         let mut o = String::new();
         {
@@ -493,7 +519,13 @@ impl Metrics {
                 "gauge",
                 "1 if the audit database answered this scrape's queries.",
             );
-            sample(&mut o, "mayfly_store_up", &[], u8::from(gauges.is_ok()));
+            let replicas_ok = replicas.as_ref().is_none_or(|r| r.is_ok());
+            sample(
+                &mut o,
+                "mayfly_store_up",
+                &[],
+                u8::from(gauges.is_ok() && replicas_ok),
+            );
             if let Ok(gv) = gauges {
                 family(
                     &mut o,
@@ -524,8 +556,73 @@ impl Metrics {
                 }
             }
         }
+        if let Some(Ok(report)) = &replicas {
+            write_replicas(report, &mut o);
+        }
         o
     }
+}
+
+/// Renders the replica gauges: one info and one age sample per replica
+/// the store knows, whether it is live, and the drift between live ones.
+fn write_replicas(r: &StatusReport, o: &mut String) {
+    family(
+        o,
+        "mayfly_replica_info",
+        "gauge",
+        "A replica of this CA as its last heartbeat describes it: mayfly version, policy digest          and git commit of its policy directory (empty when not a git checkout).",
+    );
+    for s in &r.replicas {
+        let b = &s.beat;
+        sample(
+            o,
+            "mayfly_replica_info",
+            &[
+                ("replica", b.replica.as_str()),
+                ("version", &b.version),
+                ("policy_digest", &b.policy_digest),
+                ("git_commit", b.git_commit.as_deref().unwrap_or("")),
+            ],
+            1,
+        );
+    }
+    family(
+        o,
+        "mayfly_replica_last_seen_age_seconds",
+        "gauge",
+        "Seconds since the replica's last heartbeat.",
+    );
+    for s in &r.replicas {
+        let id = s.beat.replica.as_str();
+        sample(
+            o,
+            "mayfly_replica_last_seen_age_seconds",
+            &[("replica", id)],
+            s.age_secs,
+        );
+    }
+    family(
+        o,
+        "mayfly_replica_live",
+        "gauge",
+        "1 if the replica sent a heartbeat within 3 of its heartbeat intervals, else 0 (stale).",
+    );
+    for s in &r.replicas {
+        let id = s.beat.replica.as_str();
+        sample(
+            o,
+            "mayfly_replica_live",
+            &[("replica", id)],
+            u8::from(s.live),
+        );
+    }
+    family(
+        o,
+        "mayfly_policy_drift",
+        "gauge",
+        "Distinct policy digests among the live replicas minus one: 0 when every live replica          enforces the same policy (or none is live).",
+    );
+    sample(o, "mayfly_policy_drift", &[], r.drift_gauge());
 }
 
 #[cfg(test)]
@@ -661,5 +758,65 @@ mod tests {
             .unwrap();
         assert!((99..=200).contains(&age.parse::<u64>().unwrap()), "{age}");
         assert!(!out.contains("ca=\"host\""));
+    }
+
+    #[tokio::test]
+    async fn replica_gauges_show_every_replica_and_the_drift_between_live_ones() {
+        use crate::replica::{Heartbeat, ReplicaId};
+        let d = tempfile::tempdir().unwrap();
+        let store = crate::store::open(&crate::store::StoreConfig {
+            backend: crate::config::StoreBackend::SQLite,
+            sqlite_path: d.path().join(crate::store::SQLITE_FILE),
+            busy_timeout: Duration::from_millis(100),
+            mode: crate::store::OpenMode::Create,
+            postgres: None,
+        })
+        .unwrap();
+        let beat = |id: &str, digest: &str, last_seen: u64| Heartbeat {
+            replica: ReplicaId::parse(id).unwrap(),
+            version: "1.2.3".into(),
+            policy_digest: digest.into(),
+            git_commit: (id == "a").then(|| "c0ffee".to_string()),
+            listen: "127.0.0.1:1".into(),
+            started_at: UnixSecs(1),
+            last_seen: UnixSecs(last_seen),
+            interval_secs: 10,
+        };
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let m = Metrics::for_data_dir(d.path(), store.reports_shared())
+            .with_replicas(store.replicas_shared());
+        for b in [
+            beat("a", "d1", 995),
+            beat("b", "d1", 990),
+            beat("c", "d2", 900),
+        ] {
+            store.replicas().heartbeat(b).await.unwrap();
+        }
+        let out = m.render_at("f", "d", 0, now).await;
+        for want in [
+            "mayfly_replica_info{replica=\"a\",version=\"1.2.3\",policy_digest=\"d1\",git_commit=\"c0ffee\"} 1\n",
+            "mayfly_replica_info{replica=\"c\",version=\"1.2.3\",policy_digest=\"d2\",git_commit=\"\"} 1\n",
+            "mayfly_replica_last_seen_age_seconds{replica=\"b\"} 10\n",
+            "mayfly_replica_live{replica=\"b\"} 1\n",
+            "mayfly_replica_live{replica=\"c\"} 0\n",
+            "mayfly_policy_drift 0\n",
+            "mayfly_store_up 1\n",
+        ] {
+            assert!(out.contains(want), "{want}{out}");
+        }
+        // c comes back on its other policy: two digests among live replicas.
+        store
+            .replicas()
+            .heartbeat(beat("c", "d2", 999))
+            .await
+            .unwrap();
+        let out = m.render_at("f", "d", 0, now).await;
+        assert!(out.contains("mayfly_policy_drift 1\n"), "{out}");
+        // Without a replica store (tests, bench): no replica families.
+        let plain = Metrics::for_data_dir(d.path(), store.reports_shared());
+        assert!(!plain
+            .render_at("f", "d", 0, now)
+            .await
+            .contains("mayfly_replica"));
     }
 }

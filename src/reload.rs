@@ -119,8 +119,14 @@ pub async fn reload(service: &Service, cfg: &Config, trigger: &str) -> bool {
     changed
 }
 
-/// Starts the watcher: SIGHUP or a change in the directory triggers a reload.
-pub fn spawn_watcher(service: Arc<Service>, cfg: Config) {
+/// Starts the watcher: SIGHUP or a change in the directory triggers a
+/// reload. `after_change` runs after each reload that put a new policy in
+/// force (the server sends a heartbeat with the new digest).
+pub fn spawn_watcher(
+    service: Arc<Service>,
+    cfg: Config,
+    after_change: impl Fn() + Send + Sync + 'static,
+) {
     tokio::spawn(async move {
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
@@ -142,7 +148,9 @@ pub fn spawn_watcher(service: Arc<Service>, cfg: Config) {
                 }
                 seen = fp;
             }
-            reload(&service, &cfg, trigger).await;
+            if reload(&service, &cfg, trigger).await {
+                after_change();
+            }
         }
     });
 }

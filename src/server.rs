@@ -60,6 +60,9 @@ pub enum StartError {
     /// The audit key, sinks or stream could not be set up.
     #[error(transparent)]
     Audit(#[from] crate::evidence::stream::StreamError),
+    /// This replica's id file could not be read or written.
+    #[error("replica id: {0}")]
+    ReplicaId(#[from] crate::replica::ReplicaIdError),
     /// Other I/O.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -149,7 +152,10 @@ pub async fn build_with_audit(
         .redirect(crate::auth::jwks::redirect_policy())
         .build()
         .map_err(std::io::Error::other)?;
-    let metrics = Arc::new(Metrics::for_data_dir(&cfg.data_dir, store.reports_shared()));
+    let metrics = Arc::new(
+        Metrics::for_data_dir(&cfg.data_dir, store.reports_shared())
+            .with_replicas(store.replicas_shared()),
+    );
     let verifier = Verifier::new(&cfg.issuers, http, metrics.jwks(), clock.clone());
     tracing::info!(roles = policy.roles.len(), digest = %policy.digest, dir = %cfg.policy_dir.display(), "policy loaded");
     let service = Service::new(ServiceParts {
@@ -200,6 +206,11 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     let transport = tls::check_listen(cfg.listen, cfg.tls.is_some(), cfg.insecure_http)?;
     let server_tls = cfg.tls.as_ref().map(tls::ServerTls::load).transpose()?;
     let (service, audit) = build_with_audit(&cfg).await?;
+    let (replica, new_id) =
+        crate::replica::ReplicaId::load_or_create(&cfg.data_dir, &mut rand_core::OsRng)?;
+    if new_id {
+        tracing::info!(replica = %replica, "generated this replica's id (data_dir/replica_id)");
+    }
     let service = Arc::new(service);
     let listener = connections::bind(cfg.listen).map_err(|source| StartError::Listen {
         addr: cfg.listen,
@@ -215,7 +226,19 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
             }
         });
     }
-    crate::reload::spawn_watcher(service.clone(), cfg.clone());
+    // The first heartbeat is stored before the first request is served,
+    // so `mayfly status` lists a server as soon as it answers.
+    let heartbeats = crate::heartbeat::Heartbeats::start(
+        service.clone(),
+        crate::heartbeat::Settings {
+            replica: replica.clone(),
+            listen: addr.to_string(),
+            interval: cfg.heartbeat_interval,
+            policy_dir: cfg.policy_dir.clone(),
+        },
+    )
+    .await;
+    crate::reload::spawn_watcher(service.clone(), cfg.clone(), move || heartbeats.beat_now());
     {
         let s = service.clone();
         tokio::spawn(async move {
@@ -234,6 +257,7 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     };
     tracing::info!(
         listen = %addr,
+        replica = %replica,
         user_ca = %service.user_keys().active.fingerprint(),
         "mayfly CA serving on {scheme}://{addr}"
     );

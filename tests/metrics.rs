@@ -407,3 +407,111 @@ fn metrics_after_real_traffic_parse_and_show_every_series() {
         assert!(scrape.docs.contains_key(name), "no HELP for {name}");
     }
 }
+
+/// One scrape of `ca`'s `/metrics`, checked against the exposition rules
+/// and parsed as Prometheus parses it.
+fn scrape(ca: &Mayfly) -> Scrape {
+    let text = http::get(&format!("{}/metrics", ca.url()))
+        .expect("GET /metrics")
+        .text();
+    check_exposition(&text);
+    Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses")
+}
+
+#[test]
+fn replica_gauges_show_each_replica_and_policy_drift_between_live_ones() {
+    // An hour between heartbeats: the rows change only when the test writes.
+    let ca = Mayfly::start(
+        "heartbeat_interval = \"1h\"\n",
+        &[("deploy", DEPLOY_POLICY)],
+    );
+    let id = std::fs::read_to_string(ca.data_dir().join("replica_id"))
+        .expect("replica_id")
+        .trim()
+        .to_string();
+    let s = scrape(&ca);
+    let info = s
+        .samples
+        .iter()
+        .find(|x| x.metric == "mayfly_info")
+        .expect("mayfly_info");
+    let digest = labels_of(info)["policy_digest"].clone();
+    assert_eq!(
+        value(
+            &s,
+            "mayfly_replica_info",
+            &[
+                ("replica", &id),
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("policy_digest", &digest),
+                ("git_commit", ""),
+            ]
+        ),
+        1.0
+    );
+    let age = value(
+        &s,
+        "mayfly_replica_last_seen_age_seconds",
+        &[("replica", &id)],
+    );
+    assert!((0.0..60.0).contains(&age), "{age}");
+    assert_eq!(value(&s, "mayfly_replica_live", &[("replica", &id)]), 1.0);
+    assert_eq!(value(&s, "mayfly_policy_drift", &[]), 0.0);
+    for name in [
+        "mayfly_replica_info",
+        "mayfly_replica_last_seen_age_seconds",
+        "mayfly_replica_live",
+        "mayfly_policy_drift",
+    ] {
+        assert!(s.docs.contains_key(name), "no HELP for {name}");
+    }
+
+    // A second replica of the same database on another policy (its row
+    // written through the store API, as its own heartbeat would).
+    let beat = |age: u64| mayfly::replica::Heartbeat {
+        replica: mayfly::replica::ReplicaId::parse("ca-eu-2").expect("id"),
+        version: "0.0.9".into(),
+        policy_digest: "f".repeat(64),
+        git_commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+        listen: "10.0.0.2:8400".into(),
+        started_at: mayfly::time::UnixSecs(support::now() - 100),
+        last_seen: mayfly::time::UnixSecs(support::now() - age),
+        interval_secs: 10,
+    };
+    ca.write_heartbeat(beat(3));
+    let s = scrape(&ca);
+    assert_eq!(value(&s, "mayfly_policy_drift", &[]), 1.0);
+    assert_eq!(
+        value(
+            &s,
+            "mayfly_replica_info",
+            &[
+                ("replica", "ca-eu-2"),
+                ("version", "0.0.9"),
+                ("policy_digest", &"f".repeat(64)),
+                ("git_commit", "0123456789abcdef0123456789abcdef01234567"),
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&s, "mayfly_replica_live", &[("replica", "ca-eu-2")]),
+        1.0
+    );
+
+    // Gone quiet: stale, and a stale replica is no drift.
+    ca.write_heartbeat(beat(45));
+    let s = scrape(&ca);
+    assert_eq!(
+        value(&s, "mayfly_replica_live", &[("replica", "ca-eu-2")]),
+        0.0
+    );
+    let age = value(
+        &s,
+        "mayfly_replica_last_seen_age_seconds",
+        &[("replica", "ca-eu-2")],
+    );
+    assert!((45.0..100.0).contains(&age), "{age}");
+    assert_eq!(value(&s, "mayfly_policy_drift", &[]), 0.0);
+    assert_eq!(value(&s, "mayfly_store_up", &[]), 1.0);
+}

@@ -1,4 +1,5 @@
-//! Admin API: revoke certificates, disable and enable identities and roles.
+//! Admin API: revoke certificates, disable and enable identities and
+//! roles, see the replicas.
 //! Callers authenticate with an OIDC token matched by an `[[admin]]` rule of
 //! the server config; every action (and every refusal) is audited.
 
@@ -256,4 +257,25 @@ pub async fn list_disabled(
     _caller: AdminCaller,
 ) -> Result<Json<Vec<DisabledEntry>>, ApiError> {
     Ok(Json(s.service.store().access().disabled().await?))
+}
+
+/// `GET /v1/admin/replicas`: every replica of this CA's store with its
+/// version, policy digest and git commit, last heartbeat and whether it is
+/// live, and whether live replicas run different policies (the JSON of
+/// `mayfly status --json`).
+pub async fn replicas(
+    State(s): State<AppState>,
+    _caller: AdminCaller,
+) -> Result<Json<crate::replica::StatusReport>, ApiError> {
+    let now = crate::time::UnixSecs::of(s.service.clock().now());
+    crate::heartbeat::status(s.service.store(), now)
+        .await
+        .map(Json)
+        .map_err(|e| {
+            ApiError::store_unavailable(
+                &e,
+                "replica heartbeats cannot be read",
+                "the replicas cannot be read right now; retry later",
+            )
+        })
 }

@@ -96,6 +96,7 @@ fn admin_routes() -> admin::AdminRoutes {
         .route("/v1/admin/disable", post(admin::disable))
         .route("/v1/admin/enable", post(admin::enable))
         .route("/v1/admin/disabled", get(admin::list_disabled))
+        .route("/v1/admin/replicas", get(admin::replicas))
         .route("/v1/identities", get(inventory::list_identities))
 }
 

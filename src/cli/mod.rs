@@ -6,7 +6,9 @@
 //!
 //! Exit codes, for every command: 0 when all is well, 1 for errors (the
 //! message is printed as `mayfly: ...`), 2 when a command ran but its answer
-//! is "no" (a policy denial, a tampered audit log, no matching records).
+//! is "no" (a policy denial, a tampered audit log, no matching records,
+//! policy drift between replicas). `mayfly status` also exits 3 when no
+//! replica is live.
 
 pub mod audit;
 pub mod bench;
@@ -19,6 +21,7 @@ pub mod report;
 pub mod request;
 pub mod revoke;
 pub mod serve;
+pub mod status;
 pub mod store;
 
 use std::path::Path;

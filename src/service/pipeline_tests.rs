@@ -232,7 +232,8 @@ async fn rig() -> Rig {
         postgres: None,
     })
     .expect("store opens");
-    let (issuance, counters, audit, approvals, access, reports, imports) = store.into_parts();
+    let (issuance, counters, audit, approvals, access, reports, replicas, imports) =
+        store.into_parts();
     let rec = Arc::new(Recording {
         calls: Mutex::new(Vec::new()),
         fail_issue: AtomicBool::new(false),
@@ -247,6 +248,7 @@ async fn rig() -> Rig {
         approvals,
         access,
         reports.clone(),
+        replicas,
         imports,
     );
     store.counters().start(NOW).await.expect("counters start");

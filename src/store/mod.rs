@@ -1,7 +1,8 @@
 //! Durable storage behind a set of async traits, one per concern
 //! ([`traits`]): issuance, the issuance counters, the audit log,
-//! approvals, revocations and deactivations, reports, and imports (a whole
-//! CA's state into an empty store, [`import`]). Only this module
+//! approvals, revocations and deactivations, reports, replica heartbeats,
+//! and imports (a whole CA's state into an empty store, [`import`]). Only
+//! this module
 //! writes SQL, and nothing outside it names a backend: callers hold a
 //! [`Store`] from [`open`].
 //!
@@ -18,6 +19,7 @@ pub mod approvals;
 pub mod import;
 pub mod memory;
 pub mod postgres;
+pub mod replicas;
 pub mod reports;
 pub mod sqlite;
 mod sqlite_import;
@@ -40,7 +42,7 @@ pub use sqlite::Backend;
 pub use traits::ImportStore;
 pub use traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
-    IssuanceCounters, IssuanceStore, ReportStore, Revoker, Store, StoreFuture, Vote,
+    IssuanceCounters, IssuanceStore, ReplicaStore, ReportStore, Revoker, Store, StoreFuture, Vote,
 };
 
 /// A store failure. The message is for logs; clients only see "store unavailable".

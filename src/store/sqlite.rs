@@ -117,6 +117,12 @@ pub trait Backend: super::sqlite_import::ImportBackend + Send + 'static {
     ) -> Result<Option<Checkpoint>, StoreError>;
     /// Saves the audit streaming cursor.
     fn set_stream_cursor(&mut self, seq: u64) -> Result<(), StoreError>;
+    /// Replaces one replica's heartbeat row and returns the row it
+    /// replaced ([`super::ReplicaStore::heartbeat`]).
+    fn replica_heartbeat(
+        &mut self,
+        beat: &crate::replica::Heartbeat,
+    ) -> Result<Option<crate::replica::Heartbeat>, StoreError>;
 }
 
 const SCHEMA: &str = r#"
@@ -206,6 +212,7 @@ impl Sqlite {
         conn.execute_batch(SCHEMA).map_err(err)?;
         migrate(&conn)?;
         migrate_chain(&conn)?;
+        super::replicas::migrate(&conn)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -1197,6 +1204,13 @@ impl Backend for Sqlite {
 
     fn set_stream_cursor(&mut self, seq: u64) -> Result<(), StoreError> {
         Sqlite::set_stream_cursor(self, seq)
+    }
+
+    fn replica_heartbeat(
+        &mut self,
+        beat: &crate::replica::Heartbeat,
+    ) -> Result<Option<crate::replica::Heartbeat>, StoreError> {
+        self.replica_heartbeat_impl(beat)
     }
 
     fn approval_put(

@@ -500,6 +500,7 @@ mod tests {
             sqlite_path: path.to_path_buf(),
             busy_timeout: Duration::from_secs(1),
             mode: OpenMode::Create,
+            postgres: None,
         })
         .unwrap()
     }

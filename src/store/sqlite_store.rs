@@ -1,8 +1,8 @@
 //! The SQLite backend behind the store traits: the group-commit writer
 //! thread for every write, reader threads for the request path, one
 //! report thread (apart, so a slow report never holds up a certificate)
-//! and one gauge thread for `/metrics` scrapes (which never builds an
-//! index). The issuance counters live in process memory
+//! and one gauge thread for `/metrics` scrapes and replica status (which
+//! never builds an index). The issuance counters live in process memory
 //! ([`MemoryCounters`]): one server owns a SQLite database.
 
 use std::path::{Path, PathBuf};
@@ -18,7 +18,8 @@ use super::reports::{
 use super::sqlite::{Backend, Sqlite};
 use super::traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
-    ImportStore, IssuanceCounters, IssuanceStore, ReportStore, Revoker, StoreFuture, Vote,
+    ImportStore, IssuanceCounters, IssuanceStore, ReplicaStore, ReportStore, Revoker, StoreFuture,
+    Vote,
 };
 use super::writer::{Hooks, Opener, Readers, Writer};
 use super::{
@@ -31,6 +32,7 @@ use crate::audit::checkpoint::Checkpoint;
 use crate::audit::search::AuditQuery;
 use crate::audit::AuditRecord;
 use crate::policy::limits::RateLimit;
+use crate::replica::Heartbeat;
 
 /// Reader threads on the request path.
 const READERS: usize = 2;
@@ -499,6 +501,18 @@ impl ReportStore for SqliteStore {
     }
 }
 
+impl ReplicaStore for SqliteStore {
+    fn heartbeat(&self, beat: Heartbeat) -> StoreFuture<'_, Option<Heartbeat>> {
+        self.write(move |b| b.replica_heartbeat(&beat))
+    }
+
+    fn replicas(&self) -> StoreFuture<'_, Vec<Heartbeat>> {
+        // A handful of rows, read beside the scrape-time gauges, off the
+        // request path's readers.
+        Box::pin(self.gauges.read(|db| db.replicas()))
+    }
+}
+
 impl ImportStore for SqliteStore {
     fn counts(&self) -> StoreFuture<'_, StoreCounts> {
         self.read(|db| db.counts())
@@ -844,5 +858,32 @@ mod tests {
         }));
         s.audit().append(issued(1, "bot")).await.unwrap();
         assert!(n.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn heartbeats_go_through_the_writer_and_read_only_handles_only_read() {
+        use crate::replica::{Heartbeat, ReplicaId};
+        use crate::time::UnixSecs;
+        let d = tempfile::tempdir().unwrap();
+        let beat = |last_seen| Heartbeat {
+            replica: ReplicaId::parse("r1").unwrap(),
+            version: "v".into(),
+            policy_digest: "d".into(),
+            git_commit: None,
+            listen: "l".into(),
+            started_at: UnixSecs(1),
+            last_seen: UnixSecs(last_seen),
+            interval_secs: 10,
+        };
+        let s = store(d.path(), OpenMode::Create).unwrap();
+        assert_eq!(s.replicas().heartbeat(beat(5)).await.unwrap(), None);
+        assert_eq!(
+            s.replicas().heartbeat(beat(6)).await.unwrap(),
+            Some(beat(5))
+        );
+        let ro = store(d.path(), OpenMode::ReadOnly).unwrap();
+        assert_eq!(ro.replicas().replicas().await.unwrap(), [beat(6)]);
+        let err = ro.replicas().heartbeat(beat(7)).await.unwrap_err();
+        assert!(err.to_string().contains("read-only"), "{err}");
     }
 }

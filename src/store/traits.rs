@@ -33,6 +33,7 @@ use crate::audit::checkpoint::Checkpoint;
 use crate::audit::search::AuditQuery;
 use crate::audit::AuditRecord;
 use crate::policy::limits::RateLimit;
+use crate::replica::Heartbeat;
 
 /// Checkpoints read in one page, each with its id (a row that cannot be
 /// read as a checkpoint comes as `Err`).
@@ -290,6 +291,20 @@ pub trait ReportStore: Send + Sync {
     fn count_events(&self, event: &str) -> StoreFuture<'_, u64>;
 }
 
+/// Replica heartbeats: one row per replica of this database, each
+/// written only by its own replica. With many replicas on one database the
+/// rows are the fleet as the database sees it (`mayfly status`).
+pub trait ReplicaStore: Send + Sync {
+    /// Inserts or replaces the row of `beat.replica` and returns the row
+    /// it replaced, if any (so a replica notices another process writing
+    /// under its id). Rows last seen more than
+    /// [`crate::replica::RETENTION_SECS`] before `beat.last_seen` are
+    /// dropped in the same write.
+    fn heartbeat(&self, beat: Heartbeat) -> StoreFuture<'_, Option<Heartbeat>>;
+    /// Every replica row, in no particular order.
+    fn replicas(&self) -> StoreFuture<'_, Vec<Heartbeat>>;
+}
+
 /// The target side of `mayfly store migrate`: a whole CA's state taken
 /// into an EMPTY store, page by page (a large log never sits in memory at
 /// once), rows verbatim. The flow and what each step guarantees:
@@ -353,6 +368,7 @@ pub struct Store {
     pub(super) approvals: Arc<dyn ApprovalStore>,
     pub(super) access: Arc<dyn AccessStore>,
     pub(super) reports: Arc<dyn ReportStore>,
+    pub(super) replicas: Arc<dyn ReplicaStore>,
     pub(super) imports: Arc<dyn ImportStore>,
 }
 
@@ -366,6 +382,7 @@ impl Store {
             + ApprovalStore
             + AccessStore
             + ReportStore
+            + ReplicaStore
             + ImportStore
             + 'static,
     {
@@ -376,6 +393,7 @@ impl Store {
             approvals: backend.clone(),
             access: backend.clone(),
             reports: backend.clone(),
+            replicas: backend.clone(),
             imports: backend,
         }
     }
@@ -389,6 +407,7 @@ impl Store {
         approvals: Arc<dyn ApprovalStore>,
         access: Arc<dyn AccessStore>,
         reports: Arc<dyn ReportStore>,
+        replicas: Arc<dyn ReplicaStore>,
         imports: Arc<dyn ImportStore>,
     ) -> Store {
         Store {
@@ -398,6 +417,7 @@ impl Store {
             approvals,
             access,
             reports,
+            replicas,
             imports,
         }
     }
@@ -415,6 +435,7 @@ impl Store {
         Arc<dyn ApprovalStore>,
         Arc<dyn AccessStore>,
         Arc<dyn ReportStore>,
+        Arc<dyn ReplicaStore>,
         Arc<dyn ImportStore>,
     ) {
         (
@@ -424,6 +445,7 @@ impl Store {
             self.approvals,
             self.access,
             self.reports,
+            self.replicas,
             self.imports,
         )
     }
@@ -466,6 +488,16 @@ impl Store {
     /// Report queries, shared (for the metrics registry).
     pub fn reports_shared(&self) -> Arc<dyn ReportStore> {
         self.reports.clone()
+    }
+
+    /// Replica heartbeats.
+    pub fn replicas(&self) -> &dyn ReplicaStore {
+        &*self.replicas
+    }
+
+    /// Replica heartbeats, shared (for the metrics registry).
+    pub fn replicas_shared(&self) -> Arc<dyn ReplicaStore> {
+        self.replicas.clone()
     }
 
     /// Taking a whole CA's state into this (empty) store.

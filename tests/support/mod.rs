@@ -18,8 +18,10 @@ pub mod keygen;
 pub mod oidc;
 pub mod postgres;
 pub mod process;
+pub mod replicas;
 pub mod server;
 pub mod sshd;
+pub mod store;
 
 pub use cli::{all_output, audit_count, audit_search, mayfly, mayfly_command, now, ok, signing_ca};
 pub use keygen::{keygen_ed25519, sign_user_cert};

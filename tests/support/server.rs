@@ -68,6 +68,14 @@ impl Mayfly {
         }
     }
 
+    /// Kills the server with SIGKILL (no drain, no clean shutdown), as a
+    /// crashed machine would; `restart` starts it again.
+    pub fn kill(&mut self) {
+        if let Some(proc) = self.proc.as_mut() {
+            proc.kill();
+        }
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)

@@ -107,8 +107,12 @@ pub fn connector(
     ));
     if mode == OpenMode::ReadOnly {
         // Every transaction of a read-only command is refused any write by
-        // the server itself.
+        // the server itself. Such a session reports itself read-only, so
+        // `target_session_attrs=read-write` would refuse every host of a
+        // multi-host URL: a read-only command takes the first host that
+        // answers (a standby's copy is a consistent snapshot to read).
         options.push_str(" -c default_transaction_read_only=on");
+        config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::Any);
     }
     config.options(options.trim().to_string());
     Ok(Connector {

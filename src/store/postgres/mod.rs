@@ -30,6 +30,7 @@ pub mod db;
 pub mod import;
 pub mod issuance;
 pub mod listen;
+pub mod replicas;
 pub mod reports;
 pub mod schema;
 pub mod tls;
@@ -53,7 +54,8 @@ use super::reports::{
 };
 use super::traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
-    ImportStore, IssuanceCounters, IssuanceStore, ReportStore, Revoker, StoreFuture, Vote,
+    ImportStore, IssuanceCounters, IssuanceStore, ReplicaStore, ReportStore, Revoker, StoreFuture,
+    Vote,
 };
 use super::writer::Hooks;
 use super::{
@@ -66,6 +68,7 @@ use crate::audit::checkpoint::Checkpoint;
 use crate::audit::search::AuditQuery;
 use crate::audit::AuditRecord;
 use crate::policy::limits::RateLimit;
+use crate::replica::Heartbeat;
 
 /// How often expired used-token rows and full rate buckets are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -573,6 +576,18 @@ impl AuditLog for PgStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(hook);
+    }
+}
+
+impl ReplicaStore for PgStore {
+    fn heartbeat(&self, beat: Heartbeat) -> StoreFuture<'_, Option<Heartbeat>> {
+        write!(self, |db| replicas::heartbeat(db, &beat), |_: &Option<
+            Heartbeat,
+        >| None)
+    }
+
+    fn replicas(&self) -> StoreFuture<'_, Vec<Heartbeat>> {
+        read!(self, |db| replicas::list(db))
     }
 }
 

@@ -52,11 +52,18 @@ const MIGRATION_LOCK: i64 = 0x6d61_7966_6c79_0001;
 
 /// The migrations, in order. Append only: a released migration never
 /// changes, the next change is a new entry.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "audit chain, issuance, access, approvals, counters",
-    sql: V1,
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "audit chain, issuance, access, approvals, counters",
+        sql: V1,
+    },
+    Migration {
+        version: 2,
+        name: "replica heartbeats",
+        sql: super::replicas::SCHEMA,
+    },
+];
 
 /// The schema version this build needs.
 pub fn current_version() -> i32 {
