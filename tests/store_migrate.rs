@@ -259,6 +259,11 @@ fn moves_and_serves_the_same_state(pg: Option<&PgDb>) {
     let (code, src_verify) = verify(src.config_path());
     assert_eq!(code, Some(0), "{src_verify}");
     let records = support::audit_search(src.config_path(), &[]).len() as u64;
+    let exported = work.path().join("before-the-move.jsonl");
+    admin(
+        src.config_path(),
+        &["audit", "export", "--out", path_str(&exported)],
+    );
 
     let summary: Value =
         serde_json::from_str(&ok(migrate(src.config_path(), dst.config_path(), true)))
@@ -300,6 +305,16 @@ fn moves_and_serves_the_same_state(pg: Option<&PgDb>) {
     );
     assert_eq!(head_hash(&dst_verify), head_hash(&src_verify));
     assert_eq!(summary["head"]["hash"], json!(head_hash(&src_verify)));
+    // An export taken on the old CA anchors the new database too.
+    let out = mayfly(&[
+        "audit",
+        "verify",
+        "--export",
+        path_str(&exported),
+        "--config",
+        path_str(dst.config_path()),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", all_output(&out));
 
     // A second run finds the target full and leaves it alone.
     let out = migrate(src.config_path(), dst.config_path(), false);
