@@ -826,9 +826,14 @@ async fn admin_commands_on_an_empty_database_say_which_command_creates_the_schem
     for s in starts {
         s.join().expect("thread").expect("open");
     }
+    let want = mayfly::store::postgres::schema::current_version();
     assert_eq!(
-        db.psql("SELECT COUNT(*) FROM schema_migrations").trim(),
-        "1"
+        db.psql(
+            "SELECT COUNT(*) || ' ' || MIN(version) || ' ' || MAX(version) FROM schema_migrations"
+        )
+        .trim(),
+        format!("{want} 1 {want}"),
+        "every migration recorded once"
     );
     let s = open(&db, OpenMode::Create).expect("server");
     s.audit().append(issued(1, "bot")).await.expect("append");
