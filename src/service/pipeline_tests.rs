@@ -232,7 +232,8 @@ async fn rig() -> Rig {
         postgres: None,
     })
     .expect("store opens");
-    let (issuance, counters, audit, approvals, access, reports, replicas) = store.into_parts();
+    let (issuance, counters, audit, approvals, access, reports, replicas, imports) =
+        store.into_parts();
     let rec = Arc::new(Recording {
         calls: Mutex::new(Vec::new()),
         fail_issue: AtomicBool::new(false),
@@ -248,6 +249,7 @@ async fn rig() -> Rig {
         access,
         reports.clone(),
         replicas,
+        imports,
     );
     store.counters().start(NOW).await.expect("counters start");
     let service = Service::new(ServiceParts {

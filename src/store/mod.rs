@@ -1,7 +1,8 @@
 //! Durable storage behind a set of async traits, one per concern
 //! ([`traits`]): issuance, the issuance counters, the audit log,
-//! approvals, revocations and deactivations, reports, and replica
-//! heartbeats. Only this module
+//! approvals, revocations and deactivations, reports, replica heartbeats,
+//! and imports (a whole CA's state into an empty store, [`import`]). Only
+//! this module
 //! writes SQL, and nothing outside it names a backend: callers hold a
 //! [`Store`] from [`open`].
 //!
@@ -15,11 +16,13 @@
 //! [`crate::audit::chain`], not here, so a second backend stores the same.
 
 pub mod approvals;
+pub mod import;
 pub mod memory;
 pub mod postgres;
 pub mod replicas;
 pub mod reports;
 pub mod sqlite;
+mod sqlite_import;
 pub mod sqlite_store;
 mod target;
 pub mod traits;
@@ -36,6 +39,7 @@ use crate::config::{Config, StoreBackend};
 pub use target::{DisableTarget, DisableTargetError};
 
 pub use sqlite::Backend;
+pub use traits::ImportStore;
 pub use traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
     IssuanceCounters, IssuanceStore, ReplicaStore, ReportStore, Revoker, Store, StoreFuture, Vote,
