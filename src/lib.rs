@@ -44,7 +44,8 @@
 //!   keys, krl);
 //! * operations and evidence: [`reload`], [`heartbeat`] (this replica's
 //!   heartbeats, the replicas' status), [`rotation`], [`revocation`],
-//!   [`inventory`], [`report`], [`evidence`] (export, verify, stream);
+//!   [`inventory`], [`report`], [`evidence`] (export, verify, stream),
+//!   [`migrate`] (a stopped CA's state into an empty store, verified);
 //! * edge: [`api`] (axum; extractors and the admin sub-router apply the
 //!   cross-cutting rules once), [`server`] (`serve`), [`bench`](mod@bench);
 //! * beside: [`client`] and [`hostsync`], the bot and host sides, on one
@@ -82,6 +83,7 @@ pub mod service;
 pub mod evidence;
 pub mod heartbeat;
 pub mod inventory;
+pub mod migrate;
 pub mod reload;
 pub mod report;
 pub mod revocation;

@@ -44,6 +44,9 @@ enum Cmd {
     /// CA keys: rotation and status.
     #[command(subcommand)]
     Ca(cli::ca::CaCmd),
+    /// The CA's store: move a stopped CA into another one (SQLite to PostgreSQL).
+    #[command(subcommand)]
+    Store(cli::store::StoreCmd),
     /// Disable, enable and list identities and roles.
     #[command(subcommand)]
     Identity(cli::identity::IdentityCmd),
@@ -80,6 +83,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Request(cmd) => cli::request::run(cmd, v),
         Cmd::Audit(cmd) => cli::audit::run(cmd),
         Cmd::Report(cmd) => cli::report::run(cmd),
+        Cmd::Store(cmd) => cli::store::run(cmd),
         Cmd::Ca(cmd) => cli::ca::run(cmd, v),
         Cmd::Identity(cmd) => cli::identity::run(cmd, v),
         Cmd::Host(cmd) => cli::host::run(cmd, v),

@@ -22,6 +22,7 @@ pub mod request;
 pub mod revoke;
 pub mod serve;
 pub mod status;
+pub mod store;
 
 use std::path::Path;
 use std::time::Duration;

@@ -232,7 +232,7 @@ async fn rig() -> Rig {
         postgres: None,
     })
     .expect("store opens");
-    let (issuance, counters, audit, approvals, access, reports, keys, replicas) =
+    let (issuance, counters, audit, approvals, access, reports, keys, replicas, imports) =
         store.into_parts();
     let rec = Arc::new(Recording {
         calls: Mutex::new(Vec::new()),
@@ -250,6 +250,7 @@ async fn rig() -> Rig {
         reports.clone(),
         keys,
         replicas,
+        imports,
     );
     store.counters().start(NOW).await.expect("counters start");
     let service = Service::new(ServiceParts {

@@ -1,7 +1,8 @@
 //! Durable storage behind a set of async traits, one per concern
 //! ([`traits`]): issuance, the issuance counters, the audit log,
 //! approvals, revocations and deactivations, reports, CA keys with their
-//! rotation state, and replica heartbeats. Only this module
+//! rotation state, replica heartbeats, and imports (a whole CA's state
+//! into an empty store, [`import`]). Only this module
 //! writes SQL, and nothing outside it names a backend: callers hold a
 //! [`Store`] from [`open`].
 //!
@@ -15,6 +16,7 @@
 //! [`crate::audit::chain`], not here, so a second backend stores the same.
 
 pub mod approvals;
+pub mod import;
 pub mod key_files;
 pub mod key_memory;
 pub mod memory;
@@ -22,6 +24,7 @@ pub mod postgres;
 pub mod replicas;
 pub mod reports;
 pub mod sqlite;
+mod sqlite_import;
 pub mod sqlite_store;
 mod target;
 pub mod traits;
@@ -38,6 +41,7 @@ use crate::config::{Config, StoreBackend};
 pub use target::{DisableTarget, DisableTargetError};
 
 pub use sqlite::Backend;
+pub use traits::ImportStore;
 pub use traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
     IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore, Revoker,

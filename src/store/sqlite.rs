@@ -20,8 +20,9 @@ use crate::audit::AuditRecord;
 pub use crate::audit::chain::{BadRow, ChainMeta};
 
 /// The blocking interface of the SQLite connection, driven from the
-/// writer thread or a reader thread ([`super::writer`]).
-pub trait Backend: Send + 'static {
+/// writer thread or a reader thread ([`super::writer`]). The import steps
+/// of `mayfly store migrate` are in [`super::sqlite_import`].
+pub trait Backend: super::sqlite_import::ImportBackend + Send + 'static {
     /// Appends records in one durable transaction: all or none.
     fn append_batch(&mut self, records: &[AuditRecord]) -> Result<(), StoreError>;
     /// Appends records in one durable transaction, checking each record's
@@ -505,7 +506,7 @@ fn insert_revocations(
 /// continues after both the highest row and SQLite's AUTOINCREMENT counter,
 /// so rows deleted from the end leave a visible gap instead of being
 /// silently re-used.
-fn chain_head(conn: &Connection) -> Result<(u64, Hash), StoreError> {
+pub(crate) fn chain_head(conn: &Connection) -> Result<(u64, Hash), StoreError> {
     use rusqlite::OptionalExtension as _;
     let last: Option<(i64, Option<Vec<u8>>)> = conn
         .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
@@ -563,9 +564,9 @@ pub(crate) const AUDIT_COLUMNS: &str = "seq, time_ms, event, request_id, client_
     key_fingerprint, token_id, token_exp, policy_digest, cert_type, ca_key, actor, prev_hash, hash";
 
 /// Meta keys of the chain.
-const META_LEGACY_THROUGH: &str = "audit_chain_legacy_through";
-const META_MIGRATED_AT: &str = "audit_chain_migrated_at_ms";
-const META_STREAM_CURSOR: &str = "audit_stream_cursor";
+pub(crate) const META_LEGACY_THROUGH: &str = "audit_chain_legacy_through";
+pub(crate) const META_MIGRATED_AT: &str = "audit_chain_migrated_at_ms";
+pub(crate) const META_STREAM_CURSOR: &str = "audit_stream_cursor";
 
 fn table_columns(conn: &Connection, table: &str) -> Result<Vec<String>, StoreError> {
     let mut st = conn
@@ -1343,7 +1344,10 @@ impl Backend for Sqlite {
             .conn
             .query_row("SELECT MAX(serial) FROM audit", [], |r| r.get(0))
             .map_err(err)?;
-        Ok(v.unwrap_or(0) as u64)
+        // An imported CA's highest serial counts even where its records
+        // do not (`mayfly store migrate`).
+        let floor = super::sqlite_import::serial_floor(&self.conn)?;
+        Ok((v.unwrap_or(0) as u64).max(floor))
     }
 
     fn used_tokens(&mut self, now: u64) -> Result<Vec<(String, u64)>, StoreError> {

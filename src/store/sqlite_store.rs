@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::key_files::KeyFiles;
+use super::import::{ImportRefusal, ImportedState, RevocationRow, StoreCounts, UnfinishedImport};
 use super::memory::MemoryCounters;
 use super::reports::{
     AuditSpan, DailyIssuance, IdentityRoleUsage, LastDenialRow, PrincipalUse, RoleAllTime,
@@ -19,8 +20,8 @@ use super::reports::{
 use super::sqlite::{Backend, Sqlite};
 use super::traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
-    IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore, Revoker,
-    StoreFuture, Vote,
+    ImportStore, IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore,
+    Revoker, StoreFuture, Vote,
 };
 use super::writer::{Hooks, Opener, Readers, Writer};
 use super::{
@@ -248,10 +249,19 @@ impl IssuanceStore for SqliteStore {
 impl IssuanceCounters for SqliteStore {
     fn start(&self, now: u64) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            let (max, used) = self
+            let (unfinished, max, used) = self
                 .readers
-                .read(move |db| Ok((db.max_serial()?, db.used_tokens(now)?)))
+                .read(move |db| {
+                    Ok((
+                        db.unfinished_import()?,
+                        db.max_serial()?,
+                        db.used_tokens(now)?,
+                    ))
+                })
                 .await?;
+            if let Some(u) = unfinished {
+                return Err(StoreError::Backend(u.refusal()));
+            }
             self.counters.start(max, &used, now);
             Ok(())
         })
@@ -380,6 +390,11 @@ impl ApprovalStore for SqliteStore {
         self.read(move |db| db.approval_list(status))
     }
 
+    fn list_after(&self, after_id: &str, limit: usize) -> StoreFuture<'_, Vec<ApprovalRequest>> {
+        let after_id = after_id.to_string();
+        self.read(move |db| db.approvals_after(&after_id, limit))
+    }
+
     fn vote(
         &self,
         id: &str,
@@ -455,6 +470,14 @@ impl AccessStore for SqliteStore {
         self.read(move |db| db.live_revocations(now))
     }
 
+    fn revocation_history(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<RevocationRow>> {
+        self.read(move |db| db.revocation_history(after_id, limit))
+    }
+
     fn disabled(&self) -> StoreFuture<'_, Vec<DisabledEntry>> {
         self.read(|db| db.disabled())
     }
@@ -528,6 +551,49 @@ impl ReplicaStore for SqliteStore {
         // A handful of rows, read beside the scrape-time gauges, off the
         // request path's readers.
         Box::pin(self.gauges.read(|db| db.replicas()))
+    }
+}
+
+impl ImportStore for SqliteStore {
+    fn counts(&self) -> StoreFuture<'_, StoreCounts> {
+        self.read(|db| db.counts())
+    }
+
+    fn unfinished_import(&self) -> StoreFuture<'_, Option<UnfinishedImport>> {
+        self.read(|db| db.unfinished_import())
+    }
+
+    fn begin_import(&self, from: &str, now_ms: i64) -> StoreFuture<'_, Result<(), ImportRefusal>> {
+        let from = from.to_string();
+        self.write(move |b| b.import_begin(&from, now_ms))
+    }
+
+    fn import_audit(&self, rows: Vec<StoredRecord>) -> StoreFuture<'_, ()> {
+        self.write(move |b| b.import_audit(&rows))
+    }
+
+    fn import_checkpoints(&self, checkpoints: Vec<Checkpoint>) -> StoreFuture<'_, ()> {
+        self.write(move |b| b.import_checkpoints(&checkpoints))
+    }
+
+    fn import_revocations(&self, rows: Vec<RevocationRow>) -> StoreFuture<'_, ()> {
+        self.write(move |b| b.import_revocations(&rows))
+    }
+
+    fn import_disabled(&self, entries: Vec<DisabledEntry>) -> StoreFuture<'_, ()> {
+        self.write(move |b| b.import_disabled(&entries))
+    }
+
+    fn import_approvals(&self, requests: Vec<ApprovalRequest>) -> StoreFuture<'_, ()> {
+        self.write(move |b| b.import_approvals(&requests))
+    }
+
+    fn import_state(&self, state: ImportedState) -> StoreFuture<'_, ()> {
+        self.write(move |b| b.import_state(&state))
+    }
+
+    fn finish_import(&self) -> StoreFuture<'_, ()> {
+        self.write(|b| b.import_finish())
     }
 }
 

@@ -20,6 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::import::{ImportRefusal, ImportedState, RevocationRow, StoreCounts, UnfinishedImport};
 use super::reports::{
     AuditSpan, DailyIssuance, IdentityRoleUsage, LastDenialRow, PrincipalUse, RoleAllTime,
     RoleWindowUsage, ScrapeGauges,
@@ -176,6 +177,10 @@ pub trait ApprovalStore: Send + Sync {
     fn get(&self, id: &str) -> StoreFuture<'_, Option<ApprovalRequest>>;
     /// Approval requests in a state (all if `None`), newest first.
     fn list(&self, status: Option<ApprovalStatus>) -> StoreFuture<'_, Vec<ApprovalRequest>>;
+    /// Every approval request (any state) with an id above `after_id`
+    /// (`""` for the first page), by id, at most `limit`: the whole table
+    /// page by page, for `mayfly store migrate`.
+    fn list_after(&self, after_id: &str, limit: usize) -> StoreFuture<'_, Vec<ApprovalRequest>>;
     /// Records one approver's vote on request `id` as one atomic
     /// read-then-write ([`crate::approval::apply_vote`] decides), with its
     /// audit record. `Ok(Err(_))`: the vote was refused, nothing written.
@@ -243,6 +248,14 @@ pub trait AccessStore: Send + Sync {
     ) -> StoreFuture<'_, bool>;
     /// Revocations whose certificates are still valid at `now`.
     fn live_revocations(&self, now: u64) -> StoreFuture<'_, Vec<Revocation>>;
+    /// Every revocation ever recorded (expired ones included) with a row
+    /// id above `after_id`, by id, at most `limit`: the history page by
+    /// page, for `mayfly store migrate`.
+    fn revocation_history(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<RevocationRow>>;
     /// Every disabled entry.
     fn disabled(&self) -> StoreFuture<'_, Vec<DisabledEntry>>;
     /// The current state version.
@@ -426,6 +439,59 @@ pub trait ReplicaStore: Send + Sync {
     fn replicas(&self) -> StoreFuture<'_, Vec<Heartbeat>>;
 }
 
+/// The target side of `mayfly store migrate`: a whole CA's state taken
+/// into an EMPTY store, page by page (a large log never sits in memory at
+/// once), rows verbatim. The flow and what each step guarantees:
+///
+/// 1. [`ImportStore::begin_import`] checks that the store is empty (no
+///    row of any kind of [`StoreCounts`], no audit or checkpoint id ever
+///    used) and writes an "import in progress" mark, in one transaction.
+/// 2. The `import_*` methods each write one page in one transaction, and
+///    refuse unless the mark is there. [`ImportStore::import_audit`]
+///    takes the rows exactly as the source stored them (same `seq`,
+///    `prev_hash`, `hash`) and refuses a page that does not continue the
+///    stored chain (seq + 1, `prev_hash` = the stored head's hash, and
+///    `hash` = the chain hash of the row), so the chain and its signed
+///    checkpoints verify unchanged on the target.
+///    [`ImportStore::import_checkpoints`] keeps their ids (the verifier
+///    treats a gap in ids as deleted checkpoints).
+/// 3. [`ImportStore::import_state`]: the serial floor (no serial at or
+///    below it is handed out from then on, whatever the clock says), the
+///    state version (the KRL version continues), the stream cursor and the
+///    chain facts of [`ImportedState`].
+/// 4. The caller verifies the copy; then [`ImportStore::finish_import`]
+///    clears the mark.
+///
+/// While the mark is there, [`IssuanceCounters::start`] fails with
+/// [`UnfinishedImport::refusal`], so no server runs on half a CA, and a
+/// new import is refused with [`ImportRefusal::Unfinished`]: a failed run
+/// is never resumed or merged into; the store is recreated empty.
+pub trait ImportStore: Send + Sync {
+    /// How many rows of each kind the store holds.
+    fn counts(&self) -> StoreFuture<'_, StoreCounts>;
+    /// The import begun on this store and not finished, if any.
+    fn unfinished_import(&self) -> StoreFuture<'_, Option<UnfinishedImport>>;
+    /// Claims the empty store for an import from `from` (the source's
+    /// location), begun at `now_ms`. `Ok(Err(_))`: refused, nothing written.
+    fn begin_import(&self, from: &str, now_ms: i64) -> StoreFuture<'_, Result<(), ImportRefusal>>;
+    /// Appends audit rows verbatim; they must continue the stored chain.
+    fn import_audit(&self, rows: Vec<StoredRecord>) -> StoreFuture<'_, ()>;
+    /// Stores signed checkpoints verbatim, ids included (each above the
+    /// stored ones).
+    fn import_checkpoints(&self, checkpoints: Vec<Checkpoint>) -> StoreFuture<'_, ()>;
+    /// Stores revocations with their ids and times.
+    fn import_revocations(&self, rows: Vec<RevocationRow>) -> StoreFuture<'_, ()>;
+    /// Stores disabled entries.
+    fn import_disabled(&self, entries: Vec<DisabledEntry>) -> StoreFuture<'_, ()>;
+    /// Stores approval requests as they are (state, votes, expiry).
+    fn import_approvals(&self, requests: Vec<ApprovalRequest>) -> StoreFuture<'_, ()>;
+    /// Sets the state carried besides rows (serial floor, state version,
+    /// stream cursor, chain facts).
+    fn import_state(&self, state: ImportedState) -> StoreFuture<'_, ()>;
+    /// Clears the import mark: the store is a CA's store from now on.
+    fn finish_import(&self) -> StoreFuture<'_, ()>;
+}
+
 /// Every concern of one backend. A handle is cheap to clone; each
 /// accessor gives the concern's trait object.
 #[derive(Clone)]
@@ -438,6 +504,7 @@ pub struct Store {
     pub(super) reports: Arc<dyn ReportStore>,
     pub(super) keys: Arc<dyn KeyStore>,
     pub(super) replicas: Arc<dyn ReplicaStore>,
+    pub(super) imports: Arc<dyn ImportStore>,
 }
 
 impl Store {
@@ -452,6 +519,7 @@ impl Store {
             + ReportStore
             + KeyStore
             + ReplicaStore
+            + ImportStore
             + 'static,
     {
         Store {
@@ -462,7 +530,8 @@ impl Store {
             access: backend.clone(),
             reports: backend.clone(),
             keys: backend.clone(),
-            replicas: backend,
+            replicas: backend.clone(),
+            imports: backend,
         }
     }
 
@@ -477,6 +546,7 @@ impl Store {
         reports: Arc<dyn ReportStore>,
         keys: Arc<dyn KeyStore>,
         replicas: Arc<dyn ReplicaStore>,
+        imports: Arc<dyn ImportStore>,
     ) -> Store {
         Store {
             issuance,
@@ -487,6 +557,7 @@ impl Store {
             reports,
             keys,
             replicas,
+            imports,
         }
     }
 
@@ -505,6 +576,7 @@ impl Store {
         Arc<dyn ReportStore>,
         Arc<dyn KeyStore>,
         Arc<dyn ReplicaStore>,
+        Arc<dyn ImportStore>,
     ) {
         (
             self.issuance,
@@ -515,6 +587,7 @@ impl Store {
             self.reports,
             self.keys,
             self.replicas,
+            self.imports,
         )
     }
 
@@ -576,6 +649,11 @@ impl Store {
     /// Replica heartbeats, shared (for the metrics registry).
     pub fn replicas_shared(&self) -> Arc<dyn ReplicaStore> {
         self.replicas.clone()
+    }
+
+    /// Taking a whole CA's state into this (empty) store.
+    pub fn imports(&self) -> &dyn ImportStore {
+        &*self.imports
     }
 
     /// Appends one audit record and returns once it is durable.

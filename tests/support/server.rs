@@ -34,6 +34,22 @@ impl Mayfly {
             .unwrap_or_else(|report| panic!("mayfly serve did not become healthy:\n{report}"))
     }
 
+    /// Writes the config and policies as [`Mayfly::start`] does, but does
+    /// not start the server: for a data directory or store filled before
+    /// its first start (`mayfly store migrate`). [`Mayfly::restart`]
+    /// starts it.
+    pub fn configure(config_toml_extra: &str, policies: &[(&str, &str)]) -> Mayfly {
+        let (dir, config_path) = server_dir(policies);
+        let port = free_port();
+        write_config(dir.path(), &config_path, port, config_toml_extra);
+        Mayfly {
+            port,
+            config_path,
+            proc: None,
+            dir,
+        }
+    }
+
     /// Stops the server (SIGTERM, then SIGKILL after 10 s) and starts it
     /// again on the same port with the same config and data directory.
     pub fn restart(&mut self) {

@@ -27,6 +27,7 @@ pub mod approvals;
 pub mod chain;
 pub mod connect;
 pub mod db;
+pub mod import;
 pub mod issuance;
 pub mod listen;
 pub mod replicas;
@@ -46,14 +47,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::db::{Db, PgError, PgResult};
 use self::listen::Seen;
+use super::import::{ImportRefusal, ImportedState, RevocationRow, StoreCounts, UnfinishedImport};
 use super::reports::{
     AuditSpan, DailyIssuance, IdentityRoleUsage, LastDenialRow, PrincipalUse, RoleAllTime,
     RoleWindowUsage, ScrapeGauges,
 };
 use super::traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
-    IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore, Revoker,
-    StoreFuture, Vote,
+    ImportStore, IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore,
+    Revoker, StoreFuture, Vote,
 };
 use super::writer::Hooks;
 use super::{
@@ -426,6 +428,9 @@ impl IssuanceCounters for PgStore {
         let inner = self.inner.clone();
         self.exec.spawn(async move {
             let client = inner.client().await?;
+            if let Some(u) = import::unfinished(Db::Client(&client)).await? {
+                return Err(PgError::msg(u.refusal()));
+            }
             let max = issuance::max_serial(Db::Client(&client)).await?;
             // As in memory: above every recorded serial and above a clock
             // floor, so a database restored from an old backup does not
@@ -602,6 +607,11 @@ impl ApprovalStore for PgStore {
         read!(self, |db| approvals::list(db, status))
     }
 
+    fn list_after(&self, after_id: &str, limit: usize) -> StoreFuture<'_, Vec<ApprovalRequest>> {
+        let after_id = after_id.to_string();
+        read!(self, |db| import::approvals_after(db, &after_id, limit))
+    }
+
     fn vote(
         &self,
         id: &str,
@@ -689,6 +699,14 @@ impl AccessStore for PgStore {
         read!(self, |db| access::live_revocations(db, now))
     }
 
+    fn revocation_history(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<RevocationRow>> {
+        read!(self, |db| import::revocation_history(db, after_id, limit))
+    }
+
     fn disabled(&self) -> StoreFuture<'_, Vec<DisabledEntry>> {
         read!(self, |db| access::disabled(db))
     }
@@ -752,6 +770,56 @@ impl ReportStore for PgStore {
     fn count_events(&self, event: &str) -> StoreFuture<'_, u64> {
         let event = event.to_string();
         read!(self, |db| reports::count_events(db, &event))
+    }
+}
+
+impl ImportStore for PgStore {
+    fn counts(&self) -> StoreFuture<'_, StoreCounts> {
+        read!(self, |db| import::counts(db))
+    }
+
+    fn unfinished_import(&self) -> StoreFuture<'_, Option<UnfinishedImport>> {
+        read!(self, |db| import::unfinished(db))
+    }
+
+    fn begin_import(&self, from: &str, now_ms: i64) -> StoreFuture<'_, Result<(), ImportRefusal>> {
+        let from = from.to_string();
+        write!(self, |db| import::begin(db, &from, now_ms), |_: &Result<
+            (),
+            ImportRefusal,
+        >| None)
+    }
+
+    fn import_audit(&self, rows: Vec<StoredRecord>) -> StoreFuture<'_, ()> {
+        write!(self, |db| import::audit(db, &rows), |_: &()| None)
+    }
+
+    fn import_checkpoints(&self, checkpoints: Vec<Checkpoint>) -> StoreFuture<'_, ()> {
+        write!(
+            self,
+            |db| import::checkpoints(db, &checkpoints),
+            |_: &()| None
+        )
+    }
+
+    fn import_revocations(&self, rows: Vec<RevocationRow>) -> StoreFuture<'_, ()> {
+        write!(self, |db| import::revocations(db, &rows), |_: &()| None)
+    }
+
+    fn import_disabled(&self, entries: Vec<DisabledEntry>) -> StoreFuture<'_, ()> {
+        write!(self, |db| import::disabled(db, &entries), |_: &()| None)
+    }
+
+    fn import_approvals(&self, requests: Vec<ApprovalRequest>) -> StoreFuture<'_, ()> {
+        write!(self, |db| import::approvals(db, &requests), |_: &()| None)
+    }
+
+    fn import_state(&self, state: ImportedState) -> StoreFuture<'_, ()> {
+        write!(self, |db| import::state(db, &state), |_: &()| None)
+    }
+
+    fn finish_import(&self) -> StoreFuture<'_, ()> {
+        write!(self, |db| import::finish(db), |_: &()| None)
     }
 }
 
