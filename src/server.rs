@@ -165,12 +165,34 @@ pub async fn build_with_audit(
         .counters()
         .start(crate::clock::unix_secs(clock.now()))
         .await?;
-    let audit = crate::evidence::stream::AuditStream::start(
-        &cfg.audit,
-        &cfg.data_dir,
-        store.audit_shared(),
-        clock.clone(),
-    )?;
+    // With replicas on one database, one audit key in the database for
+    // all of them; else the file in data_dir.
+    let audit = match key_loader
+        .audit_key()
+        .await
+        .map_err(|e| StartError::Rotation(format!("audit checkpoint key: {e}")))?
+    {
+        Some((key, created)) => {
+            if created {
+                tracing::info!(fingerprint = %key.fingerprint(),
+                    "generated the audit checkpoint key in the database; keep a copy of its \
+                     public line (`mayfly audit verify` prints it) off the database for \
+                     `mayfly audit verify --key`");
+            }
+            crate::evidence::stream::AuditStream::start_with_key(
+                &cfg.audit,
+                key,
+                store.audit_shared(),
+                clock.clone(),
+            )?
+        }
+        None => crate::evidence::stream::AuditStream::start(
+            &cfg.audit,
+            &cfg.data_dir,
+            store.audit_shared(),
+            clock.clone(),
+        )?,
+    };
     store.audit().on_commit(audit.hook());
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))

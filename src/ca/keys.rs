@@ -592,6 +592,56 @@ pub fn shared_store_refusal(cfg: &CaKeyConfig) -> Option<&'static str> {
     }
 }
 
+/// The passphrase that stored file keys are encrypted with, if `[ca]`
+/// asks for one (`key_protection = "passphrase"`).
+pub fn stored_key_passphrase(
+    cfg: &CaKeyConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Secret>, KeyFileError> {
+    match cfg {
+        CaKeyConfig::File {
+            protection: KeyProtection::Passphrase,
+            passphrase_file,
+        } => Ok(Some(read_secret(
+            &SecretSources::passphrase(passphrase_file.as_deref()),
+            env,
+        )?)),
+        _ => Ok(None),
+    }
+}
+
+/// The passphrase the audit checkpoint key is encrypted with in a store
+/// shared by replicas: the CA key passphrase; with PKCS#11 CA keys (which
+/// have none) the same sources without a file (the systemd credential
+/// `mayfly-ca-passphrase` or `$MAYFLY_CA_PASSPHRASE`).
+pub fn shared_audit_key_passphrase(
+    cfg: &CaKeyConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Secret, KeyFileError> {
+    if let Some(p) = stored_key_passphrase(cfg, env)? {
+        return Ok(p);
+    }
+    Ok(read_secret(&SecretSources::passphrase(None), env)?)
+}
+
+/// `text`, an OpenSSH private key (unencrypted), encrypted with
+/// `passphrase` (a plain key moved into a store shared by replicas).
+pub fn encrypt_key_text(text: &str, passphrase: &Secret) -> Result<NewKey, KeyFileError> {
+    let bad = |e: ssh_key::Error| KeyFileError::Generate(e.to_string());
+    let pk = ssh_key::PrivateKey::from_openssh(text.as_bytes()).map_err(bad)?;
+    let enc = if pk.is_encrypted() {
+        pk
+    } else {
+        pk.encrypt(&mut OsRng, passphrase.expose().as_bytes())
+            .map_err(bad)?
+    };
+    let out = enc.to_openssh(ssh_key::LineEnding::LF).map_err(bad)?;
+    Ok(NewKey {
+        public: super::signer::public_key_line(enc.public_key().key_data(), super::CA_KEY_COMMENT),
+        private: Zeroizing::new(out.to_string()),
+    })
+}
+
 /// How a loaded key is protected, for [`CaSigner::describe`].
 #[derive(Debug, Clone)]
 enum AtRest {

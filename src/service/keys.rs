@@ -8,13 +8,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::Service;
+use crate::audit::checkpoint::{AuditKey, KEY_FILE as AUDIT_KEY_BASE};
 use crate::ca;
 use crate::ca::keys::{
-    open_ca_signer, read_secret, shared_store_refusal, NewKey, Secret, SecretSources,
+    open_ca_signer, shared_audit_key_passphrase, shared_store_refusal, stored_key_passphrase,
+    NewKey, Secret,
 };
 use crate::ca::rotation::{self, CaKeys, KeyRing, KeyStatus, RotationError, Slot};
 use crate::ca::Authority;
-use crate::config::{CaKeyConfig, KeyProtection};
+use crate::config::CaKeyConfig;
 use crate::policy::Policy;
 use crate::store::{KeyStore, StoreError};
 
@@ -141,6 +143,40 @@ impl KeyLoader {
         .await
     }
 
+    /// The audit checkpoint key of a store shared by replicas: one key in
+    /// the database for all of them, created by the first (the same race
+    /// rule as CA keys), encrypted with the CA passphrase. `None` when
+    /// the store is not shared: the key is the file `data_dir/audit_key`.
+    pub async fn audit_key(&self) -> Result<Option<(AuditKey, bool)>, RotationError> {
+        if !self.keys.shared() {
+            return Ok(None);
+        }
+        let cfg = self.cfg.clone();
+        let pass = blocking(move || Ok(shared_audit_key_passphrase(&cfg, &env)?)).await?;
+        let pass = Arc::new(pass);
+        let mut keys = self.stored(AUDIT_KEY_BASE).await?;
+        let mut created = false;
+        if keys.active.is_none() {
+            let p = pass.clone();
+            let new = blocking(move || Ok(NewKey::generate(Some(&p))?)).await?;
+            created = self
+                .keys
+                .create_active_if_absent(AUDIT_KEY_BASE, new)
+                .await
+                .map_err(store_err)??
+                .1;
+            keys = self.stored(AUDIT_KEY_BASE).await?;
+        }
+        let stored = keys.active.ok_or_else(|| {
+            RotationError::State(
+                "the audit key is not in the database right after storing it".into(),
+            )
+        })?;
+        let key =
+            blocking(move || Ok(crate::ca::CaKey::from_stored(&stored, Some(&pass))?)).await?;
+        Ok(Some((AuditKey::from_key(key), created)))
+    }
+
     /// A new key for the next slot, encrypted as `[ca]` says.
     pub async fn generate(&self) -> Result<NewKey, RotationError> {
         let cfg = self.cfg.clone();
@@ -190,16 +226,7 @@ fn env(k: &str) -> Option<String> {
 
 /// The file-key passphrase, if `[ca]` asks for one.
 fn passphrase(cfg: &CaKeyConfig) -> Result<Option<Secret>, RotationError> {
-    match cfg {
-        CaKeyConfig::File {
-            protection: KeyProtection::Passphrase,
-            passphrase_file,
-        } => Ok(Some(
-            read_secret(&SecretSources::passphrase(passphrase_file.as_deref()), &env)
-                .map_err(crate::ca::KeyFileError::from)?,
-        )),
-        _ => Ok(None),
-    }
+    Ok(stored_key_passphrase(cfg, &env)?)
 }
 
 impl Service {

@@ -192,6 +192,31 @@ impl KeyFiles {
     }
 }
 
+impl KeyFiles {
+    /// Writes every stored key of `keys` into its slot's file of `base`
+    /// (a migration); refused when one of the files exists.
+    pub fn import(&self, base: &str, keys: &CaKeys) -> Result<(), RotationError> {
+        check_base(base)?;
+        for slot in Slot::ALL {
+            let Some(k) = keys.get(slot) else { continue };
+            let path = self.path(base, slot);
+            match write_new_key_file(&path, &k.private) {
+                Ok(()) => {}
+                Err(crate::ca::KeyFileError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                {
+                    return Err(RotationError::State(format!(
+                        "{} exists already; the target must hold no CA key",
+                        path.display()
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Runs blocking file work off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
@@ -225,6 +250,16 @@ impl KeyFiles {
     ) -> Result<Result<(StoredKey, bool), RotationError>, StoreError> {
         let (files, base) = (self.clone(), base.to_string());
         blocking(move || files.create_active_if_absent(&base, &key)).await
+    }
+
+    /// [`super::KeyStore::import_keys`].
+    pub async fn import_keys(
+        &self,
+        base: &str,
+        keys: CaKeys,
+    ) -> Result<Result<(), RotationError>, StoreError> {
+        let (files, base) = (self.clone(), base.to_string());
+        blocking(move || files.import(&base, &keys)).await
     }
 
     /// [`super::KeyStore::rotate`]: the file step, then the audit record

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::key_files::KeyFiles;
 use super::import::{ImportRefusal, ImportedState, RevocationRow, StoreCounts, UnfinishedImport};
+use super::key_files::KeyFiles;
 use super::memory::MemoryCounters;
 use super::reports::{
     AuditSpan, DailyIssuance, IdentityRoleUsage, LastDenialRow, PrincipalUse, RoleAllTime,
@@ -199,6 +199,14 @@ impl KeyStore for SqliteStore {
         Box::pin(async move {
             self.writer()?;
             self.key_files.rotate(self, self, change).await
+        })
+    }
+
+    fn import_keys(&self, base: &str, keys: CaKeys) -> StoreFuture<'_, Result<(), RotationError>> {
+        let base = base.to_string();
+        Box::pin(async move {
+            self.writer()?;
+            self.key_files.import_keys(&base, keys).await
         })
     }
 }

@@ -380,7 +380,12 @@ pub trait ReportStore: Send + Sync {
 ///   rings when the version moves, `Service::refresh_admin`) and commit.
 ///   A refusal rolls the whole transaction back, the audit row with it,
 ///   and returns `Ok(Err(_))`.
-/// * The table comes as a new versioned migration.
+/// * The table comes as a new versioned migration (3).
+/// * The audit checkpoint signing key is stored the same way, as the
+///   active key of base `audit_key` ([`crate::audit::checkpoint::KEY_FILE`];
+///   no CA has that base), created by the same race rule, so every replica
+///   signs checkpoints with one key; [`KeyStore::cas`] leaves it out. A
+///   store that is not shared keeps it as the file `data_dir/audit_key`.
 pub trait KeyStore: Send + Sync {
     /// Whether the keys are shared with processes on other machines (a
     /// database of replicas). Such a store only takes encrypted keys.
@@ -406,6 +411,10 @@ pub trait KeyStore: Send + Sync {
     /// are still what it was decided on. `Ok(Err(_))`: refused, nothing
     /// changed.
     fn rotate(&self, change: KeyChange) -> StoreFuture<'_, Result<StateVersion, RotationError>>;
+    /// Stores the keys of CA `base` as they are, every slot (`mayfly store
+    /// migrate` into an empty store). `Ok(Err(_))`: a slot is taken
+    /// already, or (shared store) a key is not encrypted.
+    fn import_keys(&self, base: &str, keys: CaKeys) -> StoreFuture<'_, Result<(), RotationError>>;
 }
 
 /// A CA key rotation step with its audit record, as [`KeyStore::rotate`]

@@ -29,6 +29,7 @@ pub mod connect;
 pub mod db;
 pub mod import;
 pub mod issuance;
+pub mod keys;
 pub mod listen;
 pub mod replicas;
 pub mod reports;
@@ -829,22 +830,67 @@ impl KeyStore for PgStore {
     }
 
     fn cas(&self) -> StoreFuture<'_, Vec<String>> {
-        Box::pin(async { Err(StoreError::Backend("CA keys in PostgreSQL: not yet".into())) })
+        read!(self, |db| keys::cas(db))
     }
 
-    fn ca_keys(&self, _base: &str) -> StoreFuture<'_, Result<CaKeys, RotationError>> {
-        Box::pin(async { Err(StoreError::Backend("CA keys in PostgreSQL: not yet".into())) })
+    fn ca_keys(&self, base: &str) -> StoreFuture<'_, Result<CaKeys, RotationError>> {
+        let base = base.to_string();
+        read!(self, |db| keys::ca_keys(db, &base, false))
     }
 
     fn create_active_if_absent(
         &self,
-        _base: &str,
-        _key: NewKey,
+        base: &str,
+        key: NewKey,
     ) -> StoreFuture<'_, Result<(StoredKey, bool), RotationError>> {
-        Box::pin(async { Err(StoreError::Backend("CA keys in PostgreSQL: not yet".into())) })
+        let base = base.to_string();
+        let now = crate::clock::unix_secs(std::time::SystemTime::now());
+        write!(
+            self,
+            |db| keys::create_active(db, &base, &key, now),
+            |_: &Result<(StoredKey, bool), RotationError>| None
+        )
     }
 
-    fn rotate(&self, _change: KeyChange) -> StoreFuture<'_, Result<StateVersion, RotationError>> {
-        Box::pin(async { Err(StoreError::Backend("CA keys in PostgreSQL: not yet".into())) })
+    fn rotate(&self, change: KeyChange) -> StoreFuture<'_, Result<StateVersion, RotationError>> {
+        let inner = self.inner.clone();
+        self.exec.spawn(async move {
+            inner.writable()?;
+            let mut client = inner.client().await?;
+            let tx = client.transaction().await?;
+            match keys::rotate(Db::Tx(&tx), &change).await? {
+                Ok(v) => {
+                    tx.commit().await?;
+                    inner.committed(Some(v));
+                    Ok(Ok(v))
+                }
+                // A refusal leaves nothing, the audit row included.
+                Err(e) => {
+                    tx.rollback().await?;
+                    Ok(Err(e))
+                }
+            }
+        })
+    }
+
+    fn import_keys(
+        &self,
+        base: &str,
+        stored: CaKeys,
+    ) -> StoreFuture<'_, Result<(), RotationError>> {
+        let base = base.to_string();
+        let inner = self.inner.clone();
+        self.exec.spawn(async move {
+            inner.writable()?;
+            let mut client = inner.client().await?;
+            let tx = client.transaction().await?;
+            let out = keys::import(Db::Tx(&tx), &base, &stored).await?;
+            if out.is_ok() {
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
+            Ok(out)
+        })
     }
 }
