@@ -459,9 +459,10 @@ impl Migration {
             return Err(MigrateError::SourceTampered(Box::new(report)));
         }
         let ca_keys = self.source_ca_keys().await?;
-        let audit_pass = match self.target.keys().shared() {
-            true => Some(self.audit_key_passphrase()?),
-            false => None,
+        let audit_pass = if self.target.keys().shared() {
+            Some(self.audit_key_passphrase()?)
+        } else {
+            None
         };
         let before = Facts::read(&self.source).await?;
         self.target

@@ -164,7 +164,12 @@ pub async fn rotate(
             now,
         })
         .await??;
-    // Keep data_dir/<ca>.pub in step with what the server publishes.
+    // Keep data_dir/<ca>.pub in step with what the server publishes. With
+    // keys in a shared database this may run on a host without the
+    // replicas' data_dir: the replicas publish the keys themselves.
+    if store.keys().shared() && !cfg.data_dir.is_dir() {
+        return Ok(summary);
+    }
     let after = loader.stored(&base).await?;
     let pub_path = cfg.data_dir.join(which.public());
     crate::ca::keys::write_atomic(&pub_path, public_lines(&after).as_bytes(), 0o644)

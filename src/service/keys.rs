@@ -334,6 +334,7 @@ mod loader_tests {
     use super::*;
     use crate::audit::{AuditRecord, EventKind};
     use crate::ca::rotation::KeyStep;
+    use crate::config::KeyProtection;
     use crate::config::StoreBackend;
     use crate::store::key_memory::MemoryKeys;
     use crate::store::{KeyChange, OpenMode, Store, StoreConfig};
