@@ -923,6 +923,28 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_plain_key_encrypted_for_a_shared_store_opens_only_with_the_passphrase() {
+        let plain = NewKey::generate(None).expect("test step");
+        assert_eq!(is_encrypted(&plain.private), Some(false));
+        let pass = Secret::new(Zeroizing::new("s3cret".into()), "test");
+        let enc = encrypt_key_text(&plain.private, &pass).expect("encrypt");
+        assert_eq!(is_encrypted(&enc.private), Some(true));
+        assert_eq!(enc.public, plain.public);
+        let at = KeyLocation::Database {
+            base: "audit_key".into(),
+            slot: "active",
+        };
+        let k = CaKey::from_openssh(&enc.private, Some(&pass), at.clone()).expect("opens");
+        assert_eq!(
+            super::super::signer::public_key_line(&k.signer.public, super::super::CA_KEY_COMMENT),
+            plain.public
+        );
+        let wrong = Secret::new(Zeroizing::new("other".into()), "test");
+        assert!(CaKey::from_openssh(&enc.private, Some(&wrong), at).is_err());
+        assert!(encrypt_key_text("not a key", &pass).is_err());
+    }
+
     fn secret(s: &str) -> Secret {
         Secret::new(Zeroizing::new(s.to_string()), "test")
     }
