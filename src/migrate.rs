@@ -459,6 +459,7 @@ impl Migration {
             return Err(MigrateError::SourceTampered(Box::new(report)));
         }
         let ca_keys = self.source_ca_keys().await?;
+        self.target_holds_no_keys().await?;
         let audit_pass = if self.target.keys().shared() {
             Some(self.audit_key_passphrase()?)
         } else {
@@ -507,6 +508,29 @@ impl Migration {
             out.push((base, keys));
         }
         Ok(out)
+    }
+
+    /// Refuses a shared target that holds CA keys or an audit key already
+    /// (a replica was started on it): the copy would sign with other keys
+    /// than the source CA's.
+    async fn target_holds_no_keys(&self) -> Result<(), MigrateError> {
+        if !self.target.keys().shared() {
+            return Ok(());
+        }
+        let mut held = self.target.keys().cas().await?;
+        let audit = self.target.keys().ca_keys(KEY_FILE).await?;
+        if audit.map(|k| !k.is_empty()).unwrap_or(true) {
+            held.push(KEY_FILE.to_string());
+        }
+        if held.is_empty() {
+            return Ok(());
+        }
+        Err(MigrateError::Keys(format!(
+            "the target {} holds keys already ({}: a replica was started on it), and the copy \
+             must sign with the source CA's keys; {RECREATE_HINT}",
+            self.target_at,
+            held.join(", ")
+        )))
     }
 
     /// The passphrase the audit key is stored with in the target's

@@ -868,6 +868,22 @@ fn replicas_started_together_on_an_empty_database_serve_one_ca() {
     for m in started {
         r.adopt(m);
     }
+    // One replica created each key, the others loaded it.
+    for what in ["user", "host"] {
+        let creators = (0..3)
+            .filter(|&i| {
+                r.node(i)
+                    .stderr_log()
+                    .contains(&format!("generated a new {what} CA key"))
+            })
+            .count();
+        assert_eq!(
+            creators,
+            1,
+            "the {what} CA key was created by {creators} replicas\n{}",
+            r.logs()
+        );
+    }
     for path in ["/v1/ca/user.pub", "/v1/ca/host.pub"] {
         let keys: Vec<String> = (0..3)
             .map(|i| {
