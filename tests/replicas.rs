@@ -25,6 +25,10 @@ use support::{http, ok, Mayfly, PgDb, Postgres};
 /// (the contract: LISTEN/NOTIFY, with a poll as the fallback).
 const KRL_WITHIN: Duration = Duration::from_secs(1);
 
+/// A job run [`together`] with others that returns `(replica, serial)` of
+/// each certificate it got.
+type IssueJob<'a> = Box<dyn FnOnce() -> Vec<(usize, u64)> + Send + 'a>;
+
 fn database() -> PgDb {
     Postgres::shared().create_database()
 }
@@ -151,7 +155,7 @@ fn serials_stay_unique_across_three_replicas_under_concurrent_load_and_restarts(
     const CERTS_PER_CLIENT: usize = 6;
     let mut r = replicas(3, &[("deploy", DEPLOY_ROLE)], "");
     let load = |r: &Replicas| -> Vec<(usize, u64)> {
-        let mut jobs: Vec<Box<dyn FnOnce() -> Vec<(usize, u64)> + Send + '_>> = Vec::new();
+        let mut jobs: Vec<IssueJob<'_>> = Vec::new();
         for i in 0..r.len() {
             for _ in 0..CLIENTS_PER_REPLICA {
                 jobs.push(Box::new(move || {
@@ -938,7 +942,7 @@ fn audit_verify_passes_after_interleaved_writes_from_three_replicas_and_the_cli(
         "[audit]\ncheckpoint_every = 5\n",
     );
     let live = r.cert(0, "deploy", "bot-audit");
-    let mut jobs: Vec<Box<dyn FnOnce() -> Vec<(usize, u64)> + Send + '_>> = Vec::new();
+    let mut jobs: Vec<IssueJob<'_>> = Vec::new();
     for i in 0..3 {
         for _ in 0..3 {
             let r = &r;

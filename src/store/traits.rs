@@ -546,6 +546,8 @@ impl Store {
 
     /// A handle assembled from separate parts (tests, fakes, a backend
     /// that keeps some concern elsewhere).
+    // One argument per concern, in `into_parts` order.
+    #[allow(clippy::too_many_arguments)]
     pub fn from_parts(
         issuance: Arc<dyn IssuanceStore>,
         counters: Arc<dyn IssuanceCounters>,
