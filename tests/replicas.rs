@@ -19,7 +19,7 @@ use jsonwebtoken::Algorithm;
 use serde_json::json;
 use support::http::Response;
 use support::replicas::{error_code, krl_revokes, together, Issued, Replicas, Shared, DEPLOY_ROLE};
-use support::{http, ok, Mayfly, PgDb, Postgres};
+use support::{http, ok, PgDb, Postgres};
 
 /// How long a revocation may take to reach another replica's `/v1/krl`
 /// (the contract: LISTEN/NOTIFY, with a poll as the fallback).
@@ -843,4 +843,66 @@ fn policy_drift_between_real_replicas_is_shown_by_status_and_cleared_by_a_reload
     let s = status_json(&r, 0);
     assert_eq!(s["policy_drift"], false, "{s}");
     assert_eq!(s["policy_digests"], json!([ours]), "{s}");
+}
+
+/// The number after `label` on its line of a `mayfly bench` report.
+fn bench_figure(report: &str, label: &str) -> u64 {
+    report
+        .lines()
+        .find_map(|l| l.strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {label:?} in the bench report:\n{report}"))
+}
+
+#[test]
+fn bench_on_two_replicas_counts_only_certificates_whose_records_are_in_the_database() {
+    let db = database();
+    let pw = db.password_file.to_str().expect("utf-8 path");
+    for run in 1..=2u64 {
+        // A second run on the same database: its token ids are its own.
+        let report = ok(support::mayfly(&[
+            "bench",
+            "--requests",
+            "300",
+            "--concurrency",
+            "16",
+            "--store-url",
+            &db.url,
+            "--pg-password-file",
+            pw,
+            "--replicas",
+            "2",
+        ]));
+        assert!(
+            report.contains("store:               postgres (2 replicas, 16 clients)"),
+            "{report}"
+        );
+        assert_eq!(
+            bench_figure(&report, "certificates issued:"),
+            300,
+            "{report}"
+        );
+        assert_eq!(
+            bench_figure(&report, "audit records added:"),
+            300,
+            "{report}"
+        );
+        assert_eq!(
+            db.psql("SELECT COUNT(*) FROM audit WHERE event = 'cert_issued'")
+                .trim(),
+            (300 * run).to_string(),
+            "{report}"
+        );
+        assert_eq!(
+            db.psql("SELECT COUNT(DISTINCT serial) FROM audit WHERE event = 'cert_issued'")
+                .trim(),
+            (300 * run).to_string(),
+            "serials are unique across the replicas and the runs"
+        );
+    }
+    let out = support::mayfly(&["bench", "--replicas", "2"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--store-url"), "says what to add: {err}");
 }
