@@ -49,10 +49,14 @@ trap cleanup EXIT
 mkdir "$pgdata" && chown postgres "$pgdata"
 as_pg "$bin/initdb" -D "$pgdata" -U mayfly --pwfile="$work/pwfile" -A scram-sha-256 >/dev/null
 as_pg "$bin/pg_ctl" -D "$pgdata" -l "$work/run/pg.log" -w \
-    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$work/run -c max_connections=200" start >/dev/null
+    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$work/run -c max_connections=200 -c shared_preload_libraries=pg_stat_statements" start >/dev/null
 
+psql_q() {
+    PGPASSWORD=$password "$bin/psql" -qAt -h 127.0.0.1 -p "$port" -U mayfly "$@"
+}
+psql_q -d postgres -c "CREATE EXTENSION pg_stat_statements" >/dev/null
 fresh_db() {
-    PGPASSWORD=$password "$bin/psql" -q -h 127.0.0.1 -p "$port" -U mayfly -d postgres -c "CREATE DATABASE $1" >/dev/null
+    psql_q -d postgres -c "CREATE DATABASE $1" >/dev/null
     echo "postgres://mayfly@127.0.0.1:$port/$1?sslmode=disable"
 }
 
@@ -72,7 +76,15 @@ pg_ticks() {
     echo "$total"
 }
 wal_syncs() {
-    PGPASSWORD=$password "$bin/psql" -qAt -h 127.0.0.1 -p "$port" -U mayfly -d postgres -c "SELECT wal_sync FROM pg_stat_wal"
+    psql_q -d postgres -c "SELECT wal_sync FROM pg_stat_wal"
+}
+# The statements the database spent the most time executing (all
+# databases): calls, mean time, rows per call.
+top_statements() {
+    psql_q -d postgres -F ' | ' -c "SELECT calls, round(mean_exec_time::numeric, 3) || ' ms',
+            round(rows::numeric / greatest(calls, 1), 1) || ' rows',
+            left(regexp_replace(query, '\s+', ' ', 'g'), 90)
+        FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 8"
 }
 # Runs one PostgreSQL bench and adds what the database spent on it.
 pg_bench() {
@@ -80,6 +92,7 @@ pg_bench() {
     sleep 2
     before_t=$(pg_ticks)
     before_w=$(wal_syncs)
+    psql_q -d postgres -c "SELECT pg_stat_statements_reset()" >/dev/null
     out=$("$mayfly" bench --requests "$requests" --concurrency "$clients" --pg-password-file "$work/password" "$@")
     echo "$out"
     sleep 2
@@ -90,6 +103,8 @@ pg_bench() {
         printf "postgresql cpu:      %.0f us per certificate (%.2f s, all its processes)\n", t * 10000 / c, t / 100
         printf "wal flushes:         %d (%.1f certificates per flush)\n", w, (w > 0 ? c / w : 0)
     }'
+    echo "statements by time in the database (calls | mean | rows per call | statement):"
+    top_statements | sed 's/^/  /'
 }
 
 echo "== $(nproc) cores, $requests requests, $clients clients, PostgreSQL $("$bin/postgres" --version | awk '{print $3}')"
