@@ -46,6 +46,9 @@ fn replicas_on(db: &PgDb, n: usize, policies: &[(&str, &str)], extra: &str) -> R
     )
 }
 
+/// One client's work: `(replica, serial)` of each certificate it got.
+type Job<'a> = Box<dyn FnOnce() -> Vec<(usize, u64)> + Send + 'a>;
+
 /// The `serial` of every `cert_issued` record, in chain order.
 fn audited_serials(r: &Replicas) -> Vec<u64> {
     r.audit(&["--event", "cert_issued"])
@@ -151,7 +154,7 @@ fn serials_stay_unique_across_three_replicas_under_concurrent_load_and_restarts(
     const CERTS_PER_CLIENT: usize = 6;
     let mut r = replicas(3, &[("deploy", DEPLOY_ROLE)], "");
     let load = |r: &Replicas| -> Vec<(usize, u64)> {
-        let mut jobs: Vec<Box<dyn FnOnce() -> Vec<(usize, u64)> + Send + '_>> = Vec::new();
+        let mut jobs: Vec<Job<'_>> = Vec::new();
         for i in 0..r.len() {
             for _ in 0..CLIENTS_PER_REPLICA {
                 jobs.push(Box::new(move || {
