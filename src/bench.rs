@@ -5,6 +5,13 @@
 //! It creates a throw-away data directory, an issuer whose keys it holds
 //! (a `jwks_file` issuer), and one token per request (tokens are single
 //! use), then fires them from `concurrency` clients.
+//!
+//! By default the CA stores in SQLite. With a PostgreSQL URL it stores
+//! there instead, and can run several replicas on that one database, each
+//! with its own data directory, connection pool, group-commit writer and
+//! HTTP listener, in this process; the clients are spread over them
+//! round-robin. Token ids carry a per-run nonce, so a database can be
+//! reused between runs.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -35,6 +42,13 @@ pub struct BenchOptions {
     pub concurrency: usize,
     /// Token algorithm.
     pub alg: BenchAlg,
+    /// PostgreSQL instead of SQLite: the `[store] url` (no password in it).
+    pub store_url: Option<String>,
+    /// The PostgreSQL password file (`[store] password_file`); else
+    /// `PGPASSWORD`.
+    pub password_file: Option<std::path::PathBuf>,
+    /// Replicas on the one PostgreSQL database (1 on SQLite).
+    pub replicas: usize,
 }
 
 /// What was measured.
@@ -48,8 +62,17 @@ pub struct BenchReport {
     pub elapsed: Duration,
     /// Latency percentiles (p50, p90, p99, max).
     pub latency: [Duration; 4],
-    /// `cert_issued` records found in the database afterwards.
+    /// `cert_issued` records added to the database during the run.
     pub audited: u64,
+    /// What the CA stored in: `sqlite` or `postgres`.
+    pub store: &'static str,
+    /// Replicas that served the run.
+    pub replicas: usize,
+    /// Concurrent clients.
+    pub concurrency: usize,
+    /// CPU time this process used during the run (the replicas and the
+    /// load clients together), where `/proc/self/stat` tells it.
+    pub cpu: Option<Duration>,
 }
 
 impl std::fmt::Display for BenchReport {
@@ -57,12 +80,20 @@ impl std::fmt::Display for BenchReport {
         let rate = self.ok as f64 / self.elapsed.as_secs_f64();
         writeln!(
             f,
+            "store:               {} ({} replica{}, {} clients)",
+            self.store,
+            self.replicas,
+            if self.replicas == 1 { "" } else { "s" },
+            self.concurrency
+        )?;
+        writeln!(
+            f,
             "certificates issued: {} (failed: {})",
             self.ok, self.failed
         )?;
         writeln!(
             f,
-            "audit records found: {} (read back from the database)",
+            "audit records added: {} (read back from the database)",
             self.audited
         )?;
         writeln!(
@@ -71,6 +102,14 @@ impl std::fmt::Display for BenchReport {
             self.elapsed.as_secs_f64()
         )?;
         writeln!(f, "throughput:          {rate:.0} certs/s")?;
+        if let (Some(cpu), true) = (self.cpu, self.ok > 0) {
+            writeln!(
+                f,
+                "cpu:                 {:.0} us per certificate ({:.2} s in this process: replicas and load clients)",
+                cpu.as_secs_f64() * 1e6 / self.ok as f64,
+                cpu.as_secs_f64()
+            )?;
+        }
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         write!(
             f,
@@ -145,38 +184,78 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     let jwks = serde_json::json!({ "keys": [jwk] });
     let jwks_path = dir.path().join("jwks.json");
     std::fs::write(&jwks_path, jwks.to_string()).map_err(|e| e.to_string())?;
-    let cfg_text = format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\npolicy_dir = {:?}\n\
-         [[issuer]]\nname = \"bench\"\nurl = \"https://bench.invalid\"\naudience = \"mayfly\"\njwks_file = {:?}\n",
-        dir.path().join("data"),
-        policy_dir,
-        jwks_path
-    );
-    let cfg = Config::parse(&cfg_text).map_err(|e| e.to_string())?;
-    let service = Arc::new(
-        crate::server::build(&cfg)
+    let replicas = opts.replicas.max(1);
+    if replicas > 1 && opts.store_url.is_none() {
+        return Err(format!(
+            "--replicas {replicas} needs a database the replicas share: pass --store-url postgres://..."
+        ));
+    }
+    let store_toml = match &opts.store_url {
+        None => String::new(),
+        Some(url) => {
+            // Keys in a shared database are stored encrypted, and stay
+            // there: every bench run on one database must open the keys
+            // the first run stored, so the passphrase is the bench's own
+            // fixed one (a bench database holds throw-away keys only).
+            let pass = dir.path().join("ca-passphrase");
+            crate::ca::keys::write_atomic(&pass, BENCH_CA_PASSPHRASE.as_bytes(), 0o600)
+                .map_err(|e| e.to_string())?;
+            let mut t = format!(
+                "[ca]\nkey_protection = \"passphrase\"\npassphrase_file = {pass:?}\n\
+                 [store]\nbackend = \"postgres\"\nurl = {url:?}\n"
+            );
+            if let Some(pw) = &opts.password_file {
+                t.push_str(&format!("password_file = {pw:?}\n"));
+            }
+            t
+        }
+    };
+    let mut services = Vec::new();
+    let mut servers = Vec::new();
+    let mut urls = Vec::new();
+    for r in 0..replicas {
+        let cfg_text = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\npolicy_dir = {:?}\n\
+             [[issuer]]\nname = \"bench\"\nurl = \"https://bench.invalid\"\naudience = \"mayfly\"\njwks_file = {:?}\n{store_toml}",
+            dir.path().join(format!("data-{r}")),
+            policy_dir,
+            jwks_path
+        );
+        let cfg = Config::parse(&cfg_text).map_err(|e| e.to_string())?;
+        let service = Arc::new(
+            crate::server::build(&cfg)
+                .await
+                .map_err(|e| format!("starting replica {r}: {e}"))?,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .map_err(|e| e.to_string())?,
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let app = api::router(
+            AppState {
+                service: service.clone(),
+                request_timeout: cfg.request_timeout,
+                admin_requires_client_cert: false,
+            },
+            cfg.max_body_bytes,
+        );
+        servers.push(tokio::spawn(async move {
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await;
+        }));
+        services.push(service);
+        urls.push(format!("http://{addr}/v1/certs/user"));
+    }
+    let before = services[0]
+        .store()
+        .reports()
+        .count_events("cert_issued")
         .await
         .map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let app = api::router(
-        AppState {
-            service: service.clone(),
-            request_timeout: cfg.request_timeout,
-            admin_requires_client_cert: false,
-        },
-        cfg.max_body_bytes,
-    );
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await;
-    });
+    let run = nonce();
 
     eprintln!("signing {} tokens ({alg:?})...", opts.requests);
     let now = SystemTime::now()
@@ -189,7 +268,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         .map(|i| {
             let claims = serde_json::json!({
                 "iss": "https://bench.invalid", "aud": "mayfly", "sub": format!("bench-{}", i % 100),
-                "iat": now, "exp": now + 600, "jti": format!("bench-{i}"),
+                "iat": now, "exp": now + 600, "jti": format!("bench-{run}-{i}"),
             });
             jsonwebtoken::encode(&header, &claims, &key).map_err(|e| e.to_string())
         })
@@ -206,19 +285,19 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         .pool_max_idle_per_host(opts.concurrency)
         .build()
         .map_err(|e| e.to_string())?;
-    let url = format!("http://{addr}/v1/certs/user");
     eprintln!(
         "running {} requests with {} clients...",
         opts.requests, opts.concurrency
     );
+    let cpu_before = process_cpu();
     let started = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..opts.concurrency.max(1) {
+    for c in 0..opts.concurrency.max(1) {
         let (tokens, next, http, url, body) = (
             tokens.clone(),
             next.clone(),
             http.clone(),
-            url.clone(),
+            urls[c % urls.len()].clone(),
             body.clone(),
         );
         workers.push(tokio::spawn(async move {
@@ -267,14 +346,21 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         failed += f;
     }
     let elapsed = started.elapsed();
-    server.abort();
+    let cpu = match (cpu_before, process_cpu()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    for s in &servers {
+        s.abort();
+    }
     lat.sort();
-    let audited = service
+    let audited = services[0]
         .store()
         .reports()
         .count_events("cert_issued")
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .saturating_sub(before);
     Ok(BenchReport {
         ok: lat.len(),
         failed,
@@ -286,5 +372,38 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
             lat.last().copied().unwrap_or_default(),
         ],
         audited,
+        store: if opts.store_url.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        },
+        replicas,
+        concurrency: opts.concurrency.max(1),
+        cpu,
     })
+}
+
+/// User plus system CPU time of this process so far, from
+/// `/proc/self/stat` (fields 14 and 15, in USER_HZ ticks: 100 per second
+/// on Linux); `None` where there is no procfs.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3, so field N is fields[N - 3].
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+/// A per-run random tag (token ids, the throw-away passphrase).
+/// The passphrase of the CA keys a bench on PostgreSQL stores.
+const BENCH_CA_PASSPHRASE: &str = "mayfly bench: throw-away CA keys\n";
+
+fn nonce() -> String {
+    use rand_core::RngCore as _;
+    let mut b = [0u8; 8];
+    rand_core::OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

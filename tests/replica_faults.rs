@@ -242,9 +242,9 @@ fn postgres_stopped_gives_503_and_no_certificate_and_the_same_replicas_serve_aga
     );
 
     pg.restart();
-    for i in 0..2 {
+    for (i, pid) in pids.iter().enumerate() {
         r.wait_health(i, 200, RECOVER_WITHIN);
-        assert_eq!(r.node(i).pid(), pids[i], "replica {i} was restarted");
+        assert_eq!(r.node(i).pid(), *pid, "replica {i} was restarted");
         r.cert(i, "deploy", "bot-outage");
     }
     // Nothing refused during the outage was issued after it.
@@ -308,9 +308,9 @@ fn replicas_come_back_on_a_promoted_standby_and_forget_no_used_token_or_revocati
 
     pg.stop();
     standby.promote();
-    for i in 0..2 {
+    for (i, pid) in pids.iter().enumerate() {
         r.wait_health(i, 200, RECOVER_WITHIN);
-        assert_eq!(r.node(i).pid(), pids[i], "replica {i} was restarted");
+        assert_eq!(r.node(i).pid(), *pid, "replica {i} was restarted");
     }
     // Issuing again, with serials never used before the failover.
     let mut after = BTreeSet::new();

@@ -25,10 +25,6 @@ use support::{http, ok, Mayfly, PgDb, Postgres};
 /// (the contract: LISTEN/NOTIFY, with a poll as the fallback).
 const KRL_WITHIN: Duration = Duration::from_secs(1);
 
-/// A job run [`together`] with others that returns `(replica, serial)` of
-/// each certificate it got.
-type IssueJob<'a> = Box<dyn FnOnce() -> Vec<(usize, u64)> + Send + 'a>;
-
 fn database() -> PgDb {
     Postgres::shared().create_database()
 }
@@ -49,6 +45,9 @@ fn replicas_on(db: &PgDb, n: usize, policies: &[(&str, &str)], extra: &str) -> R
         },
     )
 }
+
+/// One client's work: `(replica, serial)` of each certificate it got.
+type Job<'a> = Box<dyn FnOnce() -> Vec<(usize, u64)> + Send + 'a>;
 
 /// The `serial` of every `cert_issued` record, in chain order.
 fn audited_serials(r: &Replicas) -> Vec<u64> {
@@ -155,7 +154,7 @@ fn serials_stay_unique_across_three_replicas_under_concurrent_load_and_restarts(
     const CERTS_PER_CLIENT: usize = 6;
     let mut r = replicas(3, &[("deploy", DEPLOY_ROLE)], "");
     let load = |r: &Replicas| -> Vec<(usize, u64)> {
-        let mut jobs: Vec<IssueJob<'_>> = Vec::new();
+        let mut jobs: Vec<Job<'_>> = Vec::new();
         for i in 0..r.len() {
             for _ in 0..CLIENTS_PER_REPLICA {
                 jobs.push(Box::new(move || {
@@ -942,7 +941,7 @@ fn audit_verify_passes_after_interleaved_writes_from_three_replicas_and_the_cli(
         "[audit]\ncheckpoint_every = 5\n",
     );
     let live = r.cert(0, "deploy", "bot-audit");
-    let mut jobs: Vec<IssueJob<'_>> = Vec::new();
+    let mut jobs: Vec<Job<'_>> = Vec::new();
     for i in 0..3 {
         for _ in 0..3 {
             let r = &r;
@@ -1211,4 +1210,66 @@ fn a_replica_with_unencrypted_ca_keys_on_postgres_is_refused_at_start_saying_wha
         "{report}"
     );
     assert_eq!(db.psql("SELECT count(*) FROM ca_keys").trim(), "0");
+}
+
+/// The number after `label` on its line of a `mayfly bench` report.
+fn bench_figure(report: &str, label: &str) -> u64 {
+    report
+        .lines()
+        .find_map(|l| l.strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {label:?} in the bench report:\n{report}"))
+}
+
+#[test]
+fn bench_on_two_replicas_counts_only_certificates_whose_records_are_in_the_database() {
+    let db = database();
+    let pw = db.password_file.to_str().expect("utf-8 path");
+    for run in 1..=2u64 {
+        // A second run on the same database: its token ids are its own.
+        let report = ok(support::mayfly(&[
+            "bench",
+            "--requests",
+            "300",
+            "--concurrency",
+            "16",
+            "--store-url",
+            &db.url,
+            "--pg-password-file",
+            pw,
+            "--replicas",
+            "2",
+        ]));
+        assert!(
+            report.contains("store:               postgres (2 replicas, 16 clients)"),
+            "{report}"
+        );
+        assert_eq!(
+            bench_figure(&report, "certificates issued:"),
+            300,
+            "{report}"
+        );
+        assert_eq!(
+            bench_figure(&report, "audit records added:"),
+            300,
+            "{report}"
+        );
+        assert_eq!(
+            db.psql("SELECT COUNT(*) FROM audit WHERE event = 'cert_issued'")
+                .trim(),
+            (300 * run).to_string(),
+            "{report}"
+        );
+        assert_eq!(
+            db.psql("SELECT COUNT(DISTINCT serial) FROM audit WHERE event = 'cert_issued'")
+                .trim(),
+            (300 * run).to_string(),
+            "serials are unique across the replicas and the runs"
+        );
+    }
+    let out = support::mayfly(&["bench", "--replicas", "2"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--store-url"), "says what to add: {err}");
 }

@@ -21,6 +21,17 @@ pub struct BenchArgs {
     /// Token signature algorithm: rs256 or es256.
     #[arg(long, default_value = "rs256")]
     alg: String,
+    /// Store in PostgreSQL instead of SQLite (`postgres://user@host:port/db`,
+    /// no password in it; the schema is created if missing).
+    #[arg(long, value_name = "URL")]
+    store_url: Option<String>,
+    /// File holding the PostgreSQL password (else `PGPASSWORD`).
+    #[arg(long, value_name = "FILE", requires = "store_url")]
+    pg_password_file: Option<std::path::PathBuf>,
+    /// Replicas sharing the PostgreSQL database; clients are spread over
+    /// them round-robin.
+    #[arg(long, default_value_t = 1, requires = "store_url")]
+    replicas: usize,
 }
 
 /// Runs the load generator and prints its report on stdout.
@@ -36,6 +47,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             requests: a.requests,
             concurrency: a.concurrency,
             alg,
+            store_url: a.store_url,
+            password_file: a.pg_password_file,
+            replicas: a.replicas,
         }))
         .map_err(anyhow::Error::msg)?;
     println!("{report}");

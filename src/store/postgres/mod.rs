@@ -171,6 +171,10 @@ impl Drop for Exec {
 /// What the store's tasks share.
 struct Inner {
     pool: Pool,
+    /// Connections whose commits do not wait for their WAL flush, for
+    /// token claims and rate takes only ([`ASYNC_COMMIT`] says why that
+    /// is safe for them and only them).
+    claims: Pool,
     display: String,
     mode: OpenMode,
     hooks: Hooks,
@@ -184,6 +188,13 @@ struct Inner {
 impl Inner {
     async fn client(&self) -> PgResult<deadpool_postgres::Client> {
         self.pool
+            .get()
+            .await
+            .map_err(|e| PgError::Other(pool_error(&self.display, e)))
+    }
+
+    async fn claims_client(&self) -> PgResult<deadpool_postgres::Client> {
+        self.claims
             .get()
             .await
             .map_err(|e| PgError::Other(pool_error(&self.display, e)))
@@ -284,9 +295,17 @@ impl PgStore {
                     .await
                     .map_err(|e| pool_error(&connector.display, e))?;
                 schema::prepare(&mut client, mode, &connector.display).await?;
-                Ok::<_, StoreError>(pool)
+                let mut claims = connector.clone();
+                let options = format!(
+                    "{} {ASYNC_COMMIT}",
+                    claims.config.get_options().unwrap_or("")
+                );
+                claims.config.options(options.trim().to_string());
+                let claims = connect::pool(&claims, claims_pool_size(size), wait)?;
+                Ok::<_, StoreError>((pool, claims))
             }
         })?;
+        let (pool, claims) = pool;
         if cfg.mode == OpenMode::Create && connector.unverified_remote() {
             tracing::warn!(
                 database = %connector.display,
@@ -299,6 +318,7 @@ impl PgStore {
         let seen = Arc::new(Seen::default());
         let inner = Arc::new(Inner {
             pool: pool.clone(),
+            claims,
             display: connector.display.clone(),
             mode: cfg.mode,
             hooks: hooks.clone(),
@@ -468,7 +488,7 @@ impl IssuanceCounters for PgStore {
         let inner = self.inner.clone();
         self.exec.spawn(async move {
             inner.writable()?;
-            let client = inner.client().await?;
+            let client = inner.claims_client().await?;
             issuance::claim_token(Db::Client(&client), &id, expires_at, now).await
         })
     }
@@ -483,10 +503,31 @@ impl IssuanceCounters for PgStore {
         let inner = self.inner.clone();
         self.exec.spawn(async move {
             inner.writable()?;
-            let client = inner.client().await?;
+            let client = inner.claims_client().await?;
             issuance::take_rate(Db::Client(&client), &key, rate).await
         })
     }
+}
+
+/// The session setting of the [`Inner::claims`] connections: a token claim
+/// and a rate-limit take commit without waiting for their WAL flush. Both are visible to every other session the moment they
+/// commit, so the races they decide (one token at two replicas, the last
+/// unit of a bucket) are decided exactly as with a synchronous commit.
+/// What waits is durability, and it is not needed here: the certificate
+/// the claim is for is returned only after its own `cert_issued` commit,
+/// which is synchronous and comes later in the WAL, and flushing (or
+/// replicating to a synchronous standby) a WAL position flushes everything
+/// before it. So a claim whose certificate reached a client is durable;
+/// one lost in a database crash belonged to a request that got no
+/// certificate, and the token may then be used once more. A rate take
+/// lost that way lets one more request through after the crash. This
+/// saves one WAL flush per certificate.
+const ASYNC_COMMIT: &str = "-c synchronous_commit=off";
+
+/// Connections in the claims pool: enough for a burst of claims, which
+/// each hold one for a single statement.
+fn claims_pool_size(pool_size: usize) -> usize {
+    (pool_size / 2).max(2)
 }
 
 impl AuditLog for PgStore {
