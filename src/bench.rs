@@ -193,10 +193,12 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     let store_toml = match &opts.store_url {
         None => String::new(),
         Some(url) => {
-            // Keys in a shared database are stored encrypted; the bench
-            // keeps its passphrase in its throw-away directory.
+            // Keys in a shared database are stored encrypted, and stay
+            // there: every bench run on one database must open the keys
+            // the first run stored, so the passphrase is the bench's own
+            // fixed one (a bench database holds throw-away keys only).
             let pass = dir.path().join("ca-passphrase");
-            crate::ca::keys::write_atomic(&pass, format!("bench-{}\n", nonce()).as_bytes(), 0o600)
+            crate::ca::keys::write_atomic(&pass, BENCH_CA_PASSPHRASE.as_bytes(), 0o600)
                 .map_err(|e| e.to_string())?;
             let mut t = format!(
                 "[ca]\nkey_protection = \"passphrase\"\npassphrase_file = {pass:?}\n\
@@ -396,6 +398,9 @@ fn process_cpu() -> Option<Duration> {
 }
 
 /// A per-run random tag (token ids, the throw-away passphrase).
+/// The passphrase of the CA keys a bench on PostgreSQL stores.
+const BENCH_CA_PASSPHRASE: &str = "mayfly bench: throw-away CA keys\n";
+
 fn nonce() -> String {
     use rand_core::RngCore as _;
     let mut b = [0u8; 8];

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::replica::StatusReport;
 use crate::store::reports::ScrapeGauges;
-use crate::store::{ReplicaStore, ReportStore};
+use crate::store::{KeyStore, ReplicaStore, ReportStore};
 use crate::time::UnixSecs;
 
 /// Upper bounds (seconds) of the request latency histogram buckets.
@@ -267,6 +267,9 @@ impl Default for Inner {
 pub struct Metrics {
     inner: Mutex<Inner>,
     data_dir: Option<PathBuf>,
+    /// Where the CA keys are, for their age (without: the key files in
+    /// `data_dir`).
+    keys: Option<Arc<dyn KeyStore>>,
     /// Scrape-time gauges (the store serves them apart from the reports,
     /// and never builds an index for them).
     gauges: Option<Arc<dyn ReportStore>>,
@@ -344,11 +347,45 @@ impl Metrics {
         Metrics {
             inner: Mutex::default(),
             data_dir: Some(data_dir.to_path_buf()),
+            keys: None,
             gauges: Some(store),
             replicas: None,
             jwks: Arc::default(),
             connections: Arc::default(),
         }
+    }
+
+    /// Reads the CA key ages from the store's keys (wherever it keeps
+    /// them, also a database shared by replicas) instead of `data_dir`.
+    pub fn with_keys(mut self, keys: Arc<dyn KeyStore>) -> Metrics {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// Age in seconds of the active key of each CA, as of `unix`.
+    async fn key_ages(&self, unix: u64, now: SystemTime) -> Option<Vec<(&'static str, u64)>> {
+        let cas = [
+            ("user", crate::config::files::USER_CA_KEY),
+            ("host", crate::config::files::HOST_CA_KEY),
+        ];
+        let mut out = Vec::new();
+        if let Some(keys) = &self.keys {
+            for (ca, base) in cas {
+                if let Ok(Ok(k)) = keys.ca_keys(base).await {
+                    if let Some(t) = k.active.and_then(|a| a.created_at) {
+                        out.push((ca, unix.saturating_sub(t)));
+                    }
+                }
+            }
+            return Some(out);
+        }
+        let dir = self.data_dir.as_ref()?;
+        for (ca, file) in cas {
+            if let Some(age) = file_age(&dir.join(file), now) {
+                out.push((ca, age));
+            }
+        }
+        Some(out)
     }
 
     /// Also reports every replica's last heartbeat and the policy drift
@@ -415,6 +452,7 @@ impl Metrics {
         if let Some(Err(e)) = &gauges {
             tracing::warn!(error = %e, "metrics: cannot read the audit database");
         }
+        let key_ages = self.key_ages(unix, now).await;
         let replicas: Option<Result<StatusReport, String>> = match &self.replicas {
             Some(db) => Some(
                 db.replicas()
@@ -496,20 +534,15 @@ impl Metrics {
         family(&mut o, "mayfly_policy_roles", "gauge", "Roles loaded.");
         sample(&mut o, "mayfly_policy_roles", &[], roles);
         write_jwks(&self.jwks.snapshot(), &mut o, now);
-        if let Some(dir) = &self.data_dir {
+        if let Some(ages) = key_ages {
             family(
                 &mut o,
                 "mayfly_ca_key_age_seconds",
                 "gauge",
-                "Seconds since the active CA key file was written (absent for PKCS#11 keys).",
+                "Seconds since the active CA key was written (absent for PKCS#11 keys).",
             );
-            for (ca, file) in [
-                ("user", crate::config::files::USER_CA_KEY),
-                ("host", crate::config::files::HOST_CA_KEY),
-            ] {
-                if let Some(age) = file_age(&dir.join(file), now) {
-                    sample(&mut o, "mayfly_ca_key_age_seconds", &[("ca", ca)], age);
-                }
+            for (ca, age) in ages {
+                sample(&mut o, "mayfly_ca_key_age_seconds", &[("ca", ca)], age);
             }
         }
         if let Some(gauges) = gauges {
@@ -758,6 +791,39 @@ mod tests {
             .unwrap();
         assert!((99..=200).contains(&age.parse::<u64>().unwrap()), "{age}");
         assert!(!out.contains("ca=\"host\""));
+    }
+
+    #[tokio::test]
+    async fn ca_key_ages_come_from_the_store_when_it_is_given() {
+        let d = tempfile::tempdir().unwrap();
+        let store = crate::store::open(&crate::store::StoreConfig {
+            backend: crate::config::StoreBackend::SQLite,
+            sqlite_path: d.path().join(crate::store::SQLITE_FILE),
+            busy_timeout: Duration::from_millis(100),
+            mode: crate::store::OpenMode::Create,
+            postgres: None,
+        })
+        .unwrap();
+        store
+            .keys()
+            .create_active_if_absent(
+                crate::config::files::HOST_CA_KEY,
+                crate::ca::NewKey::generate(None).unwrap(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        // No data_dir: the age can only come from the store's keys.
+        let m = Metrics::default().with_keys(store.keys_shared());
+        let out = m
+            .render_at("f", "d", 0, SystemTime::now() + Duration::from_secs(100))
+            .await;
+        let age = out
+            .lines()
+            .find_map(|l| l.strip_prefix("mayfly_ca_key_age_seconds{ca=\"host\"} "))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!((99..=200).contains(&age.parse::<u64>().unwrap()), "{age}");
+        assert!(!out.contains("ca=\"user\""), "{out}");
     }
 
     #[tokio::test]

@@ -9,9 +9,14 @@
 //! (the target never hands out a serial at or below the source's highest)
 //! and the revocation state version (the target's KRL version continues
 //! from the source's: hosts refuse a KRL whose version goes back). The
-//! audit checkpoint key (`data_dir/audit_key`) is a file, not store state:
-//! it is copied into the target's `data_dir`, because the target goes on
-//! signing checkpoints of the same chain.
+//! audit checkpoint key (`data_dir/audit_key`) is copied into the target's
+//! `data_dir`, because the target goes on signing checkpoints of the same
+//! chain. A target shared by replicas (PostgreSQL) keeps the CA keys and
+//! the audit key in the database: every stored CA key (every slot, every
+//! CA base) is copied there as it is, and must be passphrase-encrypted
+//! already (refused before anything is written otherwise); the audit key,
+//! a plain file on a single node, is stored encrypted with the target's CA
+//! passphrase.
 //!
 //! # The source must be stopped
 //!
@@ -40,7 +45,8 @@
 //! 4. The target is checked end to end: its chain verifies (with the
 //!    source's audit key), its counts, head and state version equal the
 //!    source's, its highest serial is at least the source's.
-//! 5. The audit key is copied, then the import mark is cleared.
+//! 5. The CA keys and the audit key are copied, then the import mark is
+//!    cleared.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -52,6 +58,11 @@ use zeroize::Zeroizing;
 use crate::audit::chain::{self, BadRow, Hash};
 use crate::audit::checkpoint::{AuditPublicKey, KEY_FILE, PUB_FILE};
 use crate::audit::verify::VerifyReport;
+use crate::ca::keys::{
+    encrypt_key_text, is_encrypted, shared_audit_key_passphrase, Secret, StoredKey,
+};
+use crate::ca::rotation::{CaKeys, Slot};
+use crate::ca::KeyLocation;
 use crate::config::Config;
 use crate::evidence::verify::verify_db;
 use crate::store::import::{
@@ -150,6 +161,17 @@ pub enum MigrateError {
         /// What failed.
         cause: Box<MigrateError>,
     },
+    /// A CA key of the source cannot go into the target as it is.
+    #[error(
+        "{0}; encrypt the source's CA key files first (`ssh-keygen -p -f FILE` for each of \
+         user_ca, host_ca, user_ca-<group> and their .next/.previous in the source's data_dir, \
+         with the passphrase the replicas will use) and set [ca] key_protection = \"passphrase\" \
+         in both configs"
+    )]
+    UnencryptedKey(String),
+    /// The CA keys or the audit key could not be read or stored.
+    #[error("CA keys: {0}")]
+    Keys(String),
     /// A store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -214,6 +236,11 @@ pub struct Summary {
     pub audit_key: AuditKeyOutcome,
     /// The target's data_dir (where the audit key is).
     pub target_data_dir: PathBuf,
+    /// The CA bases whose keys were copied into the target's database
+    /// (empty when the target keeps keys as files).
+    pub ca_keys: Vec<String>,
+    /// Whether the audit key was stored (encrypted) in the target's database.
+    pub audit_key_in_database: bool,
 }
 
 /// The facts of a store that a migration compares: the source before and
@@ -313,6 +340,7 @@ pub struct Migration {
     target_at: String,
     target_dir: PathBuf,
     target_keys: Files,
+    target_ca: crate::config::CaKeyConfig,
 }
 
 /// Fails when something accepts connections on `listen` (the unspecified
@@ -373,6 +401,7 @@ impl Migration {
             target_at,
             target_dir: to.data_dir.clone(),
             target_keys,
+            target_ca: to.ca.clone(),
         })
     }
 
@@ -429,13 +458,20 @@ impl Migration {
         if !report.is_intact() {
             return Err(MigrateError::SourceTampered(Box::new(report)));
         }
+        let ca_keys = self.source_ca_keys().await?;
+        self.target_holds_no_keys().await?;
+        let audit_pass = if self.target.keys().shared() {
+            Some(self.audit_key_passphrase()?)
+        } else {
+            None
+        };
         let before = Facts::read(&self.source).await?;
         self.target
             .imports()
             .begin_import(&self.source_at, now_ms)
             .await?
             .map_err(refused)?;
-        self.copy(&before, key.as_ref())
+        self.copy(&before, key.as_ref(), &ca_keys, audit_pass.as_ref())
             .await
             .map_err(|cause| MigrateError::Interrupted {
                 target: self.target_at.clone(),
@@ -443,10 +479,119 @@ impl Migration {
             })
     }
 
+    /// The source's stored CA keys, when the target keeps keys in its
+    /// database (else none: they stay files). Refuses an unencrypted one
+    /// before anything is written.
+    async fn source_ca_keys(&self) -> Result<Vec<(String, CaKeys)>, MigrateError> {
+        if !self.target.keys().shared() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for base in self.source.keys().cas().await? {
+            let keys = self
+                .source
+                .keys()
+                .ca_keys(&base)
+                .await?
+                .map_err(|e| MigrateError::Keys(e.to_string()))?;
+            for slot in Slot::ALL {
+                if let Some(k) = keys.get(slot) {
+                    if is_encrypted(&k.private) != Some(true) {
+                        return Err(MigrateError::UnencryptedKey(format!(
+                            "the source's CA key {} is not passphrase-encrypted, and the target \
+                             {} keeps CA keys in a database shared by replicas",
+                            k.location, self.target_at
+                        )));
+                    }
+                }
+            }
+            out.push((base, keys));
+        }
+        Ok(out)
+    }
+
+    /// Refuses a shared target that holds CA keys or an audit key already
+    /// (a replica was started on it): the copy would sign with other keys
+    /// than the source CA's.
+    async fn target_holds_no_keys(&self) -> Result<(), MigrateError> {
+        if !self.target.keys().shared() {
+            return Ok(());
+        }
+        let mut held = self.target.keys().cas().await?;
+        let audit = self.target.keys().ca_keys(KEY_FILE).await?;
+        if audit.map(|k| !k.is_empty()).unwrap_or(true) {
+            held.push(KEY_FILE.to_string());
+        }
+        if held.is_empty() {
+            return Ok(());
+        }
+        Err(MigrateError::Keys(format!(
+            "the target {} holds keys already ({}: a replica was started on it), and the copy \
+             must sign with the source CA's keys; {RECREATE_HINT}",
+            self.target_at,
+            held.join(", ")
+        )))
+    }
+
+    /// The passphrase the audit key is stored with in the target's
+    /// database: the target's CA passphrase.
+    fn audit_key_passphrase(&self) -> Result<Secret, MigrateError> {
+        let env = |k: &str| std::env::var(k).ok();
+        shared_audit_key_passphrase(&self.target_ca, &env).map_err(|e| {
+            MigrateError::Keys(format!(
+                "the target keeps the audit key in its database, encrypted with the CA \
+                 passphrase of the --to config: {e}"
+            ))
+        })
+    }
+
+    /// Stores the CA keys and (encrypted) the source's audit key in the
+    /// target's database.
+    async fn copy_keys(
+        &self,
+        ca_keys: &[(String, CaKeys)],
+        audit_pass: Option<&Secret>,
+    ) -> Result<bool, MigrateError> {
+        let keys = self.target.keys();
+        for (base, k) in ca_keys {
+            keys.import_keys(base, k.clone())
+                .await?
+                .map_err(|e| MigrateError::Keys(format!("storing CA {base}: {e}")))?;
+        }
+        let (Some(pass), Some(text)) = (audit_pass, self.source_keys.read()?) else {
+            return Ok(false);
+        };
+        let text = std::str::from_utf8(&text).map_err(|_| {
+            MigrateError::Keys(format!(
+                "{} is not an OpenSSH private key",
+                self.source_keys.private.display()
+            ))
+        })?;
+        let new = encrypt_key_text(text, pass).map_err(|e| {
+            MigrateError::Keys(format!("{}: {e}", self.source_keys.private.display()))
+        })?;
+        let stored = CaKeys {
+            active: Some(StoredKey {
+                public: new.public,
+                private: new.private,
+                created_at: None,
+                location: KeyLocation::File(self.source_keys.private.clone()),
+            }),
+            next: None,
+            previous: None,
+        };
+        keys.import_keys(KEY_FILE, stored)
+            .await?
+            .map_err(|e| MigrateError::Keys(format!("storing the audit key: {e}")))?;
+        Ok(true)
+    }
+
     async fn copy(
         &self,
         before: &Facts,
         key: Option<&AuditPublicKey>,
+        ca_keys: &[(String, CaKeys)],
+        audit_pass: Option<&Secret>,
     ) -> Result<Summary, MigrateError> {
         let (src, dst) = (&self.source, self.target.imports());
         let head_seq = before.head_seq();
@@ -581,6 +726,7 @@ impl Migration {
         }
 
         let audit_key = self.carry_audit_key()?;
+        let audit_key_in_database = self.copy_keys(ca_keys, audit_pass).await?;
         dst.finish_import().await?;
         Ok(Summary {
             from: self.source_at.clone(),
@@ -596,6 +742,8 @@ impl Migration {
             checkpoints_verified: report.checkpoints_signed_ok,
             audit_key,
             target_data_dir: self.target_dir.clone(),
+            ca_keys: ca_keys.iter().map(|(b, _)| b.clone()).collect(),
+            audit_key_in_database,
         })
     }
 

@@ -89,7 +89,7 @@ pub async fn reload(service: &Service, cfg: &Config, trigger: &str) -> bool {
             ));
             tracing::info!(digest = %policy.digest, roles = policy.roles.len(), git_commit = commit.as_deref().unwrap_or(""), trigger, "policy reloaded");
             // New CA groups get their keys before any role can use them.
-            if let Err(e) = service.load_group_keys(&policy) {
+            if let Err(e) = service.load_group_keys(&policy).await {
                 rec.event = EventKind::PolicyRejected;
                 rec.reason = Some(format!(
                     "loading CA group keys: {e}; the last good policy stays in force"

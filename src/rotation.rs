@@ -1,13 +1,21 @@
-//! `mayfly ca rotate` / `mayfly ca status` on the CA host: the key-file
-//! steps of [`crate::ca::rotation`], each recorded in the audit log and
-//! announced to the running server through the store's state version (the
-//! server reloads its keys and republishes `/v1/ca/*.pub`).
+//! `mayfly ca rotate` and `mayfly ca status`: CA key rotation through the
+//! store's [`crate::store::KeyStore`] (files in `data_dir` with SQLite,
+//! rows of the shared database with replicas), keys opened with the
+//! service's [`KeyLoader`].
+//!
+//! A rotation step is recorded in the audit log and bumps the store's
+//! state version in the same store operation, so every running server
+//! reloads its keys and republishes `/v1/ca/*.pub` without a restart,
+//! wherever the command ran. PKCS#11 keys are opened in the token and not
+//! stored; their rotation is refused.
 
 use crate::audit::{AuditRecord, EventKind};
-use crate::ca::rotation::{self, KeyStatus, RotationError};
+use crate::ca::rotation::{self, check_step, CaKeys, KeyStatus, KeyStep, RotationError, Slot};
+use crate::ca::signer::fingerprint_of_line;
 use crate::config::files;
 use crate::config::Config;
-use crate::store::Store;
+use crate::service::KeyLoader;
+use crate::store::{KeyChange, OpenMode, Store, StoreConfig, StoreError};
 
 /// Which rotation step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +74,7 @@ pub enum RotateError {
     Rotation(#[from] RotationError),
     /// The store failed.
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] StoreError),
     /// Opening the store failed.
     #[error(transparent)]
     Open(#[from] crate::revocation::RevokeError),
@@ -75,8 +83,14 @@ pub enum RotateError {
     Io(String, std::io::Error),
 }
 
-fn env(k: &str) -> Option<String> {
-    std::env::var(k).ok()
+/// Every published key of `keys` as OpenSSH lines, as
+/// [`KeyRing::public_lines`] writes them.
+fn public_lines(keys: &CaKeys) -> String {
+    [Slot::Active, Slot::Next, Slot::Previous]
+        .into_iter()
+        .filter_map(|s| keys.get(s))
+        .map(|k| format!("{}\n", k.public))
+        .collect()
 }
 
 /// Runs one rotation step for one CA and returns a one-line summary.
@@ -88,105 +102,105 @@ pub async fn rotate(
     now: u64,
 ) -> Result<String, RotateError> {
     let store: Store = crate::revocation::open_store(cfg)?;
-    let dir = &cfg.data_dir;
-    let base_owned = which.base();
-    let base = base_owned.as_str();
-    let summary = match step {
-        Step::Stage => {
-            let fp = rotation::stage(&cfg.ca, dir, base, &env)?;
-            format!("{} CA: staged next key {fp}; it is published now, activate it after every host has synced", which.name())
-        }
-        Step::Activate => {
-            let (old, new) = rotation::activate(&cfg.ca, dir, base, &env)?;
-            format!(
-                "{} CA: {new} signs now; {old} stays published as previous until retired",
-                which.name()
-            )
-        }
-        Step::Retire { force } => {
-            // The store is async and `retire` is not: read the previous
-            // key's last expiry first.
-            let previous = rotation::load(&cfg.ca, dir, base, &env)
-                .ok()
-                .and_then(|(ring, _)| ring.previous.map(|p| p.public_key_line()));
-            let last = match &previous {
-                Some(line) => Some(
-                    store
-                        .issuance()
-                        .last_expiry_by_ca(line)
-                        .await
-                        .map_err(|e| e.to_string()),
-                ),
-                None => None,
-            };
-            let fp = rotation::retire(
-                &cfg.ca,
-                dir,
-                base,
-                &env,
-                |line| match (previous.as_deref(), last) {
-                    (Some(p), Some(last)) if p == line => last,
-                    _ => Err(format!("the store was not read for CA key {line}")),
-                },
-                now,
-                force,
-            )?;
-            format!(
-                "{} CA: retired {fp}; hosts drop it at their next sync",
-                which.name()
-            )
-        }
-    };
-    // Keep data_dir/<ca>.pub in step with what the server publishes.
-    let (ring, _) = rotation::load(&cfg.ca, dir, base, &env)?;
-    if let Which::Group(g) = &which {
-        if !dir.join(&base_owned).exists() {
-            return Err(RotateError::Rotation(RotationError::State(format!(
-                "CA group {g:?} has no key yet; it is created when the server loads a role with ca_group = {g:?}"
-            ))));
-        }
+    rotation::check_rotatable(&cfg.ca)?;
+    let loader = KeyLoader::new(&cfg.ca, &cfg.data_dir, store.keys_shared())?;
+    let base = which.base();
+    let keys = loader.stored(&base).await?;
+    if let (Which::Group(g), None) = (&which, &keys.active) {
+        return Err(RotationError::State(format!(
+            "CA group {g:?} has no key yet; it is created when the server loads a role with ca_group = {g:?}"
+        ))
+        .into());
     }
-    let pub_path = dir.join(which.public());
-    crate::ca::keys::write_atomic(&pub_path, ring.public_lines().as_bytes(), 0o644)
-        .map_err(|e| RotateError::Io(pub_path.display().to_string(), e))?;
+    // Every key opens (right passphrase, sound keys) before anything changes.
+    loader.open(keys.clone()).await?;
+    let key_step = match step {
+        Step::Stage => KeyStep::Stage(loader.generate().await?),
+        Step::Activate => KeyStep::Activate,
+        Step::Retire { force } => KeyStep::Retire { force },
+    };
+    check_step(&base, &key_step, &keys, &keys.slots())?;
+    let line = |slot: Slot| keys.get(slot).map(|k| k.public.clone()).unwrap_or_default();
+    let fp = |slot: Slot| fingerprint_of_line(&line(slot));
+    let (summary, signing) = match &key_step {
+        KeyStep::Stage(k) => (
+            format!(
+                "{} CA: staged next key {}; it is published now, activate it after every host has synced",
+                which.name(),
+                fingerprint_of_line(&k.public)
+            ),
+            line(Slot::Active),
+        ),
+        KeyStep::Activate => (
+            format!(
+                "{} CA: {} signs now; {} stays published as previous until retired",
+                which.name(),
+                fp(Slot::Next),
+                fp(Slot::Active)
+            ),
+            line(Slot::Next),
+        ),
+        KeyStep::Retire { .. } => (
+            format!(
+                "{} CA: retired {}; hosts drop it at their next sync",
+                which.name(),
+                fp(Slot::Previous)
+            ),
+            line(Slot::Active),
+        ),
+    };
     let mut rec = AuditRecord::new(EventKind::CaKeyRotated, now.saturating_mul(1000), "admin");
     rec.actor = Some(actor.to_string());
     rec.cert_type = Some(which.name());
-    rec.ca_key = Some(ring.active.public_key_line());
+    rec.ca_key = Some(signing);
     rec.reason = Some(summary.clone());
-    store.audit().record_change(rec, now).await?;
+    store
+        .keys()
+        .rotate(KeyChange {
+            base: base.clone(),
+            step: key_step,
+            expected: keys.slots(),
+            audit: rec,
+            now,
+        })
+        .await??;
+    // Keep data_dir/<ca>.pub in step with what the server publishes. With
+    // keys in a shared database this may run on a host without the
+    // replicas' data_dir: the replicas publish the keys themselves.
+    if store.keys().shared() && !cfg.data_dir.is_dir() {
+        return Ok(summary);
+    }
+    let after = loader.stored(&base).await?;
+    let pub_path = cfg.data_dir.join(which.public());
+    crate::ca::keys::write_atomic(&pub_path, public_lines(&after).as_bytes(), 0o644)
+        .map_err(|e| RotateError::Io(pub_path.display().to_string(), e))?;
     Ok(summary)
 }
 
-/// Status of every CA's keys (user, host, and each CA group found on disk).
-pub fn status(cfg: &Config) -> Result<Vec<KeyStatus>, RotateError> {
-    let mut out = rotation::status(&cfg.ca, &cfg.data_dir, &Which::User.base(), "user", &env)?;
-    out.extend(rotation::status(
-        &cfg.ca,
-        &cfg.data_dir,
-        &Which::Host.base(),
-        "host",
-        &env,
-    )?);
+/// Status of every CA's keys (user, host, and each CA group the store has).
+pub async fn status(cfg: &Config, now: u64) -> Result<Vec<KeyStatus>, RotateError> {
+    let store = crate::store::open(&StoreConfig::from_config(cfg, OpenMode::ReadOnly)).map_err(
+        |e| match e {
+            StoreError::Missing(_) => {
+                RotateError::Open(crate::revocation::RevokeError::Invalid(e.to_string()))
+            }
+            other => RotateError::Store(other),
+        },
+    )?;
+    let loader = KeyLoader::new(&cfg.ca, &cfg.data_dir, store.keys_shared())?;
+    let mut cas = vec![
+        (files::USER_CA_KEY.to_string(), "user".to_string()),
+        (files::HOST_CA_KEY.to_string(), "host".to_string()),
+    ];
     let prefix = format!("{}-", files::USER_CA_KEY);
-    let mut groups: Vec<String> = std::fs::read_dir(&cfg.data_dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter_map(|n| n.strip_prefix(&prefix).map(str::to_string))
-                .filter(|g| !g.contains('.'))
-                .collect()
-        })
-        .unwrap_or_default();
-    groups.sort();
-    for g in groups {
-        out.extend(rotation::status(
-            &cfg.ca,
-            &cfg.data_dir,
-            &files::group_base(&g),
-            &format!("user:{g}"),
-            &env,
-        )?);
+    for base in store.keys().cas().await? {
+        if let Some(g) = base.strip_prefix(&prefix) {
+            cas.push((base.clone(), format!("user:{g}")));
+        }
+    }
+    let mut out = Vec::new();
+    for (base, ca) in cas {
+        out.extend(loader.status(&base, &ca, now).await?);
     }
     Ok(out)
 }

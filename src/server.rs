@@ -13,7 +13,8 @@ use crate::config::files;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy;
-use crate::service::{KeyLoader, Service, ServiceParts};
+use crate::service::KeyLoader;
+use crate::service::{Service, ServiceParts};
 use crate::store::{OpenMode, StoreConfig};
 
 pub mod connections;
@@ -87,10 +88,17 @@ fn ensure_data_dir(dir: &Path) -> Result<(), StartError> {
     Ok(())
 }
 
-fn load_ring(cfg: &Config, base: &str, pub_name: &str, what: &str) -> Result<KeyRing, StartError> {
-    let (ring, created) =
-        ca::rotation::load(&cfg.ca, &cfg.data_dir, base, &|k| std::env::var(k).ok())
-            .map_err(|e| StartError::Rotation(e.to_string()))?;
+async fn load_ring(
+    cfg: &Config,
+    loader: &KeyLoader,
+    base: &str,
+    pub_name: &str,
+    what: &str,
+) -> Result<KeyRing, StartError> {
+    let (ring, created) = loader
+        .load_or_create(base)
+        .await
+        .map_err(|e| StartError::Rotation(e.to_string()))?;
     if created {
         tracing::info!(key = %ring.active.describe(), fingerprint = %ring.active.fingerprint(),
             "generated a new {what} CA key");
@@ -129,9 +137,27 @@ pub async fn build_with_audit(
     if let Some(w) = ca::keys::at_rest_warning(&cfg.ca) {
         tracing::warn!("{w}");
     }
-    let user_keys = load_ring(cfg, files::USER_CA_KEY, files::USER_CA_PUB, "user")?;
-    let host_keys = load_ring(cfg, files::HOST_CA_KEY, files::HOST_CA_PUB, "host")?;
     let store = crate::store::open(&StoreConfig::from_config(cfg, OpenMode::Create))?;
+    // Keys come from the store: the first process on an empty store
+    // creates them, every later one (another replica) loads them.
+    let key_loader = KeyLoader::new(&cfg.ca, &cfg.data_dir, store.keys_shared())
+        .map_err(|e| StartError::Rotation(e.to_string()))?;
+    let user_keys = load_ring(
+        cfg,
+        &key_loader,
+        files::USER_CA_KEY,
+        files::USER_CA_PUB,
+        "user",
+    )
+    .await?;
+    let host_keys = load_ring(
+        cfg,
+        &key_loader,
+        files::HOST_CA_KEY,
+        files::HOST_CA_PUB,
+        "host",
+    )
+    .await?;
     // The one clock of this server; everything below asks it for the time.
     let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock::new());
     // Serials above every recorded one, used tokens restored from the log.
@@ -139,12 +165,34 @@ pub async fn build_with_audit(
         .counters()
         .start(crate::clock::unix_secs(clock.now()))
         .await?;
-    let audit = crate::evidence::stream::AuditStream::start(
-        &cfg.audit,
-        &cfg.data_dir,
-        store.audit_shared(),
-        clock.clone(),
-    )?;
+    // With replicas on one database, one audit key in the database for
+    // all of them; else the file in data_dir.
+    let audit = match key_loader
+        .audit_key()
+        .await
+        .map_err(|e| StartError::Rotation(format!("audit checkpoint key: {e}")))?
+    {
+        Some((key, created)) => {
+            if created {
+                tracing::info!(fingerprint = %key.fingerprint(),
+                    "generated the audit checkpoint key in the database; keep a copy of its \
+                     public line (`mayfly audit verify` prints it) off the database for \
+                     `mayfly audit verify --key`");
+            }
+            crate::evidence::stream::AuditStream::start_with_key(
+                &cfg.audit,
+                key,
+                store.audit_shared(),
+                clock.clone(),
+            )?
+        }
+        None => crate::evidence::stream::AuditStream::start(
+            &cfg.audit,
+            &cfg.data_dir,
+            store.audit_shared(),
+            clock.clone(),
+        )?,
+    };
     store.audit().on_commit(audit.hook());
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
@@ -154,6 +202,7 @@ pub async fn build_with_audit(
         .map_err(std::io::Error::other)?;
     let metrics = Arc::new(
         Metrics::for_data_dir(&cfg.data_dir, store.reports_shared())
+            .with_keys(store.keys_shared())
             .with_replicas(store.replicas_shared()),
     );
     let verifier = Verifier::new(&cfg.issuers, http, metrics.jwks(), clock.clone());
@@ -163,10 +212,7 @@ pub async fn build_with_audit(
         policy,
         user_keys,
         host_keys,
-        key_loader: Some(KeyLoader {
-            cfg: cfg.ca.clone(),
-            data_dir: cfg.data_dir.clone(),
-        }),
+        key_loader: Some(key_loader),
         store,
         backdate: cfg.backdate,
         metrics,
@@ -175,6 +221,7 @@ pub async fn build_with_audit(
     });
     service
         .load_group_keys(&service.policy())
+        .await
         .map_err(|e| StartError::Rotation(e.to_string()))?;
     Ok((service, audit))
 }

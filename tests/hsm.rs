@@ -365,3 +365,49 @@ fn ec_key_without_a_public_key_object_is_an_error_that_says_so() {
         "{msg}"
     );
 }
+
+#[test]
+fn mayfly_serve_signs_with_the_token_key_and_rotation_of_it_is_refused() {
+    let secrets = temp_dir("hsm-serve-secrets");
+    let pin_file = secrets.path().join("pin");
+    std::fs::write(&pin_file, PIN).expect("write PIN file");
+    std::fs::set_permissions(
+        &pin_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod PIN file");
+    let extra = format!(
+        "[ca]\nbackend = \"pkcs11\"\npkcs11_module = {:?}\ntoken_label = {TOKEN:?}\n\
+         user_key_label = \"serve-user-ca\"\nhost_key_label = \"serve-host-ca\"\n\
+         pin_file = {:?}\ngenerate_if_missing = true\n",
+        softhsm().module().display().to_string(),
+        pin_file.display().to_string(),
+    );
+    let ca = support::Mayfly::start(&extra, &[]);
+    let cfg = ca.config_path().to_str().expect("utf8").to_string();
+    let served = support::http::get(&format!("{}/v1/ca/user.pub", ca.url())).expect("GET");
+    assert_eq!(served.status, 200);
+    let fp = mayfly::ca::signer::fingerprint_of_line(served.text().trim());
+    assert!(fp.starts_with("SHA256:"), "{fp}");
+
+    // `ca status` opens the same key in the token; nothing is on disk.
+    let status = support::ok(support::mayfly(&["ca", "status", "--config", &cfg]));
+    let user_row = status
+        .lines()
+        .find(|l| l.starts_with("user "))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(user_row.contains(&fp), "{status}");
+    assert!(user_row.contains("PKCS#11 token"), "{status}");
+    assert!(!ca.data_dir().join("user_ca").exists());
+    assert!(!ca.data_dir().join("host_ca").exists());
+
+    let out = support::mayfly(&["ca", "rotate", "--stage", "--config", &cfg]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rotation of PKCS#11 keys is not supported"),
+        "{err}"
+    );
+    assert!(!ca.data_dir().join("user_ca.next").exists());
+    assert_eq!(ca.audit_count("ca_key_rotated"), 0);
+}

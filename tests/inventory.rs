@@ -505,3 +505,21 @@ fn access_review_and_compliance_report_show_the_seeded_evidence() {
     );
     assert!(html.trim_end().ends_with("</html>"));
 }
+
+#[test]
+fn compliance_report_gives_the_age_of_the_ca_keys_the_store_holds() {
+    let ca = support::Mayfly::start("", &[]);
+    let cfg = ca.config_path().to_str().expect("utf8").to_string();
+    let out = support::ok(support::mayfly(&[
+        "report",
+        "compliance",
+        "--config",
+        &cfg,
+        "--format",
+        "md",
+    ]));
+    for which in ["user", "host"] {
+        let line = format!("{which} CA key: file (unencrypted), 0 days old");
+        assert!(out.contains(&line), "{line} missing from:\n{out}");
+    }
+}

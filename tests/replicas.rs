@@ -19,7 +19,7 @@ use jsonwebtoken::Algorithm;
 use serde_json::json;
 use support::http::Response;
 use support::replicas::{error_code, krl_revokes, together, Issued, Replicas, Shared, DEPLOY_ROLE};
-use support::{http, ok, PgDb, Postgres};
+use support::{http, ok, Mayfly, PgDb, Postgres};
 
 /// How long a revocation may take to reach another replica's `/v1/krl`
 /// (the contract: LISTEN/NOTIFY, with a poll as the fallback).
@@ -846,6 +846,370 @@ fn policy_drift_between_real_replicas_is_shown_by_status_and_cleared_by_a_reload
     let s = status_json(&r, 0);
     assert_eq!(s["policy_drift"], false, "{s}");
     assert_eq!(s["policy_digests"], json!([ours]), "{s}");
+}
+// ---- CA keys ---------------------------------------------------------------
+
+#[test]
+fn replicas_started_together_on_an_empty_database_serve_one_ca() {
+    let db = database();
+    let store = db.store_toml();
+    let mut r = Replicas::new(Shared {
+        store_toml: &store,
+        policies: &[("deploy", DEPLOY_ROLE)],
+        extra: "",
+    });
+    let config = r.config_extra().to_string();
+    let started: Vec<Mayfly> = together(
+        (0..3)
+            .map(|_| {
+                let config = config.as_str();
+                Box::new(move || Mayfly::start(config, &[("deploy", DEPLOY_ROLE)]))
+                    as Box<dyn FnOnce() -> Mayfly + Send + '_>
+            })
+            .collect(),
+    );
+    for m in started {
+        r.adopt(m);
+    }
+    // One replica created each key, the others loaded it.
+    for what in ["user", "host"] {
+        let creators = (0..3)
+            .filter(|&i| {
+                r.node(i)
+                    .stderr_log()
+                    .contains(&format!("generated a new {what} CA key"))
+            })
+            .count();
+        assert_eq!(
+            creators,
+            1,
+            "the {what} CA key was created by {creators} replicas\n{}",
+            r.logs()
+        );
+    }
+    for path in ["/v1/ca/user.pub", "/v1/ca/host.pub"] {
+        let keys: Vec<String> = (0..3)
+            .map(|i| {
+                let resp = http::get(&format!("{}{path}", r.node(i).url())).expect("GET");
+                assert_eq!(resp.status, 200, "{path} on replica {i}: {}", resp.text());
+                resp.text()
+            })
+            .collect();
+        assert!(!keys[0].trim().is_empty(), "{path}");
+        assert!(
+            keys.iter().all(|k| *k == keys[0]),
+            "replicas serve different {path}:\n{}",
+            keys.join("---\n")
+        );
+    }
+    // Every replica signs with that key.
+    let user_ca = http::get(&format!("{}/v1/ca/user.pub", r.node(0).url()))
+        .expect("GET")
+        .text();
+    let ca_fields: Vec<String> = user_ca
+        .lines()
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        .collect();
+    for i in 0..3 {
+        let cert = r.cert(i, "deploy", "bot-ca").write(r.dir());
+        let fp = support::signing_ca(&cert);
+        let ca_file = r.dir().join(format!("ca-{i}.pub"));
+        std::fs::write(&ca_file, format!("{}\n", ca_fields[0])).expect("write CA key");
+        let ca_fp = ok(std::process::Command::new("ssh-keygen")
+            .arg("-l")
+            .arg("-f")
+            .arg(&ca_file)
+            .output()
+            .expect("ssh-keygen -l"));
+        assert!(
+            ca_fp.contains(&fp),
+            "replica {i} signed with {fp}, not the served user CA {ca_fp}"
+        );
+    }
+}
+
+// ---- the audit chain ---------------------------------------------------------
+
+#[test]
+fn audit_verify_passes_after_interleaved_writes_from_three_replicas_and_the_cli() {
+    // A checkpoint every few records, so several replicas sign some.
+    let db = database();
+    let mut r = replicas_on(
+        &db,
+        3,
+        &[("deploy", DEPLOY_ROLE)],
+        "[audit]\ncheckpoint_every = 5\n",
+    );
+    let live = r.cert(0, "deploy", "bot-audit");
+    let mut jobs: Vec<Job<'_>> = Vec::new();
+    for i in 0..3 {
+        for _ in 0..3 {
+            let r = &r;
+            jobs.push(Box::new(move || {
+                let mut got = Vec::new();
+                for k in 0..8 {
+                    if k % 4 == 3 {
+                        // A refusal is a record too.
+                        let no = r.request_cert(i, "deploy", &r.token("intruder"));
+                        assert_eq!(no.status, 403, "{}", no.text());
+                    } else {
+                        got.push((i, r.cert(i, "deploy", "bot-audit").serial));
+                    }
+                }
+                got
+            }));
+        }
+    }
+    // Administrative writes from a replica and from the CLI meanwhile.
+    let admin = r.admin_token();
+    let rr = &r;
+    jobs.push(Box::new(move || {
+        for k in 0..3 {
+            let resp = rr.post(
+                1,
+                "/v1/admin/disable",
+                &admin,
+                &json!({"issuer": "ci", "subject": format!("bot-gone{k}"), "reason": "x"}),
+            );
+            assert_eq!(resp.status, 200, "{}", resp.text());
+        }
+        Vec::new()
+    }));
+    jobs.push(Box::new(move || {
+        for k in 0..3 {
+            ok(rr.cli(&["identity", "disable", "--role", &format!("gone{k}")]));
+        }
+        Vec::new()
+    }));
+    let issued: Vec<(usize, u64)> = together(jobs).into_iter().flatten().collect();
+    ok(r.cli(&[
+        "revoke",
+        "--serial",
+        &live.serial.to_string(),
+        "--reason",
+        "done",
+    ]));
+
+    // The writes really interleaved: in chain order, the replica that
+    // issued changes many times.
+    let replica_of: HashMap<u64, usize> = issued.iter().map(|(i, s)| (*s, *i)).collect();
+    let order: Vec<usize> = audited_serials(&r)
+        .iter()
+        .filter_map(|s| replica_of.get(s).copied())
+        .collect();
+    assert_eq!(order.len(), issued.len());
+    let switches = order.windows(2).filter(|w| w[0] != w[1]).count();
+    assert!(switches >= 6, "issuances hardly interleaved: {order:?}");
+
+    let report = r.assert_audit_verifies();
+    assert!(report.contains("hash chain intact"), "{report}");
+    let checkpoints = checkpoint_counts(&report);
+    assert!(
+        checkpoints.0 >= 5 && checkpoints.0 == checkpoints.1,
+        "every checkpoint signed and verified: {report}"
+    );
+    // A replica's clean shutdown signs the head (unless it is signed
+    // already); the chain and every signature still verify.
+    r.cert(2, "deploy", "bot-audit");
+    r.node_mut(2).stop();
+    let report = r.assert_audit_verifies();
+    let after = checkpoint_counts(&report);
+    assert!(after.0 >= checkpoints.0 && after.0 == after.1, "{report}");
+
+    // The check is real on PostgreSQL: one edited row is named.
+    let rows = r.audit(&["--event", "cert_issued"]);
+    let seq = rows[rows.len() / 2]["mayfly"]["audit"]["seq"]
+        .as_u64()
+        .expect("seq");
+    db.psql(&format!(
+        "UPDATE audit SET reason = 'edited' WHERE seq = {seq}"
+    ));
+    let (code, out) = r.audit_verify(0);
+    assert_ne!(code, Some(0), "an edited row verified:\n{out}");
+    assert!(out.contains(&format!("seq {seq}")), "{out}");
+}
+
+/// `(checkpoints, signatures verified)` from `mayfly audit verify`.
+fn checkpoint_counts(report: &str) -> (u64, u64) {
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("checkpoints: "))
+        .unwrap_or_else(|| panic!("no checkpoints in:\n{report}"));
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .map(|s| s.parse().expect("a number"))
+        .collect();
+    (nums[0], nums[1])
+}
+
+// ---- CA key rotation through the database ------------------------------------
+
+/// The `SHA256:` fingerprint of one OpenSSH public key line.
+fn fingerprint(dir: &std::path::Path, line: &str) -> String {
+    let f = dir.join("fp.pub");
+    std::fs::write(&f, format!("{line}\n")).expect("write a key line");
+    let out = ok(std::process::Command::new("ssh-keygen")
+        .arg("-l")
+        .arg("-f")
+        .arg(&f)
+        .output()
+        .expect("ssh-keygen -l"));
+    out.split_whitespace()
+        .find(|w| w.starts_with("SHA256:"))
+        .unwrap_or_else(|| panic!("no fingerprint in {out}"))
+        .to_string()
+}
+
+/// The user CA key lines replica `i` publishes (`/v1/ca/user.pub`).
+fn user_ca_lines(r: &Replicas, i: usize) -> Vec<String> {
+    let resp = http::get(&format!("{}/v1/ca/user.pub", r.node(i).url())).expect("GET");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp.text()
+        .lines()
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// Waits (2 s at most) until every replica publishes exactly `want`
+/// (in any order), then checks that every replica signs with `signer`.
+#[track_caller]
+fn every_replica_has(r: &Replicas, want: &[String], signer: &str, step: &str) {
+    let want: BTreeSet<String> = want.iter().cloned().collect();
+    for i in 0..r.len() {
+        let seen = support::wait_for(Duration::from_secs(2), Duration::from_millis(50), || {
+            let got: BTreeSet<String> = user_ca_lines(r, i).into_iter().collect();
+            (got == want).then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "after {step}, replica {i} publishes {:?}, not {want:?}\n{}",
+            user_ca_lines(r, i),
+            r.logs()
+        );
+        let cert = r.cert(i, "deploy", "bot-rotate").write(r.dir());
+        let fp = support::signing_ca(&cert);
+        assert_eq!(
+            fp,
+            fingerprint(r.dir(), signer),
+            "after {step}, replica {i} signs with another key"
+        );
+    }
+}
+
+#[test]
+fn ca_rotation_run_with_the_cli_against_the_database_reaches_every_replica() {
+    let r = replicas(3, &[("deploy", DEPLOY_ROLE)], "");
+    let old = user_ca_lines(&r, 0);
+    assert_eq!(old.len(), 1, "{old:?}");
+    every_replica_has(&r, &old, &old[0], "the start");
+
+    ok(r.cli(&["ca", "rotate", "--stage"]));
+    let staged = user_ca_lines(&r, 0);
+    assert_eq!(staged.len(), 2, "the next key is published: {staged:?}");
+    let next = staged
+        .iter()
+        .find(|l| **l != old[0])
+        .expect("a new line")
+        .clone();
+    every_replica_has(&r, &staged, &old[0], "--stage");
+
+    ok(r.cli(&["ca", "rotate", "--activate"]));
+    every_replica_has(&r, &staged, &next, "--activate");
+
+    // Certificates of the old key are still valid: retiring needs --force.
+    let refused = r.cli(&["ca", "rotate", "--retire"]);
+    assert!(!refused.status.success(), "retire with live certificates");
+    ok(r.cli(&["ca", "rotate", "--retire", "--force"]));
+    every_replica_has(&r, std::slice::from_ref(&next), &next, "--retire");
+}
+
+#[test]
+fn two_rotations_run_at_once_from_two_hosts_one_wins_the_other_is_refused() {
+    let r = replicas(2, &[("deploy", DEPLOY_ROLE)], "");
+    // The second "host" runs the CLI with replica 1's config (its own
+    // data_dir); both only meet in the database.
+    let configs = [
+        r.node(0).config_path().to_path_buf(),
+        r.node(1).config_path().to_path_buf(),
+    ];
+    for round in 0..3 {
+        let outs = together(
+            configs
+                .iter()
+                .map(|c| {
+                    Box::new(move || {
+                        support::mayfly(&[
+                            "ca",
+                            "rotate",
+                            "--stage",
+                            "--config",
+                            c.to_str().expect("utf-8 path"),
+                        ])
+                    }) as Box<dyn FnOnce() -> std::process::Output + Send + '_>
+                })
+                .collect(),
+        );
+        let won = outs.iter().filter(|o| o.status.success()).count();
+        assert_eq!(
+            won,
+            1,
+            "round {round}: {}",
+            outs.iter()
+                .map(support::all_output)
+                .collect::<Vec<_>>()
+                .join("---\n")
+        );
+        let lost = outs
+            .iter()
+            .find(|o| !o.status.success())
+            .map(support::all_output)
+            .unwrap_or_default();
+        assert!(
+            lost.contains("changed while this command ran") || lost.contains("already staged"),
+            "round {round}: {lost}"
+        );
+        // One next key in the database: every replica publishes two keys.
+        for i in 0..2 {
+            let seen = support::wait_for(Duration::from_secs(2), Duration::from_millis(50), || {
+                (user_ca_lines(&r, i).len() == 2).then_some(())
+            });
+            assert!(seen.is_some(), "round {round}: {:?}", user_ca_lines(&r, i));
+        }
+        ok(r.cli(&["ca", "rotate", "--activate"]));
+        ok(r.cli(&["ca", "rotate", "--retire", "--force"]));
+    }
+}
+
+#[test]
+fn a_replica_with_unencrypted_ca_keys_on_postgres_is_refused_at_start_saying_what_to_set() {
+    let db = database();
+    let store = db.store_toml();
+    let r = Replicas::new(Shared {
+        store_toml: &store,
+        policies: &[("deploy", DEPLOY_ROLE)],
+        extra: "",
+    });
+    // The replicas' config with plain CA keys.
+    let config: String = r
+        .config_extra()
+        .lines()
+        .filter(|l| !l.starts_with("passphrase_file"))
+        .map(|l| match l.starts_with("key_protection") {
+            true => "key_protection = \"none\"\n".to_string(),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    let report = match Mayfly::try_start(&config, &[("deploy", DEPLOY_ROLE)]) {
+        Ok(_) => panic!("a replica started with unencrypted CA keys on a shared database"),
+        Err(report) => report,
+    };
+    assert!(
+        report.contains("[ca] key_protection = \"passphrase\""),
+        "{report}"
+    );
+    assert_eq!(db.psql("SELECT count(*) FROM ca_keys").trim(), "0");
 }
 
 /// The number after `label` on its line of a `mayfly bench` report.

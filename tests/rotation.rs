@@ -154,3 +154,101 @@ fn user_ca_rotates_with_logins_working_at_every_step() {
         "{kh}"
     );
 }
+
+/// `mayfly ca status --json` as (slot, fingerprint) pairs of one CA.
+fn slots(cfg: &str, ca: &str) -> Vec<(String, String)> {
+    let out = ok(mayfly(&["ca", "status", "--json", "--config", cfg]));
+    let rows: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
+    rows.as_array()
+        .expect("array")
+        .iter()
+        .filter(|r| r["ca"] == ca)
+        .map(|r| {
+            (
+                r["slot"].as_str().expect("slot").to_string(),
+                r["fingerprint"].as_str().expect("fp").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn fp_of(rows: &[(String, String)], slot: &str) -> String {
+    rows.iter()
+        .find(|(s, _)| s == slot)
+        .map(|(_, f)| f.clone())
+        .unwrap_or_else(|| panic!("no {slot} key in {rows:?}"))
+}
+
+#[test]
+fn an_activation_stopped_after_keeping_the_old_key_finishes_when_run_again() {
+    let ca = Mayfly::start("", &[]);
+    let cfg = ca.config_path().to_str().expect("utf8").to_string();
+    let published = || {
+        http::get(&format!("{}/v1/ca/user.pub", ca.url()))
+            .expect("GET")
+            .text()
+    };
+    assert_eq!(published().lines().count(), 1);
+    ok(mayfly(&["ca", "rotate", "--stage", "--config", &cfg]));
+    let before = slots(&cfg, "user");
+    // What a crash between the two file steps of --activate leaves.
+    std::fs::hard_link(
+        ca.data_dir().join("user_ca"),
+        ca.data_dir().join("user_ca.previous"),
+    )
+    .expect("link");
+    let out = ok(mayfly(&["ca", "rotate", "--activate", "--config", &cfg]));
+    assert!(out.contains("signs now"), "{out}");
+    let after = slots(&cfg, "user");
+    assert_eq!(fp_of(&after, "active"), fp_of(&before, "next"));
+    assert_eq!(fp_of(&after, "previous"), fp_of(&before, "active"));
+    assert_eq!(after.len(), 2, "{after:?}");
+    // The running server picks it up and publishes both.
+    let lines = published();
+    assert_eq!(lines.lines().count(), 2, "{lines}");
+    assert_eq!(
+        mayfly::ca::signer::fingerprint_of_line(lines.lines().next().expect("active")),
+        fp_of(&after, "active")
+    );
+}
+
+#[test]
+fn a_rotation_before_the_servers_first_request_is_picked_up() {
+    let ca = Mayfly::start("", &[]);
+    let cfg = ca.config_path().to_str().expect("utf8").to_string();
+    ok(mayfly(&["ca", "rotate", "--stage", "--config", &cfg]));
+    let lines = http::get(&format!("{}/v1/ca/user.pub", ca.url()))
+        .expect("GET")
+        .text();
+    assert_eq!(lines.lines().count(), 2, "{lines}");
+}
+
+#[test]
+fn rotating_a_ca_group_that_has_no_key_is_refused_and_writes_nothing() {
+    let ca = Mayfly::start("", &[]);
+    let cfg = ca.config_path().to_str().expect("utf8").to_string();
+    let listing = || {
+        let mut names: Vec<String> = std::fs::read_dir(ca.data_dir())
+            .expect("data_dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("user_ca"))
+            .collect();
+        names.sort();
+        names
+    };
+    let files_before = listing();
+    for (group, needle) in [
+        ("nope", "has no key yet"),
+        ("../../escape", "is not a CA name"),
+    ] {
+        for step in ["--stage", "--activate", "--retire"] {
+            let out = mayfly(&["ca", "rotate", step, "--group", group, "--config", &cfg]);
+            assert_eq!(out.status.code(), Some(1), "{group} {step}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(needle), "{group} {step}: {err}");
+        }
+    }
+    assert_eq!(listing(), files_before);
+    assert_eq!(ca.audit_count("ca_key_rotated"), 0);
+}

@@ -171,7 +171,9 @@ fn moves_and_serves_the_same_state(pg: Option<&PgDb>) {
         ClientSpec::new("alice", "ES256").claims(json!({"groups": ["sre"]})),
     ]);
     let extra = oidc.issuer_toml("ci");
-    let mut src = Mayfly::start(&extra, POLICIES);
+    // Into PostgreSQL the keys must be encrypted already.
+    let mut src = Mayfly::start(&format!("{extra}\n{}", ca_toml(pg)), POLICIES);
+    let src_user_ca = served_user_ca(&src);
     let work = support::temp_dir("migrate");
     let cert =
         |ca: &Mayfly, who: &str, body: Value| post(ca, "/v1/certs/user", &oidc.token(who), body);
@@ -241,7 +243,7 @@ fn moves_and_serves_the_same_state(pg: Option<&PgDb>) {
 
     // A migration never copies a CA that is still running.
     let dst_extra = match pg {
-        Some(db) => format!("{extra}\n{}", db.store_toml()),
+        Some(_) => format!("{extra}\n{}", store_toml(pg)),
         None => extra.clone(),
     };
     let dst = Mayfly::configure(&dst_extra, POLICIES);
@@ -289,6 +291,17 @@ fn moves_and_serves_the_same_state(pg: Option<&PgDb>) {
     assert_eq!(summary["serial_floor"], json!(ahead), "{summary}");
     assert_eq!(summary["head"]["seq"], json!(records), "{summary}");
     assert_eq!(summary["audit_key"], "copied", "{summary}");
+    match pg {
+        Some(_) => {
+            assert_eq!(
+                summary["ca_keys"],
+                json!(["host_ca", "user_ca"]),
+                "{summary}"
+            );
+            assert_eq!(summary["audit_key_in_database"], json!(true), "{summary}");
+        }
+        None => assert_eq!(summary["ca_keys"], json!([]), "{summary}"),
+    }
 
     // The copy verifies on its own, with the old signed checkpoints, and
     // ends where the source ends.
@@ -365,6 +378,27 @@ fn moves_and_serves_the_same_state(pg: Option<&PgDb>) {
     assert_eq!(r.status, 401, "a token used on the old CA: {}", r.text());
     assert_eq!(r.json()["error"], "token_replayed");
 
+    // Into PostgreSQL the CA keys move too: a replica on the copy
+    // publishes and signs with the old CA's key. (A SQLite target keeps
+    // keys as files, which the operator copies.)
+    if pg.is_some() {
+        assert_eq!(served_user_ca(&dst), src_user_ca);
+        let (_, public) = keygen_ed25519(work.path());
+        let r = cert(
+            &dst,
+            "deploy-a",
+            json!({"role": "deploy", "public_key": public}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let cert_file = work.path().join("after-the-move-cert.pub");
+        std::fs::write(&cert_file, r.json()["certificate"].as_str().expect("cert"))
+            .expect("write the certificate");
+        assert_eq!(
+            support::signing_ca(&cert_file),
+            fingerprint(&src_user_ca, work.path())
+        );
+    }
+
     let next = deploy(&dst, "deploy-a");
     assert!(
         next > ahead,
@@ -400,9 +434,44 @@ fn moves_and_serves_the_same_state(pg: Option<&PgDb>) {
 }
 
 /// Where a target keeps its store: SQLite in its data_dir, or a
-/// PostgreSQL database.
+/// PostgreSQL database (with encrypted CA keys, which it requires).
 fn store_toml(pg: Option<&PgDb>) -> String {
-    pg.map(PgDb::store_toml).unwrap_or_default()
+    match pg {
+        Some(db) => format!("{}\n{}", db.store_toml(), ca_toml(pg)),
+        None => String::new(),
+    }
+}
+
+/// `[ca]` of a CA that moves into `pg`: encrypted keys (none: the default).
+fn ca_toml(pg: Option<&PgDb>) -> String {
+    match pg {
+        Some(_) => support::postgres::encrypted_ca_toml(),
+        None => String::new(),
+    }
+}
+
+/// The user CA key line a CA serves (type and key, no comment).
+fn served_user_ca(ca: &Mayfly) -> String {
+    let r = http::get(&format!("{}/v1/ca/user.pub", ca.url())).expect("GET /v1/ca/user.pub");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    let line = text.lines().next().expect("a key line");
+    line.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The `SHA256:` fingerprint of an OpenSSH public key line.
+fn fingerprint(line: &str, dir: &Path) -> String {
+    let f = dir.join("fingerprint.pub");
+    std::fs::write(&f, format!("{line}\n")).expect("write the key line");
+    let out = support::keygen::run_ssh_keygen(&["-l", "-f", path_str(&f)]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|w| w.starts_with("SHA256:"))
+        .unwrap_or_else(|| panic!("no fingerprint of {line}"))
+        .to_string()
 }
 
 /// Empties the target's store as the refusal says (SQLite: delete the
@@ -428,12 +497,17 @@ fn recreate(ca: &Mayfly, pg: Option<&PgDb>) {
 /// A CA with no issuer, started and stopped, whose log holds `roles`
 /// disabled by `mayfly identity disable`.
 fn quiet_ca(roles: &[&str]) -> Mayfly {
-    quiet_ca_on(roles, None)
+    quiet_ca_with(roles, "")
 }
 
 /// As [`quiet_ca`], with its store in `pg` when given.
 fn quiet_ca_on(roles: &[&str], pg: Option<&PgDb>) -> Mayfly {
-    let mut ca = Mayfly::start(&store_toml(pg), &[]);
+    quiet_ca_with(roles, &store_toml(pg))
+}
+
+/// As [`quiet_ca`], with `extra` config.
+fn quiet_ca_with(roles: &[&str], extra: &str) -> Mayfly {
+    let mut ca = Mayfly::start(extra, &[]);
     for role in roles {
         admin(ca.config_path(), &["identity", "disable", "--role", role]);
     }
@@ -534,7 +608,7 @@ fn a_failed_run_into_postgresql_is_refused_until_the_database_is_recreated() {
 }
 
 fn refused_until_recreated(pg: Option<&PgDb>) {
-    let src = quiet_ca(&["deploy"]);
+    let src = quiet_ca_with(&["deploy"], &ca_toml(pg));
     let mut dst = Mayfly::configure(&store_toml(pg), &[]);
     // The last step (the audit key's public half) cannot be written.
     let blocker = dst.data_dir().join("audit_key.pub");
@@ -570,4 +644,51 @@ fn refused_until_recreated(pg: Option<&PgDb>) {
     dst.restart();
     let disabled = admin(dst.config_path(), &["identity", "disabled"]);
     assert!(disabled.contains("deploy"), "{disabled}");
+}
+
+#[test]
+fn plain_ca_keys_are_refused_for_a_postgresql_target_before_anything_is_copied() {
+    let db = Postgres::shared().create_database();
+    let src = quiet_ca(&["deploy"]);
+    let dst = Mayfly::configure(&store_toml(Some(&db)), &[]);
+    let out = migrate(src.config_path(), dst.config_path(), false);
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("is not passphrase-encrypted")
+            && text.contains("ssh-keygen -p -f")
+            && text.contains("key_protection = \"passphrase\""),
+        "{text}"
+    );
+    assert!(!text.contains("unfinished import"), "{text}");
+    assert_eq!(db.psql("SELECT count(*) FROM ca_keys").trim(), "0");
+
+    // Encrypted as the message says, the same target takes the keys.
+    for key in ["user_ca", "host_ca"] {
+        let f = src.data_dir().join(key);
+        let out = support::keygen::run_ssh_keygen(&[
+            "-p",
+            "-q",
+            "-P",
+            "",
+            "-N",
+            support::postgres::CA_PASSPHRASE,
+            "-f",
+            path_str(&f),
+        ]);
+        assert!(out.status.success(), "{}", all_output(&out));
+    }
+    let summary: Value =
+        serde_json::from_str(&ok(migrate(src.config_path(), dst.config_path(), true)))
+            .expect("--json summary");
+    assert_eq!(
+        summary["ca_keys"],
+        json!(["host_ca", "user_ca"]),
+        "{summary}"
+    );
+    let mut dst = dst;
+    dst.restart();
+    let (code, report) = verify(dst.config_path());
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("stored in the database"), "{report}");
 }

@@ -914,7 +914,12 @@ fn serve_on_postgres_issues_through_the_api_and_audit_verify_checks_the_chain() 
     let db = Postgres::shared().create_database();
     let oidc =
         Oidc::start(&[ClientSpec::new("a", "ES256").claims(json!({"repository": "acme/a"}))]);
-    let extra = format!("{}\n{}", oidc.issuer_toml("ci"), db.store_toml());
+    let extra = format!(
+        "{}\n{}\n{}",
+        oidc.issuer_toml("ci"),
+        db.store_toml(),
+        support::postgres::encrypted_ca_toml()
+    );
     let ca = Mayfly::start(&extra, &[("deploy", POLICY)]);
     let dir = support::temp_dir("pg-e2e");
     let (_, public) = keygen_ed25519(dir.path());
@@ -960,4 +965,232 @@ fn serve_on_postgres_issues_through_the_api_and_audit_verify_checks_the_chain() 
     let text = support::all_output(&out);
     assert!(out.status.success(), "audit verify failed:\n{text}");
     assert!(!text.contains("PROBLEM"), "{text}");
+}
+
+// ---- CA keys -------------------------------------------------------------------
+
+fn secret() -> mayfly::ca::keys::Secret {
+    mayfly::ca::keys::Secret::new(zeroize::Zeroizing::new("key pass".into()), "test")
+}
+
+fn encrypted_key() -> mayfly::ca::NewKey {
+    mayfly::ca::NewKey::generate(Some(&secret())).expect("generate")
+}
+
+fn rotated(what: &str) -> AuditRecord {
+    let mut r = AuditRecord::new(EventKind::CaKeyRotated, now_s() * 1000, "admin");
+    r.reason = Some(what.into());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_creating_a_ca_key_at_once_store_one_and_all_get_it() {
+    for round in 0..5 {
+        let db = Postgres::shared().create_database();
+        let stores: Vec<Store> = (0..3).map(|_| open_apart(&db, OpenMode::Create)).collect();
+        let tasks: Vec<_> = stores
+            .iter()
+            .map(|s| {
+                let keys = s.keys_shared();
+                tokio::spawn(async move {
+                    keys.create_active_if_absent("user_ca", encrypted_key())
+                        .await
+                        .expect("store")
+                        .expect("created or loaded")
+                })
+            })
+            .collect();
+        let mut got = Vec::new();
+        for t in tasks {
+            got.push(t.await.expect("task"));
+        }
+        assert_eq!(
+            got.iter().filter(|(_, inserted)| *inserted).count(),
+            1,
+            "round {round}: exactly one insert wins"
+        );
+        assert!(
+            got.iter().all(|(k, _)| k.public == got[0].0.public),
+            "round {round}: every replica got the winner's key"
+        );
+        assert_eq!(
+            db.psql("SELECT count(*) FROM ca_keys WHERE base = 'user_ca'")
+                .trim(),
+            "1"
+        );
+        let stored = stores[2]
+            .keys()
+            .ca_keys("user_ca")
+            .await
+            .expect("store")
+            .expect("keys");
+        assert_eq!(stored.active.expect("active").public, got[0].0.public);
+        assert_eq!(stores[0].keys().cas().await.expect("cas"), vec!["user_ca"]);
+        assert!(stores[0].keys().shared());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_refuses_unencrypted_ca_keys() {
+    let (db, a, _b) = two_replicas();
+    let plain = mayfly::ca::NewKey::generate(None).expect("generate");
+    let err = a
+        .keys()
+        .create_active_if_absent("host_ca", plain.clone())
+        .await
+        .expect("store")
+        .expect_err("a plain key is refused");
+    assert_eq!(err.to_string(), mayfly::ca::keys::UNENCRYPTED_SHARED_KEY);
+    a.keys()
+        .create_active_if_absent("host_ca", encrypted_key())
+        .await
+        .expect("store")
+        .expect("an encrypted one is stored");
+    let keys = a
+        .keys()
+        .ca_keys("host_ca")
+        .await
+        .expect("store")
+        .expect("keys");
+    let err = a
+        .keys()
+        .rotate(mayfly::store::KeyChange {
+            base: "host_ca".into(),
+            step: mayfly::ca::rotation::KeyStep::Stage(plain),
+            expected: keys.slots(),
+            audit: rotated("stage"),
+            now: now_s(),
+        })
+        .await
+        .expect("store")
+        .expect_err("a plain next key is refused");
+    assert_eq!(err.to_string(), mayfly::ca::keys::UNENCRYPTED_SHARED_KEY);
+    assert_eq!(
+        db.psql("SELECT count(*) FROM ca_keys WHERE slot <> 'active'")
+            .trim(),
+        "0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_steps_move_the_rows_and_a_stale_or_racing_step_changes_nothing() {
+    use mayfly::ca::rotation::{KeyStep, RotationError};
+    use mayfly::store::KeyChange;
+    let (db, a, b) = two_replicas();
+    let (first, _) = a
+        .keys()
+        .create_active_if_absent("user_ca", encrypted_key())
+        .await
+        .expect("store")
+        .expect("create");
+    let before = a
+        .keys()
+        .ca_keys("user_ca")
+        .await
+        .expect("store")
+        .expect("keys");
+    let audits = |db: &PgDb| {
+        db.psql("SELECT count(*) FROM audit WHERE event = 'ca_key_rotated'")
+            .trim()
+            .to_string()
+    };
+    // Two hosts stage at once, both decided on the same keys: one wins,
+    // the other is refused as changed and leaves no audit record.
+    let (ka, kb) = (encrypted_key(), encrypted_key());
+    let change = |k: mayfly::ca::NewKey| KeyChange {
+        base: "user_ca".into(),
+        step: KeyStep::Stage(k),
+        expected: before.slots(),
+        audit: rotated("stage"),
+        now: now_s(),
+    };
+    let (ra, rb) = tokio::join!(
+        a.keys().rotate(change(ka.clone())),
+        b.keys().rotate(change(kb.clone()))
+    );
+    let results = [ra.expect("store"), rb.expect("store")];
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(r, Err(RotationError::Changed { .. }))),
+        "{results:?}"
+    );
+    assert_eq!(audits(&db), "1", "the refused step's audit row rolled back");
+    let staged = b
+        .keys()
+        .ca_keys("user_ca")
+        .await
+        .expect("store")
+        .expect("keys");
+    let next = staged.next.clone().expect("next").public;
+    assert!(next == ka.public || next == kb.public);
+
+    let step = |s: KeyStep, keys: &mayfly::ca::rotation::CaKeys| KeyChange {
+        base: "user_ca".into(),
+        step: s,
+        expected: keys.slots(),
+        audit: rotated("step"),
+        now: now_s(),
+    };
+    let v1 = a.access().state_version().await.expect("version");
+    b.keys()
+        .rotate(step(KeyStep::Activate, &staged))
+        .await
+        .expect("store")
+        .expect("activate");
+    assert!(a.access().state_version().await.expect("version").version > v1.version);
+    let active = a
+        .keys()
+        .ca_keys("user_ca")
+        .await
+        .expect("store")
+        .expect("keys");
+    assert_eq!(active.active.as_ref().expect("active").public, next);
+    assert_eq!(
+        active.previous.as_ref().expect("previous").public,
+        first.public
+    );
+    assert!(active.next.is_none());
+    // A stale step (decided before the activation) is refused as changed.
+    let stale = a
+        .keys()
+        .rotate(step(KeyStep::Retire { force: true }, &staged))
+        .await
+        .expect("store");
+    assert!(
+        matches!(stale, Err(RotationError::Changed { .. })),
+        "{stale:?}"
+    );
+    // Retire refuses while a certificate of the previous key is valid.
+    let mut cert = issued(77, "bot");
+    cert.ca_key = Some(first.public.clone());
+    cert.valid_before = Some(now_s() + 3600);
+    a.issuance()
+        .issue(cert, None)
+        .await
+        .expect("store")
+        .expect("issued");
+    let live = a
+        .keys()
+        .rotate(step(KeyStep::Retire { force: false }, &active))
+        .await
+        .expect("store");
+    assert!(matches!(live, Err(RotationError::State(_))), "{live:?}");
+    let audited = audits(&db);
+    a.keys()
+        .rotate(step(KeyStep::Retire { force: true }, &active))
+        .await
+        .expect("store")
+        .expect("forced retire");
+    assert_eq!(
+        db.psql("SELECT string_agg(slot, ',' ORDER BY slot) FROM ca_keys WHERE base = 'user_ca'")
+            .trim(),
+        "active"
+    );
+    assert_ne!(audits(&db), audited);
 }

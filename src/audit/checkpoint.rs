@@ -4,7 +4,9 @@
 //! rewriting history *and* recomputing every later hash. A checkpoint is the
 //! chain head `(seq, hash)` at a time, signed with a dedicated Ed25519 audit
 //! key (`data_dir/audit_key`, mode 0600, generated on first start; its
-//! public half is `data_dir/audit_key.pub`). Rewriting anything at or before
+//! public half is `data_dir/audit_key.pub`; with a store shared by
+//! replicas, one key for all of them, stored encrypted in the database:
+//! [`crate::store::KeyStore`]). Rewriting anything at or before
 //! a checkpointed seq then needs that key.
 //!
 //! The signature is an OpenSSH `SSHSIG` (namespace
@@ -110,6 +112,12 @@ impl AuditKey {
             }
         })?;
         Ok((k, created))
+    }
+
+    /// The key `key` (one stored in a database shared by replicas,
+    /// decrypted by the caller).
+    pub fn from_key(key: CaKey) -> AuditKey {
+        AuditKey { key }
     }
 
     /// A fresh key that is never written (tests, benchmarks).

@@ -4,9 +4,14 @@
 //! as an `ed25519_dalek::SigningKey` so each signature does not rebuild the
 //! key.
 //!
-//! [`open_ca_signer`] is the one entry point for start-up: it turns the
-//! `[ca]` config into a [`CaSigner`], whether the key is a file in
-//! `data_dir` or lives in a PKCS#11 token ([`super::pkcs11`]).
+//! [`open_ca_signer`] turns the `[ca]` config into a [`CaSigner`], whether
+//! the key is a file in `data_dir` or lives in a PKCS#11 token
+//! ([`super::pkcs11`]). The server does not read key files itself: it gets
+//! the OpenSSH text of each key from the store ([`StoredKey`]; files in
+//! `data_dir` with SQLite, rows with a shared database) and opens it with
+//! [`CaKey::from_openssh`], so the same checks apply wherever a key is kept.
+//! [`read_key_file`] and [`write_new_key_file`] are the file half, used by
+//! the store's file implementation.
 //!
 //! Secrets (the key passphrase, the token PIN) come from, in order, a file
 //! named in the config, a systemd credential (`LoadCredential=`, found in
@@ -15,7 +20,7 @@
 use std::fmt;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use rand_core::OsRng;
@@ -52,11 +57,11 @@ pub enum KeyFileError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The file exists but is not an OpenSSH Ed25519 private key.
-    #[error("CA key file {path} is not usable: {reason}; mayfly never overwrites an existing CA key, fix or move the file")]
+    /// The key is not an OpenSSH Ed25519 private key.
+    #[error("CA key {key} is not usable: {reason}; mayfly never overwrites an existing CA key, {}", key.fix_hint())]
     Invalid {
-        /// The file.
-        path: PathBuf,
+        /// Where the key is.
+        key: KeyLocation,
         /// What is wrong.
         reason: String,
     },
@@ -68,45 +73,238 @@ pub enum KeyFileError {
         /// Its current mode bits.
         mode: u32,
     },
-    /// `key_protection = "passphrase"` but the existing file is not encrypted.
+    /// `key_protection = "passphrase"` but the existing key is not encrypted.
     #[error(
-        "CA key file {path} is not encrypted but [ca] key_protection = \"passphrase\"; \
-             encrypt it in place with `ssh-keygen -p -f {path}` using the passphrase mayfly \
-             reads ({origin}), or set key_protection = \"none\""
+        "CA key {key} is not encrypted but [ca] key_protection = \"passphrase\"; \
+             {} using the passphrase mayfly reads ({origin}), or set key_protection = \"none\"",
+        key.encrypt_hint()
     )]
     NotEncrypted {
-        /// The file.
-        path: PathBuf,
+        /// Where the key is.
+        key: KeyLocation,
         /// Where the passphrase came from (never the passphrase).
         origin: String,
     },
-    /// The file is encrypted but no passphrase protection is configured.
+    /// The key is encrypted but no passphrase protection is configured.
     #[error(
-        "CA key file {path} is encrypted; set [ca] key_protection = \"passphrase\" and give \
+        "CA key {key} is encrypted; set [ca] key_protection = \"passphrase\" and give \
              the passphrase in [ca] passphrase_file, the systemd credential \
              {PASSPHRASE_CREDENTIAL} or ${PASSPHRASE_ENV}"
     )]
     Encrypted {
-        /// The file.
-        path: PathBuf,
+        /// Where the key is.
+        key: KeyLocation,
     },
-    /// The passphrase does not decrypt the file.
+    /// The passphrase does not decrypt the key.
     #[error(
-        "cannot decrypt CA key file {path} with the passphrase from {origin}: wrong \
-             passphrase (or a damaged file)"
+        "cannot decrypt CA key {key} with the passphrase from {origin}: wrong \
+             passphrase (or a damaged {})",
+        key.kind()
     )]
     WrongPassphrase {
-        /// The file.
-        path: PathBuf,
+        /// Where the key is.
+        key: KeyLocation,
         /// Where the passphrase came from (never the passphrase).
         origin: String,
     },
+    /// A new key could not be encoded (never expected).
+    #[error("generating a CA key: {0}")]
+    Generate(String),
     /// The passphrase or PIN could not be read.
     #[error(transparent)]
     Secret(#[from] SecretError),
     /// The PKCS#11 token or key could not be used.
     #[error(transparent)]
     Pkcs11(#[from] Pkcs11Error),
+}
+
+/// Where a CA key is kept, for messages and `ca status` (never key material).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyLocation {
+    /// A file (SQLite mode: `data_dir/user_ca`, `user_ca.next`, ...).
+    File(PathBuf),
+    /// A row of a database shared by replicas: the CA's base name and slot
+    /// (`user_ca`, `next`).
+    Database {
+        /// CA base name (`user_ca`, `host_ca`, `user_ca-<group>`).
+        base: String,
+        /// Slot name (`active`, `next`, `previous`).
+        slot: &'static str,
+    },
+}
+
+impl fmt::Display for KeyLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyLocation::File(p) => write!(f, "file {}", p.display()),
+            KeyLocation::Database { base, slot } => write!(f, "{base} ({slot}) in the database"),
+        }
+    }
+}
+
+impl KeyLocation {
+    fn kind(&self) -> &'static str {
+        match self {
+            KeyLocation::File(_) => "file",
+            KeyLocation::Database { .. } => "stored key",
+        }
+    }
+
+    fn fix_hint(&self) -> &'static str {
+        match self {
+            KeyLocation::File(_) => "fix or move the file",
+            KeyLocation::Database { .. } => "restore the stored key from a backup",
+        }
+    }
+
+    fn encrypt_hint(&self) -> String {
+        match self {
+            KeyLocation::File(p) => format!(
+                "encrypt it in place with `ssh-keygen -p -f {}`",
+                p.display()
+            ),
+            KeyLocation::Database { .. } => {
+                "store it encrypted (`ssh-keygen -p` on a copy of it)".to_string()
+            }
+        }
+    }
+}
+
+/// One CA key as the store keeps it: the OpenSSH private key text
+/// (passphrase-encrypted under `key_protection = "passphrase"`) and its
+/// public key line, readable without the passphrase. `Debug` never shows
+/// the private text, which is zeroized on drop.
+#[derive(Clone)]
+pub struct StoredKey {
+    /// OpenSSH public key line, as [`super::Authority::public_key_line`]
+    /// writes it (the form audit records name the signing key in).
+    pub public: String,
+    /// OpenSSH private key text.
+    pub private: Zeroizing<String>,
+    /// Unix seconds the key was written, if known (for its age).
+    pub created_at: Option<u64>,
+    /// Where it is kept.
+    pub location: KeyLocation,
+}
+
+impl fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "StoredKey({}, {}, [redacted])",
+            self.location, self.public
+        )
+    }
+}
+
+/// A freshly generated CA key, not yet stored: what
+/// [`StoredKey`] holds minus where and when.
+#[derive(Clone)]
+pub struct NewKey {
+    /// OpenSSH public key line (as [`StoredKey::public`]).
+    pub public: String,
+    /// OpenSSH private key text, encrypted when a passphrase was given.
+    pub private: Zeroizing<String>,
+}
+
+impl fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NewKey({}, [redacted])", self.public)
+    }
+}
+
+impl NewKey {
+    /// A new random Ed25519 CA key, encrypted with `passphrase` if given
+    /// (OpenSSH format, as [`CaKey::write_new_encrypted`]).
+    pub fn generate(passphrase: Option<&Secret>) -> Result<NewKey, KeyFileError> {
+        let key = CaKey::generate();
+        let plain = key
+            .to_private_key()
+            .map_err(|e| KeyFileError::Generate(e.to_string()))?;
+        let pk = match passphrase {
+            None => plain,
+            Some(p) => plain
+                .encrypt(&mut OsRng, p.expose().as_bytes())
+                .map_err(|e| KeyFileError::Generate(format!("encrypting the key: {e}")))?,
+        };
+        let text = pk
+            .to_openssh(ssh_key::LineEnding::LF)
+            .map_err(|e| KeyFileError::Generate(e.to_string()))?;
+        Ok(NewKey {
+            public: super::signer::public_key_line(&key.signer.public, super::CA_KEY_COMMENT),
+            private: Zeroizing::new(text.to_string()),
+        })
+    }
+}
+
+/// The public key line (as [`StoredKey::public`]) of the OpenSSH private
+/// key `text`, read without decrypting it.
+pub fn public_line_of(text: &str, key: &KeyLocation) -> Result<String, KeyFileError> {
+    let pk =
+        ssh_key::PrivateKey::from_openssh(text.as_bytes()).map_err(|e| KeyFileError::Invalid {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+    Ok(super::signer::public_key_line(
+        pk.public_key().key_data(),
+        super::CA_KEY_COMMENT,
+    ))
+}
+
+/// Whether the OpenSSH private key `text` is passphrase-encrypted (`None`
+/// if it is not an OpenSSH private key). A store shared by replicas
+/// refuses keys for which this is not `Some(true)`.
+pub fn is_encrypted(text: &str) -> Option<bool> {
+    ssh_key::PrivateKey::from_openssh(text.as_bytes())
+        .ok()
+        .map(|pk| pk.is_encrypted())
+}
+
+/// Reads the CA key file at `path`, refusing one other users can read.
+/// `Err(KeyFileError::Io)` with `NotFound` when there is no file.
+pub fn read_key_file(path: &Path) -> Result<Zeroizing<String>, KeyFileError> {
+    use std::io::Read as _;
+    let io = |source| KeyFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = fs::File::open(path).map_err(io)?;
+    let mode = f.metadata().map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyFileError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let mut text = Zeroizing::new(String::new());
+    f.read_to_string(&mut text).map_err(io)?;
+    Ok(text)
+}
+
+/// Writes a new CA key file: a temp file in the same directory (0600,
+/// fsynced), hard-linked into place, directory fsynced. Never replaces a
+/// file: when `path` exists the error is `Io` with kind `AlreadyExists`,
+/// so of two processes writing the same key file at once exactly one wins.
+pub fn write_new_key_file(path: &Path, text: &str) -> Result<(), KeyFileError> {
+    let io = |source| KeyFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(
+            ".{}.tmp-",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("key")
+        ))
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(io)?;
+    tmp.write_all(text.as_bytes()).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    // hard_link refuses to replace an existing file, unlike rename.
+    fs::hard_link(tmp.path(), path).map_err(io)?;
+    drop(tmp);
+    sync_dir(dir).map_err(io)
 }
 
 /// Why a secret (passphrase, PIN) could not be read.
@@ -368,15 +566,91 @@ pub fn at_rest_warning(cfg: &CaKeyConfig) -> Option<&'static str> {
     }
 }
 
-/// How a loaded key file is protected, for [`CaSigner::describe`].
+/// Why a store shared by replicas (a database) refuses a key text that
+/// is not passphrase-encrypted.
+pub const UNENCRYPTED_SHARED_KEY: &str =
+    "refusing to store an unencrypted CA key in a database shared by replicas; \
+     set [ca] key_protection = \"passphrase\" or use backend = \"pkcs11\"";
+
+/// Why `[ca]` cannot be used with a store shared by replicas, or `None`:
+/// every replica and every backup of the database would hold a key that
+/// signs certificates, so file keys there must be passphrase-encrypted
+/// (PKCS#11 keys are not stored at all).
+pub fn shared_store_refusal(cfg: &CaKeyConfig) -> Option<&'static str> {
+    match cfg {
+        CaKeyConfig::File {
+            protection: KeyProtection::None,
+            ..
+        } => Some(
+            "[store] keeps CA keys in a database shared by replicas, and [ca] key_protection \
+             = \"none\" would store them unencrypted; set [ca] key_protection = \"passphrase\" \
+             (the passphrase from [ca] passphrase_file, the systemd credential \
+             mayfly-ca-passphrase or $MAYFLY_CA_PASSPHRASE, the same on every replica) or use \
+             backend = \"pkcs11\"",
+        ),
+        _ => None,
+    }
+}
+
+/// The passphrase that stored file keys are encrypted with, if `[ca]`
+/// asks for one (`key_protection = "passphrase"`).
+pub fn stored_key_passphrase(
+    cfg: &CaKeyConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Secret>, KeyFileError> {
+    match cfg {
+        CaKeyConfig::File {
+            protection: KeyProtection::Passphrase,
+            passphrase_file,
+        } => Ok(Some(read_secret(
+            &SecretSources::passphrase(passphrase_file.as_deref()),
+            env,
+        )?)),
+        _ => Ok(None),
+    }
+}
+
+/// The passphrase the audit checkpoint key is encrypted with in a store
+/// shared by replicas: the CA key passphrase; with PKCS#11 CA keys (which
+/// have none) the same sources without a file (the systemd credential
+/// `mayfly-ca-passphrase` or `$MAYFLY_CA_PASSPHRASE`).
+pub fn shared_audit_key_passphrase(
+    cfg: &CaKeyConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Secret, KeyFileError> {
+    if let Some(p) = stored_key_passphrase(cfg, env)? {
+        return Ok(p);
+    }
+    Ok(read_secret(&SecretSources::passphrase(None), env)?)
+}
+
+/// `text`, an OpenSSH private key (unencrypted), encrypted with
+/// `passphrase` (a plain key moved into a store shared by replicas).
+pub fn encrypt_key_text(text: &str, passphrase: &Secret) -> Result<NewKey, KeyFileError> {
+    let bad = |e: ssh_key::Error| KeyFileError::Generate(e.to_string());
+    let pk = ssh_key::PrivateKey::from_openssh(text.as_bytes()).map_err(bad)?;
+    let enc = if pk.is_encrypted() {
+        pk
+    } else {
+        pk.encrypt(&mut OsRng, passphrase.expose().as_bytes())
+            .map_err(bad)?
+    };
+    let out = enc.to_openssh(ssh_key::LineEnding::LF).map_err(bad)?;
+    Ok(NewKey {
+        public: super::signer::public_key_line(enc.public_key().key_data(), super::CA_KEY_COMMENT),
+        private: Zeroizing::new(out.to_string()),
+    })
+}
+
+/// How a loaded key is protected, for [`CaSigner::describe`].
 #[derive(Debug, Clone)]
 enum AtRest {
     /// Generated in memory, never written.
     Memory,
-    /// A plain file.
-    Plain(PathBuf),
-    /// An encrypted file: path, KDF rounds, cipher name.
-    Encrypted(PathBuf, u32, String),
+    /// Unencrypted.
+    Plain(KeyLocation),
+    /// Encrypted: where, KDF rounds, cipher name.
+    Encrypted(KeyLocation, u32, String),
 }
 
 /// A file-backed Ed25519 CA key, held as an `ed25519_dalek::SigningKey` so
@@ -406,11 +680,10 @@ impl CaSigner for CaKey {
     fn describe(&self) -> String {
         match &self.signer.at_rest {
             AtRest::Memory => "in-memory key".into(),
-            AtRest::Plain(p) => format!("file {} (unencrypted)", p.display()),
-            AtRest::Encrypted(p, rounds, cipher) => format!(
-                "file {} (encrypted: bcrypt-pbkdf {rounds} rounds, {cipher})",
-                p.display()
-            ),
+            AtRest::Plain(at) => format!("{at} (unencrypted)"),
+            AtRest::Encrypted(at, rounds, cipher) => {
+                format!("{at} (encrypted: bcrypt-pbkdf {rounds} rounds, {cipher})")
+            }
         }
     }
 }
@@ -473,12 +746,21 @@ impl CaKey {
             Ok(_) => Ok((CaKey::open(path, passphrase)?, false)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = CaKey::generate();
-                match passphrase {
-                    None => key.write_new(path)?,
-                    Some(p) => key.write_new_encrypted(path, p)?,
+                let written = match passphrase {
+                    None => key.write_new(path),
+                    Some(p) => key.write_new_encrypted(path, p),
+                };
+                match written {
+                    // Another process wrote it first: use that key.
+                    Err(KeyFileError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                    {
+                        Ok((CaKey::open(path, passphrase)?, false))
+                    }
+                    Err(e) => Err(e),
+                    // Reload so that `describe` reports what is on disk.
+                    Ok(()) => Ok((CaKey::open(path, passphrase)?, true)),
                 }
-                // Reload so that `describe` reports what is on disk.
-                Ok((CaKey::open(path, passphrase)?, true))
             }
             Err(source) => Err(KeyFileError::Io {
                 path: path.to_path_buf(),
@@ -496,35 +778,46 @@ impl CaKey {
     /// ssh-key supports) when `passphrase` is given, plain otherwise; the
     /// other kind is refused with a message that says how to fix it.
     pub fn open(path: &Path, passphrase: Option<&Secret>) -> Result<CaKey, KeyFileError> {
-        let io = |source| KeyFileError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let meta = fs::metadata(path).map_err(io)?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KeyFileError::Permissions {
-                path: path.to_path_buf(),
-                mode,
+        let text = read_key_file(path)?;
+        CaKey::from_openssh(&text, passphrase, KeyLocation::File(path.to_path_buf()))
+    }
+
+    /// Opens a stored key with `passphrase` (as [`CaKey::from_openssh`]).
+    pub fn from_stored(
+        key: &StoredKey,
+        passphrase: Option<&Secret>,
+    ) -> Result<CaKey, KeyFileError> {
+        let k = CaKey::from_openssh(&key.private, passphrase, key.location.clone())?;
+        let public = super::signer::public_key_line(&k.signer.public, super::CA_KEY_COMMENT);
+        if public != key.public {
+            return Err(KeyFileError::Invalid {
+                key: key.location.clone(),
+                reason: "its private key does not match the public key stored with it".into(),
             });
         }
-        let text = Zeroizing::new(fs::read_to_string(path).map_err(io)?);
+        Ok(k)
+    }
+
+    /// Opens the OpenSSH private key `text` kept at `at`: encrypted when
+    /// `passphrase` is given, plain otherwise; the other kind is refused
+    /// with a message that says how to fix it.
+    pub fn from_openssh(
+        text: &str,
+        passphrase: Option<&Secret>,
+        at: KeyLocation,
+    ) -> Result<CaKey, KeyFileError> {
         let invalid = |reason: String| KeyFileError::Invalid {
-            path: path.to_path_buf(),
+            key: at.clone(),
             reason,
         };
         let pk = ssh_key::PrivateKey::from_openssh(text.as_bytes())
             .map_err(|e| invalid(e.to_string()))?;
         let (pk, at_rest) = match (pk.is_encrypted(), passphrase) {
-            (false, None) => (pk, AtRest::Plain(path.to_path_buf())),
-            (true, None) => {
-                return Err(KeyFileError::Encrypted {
-                    path: path.to_path_buf(),
-                })
-            }
+            (false, None) => (pk, AtRest::Plain(at.clone())),
+            (true, None) => return Err(KeyFileError::Encrypted { key: at }),
             (false, Some(p)) => {
                 return Err(KeyFileError::NotEncrypted {
-                    path: path.to_path_buf(),
+                    key: at,
                     origin: p.source().to_string(),
                 })
             }
@@ -533,11 +826,10 @@ impl CaKey {
                     ssh_key::Kdf::Bcrypt { rounds, .. } => *rounds,
                     _ => 0,
                 };
-                let at_rest =
-                    AtRest::Encrypted(path.to_path_buf(), rounds, pk.cipher().as_str().into());
+                let at_rest = AtRest::Encrypted(at.clone(), rounds, pk.cipher().as_str().into());
                 let plain = pk.decrypt(p.expose().as_bytes()).map_err(|_| {
                     KeyFileError::WrongPassphrase {
-                        path: path.to_path_buf(),
+                        key: at.clone(),
                         origin: p.source().to_string(),
                     }
                 })?;
@@ -567,8 +859,8 @@ impl CaKey {
     /// Writes the key to a new unencrypted file (0600, fsynced, linked into
     /// place); fails if `path` already exists.
     pub fn write_new(&self, path: &Path) -> Result<(), KeyFileError> {
-        let pk = self.to_private_key(path)?;
-        self.write_pem(path, &pk)
+        let pk = self.to_private_key().map_err(|e| encode_err(path, e))?;
+        write_pem(path, &pk)
     }
 
     /// Writes the key to a new file encrypted with `passphrase` in OpenSSH's
@@ -579,55 +871,34 @@ impl CaKey {
         path: &Path,
         passphrase: &Secret,
     ) -> Result<(), KeyFileError> {
-        let plain = self.to_private_key(path)?;
+        let plain = self.to_private_key().map_err(|e| encode_err(path, e))?;
         let pk = plain
             .encrypt(&mut OsRng, passphrase.expose().as_bytes())
             .map_err(|e| KeyFileError::Io {
                 path: path.to_path_buf(),
                 source: std::io::Error::other(format!("encrypting the key: {e}")),
             })?;
-        self.write_pem(path, &pk)
+        write_pem(path, &pk)
     }
 
-    fn to_private_key(&self, path: &Path) -> Result<ssh_key::PrivateKey, KeyFileError> {
+    fn to_private_key(&self) -> Result<ssh_key::PrivateKey, ssh_key::Error> {
         let kp = Ed25519Keypair::from(&self.signer.key);
-        ssh_key::PrivateKey::new(KeypairData::Ed25519(kp), "mayfly-user-ca").map_err(|e| {
-            KeyFileError::Io {
-                path: path.to_path_buf(),
-                source: std::io::Error::other(e.to_string()),
-            }
-        })
+        ssh_key::PrivateKey::new(KeypairData::Ed25519(kp), "mayfly-user-ca")
     }
+}
 
-    fn write_pem(&self, path: &Path, pk: &ssh_key::PrivateKey) -> Result<(), KeyFileError> {
-        let io = |source| KeyFileError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let pem = pk
-            .to_openssh(ssh_key::LineEnding::LF)
-            .map_err(|e| io(std::io::Error::other(e.to_string())))?;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("key"),
-            std::process::id()
-        ));
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
-        let written = f
-            .write_all(pem.as_bytes())
-            .and_then(|_| f.sync_all())
-            // hard_link refuses to replace an existing file, unlike rename.
-            .and_then(|_| fs::hard_link(&tmp, path));
-        let _ = fs::remove_file(&tmp);
-        written.map_err(io)?;
-        sync_dir(dir).map_err(io)
+fn encode_err(path: &Path, e: ssh_key::Error) -> KeyFileError {
+    KeyFileError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
     }
+}
+
+fn write_pem(path: &Path, pk: &ssh_key::PrivateKey) -> Result<(), KeyFileError> {
+    let pem = pk
+        .to_openssh(ssh_key::LineEnding::LF)
+        .map_err(|e| encode_err(path, e))?;
+    write_new_key_file(path, &pem)
 }
 
 /// Writes `contents` to `path` atomically: temp file in the same directory,
@@ -651,6 +922,28 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plain_key_encrypted_for_a_shared_store_opens_only_with_the_passphrase() {
+        let plain = NewKey::generate(None).expect("test step");
+        assert_eq!(is_encrypted(&plain.private), Some(false));
+        let pass = Secret::new(Zeroizing::new("s3cret".into()), "test");
+        let enc = encrypt_key_text(&plain.private, &pass).expect("encrypt");
+        assert_eq!(is_encrypted(&enc.private), Some(true));
+        assert_eq!(enc.public, plain.public);
+        let at = KeyLocation::Database {
+            base: "audit_key".into(),
+            slot: "active",
+        };
+        let k = CaKey::from_openssh(&enc.private, Some(&pass), at.clone()).expect("opens");
+        assert_eq!(
+            super::super::signer::public_key_line(&k.signer.public, super::super::CA_KEY_COMMENT),
+            plain.public
+        );
+        let wrong = Secret::new(Zeroizing::new("other".into()), "test");
+        assert!(CaKey::from_openssh(&enc.private, Some(&wrong), at).is_err());
+        assert!(encrypt_key_text("not a key", &pass).is_err());
+    }
 
     fn secret(s: &str) -> Secret {
         Secret::new(Zeroizing::new(s.to_string()), "test")

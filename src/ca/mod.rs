@@ -1,4 +1,5 @@
-//! The certificate authority: CA keys on disk, and minting OpenSSH user
+//! The certificate authority: CA keys (opened from what the store keeps,
+//! or in a PKCS#11 token), and minting OpenSSH user
 //! certificates from a [`CertSpec`] that policy already decided.
 //!
 //! Minting applies no policy. It re-checks the spec's hard bounds just before
@@ -13,7 +14,7 @@ pub mod spec;
 
 use std::time::Duration;
 
-pub use keys::{CaKey, KeyFileError};
+pub use keys::{CaKey, KeyFileError, KeyLocation, NewKey, StoredKey};
 pub use signer::{CaSigner, SignError};
 pub use spec::{
     key_id, key_id_problem, CertKind, CertSpec, Extension, Principal, PrincipalError, SubjectKey,
@@ -33,6 +34,10 @@ pub enum MintError {
     #[error("signing failed: {0}")]
     Sign(#[from] ssh_key::Error),
 }
+
+/// The comment of every CA public key line mayfly publishes and records
+/// (audit records name the signing key by this line).
+pub const CA_KEY_COMMENT: &str = "mayfly-ca";
 
 /// Slack above [`MAX_USER_CERT_TTL`] for the backdated part of the window.
 const MAX_BACKDATE: Duration = Duration::from_secs(3600);
@@ -55,7 +60,7 @@ impl Authority {
 
     /// The CA public key as one OpenSSH line (no newline), for `TrustedUserCAKeys`.
     pub fn public_key_line(&self) -> String {
-        signer::public_key_line(self.key.public_key(), "mayfly-ca")
+        signer::public_key_line(self.key.public_key(), CA_KEY_COMMENT)
     }
 
     /// The CA key's `SHA256:` fingerprint.

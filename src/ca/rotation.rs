@@ -1,37 +1,50 @@
-//! CA key rotation without downtime.
+//! CA key rotation without downtime: the key slots, the rotation state
+//! machine, and the key ring a server signs with.
 //!
-//! Each CA (user, host) has up to three key slots in `data_dir`:
+//! Each CA (user, host, each CA group) has up to three key slots:
 //!
-//! | file                 | slot     | published | signs |
-//! |----------------------|----------|-----------|-------|
-//! | `user_ca.next`       | next     | yes       | no    |
-//! | `user_ca`            | active   | yes       | yes   |
-//! | `user_ca.previous`   | previous | yes       | no    |
+//! | slot     | file (SQLite mode)   | published | signs |
+//! |----------|----------------------|-----------|-------|
+//! | next     | `user_ca.next`       | yes       | no    |
+//! | active   | `user_ca`            | yes       | yes   |
+//! | previous | `user_ca.previous`   | yes       | no    |
 //!
 //! `stage` creates the next key, so hosts learn it (through
 //! `/v1/ca/user.pub` and the host sync agent) before anything is signed
 //! with it; `activate` makes it sign (the old key becomes `previous`, still
 //! trusted, so certificates it signed keep working); `retire` drops the
-//! previous key once every certificate it signed has expired. Each step is
-//! a rename in one directory, so a crash leaves a state the next command
-//! understands. Rotation of PKCS#11 keys is not supported by this version.
-
-use std::fs;
-use std::path::{Path, PathBuf};
+//! previous key once every certificate it signed has expired.
+//!
+//! Where the keys are kept is the store's business
+//! (`crate::store::KeyStore`: files in `data_dir` with SQLite, rows with a
+//! shared database). This module holds what every store must agree on:
+//! [`check_step`] and [`check_retire_expiry`] decide whether a step fits
+//! the stored state, and each store calls them inside the operation that
+//! applies the step, so all backends refuse alike and with the same words.
+//! Rotation of PKCS#11 keys is not supported by this version: nothing of
+//! them is stored, they stay on the token.
 
 use serde::Serialize;
 
-use super::keys::{open_ca_signer, KeyFileError};
+use super::keys::{CaKey, KeyFileError, KeyLocation, NewKey, Secret, StoredKey};
+use super::signer::fingerprint_of_line;
 use super::Authority;
 use crate::config::CaKeyConfig;
 
-/// Why a rotation step was refused.
+/// Why a rotation step (or loading a CA's keys) was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RotationError {
     /// The step does not fit the current state.
     #[error("{0}")]
     State(String),
-    /// Key file trouble.
+    /// The keys changed between reading them and applying the step
+    /// (another rotation ran at the same time); nothing was changed.
+    #[error("the keys of CA {base} changed while this command ran (another `mayfly ca rotate` at the same time?); nothing was changed, run it again")]
+    Changed {
+        /// CA base name.
+        base: String,
+    },
+    /// Key trouble (file, passphrase, token).
     #[error(transparent)]
     Key(#[from] KeyFileError),
     /// File system trouble.
@@ -42,6 +55,9 @@ pub enum RotationError {
         /// The error.
         source: std::io::Error,
     },
+    /// The store failed.
+    #[error("{0}")]
+    Store(String),
 }
 
 /// A slot of a CA key.
@@ -57,13 +73,18 @@ pub enum Slot {
 }
 
 impl Slot {
-    fn suffix(self) -> &'static str {
+    /// Every slot, in the order `ca status` lists them.
+    pub const ALL: [Slot; 3] = [Slot::Next, Slot::Active, Slot::Previous];
+
+    /// What the slot's key file name adds to the CA's base name.
+    pub fn file_suffix(self) -> &'static str {
         match self {
             Slot::Active => "",
             Slot::Next => ".next",
             Slot::Previous => ".previous",
         }
     }
+
     /// Name of the slot.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -71,6 +92,179 @@ impl Slot {
             Slot::Next => "next",
             Slot::Previous => "previous",
         }
+    }
+}
+
+/// The stored keys of one CA, by slot.
+#[derive(Debug, Clone, Default)]
+pub struct CaKeys {
+    /// Signs.
+    pub active: Option<StoredKey>,
+    /// Staged for the next activation.
+    pub next: Option<StoredKey>,
+    /// The key before the last activation.
+    pub previous: Option<StoredKey>,
+}
+
+impl CaKeys {
+    /// The key in `slot`.
+    pub fn get(&self, slot: Slot) -> Option<&StoredKey> {
+        match slot {
+            Slot::Active => self.active.as_ref(),
+            Slot::Next => self.next.as_ref(),
+            Slot::Previous => self.previous.as_ref(),
+        }
+    }
+
+    /// The key in `slot`, to change it.
+    pub fn get_mut(&mut self, slot: Slot) -> &mut Option<StoredKey> {
+        match slot {
+            Slot::Active => &mut self.active,
+            Slot::Next => &mut self.next,
+            Slot::Previous => &mut self.previous,
+        }
+    }
+
+    /// The public lines by slot: what a step is decided on.
+    pub fn slots(&self) -> Slots {
+        let line = |k: &Option<StoredKey>| k.as_ref().map(|k| k.public.clone());
+        Slots {
+            active: line(&self.active),
+            next: line(&self.next),
+            previous: line(&self.previous),
+        }
+    }
+
+    /// Whether no slot holds a key.
+    pub fn is_empty(&self) -> bool {
+        self.active.is_none() && self.next.is_none() && self.previous.is_none()
+    }
+}
+
+/// The public key lines of one CA's slots. A rotation step carries the
+/// slots it was decided on, and the store refuses it
+/// ([`RotationError::Changed`]) when the stored slots differ by then.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Slots {
+    /// Public line of the active key.
+    pub active: Option<String>,
+    /// Public line of the next key.
+    pub next: Option<String>,
+    /// Public line of the previous key.
+    pub previous: Option<String>,
+}
+
+/// One rotation step as a store applies it.
+#[derive(Debug, Clone)]
+pub enum KeyStep {
+    /// Store the new key as next.
+    Stage(NewKey),
+    /// next becomes active, active becomes previous.
+    Activate,
+    /// Drop the previous key.
+    Retire {
+        /// Even though certificates it signed are still valid.
+        force: bool,
+    },
+}
+
+impl KeyStep {
+    /// The step's name (`stage`, `activate`, `retire`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            KeyStep::Stage(_) => "stage",
+            KeyStep::Activate => "activate",
+            KeyStep::Retire { .. } => "retire",
+        }
+    }
+}
+
+/// Whether `step` fits the stored keys `stored` of CA `base`, which must
+/// still be what the step was decided on (`expected`). Every key store
+/// calls this inside the operation that applies the step.
+pub fn check_step(
+    base: &str,
+    step: &KeyStep,
+    stored: &CaKeys,
+    expected: &Slots,
+) -> Result<(), RotationError> {
+    if stored.slots() != *expected {
+        return Err(RotationError::Changed { base: base.into() });
+    }
+    let Some(active) = &stored.active else {
+        return Err(RotationError::State(format!(
+            "CA {base} has no active key yet; it is created when the server first starts (or first loads a role of the CA group)"
+        )));
+    };
+    match step {
+        KeyStep::Stage(_) => {
+            if let Some(next) = &stored.next {
+                return Err(RotationError::State(format!(
+                    "a next key ({}) is already staged; activate it (--activate){}",
+                    fingerprint_of_line(&next.public),
+                    match &next.location {
+                        KeyLocation::File(p) => format!(" or remove {} to discard it", p.display()),
+                        KeyLocation::Database { .. } => String::new(),
+                    }
+                )));
+            }
+        }
+        KeyStep::Activate => {
+            if stored.next.is_none() {
+                return Err(RotationError::State(
+                    "no next key is staged; run --stage first and let hosts sync".into(),
+                ));
+            }
+            // previous == active: a file-mode activation stopped after
+            // keeping the active key as previous; activating finishes it.
+            if let Some(prev) = stored
+                .previous
+                .as_ref()
+                .filter(|p| p.public != active.public)
+            {
+                return Err(RotationError::State(format!(
+                    "the previous key ({}) is still published; retire it (--retire) before activating another",
+                    fingerprint_of_line(&prev.public)
+                )));
+            }
+        }
+        KeyStep::Retire { .. } => {
+            if stored.previous.is_none() {
+                return Err(RotationError::State(
+                    "there is no previous key to retire".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the previous key may be retired: refused while a certificate it
+/// signed is valid (`last_expiry`, the latest `valid_before` recorded for
+/// it, is after `now`) unless `force`.
+pub fn check_retire_expiry(
+    previous: &StoredKey,
+    last_expiry: u64,
+    now: u64,
+    force: bool,
+) -> Result<(), RotationError> {
+    if last_expiry > now && !force {
+        return Err(RotationError::State(format!(
+            "certificates signed by the previous key ({}) are valid for another {}s; retire after that, or --force to cut them off",
+            fingerprint_of_line(&previous.public),
+            last_expiry - now
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses rotation of keys that are not stored (PKCS#11).
+pub fn check_rotatable(cfg: &CaKeyConfig) -> Result<(), RotationError> {
+    match cfg {
+        CaKeyConfig::File { .. } => Ok(()),
+        _ => Err(RotationError::State(
+            "rotation of PKCS#11 keys is not supported by this version; create the new key in the token and change key labels".into(),
+        )),
     }
 }
 
@@ -102,176 +296,43 @@ impl KeyRing {
         }
         out
     }
-}
 
-fn slot_name(base: &str, slot: Slot) -> String {
-    format!("{base}{}", slot.suffix())
-}
+    /// Whether this ring holds exactly the keys `keys` stores.
+    pub fn matches(&self, keys: &CaKeys) -> bool {
+        let line = |a: Option<&Authority>| a.map(Authority::public_key_line);
+        keys.slots()
+            == Slots {
+                active: line(Some(&self.active)),
+                next: line(self.next.as_ref()),
+                previous: line(self.previous.as_ref()),
+            }
+    }
 
-fn slot_path(dir: &Path, base: &str, slot: Slot) -> PathBuf {
-    dir.join(slot_name(base, slot))
-}
-
-fn file_backend(cfg: &CaKeyConfig) -> Result<(), RotationError> {
-    match cfg {
-        CaKeyConfig::File { .. } => Ok(()),
-        _ => Err(RotationError::State(
-            "rotation of PKCS#11 keys is not supported by this version; create the new key in the token and change key labels".into(),
-        )),
+    /// Opens every stored key of a CA (decrypting with `passphrase`);
+    /// `None` when it has no active key.
+    pub fn open(
+        keys: &CaKeys,
+        passphrase: Option<&Secret>,
+    ) -> Result<Option<KeyRing>, RotationError> {
+        let Some(active) = &keys.active else {
+            return Ok(None);
+        };
+        let open =
+            |k: &Option<StoredKey>| k.as_ref().map(|k| open_stored(k, passphrase)).transpose();
+        Ok(Some(KeyRing {
+            active: open_stored(active, passphrase)?,
+            next: open(&keys.next)?,
+            previous: open(&keys.previous)?,
+        }))
     }
 }
 
-fn open_existing(
-    cfg: &CaKeyConfig,
-    dir: &Path,
-    base: &str,
-    slot: Slot,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Option<Authority>, RotationError> {
-    if matches!(cfg, CaKeyConfig::File { .. }) && !slot_path(dir, base, slot).exists() {
-        return Ok(None);
-    }
-    if slot != Slot::Active && !matches!(cfg, CaKeyConfig::File { .. }) {
-        return Ok(None);
-    }
-    let (signer, _) = open_ca_signer(cfg, dir, &slot_name(base, slot), env)?;
-    Ok(Some(Authority::from_boxed(signer)))
-}
-
-/// Loads the key ring of CA `base` (`user_ca` or `host_ca`), generating the
-/// active key on first start. Returns the ring and whether the active key
-/// was just created.
-pub fn load(
-    cfg: &CaKeyConfig,
-    dir: &Path,
-    base: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(KeyRing, bool), RotationError> {
-    if matches!(cfg, CaKeyConfig::File { .. })
-        && !slot_path(dir, base, Slot::Active).exists()
-        && slot_path(dir, base, Slot::Next).exists()
-    {
-        return Err(RotationError::State(format!(
-            "{} is missing but {} exists: an activation was interrupted; rename {} to {} to finish it",
-            slot_path(dir, base, Slot::Active).display(),
-            slot_path(dir, base, Slot::Next).display(),
-            slot_name(base, Slot::Next),
-            base
-        )));
-    }
-    let (active, created) = open_ca_signer(cfg, dir, base, env)?;
-    Ok((
-        KeyRing {
-            active: Authority::from_boxed(active),
-            next: open_existing(cfg, dir, base, Slot::Next, env)?,
-            previous: open_existing(cfg, dir, base, Slot::Previous, env)?,
-        },
-        created,
-    ))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), RotationError> {
-    fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|source| RotationError::Io {
-            what: format!("syncing {}", dir.display()),
-            source,
-        })
-}
-
-/// Creates the next key. Returns its fingerprint.
-pub fn stage(
-    cfg: &CaKeyConfig,
-    dir: &Path,
-    base: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, RotationError> {
-    file_backend(cfg)?;
-    if let Some(next) = open_existing(cfg, dir, base, Slot::Next, env)? {
-        return Err(RotationError::State(format!(
-            "a next key ({}) is already staged; activate it (--activate) or remove {} to discard it",
-            next.fingerprint(),
-            slot_path(dir, base, Slot::Next).display()
-        )));
-    }
-    let (signer, _) = open_ca_signer(cfg, dir, &slot_name(base, Slot::Next), env)?;
-    Ok(Authority::from_boxed(signer).fingerprint())
-}
-
-/// Makes the next key sign; the active one becomes previous. Returns
-/// (old fingerprint, new fingerprint).
-pub fn activate(
-    cfg: &CaKeyConfig,
-    dir: &Path,
-    base: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(String, String), RotationError> {
-    file_backend(cfg)?;
-    let Some(next) = open_existing(cfg, dir, base, Slot::Next, env)? else {
-        return Err(RotationError::State(
-            "no next key is staged; run --stage first and let hosts sync".into(),
-        ));
-    };
-    if let Some(prev) = open_existing(cfg, dir, base, Slot::Previous, env)? {
-        return Err(RotationError::State(format!(
-            "the previous key ({}) is still published; retire it (--retire) before activating another",
-            prev.fingerprint()
-        )));
-    }
-    let (active, _) = open_ca_signer(cfg, dir, base, env)?;
-    let old_fp = Authority::from_boxed(active).fingerprint();
-    let io = |what: &str| {
-        let what = what.to_string();
-        move |source| RotationError::Io { what, source }
-    };
-    // A hard link first: at every instant `base` holds a valid key.
-    fs::hard_link(
-        slot_path(dir, base, Slot::Active),
-        slot_path(dir, base, Slot::Previous),
-    )
-    .map_err(io("keeping the active key as previous"))?;
-    sync_dir(dir)?;
-    fs::rename(
-        slot_path(dir, base, Slot::Next),
-        slot_path(dir, base, Slot::Active),
-    )
-    .map_err(io("moving the next key into place"))?;
-    sync_dir(dir)?;
-    Ok((old_fp, next.fingerprint()))
-}
-
-/// Removes the previous key. `last_expiry` is the latest `valid_before`
-/// of certificates it signed; refused while that is in the future unless
-/// `force`. Returns the retired fingerprint.
-pub fn retire(
-    cfg: &CaKeyConfig,
-    dir: &Path,
-    base: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-    last_expiry: impl FnOnce(&str) -> Result<u64, String>,
-    now: u64,
-    force: bool,
-) -> Result<String, RotationError> {
-    file_backend(cfg)?;
-    let Some(prev) = open_existing(cfg, dir, base, Slot::Previous, env)? else {
-        return Err(RotationError::State(
-            "there is no previous key to retire".into(),
-        ));
-    };
-    let last = last_expiry(&prev.public_key_line()).map_err(RotationError::State)?;
-    if last > now && !force {
-        return Err(RotationError::State(format!(
-            "certificates signed by the previous key ({}) are valid for another {}s; retire after that, or --force to cut them off",
-            prev.fingerprint(),
-            last - now
-        )));
-    }
-    fs::remove_file(slot_path(dir, base, Slot::Previous)).map_err(|source| RotationError::Io {
-        what: "removing the previous key".into(),
-        source,
-    })?;
-    sync_dir(dir)?;
-    Ok(prev.fingerprint())
+/// Opens one stored key (decrypting it with `passphrase`).
+pub fn open_stored(
+    key: &StoredKey,
+    passphrase: Option<&Secret>,
+) -> Result<Authority, RotationError> {
+    Ok(Authority::new(CaKey::from_stored(key, passphrase)?))
 }
 
 /// One key's status for `mayfly ca status`.
@@ -291,41 +352,124 @@ pub struct KeyStatus {
     pub signs: bool,
 }
 
-/// Status of every key of CA `base`.
-pub fn status(
-    cfg: &CaKeyConfig,
-    dir: &Path,
-    base: &str,
-    ca: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Vec<KeyStatus>, RotationError> {
-    let mut out = Vec::new();
-    for slot in [Slot::Next, Slot::Active, Slot::Previous] {
-        let a = if slot == Slot::Active {
-            if matches!(cfg, CaKeyConfig::File { .. }) && !slot_path(dir, base, slot).exists() {
-                None
-            } else {
-                Some(Authority::from_boxed(
-                    open_ca_signer(cfg, dir, base, env)?.0,
-                ))
-            }
-        } else {
-            open_existing(cfg, dir, base, slot, env)?
-        };
-        let Some(a) = a else { continue };
-        let age_seconds = fs::metadata(slot_path(dir, base, slot))
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .map(|d| d.as_secs());
-        out.push(KeyStatus {
-            ca: ca.to_string(),
-            slot,
-            fingerprint: a.fingerprint(),
-            location: a.describe(),
-            age_seconds,
-            signs: slot == Slot::Active,
-        });
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(slot: Slot) -> StoredKey {
+        let k = NewKey::generate(None).expect("test step");
+        StoredKey {
+            public: k.public,
+            private: k.private,
+            created_at: None,
+            location: KeyLocation::Database {
+                base: "user_ca".into(),
+                slot: slot.as_str(),
+            },
+        }
     }
-    Ok(out)
+
+    fn keys(next: bool, previous: bool) -> CaKeys {
+        CaKeys {
+            active: Some(stored(Slot::Active)),
+            next: next.then(|| stored(Slot::Next)),
+            previous: previous.then(|| stored(Slot::Previous)),
+        }
+    }
+
+    fn stage() -> KeyStep {
+        KeyStep::Stage(NewKey::generate(None).expect("test step"))
+    }
+
+    fn state_err(r: Result<(), RotationError>) -> String {
+        match r {
+            Err(RotationError::State(m)) => m,
+            other => panic!("expected a state refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_step_is_refused_when_the_state_does_not_fit() {
+        let k = keys(true, false);
+        let m = state_err(check_step("user_ca", &stage(), &k, &k.slots()));
+        assert!(m.contains("already staged"), "{m}");
+        let k = keys(false, false);
+        let m = state_err(check_step("user_ca", &KeyStep::Activate, &k, &k.slots()));
+        assert!(m.contains("no next key is staged"), "{m}");
+        let k = keys(true, true);
+        let m = state_err(check_step("user_ca", &KeyStep::Activate, &k, &k.slots()));
+        assert!(m.contains("retire it (--retire)"), "{m}");
+        let k = keys(false, false);
+        let m = state_err(check_step(
+            "user_ca",
+            &KeyStep::Retire { force: true },
+            &k,
+            &k.slots(),
+        ));
+        assert!(m.contains("no previous key"), "{m}");
+        let none = CaKeys::default();
+        let m = state_err(check_step("user_ca", &stage(), &none, &none.slots()));
+        assert!(m.contains("no active key"), "{m}");
+    }
+
+    #[test]
+    fn steps_that_fit_are_allowed() {
+        let k = keys(false, false);
+        check_step("user_ca", &stage(), &k, &k.slots()).expect("stage");
+        let k = keys(true, false);
+        check_step("user_ca", &KeyStep::Activate, &k, &k.slots()).expect("activate");
+        let k = keys(false, true);
+        check_step("user_ca", &KeyStep::Retire { force: false }, &k, &k.slots()).expect("retire");
+    }
+
+    #[test]
+    fn a_step_decided_on_other_keys_is_refused_as_changed() {
+        let read = keys(false, false);
+        let mut now = read.clone();
+        now.next = Some(stored(Slot::Next));
+        assert!(matches!(
+            check_step("user_ca", &stage(), &now, &read.slots()),
+            Err(RotationError::Changed { .. })
+        ));
+    }
+
+    #[test]
+    fn activation_interrupted_after_keeping_the_active_key_can_finish() {
+        let mut k = keys(true, false);
+        k.previous = k.active.clone();
+        check_step("user_ca", &KeyStep::Activate, &k, &k.slots()).expect("finishes");
+    }
+
+    #[test]
+    fn retire_waits_for_the_previous_keys_certificates_unless_forced() {
+        let p = stored(Slot::Previous);
+        let m = state_err(check_retire_expiry(&p, 1_100, 1_000, false));
+        assert!(m.contains("valid for another 100s"), "{m}");
+        check_retire_expiry(&p, 1_100, 1_000, true).expect("forced");
+        check_retire_expiry(&p, 1_000, 1_000, false).expect("expired");
+    }
+
+    #[test]
+    fn a_ring_opens_from_stored_keys_and_matches_them() {
+        let k = keys(true, true);
+        let ring = KeyRing::open(&k, None).expect("opens").expect("has active");
+        assert!(ring.matches(&k));
+        assert_eq!(ring.public_lines().lines().count(), 3);
+        let mut other = k.clone();
+        other.next = None;
+        assert!(!ring.matches(&other));
+        assert!(KeyRing::open(&CaKeys::default(), None)
+            .expect("ok")
+            .is_none());
+    }
+
+    #[test]
+    fn a_stored_key_whose_public_line_lies_is_refused() {
+        let mut k = stored(Slot::Active);
+        k.public = stored(Slot::Next).public;
+        assert!(matches!(
+            open_stored(&k, None),
+            Err(RotationError::Key(KeyFileError::Invalid { .. }))
+        ));
+    }
 }

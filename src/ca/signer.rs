@@ -31,6 +31,14 @@ pub fn fingerprint(key: &KeyData) -> String {
     key.fingerprint(ssh_key::HashAlg::Sha256).to_string()
 }
 
+/// `SHA256:` fingerprint of the key in an OpenSSH public key line (the
+/// line itself if it does not parse).
+pub fn fingerprint_of_line(line: &str) -> String {
+    ssh_key::PublicKey::from_openssh(line.trim())
+        .map(|k| fingerprint(k.key_data()))
+        .unwrap_or_else(|_| line.to_string())
+}
+
 /// The SSH wire encoding of the public key in an OpenSSH line (what KRLs
 /// and protocol messages carry), or `None` if the line does not parse.
 pub fn key_blob(line: &str) -> Option<Vec<u8>> {

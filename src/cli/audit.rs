@@ -165,14 +165,7 @@ fn run_verify(
     let db = match config {
         Some(c) => {
             let (cfg, path, db) = open_db(c)?;
-            let key_path = key
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| cfg.data_dir.join(checkpoint::PUB_FILE));
-            let pk = if key.is_some() || key_path.exists() {
-                Some(AuditPublicKey::read(&key_path)?)
-            } else {
-                None
-            };
+            let (pk, key_from) = audit_public_key(&cfg, &db, key)?;
             let report = block_on(evidence::verify::verify_db(
                 db.audit(),
                 pk.as_ref(),
@@ -180,12 +173,7 @@ fn run_verify(
             ))??;
             write!(out, "{report}")?;
             if let Some(pk) = &pk {
-                writeln!(
-                    out,
-                    "audit key: {} ({})",
-                    pk.fingerprint(),
-                    key_path.display()
-                )?;
+                writeln!(out, "audit key: {} ({key_from})", pk.fingerprint())?;
             }
             intact &= report.is_intact();
             Some(db)
@@ -207,6 +195,43 @@ fn run_verify(
     } else {
         ExitCode::from(2)
     })
+}
+
+/// The audit public key checkpoints are verified with, and where it came
+/// from: `--key`; else, with a store shared by replicas, the one stored in
+/// the database; else `data_dir/audit_key.pub` if it exists.
+fn audit_public_key(
+    cfg: &Config,
+    db: &Store,
+    key: Option<&Path>,
+) -> anyhow::Result<(Option<AuditPublicKey>, String)> {
+    if let Some(k) = key {
+        return Ok((Some(AuditPublicKey::read(k)?), k.display().to_string()));
+    }
+    if db.keys().shared() {
+        let stored =
+            block_on(db.keys().ca_keys(checkpoint::KEY_FILE))??.map_err(anyhow::Error::new)?;
+        let Some(active) = stored.active else {
+            return Ok((None, String::new()));
+        };
+        let pk = AuditPublicKey::parse(&active.public)
+            .map_err(|e| anyhow::anyhow!("the audit key stored in the database: {e}"))?;
+        return Ok((
+            Some(pk),
+            "stored in the database; whoever can write the database can replace it, so \
+             compare it with a copy kept elsewhere or pass --key"
+                .into(),
+        ));
+    }
+    let path = cfg.data_dir.join(checkpoint::PUB_FILE);
+    if path.exists() {
+        Ok((
+            Some(AuditPublicKey::read(&path)?),
+            path.display().to_string(),
+        ))
+    } else {
+        Ok((None, String::new()))
+    }
 }
 
 fn run_export(

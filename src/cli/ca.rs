@@ -85,7 +85,7 @@ pub fn run(cmd: CaCmd, verbose: bool) -> anyhow::Result<ExitCode> {
         }
         CaCmd::Status { config, json } => {
             let cfg = load_config(&config)?;
-            let keys = rotation::status(&cfg)?;
+            let keys = runtime()?.block_on(rotation::status(&cfg, now_secs()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&keys)?);
             } else {

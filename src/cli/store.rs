@@ -98,5 +98,14 @@ fn render(s: &Summary) -> String {
         AuditKeyOutcome::None => "none (the source's data_dir has no audit_key)".into(),
     };
     out.push_str(&format!("audit key:         {key}\n"));
+    if s.audit_key_in_database {
+        out.push_str("                   and stored in the target's database (encrypted)\n");
+    }
+    if !s.ca_keys.is_empty() {
+        out.push_str(&format!(
+            "CA keys:           {} (every slot, into the target's database)\n",
+            s.ca_keys.join(", ")
+        ));
+    }
     out
 }

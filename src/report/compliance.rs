@@ -252,12 +252,6 @@ fn file_mode(p: &Path) -> Option<u32> {
         .map(|m| m.permissions().mode() & 0o7777)
 }
 
-fn age_days(p: &Path, now: u64) -> Option<u64> {
-    let m = std::fs::metadata(p).ok()?.modified().ok()?;
-    let t = m.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
-    Some(now.saturating_sub(t) / 86_400)
-}
-
 pub(crate) fn role_facts(policy: &Policy) -> Vec<RoleFacts> {
     policy
         .roles
@@ -317,22 +311,22 @@ pub async fn gather(
         } => "file (passphrase)",
         CaKeyConfig::Pkcs11(_) => "pkcs11",
     };
-    let is_file = matches!(cfg.ca, CaKeyConfig::File { .. });
-    let ca_keys = [
+    let mut ca_keys = Vec::new();
+    for (ca, base) in [
         ("user", crate::config::files::USER_CA_KEY),
         ("host", crate::config::files::HOST_CA_KEY),
-    ]
-    .iter()
-    .map(|(ca, file)| CaKeyFacts {
-        ca: ca.to_string(),
-        protection: protection.to_string(),
-        age_days: if is_file {
-            age_days(&cfg.data_dir.join(file), now)
-        } else {
-            None
-        },
-    })
-    .collect();
+    ] {
+        // PKCS#11 keys are not stored: their age is not known.
+        let created = match (&cfg.ca, store.keys().ca_keys(base).await?) {
+            (CaKeyConfig::File { .. }, Ok(k)) => k.active.and_then(|a| a.created_at),
+            _ => None,
+        };
+        ca_keys.push(CaKeyFacts {
+            ca: ca.to_string(),
+            protection: protection.to_string(),
+            age_days: created.map(|t| now.saturating_sub(t) / 86_400),
+        });
+    }
     let live: u64 = db.scrape_gauges(now).await?.live_revocations;
     Ok(Evidence {
         generated_at: now,

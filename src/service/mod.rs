@@ -217,18 +217,18 @@ impl Service {
             return Ok(());
         }
         let disabled = self.store.access().disabled().await?;
-        let mut g = self.admin.lock().unwrap_or_else(|p| p.into_inner());
-        if g.version == Some(v) {
-            return Ok(());
+        {
+            let mut g = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+            if g.version == Some(v) {
+                return Ok(());
+            }
+            g.disabled = disabled.into_iter().map(|d| d.key).collect();
+            g.krl = None;
+            g.version = Some(v);
         }
-        g.disabled = disabled.into_iter().map(|d| d.key).collect();
-        g.krl = None;
-        let first = g.version.is_none();
-        g.version = Some(v);
-        drop(g);
-        if !first {
-            self.reload_keys();
-        }
+        // Also on the first version seen: a rotation may have come between
+        // loading the keys at start and now. Unchanged keys cost one read.
+        self.reload_keys().await;
         Ok(())
     }
 

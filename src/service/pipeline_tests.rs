@@ -21,7 +21,7 @@ use crate::audit::AuditRecord;
 use crate::auth::test_key::{JWKS, PKCS8_PEM};
 use crate::ca::CertKind;
 use crate::clock::ManualClock;
-use crate::config::{CaKeyConfig, IssuerConfig, StoreBackend};
+use crate::config::{IssuerConfig, StoreBackend};
 use crate::policy::limits::RateLimit;
 use crate::store::traits::{
     AfterCommit, AuditLog, CheckpointPage, CheckpointSigner, IssuanceCounters, IssuanceStore,
@@ -219,10 +219,10 @@ async fn rig() -> Rig {
         Default::default(),
         clock.clone(),
     );
-    let ring = |base: &str| {
-        crate::ca::rotation::load(&CaKeyConfig::default(), dir.path(), base, &|_| None)
-            .expect("CA key")
-            .0
+    let ring = |_base: &str| crate::ca::rotation::KeyRing {
+        active: crate::ca::Authority::new(crate::ca::CaKey::generate()),
+        next: None,
+        previous: None,
     };
     let store = crate::store::open(&StoreConfig {
         backend: StoreBackend::SQLite,
@@ -232,7 +232,7 @@ async fn rig() -> Rig {
         postgres: None,
     })
     .expect("store opens");
-    let (issuance, counters, audit, approvals, access, reports, replicas, imports) =
+    let (issuance, counters, audit, approvals, access, reports, keys, replicas, imports) =
         store.into_parts();
     let rec = Arc::new(Recording {
         calls: Mutex::new(Vec::new()),
@@ -248,6 +248,7 @@ async fn rig() -> Rig {
         approvals,
         access,
         reports.clone(),
+        keys,
         replicas,
         imports,
     );

@@ -1,8 +1,8 @@
 //! Durable storage behind a set of async traits, one per concern
 //! ([`traits`]): issuance, the issuance counters, the audit log,
-//! approvals, revocations and deactivations, reports, replica heartbeats,
-//! and imports (a whole CA's state into an empty store, [`import`]). Only
-//! this module
+//! approvals, revocations and deactivations, reports, CA keys with their
+//! rotation state, replica heartbeats, and imports (a whole CA's state
+//! into an empty store, [`import`]). Only this module
 //! writes SQL, and nothing outside it names a backend: callers hold a
 //! [`Store`] from [`open`].
 //!
@@ -17,6 +17,8 @@
 
 pub mod approvals;
 pub mod import;
+pub mod key_files;
+pub mod key_memory;
 pub mod memory;
 pub mod postgres;
 pub mod replicas;
@@ -42,7 +44,8 @@ pub use sqlite::Backend;
 pub use traits::ImportStore;
 pub use traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
-    IssuanceCounters, IssuanceStore, ReplicaStore, ReportStore, Revoker, Store, StoreFuture, Vote,
+    IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore, Revoker,
+    Store, StoreFuture, Vote,
 };
 
 /// A store failure. The message is for logs; clients only see "store unavailable".
@@ -268,7 +271,9 @@ impl StoreConfig {
     }
 }
 
-/// Opens the store `cfg` describes and starts its threads.
+/// Opens the store `cfg` describes and starts its threads. The SQLite
+/// store keeps CA keys as files beside its database (the database is
+/// `data_dir/mayfly.db`, so the keys stay where they have always been).
 pub fn open(cfg: &StoreConfig) -> Result<Store, StoreError> {
     match cfg.backend {
         StoreBackend::SQLite => {

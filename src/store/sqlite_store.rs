@@ -3,13 +3,15 @@
 //! report thread (apart, so a slow report never holds up a certificate)
 //! and one gauge thread for `/metrics` scrapes and replica status (which
 //! never builds an index). The issuance counters live in process memory
-//! ([`MemoryCounters`]): one server owns a SQLite database.
+//! ([`MemoryCounters`]): one server owns a SQLite database. CA keys are
+//! files beside the database ([`KeyFiles`], in `data_dir`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::import::{ImportRefusal, ImportedState, RevocationRow, StoreCounts, UnfinishedImport};
+use super::key_files::KeyFiles;
 use super::memory::MemoryCounters;
 use super::reports::{
     AuditSpan, DailyIssuance, IdentityRoleUsage, LastDenialRow, PrincipalUse, RoleAllTime,
@@ -18,8 +20,8 @@ use super::reports::{
 use super::sqlite::{Backend, Sqlite};
 use super::traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
-    ImportStore, IssuanceCounters, IssuanceStore, ReplicaStore, ReportStore, Revoker, StoreFuture,
-    Vote,
+    ImportStore, IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore,
+    Revoker, StoreFuture, Vote,
 };
 use super::writer::{Hooks, Opener, Readers, Writer};
 use super::{
@@ -31,6 +33,8 @@ use crate::audit::chain::{BadRow, ChainMeta, Hash, StoredRecord};
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::search::AuditQuery;
 use crate::audit::AuditRecord;
+use crate::ca::keys::{NewKey, StoredKey};
+use crate::ca::rotation::{CaKeys, RotationError};
 use crate::policy::limits::RateLimit;
 use crate::replica::Heartbeat;
 
@@ -50,6 +54,7 @@ pub struct SqliteStore {
     gauges: Readers<Sqlite>,
     hooks: Hooks,
     counters: MemoryCounters,
+    key_files: KeyFiles,
 }
 
 fn io(e: std::io::Error) -> StoreError {
@@ -126,6 +131,7 @@ impl SqliteStore {
             gauges,
             hooks,
             counters: MemoryCounters::new(),
+            key_files: KeyFiles::new(path.parent().unwrap_or(Path::new("."))),
         })
     }
 
@@ -159,6 +165,49 @@ impl SqliteStore {
         f: impl FnOnce(&mut Sqlite) -> Result<T, StoreError> + Send + 'static,
     ) -> StoreFuture<'_, T> {
         Box::pin(self.reports.read(f))
+    }
+}
+
+impl KeyStore for SqliteStore {
+    fn shared(&self) -> bool {
+        false
+    }
+
+    fn cas(&self) -> StoreFuture<'_, Vec<String>> {
+        Box::pin(self.key_files.cas())
+    }
+
+    fn ca_keys(&self, base: &str) -> StoreFuture<'_, Result<CaKeys, RotationError>> {
+        let base = base.to_string();
+        Box::pin(async move { self.key_files.ca_keys(&base).await })
+    }
+
+    fn create_active_if_absent(
+        &self,
+        base: &str,
+        key: NewKey,
+    ) -> StoreFuture<'_, Result<(StoredKey, bool), RotationError>> {
+        let base = base.to_string();
+        Box::pin(async move {
+            // A read-only store refuses before any file changes.
+            self.writer()?;
+            self.key_files.create_active(&base, key).await
+        })
+    }
+
+    fn rotate(&self, change: KeyChange) -> StoreFuture<'_, Result<StateVersion, RotationError>> {
+        Box::pin(async move {
+            self.writer()?;
+            self.key_files.rotate(self, self, change).await
+        })
+    }
+
+    fn import_keys(&self, base: &str, keys: CaKeys) -> StoreFuture<'_, Result<(), RotationError>> {
+        let base = base.to_string();
+        Box::pin(async move {
+            self.writer()?;
+            self.key_files.import_keys(&base, keys).await
+        })
     }
 }
 

@@ -11,7 +11,9 @@
 //! writer is one method here, so a backend runs it as one transaction:
 //! [`IssuanceStore::issue`] (disabled check, `max_active_certs`, approval
 //! redemption, then the record), [`AccessStore::disable_and_revoke`] and
-//! [`AccessStore::revoke_matching`].
+//! [`AccessStore::revoke_matching`]. [`KeyStore::rotate`] applies a CA key
+//! rotation step, its audit record and the state-version bump as one
+//! operation.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,6 +34,8 @@ use crate::audit::chain::{BadRow, ChainMeta, Hash, StoredRecord};
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::search::AuditQuery;
 use crate::audit::AuditRecord;
+use crate::ca::keys::{NewKey, StoredKey};
+use crate::ca::rotation::{CaKeys, KeyStep, RotationError, Slots};
 use crate::policy::limits::RateLimit;
 use crate::replica::Heartbeat;
 
@@ -291,6 +295,145 @@ pub trait ReportStore: Send + Sync {
     fn count_events(&self, event: &str) -> StoreFuture<'_, u64>;
 }
 
+/// CA keys and their rotation state, shared by every process of the CA.
+///
+/// A CA is named by its base (`user_ca`, `host_ca`, `user_ca-<group>`) and
+/// has up to three slots ([`crate::ca::rotation::Slot`]). The store keeps
+/// each key as OpenSSH private key text ([`StoredKey`]: passphrase-encrypted
+/// under `[ca] key_protection = "passphrase"`) with its public line; it
+/// never decrypts. PKCS#11 keys are not stored: they stay on the token.
+///
+/// Whether a step fits is decided by
+/// [`crate::ca::rotation::check_step`] (and, for retire,
+/// [`crate::ca::rotation::check_retire_expiry`]), which every
+/// implementation calls on the stored state inside the operation that
+/// applies the step, so all of them refuse alike.
+///
+/// # SQLite mode (files)
+///
+/// `SqliteStore` keeps the keys as files beside its database, in
+/// `data_dir`: `user_ca`, `user_ca.next`, `user_ca.previous` (0600, written
+/// to a temp file, fsynced, hard-linked into place so an existing key is
+/// never replaced). Activation links `user_ca` to `user_ca.previous` and
+/// then renames `user_ca.next` over `user_ca`; retire removes
+/// `user_ca.previous`. The file step comes first, then the audit record
+/// and the state-version bump in one SQLite transaction: a crash between
+/// them leaves the step done but not yet recorded, never recorded but not
+/// done. One server owns a SQLite database, so no lock across machines is
+/// needed; two processes creating the same key file at once still end up
+/// with one key (the hard link fails for the second, which loads the
+/// first's).
+///
+/// # PostgreSQL (what a shared-database implementation must do)
+///
+/// One table, one row per stored key:
+///
+/// ```sql
+/// CREATE TABLE ca_keys (
+///     base        TEXT   NOT NULL,   -- 'user_ca', 'host_ca', 'user_ca-<group>'
+///     slot        TEXT   NOT NULL CHECK (slot IN ('active', 'next', 'previous')),
+///     public_key  TEXT   NOT NULL,   -- StoredKey::public (the audit ca_key form)
+///     private_key TEXT   NOT NULL,   -- OpenSSH text, passphrase-encrypted
+///     created_at  BIGINT NOT NULL,   -- unix seconds, from the inserting replica
+///     PRIMARY KEY (base, slot)
+/// );
+/// ```
+///
+/// * [`KeyStore::shared`] is `true`. Start-up then refuses an unencrypted
+///   file key (`[ca] key_protection = "none"`) before anything is stored,
+///   and [`KeyStore::create_active_if_absent`] and a `Stage` step refuse
+///   any key text for which [`crate::ca::keys::is_encrypted`] is not
+///   `Some(true)`, with [`crate::ca::keys::UNENCRYPTED_SHARED_KEY`].
+/// * [`KeyStore::ca_keys`]: `SELECT ... WHERE base = $1`, locations
+///   [`crate::ca::KeyLocation::Database`]. [`KeyStore::cas`]:
+///   `SELECT DISTINCT base ... ORDER BY base`.
+/// * [`KeyStore::create_active_if_absent`] resolves the first-start race
+///   by the primary key, in one transaction: if the CA has a next or
+///   previous row but no active one, refuse (the same words as
+///   [`crate::ca::rotation::check_step`] for a missing active key); else
+///   `INSERT ... (base, 'active', ...) ON CONFLICT (base, slot) DO
+///   NOTHING`, then `SELECT` the active row. Two replicas starting at once
+///   on an empty database both insert; the second insert waits on the
+///   first's uncommitted row, then does nothing, and its `SELECT` (a new
+///   snapshot under READ COMMITTED) returns the first's key: both sign
+///   with ONE key. Returns `(row, inserted)`. No audit record (as today,
+///   a key's creation is logged, not audited) and no version bump: a
+///   replica that starts later loads the row.
+/// * [`KeyStore::rotate`] is one transaction (one write of the store's
+///   writer, like `record_change`): first append `change.audit` to the
+///   chain, which takes the chain head row lock (`SELECT ... FROM
+///   chain_head FOR UPDATE`) as every transaction that appends audit rows
+///   does, so rotations serialise with each other and with every issuance
+///   commit of every replica; then `SELECT ... FROM ca_keys WHERE base =
+///   $1 FOR UPDATE` and call `check_step` on what was read (a rotation run
+///   at the same time on another host is refused as
+///   [`RotationError::Changed`], never half applied); for `Retire`, read
+///   `MAX(valid_before)` of the `cert_issued` rows whose `ca_key` is the
+///   previous key's public line, in the same transaction, and call
+///   `check_retire_expiry`; then apply: `Stage`: `INSERT` the `next` row;
+///   `Activate`: `UPDATE ... SET slot = 'previous' WHERE slot = 'active'`
+///   and then `UPDATE ... SET slot = 'active' WHERE slot = 'next'` (two
+///   statements, in this order, so the primary key never sees two active
+///   rows; a `previous` row equal to the active key cannot exist here);
+///   `Retire`: `DELETE` the `previous` row. Then bump the state version
+///   (which sends `NOTIFY mayfly_state`; every replica reloads its key
+///   rings when the version moves, `Service::refresh_admin`) and commit.
+///   A refusal rolls the whole transaction back, the audit row with it,
+///   and returns `Ok(Err(_))`.
+/// * The table comes as a new versioned migration (3).
+/// * The audit checkpoint signing key is stored the same way, as the
+///   active key of base `audit_key` ([`crate::audit::checkpoint::KEY_FILE`];
+///   no CA has that base), created by the same race rule, so every replica
+///   signs checkpoints with one key; [`KeyStore::cas`] leaves it out. A
+///   store that is not shared keeps it as the file `data_dir/audit_key`.
+pub trait KeyStore: Send + Sync {
+    /// Whether the keys are shared with processes on other machines (a
+    /// database of replicas). Such a store only takes encrypted keys.
+    fn shared(&self) -> bool;
+    /// The base names of every CA with a stored key, sorted.
+    fn cas(&self) -> StoreFuture<'_, Vec<String>>;
+    /// The stored keys of CA `base`, by slot (all empty: none yet).
+    /// `Ok(Err(_))`: a stored key cannot be read (file mode, bad mode
+    /// bits, not an OpenSSH key).
+    fn ca_keys(&self, base: &str) -> StoreFuture<'_, Result<CaKeys, RotationError>>;
+    /// Stores `key` as the active key of CA `base` unless one is stored,
+    /// and returns the active key stored now and whether it is `key`. Of
+    /// any number of processes calling this at once, exactly one key
+    /// wins and every caller gets it. Refused when the CA has a next or
+    /// previous key but no active one (an interrupted rotation).
+    fn create_active_if_absent(
+        &self,
+        base: &str,
+        key: NewKey,
+    ) -> StoreFuture<'_, Result<(StoredKey, bool), RotationError>>;
+    /// Applies one rotation step, its audit record and a state-version
+    /// bump as one operation, if the step fits the stored keys and they
+    /// are still what it was decided on. `Ok(Err(_))`: refused, nothing
+    /// changed.
+    fn rotate(&self, change: KeyChange) -> StoreFuture<'_, Result<StateVersion, RotationError>>;
+    /// Stores the keys of CA `base` as they are, every slot (`mayfly store
+    /// migrate` into an empty store). `Ok(Err(_))`: a slot is taken
+    /// already, or (shared store) a key is not encrypted.
+    fn import_keys(&self, base: &str, keys: CaKeys) -> StoreFuture<'_, Result<(), RotationError>>;
+}
+
+/// A CA key rotation step with its audit record, as [`KeyStore::rotate`]
+/// applies it.
+#[derive(Debug)]
+pub struct KeyChange {
+    /// CA base name (`user_ca`, `host_ca`, `user_ca-<group>`).
+    pub base: String,
+    /// The step.
+    pub step: KeyStep,
+    /// The public lines of the slots the step was decided on; refused as
+    /// [`RotationError::Changed`] when the stored ones differ.
+    pub expected: Slots,
+    /// The `ca_key_rotated` record, written with the step.
+    pub audit: AuditRecord,
+    /// Unix seconds: retire's expiry check and the state version's time.
+    pub now: u64,
+}
+
 /// Replica heartbeats: one row per replica of this database, each
 /// written only by its own replica. With many replicas on one database the
 /// rows are the fleet as the database sees it (`mayfly status`).
@@ -368,6 +511,7 @@ pub struct Store {
     pub(super) approvals: Arc<dyn ApprovalStore>,
     pub(super) access: Arc<dyn AccessStore>,
     pub(super) reports: Arc<dyn ReportStore>,
+    pub(super) keys: Arc<dyn KeyStore>,
     pub(super) replicas: Arc<dyn ReplicaStore>,
     pub(super) imports: Arc<dyn ImportStore>,
 }
@@ -382,6 +526,7 @@ impl Store {
             + ApprovalStore
             + AccessStore
             + ReportStore
+            + KeyStore
             + ReplicaStore
             + ImportStore
             + 'static,
@@ -393,6 +538,7 @@ impl Store {
             approvals: backend.clone(),
             access: backend.clone(),
             reports: backend.clone(),
+            keys: backend.clone(),
             replicas: backend.clone(),
             imports: backend,
         }
@@ -400,6 +546,8 @@ impl Store {
 
     /// A handle assembled from separate parts (tests, fakes, a backend
     /// that keeps some concern elsewhere).
+    // One argument per concern, in `into_parts` order.
+    #[allow(clippy::too_many_arguments)]
     pub fn from_parts(
         issuance: Arc<dyn IssuanceStore>,
         counters: Arc<dyn IssuanceCounters>,
@@ -407,6 +555,7 @@ impl Store {
         approvals: Arc<dyn ApprovalStore>,
         access: Arc<dyn AccessStore>,
         reports: Arc<dyn ReportStore>,
+        keys: Arc<dyn KeyStore>,
         replicas: Arc<dyn ReplicaStore>,
         imports: Arc<dyn ImportStore>,
     ) -> Store {
@@ -417,6 +566,7 @@ impl Store {
             approvals,
             access,
             reports,
+            keys,
             replicas,
             imports,
         }
@@ -435,6 +585,7 @@ impl Store {
         Arc<dyn ApprovalStore>,
         Arc<dyn AccessStore>,
         Arc<dyn ReportStore>,
+        Arc<dyn KeyStore>,
         Arc<dyn ReplicaStore>,
         Arc<dyn ImportStore>,
     ) {
@@ -445,6 +596,7 @@ impl Store {
             self.approvals,
             self.access,
             self.reports,
+            self.keys,
             self.replicas,
             self.imports,
         )
@@ -488,6 +640,16 @@ impl Store {
     /// Report queries, shared (for the metrics registry).
     pub fn reports_shared(&self) -> Arc<dyn ReportStore> {
         self.reports.clone()
+    }
+
+    /// CA keys and their rotation state.
+    pub fn keys(&self) -> &dyn KeyStore {
+        &*self.keys
+    }
+
+    /// CA keys, shared (for the service's key loader).
+    pub fn keys_shared(&self) -> Arc<dyn KeyStore> {
+        self.keys.clone()
     }
 
     /// Replica heartbeats.

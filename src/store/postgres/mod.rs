@@ -29,6 +29,7 @@ pub mod connect;
 pub mod db;
 pub mod import;
 pub mod issuance;
+pub mod keys;
 pub mod listen;
 pub mod replicas;
 pub mod reports;
@@ -54,8 +55,8 @@ use super::reports::{
 };
 use super::traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
-    ImportStore, IssuanceCounters, IssuanceStore, ReplicaStore, ReportStore, Revoker, StoreFuture,
-    Vote,
+    ImportStore, IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore,
+    Revoker, StoreFuture, Vote,
 };
 use super::writer::Hooks;
 use super::{
@@ -67,6 +68,8 @@ use crate::audit::chain::{BadRow, ChainMeta, Hash, StoredRecord};
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::search::AuditQuery;
 use crate::audit::AuditRecord;
+use crate::ca::keys::{NewKey, StoredKey};
+use crate::ca::rotation::{CaKeys, RotationError};
 use crate::policy::limits::RateLimit;
 use crate::replica::Heartbeat;
 
@@ -859,5 +862,76 @@ impl ImportStore for PgStore {
 
     fn finish_import(&self) -> StoreFuture<'_, ()> {
         write!(self, |db| import::finish(db), |_: &()| None)
+    }
+}
+
+impl KeyStore for PgStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn cas(&self) -> StoreFuture<'_, Vec<String>> {
+        read!(self, |db| keys::cas(db))
+    }
+
+    fn ca_keys(&self, base: &str) -> StoreFuture<'_, Result<CaKeys, RotationError>> {
+        let base = base.to_string();
+        read!(self, |db| keys::ca_keys(db, &base, false))
+    }
+
+    fn create_active_if_absent(
+        &self,
+        base: &str,
+        key: NewKey,
+    ) -> StoreFuture<'_, Result<(StoredKey, bool), RotationError>> {
+        let base = base.to_string();
+        let now = crate::clock::unix_secs(std::time::SystemTime::now());
+        write!(
+            self,
+            |db| keys::create_active(db, &base, &key, now),
+            |_: &Result<(StoredKey, bool), RotationError>| None
+        )
+    }
+
+    fn rotate(&self, change: KeyChange) -> StoreFuture<'_, Result<StateVersion, RotationError>> {
+        let inner = self.inner.clone();
+        self.exec.spawn(async move {
+            inner.writable()?;
+            let mut client = inner.client().await?;
+            let tx = client.transaction().await?;
+            match keys::rotate(Db::Tx(&tx), &change).await? {
+                Ok(v) => {
+                    tx.commit().await?;
+                    inner.committed(Some(v));
+                    Ok(Ok(v))
+                }
+                // A refusal leaves nothing, the audit row included.
+                Err(e) => {
+                    tx.rollback().await?;
+                    Ok(Err(e))
+                }
+            }
+        })
+    }
+
+    fn import_keys(
+        &self,
+        base: &str,
+        stored: CaKeys,
+    ) -> StoreFuture<'_, Result<(), RotationError>> {
+        let base = base.to_string();
+        let inner = self.inner.clone();
+        self.exec.spawn(async move {
+            inner.writable()?;
+            let mut client = inner.client().await?;
+            let tx = client.transaction().await?;
+            let out = keys::import(Db::Tx(&tx), &base, &stored).await?;
+            if out.is_ok() {
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
+            Ok(out)
+        })
     }
 }

@@ -34,6 +34,9 @@
 //!   small blocks from it with an update that only moves it up.
 //! * `meta`: key/value facts (the audit streaming cursor, chain migration
 //!   notes).
+//! * `ca_keys`: one row per stored CA key (base, slot), the private key
+//!   passphrase-encrypted, and the audit checkpoint key as base
+//!   `audit_key` ([`super::keys`]).
 
 use deadpool_postgres::Client;
 
@@ -62,6 +65,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "replica heartbeats",
         sql: super::replicas::SCHEMA,
+    },
+    Migration {
+        version: 3,
+        name: "CA keys and the audit key",
+        sql: super::keys::SCHEMA,
     },
 ];
 
