@@ -296,37 +296,49 @@ fn insert_audit_at(
         seq += 1;
         let row = stored_form(r, seq);
         let hash = chain::record_hash_with(&row, &prev, &mut scratch);
-        st.execute(params![
-            seq as i64,
-            row.time_ms,
-            row.event,
-            row.request_id,
-            row.client_addr,
-            row.issuer,
-            row.subject,
-            row.role,
-            row.reason_code,
-            row.reason,
-            row.serial,
-            row.key_id,
-            chain::principals_json(&row.principals),
-            row.valid_after,
-            row.valid_before,
-            row.key_fingerprint,
-            row.token_id,
-            row.token_exp,
-            row.policy_digest,
-            row.cert_type,
-            row.ca_key,
-            row.actor,
-            &prev[..],
-            &hash[..],
-        ])
-        .map_err(err)?;
+        insert_audit_row(&mut st, &row, seq, &prev, &hash).map_err(err)?;
         prev = hash;
     }
     *head = (seq, prev);
     Ok(())
+}
+
+/// Inserts one chained audit row at `seq` with its `prev` and `hash`
+/// through `st`, the prepared `INSERT INTO audit` of every column in
+/// table order (the append path and the import share it).
+pub(super) fn insert_audit_row(
+    st: &mut rusqlite::CachedStatement<'_>,
+    row: &StoredRecord,
+    seq: u64,
+    prev: &Hash,
+    hash: &Hash,
+) -> rusqlite::Result<usize> {
+    st.execute(params![
+        seq as i64,
+        row.time_ms,
+        row.event,
+        row.request_id,
+        row.client_addr,
+        row.issuer,
+        row.subject,
+        row.role,
+        row.reason_code,
+        row.reason,
+        row.serial,
+        row.key_id,
+        chain::principals_json(&row.principals),
+        row.valid_after,
+        row.valid_before,
+        row.key_fingerprint,
+        row.token_id,
+        row.token_exp,
+        row.policy_digest,
+        row.cert_type,
+        row.ca_key,
+        row.actor,
+        &prev[..],
+        &hash[..],
+    ])
 }
 
 /// The disabled entry, if any, that blocks `issuer`/`subject` in `role`:

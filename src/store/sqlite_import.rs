@@ -307,33 +307,8 @@ impl ImportBackend for Sqlite {
                 if row.hash != Some(hash) {
                     return Err(refuse("its hash is not the chain hash of its columns"));
                 }
-                st.execute(params![
-                    row.seq as i64,
-                    row.time_ms,
-                    row.event,
-                    row.request_id,
-                    row.client_addr,
-                    row.issuer,
-                    row.subject,
-                    row.role,
-                    row.reason_code,
-                    row.reason,
-                    row.serial,
-                    row.key_id,
-                    chain::principals_json(&row.principals),
-                    row.valid_after,
-                    row.valid_before,
-                    row.key_fingerprint,
-                    row.token_id,
-                    row.token_exp,
-                    row.policy_digest,
-                    row.cert_type,
-                    row.ca_key,
-                    row.actor,
-                    &prev[..],
-                    &hash[..],
-                ])
-                .map_err(err)?;
+                super::sqlite::insert_audit_row(&mut st, row, row.seq, &prev, &hash)
+                    .map_err(err)?;
                 seq = row.seq;
                 prev = hash;
             }
