@@ -303,6 +303,19 @@ fn insert_audit_at(
     Ok(())
 }
 
+/// The revocation in columns `first..first + 6` of `r`: `ca_key, serial,
+/// key_id, expires_at, reason, actor` (the `revocations` table's order).
+pub(super) fn revocation_at(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Revocation> {
+    Ok(Revocation {
+        ca_key: r.get(first)?,
+        serial: r.get::<_, Option<i64>>(first + 1)?.map(|s| s as u64),
+        key_id: r.get(first + 2)?,
+        expires_at: r.get::<_, i64>(first + 3)? as u64,
+        reason: r.get(first + 4)?,
+        actor: r.get(first + 5)?,
+    })
+}
+
 /// Inserts one chained audit row at `seq` with its `prev` and `hash`
 /// through `st`, the prepared `INSERT INTO audit` of every column in
 /// table order (the append path and the import share it).
@@ -1408,16 +1421,7 @@ impl Backend for Sqlite {
             )
             .map_err(err)?;
         let rows = st
-            .query_map([now as i64], |r| {
-                Ok(Revocation {
-                    ca_key: r.get(0)?,
-                    serial: r.get::<_, Option<i64>>(1)?.map(|s| s as u64),
-                    key_id: r.get(2)?,
-                    expires_at: r.get::<_, i64>(3)? as u64,
-                    reason: r.get(4)?,
-                    actor: r.get(5)?,
-                })
-            })
+            .query_map([now as i64], |r| revocation_at(r, 0))
             .map_err(err)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(err)
     }

@@ -17,7 +17,7 @@ use super::import::{ImportRefusal, ImportedState, RevocationRow, StoreCounts, Un
 use super::sqlite::{
     chain_head, Sqlite, AUDIT_COLUMNS, META_LEGACY_THROUGH, META_MIGRATED_AT, META_STREAM_CURSOR,
 };
-use super::{DisabledEntry, Revocation, StoreError};
+use super::{DisabledEntry, StoreError};
 use crate::approval::ApprovalRequest;
 use crate::audit::chain::{self, StoredRecord};
 use crate::audit::checkpoint::Checkpoint;
@@ -187,14 +187,7 @@ impl Sqlite {
                     Ok(RevocationRow {
                         id: r.get(0)?,
                         time_ms: r.get::<_, i64>(1)? as u64,
-                        revocation: Revocation {
-                            ca_key: r.get(2)?,
-                            serial: r.get::<_, Option<i64>>(3)?.map(|s| s as u64),
-                            key_id: r.get(4)?,
-                            expires_at: r.get::<_, i64>(5)? as u64,
-                            reason: r.get(6)?,
-                            actor: r.get(7)?,
-                        },
+                        revocation: super::sqlite::revocation_at(r, 2)?,
                     })
                 },
             )
@@ -467,6 +460,7 @@ mod tests {
     use crate::audit::checkpoint::AuditKey;
     use crate::audit::{AuditRecord, EventKind};
     use crate::config::StoreBackend;
+    use crate::store::Revocation;
     use crate::store::{open, DisableTarget, IssuedCert, OpenMode, Revoker, Store, StoreConfig};
 
     fn store(path: &Path) -> Store {
