@@ -397,10 +397,10 @@ fn process_cpu() -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
-/// A per-run random tag (token ids, the throw-away passphrase).
 /// The passphrase of the CA keys a bench on PostgreSQL stores.
 const BENCH_CA_PASSPHRASE: &str = "mayfly bench: throw-away CA keys\n";
 
+/// A per-run random tag for token ids.
 fn nonce() -> String {
     use rand_core::RngCore as _;
     let mut b = [0u8; 8];
