@@ -79,18 +79,25 @@ fn pg_bin() -> PathBuf {
     }
 }
 
+/// A command that runs as the cluster's OS user (initdb and pg_ctl refuse
+/// root), with a clean environment; the caller adds the program.
+fn as_postgres_user() -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid",
+        OS_USER,
+        "--regid",
+        OS_USER,
+        "--init-groups",
+        "--reset-env",
+    ]);
+    cmd
+}
+
 /// Runs `cmd` (a PostgreSQL program) as the cluster's OS user, with the
 /// environment a client needs. Panics with its output if it fails.
 fn as_postgres(bin: &Path, program: &str, args: &[&str], what: &str) -> Output {
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid",
-            OS_USER,
-            "--regid",
-            OS_USER,
-            "--init-groups",
-            "--reset-env",
-        ])
+    let out = as_postgres_user()
         .arg(bin.join(program))
         .args(args)
         .env("LC_ALL", "C.UTF-8")
@@ -226,15 +233,7 @@ impl Postgres {
             chown_to_postgres(&log);
         }
         let data = self.data_dir();
-        let out = Command::new("setpriv")
-            .args([
-                "--reuid",
-                OS_USER,
-                "--regid",
-                OS_USER,
-                "--init-groups",
-                "--reset-env",
-            ])
+        let out = as_postgres_user()
             .arg(self.bin.join("pg_ctl"))
             .args(["start", "-w", "-t", "60", "-D"])
             .arg(&data)
@@ -350,15 +349,7 @@ impl Postgres {
         let root = dir.path().to_path_buf();
         chown_to_postgres(&root);
         let data = root.join("data");
-        let out = Command::new("setpriv")
-            .args([
-                "--reuid",
-                OS_USER,
-                "--regid",
-                OS_USER,
-                "--init-groups",
-                "--reset-env",
-            ])
+        let out = as_postgres_user()
             .arg("env")
             .arg(format!("PGPASSWORD={PASSWORD}"))
             .arg(self.bin.join("pg_basebackup"))
@@ -433,15 +424,7 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         let data = self.data_dir();
-        let _ = Command::new("setpriv")
-            .args([
-                "--reuid",
-                OS_USER,
-                "--regid",
-                OS_USER,
-                "--init-groups",
-                "--reset-env",
-            ])
+        let _ = as_postgres_user()
             .arg(self.bin.join("pg_ctl"))
             .args(["stop", "-w", "-m", "immediate", "-D"])
             .arg(&data)
