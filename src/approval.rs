@@ -152,6 +152,14 @@ pub enum ApprovalError {
     /// or the approver's token lacks the claim to compare.
     #[error("{0}")]
     SameAsRequester(String),
+    /// A renewal under an approval that no longer allows one.
+    #[error("approval request {id} allows no more renewals: {reason}; ask for a new approval")]
+    NotRenewable {
+        /// Id.
+        id: String,
+        /// Why (expired, never redeemed, denied...).
+        reason: String,
+    },
 }
 
 impl ApprovalError {
@@ -165,6 +173,7 @@ impl ApprovalError {
             ApprovalError::Mismatch(_) => "approval_mismatch",
             ApprovalError::AlreadyVoted(_) => "already_voted",
             ApprovalError::SameAsRequester(_) => "self_approval",
+            ApprovalError::NotRenewable { .. } => "approval_not_renewable",
         }
     }
 }
@@ -202,6 +211,66 @@ pub fn check_distinct(
             )));
         }
     }
+    Ok(())
+}
+
+/// Whether approval `r` may mint a renewal at `now`: it was redeemed (a
+/// certificate went out under it) and has not expired. An approval grants
+/// access until its `expires_at`; renewals (`mayfly exec`) keep a job's
+/// access inside that time, one chain of keys, never past it. (The key
+/// and identity are checked by the caller.)
+pub fn renewable(r: &ApprovalRequest, now: u64) -> Result<(), ApprovalError> {
+    let refuse = |reason: String| {
+        Err(ApprovalError::NotRenewable {
+            id: r.id.clone(),
+            reason,
+        })
+    };
+    if r.status != ApprovalStatus::Used {
+        return refuse(format!(
+            "it is {}, and only an approval whose certificate was issued can be renewed",
+            r.status.as_str()
+        ));
+    }
+    if now >= r.expires_at.get() {
+        return refuse(format!("it expired at {}", r.expires_at));
+    }
+    Ok(())
+}
+
+/// Redeems approval `a` for an issuance guarded by `g`, in the store's
+/// commit (both stores call this with the row they locked): the same
+/// identity and role; a first redemption needs an approved request for
+/// this key and marks it used; a renewal needs a used, unexpired request
+/// held by the renewed key and moves it to the new key, so of two
+/// renewals racing from one key only one gets through.
+pub fn redeem(
+    a: &mut ApprovalRequest,
+    g: &crate::store::IssueGuard,
+    r: &crate::store::Redemption,
+    now: u64,
+) -> Result<(), ApprovalError> {
+    let held = r.renews_key.as_deref().unwrap_or(&r.key_fingerprint);
+    if a.issuer != g.issuer
+        || a.subject != g.subject
+        || a.role != g.role
+        || a.key_fingerprint != held
+    {
+        return Err(ApprovalError::Mismatch(r.id.clone()));
+    }
+    if r.renews_key.is_some() {
+        renewable(a, now)?;
+        a.key_fingerprint = r.key_fingerprint.clone();
+        return Ok(());
+    }
+    let status = a.status_at(now);
+    if status != ApprovalStatus::Approved {
+        return Err(ApprovalError::NotPending {
+            id: r.id.clone(),
+            status: status.as_str().into(),
+        });
+    }
+    a.status = ApprovalStatus::Used;
     Ok(())
 }
 

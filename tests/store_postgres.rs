@@ -90,6 +90,7 @@ fn guard(max: Option<u32>) -> IssueGuard {
         role: "deploy".into(),
         max_active: max,
         redeem: None,
+        renews: None,
     }
 }
 
@@ -526,6 +527,7 @@ async fn approval_votes_and_redemption_race_across_replicas_without_lost_updates
         g.redeem = Some(Redemption {
             id: "apr_race".into(),
             key_fingerprint: "SHA256:k".into(),
+            renews_key: None,
             record: AuditRecord::new(EventKind::ApprovalUsed, now_s() * 1000, "r"),
         });
         g

@@ -46,6 +46,9 @@ struct UserCertBody {
     principals: Option<Vec<String>>,
     /// Redeems an approved approval request (roles that need approval).
     approval_request: Option<String>,
+    /// Renews a live certificate (`mayfly exec`): the certificate and a
+    /// signature by its key.
+    renewal: Option<crate::service::RenewalProof>,
 }
 
 /// Body of `POST /v1/certs/host`.
@@ -320,7 +323,7 @@ async fn cert_request(
     let started = s.service.clock().monotonic();
     let req = match kind {
         CertKind::User => {
-            let shape = "\"role\", \"public_key\", \"ttl_seconds\"?, \"principals\"?";
+            let shape = "\"role\", \"public_key\", \"ttl_seconds\"?, \"principals\"?, \"approval_request\"?, \"renewal\"?";
             let b: UserCertBody = read_json(body, shape)?;
             UserCertRequest {
                 kind,
@@ -333,6 +336,7 @@ async fn cert_request(
                 request_id: rid.to_string(),
                 client_addr: Some(addr),
                 approval_request: b.approval_request,
+                renewal: b.renewal,
             }
         }
         CertKind::Host => {
@@ -349,6 +353,7 @@ async fn cert_request(
                 request_id: rid.to_string(),
                 client_addr: Some(addr),
                 approval_request: None,
+                renewal: None,
             }
         }
     };

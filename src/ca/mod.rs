@@ -8,6 +8,7 @@
 pub mod keys;
 pub mod krl;
 pub mod pkcs11;
+pub mod renewal;
 pub mod rotation;
 pub mod signer;
 pub mod spec;

@@ -210,11 +210,13 @@ pub enum DenialCode {
     SourceAddressInvalid,
     /// A redemption asked for more than its approval covers.
     ApprovalExceeded,
+    /// A renewal presented a certificate that was revoked.
+    RenewedCertRevoked,
 }
 
 impl DenialCode {
     /// Every code, for validating test cases and documenting the API.
-    pub const ALL: [DenialCode; 14] = [
+    pub const ALL: [DenialCode; 15] = [
         DenialCode::UnknownRole,
         DenialCode::IssuerMismatch,
         DenialCode::ClaimMismatch,
@@ -229,6 +231,7 @@ impl DenialCode {
         DenialCode::KeyTypeNotAllowed,
         DenialCode::SourceAddressInvalid,
         DenialCode::ApprovalExceeded,
+        DenialCode::RenewedCertRevoked,
     ];
 
     /// Parses a stable string code.
@@ -253,6 +256,7 @@ impl DenialCode {
             DenialCode::KeyTypeNotAllowed => "key_type_not_allowed",
             DenialCode::SourceAddressInvalid => "source_address_invalid",
             DenialCode::ApprovalExceeded => "approval_exceeded",
+            DenialCode::RenewedCertRevoked => "renewed_certificate_revoked",
         }
     }
 }
@@ -1428,6 +1432,7 @@ timezone = "Europe/Berlin"
                 DenialCode::KeyTypeNotAllowed => 11,
                 DenialCode::SourceAddressInvalid => 12,
                 DenialCode::ApprovalExceeded => 13,
+                DenialCode::RenewedCertRevoked => 14,
             }
         }
         let mut seen = vec![false; DenialCode::ALL.len()];

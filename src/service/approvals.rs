@@ -73,6 +73,7 @@ impl Service {
         req: &UserCertRequest,
         verified: &VerifiedToken,
         fingerprint: &str,
+        renews: Option<&crate::ca::renewal::PreviousCert>,
         now_s: u64,
     ) -> Result<Result<crate::approval::ApprovalRequest, PendingApproval>, IssueError> {
         use crate::approval::{ApprovalError, ApprovalStatus};
@@ -82,12 +83,21 @@ impl Service {
             .get(id)
             .await?
             .ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
+        // A first redemption certifies the approved key; a renewal proves
+        // it holds the key the approval's last certificate went to.
+        let held_key = renews.map_or(fingerprint, |p| p.key_fingerprint.as_str());
         if r.issuer != verified.issuer()
             || r.subject != verified.subject()
             || r.role != req.role
-            || r.key_fingerprint != fingerprint
+            || r.key_fingerprint != held_key
         {
             return Err(ApprovalError::Mismatch(id.to_string()).into());
+        }
+        if renews.is_some() {
+            return match crate::approval::renewable(&r, now_s) {
+                Ok(()) => Ok(Ok(r)),
+                Err(e) => Err(e.into()),
+            };
         }
         match r.status_at(now_s) {
             ApprovalStatus::Approved => Ok(Ok(r)),

@@ -40,6 +40,19 @@ pub struct UserCertRequest {
     pub client_addr: Option<SocketAddr>,
     /// The approval request this call redeems (roles that need approval).
     pub approval_request: Option<String>,
+    /// Proof that the caller holds a live certificate it renews
+    /// (`mayfly exec`); see [`crate::ca::renewal`].
+    pub renewal: Option<RenewalProof>,
+}
+
+/// The `renewal` object of a certificate request.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewalProof {
+    /// The certificate being renewed (OpenSSH line).
+    pub certificate: String,
+    /// Armored SSHSIG by that certificate's key over the renewal message.
+    pub signature: String,
 }
 
 /// What a certificate request comes to when nothing went wrong.
@@ -235,6 +248,13 @@ impl Service {
             )?,
         };
         grant.admit_key(&crate::policy::KeyFacts::from(&subject))?;
+        let role_def = policy.roles.get(&req.role);
+        let previous = match &req.renewal {
+            None => None,
+            Some(proof) => {
+                Some(self.check_renewal(proof, req, &verified, &subject, role_def, now_s)?)
+            }
+        };
         if let Some(d) = self
             .disabled_for(verified.issuer(), verified.subject(), &req.role)
             .await?
@@ -242,7 +262,6 @@ impl Service {
             return Err(disabled_denial(&d));
         }
 
-        let role_def = policy.roles.get(&req.role);
         let approval = role_def.and_then(|r| r.approval.as_ref());
         let mut grant = grant;
         let mut redeem = None;
@@ -258,12 +277,14 @@ impl Service {
             }
             (None, None) => {
                 if let Some(role) = role_def {
-                    self.check_limits(role, &verified, now_s).await?;
+                    self.check_limits(role, &verified, previous.as_ref(), now_s)
+                        .await?;
                 }
             }
             (Some(ap), None) => {
                 if let Some(role) = role_def {
-                    self.check_limits(role, &verified, now_s).await?;
+                    self.check_limits(role, &verified, previous.as_ref(), now_s)
+                        .await?;
                 }
                 let pending = self
                     .request_approval(ap, req, &verified, &grant, rec, now)
@@ -275,7 +296,7 @@ impl Service {
                 // was charged when it was made), never max_active_certs.
                 let fingerprint = rec.key_fingerprint.clone().unwrap_or_default();
                 let approved = match self
-                    .approved_request(id, req, &verified, &fingerprint, now_s)
+                    .approved_request(id, req, &verified, &fingerprint, previous.as_ref(), now_s)
                     .await?
                 {
                     Ok(approved) => approved,
@@ -283,16 +304,30 @@ impl Service {
                 };
                 grant =
                     crate::approval::bound_grant(grant, &approved, req.principals.as_deref(), ttl)?;
+                if previous.is_some() {
+                    // A renewal lives inside the approval: the approver
+                    // granted access until the approval expires, no longer.
+                    let left = approved.expires_at.get().saturating_sub(now_s);
+                    grant.ttl = grant.ttl.min(std::time::Duration::from_secs(left));
+                }
                 if let Some(role) = role_def {
-                    self.check_active(role, &verified, now_s).await?;
+                    self.check_active(role, &verified, previous.as_ref(), now_s)
+                        .await?;
                 }
                 let mut used = rec.clone();
                 used.event = EventKind::ApprovalUsed;
                 used.reason = Some(format!("approval request {id} redeemed"));
                 used.principals = grant.principals.iter().map(|p| p.to_string()).collect();
+                if let Some(p) = &previous {
+                    used.reason = Some(format!(
+                        "approval request {id} renewed: serial {} ({}) replaced by key {fingerprint}",
+                        p.serial, p.key_fingerprint
+                    ));
+                }
                 redeem = Some(crate::store::Redemption {
                     id: id.clone(),
                     key_fingerprint: fingerprint,
+                    renews_key: previous.as_ref().map(|p| p.key_fingerprint.clone()),
                     record: used,
                 });
             }
@@ -303,6 +338,7 @@ impl Service {
             role: req.role.clone(),
             max_active: role_def.and_then(|r| r.max_active_certs),
             redeem,
+            renews: previous,
         };
 
         if verified.replay_protection() {
@@ -380,5 +416,54 @@ impl Service {
             valid_after: spec.valid_after,
             valid_before: spec.valid_before,
         }))
+    }
+}
+
+impl Service {
+    /// Checks a renewal proof against the CA keys that sign this role's
+    /// certificates; the store re-checks revocation in the commit.
+    fn check_renewal(
+        &self,
+        proof: &RenewalProof,
+        req: &UserCertRequest,
+        verified: &VerifiedToken,
+        subject: &SubjectKey,
+        role_def: Option<&crate::policy::Role>,
+        now_s: u64,
+    ) -> Result<ca::renewal::PreviousCert, IssueError> {
+        let invalid = |message: String| IssueError::BadRequest {
+            code: "invalid_renewal",
+            message,
+        };
+        if req.kind != CertKind::User {
+            return Err(invalid(
+                "only user certificates are renewed; send the request without \"renewal\"".into(),
+            ));
+        }
+        let group = role_def.and_then(|r| r.ca_group.as_deref());
+        let ring = match spec::ca_choice(req.kind, group) {
+            spec::CaChoice::Group(g) => self
+                .group_keys(&g)
+                .ok_or_else(|| invalid(format!("CA group {g:?} has no key loaded")))?,
+            _ => self.user_keys(),
+        };
+        let authorities: Vec<&ca::Authority> = [
+            Some(&ring.active),
+            ring.next.as_ref(),
+            ring.previous.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        ca::renewal::verify(
+            &proof.certificate,
+            &proof.signature,
+            subject,
+            req.approval_request.as_deref(),
+            (&req.role, verified.issuer(), verified.subject()),
+            &authorities,
+            now_s,
+        )
+        .map_err(|e| invalid(e.to_string()))
     }
 }

@@ -14,6 +14,7 @@ impl Service {
         &self,
         role: &crate::policy::Role,
         verified: &VerifiedToken,
+        renews: Option<&crate::ca::renewal::PreviousCert>,
         now_s: u64,
     ) -> Result<(), IssueError> {
         let t = self.clock.monotonic().as_secs_f64();
@@ -45,7 +46,7 @@ impl Service {
                     retry_after,
                 })?;
         }
-        self.check_active(role, verified, now_s).await
+        self.check_active(role, verified, renews, now_s).await
     }
 
     /// The cap on concurrently valid certificates of one identity in a
@@ -55,6 +56,7 @@ impl Service {
         &self,
         role: &crate::policy::Role,
         verified: &VerifiedToken,
+        renews: Option<&crate::ca::renewal::PreviousCert>,
         now_s: u64,
     ) -> Result<(), IssueError> {
         if let Some(max) = role.max_active_certs {
@@ -62,7 +64,8 @@ impl Service {
                 .store
                 .issuance()
                 .active_certs(verified.issuer(), verified.subject(), &role.name, now_s)
-                .await?;
+                .await?
+                .saturating_sub(u64::from(renews.is_some_and(|p| p.valid_at(now_s))));
             if live >= u64::from(max) {
                 return Err(too_many_active(&role.name, live, max));
             }
@@ -89,6 +92,14 @@ pub(super) fn guard_refusal(refusal: crate::store::GuardRefusal, role: &str) -> 
         GuardRefusal::Disabled(d) => disabled_denial(&d),
         GuardRefusal::TooManyActive { live, max } => too_many_active(role, live, max),
         GuardRefusal::Approval(a) => IssueError::Approval(a),
+        GuardRefusal::RenewsRevoked { serial, key_id } => Denial {
+            code: DenialCode::RenewedCertRevoked,
+            rule: "revocation".into(),
+            message: format!(
+                "certificate serial {serial} ({key_id}) that this request renews was revoked; a revoked certificate is not renewed"
+            ),
+        }
+        .into(),
     }
 }
 

@@ -32,7 +32,7 @@ use crate::policy::{Denial, Policy};
 use crate::store::{DisableTarget, StateVersion};
 use crate::store::{Store, StoreError};
 
-pub use issue::{Issuance, Issued, PendingApproval, UserCertRequest};
+pub use issue::{Issuance, Issued, PendingApproval, RenewalProof, UserCertRequest};
 pub use keys::KeyLoader;
 pub use krl::{encode_krl, KrlSnapshot};
 

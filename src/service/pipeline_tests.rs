@@ -294,6 +294,7 @@ fn request(token: String) -> UserCertRequest {
         request_id: "req-1".into(),
         client_addr: None,
         approval_request: None,
+        renewal: None,
     }
 }
 

@@ -172,6 +172,10 @@ pub struct IssueGuard {
     /// An approval this issuance redeems: it must still be approved, and is
     /// marked used in the same transaction.
     pub redeem: Option<Redemption>,
+    /// The certificate this issuance renews (`mayfly exec`): refused if
+    /// it was revoked, and not counted against `max_active` (the pair
+    /// counts once).
+    pub renews: Option<crate::ca::renewal::PreviousCert>,
 }
 
 /// An approval redeemed together with an issuance.
@@ -181,6 +185,10 @@ pub struct Redemption {
     pub id: String,
     /// Fingerprint of the key being certified (must be the approved key).
     pub key_fingerprint: String,
+    /// A renewal: the approval must be used, unexpired and held by this
+    /// key (the last one certified under it); it then moves to
+    /// `key_fingerprint`.
+    pub renews_key: Option<String>,
     /// The `approval_used` audit record, written just before the issuance.
     pub record: AuditRecord,
 }
@@ -202,6 +210,14 @@ pub enum GuardRefusal {
     /// The approval is no longer redeemable (used, expired, another key...).
     #[error(transparent)]
     Approval(#[from] crate::approval::ApprovalError),
+    /// The certificate a renewal presents was revoked.
+    #[error("certificate serial {serial} ({key_id}) was revoked; it cannot be renewed")]
+    RenewsRevoked {
+        /// Its serial.
+        serial: u64,
+        /// Its key id.
+        key_id: String,
+    },
 }
 
 /// One record to append, with the conditions its commit depends on.

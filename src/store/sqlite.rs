@@ -394,9 +394,17 @@ fn check_guard(
     guard: &IssueGuard,
     now: u64,
 ) -> Result<Result<(), GuardRefusal>, StoreError> {
-    use crate::approval::{ApprovalError, ApprovalStatus};
+    use crate::approval::ApprovalError;
     if let Some(d) = disabled_entry(tx, &guard.issuer, &guard.subject, &guard.role)? {
         return Ok(Err(GuardRefusal::Disabled(d)));
+    }
+    if let Some(p) = &guard.renews {
+        if renewed_cert_revoked(tx, p)? {
+            return Ok(Err(GuardRefusal::RenewsRevoked {
+                serial: p.serial,
+                key_id: p.key_id.clone(),
+            }));
+        }
     }
     if let Some(max) = guard.max_active {
         let filter = CertFilter::Identity {
@@ -404,7 +412,9 @@ fn check_guard(
             subject: guard.subject.clone(),
             role: Some(guard.role.clone()),
         };
-        let live = live_certs_on(tx, &filter, now)?.len() as u64;
+        let renewed = guard.renews.as_ref().is_some_and(|p| p.valid_at(now));
+        let live =
+            (live_certs_on(tx, &filter, now)?.len() as u64).saturating_sub(u64::from(renewed));
         if live >= u64::from(max) {
             return Ok(Err(GuardRefusal::TooManyActive { live, max }));
         }
@@ -413,26 +423,25 @@ fn check_guard(
         let Some(mut a) = super::approvals::approval_get_on(tx, &r.id)? else {
             return Ok(Err(ApprovalError::NotFound(r.id.clone()).into()));
         };
-        if a.issuer != guard.issuer
-            || a.subject != guard.subject
-            || a.role != guard.role
-            || a.key_fingerprint != r.key_fingerprint
-        {
-            return Ok(Err(ApprovalError::Mismatch(r.id.clone()).into()));
+        if let Err(e) = crate::approval::redeem(&mut a, guard, r, now) {
+            return Ok(Err(e.into()));
         }
-        let status = a.status_at(now);
-        if status != ApprovalStatus::Approved {
-            return Ok(Err(ApprovalError::NotPending {
-                id: r.id.clone(),
-                status: status.as_str().into(),
-            }
-            .into()));
-        }
-        a.status = ApprovalStatus::Used;
         super::approvals::approval_write_on(tx, &a)?;
         insert_audit_at(tx, head, std::slice::from_ref(&r.record))?;
     }
     Ok(Ok(()))
+}
+
+/// Whether a revocation names the certificate a renewal presents.
+fn renewed_cert_revoked(
+    conn: &Connection,
+    p: &crate::ca::renewal::PreviousCert,
+) -> Result<bool, StoreError> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM revocations WHERE ca_key = ?1 AND (serial = ?2 OR key_id = ?3))",
+    )
+    .and_then(|mut st| st.query_row(params![p.ca_key, p.serial as i64, p.key_id], |r| r.get(0)))
+    .map_err(err)
 }
 
 /// Issued certificates matching `filter` that are valid at `now` and not revoked.
@@ -1540,6 +1549,7 @@ mod tests {
             role: "deploy".into(),
             max_active,
             redeem: None,
+            renews: None,
         }
     }
 
@@ -1663,6 +1673,7 @@ mod tests {
             g.redeem = Some(crate::store::Redemption {
                 id: "apr_1".into(),
                 key_fingerprint: fp.into(),
+                renews_key: None,
                 record: AuditRecord::new(crate::audit::EventKind::ApprovalUsed, 1, "r"),
             });
             g

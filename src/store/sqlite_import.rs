@@ -754,6 +754,7 @@ mod tests {
             role: "deploy".into(),
             max_active: None,
             redeem: None,
+            renews: None,
         };
         assert!(matches!(
             dst.issuance()

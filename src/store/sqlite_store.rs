@@ -795,6 +795,7 @@ mod tests {
             role: "deploy".into(),
             max_active: max,
             redeem: None,
+            renews: None,
         };
         s.issuance()
             .issue(issued(1, "bot"), Some(guard(Some(1))))

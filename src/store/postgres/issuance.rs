@@ -9,7 +9,7 @@ use futures_util::future::try_join_all;
 
 use super::chain;
 use super::db::{i, u, Db, PgError, PgResult};
-use crate::approval::{ApprovalError, ApprovalRequest, ApprovalStatus};
+use crate::approval::{ApprovalError, ApprovalRequest};
 use crate::audit::AuditRecord;
 use crate::policy::limits::RateLimit;
 use crate::store::{CertFilter, DisableTarget, GuardRefusal, GuardedRecord, IssuedCert};
@@ -169,6 +169,7 @@ pub async fn approval_write(db: Db<'_>, req: &ApprovalRequest) -> PgResult<()> {
 struct Facts {
     disabled: Option<DisableTarget>,
     live: u64,
+    renews_revoked: bool,
 }
 
 async fn facts(db: Db<'_>, g: &crate::store::IssueGuard, now: u64) -> PgResult<Facts> {
@@ -184,7 +185,21 @@ async fn facts(db: Db<'_>, g: &crate::store::IssueGuard, now: u64) -> PgResult<F
         }
         None => 0,
     };
-    Ok(Facts { disabled, live })
+    let renews_revoked = match &g.renews {
+        Some(p) => db
+            .one(
+                "SELECT EXISTS (SELECT 1 FROM revocations WHERE ca_key = $1 AND (serial = $2 OR key_id = $3))",
+                &[&p.ca_key, &i(p.serial), &p.key_id],
+            )
+            .await?
+            .try_get(0)?,
+        None => false,
+    };
+    Ok(Facts {
+        disabled,
+        live,
+        renews_revoked,
+    })
 }
 
 /// Commits one group of records in one transaction: takes the chain lock,
@@ -222,13 +237,21 @@ pub async fn commit_group(
                 out.push(Err(GuardRefusal::Disabled(d.clone())));
                 continue;
             }
+            if let (true, Some(p)) = (f.renews_revoked, &g.renews) {
+                out.push(Err(GuardRefusal::RenewsRevoked {
+                    serial: p.serial,
+                    key_id: p.key_id.clone(),
+                }));
+                continue;
+            }
             if let Some(max) = g.max_active {
                 let key = (g.issuer.as_str(), g.subject.as_str(), g.role.as_str());
                 let in_group = accepted
                     .get(&key)
                     .map(|v| v.iter().filter(|vb| **vb > now).count() as u64)
                     .unwrap_or(0);
-                let live = f.live + in_group;
+                let renewed = g.renews.as_ref().is_some_and(|p| p.valid_at(now));
+                let live = (f.live + in_group).saturating_sub(u64::from(renewed));
                 if live >= u64::from(max) {
                     out.push(Err(GuardRefusal::TooManyActive { live, max }));
                     continue;
@@ -277,7 +300,7 @@ pub async fn commit_group(
 }
 
 /// Whether approval `current` can be redeemed by this issuance; if so, the
-/// request marked used.
+/// request as it is after it.
 fn redeem(
     current: Option<ApprovalRequest>,
     g: &crate::store::IssueGuard,
@@ -287,21 +310,7 @@ fn redeem(
     let Some(mut a) = current else {
         return Err(ApprovalError::NotFound(r.id.clone()));
     };
-    if a.issuer != g.issuer
-        || a.subject != g.subject
-        || a.role != g.role
-        || a.key_fingerprint != r.key_fingerprint
-    {
-        return Err(ApprovalError::Mismatch(r.id.clone()));
-    }
-    let status = a.status_at(now);
-    if status != ApprovalStatus::Approved {
-        return Err(ApprovalError::NotPending {
-            id: r.id.clone(),
-            status: status.as_str().into(),
-        });
-    }
-    a.status = ApprovalStatus::Used;
+    crate::approval::redeem(&mut a, g, r, now)?;
     Ok(a)
 }
 
