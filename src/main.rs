@@ -30,6 +30,9 @@ enum Cmd {
     Cert(cli::cert::CertArgs),
     /// Get an in-memory key and certificate and run ssh with them.
     Ssh(cli::cert::SshArgs),
+    /// Run a whole job (ssh, scp, rsync, git, ansible...) with an in-memory
+    /// key and certificate in an agent, renewed while it runs.
+    Exec(cli::cert::ExecArgs),
     /// Revoke certificates on the CA host; the next /v1/krl includes them.
     Revoke(cli::revoke::RevokeArgs),
     /// Just-in-time approvals: list, approve, deny (with your own OIDC token).
@@ -79,6 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Policy(cmd) => cli::policy::run(cmd),
         Cmd::Cert(a) => cli::cert::run_cert(a, v),
         Cmd::Ssh(a) => cli::cert::run_ssh(a, v),
+        Cmd::Exec(a) => cli::cert::run_exec(a, v),
         Cmd::Revoke(a) => cli::revoke::run(a, v),
         Cmd::Request(cmd) => cli::request::run(cmd, v),
         Cmd::Audit(cmd) => cli::audit::run(cmd),

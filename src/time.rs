@@ -116,6 +116,11 @@ pub fn utc_minute(unix: u64) -> String {
     utc(unix).strftime("%Y-%m-%d %H:%MZ").to_string()
 }
 
+/// RFC 3339 (UTC, seconds) of a unix time: e.g. `2024-02-29T12:34:56Z`.
+pub fn rfc3339(unix: u64) -> String {
+    utc(unix).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
 /// `YYYY-MM-DD` (UTC) of a day number (days since 1970-01-01).
 pub fn utc_day(day: u64) -> String {
     utc(day.saturating_mul(DAY_SECS))
@@ -137,6 +142,8 @@ mod tests {
     fn the_epoch_prints_as_1970_01_01() {
         assert_eq!(utc_minute(0), "1970-01-01 00:00Z");
         assert_eq!(utc_day(0), "1970-01-01");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_709_210_096), "2024-02-29T12:34:56Z");
         assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
     }
 

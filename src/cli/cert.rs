@@ -1,6 +1,8 @@
-//! `mayfly cert` and `mayfly ssh`: the bot side. Both present a workload
-//! token to the CA and get a fresh key certified; `cert` writes the key and
-//! certificate to a directory, `ssh` keeps them in memory and runs ssh.
+//! `mayfly cert`, `mayfly ssh` and `mayfly exec`: the bot side. Each
+//! presents a workload token to the CA and gets a fresh key certified;
+//! `cert` writes the key and certificate to a directory, `ssh` keeps them
+//! in memory and runs ssh, `exec` runs a whole job with them in an agent
+//! and renews them while it runs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,9 +24,14 @@ pub struct RequestArgs {
     /// Role (policy file name) to request.
     #[arg(long)]
     role: String,
-    /// File holding the workload token.
-    #[arg(long)]
+    /// File holding the workload token (read again for every token, as
+    /// Kubernetes rotates projected tokens).
+    #[arg(long, conflicts_with = "token_command")]
     token_file: Option<PathBuf>,
+    /// Command whose stdout is the workload token, run with `sh -c` for
+    /// every token (each renewal of `mayfly exec` needs a fresh one).
+    #[arg(long, value_name = "CMD")]
+    token_command: Option<String>,
     /// Audience to request from CI token endpoints.
     #[arg(long, default_value = "mayfly")]
     audience: String,
@@ -55,6 +62,7 @@ impl RequestArgs {
             principals: (!self.principals.is_empty()).then(|| self.principals.clone()),
             token: TokenSource {
                 token_file: self.token_file.clone(),
+                token_command: self.token_command.clone(),
                 audience: self.audience.clone(),
             },
             insecure_http: self.insecure_http,
@@ -89,6 +97,56 @@ pub struct SshArgs {
     /// Arguments for ssh (after --).
     #[arg(last = true, required = true)]
     args: Vec<String>,
+}
+
+// Arguments of `mayfly exec`.
+#[derive(Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    req: RequestArgs,
+    /// Renew when this fraction of the certificate's lifetime has passed
+    /// (0.1 to 0.9).
+    #[arg(long, default_value_t = client::exec::DEFAULT_RENEW_AT, value_parser = renew_fraction)]
+    renew_at: f64,
+    /// Print each certificate's facts (serial, key id, principals,
+    /// validity) as a JSON line on stderr.
+    #[arg(long)]
+    json: bool,
+    /// Append the JSON facts to this file instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    json_file: Option<PathBuf>,
+    /// The command to run, and its arguments (after --).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+fn renew_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.1..=0.9).contains(&f) => Ok(f),
+        _ => Err(format!(
+            "{s:?}: give a fraction of the lifetime between 0.1 and 0.9, e.g. 0.66"
+        )),
+    }
+}
+
+/// `mayfly exec`: exits with the command's exit code.
+pub fn run_exec(a: ExecArgs, verbose: bool) -> anyhow::Result<ExitCode> {
+    init_logging(quiet(verbose), LogFormat::Text);
+    let facts = match (a.json_file, a.json) {
+        (Some(path), _) => Some(client::exec::FactsOut::File(path)),
+        (None, true) => Some(client::exec::FactsOut::Stderr),
+        (None, false) => None,
+    };
+    let opts = client::exec::ExecOptions {
+        cert: a.req.options()?,
+        renew_at: a.renew_at,
+        facts,
+    };
+    let (program, args) = a.command.split_first().context(
+        "give the command to run after --, e.g. mayfly exec ... -- ansible-playbook site.yml",
+    )?;
+    let code = runtime()?.block_on(client::exec::exec(&opts, program, args))?;
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
 /// `mayfly cert`: prints the path of the certificate written.

@@ -159,6 +159,7 @@ fn cert(a: HostCertArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         ttl,
         token: TokenSource {
             token_file: a.token_file,
+            token_command: None,
             audience: a.audience,
         },
         out: a.out,

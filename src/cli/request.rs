@@ -38,6 +38,7 @@ impl ApproverArgs {
             server: self.server.clone(),
             token: TokenSource {
                 token_file: self.token_file.clone(),
+                token_command: None,
                 audience: self.audience.clone(),
             },
             insecure_http: self.insecure_http,

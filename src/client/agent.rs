@@ -21,7 +21,7 @@ use std::fmt;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use signature::Signer;
@@ -47,10 +47,16 @@ pub struct AgentIdentity {
     pub certificate: Certificate,
 }
 
+/// What the agent serves: the newest identity first, then the one it
+/// replaced (until that expires), so a client that listed the old
+/// certificate just before a swap can still have its signature.
+type Ring = Arc<RwLock<Vec<Arc<Served>>>>;
+
 /// A running in-process SSH agent; point `SSH_AUTH_SOCK` at
 /// [`Agent::socket_path`]. Dropping it stops the agent and removes the socket.
 pub struct Agent {
     socket_path: PathBuf,
+    ring: Ring,
     task: JoinHandle<()>,
     // Held only so the directory (and the socket in it) is removed on drop.
     _dir: tempfile::TempDir,
@@ -75,7 +81,9 @@ impl Agent {
         // Without a runtime, tokio's bind panics; an error is kinder to the caller.
         tokio::runtime::Handle::try_current()
             .map_err(|_| io::Error::other("mayfly agent must be started inside a tokio runtime"))?;
-        let served = Arc::new(Served::new(identity, expires_at)?);
+        let ring: Ring = Arc::new(RwLock::new(vec![Arc::new(Served::new(
+            identity, expires_at,
+        )?)]));
 
         // Created with 0700 rather than chmod-ed afterwards, so there is no
         // window in which another user could reach the socket.
@@ -96,9 +104,10 @@ impl Agent {
         let owner_uid = meta.uid();
         let socket_path = dir.path().join("agent.sock");
         let listener = UnixListener::bind(&socket_path)?;
-        let task = tokio::spawn(serve(listener, served, owner_uid));
+        let task = tokio::spawn(serve(listener, Arc::clone(&ring), owner_uid));
         Ok(Agent {
             socket_path,
+            ring,
             task,
             _dir: dir,
         })
@@ -107,6 +116,19 @@ impl Agent {
     /// The path to give `ssh` as `SSH_AUTH_SOCK` (or `-o IdentityAgent=`).
     pub fn socket_path(&self) -> &Path {
         &self.socket_path
+    }
+
+    /// Swaps in a renewed identity, atomically for every client: from now
+    /// on the agent lists only `identity`. The identity it replaces still
+    /// signs until it expires (a client may have listed it a moment ago);
+    /// anything older is dropped, and with it its private key.
+    pub fn replace(&self, identity: AgentIdentity, expires_at: SystemTime) -> io::Result<()> {
+        let fresh = Arc::new(Served::new(identity, expires_at)?);
+        let now = SystemTime::now();
+        let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
+        let previous = ring.first().filter(|s| s.is_live(now)).cloned();
+        *ring = std::iter::once(fresh).chain(previous).collect();
+        Ok(())
     }
 }
 
@@ -159,34 +181,6 @@ impl Served {
         now < self.expires_at
     }
 
-    /// Answers one message body; `Err` means the body was malformed and the
-    /// connection should be closed.
-    fn respond(&self, body: &[u8], now: SystemTime) -> Result<Vec<u8>, Malformed> {
-        let (&kind, rest) = body.split_first().ok_or(Malformed)?;
-        match kind {
-            SSH_AGENTC_REQUEST_IDENTITIES => {
-                if !rest.is_empty() {
-                    return Err(Malformed);
-                }
-                Ok(self.identities(now))
-            }
-            SSH_AGENTC_SIGN_REQUEST => {
-                let mut wire = WireReader(rest);
-                let key_blob = wire.string()?;
-                let data = wire.string()?;
-                // Flags only choose the RSA hash, and RSA is not served.
-                let _flags = wire.u32()?;
-                wire.finish()?;
-                Ok(self
-                    .sign(key_blob, data, now)
-                    .unwrap_or_else(|| vec![SSH_AGENT_FAILURE]))
-            }
-            // Add/remove/lock/extensions and anything unknown: the agent's
-            // contents are fixed by mayfly, so every such request fails.
-            _ => Ok(vec![SSH_AGENT_FAILURE]),
-        }
-    }
-
     fn identities(&self, now: SystemTime) -> Vec<u8> {
         let mut out = vec![SSH_AGENT_IDENTITIES_ANSWER];
         if self.is_live(now) {
@@ -227,6 +221,39 @@ impl Served {
         let mut out = vec![SSH_AGENT_SIGN_RESPONSE];
         put_string(&mut out, &encoded);
         Some(out)
+    }
+}
+
+/// Answers one message body from what `ring` serves (newest first); `Err`
+/// means the body was malformed and the connection should be closed.
+fn respond(ring: &[Arc<Served>], body: &[u8], now: SystemTime) -> Result<Vec<u8>, Malformed> {
+    let (&kind, rest) = body.split_first().ok_or(Malformed)?;
+    match kind {
+        SSH_AGENTC_REQUEST_IDENTITIES => {
+            if !rest.is_empty() {
+                return Err(Malformed);
+            }
+            // Only the newest identity is listed.
+            Ok(match ring.first() {
+                Some(served) => served.identities(now),
+                None => vec![SSH_AGENT_IDENTITIES_ANSWER, 0, 0, 0, 0],
+            })
+        }
+        SSH_AGENTC_SIGN_REQUEST => {
+            let mut wire = WireReader(rest);
+            let key_blob = wire.string()?;
+            let data = wire.string()?;
+            // Flags only choose the RSA hash, and RSA is not served.
+            let _flags = wire.u32()?;
+            wire.finish()?;
+            Ok(ring
+                .iter()
+                .find_map(|served| served.sign(key_blob, data, now))
+                .unwrap_or_else(|| vec![SSH_AGENT_FAILURE]))
+        }
+        // Add/remove/lock/extensions and anything unknown: the agent's
+        // contents are fixed by mayfly, so every such request fails.
+        _ => Ok(vec![SSH_AGENT_FAILURE]),
     }
 }
 
@@ -278,7 +305,7 @@ fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-async fn serve(listener: UnixListener, served: Arc<Served>, owner_uid: u32) {
+async fn serve(listener: UnixListener, ring: Ring, owner_uid: u32) {
     // Owning the connection tasks here means aborting this task ends them all.
     let mut connections = JoinSet::new();
     loop {
@@ -289,7 +316,7 @@ async fn serve(listener: UnixListener, served: Arc<Served>, owner_uid: u32) {
                     tracing::warn!("mayfly agent refused a connection from another user");
                     continue;
                 }
-                connections.spawn(handle_connection(stream, Arc::clone(&served)));
+                connections.spawn(handle_connection(stream, Arc::clone(&ring)));
             }
             Err(error) => {
                 // Usually fd exhaustion; back off instead of spinning.
@@ -308,7 +335,7 @@ fn peer_allowed(stream: &UnixStream, owner_uid: u32) -> bool {
     }
 }
 
-async fn handle_connection(mut stream: UnixStream, served: Arc<Served>) {
+async fn handle_connection(mut stream: UnixStream, ring: Ring) {
     loop {
         let body = match read_message(&mut stream).await {
             Ok(Some(body)) => body,
@@ -318,7 +345,9 @@ async fn handle_connection(mut stream: UnixStream, served: Arc<Served>) {
                 return;
             }
         };
-        let reply = match served.respond(&body, SystemTime::now()) {
+        // A snapshot per message: a swap never tears one answer.
+        let current = ring.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let reply = match respond(&current, &body, SystemTime::now()) {
             Ok(reply) => reply,
             Err(Malformed) => {
                 tracing::debug!("mayfly agent closed a connection after a malformed message");

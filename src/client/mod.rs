@@ -1,8 +1,10 @@
 //! Bot side: find the workload token, make a fresh key, get it certified,
 //! and either write key + certificate to a directory (`mayfly cert`) or
-//! hand them to `ssh` through an in-process agent (`mayfly ssh`) so the
-//! private key never touches disk.
+//! hand them to `ssh` through an in-process agent (`mayfly ssh`, and
+//! `mayfly exec` for a whole job, renewing as it runs) so the private key
+//! never touches disk.
 pub mod agent;
+pub mod exec;
 pub mod http;
 pub mod token;
 
@@ -80,6 +82,26 @@ struct CertBody<'a> {
     principals: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     approval_request: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    renewal: Option<RenewalBody<'a>>,
+}
+
+/// The `renewal` object: the certificate renewed and the proof by its key.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct RenewalBody<'a> {
+    certificate: &'a str,
+    signature: &'a str,
+}
+
+/// What a renewal request continues from (`mayfly exec`).
+#[derive(Debug)]
+pub struct Renewal<'a> {
+    /// The certificate being renewed (OpenSSH line).
+    pub certificate: &'a str,
+    /// Its key's signature over the new key ([`crate::ca::renewal::sign`]).
+    pub signature: String,
+    /// The approval the first certificate redeemed, if the role needs one.
+    pub approval_request: Option<&'a str>,
 }
 
 /// Successful answer of `POST /v1/certs/user`.
@@ -273,6 +295,20 @@ pub async fn request_cert(
     opts: &CertOptions,
     key: &ssh_key::PrivateKey,
 ) -> Result<(CertAnswer, ssh_key::Certificate), ClientError> {
+    request_cert_as(opts, key, None)
+        .await
+        .map(|(answer, cert, _)| (answer, cert))
+}
+
+/// Asks the CA to certify `key`'s public half, as a renewal of another
+/// certificate if `renewal` says so. Also returns the approval request the
+/// certificate redeemed, if the role needed one. A renewal never waits for
+/// a person: if the CA asks for a new approval, that is an error.
+pub async fn request_cert_as(
+    opts: &CertOptions,
+    key: &ssh_key::PrivateKey,
+    renewal: Option<&Renewal<'_>>,
+) -> Result<(CertAnswer, ssh_key::Certificate, Option<String>), ClientError> {
     let base = check_server(&opts.server, opts.insecure_http)?;
     // Before the token: a bad --ca-file must not cost a single-use token.
     let http = http_client(&base, opts.ca_file.as_deref())?;
@@ -287,7 +323,8 @@ pub async fn request_cert(
         source: std::io::Error::other(e.to_string()),
     })?;
     let started = std::time::Instant::now();
-    let mut approval_request: Option<String> = None;
+    let mut approval_request: Option<String> =
+        renewal.and_then(|r| r.approval_request.map(str::to_string));
     let bytes = loop {
         // Fetched per attempt: a CI token source hands out a fresh one, and
         // a waiting request is not charged against single use.
@@ -298,6 +335,10 @@ pub async fn request_cert(
             ttl_seconds: opts.ttl.map(|t| t.as_secs()),
             principals: opts.principals.as_deref(),
             approval_request: approval_request.as_deref(),
+            renewal: renewal.map(|r| RenewalBody {
+                certificate: r.certificate,
+                signature: &r.signature,
+            }),
         };
         let resp = http
             .post(url.clone())
@@ -320,6 +361,17 @@ pub async fn request_cert(
         if status == reqwest::StatusCode::ACCEPTED {
             let p: PendingAnswer = serde_json::from_slice(&bytes)
                 .map_err(|e| ClientError::BadAnswer(format!("202 answer: {e}")))?;
+            if renewal.is_some() {
+                return Err(ClientError::Refused {
+                    status: status.as_u16(),
+                    code: "approval_required".into(),
+                    message: format!(
+                        "the renewal needs a new approval (request {}); a renewal does not wait for a person",
+                        p.approval_request
+                    ),
+                    request_id: String::new(),
+                });
+            }
             let waited = started.elapsed();
             if waited >= opts.approval_timeout {
                 return Err(ClientError::ApprovalTimeout {
@@ -361,7 +413,7 @@ pub async fn request_cert(
             "certificate is not for the key we sent".into(),
         ));
     }
-    Ok((answer, cert))
+    Ok((answer, cert, approval_request))
 }
 
 /// File names `mayfly cert --out DIR` writes.

@@ -1,5 +1,7 @@
-//! Where a bot's workload token comes from: `--token-file`, then
-//! `$MAYFLY_TOKEN`, then the CI environment (GitHub Actions' OIDC endpoint).
+//! Where a bot's workload token comes from: `--token-command` or
+//! `--token-file`, then `$MAYFLY_TOKEN`, then the CI environment (GitHub
+//! Actions' OIDC endpoint). Every call looks again, so a renewal gets a
+//! fresh token where the source gives one.
 //!
 //! The first source that is *configured* wins and its errors are final: a
 //! broken `--token-file` never silently falls back to another identity, since
@@ -29,6 +31,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TokenSource {
     /// `--token-file PATH`: read the token from this file, trimmed.
     pub token_file: Option<PathBuf>,
+    /// `--token-command CMD`: run `sh -c CMD`; its stdout is the token. Run
+    /// again for every token (`mayfly exec` renewals).
+    pub token_command: Option<String>,
     /// Audience to request from CI OIDC providers; the server's `[[issuer]] audience`.
     pub audience: String,
 }
@@ -110,6 +115,14 @@ pub enum TokenSourceError {
         /// What is wrong with the answer.
         reason: &'static str,
     },
+    /// `--token-command` could not be run, failed, or printed nothing.
+    #[error("--token-command {command:?} {problem}")]
+    TokenCommand {
+        /// The command given.
+        command: String,
+        /// What went wrong, with the end of its stderr (never its stdout).
+        problem: String,
+    },
     /// No source is configured.
     #[error(
         "no workload token found: looked at --token-file (not given), $MAYFLY_TOKEN (not set) \
@@ -124,8 +137,11 @@ pub enum TokenSourceError {
 /// in production), passed in so tests control it.
 pub async fn discover(
     src: &TokenSource,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
 ) -> Result<Token, TokenSourceError> {
+    if let Some(command) = &src.token_command {
+        return token_command(command).await;
+    }
     if let Some(path) = &src.token_file {
         let text = Zeroizing::new(tokio::fs::read_to_string(path).await.map_err(|source| {
             TokenSourceError::TokenFileUnreadable {
@@ -163,6 +179,70 @@ pub async fn discover(
         }),
         (None, None) => Err(TokenSourceError::NotFound),
     }
+}
+
+/// How long `--token-command` may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `sh -c command` with no stdin and takes its stdout as the token.
+/// A failure quotes the end of its stderr, never its stdout.
+async fn token_command(command: &str) -> Result<Token, TokenSourceError> {
+    let fail = |problem: String| TokenSourceError::TokenCommand {
+        command: command.to_string(),
+        problem,
+    };
+    let child = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| fail(format!("cannot be started: {e}")))?;
+    let out = match tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return Err(fail(format!("failed: {e}"))),
+        Err(_) => {
+            return Err(fail(format!(
+                "did not finish within {}s (it was killed)",
+                COMMAND_TIMEOUT.as_secs()
+            )))
+        }
+    };
+    let stdout = Zeroizing::new(out.stdout);
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: String = {
+            let t = stderr.trim();
+            let skip = t.chars().count().saturating_sub(300);
+            t.chars().skip(skip).collect()
+        };
+        let status = match out.status.code() {
+            Some(c) => format!("exit status {c}"),
+            None => "killed by a signal".to_string(),
+        };
+        return Err(fail(if tail.is_empty() {
+            format!("failed ({status})")
+        } else {
+            format!("failed ({status}): {tail}")
+        }));
+    }
+    if stdout.len() > MAX_ANSWER_LEN {
+        return Err(fail(format!(
+            "printed more than {MAX_ANSWER_LEN} bytes; it must print one token"
+        )));
+    }
+    let text = Zeroizing::new(String::from_utf8(stdout.to_vec()).map_err(|_| {
+        fail("printed something that is not UTF-8; it must print one token".into())
+    })?);
+    if text.trim().is_empty() {
+        return Err(fail(
+            "printed nothing: it must print the workload token on stdout".into(),
+        ));
+    }
+    tracing::debug!("workload token from --token-command");
+    checked(&text, || "--token-command".to_string())
 }
 
 /// Trims and rejects inner whitespace/control characters, which would
@@ -318,6 +398,7 @@ mod tests {
     fn source(token_file: Option<PathBuf>) -> TokenSource {
         TokenSource {
             token_file,
+            token_command: None,
             audience: "mayfly".to_owned(),
         }
     }
@@ -327,6 +408,50 @@ mod tests {
         (GHA_URL, "http://127.0.0.1:9/token?api-version=2.0"),
         (GHA_TOKEN, "request-token"),
     ];
+
+    fn command(cmd: &str) -> TokenSource {
+        TokenSource {
+            token_command: Some(cmd.to_owned()),
+            ..source(None)
+        }
+    }
+
+    #[tokio::test]
+    async fn token_command_stdout_is_the_token_and_it_runs_each_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("count");
+        let cmd = format!(
+            "echo x >> {0}; echo \"tok-$(wc -l < {0})\"",
+            count.display()
+        );
+        let env = env_of(&[(ENV_TOKEN, "from-env")]);
+        let first = discover(&command(&cmd), &env).await.unwrap();
+        let second = discover(&command(&cmd), &env).await.unwrap();
+        assert_eq!(first.expose(), "tok-1");
+        assert_eq!(second.expose(), "tok-2");
+    }
+
+    #[tokio::test]
+    async fn failing_token_command_quotes_its_stderr_not_its_stdout() {
+        let env = env_of(&[]);
+        let err = discover(
+            &command("echo secret-token; echo 'issuer down' >&2; exit 4"),
+            &env,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("exit status 4") && err.contains("issuer down"),
+            "{err}"
+        );
+        assert!(!err.contains("secret-token"), "{err}");
+        let err = discover(&command("true"), &env)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("printed nothing"), "{err}");
+    }
 
     #[tokio::test]
     async fn token_file_wins_and_is_trimmed() {
@@ -552,6 +677,7 @@ mod tests {
         let env = env_of(&[(GHA_URL, &url), (GHA_TOKEN, "request-token")]);
         let src = TokenSource {
             token_file: None,
+            token_command: None,
             audience: "mayfly ca".to_owned(),
         };
         let result = discover(&src, &env).await;

@@ -240,6 +240,8 @@ fn sshd_config(
     let _ = writeln!(c, "ListenAddress 127.0.0.1:{port}");
     let _ = writeln!(c, "HostKey {}", host_key.display());
     let _ = writeln!(c, "PidFile none");
+    // scp (SFTP protocol by default) and sftp need the subsystem.
+    let _ = writeln!(c, "Subsystem sftp internal-sftp");
     let _ = writeln!(c, "TrustedUserCAKeys {}", trusted_ca.display());
     if let Some(krl) = revoked_keys {
         let _ = writeln!(c, "RevokedKeys {}", krl.display());
