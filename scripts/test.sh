@@ -48,6 +48,12 @@ if ! command -v ssh >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1; 
     missing+=(openssh-client)
 fi
 
+# The programs a `mayfly exec` job runs in tests/exec.rs: rsync, git and
+# Ansible (ansible-core's ansible-playbook) over ssh through mayfly's agent
+command -v rsync >/dev/null 2>&1 || missing+=(rsync)
+command -v git >/dev/null 2>&1 || missing+=(git)
+command -v ansible-playbook >/dev/null 2>&1 || missing+=(ansible-core)
+
 # PostgreSQL: the real database behind the replica tests (tests/support/
 # postgres.rs runs initdb into a temp dir as the `postgres` user the package
 # creates, on 127.0.0.1 and a free port)

@@ -558,6 +558,115 @@ async fn approval_votes_and_redemption_race_across_replicas_without_lost_updates
             .expect("count"),
         1
     );
+    // Two renewals from the key that holds the approval, on two replicas
+    // at once: one certificate, and the approval moves to its key.
+    let renew = |new: &str| {
+        let mut g = guard(None);
+        g.redeem = Some(Redemption {
+            id: "apr_race".into(),
+            key_fingerprint: new.into(),
+            renews_key: Some("SHA256:k".into()),
+            record: AuditRecord::new(EventKind::ApprovalUsed, now_s() * 1000, "r"),
+        });
+        g
+    };
+    let (x, y) = tokio::join!(
+        a.issuance()
+            .issue(issued(52, "bot"), Some(renew("SHA256:k2"))),
+        b.issuance()
+            .issue(issued(53, "bot"), Some(renew("SHA256:k3")))
+    );
+    let results = [x.expect("store"), y.expect("store")];
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    let held = a
+        .approvals()
+        .get("apr_race")
+        .await
+        .expect("get")
+        .expect("there");
+    let winner = if results[0].is_ok() {
+        "SHA256:k2"
+    } else {
+        "SHA256:k3"
+    };
+    assert_eq!(held.key_fingerprint, winner);
+    assert_eq!(held.status, ApprovalStatus::Used);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_of_a_revoked_certificate_is_refused_and_a_live_one_counts_once() {
+    let (_db, a, b) = two_replicas();
+    let first = issued(60, "renewer");
+    assert!(a
+        .issuance()
+        .issue(first.clone(), None)
+        .await
+        .expect("store")
+        .is_ok());
+    let previous = mayfly::ca::renewal::PreviousCert {
+        ca_key: first.ca_key.clone().expect("ca key"),
+        serial: 60,
+        key_id: first.key_id.clone().expect("key id"),
+        key_fingerprint: "SHA256:old".into(),
+        valid_before: first.valid_before.expect("valid_before"),
+    };
+    let renewal = |max: Option<u32>| IssueGuard {
+        subject: "renewer".into(),
+        renews: Some(previous.clone()),
+        ..guard(max)
+    };
+    // One live certificate and max_active_certs = 1: a plain second one is
+    // refused, its renewal is not.
+    let mut plain = guard(Some(1));
+    plain.subject = "renewer".into();
+    let r = b
+        .issuance()
+        .issue(issued(61, "renewer"), Some(plain))
+        .await
+        .expect("store");
+    assert!(
+        matches!(r, Err(GuardRefusal::TooManyActive { .. })),
+        "{r:?}"
+    );
+    let r = b
+        .issuance()
+        .issue(issued(62, "renewer"), Some(renewal(Some(1))))
+        .await
+        .expect("store");
+    assert!(r.is_ok(), "{r:?}");
+    // Revoked on one replica, its renewal is refused on the other.
+    a.access()
+        .revoke(
+            vec![mayfly::store::Revocation {
+                ca_key: previous.ca_key.clone(),
+                serial: Some(60),
+                key_id: None,
+                expires_at: previous.valid_before,
+                reason: "test".into(),
+                actor: "test".into(),
+            }],
+            vec![AuditRecord::new(
+                EventKind::CertRevoked,
+                now_s() * 1000,
+                "rv",
+            )],
+            now_s(),
+        )
+        .await
+        .expect("revoke");
+    let r = b
+        .issuance()
+        .issue(issued(63, "renewer"), Some(renewal(None)))
+        .await
+        .expect("store");
+    assert!(
+        matches!(r, Err(GuardRefusal::RenewsRevoked { serial: 60, .. })),
+        "{r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -544,6 +544,48 @@ mod tests {
         signature::Verifier::verify(&public_key, b"challenge", &signature).expect("valid");
     }
 
+    /// Asks the agent to sign with `blob`; whether it did.
+    async fn signs_for(agent: &Agent, blob: &[u8]) -> bool {
+        let mut body = vec![SSH_AGENTC_SIGN_REQUEST];
+        put_string(&mut body, blob);
+        put_string(&mut body, b"challenge");
+        put_u32(&mut body, 0);
+        let reply = raw_exchange(agent, &frame(&body)).await.expect("reply");
+        reply[0] == SSH_AGENT_SIGN_RESPONSE
+    }
+
+    #[tokio::test]
+    async fn a_replaced_identity_is_listed_at_once_and_the_old_one_signs_until_the_next_swap() {
+        let first = identity(Algorithm::Ed25519);
+        let first_blob = first.certificate.to_bytes().expect("blob");
+        let agent = Agent::spawn(first, live()).expect("spawn");
+        let second = identity(Algorithm::Ed25519);
+        let second_line = cert_line(&second);
+        let second_blob = second.certificate.to_bytes().expect("blob");
+        agent.replace(second, live()).expect("replace");
+
+        let tmp = tempfile::tempdir().expect("tmp");
+        let out = run("ssh-add", &["-L"], &agent, tmp.path()).await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout.lines().count(), 2, "{stdout}");
+        let blob_of = |l: &str| l.split_whitespace().nth(1).map(str::to_owned);
+        assert!(
+            stdout.lines().any(|l| blob_of(l) == blob_of(&second_line)),
+            "{stdout}"
+        );
+        // A client that listed the first certificate just before the swap
+        // still gets its signature.
+        assert!(signs_for(&agent, &first_blob).await);
+        assert!(signs_for(&agent, &second_blob).await);
+
+        // After the next swap the first identity (and its key) is gone.
+        agent
+            .replace(identity(Algorithm::Ed25519), live())
+            .expect("replace");
+        assert!(!signs_for(&agent, &first_blob).await);
+        assert!(signs_for(&agent, &second_blob).await);
+    }
+
     #[tokio::test]
     async fn signing_for_an_unknown_key_fails() {
         let id = identity(Algorithm::Ed25519);

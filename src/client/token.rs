@@ -115,11 +115,10 @@ pub enum TokenSourceError {
         /// What is wrong with the answer.
         reason: &'static str,
     },
-    /// `--token-command` could not be run, failed, or printed nothing.
-    #[error("--token-command {command:?} {problem}")]
+    /// `--token-command` could not be run, failed, or printed nothing. The
+    /// command itself is not quoted: it may hold a credential.
+    #[error("--token-command {problem}")]
     TokenCommand {
-        /// The command given.
-        command: String,
         /// What went wrong, with the end of its stderr (never its stdout).
         problem: String,
     },
@@ -187,10 +186,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Runs `sh -c command` with no stdin and takes its stdout as the token.
 /// A failure quotes the end of its stderr, never its stdout.
 async fn token_command(command: &str) -> Result<Token, TokenSourceError> {
-    let fail = |problem: String| TokenSourceError::TokenCommand {
-        command: command.to_string(),
-        problem,
-    };
+    let fail = |problem: String| TokenSourceError::TokenCommand { problem };
     let child = tokio::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(command)
