@@ -1188,6 +1188,9 @@ pub mod files {
     pub const DATABASE: &str = "mayfly.db";
     /// This replica's id (`mayfly status`), generated at first start.
     pub const REPLICA_ID: &str = "replica_id";
+    /// Held (an advisory lock) by the `mayfly serve` using this directory;
+    /// holds its pid.
+    pub const SERVE_LOCK: &str = "serve.lock";
 
     /// Key file base name of CA group `g`.
     pub fn group_base(g: &str) -> String {

@@ -61,6 +61,14 @@ pub enum StartError {
     /// The audit key, sinks or stream could not be set up.
     #[error(transparent)]
     Audit(#[from] crate::evidence::stream::StreamError),
+    /// Another `mayfly serve` holds the data directory.
+    #[error("data directory {} is in use by another mayfly serve{}: one data directory serves one server (two would issue twice for one token); stop that one, or give this one its own data_dir (replicas on PostgreSQL each have their own)", path.display(), holder.as_deref().map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    DataDirInUse {
+        /// The directory.
+        path: PathBuf,
+        /// The pid the holder wrote into the lock file, if readable.
+        holder: Option<String>,
+    },
     /// This replica's id file could not be read or written.
     #[error("replica id: {0}")]
     ReplicaId(#[from] crate::replica::ReplicaIdError),
@@ -86,6 +94,47 @@ fn ensure_data_dir(dir: &Path) -> Result<(), StartError> {
         return Err(err(std::io::Error::other("not a directory")));
     }
     Ok(())
+}
+
+/// Takes `data_dir/serve.lock` for this server, or refuses: a second
+/// server on one data directory (one SQLite database, one in-memory replay
+/// set) would accept a token that the first one already used. The lock is
+/// advisory (flock) and goes with the process; keep the file open while
+/// serving.
+pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StartError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    ensure_data_dir(dir)?;
+    let path = dir.join(files::SERVE_LOCK);
+    let err = |source| StartError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path)
+                .ok()
+                .map(|s| s.trim().chars().take(20).collect::<String>())
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+            return Err(StartError::DataDirInUse {
+                path: dir.to_path_buf(),
+                holder,
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+    }
+    file.set_len(0).map_err(err)?;
+    writeln!(file, "{}", std::process::id()).map_err(err)?;
+    Ok(file)
 }
 
 async fn load_ring(
@@ -252,6 +301,8 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
     // anything is created on disk.
     let transport = tls::check_listen(cfg.listen, cfg.tls.is_some(), cfg.insecure_http)?;
     let server_tls = cfg.tls.as_ref().map(tls::ServerTls::load).transpose()?;
+    // Held until serve returns (the process then exits).
+    let _data_dir_lock = lock_data_dir(&cfg.data_dir)?;
     let (service, audit) = build_with_audit(&cfg).await?;
     let (replica, new_id) =
         crate::replica::ReplicaId::load_or_create(&cfg.data_dir, &mut rand_core::OsRng)?;
