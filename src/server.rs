@@ -118,9 +118,10 @@ pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StartError> {
         .mode(0o600)
         .open(&path)
         .map_err(err)?;
-    match file.try_lock() {
+    use rustix::fs::{flock, FlockOperation};
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
+        Err(rustix::io::Errno::WOULDBLOCK) => {
             let holder = std::fs::read_to_string(&path)
                 .ok()
                 .map(|s| s.trim().chars().take(20).collect::<String>())
@@ -130,7 +131,7 @@ pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StartError> {
                 holder,
             });
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+        Err(e) => return Err(err(e.into())),
     }
     file.set_len(0).map_err(err)?;
     writeln!(file, "{}", std::process::id()).map_err(err)?;
