@@ -222,17 +222,55 @@ pub fn open_store(cfg: &crate::config::Config) -> Result<Store, RevokeError> {
     })
 }
 
-/// The actor name for CLI actions: `cli:<login>`.
+/// The actor name for CLI actions, from the operating system rather than
+/// `$USER` (which anyone can set): `cli:<name>(uid <n>)` of the real uid,
+/// its name from `/etc/passwd`. As root under sudo, the invoking user sudo
+/// recorded is added: `cli:root(uid 0, sudo alice)`. `env` reads
+/// `SUDO_USER` (only consulted for root, who could forge anything anyway).
 pub fn cli_actor(env: &dyn Fn(&str) -> Option<String>) -> String {
-    let who = env("SUDO_USER")
-        .or_else(|| env("USER"))
-        .or_else(|| env("LOGNAME"))
-        .unwrap_or_else(|| "unknown".into());
-    format!(
-        "cli:{}",
-        who.chars()
-            .filter(|c| c.is_ascii_graphic())
+    let uid = rustix::process::getuid().as_raw();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    actor_for(uid, &passwd, env("SUDO_USER").as_deref())
+}
+
+/// [`cli_actor`] from its inputs.
+fn actor_for(uid: u32, passwd: &str, sudo_user: Option<&str>) -> String {
+    let clean = |s: &str| {
+        s.chars()
+            .filter(|c| c.is_ascii_graphic() && !"(),".contains(*c))
             .take(64)
             .collect::<String>()
-    )
+    };
+    let name = passwd
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let _password = f.next()?;
+            let id: u32 = f.next()?.parse().ok()?;
+            (id == uid).then(|| clean(name))
+        })
+        .find(|n| !n.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    match sudo_user.map(clean).filter(|s| uid == 0 && !s.is_empty()) {
+        Some(by) => format!("cli:{name}(uid {uid}, sudo {by})"),
+        None => format!("cli:{name}(uid {uid})"),
+    }
+}
+
+#[cfg(test)]
+mod actor_tests {
+    use super::actor_for;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\nbad line\n";
+
+    #[test]
+    fn the_actor_is_the_os_user_not_an_environment_variable() {
+        assert_eq!(actor_for(1000, PASSWD, None), "cli:alice(uid 1000)");
+        // SUDO_USER counts only for root (sudo sets it; a user could too).
+        assert_eq!(actor_for(1000, PASSWD, Some("root")), "cli:alice(uid 1000)");
+        assert_eq!(actor_for(0, PASSWD, Some("alice")), "cli:root(uid 0, sudo alice)");
+        assert_eq!(actor_for(4242, PASSWD, None), "cli:unknown(uid 4242)");
+        assert_eq!(actor_for(0, PASSWD, Some("a) b(")), "cli:root(uid 0, sudo ab)");
+    }
 }
