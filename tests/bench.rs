@@ -32,7 +32,9 @@ fn bench_over_https_reports_the_server_process_cpu_per_certificate_for_each_conc
         "one run per concurrency:\n{report}"
     );
     assert_eq!(
-        report.matches("server:              separate process (pid ").count(),
+        report
+            .matches("server:              separate process (pid ")
+            .count(),
         2,
         "{report}"
     );
@@ -66,5 +68,8 @@ fn bench_refuses_a_server_process_on_postgres_and_says_why() {
     ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--tls") && err.contains("--store-url"), "{err}");
+    assert!(
+        err.contains("--tls") && err.contains("--store-url"),
+        "{err}"
+    );
 }

@@ -63,10 +63,9 @@ impl ServerProcess {
         let mut config = format!("listen = \"127.0.0.1:{port}\"\n{config_body}");
         let (base, ca_pem) = if tls {
             let (cert_file, key_file, pem) = write_tls_files(dir)?;
-            // Top-level keys must come before the first table.
-            config = format!(
-                "{config}\n[tls]\ncert_file = {cert_file:?}\nkey_file = {key_file:?}\n"
-            );
+            // A table of its own, after every top-level key.
+            config =
+                format!("{config}\n[tls]\ncert_file = {cert_file:?}\nkey_file = {key_file:?}\n");
             (format!("https://localhost:{port}"), Some(pem))
         } else {
             (format!("http://127.0.0.1:{port}"), None)
@@ -129,7 +128,10 @@ impl ServerProcess {
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("the server exited ({status}):\n{}", self.log_tail()));
+                return Err(format!(
+                    "the server exited ({status}):\n{}",
+                    self.log_tail()
+                ));
             }
             if let Ok(r) = http.get(&url).send().await {
                 if r.status().is_success() {

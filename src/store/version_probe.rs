@@ -86,9 +86,7 @@ mod tests {
     fn setup(dir: &std::path::Path) -> (Sqlite, VersionProbe) {
         let path = dir.join("m.db");
         let writer = Sqlite::open(&path, Duration::from_secs(1)).unwrap();
-        let probe = VersionProbe::new(Some(
-            Sqlite::open_read_only(&path, Duration::ZERO).unwrap(),
-        ));
+        let probe = VersionProbe::new(Some(Sqlite::open_read_only(&path, Duration::ZERO).unwrap()));
         (writer, probe)
     }
 
