@@ -1,10 +1,20 @@
 //! `mayfly bench`: a load generator that measures certificates per second
-//! through the whole path (HTTP, token verification, policy, signing,
-//! durable audit) against an in-process CA on loopback.
+//! through the whole path (HTTP or HTTPS, token verification, policy,
+//! signing, durable audit) against a CA on loopback.
 //!
 //! It creates a throw-away data directory, an issuer whose keys it holds
-//! (a `jwks_file` issuer), and one token per request (tokens are single
-//! use), then fires them from `concurrency` clients.
+//! (a `jwks_file` issuer), and one token and one fresh Ed25519 key per
+//! request (tokens are single use), then fires them from `concurrency`
+//! clients over keep-alive connections. Every answer is checked: a
+//! certificate for the key sent, signed by the CA's user key, with a
+//! serial no other answer had.
+//!
+//! The CA runs in this process by default. With a server binary
+//! ([`BenchOptions::server`], the `mayfly` being run) it runs as its own
+//! `mayfly serve` process (HTTPS with `tls`), whose CPU time is then
+//! measured alone from `/proc/PID/stat`: the figure that says what a
+//! certificate costs the server, apart from the load clients sharing the
+//! machine.
 //!
 //! By default the CA stores in SQLite. With a PostgreSQL URL it stores
 //! there instead, and can run several replicas on that one database, each
@@ -23,6 +33,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+
+mod process;
 
 /// Token algorithm used by the bench issuer.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +61,22 @@ pub struct BenchOptions {
     pub password_file: Option<std::path::PathBuf>,
     /// Replicas on the one PostgreSQL database (1 on SQLite).
     pub replicas: usize,
+    /// Run the CA as `<this binary> serve` in its own process (SQLite
+    /// only) instead of in this one, and measure its CPU alone.
+    pub server: Option<std::path::PathBuf>,
+    /// Serve HTTPS (needs `server`).
+    pub tls: bool,
+}
+
+/// CPU time of a CA that ran in its own process.
+#[derive(Debug, Clone)]
+pub struct ServerCpu {
+    /// Its process id.
+    pub pid: u32,
+    /// Whether it served HTTPS.
+    pub tls: bool,
+    /// User plus system CPU time it used during the run.
+    pub cpu: Option<Duration>,
 }
 
 /// What was measured.
@@ -70,9 +98,12 @@ pub struct BenchReport {
     pub replicas: usize,
     /// Concurrent clients.
     pub concurrency: usize,
-    /// CPU time this process used during the run (the replicas and the
-    /// load clients together), where `/proc/self/stat` tells it.
+    /// CPU time this process used during the run (the in-process
+    /// replicas and the load clients together), where `/proc/self/stat`
+    /// tells it.
     pub cpu: Option<Duration>,
+    /// The CA's own CPU time, when it ran in its own process.
+    pub server: Option<ServerCpu>,
 }
 
 impl std::fmt::Display for BenchReport {
@@ -86,6 +117,14 @@ impl std::fmt::Display for BenchReport {
             if self.replicas == 1 { "" } else { "s" },
             self.concurrency
         )?;
+        if let Some(s) = &self.server {
+            writeln!(
+                f,
+                "server:              separate process (pid {}), {}",
+                s.pid,
+                if s.tls { "HTTPS" } else { "plain HTTP" }
+            )?;
+        }
         writeln!(
             f,
             "certificates issued: {} (failed: {})",
@@ -102,13 +141,33 @@ impl std::fmt::Display for BenchReport {
             self.elapsed.as_secs_f64()
         )?;
         writeln!(f, "throughput:          {rate:.0} certs/s")?;
-        if let (Some(cpu), true) = (self.cpu, self.ok > 0) {
-            writeln!(
+        let per_cert = |cpu: Duration| cpu.as_secs_f64() * 1e6 / self.ok.max(1) as f64;
+        match (&self.server, self.cpu) {
+            (Some(s), load) => {
+                if let Some(cpu) = s.cpu {
+                    writeln!(
+                        f,
+                        "server cpu:          {:.0} us per certificate ({:.2} s user+system in the server process)",
+                        per_cert(cpu),
+                        cpu.as_secs_f64()
+                    )?;
+                }
+                if let Some(cpu) = load {
+                    writeln!(
+                        f,
+                        "load cpu:            {:.0} us per certificate ({:.2} s in the load clients, not counted above)",
+                        per_cert(cpu),
+                        cpu.as_secs_f64()
+                    )?;
+                }
+            }
+            (None, Some(cpu)) => writeln!(
                 f,
                 "cpu:                 {:.0} us per certificate ({:.2} s in this process: replicas and load clients)",
-                cpu.as_secs_f64() * 1e6 / self.ok as f64,
+                per_cert(cpu),
                 cpu.as_secs_f64()
-            )?;
+            )?,
+            (None, None) => {}
         }
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         write!(
@@ -166,10 +225,17 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Runs the benchmark.
-pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let policy_dir = dir.path().join("ca-policy");
+/// The policy directory, the issuer's JWKS and the token key of a run,
+/// in `dir`.
+struct Fixtures {
+    policy_dir: std::path::PathBuf,
+    jwks_path: std::path::PathBuf,
+    key: EncodingKey,
+    alg: Algorithm,
+}
+
+fn fixtures(dir: &std::path::Path, alg: BenchAlg) -> Result<Fixtures, String> {
+    let policy_dir = dir.join("ca-policy");
     std::fs::create_dir_all(&policy_dir).map_err(|e| e.to_string())?;
     std::fs::write(
         policy_dir.join("bench.toml"),
@@ -177,18 +243,165 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
          principals = [\"deploy\"]\nmax_ttl = \"5m\"\n[claims]\nsub = \"bench-*\"\n",
     )
     .map_err(|e| e.to_string())?;
-    let (key, alg) = issuer_key(opts.alg)?;
+    let (key, alg) = issuer_key(alg)?;
     let mut jwk =
         jsonwebtoken::jwk::Jwk::from_encoding_key(&key, alg).map_err(|e| e.to_string())?;
     jwk.common.key_id = Some("bench".into());
     let jwks = serde_json::json!({ "keys": [jwk] });
-    let jwks_path = dir.path().join("jwks.json");
+    let jwks_path = dir.join("jwks.json");
     std::fs::write(&jwks_path, jwks.to_string()).map_err(|e| e.to_string())?;
+    Ok(Fixtures {
+        policy_dir,
+        jwks_path,
+        key,
+        alg,
+    })
+}
+
+/// The `mayfly.toml` of a bench CA, without `listen`.
+fn config_body(data_dir: &std::path::Path, f: &Fixtures, store_toml: &str) -> String {
+    format!(
+        "data_dir = {:?}\npolicy_dir = {:?}\n\
+         [[issuer]]\nname = \"bench\"\nurl = \"https://bench.invalid\"\naudience = \"mayfly\"\njwks_file = {:?}\n{store_toml}",
+        data_dir, f.policy_dir, f.jwks_path
+    )
+}
+
+/// The CAs a run sends its requests to.
+enum Servers {
+    /// Replicas in this process, on plain HTTP.
+    InProcess {
+        services: Vec<Arc<crate::service::Service>>,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    },
+    /// One `mayfly serve` child process; its store is opened here only to
+    /// count the audit records.
+    Process {
+        server: process::ServerProcess,
+        store: crate::store::Store,
+    },
+}
+
+impl Servers {
+    async fn count_issued(&self) -> Result<u64, String> {
+        let store = match self {
+            Servers::InProcess { services, .. } => services[0].store(),
+            Servers::Process { store, .. } => store,
+        };
+        store
+            .reports()
+            .count_events("cert_issued")
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// One request of the load: its token, its body, and the public key the
+/// certificate must be for (a fresh Ed25519 key per request).
+struct Shot {
+    token: String,
+    body: String,
+    key: ssh_key::public::KeyData,
+}
+
+/// Signs one token and makes one fresh subject key per request, spread
+/// over the cores (RS256 signing is the slow part of a bench's set-up).
+fn shots(f: &Fixtures, requests: usize, run: &str) -> Result<Vec<Shot>, String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut header = Header::new(f.alg);
+    header.kid = Some("bench".into());
+    let one = |i: usize| -> Result<Shot, String> {
+        let claims = serde_json::json!({
+            "iss": "https://bench.invalid", "aud": "mayfly", "sub": format!("bench-{}", i % 100),
+            "iat": now, "exp": now + 600, "jti": format!("bench-{run}-{i}"),
+        });
+        let token = jsonwebtoken::encode(&header, &claims, &f.key).map_err(|e| e.to_string())?;
+        let subject =
+            ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+                .map_err(|e| e.to_string())?;
+        let line = subject
+            .public_key()
+            .to_openssh()
+            .map_err(|e| e.to_string())?;
+        let body = serde_json::json!({"role": "bench", "public_key": line}).to_string();
+        Ok(Shot {
+            token,
+            body,
+            key: subject.public_key().key_data().clone(),
+        })
+    };
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let per = requests.div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = (0..requests)
+            .step_by(per)
+            .map(|first| {
+                let one = &one;
+                s.spawn(move || {
+                    (first..(first + per).min(requests))
+                        .map(one)
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(requests);
+        for p in parts {
+            all.extend(
+                p.join()
+                    .map_err(|_| "a token-signing thread panicked".to_string())??,
+            );
+        }
+        Ok(all)
+    })
+}
+
+/// Checks an answer as a bot would use it: a certificate for the key it
+/// sent, signed by the CA's user key, for the role's principal. Returns
+/// the serial.
+fn check_answer(body: &[u8], shot: &Shot, ca: &ssh_key::public::KeyData) -> Result<u64, String> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        certificate: String,
+        serial: u64,
+    }
+    let a: Answer = serde_json::from_slice(body).map_err(|e| format!("answer is not JSON: {e}"))?;
+    let cert = ssh_key::Certificate::from_openssh(&a.certificate)
+        .map_err(|e| format!("answer holds no certificate: {e}"))?;
+    if cert.public_key() != &shot.key {
+        return Err("certificate is for another key".into());
+    }
+    if cert.signature_key() != ca {
+        return Err("certificate is not signed by the CA's user key".into());
+    }
+    if cert.serial() != a.serial || cert.valid_principals() != ["deploy"] {
+        return Err("certificate serial or principals differ from the answer".into());
+    }
+    Ok(a.serial)
+}
+
+/// Runs the benchmark.
+pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let f = fixtures(dir.path(), opts.alg)?;
     let replicas = opts.replicas.max(1);
     if replicas > 1 && opts.store_url.is_none() {
         return Err(format!(
             "--replicas {replicas} needs a database the replicas share: pass --store-url postgres://..."
         ));
+    }
+    if opts.server.is_some() && (opts.store_url.is_some() || replicas > 1) {
+        return Err(
+            "a server process (--tls, --server-process) runs on SQLite: drop --store-url and --replicas"
+                .into(),
+        );
+    }
+    if opts.tls && opts.server.is_none() {
+        return Err("--tls needs the server in its own process".into());
     }
     let store_toml = match &opts.store_url {
         None => String::new(),
@@ -210,157 +423,187 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
             t
         }
     };
-    let mut services = Vec::new();
-    let mut servers = Vec::new();
     let mut urls = Vec::new();
-    for r in 0..replicas {
-        let cfg_text = format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\npolicy_dir = {:?}\n\
-             [[issuer]]\nname = \"bench\"\nurl = \"https://bench.invalid\"\naudience = \"mayfly\"\njwks_file = {:?}\n{store_toml}",
-            dir.path().join(format!("data-{r}")),
-            policy_dir,
-            jwks_path
-        );
-        let cfg = Config::parse(&cfg_text).map_err(|e| e.to_string())?;
-        let service = Arc::new(
-            crate::server::build(&cfg)
-                .await
-                .map_err(|e| format!("starting replica {r}: {e}"))?,
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
+    let mut http = reqwest::Client::builder();
+    let servers = match &opts.server {
+        Some(exe) => {
+            let body = config_body(&dir.path().join("data"), &f, &store_toml);
+            let server = process::ServerProcess::start(exe, dir.path(), &body, opts.tls).await?;
+            http = server.client_builder()?;
+            urls.push(format!("{}/v1/certs/user", server.base));
+            let cfg = Config::parse(&format!("listen = \"127.0.0.1:0\"\n{body}"))
+                .map_err(|e| e.to_string())?;
+            let store = crate::store::open(&crate::store::StoreConfig::from_config(
+                &cfg,
+                crate::store::OpenMode::ReadOnly,
+            ))
             .map_err(|e| e.to_string())?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let app = api::router(
-            AppState {
-                service: service.clone(),
-                request_timeout: cfg.request_timeout,
-                admin_requires_client_cert: false,
-            },
-            cfg.max_body_bytes,
-        );
-        servers.push(tokio::spawn(async move {
-            let _ = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .await;
-        }));
-        services.push(service);
-        urls.push(format!("http://{addr}/v1/certs/user"));
-    }
-    let before = services[0]
-        .store()
-        .reports()
-        .count_events("cert_issued")
-        .await
-        .map_err(|e| e.to_string())?;
-    let run = nonce();
-
-    eprintln!("signing {} tokens ({alg:?})...", opts.requests);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut header = Header::new(alg);
-    header.kid = Some("bench".into());
-    let tokens: Vec<String> = (0..opts.requests)
-        .map(|i| {
-            let claims = serde_json::json!({
-                "iss": "https://bench.invalid", "aud": "mayfly", "sub": format!("bench-{}", i % 100),
-                "iat": now, "exp": now + 600, "jti": format!("bench-{run}-{i}"),
-            });
-            jsonwebtoken::encode(&header, &claims, &key).map_err(|e| e.to_string())
-        })
-        .collect::<Result<_, _>>()?;
-    let subject = ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)
-        .map_err(|e| e.to_string())?
-        .public_key()
-        .to_openssh()
-        .map_err(|e| e.to_string())?;
-    let body = serde_json::json!({"role": "bench", "public_key": subject}).to_string();
-    let tokens = Arc::new(tokens);
-    let next = Arc::new(AtomicUsize::new(0));
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(opts.concurrency)
+            Servers::Process { server, store }
+        }
+        None => {
+            let mut services = Vec::new();
+            let mut tasks = Vec::new();
+            for r in 0..replicas {
+                let body = config_body(&dir.path().join(format!("data-{r}")), &f, &store_toml);
+                let cfg = Config::parse(&format!("listen = \"127.0.0.1:0\"\n{body}"))
+                    .map_err(|e| e.to_string())?;
+                let service = Arc::new(
+                    crate::server::build(&cfg)
+                        .await
+                        .map_err(|e| format!("starting replica {r}: {e}"))?,
+                );
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let addr = listener.local_addr().map_err(|e| e.to_string())?;
+                let app = api::router(
+                    AppState {
+                        service: service.clone(),
+                        request_timeout: cfg.request_timeout,
+                        admin_requires_client_cert: false,
+                    },
+                    cfg.max_body_bytes,
+                );
+                tasks.push(tokio::spawn(async move {
+                    let _ = axum::serve(
+                        listener,
+                        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                    )
+                    .await;
+                }));
+                services.push(service);
+                urls.push(format!("http://{addr}/v1/certs/user"));
+            }
+            Servers::InProcess { services, tasks }
+        }
+    };
+    let concurrency = opts.concurrency.max(1);
+    let http = http
+        .pool_max_idle_per_host(concurrency)
         .build()
         .map_err(|e| e.to_string())?;
+    let ca_url = urls[0].replace("/v1/certs/user", "/v1/ca/user.pub");
+    let ca_line = http
+        .get(&ca_url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| format!("GET {ca_url}: {e}"))?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    let ca = ssh_key::PublicKey::from_openssh(ca_line.trim())
+        .map_err(|e| format!("GET {ca_url}: {e}"))?
+        .key_data()
+        .clone();
+    let before = servers.count_issued().await?;
+    let run = nonce();
+
     eprintln!(
-        "running {} requests with {} clients...",
-        opts.requests, opts.concurrency
+        "signing {} tokens ({:?}) and making a key for each...",
+        opts.requests, f.alg
     );
-    let cpu_before = process_cpu();
+    let shots = Arc::new(shots(&f, opts.requests, &run)?);
+    let ca = Arc::new(ca);
+    let next = Arc::new(AtomicUsize::new(0));
+    eprintln!(
+        "running {} requests with {concurrency} clients...",
+        opts.requests
+    );
+    let server_pid = match &servers {
+        Servers::Process { server, .. } => Some(server.pid()),
+        Servers::InProcess { .. } => None,
+    };
+    let server_before = server_pid.and_then(|p| process_cpu(Some(p)));
+    let cpu_before = process_cpu(None);
     let started = Instant::now();
     let mut workers = Vec::new();
-    for c in 0..opts.concurrency.max(1) {
-        let (tokens, next, http, url, body) = (
-            tokens.clone(),
+    for c in 0..concurrency {
+        let (shots, next, http, url, ca) = (
+            shots.clone(),
             next.clone(),
             http.clone(),
             urls[c % urls.len()].clone(),
-            body.clone(),
+            ca.clone(),
         );
         workers.push(tokio::spawn(async move {
             let mut lat = Vec::new();
+            let mut serials = Vec::new();
             let mut failed = 0usize;
+            let mut fail = |why: String| {
+                failed += 1;
+                if failed <= 3 {
+                    eprintln!("request failed: {why}");
+                }
+            };
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(tok) = tokens.get(i) else { break };
+                let Some(shot) = shots.get(i) else { break };
                 let t0 = Instant::now();
                 let r = http
                     .post(&url)
-                    .bearer_auth(tok)
+                    .bearer_auth(&shot.token)
                     .header("content-type", "application/json")
-                    .body(body.clone())
+                    .body(shot.body.clone())
                     .send()
                     .await;
                 match r {
-                    Ok(resp) if resp.status().is_success() => {
-                        let _ = resp.bytes().await;
-                        lat.push(t0.elapsed());
-                    }
+                    Ok(resp) if resp.status().is_success() => match resp.bytes().await {
+                        Ok(body) => {
+                            let took = t0.elapsed();
+                            match check_answer(&body, shot, &ca) {
+                                Ok(serial) => {
+                                    lat.push(took);
+                                    serials.push(serial);
+                                }
+                                Err(e) => fail(e),
+                            }
+                        }
+                        Err(e) => fail(e.to_string()),
+                    },
                     Ok(resp) => {
-                        failed += 1;
                         let status = resp.status();
                         let text = resp.text().await.unwrap_or_default();
-                        if failed <= 3 {
-                            eprintln!("request failed: {status} {text}");
-                        }
+                        fail(format!("{status} {text}"));
                     }
-                    Err(e) => {
-                        failed += 1;
-                        if failed <= 3 {
-                            eprintln!("request failed: {e}");
-                        }
-                    }
+                    Err(e) => fail(e.to_string()),
                 }
             }
-            (lat, failed)
+            (lat, serials, failed)
         }));
     }
     let mut lat = Vec::new();
+    let mut serials = Vec::new();
     let mut failed = 0;
     for w in workers {
-        let (l, f) = w.await.map_err(|e| e.to_string())?;
+        let (l, s, f) = w.await.map_err(|e| e.to_string())?;
         lat.extend(l);
+        serials.extend(s);
         failed += f;
     }
     let elapsed = started.elapsed();
-    let cpu = match (cpu_before, process_cpu()) {
+    let since = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
     };
-    for s in &servers {
-        s.abort();
+    let cpu = since(cpu_before, process_cpu(None));
+    let server_cpu = since(server_before, server_pid.and_then(|p| process_cpu(Some(p))));
+    serials.sort_unstable();
+    serials.dedup();
+    if serials.len() != lat.len() {
+        return Err(format!(
+            "{} certificates carried {} distinct serials",
+            lat.len(),
+            serials.len()
+        ));
     }
     lat.sort();
-    let audited = services[0]
-        .store()
-        .reports()
-        .count_events("cert_issued")
-        .await
-        .map_err(|e| e.to_string())?
-        .saturating_sub(before);
+    let audited = servers.count_issued().await?.saturating_sub(before);
+    if let Servers::InProcess { tasks, .. } = &servers {
+        for t in tasks {
+            t.abort();
+        }
+    }
     Ok(BenchReport {
         ok: lat.len(),
         failed,
@@ -378,16 +621,25 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
             "sqlite"
         },
         replicas,
-        concurrency: opts.concurrency.max(1),
+        concurrency,
         cpu,
+        server: server_pid.map(|pid| ServerCpu {
+            pid,
+            tls: opts.tls,
+            cpu: server_cpu,
+        }),
     })
 }
 
-/// User plus system CPU time of this process so far, from
-/// `/proc/self/stat` (fields 14 and 15, in USER_HZ ticks: 100 per second
-/// on Linux); `None` where there is no procfs.
-fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// User plus system CPU time so far of process `pid` (this process if
+/// `None`), from `/proc/PID/stat` (fields 14 and 15, in USER_HZ ticks: 100
+/// per second on Linux); `None` where there is no procfs.
+fn process_cpu(pid: Option<u32>) -> Option<Duration> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces.
     let rest = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();

@@ -46,22 +46,26 @@ const MAX_BACKDATE: Duration = Duration::from_secs(3600);
 /// Signs certificates with one CA key (file or HSM).
 pub struct Authority {
     key: Box<dyn CaSigner>,
+    /// [`Authority::public_key_line`], encoded once: every issuance
+    /// records it.
+    line: String,
 }
 
 impl Authority {
     /// Wraps a loaded CA key.
     pub fn new(key: impl CaSigner + 'static) -> Authority {
-        Authority { key: Box::new(key) }
+        Authority::from_boxed(Box::new(key))
     }
 
     /// Wraps an already boxed signer (file or HSM).
     pub fn from_boxed(key: Box<dyn CaSigner>) -> Authority {
-        Authority { key }
+        let line = signer::public_key_line(key.public_key(), CA_KEY_COMMENT);
+        Authority { key, line }
     }
 
     /// The CA public key as one OpenSSH line (no newline), for `TrustedUserCAKeys`.
     pub fn public_key_line(&self) -> String {
-        signer::public_key_line(self.key.public_key(), CA_KEY_COMMENT)
+        self.line.clone()
     }
 
     /// The CA key's `SHA256:` fingerprint.

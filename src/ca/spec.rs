@@ -204,6 +204,16 @@ impl SubjectKey {
         self.0.algorithm().as_str().to_string()
     }
 
+    /// RSA modulus size in bits (RSA keys only).
+    pub fn rsa_bits(&self) -> Option<u32> {
+        match self.0.key_data() {
+            ssh_key::public::KeyData::Rsa(r) => {
+                Some(rsa_bits(r.n.as_positive_bytes().unwrap_or(&[])))
+            }
+            _ => None,
+        }
+    }
+
     /// OpenSSH one-line form.
     pub fn to_openssh(&self) -> String {
         self.0.to_openssh().unwrap_or_default()

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Args;
 
 use mayfly::bench::{BenchAlg, BenchOptions};
@@ -15,9 +16,10 @@ pub struct BenchArgs {
     /// Total requests.
     #[arg(long, default_value_t = 5000)]
     requests: usize,
-    /// Concurrent clients.
-    #[arg(long, default_value_t = 32)]
-    concurrency: usize,
+    /// Concurrent clients; a comma-separated list (`16,64,256`) runs the
+    /// bench once per entry, each on a fresh CA.
+    #[arg(long, default_value = "32", value_delimiter = ',', num_args = 1..)]
+    concurrency: Vec<usize>,
     /// Token signature algorithm: rs256 or es256.
     #[arg(long, default_value = "rs256")]
     alg: String,
@@ -32,6 +34,15 @@ pub struct BenchArgs {
     /// them round-robin.
     #[arg(long, default_value_t = 1, requires = "store_url")]
     replicas: usize,
+    /// Serve HTTPS (a throw-away self-signed certificate) from a separate
+    /// `mayfly serve` process, and report that process's CPU per
+    /// certificate alone. SQLite only.
+    #[arg(long, conflicts_with = "store_url")]
+    tls: bool,
+    /// Run the CA as a separate `mayfly serve` process on plain HTTP and
+    /// report its CPU alone (as `--tls` does, without TLS).
+    #[arg(long, conflicts_with = "store_url")]
+    server_process: bool,
 }
 
 /// Runs the load generator and prints its report on stdout.
@@ -42,16 +53,29 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         "es256" => BenchAlg::Es256,
         other => anyhow::bail!("--alg {other:?}: use rs256 or es256"),
     };
-    let report = runtime()?
-        .block_on(mayfly::bench::run(BenchOptions {
-            requests: a.requests,
-            concurrency: a.concurrency,
-            alg,
-            store_url: a.store_url,
-            password_file: a.pg_password_file,
-            replicas: a.replicas,
-        }))
-        .map_err(anyhow::Error::msg)?;
-    println!("{report}");
+    let server = if a.tls || a.server_process {
+        Some(std::env::current_exe().context("finding the mayfly binary to serve from")?)
+    } else {
+        None
+    };
+    let rt = runtime()?;
+    for (i, &concurrency) in a.concurrency.iter().enumerate() {
+        let report = rt
+            .block_on(mayfly::bench::run(BenchOptions {
+                requests: a.requests,
+                concurrency,
+                alg,
+                store_url: a.store_url.clone(),
+                password_file: a.pg_password_file.clone(),
+                replicas: a.replicas,
+                server: server.clone(),
+                tls: a.tls,
+            }))
+            .map_err(anyhow::Error::msg)?;
+        if i > 0 {
+            println!();
+        }
+        println!("{report}");
+    }
     Ok(ExitCode::SUCCESS)
 }

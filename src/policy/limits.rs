@@ -137,13 +137,13 @@ impl KeyFacts {
 }
 
 impl From<&SubjectKey> for KeyFacts {
-    /// The facts of an already checked subject key. If the line cannot be
-    /// read back the RSA size is unknown, which a role's RSA check refuses.
+    /// The facts of an already parsed and checked subject key, read from
+    /// the parsed key (not encoded and decoded again).
     fn from(k: &SubjectKey) -> KeyFacts {
-        KeyFacts::from_openssh(&k.to_openssh()).unwrap_or_else(|_| KeyFacts {
+        KeyFacts {
             algorithm: k.algorithm(),
-            rsa_bits: None,
-        })
+            rsa_bits: k.rsa_bits(),
+        }
     }
 }
 
@@ -227,6 +227,18 @@ pub(crate) mod tests {
     pub(crate) const ED25519: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBdQOCry2KNuL5tnnUNwPkKHsxpW6duBFXX1qHMN8vLs x";
     pub(crate) const ECDSA_P256: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBCbMlDZZylGBwVA27SCMhLm9MyRRH8vYMnUZyWg8ECyEs4d/r6s02Zh0NTfDT13zb2ipG46mr4NxluOJX9zhpjI= x";
+
+    #[test]
+    fn key_facts_of_a_parsed_key_are_those_of_its_line() {
+        for line in [RSA_3072, RSA_4096, ED25519, ECDSA_P256] {
+            let key = SubjectKey::parse(line).unwrap();
+            assert_eq!(
+                KeyFacts::from(&key),
+                KeyFacts::from_openssh(line).unwrap(),
+                "{line}"
+            );
+        }
+    }
 
     #[test]
     fn key_facts_read_type_and_rsa_size() {

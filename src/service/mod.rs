@@ -241,6 +241,10 @@ impl Service {
     ) -> Result<Option<DisableTarget>, StoreError> {
         self.refresh_admin().await?;
         let g = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        // Usually nothing is disabled: skip building the candidates.
+        if g.disabled.is_empty() {
+            return Ok(None);
+        }
         let candidates = DisableTarget::blocking(issuer, subject, role);
         Ok(candidates.into_iter().find(|k| g.disabled.contains(k)))
     }

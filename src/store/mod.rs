@@ -28,6 +28,7 @@ mod sqlite_import;
 pub mod sqlite_store;
 mod target;
 pub mod traits;
+mod version_probe;
 pub mod writer;
 
 use std::path::PathBuf;

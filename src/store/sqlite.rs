@@ -86,6 +86,10 @@ pub trait Backend: super::sqlite_import::ImportBackend + Send + 'static {
     fn disabled(&mut self) -> Result<Vec<DisabledEntry>, StoreError>;
     /// The current state version.
     fn state_version(&mut self) -> Result<StateVersion, StoreError>;
+    /// SQLite's `PRAGMA data_version` on this connection: it changes when
+    /// another connection, in this process or another, has committed
+    /// since this connection last looked, and only then.
+    fn data_version(&mut self) -> Result<i64, StoreError>;
     /// Latest `valid_before` of any certificate signed by `ca_key` (0 if none).
     fn last_expiry_by_ca(&mut self, ca_key: &str) -> Result<u64, StoreError>;
     /// Appends `audit` and bumps the state version in one transaction (for
@@ -1207,14 +1211,12 @@ fn bump_version(tx: &rusqlite::Transaction<'_>, now: u64) -> Result<StateVersion
 }
 
 fn read_version(conn: &Connection) -> Result<StateVersion, StoreError> {
+    // Cached: a server reads this whenever another connection committed.
     let get = |k: &str| -> Result<u64, StoreError> {
-        conn.query_row(
-            "SELECT CAST(v AS INTEGER) FROM meta WHERE k = ?1",
-            [k],
-            |r| r.get::<_, i64>(0),
-        )
-        .map(|v| v as u64)
-        .map_err(err)
+        conn.prepare_cached("SELECT CAST(v AS INTEGER) FROM meta WHERE k = ?1")
+            .and_then(|mut st| st.query_row([k], |r| r.get::<_, i64>(0)))
+            .map(|v| v as u64)
+            .map_err(err)
     };
     Ok(StateVersion {
         version: get("state_version")?,
@@ -1490,6 +1492,13 @@ impl Backend for Sqlite {
 
     fn state_version(&mut self) -> Result<StateVersion, StoreError> {
         read_version(&self.conn)
+    }
+
+    fn data_version(&mut self) -> Result<i64, StoreError> {
+        self.conn
+            .prepare_cached("PRAGMA data_version")
+            .and_then(|mut st| st.query_row([], |r| r.get(0)))
+            .map_err(err)
     }
 
     fn last_expiry_by_ca(&mut self, ca_key: &str) -> Result<u64, StoreError> {

@@ -23,6 +23,7 @@ use super::traits::{
     ImportStore, IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore,
     Revoker, StoreFuture, Vote,
 };
+use super::version_probe::VersionProbe;
 use super::writer::{Hooks, Opener, Readers, Writer};
 use super::{
     CertFilter, DisableTarget, DisabledEntry, GuardRefusal, IssueGuard, IssuedCert, OpenMode,
@@ -50,6 +51,8 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Option<Writer>,
     readers: Readers<Sqlite>,
+    /// Answers the state version on the request path ([`VersionProbe`]).
+    probe: VersionProbe,
     reports: Readers<Sqlite>,
     gauges: Readers<Sqlite>,
     hooks: Hooks,
@@ -97,6 +100,9 @@ impl SqliteStore {
             Arc::new(move || open_rw(busy_timeout))
         };
         let readers = Readers::start("mayfly-store-reader", conns, reader_open).map_err(io)?;
+        // No busy timeout: the probe answers at once or not at all. If it
+        // cannot be opened, the readers answer instead.
+        let probe = VersionProbe::new(Sqlite::open_read_only(path, Duration::ZERO).ok());
         let report_open: Opener<Sqlite> = {
             let open_rw = open_rw.clone();
             let path = path.to_path_buf();
@@ -127,6 +133,7 @@ impl SqliteStore {
             path: path.to_path_buf(),
             writer,
             readers,
+            probe,
             reports,
             gauges,
             hooks,
@@ -491,7 +498,12 @@ impl AccessStore for SqliteStore {
     }
 
     fn state_version(&self) -> StoreFuture<'_, StateVersion> {
-        self.read(|db| db.state_version())
+        Box::pin(async move {
+            match self.probe.state_version() {
+                Some(v) => Ok(v),
+                None => self.readers.read(|db| db.state_version()).await,
+            }
+        })
     }
 }
 
@@ -622,6 +634,20 @@ mod tests {
             mode,
             postgres: None,
         })
+    }
+
+    #[tokio::test]
+    async fn the_request_path_reads_the_state_version_through_the_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), OpenMode::Create).unwrap();
+        let v0 = s.access().state_version().await.unwrap();
+        // Another process's connection (`mayfly ca rotate`, `identity ...`).
+        let mut cli = Sqlite::open(&dir.path().join("m.db"), Duration::from_secs(1)).unwrap();
+        let v1 = cli
+            .record_change(&AuditRecord::new(EventKind::Disabled, 1, "cli"), 9)
+            .unwrap();
+        assert!(v1.version > v0.version);
+        assert_eq!(s.access().state_version().await.unwrap(), v1);
     }
 
     fn issued(serial: u64, subject: &str) -> AuditRecord {
