@@ -238,35 +238,32 @@ pub fn renewable(r: &ApprovalRequest, now: u64) -> Result<(), ApprovalError> {
     Ok(())
 }
 
-/// Redeems approval `a` for an issuance guarded by `g`, in the store's
-/// commit (both stores call this with the row they locked): the same
-/// identity and role; a first redemption needs an approved request for
+/// Redeems approval `a` for an issuance by `(issuer, subject, role)` of
+/// the key `key_fingerprint`, in the store's commit (both stores call this
+/// with the row they locked): the same identity and role; a first redemption needs an approved request for
 /// this key and marks it used; a renewal needs a used, unexpired request
 /// held by the renewed key and moves it to the new key, so of two
 /// renewals racing from one key only one gets through.
 pub fn redeem(
     a: &mut ApprovalRequest,
-    g: &crate::store::IssueGuard,
-    r: &crate::store::Redemption,
+    (issuer, subject, role): (&str, &str, &str),
+    key_fingerprint: &str,
+    renews_key: Option<&str>,
     now: u64,
 ) -> Result<(), ApprovalError> {
-    let held = r.renews_key.as_deref().unwrap_or(&r.key_fingerprint);
-    if a.issuer != g.issuer
-        || a.subject != g.subject
-        || a.role != g.role
-        || a.key_fingerprint != held
-    {
-        return Err(ApprovalError::Mismatch(r.id.clone()));
+    let held = renews_key.unwrap_or(key_fingerprint);
+    if a.issuer != issuer || a.subject != subject || a.role != role || a.key_fingerprint != held {
+        return Err(ApprovalError::Mismatch(a.id.clone()));
     }
-    if r.renews_key.is_some() {
+    if renews_key.is_some() {
         renewable(a, now)?;
-        a.key_fingerprint = r.key_fingerprint.clone();
+        a.key_fingerprint = key_fingerprint.to_string();
         return Ok(());
     }
     let status = a.status_at(now);
     if status != ApprovalStatus::Approved {
         return Err(ApprovalError::NotPending {
-            id: r.id.clone(),
+            id: a.id.clone(),
             status: status.as_str().into(),
         });
     }

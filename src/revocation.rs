@@ -262,15 +262,22 @@ fn actor_for(uid: u32, passwd: &str, sudo_user: Option<&str>) -> String {
 mod actor_tests {
     use super::actor_for;
 
-    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\nbad line\n";
+    const PASSWD: &str =
+        "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\nbad line\n";
 
     #[test]
     fn the_actor_is_the_os_user_not_an_environment_variable() {
         assert_eq!(actor_for(1000, PASSWD, None), "cli:alice(uid 1000)");
         // SUDO_USER counts only for root (sudo sets it; a user could too).
         assert_eq!(actor_for(1000, PASSWD, Some("root")), "cli:alice(uid 1000)");
-        assert_eq!(actor_for(0, PASSWD, Some("alice")), "cli:root(uid 0, sudo alice)");
+        assert_eq!(
+            actor_for(0, PASSWD, Some("alice")),
+            "cli:root(uid 0, sudo alice)"
+        );
         assert_eq!(actor_for(4242, PASSWD, None), "cli:unknown(uid 4242)");
-        assert_eq!(actor_for(0, PASSWD, Some("a) b(")), "cli:root(uid 0, sudo ab)");
+        assert_eq!(
+            actor_for(0, PASSWD, Some("a) b(")),
+            "cli:root(uid 0, sudo ab)"
+        );
     }
 }

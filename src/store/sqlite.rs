@@ -427,7 +427,13 @@ fn check_guard(
         let Some(mut a) = super::approvals::approval_get_on(tx, &r.id)? else {
             return Ok(Err(ApprovalError::NotFound(r.id.clone()).into()));
         };
-        if let Err(e) = crate::approval::redeem(&mut a, guard, r, now) {
+        if let Err(e) = crate::approval::redeem(
+            &mut a,
+            (&guard.issuer, &guard.subject, &guard.role),
+            &r.key_fingerprint,
+            r.renews_key.as_deref(),
+            now,
+        ) {
             return Ok(Err(e.into()));
         }
         super::approvals::approval_write_on(tx, &a)?;

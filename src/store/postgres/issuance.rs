@@ -310,7 +310,13 @@ fn redeem(
     let Some(mut a) = current else {
         return Err(ApprovalError::NotFound(r.id.clone()));
     };
-    crate::approval::redeem(&mut a, g, r, now)?;
+    crate::approval::redeem(
+        &mut a,
+        (&g.issuer, &g.subject, &g.role),
+        &r.key_fingerprint,
+        r.renews_key.as_deref(),
+        now,
+    )?;
     Ok(a)
 }
 
