@@ -247,6 +247,7 @@ impl<const N: usize> Histogram<N> {
 struct Inner {
     issued: BTreeMap<String, u64>,
     denied: BTreeMap<(String, String), u64>,
+    pending: BTreeMap<String, u64>,
     latency: Histogram<{ BUCKETS.len() }>,
     store: Histogram<{ STORE_BUCKETS.len() }>,
 }
@@ -256,6 +257,7 @@ impl Default for Inner {
         Inner {
             issued: BTreeMap::new(),
             denied: BTreeMap::new(),
+            pending: BTreeMap::new(),
             latency: Histogram::new(BUCKETS),
             store: Histogram::new(STORE_BUCKETS),
         }
@@ -418,6 +420,13 @@ impl Metrics {
         *g.denied.entry((label(role), code.to_string())).or_default() += 1;
     }
 
+    /// Counts a request answered "pending" (202): a new approval request
+    /// or a bot polling one. Not a denial.
+    pub fn pending(&self, role: &str) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        *g.pending.entry(label(role)).or_default() += 1;
+    }
+
     /// Records one certificate request's handling time.
     pub fn observe(&self, d: Duration) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -490,6 +499,15 @@ impl Metrics {
                     &[("role", role), ("reason", code)],
                     n,
                 );
+            }
+            family(
+                &mut o,
+                "mayfly_certs_pending_total",
+                "counter",
+                "Certificate requests answered pending (202): a new approval request or a poll of one.",
+            );
+            for (role, n) in &g.pending {
+                sample(&mut o, "mayfly_certs_pending_total", &[("role", role)], n);
             }
             g.latency.write(
                 &mut o,

@@ -92,7 +92,7 @@ pub async fn reload(service: &Service, cfg: &Config, trigger: &str) -> bool {
             if let Err(e) = service.load_group_keys(&policy).await {
                 rec.event = EventKind::PolicyRejected;
                 rec.reason = Some(format!(
-                    "loading CA group keys: {e}; the last good policy stays in force"
+                    "loading CA group keys: {e}; keeping the previous policy"
                 ));
                 tracing::error!(error = %e, "policy change rejected: CA group keys");
                 false
@@ -104,8 +104,8 @@ pub async fn reload(service: &Service, cfg: &Config, trigger: &str) -> bool {
         Ok(Err(e)) => {
             rec.event = EventKind::PolicyRejected;
             rec.policy_digest = Some(service.policy().digest.clone());
-            rec.reason = Some(format!("{e}; the last good policy stays in force"));
-            tracing::error!(trigger, error = %e, "policy change rejected; the last good policy stays in force");
+            rec.reason = Some(format!("{e}\nkeeping the previous policy"));
+            tracing::error!(trigger, error = %e, "policy change rejected; keeping the previous policy");
             false
         }
         Err(e) => {

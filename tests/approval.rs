@@ -105,6 +105,15 @@ fn approved_request_mints_once_and_nobody_else_can_approve() {
         env.post("/v1/certs/user", "bot", redeem.clone()).status,
         202
     );
+    // The request and the poll are "pending" in the metrics, not denials.
+    let metrics = http::get(&format!("{}/metrics", env.ca.url()))
+        .expect("metrics")
+        .text();
+    assert!(
+        metrics.contains("mayfly_certs_pending_total{role=\"prod-deploy\"} 2"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("approval_pending"), "{metrics}");
 
     // alice (groups: sre) sees it and approves; then the bot mints, once.
     let pending = env.list("alice");

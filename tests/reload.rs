@@ -78,10 +78,17 @@ fn policy_edits_take_effect_and_broken_edits_are_rejected_by_the_watcher() {
         ca.audit_count("policy_rejected") >= 1
     });
     assert_eq!(status(&ca, &oidc, &public), (403, "claim_mismatch".into()));
+    let log = ca.stderr_log();
     assert!(
-        ca.stderr_log().contains("policy change rejected"),
-        "{}",
-        ca.stderr_log()
+        log.contains("policy change rejected; keeping the previous policy"),
+        "{log}"
+    );
+    // A running server does not claim to refuse to start.
+    assert!(!log.contains("refusing to start"), "{log}");
+    // Logs to a pipe carry no colour codes.
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape codes in the log: {log:?}"
     );
 
     // Fix it back.

@@ -815,8 +815,10 @@ pub fn parse_role(name: &str, file: &Path, text: &str) -> Result<Role, Vec<Polic
 }
 
 /// A policy directory that cannot be put in force, with every problem found.
+/// (What follows, refusing to start or keeping the previous policy, is the
+/// caller's to say.)
 #[derive(Debug, thiserror::Error)]
-#[error("policy in {dir} is invalid, refusing to start:\n{errors}")]
+#[error("policy in {dir} is invalid:\n{errors}")]
 pub struct InvalidPolicy {
     /// The policy directory.
     pub dir: PathBuf,

@@ -125,7 +125,7 @@ impl Service {
         };
         match &result {
             Ok(Issuance::Pending(p)) => {
-                self.metrics.denied(role_label, "approval_pending");
+                self.metrics.pending(role_label);
                 tracing::info!(request_id = %req.request_id, role = %req.role,
                     issuer = rec.issuer.as_deref().unwrap_or(""),
                     subject = rec.subject.as_deref().unwrap_or(""),
