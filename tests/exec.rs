@@ -600,6 +600,12 @@ fn a_revoked_certificate_is_not_renewed() {
         .output()
         .expect("mayfly revoke");
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // Times are RFC 3339, not unix seconds.
+    let printed = text(&out.stdout);
+    assert!(
+        printed.contains("(valid until 20") && printed.trim_end().ends_with("Z)"),
+        "{printed}"
+    );
     let r = env.post(
         &env.oidc.token("bot"),
         &renewal("deploy", &old, cert, &new_key(), None),

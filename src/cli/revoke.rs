@@ -71,7 +71,9 @@ pub fn run(a: RevokeArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     for c in &outcome.revoked {
         println!(
             "revoked serial {} key_id {} (valid until {})",
-            c.serial, c.key_id, c.valid_before
+            c.serial,
+            c.key_id,
+            mayfly::time::rfc3339(c.valid_before)
         );
     }
     eprintln!(
