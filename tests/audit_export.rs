@@ -521,6 +521,21 @@ fn syslog_over_udp_jsonl_rotation_export_verify_and_search() {
         "nobody",
     ]);
     assert_eq!(code, 2, "{err}");
+    // A typo in an event name is an error that lists the events, not an
+    // empty result.
+    let (code, _, err) = mayfly(&[
+        "audit",
+        "search",
+        "--config",
+        env.config(),
+        "--event",
+        "cert_issue",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("\"cert_issue\" is not an event") && err.contains("cert_issued"),
+        "{err}"
+    );
 }
 
 #[test]

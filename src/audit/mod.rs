@@ -69,6 +69,30 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every event, for validating names (`audit search --event`).
+    pub const ALL: [EventKind; 15] = [
+        EventKind::CertIssued,
+        EventKind::CertDenied,
+        EventKind::CertRevoked,
+        EventKind::Disabled,
+        EventKind::Enabled,
+        EventKind::AdminDenied,
+        EventKind::CaKeyRotated,
+        EventKind::PolicyReloaded,
+        EventKind::PolicyRejected,
+        EventKind::ApprovalRequested,
+        EventKind::ApprovalGranted,
+        EventKind::ApprovalDenied,
+        EventKind::ApprovalUsed,
+        EventKind::ApprovalVoteRefused,
+        EventKind::RefusalsSummarized,
+    ];
+
+    /// The event with stable name `s`.
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+
     /// Stable name stored and exported.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -165,5 +189,39 @@ impl AuditRecord {
             ca_key: None,
             actor: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod event_name_tests {
+    use super::EventKind;
+
+    #[test]
+    fn every_event_parses_from_its_name_and_typos_do_not() {
+        // Exhaustive, so a new variant stops this compiling until it is in ALL.
+        fn listed(e: EventKind) -> bool {
+            match e {
+                EventKind::CertIssued
+                | EventKind::CertDenied
+                | EventKind::CertRevoked
+                | EventKind::Disabled
+                | EventKind::Enabled
+                | EventKind::AdminDenied
+                | EventKind::CaKeyRotated
+                | EventKind::PolicyReloaded
+                | EventKind::PolicyRejected
+                | EventKind::ApprovalRequested
+                | EventKind::ApprovalGranted
+                | EventKind::ApprovalDenied
+                | EventKind::ApprovalUsed
+                | EventKind::ApprovalVoteRefused
+                | EventKind::RefusalsSummarized => EventKind::ALL.contains(&e),
+            }
+        }
+        for e in EventKind::ALL {
+            assert!(listed(e));
+            assert_eq!(EventKind::parse(e.as_str()), Some(e));
+        }
+        assert_eq!(EventKind::parse("cert_issue"), None);
     }
 }

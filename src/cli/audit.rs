@@ -139,6 +139,18 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             if let Some(why) = key_id.as_deref().and_then(mayfly::ca::key_id_problem) {
                 eprintln!("warning: {why}");
             }
+            if let Some(e) = event.as_deref() {
+                if mayfly::audit::EventKind::parse(e).is_none() {
+                    let names: Vec<&str> = mayfly::audit::EventKind::ALL
+                        .iter()
+                        .map(|e| e.as_str())
+                        .collect();
+                    anyhow::bail!(
+                        "--event {e:?} is not an event; use one of: {}",
+                        names.join(", ")
+                    );
+                }
+            }
             let detail = key_id.is_some() || serial.is_some();
             let q = AuditQuery {
                 subject,
