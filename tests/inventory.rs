@@ -141,6 +141,25 @@ impl Env {
             "job retired",
         ]);
         assert!(out.contains("revoked serial"), "{out}");
+        // An issuer name that is not configured (a typo, or the issuer's
+        // URL) is refused with the configured names, and changes nothing.
+        let cfg = self.ca.config_path().to_str().expect("utf8").to_string();
+        let typo = mayfly(&[
+            "identity",
+            "disable",
+            "--issuer",
+            "https://ci.example",
+            "--subject",
+            "deploy-rs",
+            "--config",
+            &cfg,
+        ]);
+        let err = String::from_utf8_lossy(&typo.stderr);
+        assert_eq!(typo.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("is not an [[issuer]] of this CA (its issuers: ci)"),
+            "{err}"
+        );
 
         // A bot that last got a certificate 40 days ago, appended through
         // the store API like the CA writes every record.

@@ -133,6 +133,19 @@ fn disabled_table(list: &[DisabledEntry]) -> String {
 fn set_disabled(t: IdentityTarget, enable: bool, verbose: bool) -> anyhow::Result<ExitCode> {
     init_logging(quiet(verbose), LogFormat::Text);
     let cfg = load_config(&t.config)?;
+    if let Some(why) = t
+        .issuer
+        .as_deref()
+        .and_then(|i| super::unknown_issuer(&cfg, i))
+    {
+        // Disabling a name no token can carry protects nothing: refuse the
+        // typo. Enabling stays possible, for an entry left from an issuer
+        // that was removed since.
+        if !enable {
+            anyhow::bail!("{why}");
+        }
+        eprintln!("warning: {why}");
+    }
     let target = DisableTarget::from_parts(t.issuer, t.subject, t.role)
         .map_err(revocation::RevokeError::from)?;
     let actor = revocation::cli_actor(&env);

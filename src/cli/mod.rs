@@ -42,6 +42,22 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(Some(path), &env)?)
 }
 
+/// Why `issuer` (an `--issuer` argument) names no `[[issuer]]` of `cfg`,
+/// listing the ones it has; `None` when it does.
+pub fn unknown_issuer(cfg: &Config, issuer: &str) -> Option<String> {
+    let names = cfg.issuer_names();
+    (!names.contains(&issuer)).then(|| {
+        format!(
+            "--issuer {issuer:?} is not an [[issuer]] of this CA (its issuers: {}); give the issuer's name from mayfly.toml, not its URL",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        )
+    })
+}
+
 /// Sends `tracing` output to stderr: `RUST_LOG` if set, else `default`.
 pub fn init_logging(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -44,6 +44,15 @@ pub struct RevokeArgs {
 pub fn run(a: RevokeArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     init_logging(quiet(verbose), LogFormat::Text);
     let cfg = load_config(&a.config)?;
+    // Still run: certificates of an issuer removed from the config may be
+    // live, and revoking them must stay possible.
+    if let Some(why) = a
+        .issuer
+        .as_deref()
+        .and_then(|i| super::unknown_issuer(&cfg, i))
+    {
+        eprintln!("warning: {why}");
+    }
     let filter = match (a.serial, a.key_id, a.role, a.issuer, a.subject) {
         (Some(n), None, None, None, None) => CertFilter::Serial(n),
         (None, Some(k), None, None, None) => {
