@@ -357,7 +357,7 @@ fn a_token_source_that_stops_gives_a_clear_message_and_the_job_goes_on() {
     let tmp = env.tmp("tmp-stop");
     let script = r#"
 ssh -F "$SSH_CFG" testhost true && echo first-ok
-sleep 17
+sleep 20
 ssh -F "$SSH_CFG" testhost true 2>/dev/null && echo second-ok || echo second-refused
 exit 9
 "#;
