@@ -279,18 +279,22 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
-    /// Every published key as OpenSSH lines (the `TrustedUserCAKeys` file):
-    /// active first, then next, then previous.
-    pub fn public_lines(&self) -> String {
-        let mut out = String::new();
-        for a in [
+    /// Every published key: active, then next, then previous.
+    pub fn authorities(&self) -> impl Iterator<Item = &Authority> {
+        [
             Some(&self.active),
             self.next.as_ref(),
             self.previous.as_ref(),
         ]
         .into_iter()
         .flatten()
-        {
+    }
+
+    /// Every published key as OpenSSH lines (the `TrustedUserCAKeys` file):
+    /// active first, then next, then previous.
+    pub fn public_lines(&self) -> String {
+        let mut out = String::new();
+        for a in self.authorities() {
             out.push_str(&a.public_key_line());
             out.push('\n');
         }

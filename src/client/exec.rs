@@ -283,10 +283,7 @@ fn expiry(answer: &CertAnswer) -> SystemTime {
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::clock::unix_secs(SystemTime::now())
 }
 
 /// Writes the `--json` facts of one certificate, if asked.

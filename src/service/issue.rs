@@ -316,14 +316,14 @@ impl Service {
                 }
                 let mut used = rec.clone();
                 used.event = EventKind::ApprovalUsed;
-                used.reason = Some(format!("approval request {id} redeemed"));
-                used.principals = grant.principals.iter().map(|p| p.to_string()).collect();
-                if let Some(p) = &previous {
-                    used.reason = Some(format!(
+                used.reason = Some(match &previous {
+                    None => format!("approval request {id} redeemed"),
+                    Some(p) => format!(
                         "approval request {id} renewed: serial {} ({}) replaced by key {fingerprint}",
                         p.serial, p.key_fingerprint
-                    ));
-                }
+                    ),
+                });
+                used.principals = grant.principals.iter().map(|p| p.to_string()).collect();
                 redeem = Some(crate::store::Redemption {
                     id: id.clone(),
                     key_fingerprint: fingerprint,
@@ -447,14 +447,7 @@ impl Service {
                 .ok_or_else(|| invalid(format!("CA group {g:?} has no key loaded")))?,
             _ => self.user_keys(),
         };
-        let authorities: Vec<&ca::Authority> = [
-            Some(&ring.active),
-            ring.next.as_ref(),
-            ring.previous.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let authorities: Vec<&ca::Authority> = ring.authorities().collect();
         ca::renewal::verify(
             &proof.certificate,
             &proof.signature,
