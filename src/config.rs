@@ -49,6 +49,7 @@ struct RawConfig {
     max_connections: Option<usize>,
     store_busy_timeout: Option<String>,
     log_format: Option<String>,
+    error_detail: Option<String>,
     ca: Option<RawCa>,
     insecure_http: Option<bool>,
     tls: Option<RawTls>,
@@ -177,6 +178,8 @@ pub struct Config {
     pub store_busy_timeout: Duration,
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
+    /// How much a refusal tells the bot (`error_detail`).
+    pub error_detail: ErrorDetail,
     /// Trusted issuers.
     pub issuers: Vec<IssuerConfig>,
     /// Admin identities (`[[admin]]`); none means the admin API refuses everyone.
@@ -406,6 +409,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// How much a policy refusal tells the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorDetail {
+    /// The rule that failed and what it allows (subjects, principals,
+    /// admin groups, windows): the fastest fix for a misconfigured bot.
+    #[default]
+    Full,
+    /// The refusal's code and request id only; the reason stays in the
+    /// audit log and the server log, for CAs whose policy should not be
+    /// visible to every bot.
+    Terse,
+}
+
 /// How often `[tls]` certificate files are checked for changes by default.
 pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -451,6 +467,7 @@ impl Default for Config {
             max_connections: 1024,
             store_busy_timeout: Duration::from_secs(2),
             log_format: LogFormat::Text,
+            error_detail: ErrorDetail::Full,
             issuers: Vec::new(),
             admins: Vec::new(),
             ca: CaKeyConfig::default(),
@@ -634,6 +651,18 @@ impl Config {
                 other => {
                     return Err(ConfigError::Invalid(format!(
                         "log_format = {other:?}; use \"text\" or \"json\""
+                    )))
+                }
+            };
+        }
+        if let Some(d) = raw.error_detail {
+            c.error_detail = match d.as_str() {
+                "full" => ErrorDetail::Full,
+                "terse" => ErrorDetail::Terse,
+                other => {
+                    return Err(ConfigError::Invalid(format!(
+                        "error_detail = {other:?}; use \"full\" (refusals name the rule and the allowed values) \
+                         or \"terse\" (refusals name only their code and request id)"
                     )))
                 }
             };

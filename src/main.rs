@@ -77,7 +77,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("mayfly: {e:#}");
-            ExitCode::from(1)
+            cli::exit::classify(&e).into()
         }
     }
 }

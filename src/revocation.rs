@@ -40,6 +40,40 @@ pub struct RevokeOutcome {
     pub revoked: Vec<IssuedCert>,
     /// The KRL version that includes them.
     pub krl_version: u64,
+    /// Certificates the target names that an earlier revocation already
+    /// covers: revoking again changes nothing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub already_revoked: Vec<PastRevocation>,
+    /// Certificates the target names that have expired: sshd refuses them
+    /// without a revocation.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub expired: Vec<ExpiredCert>,
+}
+
+/// An earlier revocation, as its audit record tells it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PastRevocation {
+    /// Serial of the certificate.
+    pub serial: u64,
+    /// Its key id.
+    pub key_id: String,
+    /// When it was revoked (unix seconds).
+    pub revoked_at: u64,
+    /// Who revoked it.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A certificate that expired before anyone revoked it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ExpiredCert {
+    /// Serial.
+    pub serial: u64,
+    /// Key id.
+    pub key_id: String,
+    /// When it stopped being valid (unix seconds).
+    pub valid_before: u64,
 }
 
 /// What a deactivation did.
@@ -102,16 +136,110 @@ pub async fn revoke(
         .revoke_matching(filter.clone(), now, Box::new(revoke))
         .await?;
     if certs.is_empty() {
-        return Err(RevokeError::NothingMatched(format!(
-            "no unexpired, unrevoked certificate matches {}; expired certificates need no revocation",
-            describe(&filter)
-        )));
+        // Nothing live: say whether the target was revoked before, has
+        // expired, or never existed (a typo).
+        return not_live(store, &filter, now, v.version).await;
     }
     tracing::info!(target_filter = %describe(&filter), count = certs.len(), krl_version = v.version, actor, "certificates revoked");
     Ok(RevokeOutcome {
         revoked: certs,
         krl_version: v.version,
+        already_revoked: Vec::new(),
+        expired: Vec::new(),
     })
+}
+
+/// Most audit records read to explain a target with nothing live.
+const HISTORY_LIMIT: usize = 1000;
+
+/// The answer for a target with no live certificate, from the audit log:
+/// success with what was revoked before or has expired (revoking twice is
+/// not an error), or `NothingMatched` when the log has never seen it.
+async fn not_live(
+    store: &Store,
+    filter: &CertFilter,
+    now: u64,
+    krl_version: u64,
+) -> Result<RevokeOutcome, RevokeError> {
+    let mut q = crate::audit::search::AuditQuery {
+        limit: HISTORY_LIMIT,
+        ..Default::default()
+    };
+    match filter {
+        CertFilter::Serial(n) => q.serial = Some(*n),
+        CertFilter::KeyId(k) => q.key_id = Some(k.clone()),
+        CertFilter::Role(r) => q.role = Some(r.clone()),
+        CertFilter::Identity {
+            issuer,
+            subject,
+            role,
+        } => {
+            q.issuer = Some(issuer.clone());
+            q.subject = Some(subject.clone());
+            q.role = role.clone();
+        }
+    }
+    let rows: Vec<_> = store
+        .audit()
+        .search(&q)
+        .await?
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
+    if rows.is_empty() {
+        return Err(RevokeError::NothingMatched(format!(
+            "no certificate matches {}: the audit log has no record of it; check the {}",
+            describe(filter),
+            match filter {
+                CertFilter::Serial(_) => "serial",
+                CertFilter::KeyId(_) => "key id (as sshd logs it)",
+                CertFilter::Role(_) => "role name",
+                CertFilter::Identity { .. } => "issuer name and subject",
+            }
+        )));
+    }
+    let mut out = RevokeOutcome {
+        revoked: Vec::new(),
+        krl_version,
+        already_revoked: Vec::new(),
+        expired: Vec::new(),
+    };
+    // Only a serial or key id names certificates one by one; for a role or
+    // an identity, "nothing live" is the whole answer.
+    if matches!(filter, CertFilter::Serial(_) | CertFilter::KeyId(_)) {
+        for r in &rows {
+            let Some((serial, why)) = crate::audit::chain::revoked_serial(r) else {
+                continue;
+            };
+            if out.already_revoked.iter().any(|p| p.serial == serial) {
+                continue;
+            }
+            out.already_revoked.push(PastRevocation {
+                serial,
+                key_id: r.key_id.clone().unwrap_or_default(),
+                revoked_at: (r.time_ms.max(0) as u64) / 1000,
+                actor: r.actor.clone().unwrap_or_default(),
+                reason: why.to_string(),
+            });
+        }
+        for r in rows
+            .iter()
+            .filter(|r| r.event == EventKind::CertIssued.as_str())
+        {
+            let Some(serial) = r.serial.map(|s| s as u64) else {
+                continue;
+            };
+            let valid_before = r.valid_before.map(|v| v.max(0) as u64).unwrap_or(0);
+            if valid_before <= now && !out.already_revoked.iter().any(|p| p.serial == serial) {
+                out.expired.push(ExpiredCert {
+                    serial,
+                    key_id: r.key_id.clone().unwrap_or_default(),
+                    valid_before,
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Turns an issued certificate into its revocation entry and audit record.
@@ -233,25 +361,38 @@ pub fn cli_actor(env: &dyn Fn(&str) -> Option<String>) -> String {
     actor_for(uid, &passwd, env("SUDO_USER").as_deref())
 }
 
-/// [`cli_actor`] from its inputs.
-fn actor_for(uid: u32, passwd: &str, sudo_user: Option<&str>) -> String {
-    let clean = |s: &str| {
-        s.chars()
-            .filter(|c| c.is_ascii_graphic() && !"(),".contains(*c))
-            .take(64)
-            .collect::<String>()
-    };
-    let name = passwd
+/// The name `/etc/passwd` gives `uid` ("unknown" if none), cleaned for
+/// log and audit lines.
+pub fn user_name(uid: u32) -> String {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    name_in(uid, &passwd)
+}
+
+fn clean_name(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic() && !"(),".contains(*c))
+        .take(64)
+        .collect()
+}
+
+fn name_in(uid: u32, passwd: &str) -> String {
+    passwd
         .lines()
         .filter_map(|l| {
             let mut f = l.split(':');
             let name = f.next()?;
             let _password = f.next()?;
             let id: u32 = f.next()?.parse().ok()?;
-            (id == uid).then(|| clean(name))
+            (id == uid).then(|| clean_name(name))
         })
         .find(|n| !n.is_empty())
-        .unwrap_or_else(|| "unknown".into());
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// [`cli_actor`] from its inputs.
+fn actor_for(uid: u32, passwd: &str, sudo_user: Option<&str>) -> String {
+    let clean = clean_name;
+    let name = name_in(uid, passwd);
     match sudo_user.map(clean).filter(|s| uid == 0 && !s.is_empty()) {
         Some(by) => format!("cli:{name}(uid {uid}, sudo {by})"),
         None => format!("cli:{name}(uid {uid})"),

@@ -268,7 +268,8 @@ pub async fn build_with_audit(
         metrics,
         admins: cfg.admins.clone(),
         clock: Arc::new(crate::clock::SystemClock::new()),
-    });
+    })
+    .with_error_detail(cfg.error_detail);
     service
         .load_group_keys(&service.policy())
         .await

@@ -239,12 +239,14 @@ fn mayfly_ssh_waits_for_approval_and_then_logs_in() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    // The progress line is visible while it waits.
+    // The progress line is visible while it waits. Not a terminal (a CI
+    // log): one line per change of state, no carriage-return redraws.
     std::thread::sleep(Duration::from_millis(2500));
-    assert!(stderr
-        .lock()
-        .expect("lock")
-        .contains("waiting for approval"));
+    {
+        let text = stderr.lock().expect("lock").clone();
+        assert_eq!(text.matches("waiting for approval").count(), 1, "{text}");
+        assert!(!text.contains('\r'), "{text:?}");
+    }
     let out = Command::new(Mayfly::bin())
         .args([
             "request",

@@ -246,7 +246,7 @@ fn mayfly_ssh_logs_in_with_an_in_memory_key_and_forwards_the_exit_code() {
         .args(&args)
         .output()
         .expect("run mayfly ssh");
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3), "a policy refusal exits 3");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("403") && err.contains("claims.repository"),

@@ -297,8 +297,23 @@ fn snapshot(dir: &Path, except: &[&str]) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-/// Checks a failed sync: exit 1, one stderr line mentioning `what` and
-/// that the old files are kept, `dir` byte-identical to `before`.
+/// The exit code the README's table gives a failed sync: 5 when the CA
+/// cannot be reached or answers 5xx, 7 for 404, 2 for an unusable
+/// `--server`, else 1 (an answer that is refused).
+fn sync_exit_code(err: &str) -> i32 {
+    if err.contains("cannot fetch") || err.contains("answered HTTP 5") {
+        5
+    } else if err.contains("answered HTTP 404") {
+        7
+    } else if err.contains("mayfly host sync: --server ") {
+        2
+    } else {
+        1
+    }
+}
+
+/// Checks a failed sync: its exit code, one stderr line mentioning `what`
+/// and that the old files are kept, `dir` byte-identical to `before`.
 fn assert_failed_and_kept(
     o: &Output,
     what: &str,
@@ -307,7 +322,11 @@ fn assert_failed_and_kept(
     except: &[&str],
 ) {
     let err = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "exit code; stderr: {err}");
+    assert_eq!(
+        o.status.code(),
+        Some(sync_exit_code(&err)),
+        "exit code; stderr: {err}"
+    );
     assert!(o.stdout.is_empty(), "stdout: {:?}", o.stdout);
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     assert!(err.starts_with("mayfly host sync: "), "{err}");
@@ -710,7 +729,7 @@ fn plain_http_to_a_remote_ca_is_refused() {
     let tmp = support::temp_dir("hostsync");
     let dir = tmp.path().join("never-created");
     let out = host_sync("http://ca.example.com", &dir, &[]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(stderr(&out).contains("use https"), "{}", stderr(&out));
     assert!(!dir.exists());
 }
@@ -1088,7 +1107,7 @@ fn host_cert_refusal_shows_the_ca_message_and_writes_nothing() {
     });
     ca.route("/v1/certs/host", Canned::status(403, &err.to_string()));
     let out = host_cert_cmd(&ca, &pub_path, &token_file, &[]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3), "a refusal exits 3");
     let e = stderr(&out);
     assert!(
         e.contains("403") && e.contains("claim repository does not match") && e.contains("req-1"),

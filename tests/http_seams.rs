@@ -248,7 +248,7 @@ fn bot_does_not_follow_a_redirect_with_its_token() {
     std::fs::write(&token, "a.b.c\n").expect("token");
     let out = Command::new(Mayfly::bin())
         .args(["cert", "--server", &ca.url, "--role", "deploy", "--out"])
-        .arg(dir.path())
+        .arg(dir.path().join("out"))
         .arg("--token-file")
         .arg(&token)
         .env_remove("MAYFLY_SERVER")

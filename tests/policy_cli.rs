@@ -140,9 +140,15 @@ timezone = "Europe/Berlin"
 fn check_of_the_example_policies_is_clean() {
     let r = mayfly(repo(), None, &["policy", "check", "ca-policy"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    let (summary, digest) = r.stdout.split_once('\n').expect("two lines");
     assert_text(
-        &r.stdout,
+        &format!("{summary}\n"),
         "ca-policy: 4 role(s) OK (deploy, gitlab-release, k8s-backup, nightly-migrate)\n",
+    );
+    let digest = digest.strip_prefix("digest ").expect("a digest line");
+    assert!(
+        digest.trim_end().len() == 64 && digest.trim_end().bytes().all(|b| b.is_ascii_hexdigit()),
+        "{digest}"
     );
     assert_text(&r.stderr, "");
     let r = mayfly(
@@ -159,7 +165,12 @@ fn check_warns_about_risky_grants_and_fails_only_with_deny_warnings() {
     let d = dir.to_str().expect("utf-8 path");
     let r = mayfly(repo(), Some(&dir), &["policy", "check", d]);
     assert_eq!(r.code, 0);
-    assert_text(&r.stdout, "$DIR: 2 role(s) OK (anything, deploy)\n");
+    assert!(
+        r.stdout
+            .starts_with("$DIR: 2 role(s) OK (anything, deploy)\ndigest "),
+        "{}",
+        r.stdout
+    );
     assert_text(
         &r.stderr,
         "\
@@ -495,7 +506,7 @@ fn single_request_mode_still_works() {
         Some(&dir),
         &a.iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    assert_eq!(r.code, 2);
+    assert_eq!(r.code, 3);
     assert_text(
         &r.stdout,
         "deny principal_not_allowed: deploy.toml principals: principal \"root\" is not granted; this role grants [\"deploy\"]\n",
@@ -542,15 +553,17 @@ fn explain_walks_through_every_step() {
         &r.stdout,
         "\
 role nightly ($DIR/nightly.toml) at 2026-11-24T01:50:00Z
-  pass  role        nightly (Nightly migrations), owner dba@example.com
-  pass  issuer      token is from \"github\", the role's issuer
-  pass  claims.sub  \"repo:acme/db:ref:refs/heads/main\" matches \"repo:acme/db:ref:refs/heads/main\"
-  pass  window      window 1 (mon-fri 01:00-03:00 Europe/Berlin) is open at 2026-11-24T02:50:00+01:00 (Europe/Berlin); it closes 2026-11-24T03:00:00+01:00 (Europe/Berlin)
-  pass  principals  [\"migrate\"] -> [\"migrate\"]
-  pass  ttl         default_ttl 15m
-  info  ttl         clipped to 10m so the certificate expires when the window closes
-  info  extensions  []
-  pass  key_types   ssh-ed25519 is one of the role's key types
+  pass  role          nightly (Nightly migrations), owner dba@example.com
+  pass  issuer        token is from \"github\", the role's issuer
+  pass  claims.sub    \"repo:acme/db:ref:refs/heads/main\" matches \"repo:acme/db:ref:refs/heads/main\"
+  pass  window        window 1 (mon-fri 01:00-03:00 Europe/Berlin) is open at 2026-11-24T02:50:00+01:00 (Europe/Berlin); it closes 2026-11-24T03:00:00+01:00 (Europe/Berlin)
+  pass  principals    [\"migrate\"] -> [\"migrate\"]
+  pass  ttl           default_ttl 15m
+  info  ttl           clipped to 10m so the certificate expires when the window closes
+  info  extensions    []
+  pass  key_types     ssh-ed25519 is one of the role's key types
+  info  deactivation  not checked: give --config to check the CA's deactivations
+  info  limits        rate_limit 10/h for the role; the CA counts these live (429 rate_limited, 403 too_many_active_certs)
 decision: allow principals=[\"migrate\"] ttl=600s extensions=[] window_end=2026-11-24T02:00:00Z
 ",
     );
@@ -565,7 +578,7 @@ decision: allow principals=[\"migrate\"] ttl=600s extensions=[] window_end=2026-
         "4096",
     ]);
     let r = mayfly(repo(), Some(&dir), &a);
-    assert_eq!(r.code, 2);
+    assert_eq!(r.code, 3);
     assert_text(
         &r.stdout,
         "\
@@ -588,7 +601,7 @@ decision: deny outside_window (nightly.toml window): 2026-11-27T16:00:00+01:00 (
         "4096",
     ]);
     let r = mayfly(repo(), Some(&dir), &a);
-    assert_eq!(r.code, 2);
+    assert_eq!(r.code, 3);
     assert!(
         r.stdout.ends_with("  FAIL  key_types   public_key type \"ssh-rsa\" is not accepted by this role; use one of [\"ssh-ed25519\"]\ndecision: deny key_type_not_allowed (nightly.toml key_types): public_key type \"ssh-rsa\" is not accepted by this role; use one of [\"ssh-ed25519\"]\n"),
         "{}",

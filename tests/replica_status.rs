@@ -183,13 +183,13 @@ fn status_lists_the_running_server_and_its_id_survives_a_restart() {
     ca.stop();
     wait_for(Duration::from_secs(15), Duration::from_millis(500), || {
         let out = status(&ca, &["--json"]);
-        (out.status.code() == Some(3)).then_some(())
+        (out.status.code() == Some(5)).then_some(())
     })
     .expect("status exits 3 once the only replica is stale");
-    let s = status_json(&ca, 3);
+    let s = status_json(&ca, 5);
     assert_eq!(s["status"], "no_live_replica");
     assert_eq!(s["replicas"][0]["live"], false);
-    let text = status_text(&ca, 3);
+    let text = status_text(&ca, 5);
     assert!(text.contains(" stale "), "{text}");
     assert!(text.contains("NO LIVE REPLICA"), "{text}");
 
@@ -258,14 +258,14 @@ fn policy_drift_between_live_replicas_is_flagged_in_text_json_and_exit_code() {
         ca.write_heartbeat(other_replica("ca-eu-2", &theirs, 2)),
         None
     );
-    let s = status_json(&ca, 2);
+    let s = status_json(&ca, 9);
     assert_eq!(s["status"], "policy_drift");
     assert_eq!(s["policy_drift"], true);
     assert_eq!(s["live_replicas"], 2);
     let mut want = vec![ours.clone(), theirs.clone()];
     want.sort();
     assert_eq!(s["policy_digests"], json!(want));
-    let text = status_text(&ca, 2);
+    let text = status_text(&ca, 9);
     assert!(
         text.contains("POLICY DRIFT: the 2 live replicas enforce 2 different policies"),
         "{text}"
@@ -338,7 +338,7 @@ fn admin_replicas_endpoint_needs_an_admin_token_and_answers_as_status_json() {
         }
         v
     };
-    assert_eq!(strip(r.json()), strip(status_json(&ca, 2)));
+    assert_eq!(strip(r.json()), strip(status_json(&ca, 9)));
     assert_eq!(r.json()["policy_drift"], true);
 }
 

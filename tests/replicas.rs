@@ -795,7 +795,7 @@ fn policy_drift_between_real_replicas_is_shown_by_status_and_cleared_by_a_reload
 
     // Every replica's heartbeat is in the shared database: status, run
     // anywhere, lists all three and flags the drift.
-    let s = status_json(&r, 2);
+    let s = status_json(&r, 9);
     assert_eq!(s["status"], "policy_drift", "{s}");
     assert_eq!(s["policy_drift"], true, "{s}");
     assert_eq!(s["live_replicas"], 3, "{s}");
@@ -841,7 +841,7 @@ fn policy_drift_between_real_replicas_is_shown_by_status_and_cleared_by_a_reload
     assert!(
         cleared.is_some(),
         "drift not cleared: {}",
-        status_json(&r, 2)
+        status_json(&r, 9)
     );
     let s = status_json(&r, 0);
     assert_eq!(s["policy_drift"], false, "{s}");

@@ -191,7 +191,7 @@ fn revoked_certificates_are_refused_by_sshd_after_host_sync() {
     assert!(!logs_in(&sshd, &k4, &c4));
     assert!(logs_in(&sshd, &k5, &c5), "another identity is untouched");
 
-    // Nothing to revoke is an error that says so.
+    // A serial the CA never issued is "not found" (exit 7).
     let out = mayfly(&[
         "revoke",
         "--serial",
@@ -199,8 +199,8 @@ fn revoked_certificates_are_refused_by_sshd_after_host_sync() {
         "--config",
         env.ca.config_path().to_str().expect("utf8"),
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no unexpired, unrevoked certificate"));
+    assert_eq!(out.status.code(), Some(7));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no certificate matches serial 12345"));
 
     // Every revocation is in the audit log with its actor.
     let by_cli = env
@@ -483,16 +483,17 @@ fn key_ids_write_the_subject_cleaned_and_ids_that_cannot_exist_are_named() {
          other than A-Z a-z 0-9 . _ - / @ = + (including ':') as '_' and keeps at most 128; \
          did you mean {real:?}?\n"
     );
+    // Exit 7: not found.
     let out = mayfly(&["audit", "search", "--config", &cfg, "--key-id", &wrong]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert_eq!(stderr(&out), format!("{hint}no matching audit records\n"));
     let out = mayfly(&["revoke", "--config", &cfg, "--key-id", &wrong]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert_eq!(
         stderr(&out),
         format!(
-            "{hint}mayfly: no unexpired, unrevoked certificate matches key id {wrong:?}; \
-             expired certificates need no revocation\n"
+            "{hint}mayfly: no certificate matches key id {wrong:?}: the audit log has no \
+             record of it; check the key id (as sshd logs it)\n"
         )
     );
 
@@ -514,4 +515,79 @@ fn key_ids_write_the_subject_cleaned_and_ids_that_cannot_exist_are_named() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+#[test]
+fn revoking_twice_succeeds_and_says_when_and_by_whom_and_unknown_serials_are_not_found() {
+    let env = setup();
+    let (_, _, v) = env.user_cert("gh-job");
+    let serial = v["serial"].as_u64().expect("serial").to_string();
+    let key_id = v["key_id"].as_str().expect("key id").to_string();
+    let cfg = env.ca.config_path().to_str().expect("utf8").to_string();
+    let text = |o: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+
+    let first = mayfly(&[
+        "revoke", "--config", &cfg, "--serial", &serial, "--reason", "leaked",
+    ]);
+    assert!(first.status.success(), "{}", text(&first));
+    let krl_url = format!("{}/v1/krl", env.ca.url());
+    let krl = || http::get(&krl_url).expect("krl").body;
+    let krl_after_first = krl();
+
+    // Again, by serial and by key id: success, nothing new in the KRL, and
+    // the line says it was revoked before, when, by whom and why.
+    for args in [["--serial", serial.as_str()], ["--key-id", key_id.as_str()]] {
+        let again = mayfly(&["revoke", "--config", &cfg, args[0], args[1]]);
+        assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+        let out = String::from_utf8_lossy(&again.stdout).to_string();
+        assert!(
+            out.starts_with(&format!(
+                "already revoked serial {serial} key_id {key_id} (at 20"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(" by cli:") && out.ends_with(": leaked)\n"),
+            "{out}"
+        );
+        assert!(
+            String::from_utf8_lossy(&again.stderr).starts_with("0 certificate(s) revoked"),
+            "{}",
+            text(&again)
+        );
+    }
+    assert_eq!(
+        krl(),
+        krl_after_first,
+        "a second revocation changed the KRL"
+    );
+    // Only one revocation record.
+    assert_eq!(env.ca.audit_count("cert_revoked"), 1);
+
+    // --json: the same facts for scripts.
+    let json = mayfly(&["revoke", "--config", &cfg, "--serial", &serial, "--json"]);
+    assert!(json.status.success(), "{}", text(&json));
+    let j: serde_json::Value = serde_json::from_slice(&json.stdout).expect("one JSON object");
+    assert_eq!(j["revoked"], serde_json::json!([]));
+    assert_eq!(j["already_revoked"][0]["serial"].to_string(), serial);
+    assert_eq!(j["already_revoked"][0]["reason"], "leaked");
+
+    // A serial the CA never issued is "not found" (exit 7), not "done".
+    let unknown = mayfly(&["revoke", "--config", &cfg, "--serial", "987654321"]);
+    assert_eq!(unknown.status.code(), Some(7), "{}", text(&unknown));
+    assert!(
+        text(&unknown)
+            .contains("no certificate matches serial 987654321: the audit log has no record of it"),
+        "{}",
+        text(&unknown)
+    );
+    // No target at all is a usage error (exit 2).
+    let none = mayfly(&["revoke", "--config", &cfg]);
+    assert_eq!(none.status.code(), Some(2), "{}", text(&none));
 }

@@ -580,7 +580,7 @@ fn a_tampered_source_is_refused_and_nothing_is_copied() {
     let dst = Mayfly::configure("", &[]);
     let out = migrate(src.config_path(), dst.config_path(), false);
     let text = all_output(&out);
-    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert_eq!(out.status.code(), Some(8), "{text}");
     assert!(
         text.contains("does not verify")
             && text.contains("seq 2")

@@ -220,11 +220,12 @@ fn mayfly_cert_over_https_with_ca_file_gets_a_certificate_and_without_it_fails_o
             "--role",
             "deploy",
             "--out",
-            "/nonexistent",
+            &unused_out(),
         ],
         &oidc.token("deploy-rs"),
     );
-    assert_eq!(out.status.code(), Some(1));
+    // Exit 5: the CA cannot be reached (its TLS certificate is not trusted).
+    assert_eq!(out.status.code(), Some(5));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("certificate") && err.contains("UnknownIssuer") && err.contains("--ca-file"),
@@ -243,11 +244,11 @@ fn mayfly_cert_over_https_with_ca_file_gets_a_certificate_and_without_it_fails_o
             "--role",
             "deploy",
             "--out",
-            "/nonexistent",
+            &unused_out(),
         ],
         &oidc.token("deploy-rs"),
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(5));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("certificate"), "{err}");
 
@@ -264,7 +265,8 @@ fn mayfly_cert_over_https_with_ca_file_gets_a_certificate_and_without_it_fails_o
         ],
         "unused",
     );
-    assert_eq!(out.status.code(), Some(1));
+    // Exit 2: a usage error, said before any token is spent.
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("https://"), "{err}");
 }
@@ -675,4 +677,10 @@ fn admin_endpoints_can_require_a_client_certificate_in_addition_to_the_admin_tok
         .filter(|l| l.contains("client_certificate_required"))
         .count();
     assert_eq!(refused, calls.len(), "{text}");
+}
+
+/// A private directory path for `--out` that a failing request never uses.
+fn unused_out() -> String {
+    let d = support::temp_dir("tls-out").keep();
+    d.join("out").display().to_string()
 }

@@ -190,12 +190,35 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The message of a policy refusal under `error_detail = "terse"`: its
+/// code and where the reason is, without the rule or the values it allows.
+/// Other errors (token, limits, store) keep their message.
+fn terse(code: &str) -> Option<String> {
+    crate::policy::DenialCode::parse(code).map(|_| {
+        format!(
+            "refused ({code}); this CA does not say why to callers: give the CA operator this \
+             request_id, which finds the reason in its audit log"
+        )
+    })
+}
+
 /// Finishes an error answer of the request `rid`: the JSON body and the
-/// `x-request-id` header. Other responses pass unchanged.
-pub(super) fn render(mut resp: Response, rid: &RequestId) -> Response {
-    let Some(p) = resp.extensions_mut().remove::<PendingError>() else {
+/// `x-request-id` header. Other responses pass unchanged. Under
+/// `ErrorDetail::Terse`, policy refusals lose their reason here, once for
+/// every route.
+pub(super) fn render(
+    mut resp: Response,
+    rid: &RequestId,
+    detail: crate::config::ErrorDetail,
+) -> Response {
+    let Some(mut p) = resp.extensions_mut().remove::<PendingError>() else {
         return resp;
     };
+    if detail == crate::config::ErrorDetail::Terse {
+        if let Some(m) = terse(p.error) {
+            p.message = m;
+        }
+    }
     let (mut parts, _) = resp.into_parts();
     let body = Json(ErrorBody {
         error: p.error,

@@ -62,7 +62,7 @@ struct HostCertBody {
 }
 
 /// Builds the router with body limit and timeouts. The outermost layer,
-/// [`request::request_context`], gives every request its id and log span
+/// [`request::request_context_of`], gives every request its id and log span
 /// and writes every error answer.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
@@ -85,7 +85,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             state.request_timeout + std::time::Duration::from_secs(1),
         ))
-        .layer(axum::middleware::from_fn(request::request_context))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request::request_context_of,
+        ))
         .with_state(state)
 }
 

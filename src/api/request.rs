@@ -66,7 +66,21 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
 
 /// The outermost layer: request id, span, and error answers rendered with
 /// the id (see the module doc).
-pub async fn request_context(mut req: Request, next: Next) -> Response {
+pub async fn request_context(req: Request, next: Next) -> Response {
+    with_detail(crate::config::ErrorDetail::Full, req, next).await
+}
+
+/// [`request_context`] for the CA's router: error answers as much detailed
+/// as its `error_detail` says.
+pub async fn request_context_of(
+    axum::extract::State(s): axum::extract::State<super::AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    with_detail(s.service.error_detail(), req, next).await
+}
+
+async fn with_detail(detail: crate::config::ErrorDetail, mut req: Request, next: Next) -> Response {
     let rid = RequestId::fresh();
     let path: String = req.uri().path().chars().take(MAX_LOGGED_PATH).collect();
     let span = tracing::info_span!(
@@ -77,7 +91,7 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
     );
     req.extensions_mut().insert(rid.clone());
     let resp = next.run(req).instrument(span).await;
-    error::render(resp, &rid)
+    error::render(resp, &rid, detail)
 }
 
 /// The bearer token of `Authorization: Bearer <token>`; `None` when the

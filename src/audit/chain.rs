@@ -578,6 +578,17 @@ pub fn revoked_serial_prefix(serial: u64) -> String {
     format!("serial {serial}: ")
 }
 
+/// The serial a stored revocation record revoked, and its reason without
+/// the `serial N: ` prefix: the inverse of [`stored_form`] for revocations.
+pub fn revoked_serial(r: &StoredRecord) -> Option<(u64, &str)> {
+    if r.event != EventKind::CertRevoked.as_str() {
+        return None;
+    }
+    let rest = r.reason.as_deref()?.strip_prefix("serial ")?;
+    let (n, reason) = rest.split_once(": ")?;
+    Some((n.parse().ok()?, reason))
+}
+
 fn opt_i64(v: Option<u64>) -> Option<i64> {
     v.map(|x| x as i64)
 }

@@ -117,21 +117,54 @@ fn cell(s: &str, width: usize) -> String {
     format!("{out:<width$}")
 }
 
-/// A table, one record per line, oldest first.
+/// Widest ROLE and ISSUER/SUBJECT columns; longer values are cut with `…`
+/// (the `--json` and `--detail` output has them whole). Event names are
+/// never cut.
+const MAX_ROLE_WIDTH: usize = 24;
+const MAX_WHO_WIDTH: usize = 48;
+
+/// A table, one record per line, oldest first; columns as wide as their
+/// widest value, so the rows line up.
 pub fn render_table(records: &[StoredRecord]) -> String {
+    let who_of = |r: &StoredRecord| match (&r.issuer, &r.subject) {
+        (Some(i), Some(s)) => format!("{i}/{s}"),
+        (Some(i), None) => i.clone(),
+        (None, Some(s)) => s.clone(),
+        (None, None) => r.actor.clone().unwrap_or_else(|| "-".into()),
+    };
+    let width = |head: &str, values: &mut dyn Iterator<Item = usize>, max: usize| {
+        values.fold(head.len(), usize::max).min(max.max(head.len()))
+    };
+    let ev_w = width(
+        "EVENT",
+        &mut records.iter().map(|r| r.event.chars().count()),
+        usize::MAX,
+    );
+    let role_w = width(
+        "ROLE",
+        &mut records
+            .iter()
+            .map(|r| r.role.as_deref().unwrap_or("-").chars().count()),
+        MAX_ROLE_WIDTH,
+    );
+    let who_w = width(
+        "ISSUER/SUBJECT",
+        &mut records.iter().map(|r| who_of(r).chars().count()),
+        MAX_WHO_WIDTH,
+    );
+    let seq_w = width(
+        "SEQ",
+        &mut records.iter().map(|r| r.seq.to_string().len()),
+        usize::MAX,
+    );
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<24} {:>7} {:<13} {:<14} {:<36} WHAT",
+        "{:<24} {:>seq_w$} {:<ev_w$} {:<role_w$} {:<who_w$} WHAT",
         "TIME (UTC)", "SEQ", "EVENT", "ROLE", "ISSUER/SUBJECT"
     );
     for r in records {
-        let who = match (&r.issuer, &r.subject) {
-            (Some(i), Some(s)) => format!("{i}/{s}"),
-            (Some(i), None) => i.clone(),
-            (None, Some(s)) => s.clone(),
-            (None, None) => r.actor.clone().unwrap_or_else(|| "-".into()),
-        };
+        let who = who_of(r);
         let what = match r.event.as_str() {
             "cert_issued" => format!(
                 "{} principals={}",
@@ -154,12 +187,12 @@ pub fn render_table(records: &[StoredRecord]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<24} {:>7} {} {} {} {}",
+            "{:<24} {:>seq_w$} {} {} {} {}",
             rfc3339_ms(r.time_ms),
             r.seq,
-            cell(&r.event, 13),
-            cell(r.role.as_deref().unwrap_or("-"), 14),
-            cell(&who, 36),
+            cell(&r.event, ev_w),
+            cell(r.role.as_deref().unwrap_or("-"), role_w),
+            cell(&who, who_w),
             what.replace(['\n', '\r'], " ")
         );
     }
@@ -266,6 +299,57 @@ mod tests {
         assert!(t.contains("ci/repo:acme/api"), "{t}");
         assert!(
             t.contains("mayfly:deploy:ci:repo_acme_api:77 principals=deploy"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn table_columns_line_up_and_event_names_are_whole() {
+        let rec = |seq: u64, event: &str, role: &str, subject: &str| StoredRecord {
+            seq,
+            time_ms: 1_793_491_200_000,
+            event: event.into(),
+            issuer: Some("ci".into()),
+            subject: Some(subject.into()),
+            role: Some(role.into()),
+            ..StoredRecord::default()
+        };
+        let t = render_table(&[
+            rec(
+                9,
+                "approval_requested",
+                "production-deploy",
+                "repo:acme/api",
+            ),
+            rec(10_000, "cert_issued", "db", "x"),
+        ]);
+        assert!(t.contains(" approval_requested "), "{t}");
+        // Each column starts at the same place on every line.
+        let col = |l: &str, needle: &str| l.find(needle).unwrap_or(usize::MAX);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            col(lines[0], "EVENT"),
+            col(lines[1], "approval_requested"),
+            "{t}"
+        );
+        assert_eq!(
+            col(lines[1], "approval_requested"),
+            col(lines[2], "cert_issued"),
+            "{t}"
+        );
+        assert_eq!(
+            col(lines[0], "ROLE"),
+            col(lines[1], "production-deploy"),
+            "{t}"
+        );
+        assert_eq!(
+            col(lines[1], "production-deploy"),
+            col(lines[2], "db "),
+            "{t}"
+        );
+        assert_eq!(
+            col(lines[0], "ISSUER/SUBJECT"),
+            col(lines[2], "ci/x"),
             "{t}"
         );
     }

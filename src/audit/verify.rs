@@ -343,7 +343,10 @@ pub struct ExportVerifier {
     with_store: bool,
     first: Option<u64>,
     last: u64,
+    /// Exported records looked up in the store.
     db_checked: u64,
+    /// Of those, the ones the store holds exactly as exported.
+    db_unchanged: u64,
 }
 
 impl ExportVerifier {
@@ -360,6 +363,7 @@ impl ExportVerifier {
             first: None,
             last: 0,
             db_checked: 0,
+            db_unchanged: 0,
         }
     }
 
@@ -390,7 +394,9 @@ impl ExportVerifier {
             None => {}
             Some(Some(Ok(stored))) => {
                 self.db_checked += 1;
-                if stored.hash != r.hash || stored != r {
+                if stored.hash == r.hash && stored == r {
+                    self.db_unchanged += 1;
+                } else {
                     self.walker.add(Problem::Diverged {
                         seq: r.seq,
                         what: format!(
@@ -399,14 +405,20 @@ impl ExportVerifier {
                     });
                 }
             }
-            Some(Some(Err(bad))) => self.walker.add(Problem::Malformed {
-                seq: bad.seq,
-                what: format!("in the database: {}", bad.what),
-            }),
-            Some(None) => self.walker.add(Problem::Missing {
-                from: r.seq,
-                to: r.seq,
-            }),
+            Some(Some(Err(bad))) => {
+                self.db_checked += 1;
+                self.walker.add(Problem::Malformed {
+                    seq: bad.seq,
+                    what: format!("in the database: {}", bad.what),
+                })
+            }
+            Some(None) => {
+                self.db_checked += 1;
+                self.walker.add(Problem::Missing {
+                    from: r.seq,
+                    to: r.seq,
+                })
+            }
         }
         self.first.get_or_insert(r.seq);
         self.last = r.seq;
@@ -426,8 +438,8 @@ impl ExportVerifier {
         report.absorb(self.walker);
         if self.with_store {
             report.notes.push(format!(
-                "{} exported record(s) found unchanged in the database",
-                self.db_checked
+                "{} of {} exported record(s) found unchanged in the database",
+                self.db_unchanged, self.db_checked
             ));
         } else if let Some((a, _)) = report.range {
             if a > 1 {

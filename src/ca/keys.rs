@@ -290,7 +290,7 @@ pub fn write_new_key_file(path: &Path, text: &str) -> Result<(), KeyFileError> {
         path: path.to_path_buf(),
         source,
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(
             ".{}.tmp-",
@@ -904,7 +904,7 @@ fn write_pem(path: &Path, pk: &ssh_key::PrivateKey) -> Result<(), KeyFileError> 
 /// Writes `contents` to `path` atomically: temp file in the same directory,
 /// fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     let mut tmp = tempfile::Builder::new()
         .prefix(".mayfly-")
         .permissions(fs::Permissions::from_mode(mode))
@@ -915,6 +915,15 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<
     sync_dir(dir)
 }
 
+/// The directory `path` is in: `.` for a bare file name (whose
+/// `parent()` is the empty path, which no system call accepts).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
@@ -922,6 +931,13 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_file_name_is_written_in_the_current_directory() {
+        assert_eq!(parent_dir(Path::new("report.md")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("out/report.md")), Path::new("out"));
+        assert_eq!(parent_dir(Path::new("/report.md")), Path::new("/"));
+    }
 
     #[test]
     fn a_plain_key_encrypted_for_a_shared_store_opens_only_with_the_passphrase() {

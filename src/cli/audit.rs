@@ -8,6 +8,8 @@
 use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use super::exit::Exit;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
@@ -205,7 +207,7 @@ fn run_verify(
     Ok(if intact {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(2)
+        Exit::Tampered.into()
     })
 }
 
@@ -308,7 +310,7 @@ fn run_export(
     Ok(if summary.unreadable.is_empty() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(2)
+        Exit::Tampered.into()
     })
 }
 
@@ -330,7 +332,7 @@ fn run_search(config: &Path, q: &AuditQuery, json: bool, detail: bool) -> anyhow
     }
     if records.is_empty() {
         eprintln!("no matching audit records");
-        return Ok(ExitCode::from(2));
+        return Ok(Exit::NotFound.into());
     }
     if json {
         for r in &records {

@@ -77,6 +77,9 @@ pub fn run(cmd: CaCmd, verbose: bool) -> anyhow::Result<ExitCode> {
                 (false, Some(g)) => Which::Group(g),
                 (false, None) => Which::User,
             };
+            if cfg.store.backend == mayfly::config::StoreBackend::SQLite {
+                super::as_data_dir_owner(&cfg.data_dir, "ca rotate")?;
+            }
             let actor = cli_actor(&env);
             let summary =
                 runtime()?.block_on(rotation::rotate(&cfg, which, step, &actor, now_secs()))?;

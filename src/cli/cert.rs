@@ -4,7 +4,7 @@
 //! in memory and runs ssh, `exec` runs a whole job with them in an agent
 //! and renews them while it runs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -13,6 +13,7 @@ use clap::Args;
 use mayfly::client::{self, token::TokenSource, CertOptions};
 use mayfly::config::LogFormat;
 
+use super::exit::{fail, Exit};
 use super::{init_logging, parse_ttl, quiet, runtime};
 
 // What to ask the CA for, shared by `cert` and `ssh`.
@@ -81,9 +82,16 @@ impl RequestArgs {
 pub struct CertArgs {
     #[command(flatten)]
     req: RequestArgs,
-    /// Directory for id_ed25519, id_ed25519.pub and id_ed25519-cert.pub.
-    #[arg(long, default_value = ".")]
-    out: PathBuf,
+    /// Directory for id_ed25519, id_ed25519.pub and id_ed25519-cert.pub:
+    /// created 0700 if missing; refused if other users can use it. Without
+    /// it, mayfly asks before writing into the current directory (and
+    /// refuses when nobody is at a terminal to answer).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the certificate's facts and the paths written as one JSON
+    /// object on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 // Arguments of `mayfly ssh`.
@@ -149,13 +157,71 @@ pub fn run_exec(a: ExecArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
-/// `mayfly cert`: prints the path of the certificate written.
+/// `mayfly cert`: prints the path of the certificate written (or, with
+/// `--json`, its facts and every path).
 pub fn run_cert(a: CertArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     init_logging(quiet(verbose), LogFormat::Text);
     let opts = a.req.options()?;
-    let (answer, path) = runtime()?.block_on(client::cert_to_dir(&opts, &a.out))?;
-    super::print_cert_written("certificate", &answer, &path, verbose);
+    client::check_options(&opts)?;
+    let out = match a.out {
+        Some(dir) => dir,
+        None => current_dir_if_confirmed()?,
+    };
+    let (answer, path) = runtime()?.block_on(client::cert_to_dir(&opts, &out))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&cert_facts(&answer, &out))?);
+    } else {
+        super::print_cert_written("certificate", &answer, &path, verbose);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `mayfly cert --json`: what was issued and where it was written.
+fn cert_facts(answer: &client::CertAnswer, out: &Path) -> serde_json::Value {
+    let at = |name: &str| out.join(name).display().to_string();
+    serde_json::json!({
+        "serial": answer.serial,
+        "key_id": answer.key_id,
+        "principals": answer.principals,
+        "valid_after": mayfly::time::rfc3339(answer.valid_after),
+        "valid_before": mayfly::time::rfc3339(answer.valid_before),
+        "private_key": at(client::KEY_FILE),
+        "public_key": at(client::PUB_FILE),
+        "certificate": at(client::CERT_FILE),
+    })
+}
+
+/// No `--out`: the current directory, only if a person at the terminal
+/// says so. A script gets a usage error that names the fix, rather than a
+/// private key left in whatever directory it ran in.
+fn current_dir_if_confirmed() -> anyhow::Result<PathBuf> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    let here = std::env::current_dir().context("reading the current directory")?;
+    let refuse = || {
+        fail(
+            Exit::Usage,
+            format!(
+                "give --out DIR: mayfly does not write a private key into the current directory ({}) unasked; \
+                 e.g. --out \"$(mktemp -d)\"",
+                here.display()
+            ),
+        )
+    };
+    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        return Err(refuse());
+    }
+    eprint!(
+        "write a private key (id_ed25519) into the current directory {}? [y/N] ",
+        here.display()
+    );
+    std::io::stderr().flush().ok();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).ok();
+    if matches!(line.trim(), "y" | "Y" | "yes") {
+        Ok(here)
+    } else {
+        Err(refuse())
+    }
 }
 
 /// `mayfly ssh`: exits with ssh's exit code.

@@ -138,7 +138,8 @@ fn sync(a: SyncArgs, verbose: bool) -> anyhow::Result<ExitCode> {
                 hostsync::describe_installed(&opts.dir)
             );
             eprintln!("{}", line.replace(['\n', '\r'], " "));
-            Ok(ExitCode::from(1))
+            let e = anyhow::Error::new(e);
+            Ok(super::exit::classify(&e).into())
         }
     }
 }

@@ -62,6 +62,9 @@ pub struct IdentityTarget {
     /// Why (recorded in the audit log).
     #[arg(long, default_value = "")]
     reason: String,
+    /// Print the outcome as one JSON object (as the admin API answers).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs one `mayfly identity` command.
@@ -153,7 +156,11 @@ fn set_disabled(t: IdentityTarget, enable: bool, verbose: bool) -> anyhow::Resul
         let store = revocation::open_store(&cfg)?;
         revocation::set_disabled(&store, target, enable, &t.reason, &actor, now_secs()).await
     })?;
-    print!("{}", outcome_text(&o, enable));
+    if t.json {
+        println!("{}", serde_json::to_string(&o)?);
+    } else {
+        print!("{}", outcome_text(&o, enable));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -4,16 +4,14 @@
 //! stderr, and the exit code. The library returns data and typed errors;
 //! clap, anyhow and printing live only here and in `main.rs`.
 //!
-//! Exit codes, for every command: 0 when all is well, 1 for errors (the
-//! message is printed as `mayfly: ...`), 2 when a command ran but its answer
-//! is "no" (a policy denial, a tampered audit log, no matching records,
-//! policy drift between replicas). `mayfly status` also exits 3 when no
-//! replica is live.
+//! Exit codes are one table for every command: see [`exit`]. An error is
+//! printed as `mayfly: ...` and its exit code comes from its kind.
 
 pub mod audit;
 pub mod bench;
 pub mod ca;
 pub mod cert;
+pub mod exit;
 pub mod host;
 pub mod identity;
 pub mod policy;
@@ -56,6 +54,31 @@ pub fn unknown_issuer(cfg: &Config, issuer: &str) -> Option<String> {
             }
         )
     })
+}
+
+/// Refuses to run `command` as root on a data dir another user owns (the
+/// service user): files it writes (CA keys) would be root's, and the
+/// service could no longer read them. Names the command to use instead.
+pub fn as_data_dir_owner(data_dir: &Path, command: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = rustix::process::geteuid().as_raw();
+    let Ok(meta) = std::fs::metadata(data_dir) else {
+        return Ok(());
+    };
+    if me == 0 && meta.uid() != 0 {
+        let owner = mayfly::revocation::user_name(meta.uid());
+        return Err(exit::fail(
+            exit::Exit::Error,
+            format!(
+                "data_dir {} belongs to {owner} (uid {}), but this runs as root: the files `{command}` \
+                 writes would be root's and the CA could not read them; run it as the CA's user: \
+                 sudo -u {owner} mayfly {command} ...",
+                data_dir.display(),
+                meta.uid()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Sends `tracing` output to stderr: `RUST_LOG` if set, else `default`.

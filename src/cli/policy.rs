@@ -10,6 +10,10 @@ use mayfly::clock::now_secs;
 use mayfly::config::Config;
 use mayfly::policy::{self, CertRequest, KeyFacts, Policy};
 
+use mayfly::policy::explain::{Context, DisabledCheck};
+use mayfly::store::DisableTarget;
+
+use super::exit::Exit;
 use super::parse_ttl;
 
 /// `mayfly policy ...`.
@@ -60,6 +64,12 @@ pub enum PolicyCmd {
         /// for cases without their own `at`.
         #[arg(long)]
         at: Option<String>,
+        /// Host names to ask for (host roles; default: the role's exact names).
+        #[arg(long = "hostname", conflicts_with = "cases")]
+        hostnames: Vec<String>,
+        /// The CA's mayfly.toml: also apply its deactivations, as the server does.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Show, step by step, how policy decides one request.
     Explain {
@@ -90,6 +100,12 @@ pub enum PolicyCmd {
         /// With --key-type ssh-rsa: the key size in bits.
         #[arg(long, requires = "key_type")]
         rsa_bits: Option<u32>,
+        /// Host names to ask for (host roles; default: the role's exact names).
+        #[arg(long = "hostname")]
+        hostnames: Vec<String>,
+        /// The CA's mayfly.toml: also apply its deactivations, as the server does.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -111,14 +127,23 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             principals,
             ttl,
             at,
+            hostnames,
+            config,
         } => {
+            let disabled = config.as_deref().map(deactivations).transpose()?;
+            let check = disabled.as_ref().map(|d| d.check());
             let dir = dir_arg
                 .or(dir)
                 .unwrap_or_else(|| PathBuf::from("ca-policy"));
             let policy = load(&dir)?;
             let now = eval_time(at.as_deref())?;
             if let Some(file) = cases {
-                return run_cases(&policy, &file, now);
+                return run_cases(
+                    &policy,
+                    &file,
+                    now,
+                    check.as_ref().map(|c| c as DisabledCheck<'_>),
+                );
             }
             let (Some(role), Some(issuer), Some(claims)) = (role, issuer, claims) else {
                 anyhow::bail!("name --role, --issuer and --claims, or --cases FILE");
@@ -128,19 +153,36 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                 principals: (!principals.is_empty()).then_some(principals),
                 ttl: parse_ttl(&ttl)?,
             };
-            match policy.evaluate(&role, &issuer, &claims, &req, now) {
-                Ok(g) => {
+            let e = policy::explain::explain_with(
+                &policy,
+                &role,
+                &issuer,
+                &claims,
+                &req,
+                now,
+                None,
+                Context {
+                    hostnames: (!hostnames.is_empty()).then_some(hostnames.as_slice()),
+                    disabled: check.as_ref().map(|c| c as DisabledCheck<'_>),
+                },
+            );
+            match (&e.decision, &e.pending) {
+                (Ok(g), pending) => {
                     let p: Vec<&str> = g.principals.iter().map(|p| p.as_str()).collect();
-                    let e: Vec<&str> = g.extensions.iter().map(|e| e.as_str()).collect();
-                    println!(
-                        "allow role={role} principals={p:?} ttl={}s extensions={e:?}",
+                    let x: Vec<&str> = g.extensions.iter().map(|e| e.as_str()).collect();
+                    let allow = format!(
+                        "allow role={role} principals={p:?} ttl={}s extensions={x:?}",
                         g.ttl.as_secs()
                     );
+                    match pending {
+                        Some(who) => println!("pending approval ({who}); once approved: {allow}"),
+                        None => println!("{allow}"),
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(d) => {
+                (Err(d), _) => {
                     println!("deny {}: {d}", d.code.as_str());
-                    Ok(ExitCode::from(2))
+                    Ok(Exit::Refused.into())
                 }
             }
         }
@@ -154,7 +196,11 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             at,
             key_type,
             rsa_bits,
+            hostnames,
+            config,
         } => {
+            let disabled = config.as_deref().map(deactivations).transpose()?;
+            let check = disabled.as_ref().map(|d| d.check());
             let policy = load(&dir)?;
             let now = eval_time(at.as_deref())?;
             let claims = policy::explain::read_claims_file(&claims).map_err(anyhow::Error::msg)?;
@@ -163,13 +209,24 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                 ttl: parse_ttl(&ttl)?,
             };
             let key = key_type.map(|k| KeyFacts::declared(&k, rsa_bits));
-            let e =
-                policy::explain::explain(&policy, &role, &issuer, &claims, &req, now, key.as_ref());
+            let e = policy::explain::explain_with(
+                &policy,
+                &role,
+                &issuer,
+                &claims,
+                &req,
+                now,
+                key.as_ref(),
+                Context {
+                    hostnames: (!hostnames.is_empty()).then_some(hostnames.as_slice()),
+                    disabled: check.as_ref().map(|c| c as DisabledCheck<'_>),
+                },
+            );
             println!("{e}");
             Ok(if e.decision.is_ok() {
                 ExitCode::SUCCESS
             } else {
-                ExitCode::from(2)
+                Exit::Refused.into()
             })
         }
     }
@@ -194,6 +251,12 @@ fn check(dir: &Path, config: Option<&Path>, deny_warnings: bool) -> anyhow::Resu
             for e in &errs {
                 eprintln!("{e}");
             }
+            eprintln!(
+                "{} error(s) in {} against {}",
+                errs.len(),
+                dir.display(),
+                c.display()
+            );
             return Ok(ExitCode::from(1));
         }
     }
@@ -215,6 +278,10 @@ fn check(dir: &Path, config: Option<&Path>, deny_warnings: bool) -> anyhow::Resu
         policy.roles.len(),
         policy.roles.keys().cloned().collect::<Vec<_>>().join(", ")
     );
+    // What a server loading this directory reports as
+    // `mayfly_policy_info{digest}` and in `mayfly status`: a policy
+    // repository's CI can compare the two.
+    println!("digest {}", policy.digest);
     if !warnings.is_empty() {
         eprintln!("{} warning(s)", warnings.len());
     }
@@ -223,7 +290,12 @@ fn check(dir: &Path, config: Option<&Path>, deny_warnings: bool) -> anyhow::Resu
 
 /// `mayfly policy test --cases FILE`: exit 1 unless every case comes out
 /// as expected.
-fn run_cases(policy: &Policy, file: &Path, now: u64) -> anyhow::Result<ExitCode> {
+fn run_cases(
+    policy: &Policy,
+    file: &Path,
+    now: u64,
+    disabled: Option<DisabledCheck<'_>>,
+) -> anyhow::Result<ExitCode> {
     let list = match policy::cases::load_cases(file) {
         Ok(c) => c,
         Err(errs) => {
@@ -234,7 +306,7 @@ fn run_cases(policy: &Policy, file: &Path, now: u64) -> anyhow::Result<ExitCode>
             return Ok(ExitCode::from(1));
         }
     };
-    let report = policy::cases::run(policy, file, list, now);
+    let report = policy::cases::run_with(policy, file, list, now, disabled);
     for n in &report.notes {
         eprintln!("note: {n}");
     }
@@ -265,4 +337,31 @@ fn eval_time(at: Option<&str>) -> anyhow::Result<u64> {
         ),
         None => now_secs(),
     })
+}
+
+/// The deactivations in the CA's store (`--config`), for answers that
+/// match the server's.
+struct Deactivations(std::collections::HashSet<DisableTarget>);
+
+impl Deactivations {
+    /// The check [`policy::explain::Context`] takes.
+    fn check(&self) -> impl Fn(&str, &str, &str) -> Option<String> + '_ {
+        move |issuer, subject, role| {
+            DisableTarget::blocking(issuer, subject, role)
+                .into_iter()
+                .find(|k| self.0.contains(k))
+                .map(|k| k.refusal_message())
+        }
+    }
+}
+
+/// Reads the deactivations of the CA whose config is `path` (read only;
+/// safe while it runs).
+fn deactivations(path: &Path) -> anyhow::Result<Deactivations> {
+    let cfg = super::load_config(path)?;
+    let list = super::runtime()?.block_on(async {
+        let store = mayfly::revocation::open_store(&cfg)?;
+        anyhow::Ok(store.access().disabled().await?)
+    })?;
+    Ok(Deactivations(list.into_iter().map(|d| d.key).collect()))
 }

@@ -8,9 +8,11 @@ use clap::Args;
 
 use mayfly::clock::now_secs;
 use mayfly::config::LogFormat;
-use mayfly::revocation;
+use mayfly::revocation::{self, RevokeOutcome};
 use mayfly::store::CertFilter;
+use mayfly::time::rfc3339;
 
+use super::exit::{fail, Exit};
 use super::{env, init_logging, load_config, quiet, runtime};
 
 // Arguments of `mayfly revoke`.
@@ -37,6 +39,9 @@ pub struct RevokeArgs {
     /// Why (recorded in the audit log).
     #[arg(long, default_value = "")]
     reason: String,
+    /// Print the outcome as one JSON object on stdout (as `POST /v1/admin/revoke` answers).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Revokes what the arguments name: one line per certificate on stdout,
@@ -53,37 +58,36 @@ pub fn run(a: RevokeArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     {
         eprintln!("warning: {why}");
     }
-    let filter = match (a.serial, a.key_id, a.role, a.issuer, a.subject) {
-        (Some(n), None, None, None, None) => CertFilter::Serial(n),
-        (None, Some(k), None, None, None) => {
-            // Still run: it revokes nothing, but says why.
-            if let Some(why) = mayfly::ca::key_id_problem(&k) {
-                eprintln!("warning: {why}");
+    let filter =
+        match (a.serial, a.key_id, a.role, a.issuer, a.subject) {
+            (Some(n), None, None, None, None) => CertFilter::Serial(n),
+            (None, Some(k), None, None, None) => {
+                // Still run: it revokes nothing, but says why.
+                if let Some(why) = mayfly::ca::key_id_problem(&k) {
+                    eprintln!("warning: {why}");
+                }
+                CertFilter::KeyId(k)
             }
-            CertFilter::KeyId(k)
-        }
-        (None, None, Some(r), None, None) => CertFilter::Role(r),
-        (None, None, role, Some(issuer), Some(subject)) => CertFilter::Identity {
-            issuer,
-            subject,
-            role,
-        },
-        _ => anyhow::bail!(
-            "name what to revoke: --serial N, --key-id ID, --role R, or --subject S --issuer I"
-        ),
-    };
+            (None, None, Some(r), None, None) => CertFilter::Role(r),
+            (None, None, role, Some(issuer), Some(subject)) => CertFilter::Identity {
+                issuer,
+                subject,
+                role,
+            },
+            _ => return Err(fail(
+                Exit::Usage,
+                "name what to revoke: --serial N, --key-id ID, --role R, or --subject S --issuer I",
+            )),
+        };
     let actor = revocation::cli_actor(&env);
     let outcome = runtime()?.block_on(async {
         let store = revocation::open_store(&cfg)?;
         revocation::revoke(&store, filter, &a.reason, &actor, now_secs()).await
     })?;
-    for c in &outcome.revoked {
-        println!(
-            "revoked serial {} key_id {} (valid until {})",
-            c.serial,
-            c.key_id,
-            mayfly::time::rfc3339(c.valid_before)
-        );
+    if a.json {
+        println!("{}", serde_json::to_string(&outcome)?);
+    } else {
+        print!("{}", outcome_lines(&outcome));
     }
     eprintln!(
         "{} certificate(s) revoked; KRL version {}",
@@ -91,4 +95,44 @@ pub fn run(a: RevokeArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         outcome.krl_version
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line per certificate: revoked now, revoked before (revoking twice
+/// changes nothing and is not an error), or expired.
+fn outcome_lines(o: &RevokeOutcome) -> String {
+    let mut out = String::new();
+    for c in &o.revoked {
+        out.push_str(&format!(
+            "revoked serial {} key_id {} (valid until {})\n",
+            c.serial,
+            c.key_id,
+            rfc3339(c.valid_before)
+        ));
+    }
+    for p in &o.already_revoked {
+        out.push_str(&format!(
+            "already revoked serial {} key_id {} (at {} by {}{})\n",
+            p.serial,
+            p.key_id,
+            rfc3339(p.revoked_at),
+            p.actor,
+            if p.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", p.reason)
+            }
+        ));
+    }
+    for e in &o.expired {
+        out.push_str(&format!(
+            "expired serial {} key_id {} (at {}; sshd refuses it without a revocation)\n",
+            e.serial,
+            e.key_id,
+            rfc3339(e.valid_before)
+        ));
+    }
+    if out.is_empty() {
+        out.push_str("nothing to revoke: no unexpired, unrevoked certificate matches\n");
+    }
+    out
 }

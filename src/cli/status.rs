@@ -14,6 +14,7 @@ use clap::Args;
 use mayfly::replica::{Health, StatusReport, LIVE_INTERVALS};
 use mayfly::time::UnixSecs;
 
+use super::exit::Exit;
 use super::load_config;
 
 /// `mayfly status`.
@@ -27,11 +28,6 @@ pub struct StatusArgs {
     json: bool,
 }
 
-/// Exit code for policy drift.
-const EXIT_DRIFT: u8 = 2;
-/// Exit code when no replica is live.
-const EXIT_NONE_LIVE: u8 = 3;
-
 /// Runs `mayfly status`.
 pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(&a.config)?;
@@ -43,8 +39,8 @@ pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(match report.status {
         Health::Ok => ExitCode::SUCCESS,
-        Health::PolicyDrift => ExitCode::from(EXIT_DRIFT),
-        Health::NoLiveReplica => ExitCode::from(EXIT_NONE_LIVE),
+        Health::PolicyDrift => Exit::Drift.into(),
+        Health::NoLiveReplica => Exit::Unavailable.into(),
     })
 }
 

@@ -11,6 +11,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::exit::Exit;
+
 use clap::Subcommand;
 
 use mayfly::migrate::{AuditKeyOutcome, Migration, Summary};
@@ -51,7 +53,7 @@ pub fn run(cmd: StoreCmd) -> anyhow::Result<ExitCode> {
                 Ok(s) => s,
                 Err(e) if e.is_tampered_source() => {
                     eprintln!("mayfly: {e}");
-                    return Ok(ExitCode::from(2));
+                    return Ok(Exit::Tampered.into());
                 }
                 Err(e) => return Err(e.into()),
             };

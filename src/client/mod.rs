@@ -61,6 +61,14 @@ pub enum ClientError {
     /// The answer could not be understood.
     #[error("the CA's answer is not understood: {0}")]
     BadAnswer(String),
+    /// `--out` is no place for a private key.
+    #[error("--out {dir}: {reason}")]
+    OutDir {
+        /// The directory given.
+        dir: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// Local file or process trouble.
     #[error("{what}: {source}")]
     Io {
@@ -300,6 +308,13 @@ pub async fn request_cert(
         .map(|(answer, cert, _)| (answer, cert))
 }
 
+/// Checks what can be checked before anything is spent or written: the
+/// server URL and the TLS trust (`--ca-file`).
+pub fn check_options(opts: &CertOptions) -> Result<(), ClientError> {
+    let base = check_server(&opts.server, opts.insecure_http)?;
+    http_client(&base, opts.ca_file.as_deref()).map(drop)
+}
+
 /// Asks the CA to certify `key`'s public half, as a renewal of another
 /// certificate if `renewal` says so. Also returns the approval request the
 /// certificate redeemed, if the role needed one. A renewal never waits for
@@ -325,6 +340,8 @@ pub async fn request_cert_as(
     let started = std::time::Instant::now();
     let mut approval_request: Option<String> =
         renewal.and_then(|r| r.approval_request.map(str::to_string));
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last_needed: Option<u32> = None;
     let bytes = loop {
         // Fetched per attempt: a CI token source hands out a fresh one, and
         // a waiting request is not charged against single use.
@@ -385,18 +402,30 @@ pub async fn request_cert_as(
                     opts.role, p.approval_request, opts.server
                 );
             }
-            eprint!(
-                "\rmayfly: waiting for approval of {} ({} more needed, request expires in {}s) ... {}s ",
-                p.approval_request,
-                p.approvals_needed,
-                remaining(p.expires_at),
-                waited.as_secs()
-            );
+            // On a terminal one line counts up in place; in a CI log, a
+            // line per change of state, not per poll.
+            if terminal {
+                eprint!(
+                    "\rmayfly: waiting for approval of {} ({} more needed, request expires in {}s) ... {}s ",
+                    p.approval_request,
+                    p.approvals_needed,
+                    remaining(p.expires_at),
+                    waited.as_secs()
+                );
+            } else if last_needed != Some(p.approvals_needed) {
+                eprintln!(
+                    "mayfly: waiting for approval of {} ({} more needed, request expires at {})",
+                    p.approval_request,
+                    p.approvals_needed,
+                    crate::time::rfc3339(p.expires_at)
+                );
+            }
+            last_needed = Some(p.approvals_needed);
             approval_request = Some(p.approval_request);
             tokio::time::sleep(APPROVAL_POLL).await;
             continue;
         }
-        if approval_request.is_some() {
+        if approval_request.is_some() && terminal {
             eprintln!();
         }
         if !status.is_success() {
@@ -423,19 +452,62 @@ pub const PUB_FILE: &str = "id_ed25519.pub";
 /// Certificate file name (what `ssh` looks for next to the key).
 pub const CERT_FILE: &str = "id_ed25519-cert.pub";
 
+/// Makes sure `dir` is a directory only this user can use, creating it
+/// (0700) if missing: a private key is never written where another user
+/// could list, replace or read it.
+pub fn private_dir(dir: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    let io = |what: String| move |source| ClientError::Io { what, source };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(format!("creating {}", dir.display())))?;
+    }
+    let meta = std::fs::metadata(dir).map_err(io(format!("reading {}", dir.display())))?;
+    let refuse = |reason: String| ClientError::OutDir {
+        dir: dir.display().to_string(),
+        reason,
+    };
+    if !meta.is_dir() {
+        return Err(refuse(
+            "is not a directory; give the directory for id_ed25519 and its certificate".into(),
+        ));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(refuse(format!(
+            "belongs to uid {}, not to you (uid {me}); a private key needs a directory of your own, e.g. --out \"$(mktemp -d)\"",
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(refuse(format!(
+            "is open to other users (mode {mode:04o}); a private key needs a directory only you can use: chmod 700 it, or use --out \"$(mktemp -d)\""
+        )));
+    }
+    Ok(())
+}
+
 /// `mayfly cert`: writes a fresh key (0600), its public key and certificate
-/// into `out`, each atomically. Returns the certificate path.
+/// into `out` (a private directory, see [`private_dir`]), each atomically.
+/// Returns the certificate path.
 pub async fn cert_to_dir(
     opts: &CertOptions,
     out: &Path,
 ) -> Result<(CertAnswer, PathBuf), ClientError> {
+    // Before the token is spent: a bad server or a directory that cannot
+    // take the key must not cost a certificate.
+    check_options(opts)?;
+    private_dir(out)?;
     let key = fresh_key()?;
     let (answer, _cert) = request_cert(opts, &key).await?;
     let io = |what: &str| {
         let what = what.to_string();
         move |source| ClientError::Io { what, source }
     };
-    std::fs::create_dir_all(out).map_err(io(&format!("creating {}", out.display())))?;
     let pem = key
         .to_openssh(ssh_key::LineEnding::LF)
         .map_err(|e| ClientError::Io {

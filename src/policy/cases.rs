@@ -31,7 +31,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use toml::Spanned;
 
-use super::explain::{explain, grant_summary};
+use super::explain::{explain_with, grant_summary, Context, DisabledCheck};
 use super::window::{parse_instant, unix_from_timestamp};
 use super::{CertRequest, Denial, DenialCode, Grant, KeyFacts, Policy, PolicyError};
 
@@ -55,6 +55,7 @@ struct RawCase {
     at: Option<Spanned<toml::Value>>,
     key_type: Option<String>,
     rsa_bits: Option<Spanned<u32>>,
+    hostnames: Option<Vec<String>>,
     expect: Spanned<String>,
     expect_principals: Option<Spanned<Vec<String>>>,
     expect_code: Option<Spanned<String>>,
@@ -71,6 +72,14 @@ pub enum Expectation {
         /// Exact TTL (after any clipping to a window end).
         ttl: Option<Duration>,
     },
+    /// The policy allows, but the role needs approval: the CA answers
+    /// "pending"; optionally, once approved, exactly these principals and TTL.
+    Pending {
+        /// Exact principals, in order.
+        principals: Option<Vec<String>>,
+        /// Exact TTL.
+        ttl: Option<Duration>,
+    },
     /// A denial; optionally with this code.
     Deny {
         /// Expected denial code.
@@ -82,6 +91,7 @@ impl fmt::Display for Expectation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Expectation::Allow { .. } => f.write_str("allow"),
+            Expectation::Pending { .. } => f.write_str("pending"),
             Expectation::Deny { code: None } => f.write_str("deny"),
             Expectation::Deny { code: Some(c) } => write!(f, "deny {}", c.as_str()),
         }
@@ -107,6 +117,8 @@ pub struct Case {
     pub at: Option<u64>,
     /// The bot's key, if the case names one.
     pub key: Option<KeyFacts>,
+    /// Host names asked for (host roles).
+    pub hostnames: Option<Vec<String>>,
     /// What must come out.
     pub expect: Expectation,
 }
@@ -213,7 +225,7 @@ pub fn parse_cases(file: &Path, text: &str) -> Result<Vec<Case>, Vec<PolicyError
             }
         };
         let expect = match c.expect.get_ref().as_str() {
-            "allow" => {
+            which @ ("allow" | "pending") => {
                 if let Some(code) = &c.expect_code {
                     errors.push(err(
                         code.span(),
@@ -236,9 +248,11 @@ pub fn parse_cases(file: &Path, text: &str) -> Result<Vec<Case>, Vec<PolicyError
                         }
                     },
                 };
-                Expectation::Allow {
-                    principals: c.expect_principals.as_ref().map(|p| p.get_ref().clone()),
-                    ttl,
+                let principals = c.expect_principals.as_ref().map(|p| p.get_ref().clone());
+                if which == "allow" {
+                    Expectation::Allow { principals, ttl }
+                } else {
+                    Expectation::Pending { principals, ttl }
                 }
             }
             "deny" => {
@@ -250,7 +264,10 @@ pub fn parse_cases(file: &Path, text: &str) -> Result<Vec<Case>, Vec<PolicyError
                     ("expect_ttl", c.expect_ttl.as_ref().map(|p| p.span())),
                 ] {
                     if let Some(span) = span {
-                        errors.push(err(span, format!("{key} goes with expect = \"allow\"")));
+                        errors.push(err(
+                            span,
+                            format!("{key} goes with expect = \"allow\" or \"pending\""),
+                        ));
                     }
                 }
                 let code = match &c.expect_code {
@@ -276,7 +293,7 @@ pub fn parse_cases(file: &Path, text: &str) -> Result<Vec<Case>, Vec<PolicyError
             other => {
                 errors.push(err(
                     c.expect.span(),
-                    format!("expect = {other:?}; write \"allow\" or \"deny\""),
+                    format!("expect = {other:?}; write \"allow\", \"pending\" or \"deny\""),
                 ));
                 continue;
             }
@@ -297,6 +314,7 @@ pub fn parse_cases(file: &Path, text: &str) -> Result<Vec<Case>, Vec<PolicyError
             },
             at,
             key,
+            hostnames: c.hostnames,
             expect,
         });
     }
@@ -338,6 +356,9 @@ pub struct CaseResult {
     pub case: Case,
     /// What policy decided.
     pub decision: Result<Grant, Denial>,
+    /// With an allowing decision: who must approve first (the CA answers
+    /// "pending").
+    pub pending: Option<String>,
     /// Empty when the case passed.
     pub mismatches: Vec<Mismatch>,
 }
@@ -367,15 +388,30 @@ impl Report {
     }
 }
 
-fn decision_text(d: &Result<Grant, Denial>) -> String {
-    match d {
-        Ok(g) => grant_summary(g),
-        Err(d) => format!("deny {} ({}): {}", d.code.as_str(), d.rule, d.message),
+fn decision_text(d: &Result<Grant, Denial>, pending: Option<&str>) -> String {
+    match (d, pending) {
+        (Ok(g), Some(p)) => format!(
+            "pending approval ({p}); once approved: {}",
+            grant_summary(g)
+        ),
+        (Ok(g), None) => grant_summary(g),
+        (Err(d), _) => format!("deny {} ({}): {}", d.code.as_str(), d.rule, d.message),
     }
 }
 
 /// Runs every case; cases without `at` are evaluated at `now` (unix seconds).
 pub fn run(policy: &Policy, file: &Path, cases: Vec<Case>, now: u64) -> Report {
+    run_with(policy, file, cases, now, None)
+}
+
+/// [`run`], with the CA's deactivations (`policy test --config`).
+pub fn run_with(
+    policy: &Policy,
+    file: &Path,
+    cases: Vec<Case>,
+    now: u64,
+    disabled: Option<DisabledCheck<'_>>,
+) -> Report {
     let mut notes = Vec::new();
     let results = cases
         .into_iter()
@@ -394,7 +430,7 @@ pub fn run(policy: &Policy, file: &Path, cases: Vec<Case>, now: u64) -> Report {
                     case.role
                 ));
             }
-            let decision = explain(
+            let e = explain_with(
                 policy,
                 &case.role,
                 &case.issuer,
@@ -402,12 +438,16 @@ pub fn run(policy: &Policy, file: &Path, cases: Vec<Case>, now: u64) -> Report {
                 &case.request,
                 case.at.unwrap_or(now),
                 case.key.as_ref(),
-            )
-            .decision;
-            let mismatches = compare(&case.expect, &decision);
+                Context {
+                    hostnames: case.hostnames.as_deref(),
+                    disabled,
+                },
+            );
+            let mismatches = compare(&case.expect, &e.decision, e.pending.as_deref());
             CaseResult {
                 case,
-                decision,
+                decision: e.decision,
+                pending: e.pending,
                 mismatches,
             }
         })
@@ -419,10 +459,17 @@ pub fn run(policy: &Policy, file: &Path, cases: Vec<Case>, now: u64) -> Report {
     }
 }
 
-fn compare(expect: &Expectation, got: &Result<Grant, Denial>) -> Vec<Mismatch> {
+fn compare(
+    expect: &Expectation,
+    got: &Result<Grant, Denial>,
+    pending: Option<&str>,
+) -> Vec<Mismatch> {
     let mut out = Vec::new();
     match (expect, got) {
-        (Expectation::Allow { principals, ttl }, Ok(g)) => {
+        (Expectation::Allow { principals, ttl }, Ok(g))
+        | (Expectation::Pending { principals, ttl }, Ok(g))
+            if matches!(expect, Expectation::Pending { .. }) == pending.is_some() =>
+        {
             let got_p: Vec<String> = g.principals.iter().map(|p| p.to_string()).collect();
             if let Some(p) = principals {
                 if *p != got_p {
@@ -446,13 +493,13 @@ fn compare(expect: &Expectation, got: &Result<Grant, Denial>) -> Vec<Mismatch> {
         (Expectation::Deny { code: Some(c) }, Err(d)) if *c != d.code => out.push(Mismatch {
             what: "decision",
             expected: expect.to_string(),
-            got: decision_text(got),
+            got: decision_text(got, pending),
         }),
         (Expectation::Deny { .. }, Err(_)) => {}
         _ => out.push(Mismatch {
             what: "decision",
             expected: expect.to_string(),
-            got: decision_text(got),
+            got: decision_text(got, pending),
         }),
     }
     out

@@ -9,7 +9,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use super::window::timestamp_from_unix;
-use super::{CertRequest, Denial, Grant, KeyFacts, Policy};
+use super::{CertKind, CertRequest, Denial, DenialCode, Grant, HostCertRequest, KeyFacts, Policy};
 
 /// How one step came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +99,24 @@ pub struct Explanation {
     pub steps: Vec<Step>,
     /// What the CA would answer.
     pub decision: Result<Grant, Denial>,
+    /// With an allowing decision: the role needs approval, so the CA
+    /// answers "pending" (202) and issues the grant once approved. Says who
+    /// must approve.
+    pub pending: Option<String>,
+}
+
+/// Whether a deactivation blocks an identity in a role: `(issuer,
+/// subject, role)` to the refusal's message, if any.
+pub type DisabledCheck<'a> = &'a dyn Fn(&str, &str, &str) -> Option<String>;
+
+/// What the CA knows beyond the policy files, for an explanation that
+/// gives the server's answer.
+#[derive(Default, Clone, Copy)]
+pub struct Context<'a> {
+    /// Host names asked for, for host roles (`None`: the role's exact names).
+    pub hostnames: Option<&'a [String]>,
+    /// The CA's deactivations (from `--config`); `None`: not known.
+    pub disabled: Option<DisabledCheck<'a>>,
 }
 
 /// Explains the decision for a user certificate request. With `key`, the
@@ -112,7 +130,35 @@ pub fn explain(
     now: u64,
     key: Option<&KeyFacts>,
 ) -> Explanation {
+    explain_with(
+        policy,
+        role,
+        issuer,
+        claims,
+        req,
+        now,
+        key,
+        Context::default(),
+    )
+}
+
+/// [`explain`] with what the CA knows beyond the policy files: host names
+/// for host roles and the deactivations in its store. The checks run in
+/// the server's order: policy (user or host, by the role's `cert_type`),
+/// the key, deactivations, then limits and approval.
+#[allow(clippy::too_many_arguments)]
+pub fn explain_with(
+    policy: &Policy,
+    role: &str,
+    issuer: &str,
+    claims: &Map<String, Value>,
+    req: &CertRequest,
+    now: u64,
+    key: Option<&KeyFacts>,
+    ctx: Context<'_>,
+) -> Explanation {
     let mut trace = Trace::on();
+    let mut pending = None;
     let (file, decision) = match policy.roles.get(role) {
         None => {
             let d = super::unknown_role(role);
@@ -123,7 +169,29 @@ pub fn explain(
             trace.step(Verdict::Pass, "role", || {
                 format!("{} ({}), owner {}", r.name, r.description, r.owner)
             });
-            let mut decision = r.decide(issuer, claims, req, now, &mut trace);
+            let mut decision = match r.cert_type {
+                CertKind::User => r.decide(issuer, claims, req, now, &mut trace),
+                CertKind::Host => {
+                    trace.step(Verdict::Info, "cert_type", || {
+                        "host role: evaluated as a host certificate request (POST /v1/certs/host)"
+                            .into()
+                    });
+                    let host_req = HostCertRequest {
+                        hostnames: ctx.hostnames.map(<[String]>::to_vec),
+                        ttl: req.ttl,
+                    };
+                    let d = r.evaluate_host(issuer, claims, &host_req);
+                    match &d {
+                        Ok(g) => trace.step(Verdict::Pass, "hostnames", || {
+                            let names: Vec<&str> =
+                                g.principals.iter().map(|p| p.as_str()).collect();
+                            format!("{names:?}")
+                        }),
+                        Err(d) => trace.step(Verdict::Fail, &d.rule, || d.message.clone()),
+                    }
+                    d
+                }
+            };
             if let Ok(g) = &decision {
                 match key {
                     Some(k) => {
@@ -144,6 +212,11 @@ pub fn explain(
                     }),
                 }
             }
+            if decision.is_ok() {
+                if let Some(d) = after_policy(r, issuer, claims, ctx, &mut trace, &mut pending) {
+                    decision = Err(d);
+                }
+            }
             (Some(r.file.display().to_string()), decision)
         }
     };
@@ -153,7 +226,81 @@ pub fn explain(
         at: timestamp_from_unix(now).to_string(),
         steps: trace.into_steps(),
         decision,
+        pending,
     }
+}
+
+/// The server's checks after the policy allowed: deactivations (when the
+/// context knows them), then the limits the server applies to live counts,
+/// then approval. Returns the denial, if any; sets `pending` when the role
+/// needs approval.
+fn after_policy(
+    r: &super::Role,
+    issuer: &str,
+    claims: &Map<String, Value>,
+    ctx: Context<'_>,
+    t: &mut Trace,
+    pending: &mut Option<String>,
+) -> Option<Denial> {
+    let subject = claims.get("sub").and_then(Value::as_str).unwrap_or("");
+    match ctx.disabled {
+        Some(check) => {
+            if let Some(message) = check(issuer, subject, &r.name) {
+                t.step(Verdict::Fail, "deactivation", || message.clone());
+                return Some(Denial {
+                    code: DenialCode::Disabled,
+                    rule: "deactivation".into(),
+                    message,
+                });
+            }
+            t.step(Verdict::Pass, "deactivation", || {
+                format!("neither {issuer}/{subject} nor role {} is disabled", r.name)
+            });
+        }
+        None => t.step(Verdict::Info, "deactivation", || {
+            "not checked: give --config to check the CA's deactivations".into()
+        }),
+    }
+    let mut limits = Vec::new();
+    if let Some(l) = &r.rate_limit {
+        limits.push(format!("rate_limit {l} for the role"));
+    }
+    if let Some(l) = &r.identity_rate_limit {
+        limits.push(format!("identity_rate_limit {l} per identity"));
+    }
+    if let Some(n) = r.max_active_certs {
+        limits.push(format!("max_active_certs {n} valid at once per identity"));
+    }
+    if !limits.is_empty() {
+        t.step(Verdict::Info, "limits", || {
+            format!(
+                "{}; the CA counts these live (429 rate_limited, 403 too_many_active_certs)",
+                limits.join(", ")
+            )
+        });
+    }
+    if let Some(ap) = &r.approval {
+        let who: Vec<String> = ap
+            .approvers
+            .iter()
+            .map(|c| {
+                let p: Vec<&str> = c.patterns.iter().map(|p| p.as_str()).collect();
+                format!("{}:{}", c.claim, p.join("|"))
+            })
+            .collect();
+        let text = format!(
+            "{} approval(s) from issuer {:?} by {}, within {}",
+            ap.required,
+            ap.issuer,
+            who.join(" or "),
+            humantime::format_duration(ap.expires)
+        );
+        t.step(Verdict::Info, "approval", || {
+            format!("{text}; the CA answers 202 pending until then")
+        });
+        *pending = Some(text);
+    }
+    None
 }
 
 /// One line summary of a grant: `allow principals=[..] ttl=300s ...`.
@@ -198,9 +345,14 @@ impl fmt::Display for Explanation {
                 s.detail
             )?;
         }
-        match &self.decision {
-            Ok(g) => write!(f, "decision: {}", grant_summary(g)),
-            Err(d) => write!(
+        match (&self.decision, &self.pending) {
+            (Ok(g), Some(p)) => write!(
+                f,
+                "decision: pending approval ({p}); once approved: {}",
+                grant_summary(g)
+            ),
+            (Ok(g), None) => write!(f, "decision: {}", grant_summary(g)),
+            (Err(d), _) => write!(
                 f,
                 "decision: deny {} ({}): {}",
                 d.code.as_str(),

@@ -786,12 +786,14 @@ pub fn parse_role(name: &str, file: &Path, text: &str) -> Result<Role, Vec<Polic
     let (Some(max_ttl), Some(default_ttl)) = (max_ttl, default_ttl) else {
         return Err(errors);
     };
+    let issuer_line = line_of(text, raw.issuer.span().start);
     Ok(Role {
         name: name.to_string(),
         file: file.to_path_buf(),
         description: raw.description.into_inner(),
         owner: raw.owner.into_inner(),
         issuer: raw.issuer.into_inner(),
+        issuer_line,
         principals,
         max_ttl,
         default_ttl,
@@ -921,9 +923,9 @@ pub fn check_issuers(policy: &Policy, issuers: &[&str]) -> Result<(), Vec<Policy
         .filter(|r| !issuers.contains(&r.issuer.as_str()))
         .map(|r| PolicyError {
             file: r.file.clone(),
-            line: 1,
+            line: r.issuer_line,
             message: format!(
-                "issuer {:?} is not configured; configured issuers: {issuers:?}",
+                "issuer {:?} is not an [[issuer]] of the config; its issuers: {issuers:?}",
                 r.issuer
             ),
         })

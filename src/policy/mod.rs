@@ -80,6 +80,8 @@ pub struct Role {
     pub owner: String,
     /// The `[[issuer]]` name whose tokens may use the role.
     pub issuer: String,
+    /// The line of `issuer` in the file (for errors that point at it).
+    pub issuer_line: usize,
     /// Principals granted (templates allowed).
     pub principals: Vec<PrincipalTemplate>,
     /// Longest lifetime a request may ask for.

@@ -105,23 +105,10 @@ pub(super) fn guard_refusal(refusal: crate::store::GuardRefusal, role: &str) -> 
 
 /// The answer for a disabled identity or role.
 pub(super) fn disabled_denial(d: &DisableTarget) -> IssueError {
-    let what = match d {
-        DisableTarget::Role(role) => format!("role {role:?} is disabled"),
-        DisableTarget::Identity {
-            issuer,
-            subject,
-            role: None,
-        } => format!("identity {issuer}/{subject} is disabled"),
-        DisableTarget::Identity {
-            issuer,
-            subject,
-            role: Some(role),
-        } => format!("identity {issuer}/{subject} is disabled for role {role:?}"),
-    };
     Denial {
         code: DenialCode::Disabled,
         rule: "deactivation".into(),
-        message: format!("{what}; ask the CA operator (`mayfly identity enable`)"),
+        message: d.refusal_message(),
     }
     .into()
 }

@@ -104,6 +104,7 @@ pub struct Service {
     admins: Vec<(String, Vec<crate::policy::ClaimRule>)>,
     clock: Arc<dyn Clock>,
     unauthenticated: crate::audit::sampling::RefusalSampler,
+    error_detail: crate::config::ErrorDetail,
 }
 
 /// Revocation/deactivation state cached from the store, reloaded whenever
@@ -156,6 +157,7 @@ impl Service {
             admin: Mutex::new(AdminCache::default()),
             clock: p.clock,
             unauthenticated: crate::audit::sampling::RefusalSampler::new(),
+            error_detail: crate::config::ErrorDetail::Full,
             admins: p
                 .admins
                 .into_iter()
@@ -175,6 +177,17 @@ impl Service {
                 })
                 .collect(),
         }
+    }
+
+    /// Sets how much refusals tell the caller (`error_detail`).
+    pub fn with_error_detail(mut self, detail: crate::config::ErrorDetail) -> Service {
+        self.error_detail = detail;
+        self
+    }
+
+    /// How much refusals tell the caller.
+    pub fn error_detail(&self) -> crate::config::ErrorDetail {
+        self.error_detail
     }
 
     /// Writes the summary of unauthenticated refusals counted in a window

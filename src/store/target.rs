@@ -121,6 +121,25 @@ impl DisableTarget {
         }
     }
 
+    /// What a bot blocked by this deactivation is told, naming the way
+    /// back (`mayfly identity enable`).
+    pub fn refusal_message(&self) -> String {
+        let what = match self {
+            DisableTarget::Role(role) => format!("role {role:?} is disabled"),
+            DisableTarget::Identity {
+                issuer,
+                subject,
+                role: None,
+            } => format!("identity {issuer}/{subject} is disabled"),
+            DisableTarget::Identity {
+                issuer,
+                subject,
+                role: Some(role),
+            } => format!("identity {issuer}/{subject} is disabled for role {role:?}"),
+        };
+        format!("{what}; ask the CA operator (`mayfly identity enable`)")
+    }
+
     /// The targets that block `issuer`/`subject` in `role`: the identity
     /// everywhere, the identity in this role, the whole role.
     pub fn blocking(issuer: &str, subject: &str, role: &str) -> [DisableTarget; 3] {

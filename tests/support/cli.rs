@@ -71,7 +71,7 @@ pub fn audit_search(config: &Path, filters: &[&str]) -> Vec<Value> {
         .args(filters)
         .output()
         .expect("run mayfly audit search");
-    if out.status.code() == Some(2)
+    if out.status.code() == Some(7)
         && String::from_utf8_lossy(&out.stderr).contains("no matching audit records")
     {
         return Vec::new();
