@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::replica::StatusReport;
 use crate::store::reports::ScrapeGauges;
-use crate::store::{KeyStore, ReplicaStore, ReportStore};
+use crate::store::{ApprovalStore, KeyStore, ReplicaStore, ReportStore};
 use crate::time::UnixSecs;
 
 /// Upper bounds (seconds) of the request latency histogram buckets.
@@ -277,6 +277,8 @@ pub struct Metrics {
     gauges: Option<Arc<dyn ReportStore>>,
     /// The replicas' heartbeats, read at scrape time.
     replicas: Option<Arc<dyn ReplicaStore>>,
+    /// Approval requests, for the open-requests gauge.
+    approvals: Option<Arc<dyn ApprovalStore>>,
     /// Written by the issuers' key caches.
     jwks: Arc<JwksMetrics>,
     /// The listener's connection counters, shared with the serve loop.
@@ -352,6 +354,7 @@ impl Metrics {
             keys: None,
             gauges: Some(store),
             replicas: None,
+            approvals: None,
             jwks: Arc::default(),
             connections: Arc::default(),
         }
@@ -395,6 +398,36 @@ impl Metrics {
     pub fn with_replicas(mut self, store: Arc<dyn ReplicaStore>) -> Metrics {
         self.replicas = Some(store);
         self
+    }
+
+    /// Also reports the approval requests still open (pending and not
+    /// expired) per role, read from `store` at scrape time.
+    pub fn with_approvals(mut self, store: Arc<dyn ApprovalStore>) -> Metrics {
+        self.approvals = Some(store);
+        self
+    }
+
+    /// Open approval requests per role (pending, not expired at `unix`).
+    async fn open_approvals(&self, unix: u64) -> Option<BTreeMap<String, u64>> {
+        let store = self.approvals.as_ref()?;
+        match store
+            .list(Some(crate::approval::ApprovalStatus::Pending))
+            .await
+        {
+            Ok(list) => {
+                let mut out = BTreeMap::new();
+                for r in list.iter().filter(|r| {
+                    r.status_at(unix) == crate::approval::ApprovalStatus::Pending
+                }) {
+                    *out.entry(label(&r.role)).or_default() += 1;
+                }
+                Some(out)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: cannot read the approval requests");
+                None
+            }
+        }
     }
 
     /// The handle through which the issuers' key caches report fetches,
@@ -462,6 +495,7 @@ impl Metrics {
             tracing::warn!(error = %e, "metrics: cannot read the audit database");
         }
         let key_ages = self.key_ages(unix, now).await;
+        let open_approvals = self.open_approvals(unix).await;
         let replicas: Option<Result<StatusReport, String>> = match &self.replicas {
             Some(db) => Some(
                 db.replicas()
@@ -508,6 +542,17 @@ impl Metrics {
             );
             for (role, n) in &g.pending {
                 sample(&mut o, "mayfly_certs_pending_total", &[("role", role)], n);
+            }
+            if let Some(open) = &open_approvals {
+                family(
+                    &mut o,
+                    "mayfly_approval_requests_open",
+                    "gauge",
+                    "Approval requests waiting for approvers now (pending, not expired), by role.",
+                );
+                for (role, n) in open {
+                    sample(&mut o, "mayfly_approval_requests_open", &[("role", role)], n);
+                }
             }
             g.latency.write(
                 &mut o,

@@ -34,14 +34,25 @@ struct Env {
 }
 
 fn setup() -> Env {
+    setup_with("", PROD_POLICY)
+}
+
+/// The four identities plus `root` (an administrator), with `extra`
+/// appended to mayfly.toml and `policy` as the prod-deploy role.
+fn setup_with(extra: &str, policy: &str) -> Env {
     let oidc = Oidc::start(&[
         ClientSpec::new("bot", "RS256").claims(json!({"repository": "acme/api"})),
         ClientSpec::new("alice", "ES256").claims(json!({"groups": ["sre"]})),
         ClientSpec::new("bob", "ES256").claims(json!({"groups": ["dev"]})),
         ClientSpec::new("sre-bot", "EdDSA")
             .claims(json!({"repository": "acme/ops", "groups": ["sre"]})),
+        ClientSpec::new("root", "ES256").claims(json!({"groups": ["admins"]})),
     ]);
-    let ca = Mayfly::start(&oidc.issuer_toml("ci"), &[("prod-deploy", PROD_POLICY)]);
+    let config = format!(
+        "{}\n[[admin]]\nissuer = \"ci\"\n[admin.claims]\nsub = \"root\"\n{extra}",
+        oidc.issuer_toml("ci")
+    );
+    let ca = Mayfly::start(&config, &[("prod-deploy", policy)]);
     Env {
         oidc,
         ca,
@@ -69,6 +80,84 @@ impl Env {
         )
         .expect("GET")
         .json()
+    }
+    fn list_all(&self, who: &str) -> Value {
+        let auth = format!("Bearer {}", self.oidc.token(who));
+        http::request(
+            "GET",
+            &format!("{}/v1/requests?all=true", self.ca.url()),
+            &[("Authorization", auth.as_str())],
+            b"",
+        )
+        .expect("GET")
+        .json()
+    }
+    /// A new approval request by `who` for a fresh key: (id, public key).
+    fn open_request(&self, who: &str) -> (String, String) {
+        let (_, public) = keygen_ed25519(self.dir.path());
+        let r = self.post(
+            "/v1/certs/user",
+            who,
+            json!({"role": "prod-deploy", "public_key": public}),
+        );
+        assert_eq!(r.status, 202, "{}", r.text());
+        let id = r.json()["approval_request"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        (id, public)
+    }
+    /// Runs `mayfly request ARGS --server URL --token-file <who's token>`.
+    fn request_cli(&self, who: &str, args: &[&str]) -> std::process::Output {
+        let server = self.ca.url();
+        let token = self.token_file(who);
+        Command::new(Mayfly::bin())
+            .arg("request")
+            .args(args)
+            .args(["--server", server.as_str(), "--token-file", token.as_str()])
+            .output()
+            .expect("mayfly request")
+    }
+    /// Starts `mayfly ssh` for the bot against a host that is never
+    /// reached, and returns it with its stderr collected as it comes.
+    fn spawn_bot_ssh(&self, timeout: &str) -> (std::process::Child, Arc<Mutex<String>>) {
+        let mut child = Command::new(Mayfly::bin())
+            .args([
+                "ssh",
+                "--server",
+                &self.ca.url(),
+                "--role",
+                "prod-deploy",
+                "--token-file",
+                &self.token_file("bot"),
+                "--approval-timeout",
+                timeout,
+                "--",
+                "-p",
+                "1",
+                "deploy@127.0.0.1",
+                "true",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mayfly ssh");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .expect("lock")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        (child, stderr)
     }
     fn token_file(&self, who: &str) -> String {
         let p = self.dir.path().join(format!("{who}.token"));
@@ -114,6 +203,14 @@ fn approved_request_mints_once_and_nobody_else_can_approve() {
         "{metrics}"
     );
     assert!(!metrics.contains("approval_pending"), "{metrics}");
+    assert!(
+        !metrics.contains("mayfly_certs_denied_total{role=\"prod-deploy\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mayfly_approval_requests_open{role=\"prod-deploy\"} 1"),
+        "{metrics}"
+    );
 
     // alice (groups: sre) sees it and approves; then the bot mints, once.
     let pending = env.list("alice");
@@ -292,4 +389,195 @@ fn mayfly_ssh_waits_for_approval_and_then_logs_in() {
         .expect("read");
     assert!(status.success(), "{}", stderr.lock().expect("lock"));
     assert_eq!(stdout.trim(), "deploy");
+}
+
+/// Waits until `mayfly ssh`'s stderr names its approval request.
+fn wait_for_request_id(stderr: &Arc<Mutex<String>>) -> String {
+    let start = Instant::now();
+    loop {
+        let text = stderr.lock().expect("lock").clone();
+        if let Some(pos) = text.find("mayfly request approve apr_") {
+            let rest = &text[pos + "mayfly request approve ".len()..];
+            return rest.split_whitespace().next().expect("id").to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no approval prompt: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_bot_is_told_who_denied_its_request_and_why() {
+    let env = setup();
+    let (mut child, stderr) = env.spawn_bot_ssh("60s");
+    let id = wait_for_request_id(&stderr);
+    let out = env.request_cli(
+        "alice",
+        &["deny", &id, "--reason", "change freeze until Monday"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = child.wait().expect("wait");
+    let text = stderr.lock().expect("lock").clone();
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("was denied by ci:alice: change freeze until Monday"),
+        "{text}"
+    );
+    // The API answer carries it as well, under the code it always had.
+    let (_, public) = keygen_ed25519(env.dir.path());
+    let r = env.post(
+        "/v1/certs/user",
+        "bot",
+        json!({"role": "prod-deploy", "public_key": public, "approval_request": id}),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    // Another key is a mismatch; the denial is told to the same key only.
+    assert_eq!(r.json()["error"], "approval_mismatch");
+    let (id2, public2) = env.open_request("bot");
+    let r = env.post(
+        &format!("/v1/requests/{id2}/deny"),
+        "alice",
+        json!({"reason": "wrong branch"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = env.post(
+        "/v1/certs/user",
+        "bot",
+        json!({"role": "prod-deploy", "public_key": public2, "approval_request": id2}),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"], "approval_not_pending");
+    let message = r.json()["message"].as_str().unwrap_or("").to_string();
+    assert!(message.contains("denied by ci:alice: wrong branch"), "{message}");
+}
+
+#[test]
+fn a_bot_that_gives_up_cancels_its_request() {
+    let env = setup();
+    let (mut child, stderr) = env.spawn_bot_ssh("3s");
+    let id = wait_for_request_id(&stderr);
+    let status = child.wait().expect("wait");
+    let text = stderr.lock().expect("lock").clone();
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains(&format!("no approval for request {id}")) && text.contains("the request is cancelled"),
+        "{text}"
+    );
+    // It is gone from the approvers' queue and shows as cancelled.
+    assert_eq!(env.list("alice"), json!([]));
+    let all = env.list_all("alice");
+    assert_eq!(all[0]["id"], json!(id), "{all}");
+    assert_eq!(all[0]["status"], "cancelled", "{all}");
+    assert!(all[0]["cancelled"]["by"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("requester:ci:bot"));
+    // Nobody can approve it any more.
+    let out = env.request_cli("alice", &["approve", &id]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cancelled by requester:ci:bot"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rec = env.ca.audit(&["--event", "approval_cancelled"]);
+    assert_eq!(rec.len(), 1, "{rec:?}");
+    assert!(rec[0].to_string().contains("gave up"), "{rec:?}");
+}
+
+#[test]
+fn only_the_requester_or_an_admin_can_cancel_a_request() {
+    let env = setup();
+    let (id, _) = env.open_request("bot");
+    // An approver is not the requester: refused, audited.
+    let r = env.post(&format!("/v1/requests/{id}/cancel"), "alice", json!({}));
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"], "not_canceller");
+    assert_eq!(env.ca.audit_count("approval_vote_refused"), 1);
+    // The bot cancels its own with the CLI.
+    let out = env.request_cli("bot", &["cancel", &id, "--reason", "job aborted"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{id}: cancelled"));
+    // Twice is refused with the state.
+    let out = env.request_cli("bot", &["cancel", &id]);
+    assert!(!out.status.success());
+    // An administrator cancels anyone's.
+    let (id2, _) = env.open_request("bot");
+    let out = env.request_cli("root", &["cancel", &id2, "--reason", "stale"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let all = env.list_all("alice");
+    let by: Vec<&str> = all
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|r| r["cancelled"]["by"].as_str())
+        .collect();
+    assert!(by.contains(&"admin:ci:root"), "{all}");
+    assert_eq!(env.ca.audit_count("approval_cancelled"), 2);
+}
+
+/// Moves a stored request's expiry into the past, as if its time ran out
+/// (the shortest `approval.expires` is a minute).
+fn expire_now(env: &Env, id: &str) {
+    let db = rusqlite::Connection::open(env.ca.data_dir().join("mayfly.db")).expect("db");
+    db.busy_timeout(Duration::from_secs(5)).expect("busy");
+    let past = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs()
+        - 1;
+    let n = db
+        .execute(
+            "UPDATE approvals SET expires_at = ?1, body = json_set(body, '$.expires_at', ?1) WHERE id = ?2",
+            rusqlite::params![past as i64, id],
+        )
+        .expect("update");
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn abandoned_requests_show_as_expired_and_cannot_be_approved() {
+    let env = setup();
+    let (id, public) = env.open_request("bot");
+    let (live, _) = env.open_request("bot");
+    expire_now(&env, &id);
+    // Not in the queue; "expired" (not "pending") in the full list.
+    let pending = env.list("alice");
+    assert_eq!(pending.as_array().map(Vec::len), Some(1), "{pending}");
+    assert_eq!(pending[0]["id"], json!(live));
+    let all = env.list_all("alice");
+    let row = all
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|r| r["id"] == json!(id))
+        .cloned()
+        .expect("expired row");
+    assert_eq!(row["status"], "expired", "{all}");
+    let out = env.request_cli("alice", &["list", "--all"]);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = table.lines().find(|l| l.contains(&id)).unwrap_or("");
+    assert!(line.contains("expired") && !line.contains("pending"), "{table}");
+    // Approving, cancelling and redeeming it are refused, saying so.
+    let r = env.post(&format!("/v1/requests/{id}/approve"), "alice", json!({}));
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("is expired"), "{}", r.text());
+    let r = env.post(&format!("/v1/requests/{id}/cancel"), "bot", json!({}));
+    assert!(r.text().contains("is expired"), "{}", r.text());
+    let r = env.post(
+        "/v1/certs/user",
+        "bot",
+        json!({"role": "prod-deploy", "public_key": public, "approval_request": id}),
+    );
+    assert_eq!(r.json()["error"], "approval_not_pending", "{}", r.text());
+    assert_eq!(env.ca.audit_count("approval_granted"), 0);
+    let metrics = http::get(&format!("{}/metrics", env.ca.url()))
+        .expect("metrics")
+        .text();
+    assert!(
+        metrics.contains("mayfly_approval_requests_open{role=\"prod-deploy\"} 1"),
+        "{metrics}"
+    );
 }

@@ -77,6 +77,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/requests", get(approvals::list))
         .route("/v1/requests/{id}/approve", post(approvals::approve))
         .route("/v1/requests/{id}/deny", post(approvals::deny))
+        .route("/v1/requests/{id}/cancel", post(approvals::cancel))
         .route("/metrics", get(metrics))
         .merge(admin_routes().into_router(state.clone()))
         .fallback(not_found)

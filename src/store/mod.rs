@@ -46,7 +46,7 @@ pub use traits::ImportStore;
 pub use traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
     IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore, Revoker,
-    Store, StoreFuture, Vote,
+    Store, StoreFuture, Vote, Cancel,
 };
 
 /// A store failure. The message is for logs; clients only see "store unavailable".
