@@ -530,6 +530,7 @@ mod tests {
             approvers: rules,
             expires: Duration::from_secs(900),
             distinct: vec![],
+            webhook: None,
         };
         let c = |v: Value| v.as_object().unwrap().clone();
         assert!(p.is_approver(

@@ -244,6 +244,7 @@ pub async fn build_with_audit(
         )?,
     };
     store.audit().on_commit(audit.hook());
+    let audit_log = store.audit_shared();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
@@ -270,6 +271,13 @@ pub async fn build_with_audit(
         admins: cfg.admins.clone(),
         clock: Arc::new(crate::clock::SystemClock::new()),
     });
+    let notifier = crate::service::webhook::Notifier::new(
+        cfg.approval_webhook.clone(),
+        audit_log,
+        Arc::new(crate::clock::SystemClock::new()),
+    )
+    .map_err(std::io::Error::other)?;
+    let service = service.with_approval_webhook(Arc::new(notifier));
     service
         .load_group_keys(&service.policy())
         .await

@@ -581,3 +581,208 @@ fn abandoned_requests_show_as_expired_and_cannot_be_approved() {
         "{metrics}"
     );
 }
+
+/// One HTTP request a [`Receiver`] took: its head (lower-cased header
+/// names) and body.
+#[derive(Debug, Clone)]
+struct Received {
+    head: String,
+    body: Vec<u8>,
+}
+
+/// A local webhook receiver (a small tokio listener on its own thread):
+/// answers each request with the next status of `statuses` (the last one
+/// repeats) and keeps what it got.
+struct Receiver {
+    port: u16,
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    fn start(statuses: &[u16]) -> Receiver {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let port = std_listener.local_addr().expect("addr").port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = got.clone();
+        let statuses = statuses.to_vec();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+                let mut n = 0usize;
+                loop {
+                    let Ok((mut sock, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    // Read the head, then Content-Length bytes of body.
+                    let (head, body) = loop {
+                        let Ok(k) = sock.read(&mut chunk).await else {
+                            break (String::new(), Vec::new());
+                        };
+                        if k == 0 {
+                            break (String::new(), Vec::new());
+                        }
+                        buf.extend_from_slice(&chunk[..k]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break (head, buf[end + 4..end + 4 + len].to_vec());
+                        }
+                    };
+                    let status = statuses[n.min(statuses.len() - 1)];
+                    n += 1;
+                    sink.lock().expect("lock").push(Received { head, body });
+                    let reply = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                    let _ = sock.write_all(reply.as_bytes()).await;
+                    let _ = sock.shutdown().await;
+                }
+            });
+        });
+        Receiver { port, got }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Waits until `n` requests arrived, and returns them.
+    fn wait_for(&self, n: usize) -> Vec<Received> {
+        let start = Instant::now();
+        loop {
+            let got = self.got.lock().expect("lock").clone();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{} of {n} webhook deliveries arrived",
+                got.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+    aws_lc_rs::hmac::sign(&key, body)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn approval_webhook_notifies_approvers_retries_and_is_audited() {
+    // The global receiver fails once, then takes the notice; the second
+    // role's own receiver always fails.
+    let global = Receiver::start(&[500, 200]);
+    let broken = Receiver::start(&[503]);
+    let dir = support::temp_dir("webhook");
+    let secret = "4f1c0f6a9d2e4b7c8a1e3f5d7b9c2e4a";
+    let secret_file = dir.path().join("webhook-secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).expect("secret");
+    let db_policy = format!(
+        "{}webhook = \"{}\"\n",
+        PROD_POLICY.replace("Production deploys", "Database changes"),
+        broken.url("/hooks/T000/B000/s3cr3t-path?token=t0k3n")
+    );
+    let extra = format!(
+        "[approval_webhook]\nurl = \"{}\"\nsecret_file = \"{}\"\nserver_url = \"https://ca.example.com\"\nretries = 1\nretry_initial = \"200ms\"\n",
+        global.url("/notify"),
+        secret_file.display()
+    );
+    let oidc = Oidc::start(&[
+        ClientSpec::new("bot", "RS256").claims(json!({"repository": "acme/api"})),
+    ]);
+    let ca = Mayfly::start(
+        &format!("{}\n{extra}", oidc.issuer_toml("ci")),
+        &[("prod-deploy", PROD_POLICY), ("prod-db", &db_policy)],
+    );
+    let keys = support::temp_dir("webhook-keys");
+    let (_, public) = keygen_ed25519(keys.path());
+    let auth = format!("Bearer {}", oidc.token("bot"));
+    let r = http::post_json(
+        &format!("{}/v1/certs/user", ca.url()),
+        &[("Authorization", auth.as_str())],
+        &json!({"role": "prod-deploy", "public_key": public}),
+    )
+    .expect("POST");
+    assert_eq!(r.status, 202, "{}", r.text());
+    // The bot is answered without waiting for the delivery and its retry
+    // (sent 200ms after the first attempt fails).
+    assert!(global.got.lock().expect("lock").len() < 2);
+    let id = r.json()["approval_request"].as_str().expect("id").to_string();
+    let got = global.wait_for(2);
+    let notice: Value = serde_json::from_slice(&got[1].body).expect("json body");
+    assert_eq!(notice["id"], json!(id), "{notice}");
+    assert_eq!(notice["role"], "prod-deploy");
+    assert_eq!(notice["identity"], "ci:bot");
+    assert_eq!(notice["principals"], json!(["deploy"]));
+    assert_eq!(notice["ttl_seconds"], 600);
+    assert!(notice["key_fingerprint"].as_str().unwrap_or("").starts_with("SHA256:"));
+    assert!(notice["expires_at"].as_str().unwrap_or("").ends_with('Z'), "{notice}");
+    assert!(notice.get("claims").is_some(), "{notice}");
+    assert_eq!(
+        notice["approve_command"],
+        format!("mayfly request approve {id} --server https://ca.example.com")
+    );
+    // Signed over the exact body with the secret (its newline trimmed).
+    let want = format!(
+        "x-mayfly-signature-256: sha256={}",
+        hmac_hex(secret.as_bytes(), &got[1].body)
+    );
+    assert!(got[1].head.contains(&want), "{}", got[1].head);
+    assert_eq!(got[0].body, got[1].body);
+    let delivered = support::wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+        let recs = ca.audit(&["--event", "approval_webhook_delivered"]);
+        (!recs.is_empty()).then_some(recs)
+    })
+    .expect("delivery audited");
+    let text = delivered[0].to_string();
+    assert!(text.contains("attempt 2") && text.contains(&id), "{text}");
+
+    // The role's own webhook wins over the global one; it keeps failing,
+    // which is audited after the retries, and the bot is not held up.
+    let (_, public) = keygen_ed25519(keys.path());
+    let auth = format!("Bearer {}", oidc.token("bot"));
+    let r = http::post_json(
+        &format!("{}/v1/certs/user", ca.url()),
+        &[("Authorization", auth.as_str())],
+        &json!({"role": "prod-db", "public_key": public}),
+    )
+    .expect("POST");
+    assert_eq!(r.status, 202, "{}", r.text());
+    broken.wait_for(2);
+    let failed = support::wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+        let recs = ca.audit(&["--event", "approval_webhook_failed"]);
+        (!recs.is_empty()).then_some(recs)
+    })
+    .expect("failure audited");
+    let text = failed[0].to_string();
+    assert!(text.contains("after 2 attempt(s): HTTP 503"), "{text}");
+    assert_eq!(global.got.lock().expect("lock").len(), 2, "global got the role's notice");
+    // Neither the secret nor the URL's path and query reach the audit or the logs.
+    let all_audit = format!("{:?}", ca.audit(&[]));
+    let logs = format!("{}{}", ca.stderr_log(), ca.stdout_log());
+    for secret_text in [secret, "s3cr3t-path", "t0k3n"] {
+        assert!(!all_audit.contains(secret_text), "{secret_text} in audit");
+        assert!(!logs.contains(secret_text), "{secret_text} in logs: {logs}");
+    }
+}

@@ -56,7 +56,13 @@ impl Service {
         ));
         arec.principals = r.principals.clone();
         let expires_at = r.expires_at;
+        let notice = self.webhook.as_ref().map(|_| r.clone());
         self.store.approvals().put(r, vec![arec]).await?;
+        // After the commit, and in its own task: the bot's answer never
+        // waits for (or fails with) the approvers' webhook.
+        if let (Some(n), Some(r)) = (&self.webhook, notice) {
+            n.notify(&r, ap.webhook.as_ref());
+        }
         Ok(PendingApproval {
             id,
             needed: ap.required,

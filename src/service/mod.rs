@@ -14,6 +14,7 @@ mod keys;
 mod krl;
 mod limits;
 pub mod spec;
+pub mod webhook;
 
 #[cfg(test)]
 mod pipeline_tests;
@@ -104,6 +105,8 @@ pub struct Service {
     admins: Vec<(String, Vec<crate::policy::ClaimRule>)>,
     clock: Arc<dyn Clock>,
     unauthenticated: crate::audit::sampling::RefusalSampler,
+    /// Notifies approvers of new approval requests (`None`: no webhook).
+    webhook: Option<Arc<webhook::Notifier>>,
 }
 
 /// Revocation/deactivation state cached from the store, reloaded whenever
@@ -141,6 +144,12 @@ pub struct ServiceParts {
 }
 
 impl Service {
+    /// Notifies approvers of new approval requests through `notifier`.
+    pub fn with_approval_webhook(mut self, notifier: Arc<webhook::Notifier>) -> Service {
+        self.webhook = Some(notifier);
+        self
+    }
+
     /// Assembles the service.
     pub fn new(p: ServiceParts) -> Service {
         Service {
@@ -156,6 +165,7 @@ impl Service {
             admin: Mutex::new(AdminCache::default()),
             clock: p.clock,
             unauthenticated: crate::audit::sampling::RefusalSampler::new(),
+            webhook: None,
             admins: p
                 .admins
                 .into_iter()
