@@ -255,7 +255,9 @@ pub async fn build_with_audit(
         Metrics::for_data_dir(&cfg.data_dir, store.reports_shared())
             .with_keys(store.keys_shared())
             .with_replicas(store.replicas_shared())
-            .with_approvals(store.approvals_shared()),
+            .with_approvals(store.approvals_shared())
+            .with_audit_stream(audit.stats(), store.audit_shared())
+            .with_process_stats(),
     );
     let verifier = Verifier::new(&cfg.issuers, http, metrics.jwks(), clock.clone());
     tracing::info!(roles = policy.roles.len(), digest = %policy.digest, dir = %cfg.policy_dir.display(), "policy loaded");

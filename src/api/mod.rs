@@ -241,6 +241,11 @@ async fn krl_handler(State(s): State<AppState>, headers: HeaderMap) -> Result<Re
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
+    // The KRL as hosts would fetch it now (cached until revocations
+    // change), so its version and size gauges are current.
+    if let Err(e) = s.service.krl(s.service.clock().now()).await {
+        tracing::warn!(error = %e, "metrics: cannot build the KRL");
+    }
     let p = s.service.policy();
     let body = s
         .service
