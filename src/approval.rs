@@ -472,7 +472,10 @@ mod tests {
         let c = apply_cancel(req(), "requester:ci:bot", "gave up", 200).unwrap();
         assert_eq!(c.status, ApprovalStatus::Cancelled);
         let e = apply_vote(c.clone(), "corp:alice", true, "", 201).unwrap_err();
-        assert!(e.to_string().contains("cancelled by requester:ci:bot"), "{e}");
+        assert!(
+            e.to_string().contains("cancelled by requester:ci:bot"),
+            "{e}"
+        );
         assert!(apply_cancel(c, "admin:corp:root", "", 202).is_err());
         // Past expires_at, nothing can be cancelled or approved: it expired.
         let e = apply_cancel(req(), "requester:ci:bot", "", 1000).unwrap_err();

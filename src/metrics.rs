@@ -72,7 +72,10 @@ fn write_jwks(stats: &BTreeMap<String, IssuerKeyStats>, o: &mut String, now: Sys
     );
     for (issuer, s) in g.iter() {
         if let Some(at) = s.fetched_at {
-            let t = at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let t = at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
             sample(
                 o,
                 "mayfly_jwks_last_success_timestamp_seconds",
@@ -508,9 +511,10 @@ impl Metrics {
         {
             Ok(list) => {
                 let mut out = BTreeMap::new();
-                for r in list.iter().filter(|r| {
-                    r.status_at(unix) == crate::approval::ApprovalStatus::Pending
-                }) {
+                for r in list
+                    .iter()
+                    .filter(|r| r.status_at(unix) == crate::approval::ApprovalStatus::Pending)
+                {
                     *out.entry(label(&r.role)).or_default() += 1;
                 }
                 Some(out)
@@ -593,10 +597,8 @@ impl Metrics {
             Some((stats, log)) => match log.head().await {
                 Ok(h) => Some(
                     stats.render_prometheus()
-                        + &stats.render_lag(
-                            h.map_or(0, |(seq, _)| seq),
-                            crate::clock::unix_ms(now),
-                        ),
+                        + &stats
+                            .render_lag(h.map_or(0, |(seq, _)| seq), crate::clock::unix_ms(now)),
                 ),
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics: cannot read the audit log head");
@@ -660,7 +662,12 @@ impl Metrics {
                     "Approval requests waiting for approvers now (pending, not expired), by role.",
                 );
                 for (role, n) in open {
-                    sample(&mut o, "mayfly_approval_requests_open", &[("role", role)], n);
+                    sample(
+                        &mut o,
+                        "mayfly_approval_requests_open",
+                        &[("role", role)],
+                        n,
+                    );
                 }
             }
             if let Some(k) = g.krl {
@@ -684,7 +691,12 @@ impl Metrics {
                     "gauge",
                     "When the revocations in the served KRL last changed (unix seconds).",
                 );
-                sample(&mut o, "mayfly_krl_generated_timestamp_seconds", &[], k.generated);
+                sample(
+                    &mut o,
+                    "mayfly_krl_generated_timestamp_seconds",
+                    &[],
+                    k.generated,
+                );
             }
             g.latency.write(
                 &mut o,

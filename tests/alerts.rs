@@ -32,8 +32,9 @@ fn alert_rules_are_valid_and_pass_their_unit_tests() {
     let (ok, out) = promtool(&["test", "rules", "alerts.test.yml"]);
     assert!(ok, "promtool test rules:\n{out}");
     // Every alert the issue asks for exists and has a unit test.
-    let rules = std::fs::read_to_string(support::repo_root().join("examples/prometheus/alerts.yml"))
-        .expect("alerts.yml");
+    let rules =
+        std::fs::read_to_string(support::repo_root().join("examples/prometheus/alerts.yml"))
+            .expect("alerts.yml");
     let tests =
         std::fs::read_to_string(support::repo_root().join("examples/prometheus/alerts.test.yml"))
             .expect("alerts.test.yml");
@@ -45,7 +46,10 @@ fn alert_rules_are_valid_and_pass_their_unit_tests() {
         "MayflyDenialSpike",
         "MayflyCaKeyOld",
     ] {
-        assert!(rules.contains(&format!("alert: {alert}\n")), "{alert} missing");
+        assert!(
+            rules.contains(&format!("alert: {alert}\n")),
+            "{alert} missing"
+        );
         assert!(
             tests.contains(&format!("alertname: {alert}\n")),
             "{alert} has no unit test"

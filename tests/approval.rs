@@ -417,7 +417,11 @@ fn the_bot_is_told_who_denied_its_request_and_why() {
         "alice",
         &["deny", &id, "--reason", "change freeze until Monday"],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status = child.wait().expect("wait");
     let text = stderr.lock().expect("lock").clone();
     assert!(!status.success(), "{text}");
@@ -450,7 +454,10 @@ fn the_bot_is_told_who_denied_its_request_and_why() {
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.json()["error"], "approval_not_pending");
     let message = r.json()["message"].as_str().unwrap_or("").to_string();
-    assert!(message.contains("denied by ci:alice: wrong branch"), "{message}");
+    assert!(
+        message.contains("denied by ci:alice: wrong branch"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -462,7 +469,8 @@ fn a_bot_that_gives_up_cancels_its_request() {
     let text = stderr.lock().expect("lock").clone();
     assert!(!status.success(), "{text}");
     assert!(
-        text.contains(&format!("no approval for request {id}")) && text.contains("the request is cancelled"),
+        text.contains(&format!("no approval for request {id}"))
+            && text.contains("the request is cancelled"),
         "{text}"
     );
     // It is gone from the approvers' queue and shows as cancelled.
@@ -498,15 +506,26 @@ fn only_the_requester_or_an_admin_can_cancel_a_request() {
     assert_eq!(env.ca.audit_count("approval_vote_refused"), 1);
     // The bot cancels its own with the CLI.
     let out = env.request_cli("bot", &["cancel", &id, "--reason", "job aborted"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{id}: cancelled"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{id}: cancelled")
+    );
     // Twice is refused with the state.
     let out = env.request_cli("bot", &["cancel", &id]);
     assert!(!out.status.success());
     // An administrator cancels anyone's.
     let (id2, _) = env.open_request("bot");
     let out = env.request_cli("root", &["cancel", &id2, "--reason", "stale"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let all = env.list_all("alice");
     let by: Vec<&str> = all
         .as_array()
@@ -559,7 +578,10 @@ fn abandoned_requests_show_as_expired_and_cannot_be_approved() {
     let out = env.request_cli("alice", &["list", "--all"]);
     let table = String::from_utf8_lossy(&out.stdout).to_string();
     let line = table.lines().find(|l| l.contains(&id)).unwrap_or("");
-    assert!(line.contains("expired") && !line.contains("pending"), "{table}");
+    assert!(
+        line.contains("expired") && !line.contains("pending"),
+        "{table}"
+    );
     // Approving, cancelling and redeeming it are refused, saying so.
     let r = env.post(&format!("/v1/requests/{id}/approve"), "alice", json!({}));
     assert_eq!(r.status, 403, "{}", r.text());
@@ -708,9 +730,8 @@ fn approval_webhook_notifies_approvers_retries_and_is_audited() {
         global.url("/notify"),
         secret_file.display()
     );
-    let oidc = Oidc::start(&[
-        ClientSpec::new("bot", "RS256").claims(json!({"repository": "acme/api"})),
-    ]);
+    let oidc =
+        Oidc::start(&[ClientSpec::new("bot", "RS256").claims(json!({"repository": "acme/api"}))]);
     let ca = Mayfly::start(
         &format!("{}\n{extra}", oidc.issuer_toml("ci")),
         &[("prod-deploy", PROD_POLICY), ("prod-db", &db_policy)],
@@ -728,7 +749,10 @@ fn approval_webhook_notifies_approvers_retries_and_is_audited() {
     // The bot is answered without waiting for the delivery and its retry
     // (sent 200ms after the first attempt fails).
     assert!(global.got.lock().expect("lock").len() < 2);
-    let id = r.json()["approval_request"].as_str().expect("id").to_string();
+    let id = r.json()["approval_request"]
+        .as_str()
+        .expect("id")
+        .to_string();
     let got = global.wait_for(2);
     let notice: Value = serde_json::from_slice(&got[1].body).expect("json body");
     assert_eq!(notice["id"], json!(id), "{notice}");
@@ -736,8 +760,14 @@ fn approval_webhook_notifies_approvers_retries_and_is_audited() {
     assert_eq!(notice["identity"], "ci:bot");
     assert_eq!(notice["principals"], json!(["deploy"]));
     assert_eq!(notice["ttl_seconds"], 600);
-    assert!(notice["key_fingerprint"].as_str().unwrap_or("").starts_with("SHA256:"));
-    assert!(notice["expires_at"].as_str().unwrap_or("").ends_with('Z'), "{notice}");
+    assert!(notice["key_fingerprint"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("SHA256:"));
+    assert!(
+        notice["expires_at"].as_str().unwrap_or("").ends_with('Z'),
+        "{notice}"
+    );
     assert!(notice.get("claims").is_some(), "{notice}");
     assert_eq!(
         notice["approve_command"],
@@ -777,7 +807,11 @@ fn approval_webhook_notifies_approvers_retries_and_is_audited() {
     .expect("failure audited");
     let text = failed[0].to_string();
     assert!(text.contains("after 2 attempt(s): HTTP 503"), "{text}");
-    assert_eq!(global.got.lock().expect("lock").len(), 2, "global got the role's notice");
+    assert_eq!(
+        global.got.lock().expect("lock").len(),
+        2,
+        "global got the role's notice"
+    );
     // Neither the secret nor the URL's path and query reach the audit or the logs.
     let all_audit = format!("{:?}", ca.audit(&[]));
     let logs = format!("{}{}", ca.stderr_log(), ca.stdout_log());

@@ -543,7 +543,7 @@ pub const KNOWN_METRICS: &[&str] = &[
 #[test]
 fn operational_gauges_cover_krl_jwks_audit_keys_and_the_process() {
     let oidc = Oidc::start(&[
-        ClientSpec::new("deploy-rs", "RS256").claims(json!({"repository": "acme/api"})),
+        ClientSpec::new("deploy-rs", "RS256").claims(json!({"repository": "acme/api"}))
     ]);
     let dir = support::temp_dir("metrics-ops");
     let jsonl = dir.path().join("audit.jsonl");
@@ -569,7 +569,11 @@ fn operational_gauges_cover_krl_jwks_audit_keys_and_the_process() {
         .stdin(Stdio::null())
         .output()
         .expect("revoke");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("time")
@@ -598,15 +602,26 @@ fn operational_gauges_cover_krl_jwks_audit_keys_and_the_process() {
         "mayfly_jwks_last_success_timestamp_seconds",
         &[("issuer", oidc.issuer.as_str())],
     );
-    assert!((now - 600.0..=now + 5.0).contains(&fetched), "{fetched} vs {now}");
+    assert!(
+        (now - 600.0..=now + 5.0).contains(&fetched),
+        "{fetched} vs {now}"
+    );
     assert_eq!(
-        value(&scrape, "mayfly_audit_sink_errors_total", &[("sink", "jsonl_file")]),
+        value(
+            &scrape,
+            "mayfly_audit_sink_errors_total",
+            &[("sink", "jsonl_file")]
+        ),
         0.0
     );
     assert!(value(&scrape, "mayfly_audit_checkpoints_total", &[]) >= 1.0);
     let cp_age = value(&scrape, "mayfly_audit_checkpoint_age_seconds", &[]);
     assert!((0.0..600.0).contains(&cp_age), "{cp_age}");
-    let cp_at = value(&scrape, "mayfly_audit_last_checkpoint_timestamp_seconds", &[]);
+    let cp_at = value(
+        &scrape,
+        "mayfly_audit_last_checkpoint_timestamp_seconds",
+        &[],
+    );
     assert!((now - 600.0..=now + 5.0).contains(&cp_at), "{cp_at}");
     for ca_kind in ["user", "host"] {
         let age = value(
@@ -621,7 +636,10 @@ fn operational_gauges_cover_krl_jwks_audit_keys_and_the_process() {
     assert!(value(&scrape, "process_resident_memory_bytes", &[]) > 1e6);
     assert!(value(&scrape, "process_cpu_seconds_total", &[]) > 0.0);
     let start = value(&scrape, "process_start_time_seconds", &[]);
-    assert!((now - 600.0..=now + 5.0).contains(&start), "{start} vs {now}");
+    assert!(
+        (now - 600.0..=now + 5.0).contains(&start),
+        "{start} vs {now}"
+    );
     for name in [
         "mayfly_krl_version",
         "mayfly_jwks_last_success_timestamp_seconds",
@@ -658,7 +676,7 @@ fn metrics_in(expr: &str) -> Vec<String> {
 #[test]
 fn dashboard_and_alert_rules_query_only_metrics_mayfly_exports() {
     let oidc = Oidc::start(&[
-        ClientSpec::new("deploy-rs", "RS256").claims(json!({"repository": "acme/api"})),
+        ClientSpec::new("deploy-rs", "RS256").claims(json!({"repository": "acme/api"}))
     ]);
     let ca = Mayfly::start(&oidc.issuer_toml("ci"), &[("deploy", DEPLOY_POLICY)]);
     let dir = support::temp_dir("metrics-dash");
@@ -684,13 +702,16 @@ fn dashboard_and_alert_rules_query_only_metrics_mayfly_exports() {
     let mut exprs = Vec::new();
     let mut ids = HashSet::new();
     for p in dash["panels"].as_array().expect("panels") {
-        assert!(ids.insert(p["id"].as_u64().expect("id")), "duplicate panel id {p}");
+        assert!(
+            ids.insert(p["id"].as_u64().expect("id")),
+            "duplicate panel id {p}"
+        );
         for t in p["targets"].as_array().into_iter().flatten() {
             exprs.push(t["expr"].as_str().expect("expr").to_string());
         }
     }
-    let rules = std::fs::read_to_string(root.join("examples/prometheus/alerts.yml"))
-        .expect("alerts.yml");
+    let rules =
+        std::fs::read_to_string(root.join("examples/prometheus/alerts.yml")).expect("alerts.yml");
     exprs.extend(
         rules
             .lines()
@@ -700,7 +721,10 @@ fn dashboard_and_alert_rules_query_only_metrics_mayfly_exports() {
     let mut used = HashSet::new();
     for e in &exprs {
         for m in metrics_in(e) {
-            assert!(exported.contains(&m), "{m} (in {e}) is not exported by /metrics");
+            assert!(
+                exported.contains(&m),
+                "{m} (in {e}) is not exported by /metrics"
+            );
             used.insert(m);
         }
     }

@@ -386,12 +386,11 @@ pub async fn request_cert_as(
                     "the bot gave up after --approval-timeout {}s",
                     opts.approval_timeout.as_secs()
                 );
-                let cancel = match cancel_with(&http, &base, &token, &p.approval_request, &reason)
-                    .await
-                {
-                    Ok(_) => "the request is cancelled".to_string(),
-                    Err(e) => format!("cancelling the request failed: {e}"),
-                };
+                let cancel =
+                    match cancel_with(&http, &base, &token, &p.approval_request, &reason).await {
+                        Ok(_) => "the request is cancelled".to_string(),
+                        Err(e) => format!("cancelling the request failed: {e}"),
+                    };
                 return Err(ClientError::ApprovalTimeout {
                     id: p.approval_request,
                     waited: waited.as_secs(),

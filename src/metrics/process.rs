@@ -53,11 +53,21 @@ fn boot_time(stat: &str) -> Option<u64> {
 pub(super) fn write(o: &mut String, _now: SystemTime) {
     let read = |p: &str| std::fs::read_to_string(p).ok();
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        family(o, "process_open_fds", "gauge", "Number of open file descriptors.");
+        family(
+            o,
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+        );
         sample(o, "process_open_fds", &[], dir.count());
     }
     if let Some(n) = read("/proc/self/limits").as_deref().and_then(max_fds) {
-        family(o, "process_max_fds", "gauge", "Maximum number of open file descriptors.");
+        family(
+            o,
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+        );
         sample(o, "process_max_fds", &[], n);
     }
     if let Some(status) = read("/proc/self/status") {
@@ -102,7 +112,9 @@ pub(super) fn write(o: &mut String, _now: SystemTime) {
             (utime + stime) as f64 / USER_HZ,
         );
     }
-    if let (Some(start), Some(btime)) = (field(22), read("/proc/stat").as_deref().and_then(boot_time)) {
+    if let (Some(start), Some(btime)) =
+        (field(22), read("/proc/stat").as_deref().and_then(boot_time))
+    {
         family(
             o,
             "process_start_time_seconds",
@@ -130,12 +142,18 @@ mod tests {
         assert_eq!(f[0], "S");
         assert_eq!(f[14 - 3], "250");
         assert_eq!(f[22 - 3], "1234");
-        assert_eq!(status_kb("Name:\tx\nVmRSS:\t  2048 kB\n", "VmRSS:"), Some(2048 * 1024));
+        assert_eq!(
+            status_kb("Name:\tx\nVmRSS:\t  2048 kB\n", "VmRSS:"),
+            Some(2048 * 1024)
+        );
         assert_eq!(
             max_fds("Limit  Soft Limit  Hard Limit  Units\nMax open files            1024                 524288               files\n"),
             Some(1024)
         );
-        assert_eq!(boot_time("cpu 1 2\nbtime 1700000000\n"), Some(1_700_000_000));
+        assert_eq!(
+            boot_time("cpu 1 2\nbtime 1700000000\n"),
+            Some(1_700_000_000)
+        );
     }
 
     #[test]

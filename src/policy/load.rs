@@ -531,7 +531,11 @@ pub fn parse_role(name: &str, file: &Path, text: &str) -> Result<Role, Vec<Polic
                         Vec::new()
                     }
                 };
-            let webhook = match a.webhook.as_deref().map(crate::policy::approval::ApprovalPolicy::parse_webhook) {
+            let webhook = match a
+                .webhook
+                .as_deref()
+                .map(crate::policy::approval::ApprovalPolicy::parse_webhook)
+            {
                 None => None,
                 Some(Ok(u)) => Some(u),
                 Some(Err(m)) => {

@@ -220,7 +220,8 @@ mod tests {
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
         assert_eq!(format!("{s:?}"), "WebhookSecret([redacted])");
-        let u = url::Url::parse("https://hooks.example.com:8443/services/T0/B0/secret?x=1").unwrap();
+        let u =
+            url::Url::parse("https://hooks.example.com:8443/services/T0/B0/secret?x=1").unwrap();
         assert_eq!(origin(&u), "https://hooks.example.com:8443");
     }
 }

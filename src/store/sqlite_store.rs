@@ -19,9 +19,9 @@ use super::reports::{
 };
 use super::sqlite::{Backend, Sqlite};
 use super::traits::{
-    AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
+    AccessStore, AfterCommit, ApprovalStore, AuditLog, Cancel, CheckpointPage, CheckpointSigner,
     ImportStore, IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore,
-    Revoker, StoreFuture, Vote, Cancel,
+    Revoker, StoreFuture, Vote,
 };
 use super::version_probe::VersionProbe;
 use super::writer::{Hooks, Opener, Readers, Writer};

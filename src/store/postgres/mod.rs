@@ -54,9 +54,9 @@ use super::reports::{
     RoleWindowUsage, ScrapeGauges,
 };
 use super::traits::{
-    AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
+    AccessStore, AfterCommit, ApprovalStore, AuditLog, Cancel, CheckpointPage, CheckpointSigner,
     ImportStore, IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore,
-    Revoker, StoreFuture, Vote, Cancel,
+    Revoker, StoreFuture, Vote,
 };
 use super::writer::Hooks;
 use super::{
