@@ -59,6 +59,10 @@ command -v ansible-playbook >/dev/null 2>&1 || missing+=(ansible-core)
 # creates, on 127.0.0.1 and a free port)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 
+# promtool (Debian's prometheus package) checks and unit-tests the shipped
+# alert rules (tests/alerts.rs)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+
 # Python 3 runs scripts/modcycles.py (the module layering check)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 

@@ -32,6 +32,8 @@ pub enum ApprovalStatus {
     Used,
     /// Nobody decided in time, or the approval was not used in time.
     Expired,
+    /// The requester (or an administrator) withdrew it.
+    Cancelled,
 }
 
 impl ApprovalStatus {
@@ -43,6 +45,7 @@ impl ApprovalStatus {
             ApprovalStatus::Denied => "denied",
             ApprovalStatus::Used => "used",
             ApprovalStatus::Expired => "expired",
+            ApprovalStatus::Cancelled => "cancelled",
         }
     }
 
@@ -54,6 +57,7 @@ impl ApprovalStatus {
             ApprovalStatus::Denied,
             ApprovalStatus::Used,
             ApprovalStatus::Expired,
+            ApprovalStatus::Cancelled,
         ]
         .into_iter()
         .find(|x| x.as_str() == s)
@@ -103,6 +107,20 @@ pub struct ApprovalRequest {
     /// The requester's claim values named by the role's `approval.distinct`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub requester_claims: std::collections::BTreeMap<String, String>,
+    /// Who withdrew the request, why and when (status `cancelled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<Cancellation>,
+}
+
+/// The withdrawal of an approval request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Cancellation {
+    /// `requester:<issuer>:<subject>` or `admin:<issuer>:<subject>`.
+    pub by: String,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub time: UnixSecs,
 }
 
 impl ApprovalRequest {
@@ -113,6 +131,40 @@ impl ApprovalRequest {
                 ApprovalStatus::Expired
             }
             s => s,
+        }
+    }
+
+    /// This request with its status as of `now` (what people are shown:
+    /// an abandoned request reads "expired", not "pending").
+    pub fn as_of(mut self, now: u64) -> ApprovalRequest {
+        self.status = self.status_at(now);
+        self
+    }
+
+    /// The vote that denied it, if one did.
+    pub fn denial(&self) -> Option<&Vote> {
+        self.votes.iter().find(|v| !v.approve)
+    }
+
+    /// Why this request cannot be redeemed or decided at `now`: for a
+    /// denied one, the approver's own words; for a cancelled one, who
+    /// withdrew it.
+    pub fn not_pending(&self, now: u64) -> ApprovalError {
+        let status = self.status_at(now);
+        match (status, self.denial(), &self.cancelled) {
+            (ApprovalStatus::Denied, Some(v), _) => ApprovalError::Denied {
+                id: self.id.clone(),
+                by: v.approver.clone(),
+                reason: v.reason.clone(),
+            },
+            (ApprovalStatus::Cancelled, _, Some(c)) => ApprovalError::NotPending {
+                id: self.id.clone(),
+                status: format!("cancelled by {}", c.by),
+            },
+            _ => ApprovalError::NotPending {
+                id: self.id.clone(),
+                status: status.as_str().into(),
+            },
         }
     }
 }
@@ -145,6 +197,19 @@ pub enum ApprovalError {
     /// The approval is for another identity, role or key.
     #[error("approval request {0} was made for another identity, role or key")]
     Mismatch(String),
+    /// An approver denied the request; the bot is told who and why.
+    #[error("approval request {id} was denied by {by}: {}", if reason.is_empty() { "(no reason given)" } else { reason.as_str() })]
+    Denied {
+        /// Id.
+        id: String,
+        /// `issuer:subject` of the approver who denied it.
+        by: String,
+        /// The reason the approver wrote.
+        reason: String,
+    },
+    /// The caller is neither the requester nor an administrator.
+    #[error("{0} may not cancel approval request {1}: only the identity that made it, or an administrator, may")]
+    NotCanceller(String, String),
     /// Same approver twice.
     #[error("{0} already voted on this request")]
     AlreadyVoted(String),
@@ -170,6 +235,10 @@ impl ApprovalError {
             ApprovalError::NotApprover(..) => "not_approver",
             ApprovalError::SelfApproval => "self_approval",
             ApprovalError::NotPending { .. } => "approval_not_pending",
+            // The same code as any other request that is no longer pending
+            // (an existing contract); the message carries the reason.
+            ApprovalError::Denied { .. } => "approval_not_pending",
+            ApprovalError::NotCanceller(..) => "not_canceller",
             ApprovalError::Mismatch(_) => "approval_mismatch",
             ApprovalError::AlreadyVoted(_) => "already_voted",
             ApprovalError::SameAsRequester(_) => "self_approval",
@@ -260,12 +329,8 @@ pub fn redeem(
         a.key_fingerprint = key_fingerprint.to_string();
         return Ok(());
     }
-    let status = a.status_at(now);
-    if status != ApprovalStatus::Approved {
-        return Err(ApprovalError::NotPending {
-            id: a.id.clone(),
-            status: status.as_str().into(),
-        });
+    if a.status_at(now) != ApprovalStatus::Approved {
+        return Err(a.not_pending(now));
     }
     a.status = ApprovalStatus::Used;
     Ok(())
@@ -336,12 +401,8 @@ pub fn apply_vote(
     if approver == format!("{}:{}", req.issuer, req.subject) {
         return Err(ApprovalError::SelfApproval);
     }
-    let status = req.status_at(now);
-    if status != ApprovalStatus::Pending {
-        return Err(ApprovalError::NotPending {
-            id: req.id.clone(),
-            status: status.as_str().into(),
-        });
+    if req.status_at(now) != ApprovalStatus::Pending {
+        return Err(req.not_pending(now));
     }
     if req.votes.iter().any(|v| v.approver == approver) {
         return Err(ApprovalError::AlreadyVoted(approver.into()));
@@ -357,6 +418,29 @@ pub fn apply_vote(
     } else if req.votes.iter().filter(|v| v.approve).count() as u32 >= req.required {
         req.status = ApprovalStatus::Approved;
     }
+    Ok(req)
+}
+
+/// Withdraws a request (pure): only one still waiting for votes, or
+/// approved and not yet used, can be cancelled; the caller has checked
+/// that `by` may. Decided against the stored row inside the store's
+/// commit, so a cancel and a vote or a redemption never both win.
+pub fn apply_cancel(
+    mut req: ApprovalRequest,
+    by: &str,
+    reason: &str,
+    now: u64,
+) -> Result<ApprovalRequest, ApprovalError> {
+    match req.status_at(now) {
+        ApprovalStatus::Pending | ApprovalStatus::Approved => {}
+        _ => return Err(req.not_pending(now)),
+    }
+    req.status = ApprovalStatus::Cancelled;
+    req.cancelled = Some(Cancellation {
+        by: by.into(),
+        reason: reason.into(),
+        time: UnixSecs(now),
+    });
     Ok(req)
 }
 
@@ -379,7 +463,34 @@ mod tests {
             status: ApprovalStatus::Pending,
             votes: vec![],
             requester_claims: Default::default(),
+            cancelled: None,
         }
+    }
+
+    #[test]
+    fn cancelled_and_expired_requests_take_no_votes_and_denials_carry_the_reason() {
+        let c = apply_cancel(req(), "requester:ci:bot", "gave up", 200).unwrap();
+        assert_eq!(c.status, ApprovalStatus::Cancelled);
+        let e = apply_vote(c.clone(), "corp:alice", true, "", 201).unwrap_err();
+        assert!(
+            e.to_string().contains("cancelled by requester:ci:bot"),
+            "{e}"
+        );
+        assert!(apply_cancel(c, "admin:corp:root", "", 202).is_err());
+        // Past expires_at, nothing can be cancelled or approved: it expired.
+        let e = apply_cancel(req(), "requester:ci:bot", "", 1000).unwrap_err();
+        assert_eq!(e.to_string(), "approval request apr_1 is expired");
+        assert_eq!(req().as_of(1000).status, ApprovalStatus::Expired);
+        let denied = apply_vote(req(), "corp:alice", false, "not during the freeze", 300).unwrap();
+        let e = apply_vote(denied.clone(), "corp:bob", true, "", 301).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "approval request apr_1 was denied by corp:alice: not during the freeze"
+        );
+        assert_eq!(e.code(), "approval_not_pending");
+        let mut a = denied;
+        let e = redeem(&mut a, ("ci", "bot", "deploy"), "SHA256:x", None, 302).unwrap_err();
+        assert!(e.to_string().contains("not during the freeze"), "{e}");
     }
 
     #[test]
@@ -422,6 +533,7 @@ mod tests {
             approvers: rules,
             expires: Duration::from_secs(900),
             distinct: vec![],
+            webhook: None,
         };
         let c = |v: Value| v.as_object().unwrap().clone();
         assert!(p.is_approver(

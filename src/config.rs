@@ -55,10 +55,131 @@ struct RawConfig {
     tls: Option<RawTls>,
     audit: Option<RawAudit>,
     store: Option<RawStore>,
+    approval_webhook: Option<RawApprovalWebhook>,
     #[serde(default, rename = "issuer")]
     issuers: Vec<RawIssuer>,
     #[serde(default, rename = "admin")]
     admins: Vec<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApprovalWebhook {
+    url: Option<String>,
+    secret_file: Option<PathBuf>,
+    server_url: Option<String>,
+    retries: Option<u32>,
+    retry_initial: Option<String>,
+}
+
+/// `[approval_webhook]`: how approvers are notified of new approval
+/// requests (a role's `[approval] webhook` overrides `url`).
+#[derive(Debug, Clone)]
+pub struct ApprovalWebhookConfig {
+    /// Where notices go for roles without their own webhook.
+    pub url: Option<url::Url>,
+    /// HMAC-SHA256 key that signs each notice body (`secret_file`).
+    pub secret: Option<WebhookSecret>,
+    /// The CA's URL as approvers reach it, for the `approve_command` in
+    /// each notice.
+    pub server_url: Option<url::Url>,
+    /// Retries after a failed delivery (each waits twice as long).
+    pub retries: u32,
+    /// Wait before the first retry.
+    pub retry_initial: Duration,
+}
+
+impl Default for ApprovalWebhookConfig {
+    fn default() -> Self {
+        ApprovalWebhookConfig {
+            url: None,
+            secret: None,
+            server_url: None,
+            retries: 5,
+            retry_initial: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The webhook signing key: zeroized on drop, never printed.
+#[derive(Clone)]
+pub struct WebhookSecret(zeroize::Zeroizing<Vec<u8>>);
+
+impl WebhookSecret {
+    /// Wraps key bytes.
+    pub fn new(bytes: Vec<u8>) -> WebhookSecret {
+        WebhookSecret(zeroize::Zeroizing::new(bytes))
+    }
+
+    /// The key bytes, for signing.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret([redacted])")
+    }
+}
+
+impl ApprovalWebhookConfig {
+    fn from_raw(r: RawApprovalWebhook) -> Result<ApprovalWebhookConfig, ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(format!("approval_webhook.{m}"));
+        let url = r
+            .url
+            .as_deref()
+            .map(crate::policy::approval::ApprovalPolicy::parse_webhook)
+            .transpose()
+            .map_err(|m| invalid(format!("url: {m}")))?;
+        let server_url = r
+            .server_url
+            .as_deref()
+            .map(|s| {
+                url::Url::parse(s)
+                    .map_err(|e| invalid(format!("server_url {s:?} is not a URL: {e}")))
+            })
+            .transpose()?;
+        let secret = match &r.secret_file {
+            None => None,
+            Some(p) => {
+                let bytes = std::fs::read(p).map_err(|e| {
+                    invalid(format!("secret_file {}: cannot read it: {e}", p.display()))
+                })?;
+                // A trailing newline from `echo` is not part of the key.
+                let trimmed = bytes.trim_ascii_end().to_vec();
+                drop(zeroize::Zeroizing::new(bytes));
+                if trimmed.len() < 16 {
+                    return Err(invalid(format!(
+                        "secret_file {}: the secret must be at least 16 bytes (e.g. `openssl rand -hex 32`)",
+                        p.display()
+                    )));
+                }
+                Some(WebhookSecret::new(trimmed))
+            }
+        };
+        let retries = r.retries.unwrap_or(5);
+        if retries > 10 {
+            return Err(invalid(format!("retries = {retries}: at most 10")));
+        }
+        let retry_initial = match &r.retry_initial {
+            None => Duration::from_secs(1),
+            Some(s) => duration("approval_webhook.retry_initial", s)?,
+        };
+        if retry_initial < Duration::from_millis(100) || retry_initial > Duration::from_secs(600) {
+            return Err(invalid(format!(
+                "retry_initial = {:?} must be between 100ms and 10m",
+                r.retry_initial.unwrap_or_default()
+            )));
+        }
+        Ok(ApprovalWebhookConfig {
+            url,
+            secret,
+            server_url,
+            retries,
+            retry_initial,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,6 +317,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Which store holds the audit log and the CA's state (`[store]`).
     pub store: StoreSettings,
+    /// How approvers hear of new approval requests (`[approval_webhook]`).
+    pub approval_webhook: ApprovalWebhookConfig,
 }
 
 /// `[store]`: which backend holds the audit log and the CA's state.
@@ -475,6 +598,7 @@ impl Default for Config {
             insecure_http: false,
             audit: AuditConfig::default(),
             store: StoreSettings::default(),
+            approval_webhook: ApprovalWebhookConfig::default(),
         }
     }
 }
@@ -694,6 +818,9 @@ impl Config {
         }
         if let Some(ra) = raw.audit.take() {
             c.audit = AuditConfig::from_raw(ra)?;
+        }
+        if let Some(rw) = raw.approval_webhook.take() {
+            c.approval_webhook = ApprovalWebhookConfig::from_raw(rw)?;
         }
         if let Some(rc) = raw.ca.take() {
             c.ca = CaKeyConfig::from_raw(rc)?;

@@ -8,6 +8,8 @@
 //! replica gauges: every replica's last heartbeat, as the store has it
 //! (see [`crate::replica`]).
 
+mod process;
+
 use crate::auth::keystats::{IssuerKeyStats, JwksMetrics};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -18,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::replica::StatusReport;
 use crate::store::reports::ScrapeGauges;
-use crate::store::{KeyStore, ReplicaStore, ReportStore};
+use crate::store::{ApprovalStore, KeyStore, ReplicaStore, ReportStore};
 use crate::time::UnixSecs;
 
 /// Upper bounds (seconds) of the request latency histogram buckets.
@@ -60,6 +62,26 @@ fn write_jwks(stats: &BTreeMap<String, IssuerKeyStats>, o: &mut String, now: Sys
         if let Some(at) = s.fetched_at {
             let age = now.duration_since(at).map(|d| d.as_secs()).unwrap_or(0);
             sample(o, "mayfly_jwks_key_age_seconds", &[("issuer", issuer)], age);
+        }
+    }
+    family(
+        o,
+        "mayfly_jwks_last_success_timestamp_seconds",
+        "gauge",
+        "When the issuer's signing keys were last fetched successfully (unix seconds; absent until the first fetch).",
+    );
+    for (issuer, s) in g.iter() {
+        if let Some(at) = s.fetched_at {
+            let t = at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            sample(
+                o,
+                "mayfly_jwks_last_success_timestamp_seconds",
+                &[("issuer", issuer)],
+                t,
+            );
         }
     }
     family(
@@ -244,7 +266,16 @@ impl<const N: usize> Histogram<N> {
     }
 }
 
+/// The KRL last built: its version and encoded size.
+#[derive(Debug, Clone, Copy)]
+struct KrlFacts {
+    version: u64,
+    bytes: u64,
+    generated: u64,
+}
+
 struct Inner {
+    krl: Option<KrlFacts>,
     issued: BTreeMap<String, u64>,
     denied: BTreeMap<(String, String), u64>,
     pending: BTreeMap<String, u64>,
@@ -255,6 +286,7 @@ struct Inner {
 impl Default for Inner {
     fn default() -> Self {
         Inner {
+            krl: None,
             issued: BTreeMap::new(),
             denied: BTreeMap::new(),
             pending: BTreeMap::new(),
@@ -277,6 +309,15 @@ pub struct Metrics {
     gauges: Option<Arc<dyn ReportStore>>,
     /// The replicas' heartbeats, read at scrape time.
     replicas: Option<Arc<dyn ReplicaStore>>,
+    /// Approval requests, for the open-requests gauge.
+    approvals: Option<Arc<dyn ApprovalStore>>,
+    /// The audit streaming thread's counters and the log they trail.
+    stream: Option<(
+        Arc<crate::evidence::stream::StreamStats>,
+        Arc<dyn crate::store::AuditLog>,
+    )>,
+    /// Report the process's own stats from /proc/self.
+    process: bool,
     /// Written by the issuers' key caches.
     jwks: Arc<JwksMetrics>,
     /// The listener's connection counters, shared with the serve loop.
@@ -352,6 +393,9 @@ impl Metrics {
             keys: None,
             gauges: Some(store),
             replicas: None,
+            approvals: None,
+            stream: None,
+            process: false,
             jwks: Arc::default(),
             connections: Arc::default(),
         }
@@ -395,6 +439,91 @@ impl Metrics {
     pub fn with_replicas(mut self, store: Arc<dyn ReplicaStore>) -> Metrics {
         self.replicas = Some(store);
         self
+    }
+
+    /// Also reports the approval requests still open (pending and not
+    /// expired) per role, read from `store` at scrape time.
+    pub fn with_approvals(mut self, store: Arc<dyn ApprovalStore>) -> Metrics {
+        self.approvals = Some(store);
+        self
+    }
+
+    /// Also reports the audit stream (sink errors, sink lag, signed
+    /// checkpoint age), reading the head of `log` at scrape time.
+    pub fn with_audit_stream(
+        mut self,
+        stats: Arc<crate::evidence::stream::StreamStats>,
+        log: Arc<dyn crate::store::AuditLog>,
+    ) -> Metrics {
+        self.stream = Some((stats, log));
+        self
+    }
+
+    /// Also reports this process's open fds, memory, CPU time and start
+    /// time (the Prometheus process collector's `process_*` families).
+    pub fn with_process_stats(mut self) -> Metrics {
+        self.process = true;
+        self
+    }
+
+    /// Records the KRL just built (served at `/v1/krl`).
+    pub fn krl_built(&self, version: u64, bytes: usize, generated: u64) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.krl = Some(KrlFacts {
+            version,
+            bytes: bytes as u64,
+            generated,
+        });
+    }
+
+    /// Age in seconds of every stored CA key, by CA and slot (active,
+    /// next, previous), as of `unix`.
+    async fn key_slot_ages(&self, unix: u64) -> Vec<(&'static str, &'static str, u64)> {
+        let mut out = Vec::new();
+        let Some(keys) = &self.keys else {
+            return out;
+        };
+        for (ca, base) in [
+            ("user", crate::config::files::USER_CA_KEY),
+            ("host", crate::config::files::HOST_CA_KEY),
+        ] {
+            if let Ok(Ok(k)) = keys.ca_keys(base).await {
+                for (slot, key) in [
+                    ("active", &k.active),
+                    ("next", &k.next),
+                    ("previous", &k.previous),
+                ] {
+                    if let Some(t) = key.as_ref().and_then(|k| k.created_at) {
+                        out.push((ca, slot, unix.saturating_sub(t)));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Open approval requests per role (pending, not expired at `unix`).
+    async fn open_approvals(&self, unix: u64) -> Option<BTreeMap<String, u64>> {
+        let store = self.approvals.as_ref()?;
+        match store
+            .list(Some(crate::approval::ApprovalStatus::Pending))
+            .await
+        {
+            Ok(list) => {
+                let mut out = BTreeMap::new();
+                for r in list
+                    .iter()
+                    .filter(|r| r.status_at(unix) == crate::approval::ApprovalStatus::Pending)
+                {
+                    *out.entry(label(&r.role)).or_default() += 1;
+                }
+                Some(out)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: cannot read the approval requests");
+                None
+            }
+        }
     }
 
     /// The handle through which the issuers' key caches report fetches,
@@ -462,6 +591,22 @@ impl Metrics {
             tracing::warn!(error = %e, "metrics: cannot read the audit database");
         }
         let key_ages = self.key_ages(unix, now).await;
+        let open_approvals = self.open_approvals(unix).await;
+        let slot_ages = self.key_slot_ages(unix).await;
+        let stream = match &self.stream {
+            Some((stats, log)) => match log.head().await {
+                Ok(h) => Some(
+                    stats.render_prometheus()
+                        + &stats
+                            .render_lag(h.map_or(0, |(seq, _)| seq), crate::clock::unix_ms(now)),
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics: cannot read the audit log head");
+                    Some(stats.render_prometheus())
+                }
+            },
+            None => None,
+        };
         let replicas: Option<Result<StatusReport, String>> = match &self.replicas {
             Some(db) => Some(
                 db.replicas()
@@ -508,6 +653,50 @@ impl Metrics {
             );
             for (role, n) in &g.pending {
                 sample(&mut o, "mayfly_certs_pending_total", &[("role", role)], n);
+            }
+            if let Some(open) = &open_approvals {
+                family(
+                    &mut o,
+                    "mayfly_approval_requests_open",
+                    "gauge",
+                    "Approval requests waiting for approvers now (pending, not expired), by role.",
+                );
+                for (role, n) in open {
+                    sample(
+                        &mut o,
+                        "mayfly_approval_requests_open",
+                        &[("role", role)],
+                        n,
+                    );
+                }
+            }
+            if let Some(k) = g.krl {
+                family(
+                    &mut o,
+                    "mayfly_krl_version",
+                    "gauge",
+                    "Version of the KRL served at /v1/krl (the store's revocation state version).",
+                );
+                sample(&mut o, "mayfly_krl_version", &[], k.version);
+                family(
+                    &mut o,
+                    "mayfly_krl_size_bytes",
+                    "gauge",
+                    "Size of the encoded KRL served at /v1/krl.",
+                );
+                sample(&mut o, "mayfly_krl_size_bytes", &[], k.bytes);
+                family(
+                    &mut o,
+                    "mayfly_krl_generated_timestamp_seconds",
+                    "gauge",
+                    "When the revocations in the served KRL last changed (unix seconds).",
+                );
+                sample(
+                    &mut o,
+                    "mayfly_krl_generated_timestamp_seconds",
+                    &[],
+                    k.generated,
+                );
             }
             g.latency.write(
                 &mut o,
@@ -562,6 +751,28 @@ impl Metrics {
             for (ca, age) in ages {
                 sample(&mut o, "mayfly_ca_key_age_seconds", &[("ca", ca)], age);
             }
+        }
+        if !slot_ages.is_empty() {
+            family(
+                &mut o,
+                "mayfly_ca_key_slot_age_seconds",
+                "gauge",
+                "Seconds since each stored CA key was written, by CA and rotation slot (active, next, previous).",
+            );
+            for (ca, slot, age) in slot_ages {
+                sample(
+                    &mut o,
+                    "mayfly_ca_key_slot_age_seconds",
+                    &[("ca", ca), ("slot", slot)],
+                    age,
+                );
+            }
+        }
+        if let Some(text) = stream {
+            o.push_str(&text);
+        }
+        if self.process {
+            crate::metrics::process::write(&mut o, now);
         }
         if let Some(gauges) = gauges {
             family(

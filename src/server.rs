@@ -244,6 +244,7 @@ pub async fn build_with_audit(
         )?,
     };
     store.audit().on_commit(audit.hook());
+    let audit_log = store.audit_shared();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
@@ -253,7 +254,10 @@ pub async fn build_with_audit(
     let metrics = Arc::new(
         Metrics::for_data_dir(&cfg.data_dir, store.reports_shared())
             .with_keys(store.keys_shared())
-            .with_replicas(store.replicas_shared()),
+            .with_replicas(store.replicas_shared())
+            .with_approvals(store.approvals_shared())
+            .with_audit_stream(audit.stats(), store.audit_shared())
+            .with_process_stats(),
     );
     let verifier = Verifier::new(&cfg.issuers, http, metrics.jwks(), clock.clone());
     tracing::info!(roles = policy.roles.len(), digest = %policy.digest, dir = %cfg.policy_dir.display(), "policy loaded");
@@ -270,6 +274,13 @@ pub async fn build_with_audit(
         clock: Arc::new(crate::clock::SystemClock::new()),
     })
     .with_error_detail(cfg.error_detail);
+    let notifier = crate::service::webhook::Notifier::new(
+        cfg.approval_webhook.clone(),
+        audit_log,
+        Arc::new(crate::clock::SystemClock::new()),
+    )
+    .map_err(std::io::Error::other)?;
+    let service = service.with_approval_webhook(Arc::new(notifier));
     service
         .load_group_keys(&service.policy())
         .await

@@ -515,3 +515,234 @@ fn replica_gauges_show_each_replica_and_policy_drift_between_live_ones() {
     assert_eq!(value(&s, "mayfly_policy_drift", &[]), 0.0);
     assert_eq!(value(&s, "mayfly_store_up", &[]), 1.0);
 }
+
+/// Metric families `/metrics` may export that a single test server does
+/// not show (they need replicas, a fleet, an approval role or a failing
+/// sink). The Grafana dashboard and the alert rules may use these too.
+pub const KNOWN_METRICS: &[&str] = &[
+    "mayfly_replica_info",
+    "mayfly_replica_last_seen_age_seconds",
+    "mayfly_replica_live",
+    "mayfly_policy_drift",
+    "mayfly_certs_pending_total",
+    "mayfly_approval_requests_open",
+    "mayfly_jwks_stale_refusals_total",
+    "mayfly_jwks_fetch_errors_total",
+    "mayfly_audit_sink_lag_records",
+    // Absent until the first checkpoint is signed.
+    "mayfly_audit_checkpoint_age_seconds",
+    "mayfly_audit_last_checkpoint_timestamp_seconds",
+    "mayfly_certs_denied_total",
+    // Host reports (issue 13, part 1).
+    "mayfly_hosts_lagging",
+    // The process collector's metrics, and Prometheus' own.
+    "process_max_fds",
+    "up",
+];
+
+#[test]
+fn operational_gauges_cover_krl_jwks_audit_keys_and_the_process() {
+    let oidc = Oidc::start(&[
+        ClientSpec::new("deploy-rs", "RS256").claims(json!({"repository": "acme/api"}))
+    ]);
+    let dir = support::temp_dir("metrics-ops");
+    let jsonl = dir.path().join("audit.jsonl");
+    let extra = format!(
+        "{}\n[audit]\njsonl_file = \"{}\"\ncheckpoint_every = 1\n",
+        oidc.issuer_toml("ci"),
+        jsonl.display()
+    );
+    let ca = Mayfly::start(&extra, &[("deploy", DEPLOY_POLICY)]);
+    let (_, public) = keygen_ed25519(dir.path());
+    let auth = format!("Bearer {}", oidc.token("deploy-rs"));
+    let r = http::post_json(
+        &format!("{}/v1/certs/user", ca.url()),
+        &[("Authorization", auth.as_str())],
+        &json!({"role": "deploy", "public_key": public}),
+    )
+    .expect("POST");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let serial = r.json()["serial"].as_u64().expect("serial").to_string();
+    let cfg = ca.config_path().to_str().expect("utf8").to_string();
+    let out = Command::new(Mayfly::bin())
+        .args(["revoke", "--serial", &serial, "--config", &cfg])
+        .stdin(Stdio::null())
+        .output()
+        .expect("revoke");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs_f64();
+
+    // The stream catches up and signs a checkpoint of every record.
+    let scrape = support::wait_for(
+        std::time::Duration::from_secs(20),
+        std::time::Duration::from_millis(200),
+        || {
+            let s = scrape(&ca);
+            let caught_up = value(&s, "mayfly_audit_sink_lag_records", &[]) == 0.0
+                && value(&s, "mayfly_audit_unsigned_records", &[]) == 0.0;
+            caught_up.then_some(s)
+        },
+    )
+    .expect("the audit stream did not catch up");
+    let krl = http::get(&format!("{}/v1/krl", ca.url())).expect("krl");
+    assert_eq!(
+        value(&scrape, "mayfly_krl_size_bytes", &[]),
+        krl.body.len() as f64
+    );
+    assert!(value(&scrape, "mayfly_krl_version", &[]) >= 1.0);
+    let fetched = value(
+        &scrape,
+        "mayfly_jwks_last_success_timestamp_seconds",
+        &[("issuer", oidc.issuer.as_str())],
+    );
+    assert!(
+        (now - 600.0..=now + 5.0).contains(&fetched),
+        "{fetched} vs {now}"
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "mayfly_audit_sink_errors_total",
+            &[("sink", "jsonl_file")]
+        ),
+        0.0
+    );
+    assert!(value(&scrape, "mayfly_audit_checkpoints_total", &[]) >= 1.0);
+    let cp_age = value(&scrape, "mayfly_audit_checkpoint_age_seconds", &[]);
+    assert!((0.0..600.0).contains(&cp_age), "{cp_age}");
+    let cp_at = value(
+        &scrape,
+        "mayfly_audit_last_checkpoint_timestamp_seconds",
+        &[],
+    );
+    assert!((now - 600.0..=now + 5.0).contains(&cp_at), "{cp_at}");
+    for ca_kind in ["user", "host"] {
+        let age = value(
+            &scrape,
+            "mayfly_ca_key_slot_age_seconds",
+            &[("ca", ca_kind), ("slot", "active")],
+        );
+        assert!((0.0..600.0).contains(&age), "{ca_kind} {age}");
+    }
+    // The process collector's families, for this server process.
+    assert!(value(&scrape, "process_open_fds", &[]) >= 3.0);
+    assert!(value(&scrape, "process_resident_memory_bytes", &[]) > 1e6);
+    assert!(value(&scrape, "process_cpu_seconds_total", &[]) > 0.0);
+    let start = value(&scrape, "process_start_time_seconds", &[]);
+    assert!(
+        (now - 600.0..=now + 5.0).contains(&start),
+        "{start} vs {now}"
+    );
+    for name in [
+        "mayfly_krl_version",
+        "mayfly_jwks_last_success_timestamp_seconds",
+        "mayfly_audit_checkpoint_age_seconds",
+        "mayfly_ca_key_slot_age_seconds",
+        "process_open_fds",
+    ] {
+        assert!(scrape.docs.contains_key(name), "no HELP for {name}");
+    }
+}
+
+/// The metric names a PromQL expression uses (mayfly's and the process
+/// collector's), with histogram suffixes taken off.
+fn metrics_in(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    for c in expr.chars().chain([' ']) {
+        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+            word.push(c);
+            continue;
+        }
+        if word.starts_with("mayfly_") || word.starts_with("process_") {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| word.strip_suffix(s))
+                .unwrap_or(&word);
+            out.push(base.to_string());
+        }
+        word.clear();
+    }
+    out
+}
+
+#[test]
+fn dashboard_and_alert_rules_query_only_metrics_mayfly_exports() {
+    let oidc = Oidc::start(&[
+        ClientSpec::new("deploy-rs", "RS256").claims(json!({"repository": "acme/api"}))
+    ]);
+    let ca = Mayfly::start(&oidc.issuer_toml("ci"), &[("deploy", DEPLOY_POLICY)]);
+    let dir = support::temp_dir("metrics-dash");
+    let (_, public) = keygen_ed25519(dir.path());
+    let auth = format!("Bearer {}", oidc.token("deploy-rs"));
+    let r = http::post_json(
+        &format!("{}/v1/certs/user", ca.url()),
+        &[("Authorization", auth.as_str())],
+        &json!({"role": "deploy", "public_key": public}),
+    )
+    .expect("POST");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let s = scrape(&ca);
+    let mut exported: HashSet<String> = s.docs.keys().cloned().collect();
+    exported.extend(KNOWN_METRICS.iter().map(|m| m.to_string()));
+
+    let root = support::repo_root();
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("examples/grafana/mayfly-dashboard.json"))
+            .expect("dashboard"),
+    )
+    .expect("the dashboard is valid JSON");
+    let mut exprs = Vec::new();
+    let mut ids = HashSet::new();
+    for p in dash["panels"].as_array().expect("panels") {
+        assert!(
+            ids.insert(p["id"].as_u64().expect("id")),
+            "duplicate panel id {p}"
+        );
+        for t in p["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    let rules =
+        std::fs::read_to_string(root.join("examples/prometheus/alerts.yml")).expect("alerts.yml");
+    exprs.extend(
+        rules
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("expr:"))
+            .map(str::to_string),
+    );
+    let mut used = HashSet::new();
+    for e in &exprs {
+        for m in metrics_in(e) {
+            assert!(
+                exported.contains(&m),
+                "{m} (in {e}) is not exported by /metrics"
+            );
+            used.insert(m);
+        }
+    }
+    // What this issue added is on the dashboard.
+    for m in [
+        "mayfly_approval_requests_open",
+        "mayfly_krl_version",
+        "mayfly_krl_size_bytes",
+        "mayfly_jwks_last_success_timestamp_seconds",
+        "mayfly_audit_checkpoint_age_seconds",
+        "mayfly_audit_sink_errors_total",
+        "mayfly_ca_key_slot_age_seconds",
+        "mayfly_hosts_lagging",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_cpu_seconds_total",
+        "process_start_time_seconds",
+    ] {
+        assert!(used.contains(m), "{m} is on no panel or rule");
+    }
+}

@@ -77,6 +77,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/requests", get(approvals::list))
         .route("/v1/requests/{id}/approve", post(approvals::approve))
         .route("/v1/requests/{id}/deny", post(approvals::deny))
+        .route("/v1/requests/{id}/cancel", post(approvals::cancel))
         .route("/metrics", get(metrics))
         .merge(admin_routes().into_router(state.clone()))
         .fallback(not_found)
@@ -243,6 +244,11 @@ async fn krl_handler(State(s): State<AppState>, headers: HeaderMap) -> Result<Re
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
+    // The KRL as hosts would fetch it now (cached until revocations
+    // change), so its version and size gauges are current.
+    if let Err(e) = s.service.krl(s.service.clock().now()).await {
+        tracing::warn!(error = %e, "metrics: cannot build the KRL");
+    }
     let p = s.service.policy();
     let body = s
         .service

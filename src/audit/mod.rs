@@ -63,6 +63,12 @@ pub enum EventKind {
     /// An approval vote was refused (not an approver, self-approval,
     /// already voted, decided or expired).
     ApprovalVoteRefused,
+    /// The requester (or an administrator) cancelled an approval request.
+    ApprovalCancelled,
+    /// The approvers' webhook took the notice of a new approval request.
+    ApprovalWebhookDelivered,
+    /// The approvers' webhook did not take the notice after every retry.
+    ApprovalWebhookFailed,
     /// Refusals before a token was verified, counted instead of recorded
     /// one by one once a window's sample is full.
     RefusalsSummarized,
@@ -70,7 +76,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every event, for validating names (`audit search --event`).
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::CertIssued,
         EventKind::CertDenied,
         EventKind::CertRevoked,
@@ -85,6 +91,9 @@ impl EventKind {
         EventKind::ApprovalDenied,
         EventKind::ApprovalUsed,
         EventKind::ApprovalVoteRefused,
+        EventKind::ApprovalCancelled,
+        EventKind::ApprovalWebhookDelivered,
+        EventKind::ApprovalWebhookFailed,
         EventKind::RefusalsSummarized,
     ];
 
@@ -110,6 +119,9 @@ impl EventKind {
             EventKind::ApprovalDenied => "approval_denied",
             EventKind::ApprovalUsed => "approval_used",
             EventKind::ApprovalVoteRefused => "approval_vote_refused",
+            EventKind::ApprovalCancelled => "approval_cancelled",
+            EventKind::ApprovalWebhookDelivered => "approval_webhook_delivered",
+            EventKind::ApprovalWebhookFailed => "approval_webhook_failed",
             EventKind::RefusalsSummarized => "refusals_summarized",
         }
     }
@@ -215,6 +227,9 @@ mod event_name_tests {
                 | EventKind::ApprovalDenied
                 | EventKind::ApprovalUsed
                 | EventKind::ApprovalVoteRefused
+                | EventKind::ApprovalCancelled
+                | EventKind::ApprovalWebhookDelivered
+                | EventKind::ApprovalWebhookFailed
                 | EventKind::RefusalsSummarized => EventKind::ALL.contains(&e),
             }
         }

@@ -1,5 +1,6 @@
-//! `mayfly request list | approve | deny`: just-in-time approvals, decided
-//! by a human with their own OIDC token.
+//! `mayfly request list | approve | deny | cancel`: just-in-time approvals,
+//! decided by a human with their own OIDC token, and withdrawn by the bot
+//! that asked (or an administrator).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +58,10 @@ pub enum RequestCmd {
         /// JSON output.
         #[arg(long)]
         json: bool,
+        /// Also the recent requests that are no longer pending (approved,
+        /// denied, used, expired, cancelled), with their state.
+        #[arg(long)]
+        all: bool,
     },
     /// Approve a pending request.
     Approve {
@@ -78,6 +83,16 @@ pub enum RequestCmd {
         #[command(flatten)]
         who: ApproverArgs,
     },
+    /// Cancel a request: the bot that made it (with its token), or an administrator.
+    Cancel {
+        /// Approval request id (apr_...).
+        id: String,
+        /// Why (audited).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        who: ApproverArgs,
+    },
 }
 
 /// Runs one `mayfly request` command.
@@ -85,13 +100,23 @@ pub fn run(cmd: RequestCmd, verbose: bool) -> anyhow::Result<ExitCode> {
     init_logging(quiet(verbose), LogFormat::Text);
     let rt = runtime()?;
     match cmd {
-        RequestCmd::List { who, json } => {
-            let list = rt.block_on(client::list_requests(&who.options()))?;
+        RequestCmd::List { who, json, all } => {
+            let list = if all {
+                rt.block_on(client::list_all_requests(&who.options()))?
+            } else {
+                rt.block_on(client::list_requests(&who.options()))?
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if all {
+                print!("{}", all_table(&list));
             } else {
                 print!("{}", pending_table(&list));
             }
+        }
+        RequestCmd::Cancel { id, reason, who } => {
+            let r = rt.block_on(client::cancel_request(&who.options(), &id, &reason))?;
+            println!("{}: {}", r.id, r.status.as_str());
         }
         RequestCmd::Approve { id, reason, who } => {
             let r = rt.block_on(client::vote_request(&who.options(), &id, true, &reason))?;
@@ -132,6 +157,42 @@ fn pending_table(list: &[ApprovalRequest]) -> String {
             format!("{}:{}", r.issuer, r.subject),
             r.principals.join(","),
             client::remaining(r.expires_at.get()),
+            approvals(r),
+            r.required
+        ));
+    }
+    out
+}
+
+/// The `request list --all` table: every recent request with its state.
+fn all_table(list: &[ApprovalRequest]) -> String {
+    if list.is_empty() {
+        return "no requests of roles you approve\n".into();
+    }
+    let w = |f: fn(&ApprovalRequest) -> String, head: &str| {
+        list.iter()
+            .map(|r| f(r).chars().count())
+            .chain([head.len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let requester = |r: &ApprovalRequest| format!("{}:{}", r.issuer, r.subject);
+    let (wi, wr, wq) = (
+        w(|r| r.id.clone(), "ID"),
+        w(|r| r.role.clone(), "ROLE"),
+        w(requester, "REQUESTER"),
+    );
+    let mut out = format!(
+        "{:<wi$}  {:<wr$}  {:<wq$}  {:<9}  VOTES\n",
+        "ID", "ROLE", "REQUESTER", "STATE"
+    );
+    for r in list {
+        out.push_str(&format!(
+            "{:<wi$}  {:<wr$}  {:<wq$}  {:<9}  {}/{}\n",
+            r.id,
+            r.role,
+            requester(r),
+            r.status.as_str(),
             approvals(r),
             r.required
         ));

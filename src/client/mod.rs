@@ -50,13 +50,16 @@ pub enum ClientError {
         /// Request id to quote to the CA operator.
         request_id: String,
     },
-    /// Nobody approved in time.
-    #[error("no approval for request {id} after {waited}s; ask an approver, or raise --approval-timeout")]
+    /// Nobody approved in time; the bot cancelled its request (or says
+    /// why it could not).
+    #[error("no approval for request {id} after {waited}s; {cancel}; ask an approver, or raise --approval-timeout")]
     ApprovalTimeout {
         /// Approval request id.
         id: String,
         /// Seconds waited.
         waited: u64,
+        /// What became of the request: cancelled, or why it could not be.
+        cancel: String,
     },
     /// The answer could not be understood.
     #[error("the CA's answer is not understood: {0}")]
@@ -391,9 +394,24 @@ pub async fn request_cert_as(
             }
             let waited = started.elapsed();
             if waited >= opts.approval_timeout {
+                if approval_request.is_some() && terminal {
+                    eprintln!();
+                }
+                // Giving up withdraws the request, so no approver acts on
+                // a job that is gone (and no one approves it later).
+                let reason = format!(
+                    "the bot gave up after --approval-timeout {}s",
+                    opts.approval_timeout.as_secs()
+                );
+                let cancel =
+                    match cancel_with(&http, &base, &token, &p.approval_request, &reason).await {
+                        Ok(_) => "the request is cancelled".to_string(),
+                        Err(e) => format!("cancelling the request failed: {e}"),
+                    };
                 return Err(ClientError::ApprovalTimeout {
                     id: p.approval_request,
                     waited: waited.as_secs(),
+                    cancel,
                 });
             }
             if approval_request.is_none() {
@@ -734,6 +752,63 @@ pub async fn list_requests(
     serde_json::from_value(v).map_err(|e| ClientError::BadAnswer(e.to_string()))
 }
 
+/// Whether `id` looks like an approval request id (it goes into a URL path).
+fn check_request_id(id: &str) -> Result<(), ClientError> {
+    let id_ok = !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if id_ok {
+        Ok(())
+    } else {
+        Err(ClientError::ServerUrl {
+            url: id.to_string(),
+            reason: "not an approval request id (apr_...)".into(),
+        })
+    }
+}
+
+/// `POST /v1/requests/{id}/cancel` with `token`.
+async fn cancel_with(
+    http: &reqwest::Client,
+    base: &url::Url,
+    token: &token::Token,
+    id: &str,
+    reason: &str,
+) -> Result<crate::approval::ApprovalRequest, ClientError> {
+    check_request_id(id)?;
+    post_json_with_token(
+        http,
+        base,
+        &format!("v1/requests/{id}/cancel"),
+        token,
+        &serde_json::json!({ "reason": reason }),
+    )
+    .await
+}
+
+/// Cancels a request: the identity that made it (the bot's token), or an
+/// administrator.
+pub async fn cancel_request(
+    opts: &ApproverOptions,
+    id: &str,
+    reason: &str,
+) -> Result<crate::approval::ApprovalRequest, ClientError> {
+    check_request_id(id)?;
+    let base = check_server(&opts.server, opts.insecure_http)?;
+    let http = http_client(&base, opts.ca_file.as_deref())?;
+    let token = token::discover(&opts.token, &|k| std::env::var(k).ok()).await?;
+    cancel_with(&http, &base, &token, id, reason).await
+}
+
+/// Approval requests of the roles the caller approves: pending ones, or
+/// (`all`) the recent ones in every state.
+pub async fn list_all_requests(
+    opts: &ApproverOptions,
+) -> Result<Vec<crate::approval::ApprovalRequest>, ClientError> {
+    let v = approver_call(opts, "v1/requests?all=true", None).await?;
+    serde_json::from_value(v).map_err(|e| ClientError::BadAnswer(e.to_string()))
+}
+
 /// Approves or denies a request.
 pub async fn vote_request(
     opts: &ApproverOptions,
@@ -742,13 +817,7 @@ pub async fn vote_request(
     reason: &str,
 ) -> Result<crate::approval::ApprovalRequest, ClientError> {
     let verb = if approve { "approve" } else { "deny" };
-    let id_ok = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if !id_ok {
-        return Err(ClientError::ServerUrl {
-            url: id.to_string(),
-            reason: "not an approval request id (apr_...)".into(),
-        });
-    }
+    check_request_id(id)?;
     let v = approver_call(
         opts,
         &format!("v1/requests/{id}/{verb}"),

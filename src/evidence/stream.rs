@@ -83,6 +83,10 @@ pub struct StreamStats {
     pub sink_errors: Vec<(String, AtomicU64)>,
     /// Highest seq handed to the sinks.
     pub cursor: AtomicU64,
+    /// Unix ms of the latest signed checkpoint (0: none yet).
+    pub last_checkpoint_ms: AtomicU64,
+    /// The seq the latest signed checkpoint covers.
+    pub last_checkpoint_seq: AtomicU64,
 }
 
 impl StreamStats {
@@ -117,6 +121,42 @@ impl StreamStats {
             "mayfly_audit_checkpoint_errors_total {}\n",
             self.checkpoint_errors.load(Ordering::Relaxed)
         ));
+        s
+    }
+
+    /// Gauges that need the log's head seq and the time: how far the
+    /// sinks and the signed checkpoints trail the log.
+    pub fn render_lag(&self, head: u64, now_ms: u64) -> String {
+        let mut s = String::new();
+        if !self.sink_errors.is_empty() {
+            s.push_str("# HELP mayfly_audit_sink_lag_records Audit records stored but not yet handed to the audit sinks.\n");
+            s.push_str("# TYPE mayfly_audit_sink_lag_records gauge\n");
+            s.push_str(&format!(
+                "mayfly_audit_sink_lag_records {}\n",
+                head.saturating_sub(self.cursor.load(Ordering::Relaxed))
+            ));
+        }
+        s.push_str("# HELP mayfly_audit_unsigned_records Audit records after the latest signed checkpoint.\n");
+        s.push_str("# TYPE mayfly_audit_unsigned_records gauge\n");
+        s.push_str(&format!(
+            "mayfly_audit_unsigned_records {}\n",
+            head.saturating_sub(self.last_checkpoint_seq.load(Ordering::Relaxed))
+        ));
+        let last = self.last_checkpoint_ms.load(Ordering::Relaxed);
+        if last > 0 {
+            s.push_str("# HELP mayfly_audit_last_checkpoint_timestamp_seconds When the latest signed audit checkpoint was made (unix seconds).\n");
+            s.push_str("# TYPE mayfly_audit_last_checkpoint_timestamp_seconds gauge\n");
+            s.push_str(&format!(
+                "mayfly_audit_last_checkpoint_timestamp_seconds {}\n",
+                last / 1000
+            ));
+            s.push_str("# HELP mayfly_audit_checkpoint_age_seconds Seconds since the latest signed audit checkpoint.\n");
+            s.push_str("# TYPE mayfly_audit_checkpoint_age_seconds gauge\n");
+            s.push_str(&format!(
+                "mayfly_audit_checkpoint_age_seconds {}\n",
+                now_ms.saturating_sub(last) / 1000
+            ));
+        }
         s
     }
 }
@@ -370,14 +410,21 @@ impl AuditStream {
         let db = log;
         // Read where to start on a thread of our own: the caller may be
         // inside an async runtime, where blocking on a future is refused.
-        let (head, last_cp, saved) = std::thread::scope(|s| {
+        let (head, last_cp, saved, last_cp_ms) = std::thread::scope(|s| {
             s.spawn(|| -> Result<_, StoreError> {
                 let head = rt.block_on(db.head())?.map(|(s, _)| s).unwrap_or(0);
                 let last_cp = rt
                     .block_on(db.last_checkpoint())?
                     .map(|(seq, _)| seq)
                     .unwrap_or(0);
-                Ok((head, last_cp, rt.block_on(db.stream_cursor())?))
+                // When the latest checkpoint was signed, for its age gauge.
+                let counter = rt.block_on(db.chain_meta())?.checkpoint_counter;
+                let last_cp_ms = rt
+                    .block_on(db.checkpoints(counter.saturating_sub(1) as i64, 1))?
+                    .into_iter()
+                    .find_map(|(_, c)| c.ok())
+                    .map_or(0, |c| c.time_ms.max(0) as u64);
+                Ok((head, last_cp, rt.block_on(db.stream_cursor())?, last_cp_ms))
             })
             .join()
         })
@@ -400,6 +447,8 @@ impl AuditStream {
                 .map(|s| (s.name().to_string(), AtomicU64::new(0)))
                 .collect(),
             cursor: AtomicU64::new(cursor),
+            last_checkpoint_ms: AtomicU64::new(last_cp_ms),
+            last_checkpoint_seq: AtomicU64::new(last_cp),
             ..StreamStats::default()
         });
         let (tx, rx) = mpsc::sync_channel::<Msg>(1);
@@ -645,6 +694,12 @@ impl Worker {
             Ok(Some(cp)) => {
                 self.last_checkpoint_seq = cp.seq;
                 self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .last_checkpoint_seq
+                    .store(cp.seq, Ordering::Relaxed);
+                self.stats
+                    .last_checkpoint_ms
+                    .store(cp.time_ms.max(0) as u64, Ordering::Relaxed);
                 tracing::debug!(seq = cp.seq, "audit checkpoint signed");
             }
             Ok(None) => {

@@ -26,6 +26,9 @@ pub struct ApprovalPolicy {
     /// `distinct = ["actor=preferred_username"]` keeps the person who
     /// triggered a job from approving it from their own account.
     pub distinct: Vec<DistinctClaims>,
+    /// Where new requests of this role are announced to approvers
+    /// (instead of mayfly.toml's `[approval_webhook] url`).
+    pub webhook: Option<url::Url>,
 }
 
 /// A requester claim that an approver's claim must not equal.
@@ -113,6 +116,20 @@ impl ApprovalPolicy {
             }
         }
         Ok(out)
+    }
+
+    /// Parses a webhook URL: https, or plain http to loopback only (the
+    /// notice names who asks for what).
+    pub fn parse_webhook(s: &str) -> Result<url::Url, String> {
+        let u = url::Url::parse(s).map_err(|e| format!("webhook {s:?} is not a URL: {e}"))?;
+        if u.scheme() == "https" || crate::config::is_loopback_http(&u) {
+            Ok(u)
+        } else {
+            Err(format!(
+                "webhook {:?} must be https:// (plain http only to loopback)",
+                u.origin().ascii_serialization()
+            ))
+        }
     }
 
     /// Whether an identity from `issuer` with `claims` may approve.

@@ -123,6 +123,7 @@ struct RawApproval {
     expires: Option<String>,
     #[serde(default)]
     distinct: Vec<String>,
+    webhook: Option<String>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -530,6 +531,18 @@ pub fn parse_role(name: &str, file: &Path, text: &str) -> Result<Role, Vec<Polic
                         Vec::new()
                     }
                 };
+            let webhook = match a
+                .webhook
+                .as_deref()
+                .map(crate::policy::approval::ApprovalPolicy::parse_webhook)
+            {
+                None => None,
+                Some(Ok(u)) => Some(u),
+                Some(Err(m)) => {
+                    errors.push(err(span.clone(), format!("approval.{m}")));
+                    None
+                }
+            };
             match (
                 crate::policy::approval::ApprovalPolicy::parse_approvers(&a.approvers),
                 expires,
@@ -540,6 +553,7 @@ pub fn parse_role(name: &str, file: &Path, text: &str) -> Result<Role, Vec<Polic
                     approvers,
                     expires,
                     distinct,
+                    webhook,
                 }),
                 (Err(m), _) => {
                     errors.push(err(span, m));

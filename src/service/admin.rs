@@ -47,6 +47,13 @@ impl Service {
         result
     }
 
+    /// Whether a verified identity matches an `[[admin]]` rule.
+    pub(super) fn is_admin(&self, v: &crate::auth::VerifiedToken) -> bool {
+        self.admins.iter().any(|(issuer, rules)| {
+            issuer == v.issuer() && crate::policy::match_claims(rules, v.claims()).is_ok()
+        })
+    }
+
     /// Audits (and logs) a refused admin call.
     pub async fn record_admin_refusal(
         &self,

@@ -46,6 +46,7 @@ impl Service {
             status: ApprovalStatus::Pending,
             votes: Vec::new(),
             requester_claims,
+            cancelled: None,
         };
         let mut arec = rec.clone();
         arec.event = EventKind::ApprovalRequested;
@@ -55,7 +56,13 @@ impl Service {
         ));
         arec.principals = r.principals.clone();
         let expires_at = r.expires_at;
+        let notice = self.webhook.as_ref().map(|_| r.clone());
         self.store.approvals().put(r, vec![arec]).await?;
+        // After the commit, and in its own task: the bot's answer never
+        // waits for (or fails with) the approvers' webhook.
+        if let (Some(n), Some(r)) = (&self.webhook, notice) {
+            n.notify(&r, ap.webhook.as_ref());
+        }
         Ok(PendingApproval {
             id,
             needed: ap.required,
@@ -109,11 +116,7 @@ impl Service {
                     expires_at: r.expires_at,
                 }))
             }
-            other => Err(ApprovalError::NotPending {
-                id: id.to_string(),
-                status: other.as_str().into(),
-            }
-            .into()),
+            _ => Err(r.not_pending(now_s).into()),
         }
     }
 
@@ -124,16 +127,30 @@ impl Service {
         token: Option<&crate::auth::BearerToken>,
         now: SystemTime,
     ) -> Result<Vec<crate::approval::ApprovalRequest>, IssueError> {
+        self.approval_requests(token, false, now).await
+    }
+
+    /// Approval requests of the roles the caller approves: the pending
+    /// ones, or (`all`) the most recent in every state, each with its
+    /// status as of `now`, so an abandoned request reads "expired".
+    pub async fn approval_requests(
+        &self,
+        token: Option<&crate::auth::BearerToken>,
+        all: bool,
+        now: SystemTime,
+    ) -> Result<Vec<crate::approval::ApprovalRequest>, IssueError> {
+        use crate::approval::ApprovalStatus;
         let v = self.verify_person(token, now).await?;
         let policy = self.policy();
-        let all = self
+        let listed = self
             .store
             .approvals()
-            .list(Some(crate::approval::ApprovalStatus::Pending))
+            .list((!all).then_some(ApprovalStatus::Pending))
             .await?;
-        Ok(all
+        Ok(listed
             .into_iter()
-            .filter(|r| r.status_at(unix(now)) == crate::approval::ApprovalStatus::Pending)
+            .map(|r| r.as_of(unix(now)))
+            .filter(|r| all || r.status == ApprovalStatus::Pending)
             .filter(|r| {
                 policy
                     .roles
@@ -142,6 +159,90 @@ impl Service {
                     .is_some_and(|ap| ap.is_approver(v.issuer(), v.claims()))
             })
             .collect())
+    }
+
+    /// Cancels approval request `id`: the identity that made it may, and
+    /// so may an administrator (`admin_ok`: the caller passed the admin
+    /// transport checks, e.g. a TLS client certificate when required).
+    /// Audited, refusals too.
+    pub async fn cancel_request(
+        &self,
+        token: Option<&crate::auth::BearerToken>,
+        id: &str,
+        reason: &str,
+        request_id: &str,
+        admin_ok: bool,
+        now: SystemTime,
+    ) -> Result<crate::approval::ApprovalRequest, IssueError> {
+        let mut who = None;
+        let result = self
+            .cancel_inner(token, id, reason, request_id, admin_ok, now, &mut who)
+            .await;
+        if let Err(e) = &result {
+            if !matches!(e, IssueError::Store(_)) {
+                let mut rec =
+                    AuditRecord::new(EventKind::ApprovalVoteRefused, unix_ms(now), request_id);
+                rec.actor = who;
+                rec.reason_code = Some(e.code().to_string());
+                rec.reason = Some(format!(
+                    "cancel approval request {}: {e}",
+                    id.chars().take(64).collect::<String>()
+                ));
+                if let Err(se) = self.store.append(rec).await {
+                    tracing::error!(error = %se, "audit record of a refused cancel not stored");
+                }
+                tracing::warn!(request_id, code = e.code(), reason = %e, "approval cancel refused");
+            }
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn cancel_inner(
+        &self,
+        token: Option<&crate::auth::BearerToken>,
+        id: &str,
+        reason: &str,
+        request_id: &str,
+        admin_ok: bool,
+        now: SystemTime,
+        who: &mut Option<String>,
+    ) -> Result<crate::approval::ApprovalRequest, IssueError> {
+        use crate::approval::ApprovalError;
+        let v = self.verify_person(token, now).await?;
+        let caller = format!("{}:{}", v.issuer(), v.subject());
+        *who = Some(caller.clone());
+        let current = self
+            .store
+            .approvals()
+            .get(id)
+            .await?
+            .ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
+        // The requester's identity never changes, so checking it before the
+        // store's atomic decision is safe.
+        let by = if current.issuer == v.issuer() && current.subject == v.subject() {
+            format!("requester:{caller}")
+        } else if admin_ok && self.is_admin(&v) {
+            format!("admin:{caller}")
+        } else {
+            return Err(ApprovalError::NotCanceller(caller, id.to_string()).into());
+        };
+        *who = Some(by.clone());
+        let mut rec = AuditRecord::new(EventKind::ApprovalCancelled, unix_ms(now), request_id);
+        rec.role = Some(current.role.clone());
+        rec.issuer = Some(current.issuer.clone());
+        rec.subject = Some(current.subject.clone());
+        rec.key_fingerprint = Some(current.key_fingerprint.clone());
+        rec.actor = Some(by.clone());
+        rec.reason = Some(format!("approval request {id} cancelled: {reason}"));
+        let cancel = crate::store::Cancel {
+            by,
+            reason: reason.to_string(),
+            now: unix(now),
+        };
+        let updated = self.store.approvals().cancel(id, cancel, rec).await??;
+        tracing::info!(request_id, approval = %updated.id, "approval request cancelled");
+        Ok(updated)
     }
 
     /// Verifies a person's token (approvers): like a bot token, not single use.

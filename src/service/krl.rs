@@ -41,6 +41,8 @@ impl Service {
             etag: format!("\"krl-{}-{}\"", version.version, bytes.len()),
             bytes,
         });
+        self.metrics
+            .krl_built(snap.version, snap.bytes.len(), snap.generated_date);
         let mut g = self.admin.lock().unwrap_or_else(|p| p.into_inner());
         if g.version == Some(version) {
             g.krl = Some(snap.clone());

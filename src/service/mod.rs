@@ -14,6 +14,7 @@ mod keys;
 mod krl;
 mod limits;
 pub mod spec;
+pub mod webhook;
 
 #[cfg(test)]
 mod pipeline_tests;
@@ -105,6 +106,8 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     unauthenticated: crate::audit::sampling::RefusalSampler,
     error_detail: crate::config::ErrorDetail,
+    /// Notifies approvers of new approval requests (`None`: no webhook).
+    webhook: Option<Arc<webhook::Notifier>>,
 }
 
 /// Revocation/deactivation state cached from the store, reloaded whenever
@@ -142,6 +145,12 @@ pub struct ServiceParts {
 }
 
 impl Service {
+    /// Notifies approvers of new approval requests through `notifier`.
+    pub fn with_approval_webhook(mut self, notifier: Arc<webhook::Notifier>) -> Service {
+        self.webhook = Some(notifier);
+        self
+    }
+
     /// Assembles the service.
     pub fn new(p: ServiceParts) -> Service {
         Service {
@@ -158,6 +167,7 @@ impl Service {
             clock: p.clock,
             unauthenticated: crate::audit::sampling::RefusalSampler::new(),
             error_detail: crate::config::ErrorDetail::Full,
+            webhook: None,
             admins: p
                 .admins
                 .into_iter()

@@ -44,7 +44,7 @@ pub use target::{DisableTarget, DisableTargetError};
 pub use sqlite::Backend;
 pub use traits::ImportStore;
 pub use traits::{
-    AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
+    AccessStore, AfterCommit, ApprovalStore, AuditLog, Cancel, CheckpointPage, CheckpointSigner,
     IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore, Revoker,
     Store, StoreFuture, Vote,
 };

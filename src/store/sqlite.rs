@@ -1681,6 +1681,7 @@ mod tests {
             status: ApprovalStatus::Approved,
             votes: vec![],
             requester_claims: Default::default(),
+            cancelled: None,
         };
         db.approval_put(&a, &[]).unwrap();
         let redeem = |fp: &str| {

@@ -502,6 +502,7 @@ mod tests {
             status,
             votes: vec![],
             requester_claims: Default::default(),
+            cancelled: None,
         }
     }
 

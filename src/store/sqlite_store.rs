@@ -19,7 +19,7 @@ use super::reports::{
 };
 use super::sqlite::{Backend, Sqlite};
 use super::traits::{
-    AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
+    AccessStore, AfterCommit, ApprovalStore, AuditLog, Cancel, CheckpointPage, CheckpointSigner,
     ImportStore, IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore,
     Revoker, StoreFuture, Vote,
 };
@@ -429,6 +429,28 @@ impl ApprovalStore for SqliteStore {
                 &vote.reason,
                 vote.now,
             ) {
+                Ok(r) => {
+                    b.approval_put(&r, &[audit])?;
+                    Ok(Ok(r))
+                }
+                Err(e) => Ok(Err(e)),
+            }
+        })
+    }
+
+    fn cancel(
+        &self,
+        id: &str,
+        cancel: Cancel,
+        audit: AuditRecord,
+    ) -> StoreFuture<'_, Result<ApprovalRequest, ApprovalError>> {
+        let id = id.to_string();
+        // On the one writer, like a vote: the decision sees the stored row.
+        self.write(move |b| {
+            let Some(r) = b.approval_get(&id)? else {
+                return Ok(Err(ApprovalError::NotFound(id)));
+            };
+            match crate::approval::apply_cancel(r, &cancel.by, &cancel.reason, cancel.now) {
                 Ok(r) => {
                     b.approval_put(&r, &[audit])?;
                     Ok(Ok(r))

@@ -190,6 +190,28 @@ pub trait ApprovalStore: Send + Sync {
         vote: Vote,
         audit: AuditRecord,
     ) -> StoreFuture<'_, Result<ApprovalRequest, ApprovalError>>;
+    /// Withdraws request `id` as one atomic read-then-write
+    /// ([`crate::approval::apply_cancel`] decides against the stored row,
+    /// so a cancel racing a vote, a redemption or the expiry has one
+    /// outcome), with its audit record. `Ok(Err(_))`: refused, nothing
+    /// written.
+    fn cancel(
+        &self,
+        id: &str,
+        cancel: Cancel,
+        audit: AuditRecord,
+    ) -> StoreFuture<'_, Result<ApprovalRequest, ApprovalError>>;
+}
+
+/// The withdrawal of an approval request.
+#[derive(Debug, Clone)]
+pub struct Cancel {
+    /// `requester:<issuer>:<subject>` or `admin:<issuer>:<subject>`.
+    pub by: String,
+    /// Why.
+    pub reason: String,
+    /// Unix seconds.
+    pub now: u64,
 }
 
 /// One approver's vote on an approval request.
@@ -625,6 +647,11 @@ impl Store {
     /// Approval requests.
     pub fn approvals(&self) -> &dyn ApprovalStore {
         &*self.approvals
+    }
+
+    /// Approval requests, shared (for the metrics registry).
+    pub fn approvals_shared(&self) -> Arc<dyn ApprovalStore> {
+        self.approvals.clone()
     }
 
     /// Revocations and deactivations.

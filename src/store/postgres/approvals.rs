@@ -9,7 +9,7 @@ use super::db::{Db, PgResult};
 use super::issuance::{approval_get, approval_write};
 use crate::approval::{ApprovalError, ApprovalRequest, ApprovalStatus};
 use crate::audit::AuditRecord;
-use crate::store::Vote;
+use crate::store::{Cancel, Vote};
 
 /// Inserts or replaces `req` with its audit records.
 pub async fn put(tx: Db<'_>, req: &ApprovalRequest, audit: &[AuditRecord]) -> PgResult<()> {
@@ -25,11 +25,39 @@ pub async fn vote(
     vote: &Vote,
     audit: AuditRecord,
 ) -> PgResult<Result<ApprovalRequest, ApprovalError>> {
+    change(tx, id, audit, |r| {
+        crate::approval::apply_vote(r, &vote.approver, vote.approve, &vote.reason, vote.now)
+    })
+    .await
+}
+
+/// Withdraws request `id`: read, decide ([`crate::approval::apply_cancel`]),
+/// write, with its audit record, after the chain lock.
+pub async fn cancel(
+    tx: Db<'_>,
+    id: &str,
+    cancel: &Cancel,
+    audit: AuditRecord,
+) -> PgResult<Result<ApprovalRequest, ApprovalError>> {
+    change(tx, id, audit, |r| {
+        crate::approval::apply_cancel(r, &cancel.by, &cancel.reason, cancel.now)
+    })
+    .await
+}
+
+/// One decided change of request `id` under the chain lock and the row's
+/// lock: nothing else changes it between the read and the write.
+async fn change(
+    tx: Db<'_>,
+    id: &str,
+    audit: AuditRecord,
+    decide: impl FnOnce(ApprovalRequest) -> Result<ApprovalRequest, ApprovalError>,
+) -> PgResult<Result<ApprovalRequest, ApprovalError>> {
     let mut head = chain::lock_head(tx).await?;
     let Some(r) = approval_get(tx, id, true).await? else {
         return Ok(Err(ApprovalError::NotFound(id.to_string())));
     };
-    match crate::approval::apply_vote(r, &vote.approver, vote.approve, &vote.reason, vote.now) {
+    match decide(r) {
         Ok(r) => {
             approval_write(tx, &r).await?;
             let rows = chain::chain_records(&mut head, std::slice::from_ref(&audit));

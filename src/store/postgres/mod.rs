@@ -54,7 +54,7 @@ use super::reports::{
     RoleWindowUsage, ScrapeGauges,
 };
 use super::traits::{
-    AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
+    AccessStore, AfterCommit, ApprovalStore, AuditLog, Cancel, CheckpointPage, CheckpointSigner,
     ImportStore, IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore,
     Revoker, StoreFuture, Vote,
 };
@@ -664,6 +664,20 @@ impl ApprovalStore for PgStore {
         write!(
             self,
             |db| approvals::vote(db, &id, &vote, audit),
+            |_: &Result<ApprovalRequest, ApprovalError>| None
+        )
+    }
+
+    fn cancel(
+        &self,
+        id: &str,
+        cancel: Cancel,
+        audit: AuditRecord,
+    ) -> StoreFuture<'_, Result<ApprovalRequest, ApprovalError>> {
+        let id = id.to_string();
+        write!(
+            self,
+            |db| approvals::cancel(db, &id, &cancel, audit),
             |_: &Result<ApprovalRequest, ApprovalError>| None
         )
     }
