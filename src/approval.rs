@@ -103,6 +103,10 @@ pub struct ApprovalRequest {
     /// The requester's claim values named by the role's `approval.distinct`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub requester_claims: std::collections::BTreeMap<String, String>,
+    /// The requester's job claims (its issuer's `audit_claims`), so an
+    /// approver sees the run, commit and actor being approved.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub job_claims: std::collections::BTreeMap<String, String>,
 }
 
 impl ApprovalRequest {
@@ -379,6 +383,7 @@ mod tests {
             status: ApprovalStatus::Pending,
             votes: vec![],
             requester_claims: Default::default(),
+            job_claims: Default::default(),
         }
     }
 

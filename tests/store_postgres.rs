@@ -448,6 +448,7 @@ fn approval(id: &str, required: u32, status: ApprovalStatus) -> ApprovalRequest 
         status,
         votes: vec![],
         requester_claims: Default::default(),
+        job_claims: Default::default(),
     }
 }
 

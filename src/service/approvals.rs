@@ -46,6 +46,7 @@ impl Service {
             status: ApprovalStatus::Pending,
             votes: Vec::new(),
             requester_claims,
+            job_claims: verified.job_claims().clone(),
         };
         let mut arec = rec.clone();
         arec.event = EventKind::ApprovalRequested;
@@ -237,6 +238,7 @@ impl Service {
         rec.subject = Some(current.subject.clone());
         rec.actor = Some(format!("approver:{approver}"));
         rec.reason = Some(format!("approval request {id}: {reason}"));
+        rec.claims = current.job_claims.clone();
         let vote = crate::store::Vote {
             approver,
             approve,

@@ -212,6 +212,8 @@ async fn rig() -> Rig {
         leeway: Duration::from_secs(30),
         max_token_bytes: 4096,
         max_stale_keys: crate::config::DEFAULT_MAX_STALE_KEYS,
+        kind: crate::config::IssuerKind::Kubernetes,
+        audit_claims: vec!["kubernetes.io/pod/name".into(), "kubernetes.io/pod/uid".into()],
     };
     let verifier = Verifier::new(
         &[issuer],

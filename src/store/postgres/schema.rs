@@ -71,12 +71,23 @@ const MIGRATIONS: &[Migration] = &[
         name: "CA keys and the audit key",
         sql: super::keys::SCHEMA,
     },
+    Migration {
+        version: 4,
+        name: "audit job claims",
+        sql: V4,
+    },
 ];
 
 /// The schema version this build needs.
 pub fn current_version() -> i32 {
     MIGRATIONS.last().map(|m| m.version).unwrap_or(0)
 }
+
+/// Job claims in audit records (hashed with chain encoding version 2 when
+/// present, so earlier records keep verifying).
+const V4: &str = r#"
+ALTER TABLE audit ADD COLUMN claims TEXT;
+"#;
 
 const V1: &str = r#"
 CREATE TABLE audit (
