@@ -54,10 +54,48 @@ struct RawConfig {
     tls: Option<RawTls>,
     audit: Option<RawAudit>,
     store: Option<RawStore>,
+    hosts: Option<RawHosts>,
     #[serde(default, rename = "issuer")]
     issuers: Vec<RawIssuer>,
     #[serde(default, rename = "admin")]
     admins: Vec<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHosts {
+    sync_interval: Option<String>,
+    stale_intervals: Option<u64>,
+}
+
+/// What the CA expects of the hosts that report after `mayfly host sync`
+/// (`[hosts]`): `mayfly hosts`, `/metrics`, `ca rotate` and `revoke --wait`
+/// call a host stale after `stale_intervals` intervals without a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostsConfig {
+    /// How often hosts sync (the shipped timer: 5 minutes).
+    pub sync_interval: Duration,
+    /// Missed intervals after which a host is stale.
+    pub stale_intervals: u64,
+}
+
+impl Default for HostsConfig {
+    fn default() -> Self {
+        HostsConfig {
+            sync_interval: Duration::from_secs(crate::fleet::DEFAULT_SYNC_INTERVAL_SECS),
+            stale_intervals: crate::fleet::DEFAULT_STALE_INTERVALS,
+        }
+    }
+}
+
+impl HostsConfig {
+    /// As the fleet module measures it.
+    pub fn staleness(&self) -> crate::fleet::Staleness {
+        crate::fleet::Staleness {
+            interval_secs: self.sync_interval.as_secs(),
+            intervals: self.stale_intervals,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -285,6 +323,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Which store holds the audit log and the CA's state (`[store]`).
     pub store: StoreSettings,
+    /// Host sync expectations (`[hosts]`).
+    pub hosts: HostsConfig,
 }
 
 /// `[store]`: which backend holds the audit log and the CA's state.
@@ -550,6 +590,7 @@ impl Default for Config {
             insecure_http: false,
             audit: AuditConfig::default(),
             store: StoreSettings::default(),
+            hosts: HostsConfig::default(),
         }
     }
 }
@@ -757,6 +798,26 @@ impl Config {
         }
         if let Some(ra) = raw.audit.take() {
             c.audit = AuditConfig::from_raw(ra)?;
+        }
+        if let Some(rh) = raw.hosts.take() {
+            if let Some(i) = rh.sync_interval {
+                c.hosts.sync_interval = duration("hosts.sync_interval", &i)?;
+            }
+            if !(Duration::from_secs(10)..=Duration::from_secs(86_400))
+                .contains(&c.hosts.sync_interval)
+            {
+                return Err(ConfigError::Invalid(
+                    "hosts.sync_interval must be between 10s and 24h".into(),
+                ));
+            }
+            if let Some(n) = rh.stale_intervals {
+                if !(1..=100).contains(&n) {
+                    return Err(ConfigError::Invalid(
+                        "hosts.stale_intervals must be between 1 and 100".into(),
+                    ));
+                }
+                c.hosts.stale_intervals = n;
+            }
         }
         if let Some(rc) = raw.ca.take() {
             c.ca = CaKeyConfig::from_raw(rc)?;

@@ -72,6 +72,7 @@ pub mod approval;
 pub mod audit;
 pub mod ca;
 pub mod policy;
+pub mod fleet;
 pub mod replica;
 
 pub mod store;

@@ -277,6 +277,8 @@ pub struct Metrics {
     gauges: Option<Arc<dyn ReportStore>>,
     /// The replicas' heartbeats, read at scrape time.
     replicas: Option<Arc<dyn ReplicaStore>>,
+    /// The hosts' sync reports, read at scrape time.
+    hosts: Option<(crate::store::Store, crate::fleet::Staleness)>,
     /// Written by the issuers' key caches.
     jwks: Arc<JwksMetrics>,
     /// The listener's connection counters, shared with the serve loop.
@@ -352,6 +354,7 @@ impl Metrics {
             keys: None,
             gauges: Some(store),
             replicas: None,
+            hosts: None,
             jwks: Arc::default(),
             connections: Arc::default(),
         }
@@ -394,6 +397,13 @@ impl Metrics {
     /// between the live ones, read from `store` at scrape time.
     pub fn with_replicas(mut self, store: Arc<dyn ReplicaStore>) -> Metrics {
         self.replicas = Some(store);
+        self
+    }
+
+    /// Also reports the hosts that sync (total, lagging, stale), read from
+    /// `store` at scrape time.
+    pub fn with_hosts(mut self, store: crate::store::Store, s: crate::fleet::Staleness) -> Metrics {
+        self.hosts = Some((store, s));
         self
     }
 
@@ -474,6 +484,16 @@ impl Metrics {
         if let Some(Err(e)) = &replicas {
             tracing::warn!(error = %e, "metrics: cannot read the replicas' heartbeats");
         }
+        let hosts = match &self.hosts {
+            Some((store, s)) => match crate::fleet::view(store, *s, unix).await {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics: cannot read the hosts' sync reports");
+                    None
+                }
+            },
+            None => None,
+        };
         let mut o = String::new();
         {
             let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -610,7 +630,30 @@ impl Metrics {
         if let Some(Ok(report)) = &replicas {
             write_replicas(report, &mut o);
         }
+        if let Some(v) = &hosts {
+            write_hosts(v, &mut o);
+        }
         o
+    }
+}
+
+/// Renders the host gauges (`mayfly hosts` in numbers).
+fn write_hosts(v: &crate::fleet::FleetView, o: &mut String) {
+    for (name, help, n) in [
+        ("mayfly_hosts", "Hosts that reported after `mayfly host sync`.", v.total),
+        (
+            "mayfly_hosts_lagging",
+            "Reporting hosts whose installed KRL is older than the CA's.",
+            v.lagging,
+        ),
+        (
+            "mayfly_hosts_stale",
+            "Hosts without a report for [hosts] stale_intervals sync intervals.",
+            v.stale,
+        ),
+    ] {
+        family(o, name, "gauge", help);
+        sample(o, name, &[], n);
     }
 }
 

@@ -253,7 +253,8 @@ pub async fn build_with_audit(
     let metrics = Arc::new(
         Metrics::for_data_dir(&cfg.data_dir, store.reports_shared())
             .with_keys(store.keys_shared())
-            .with_replicas(store.replicas_shared()),
+            .with_replicas(store.replicas_shared())
+            .with_hosts(store.clone(), cfg.hosts.staleness()),
     );
     let verifier = Verifier::new(&cfg.issuers, http, metrics.jwks(), clock.clone());
     tracing::info!(roles = policy.roles.len(), digest = %policy.digest, dir = %cfg.policy_dir.display(), "policy loaded");

@@ -6,6 +6,7 @@
 //! signing, so a bug upstream cannot produce a golden ticket.
 
 pub mod keys;
+pub mod hostreport;
 pub mod krl;
 pub mod pkcs11;
 pub mod renewal;

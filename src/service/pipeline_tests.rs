@@ -234,7 +234,7 @@ async fn rig() -> Rig {
         postgres: None,
     })
     .expect("store opens");
-    let (issuance, counters, audit, approvals, access, reports, keys, replicas, imports) =
+    let (issuance, counters, audit, approvals, access, reports, keys, replicas, imports, hosts) =
         store.into_parts();
     let rec = Arc::new(Recording {
         calls: Mutex::new(Vec::new()),
@@ -253,6 +253,7 @@ async fn rig() -> Rig {
         keys,
         replicas,
         imports,
+        hosts,
     );
     store.counters().start(NOW).await.expect("counters start");
     let service = Service::new(ServiceParts {

@@ -21,6 +21,7 @@ pub mod key_files;
 pub mod key_memory;
 pub mod memory;
 pub mod postgres;
+pub mod hosts;
 pub mod replicas;
 pub mod reports;
 pub mod sqlite;
@@ -45,7 +46,8 @@ pub use sqlite::Backend;
 pub use traits::ImportStore;
 pub use traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
-    IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore, Revoker,
+    HostStore, IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore,
+    Revoker,
     Store, StoreFuture, Vote,
 };
 

@@ -127,6 +127,8 @@ pub trait Backend: super::sqlite_import::ImportBackend + Send + 'static {
         &mut self,
         beat: &crate::replica::Heartbeat,
     ) -> Result<Option<crate::replica::Heartbeat>, StoreError>;
+    /// Stores a host's sync report ([`super::HostStore::host_report`]).
+    fn host_report(&mut self, row: &crate::fleet::HostRow) -> Result<Option<u64>, StoreError>;
 }
 
 const SCHEMA: &str = r#"
@@ -221,6 +223,7 @@ impl Sqlite {
         migrate(&conn)?;
         migrate_chain(&conn)?;
         super::replicas::migrate(&conn)?;
+        super::hosts::migrate(&conn)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -1269,6 +1272,10 @@ impl Backend for Sqlite {
         beat: &crate::replica::Heartbeat,
     ) -> Result<Option<crate::replica::Heartbeat>, StoreError> {
         self.replica_heartbeat_impl(beat)
+    }
+
+    fn host_report(&mut self, row: &crate::fleet::HostRow) -> Result<Option<u64>, StoreError> {
+        self.host_report_impl(row)
     }
 
     fn approval_put(
