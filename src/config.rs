@@ -243,8 +243,7 @@ fn audit_claim_name_ok(n: &str) -> bool {
         && !n.starts_with('/')
         && !n.ends_with('/')
         && !n.contains("//")
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
 }
 
@@ -1699,11 +1698,19 @@ mod tests {
         let c = Config::parse(&t("https://token.actions.githubusercontent.com", "")).unwrap();
         assert_eq!(c.issuers[0].kind, IssuerKind::GithubActions);
         assert!(c.issuers[0].audit_claims.contains(&"run_id".to_string()));
-        assert!(c.issuers[0].audit_claims.contains(&"job_workflow_ref".to_string()));
+        assert!(c.issuers[0]
+            .audit_claims
+            .contains(&"job_workflow_ref".to_string()));
         let c = Config::parse(&t("https://gitlab.example.com", "")).unwrap();
-        assert_eq!(c.issuers[0].audit_claims, ["pipeline_id", "job_id", "sha", "user_login"]);
+        assert_eq!(
+            c.issuers[0].audit_claims,
+            ["pipeline_id", "job_id", "sha", "user_login"]
+        );
         let c = Config::parse(&t("https://kubernetes.default.svc", "")).unwrap();
-        assert_eq!(c.issuers[0].audit_claims, ["kubernetes.io/pod/name", "kubernetes.io/pod/uid"]);
+        assert_eq!(
+            c.issuers[0].audit_claims,
+            ["kubernetes.io/pod/name", "kubernetes.io/pod/uid"]
+        );
         let c = Config::parse(&t("https://idp.example.com", "")).unwrap();
         assert!(c.issuers[0].audit_claims.is_empty());
         let c = Config::parse(&t("https://idp.example.com", "kind = \"gitlab\"\n")).unwrap();
@@ -1714,7 +1721,9 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.issuers[0].audit_claims, ["sha"]);
-        let many: Vec<String> = (0..=MAX_AUDIT_CLAIMS).map(|i| format!("\"c{i}\"")).collect();
+        let many: Vec<String> = (0..=MAX_AUDIT_CLAIMS)
+            .map(|i| format!("\"c{i}\""))
+            .collect();
         let err = Config::parse(&t(
             "https://idp.example.com",
             &format!("audit_claims = [{}]\n", many.join(",")),
@@ -1722,12 +1731,18 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("at most 16"), "{err}");
         for bad in ["\"\"", "\"a b\"", "\"/x\"", "\"a//b\"", "\"x\\n\""] {
-            let err = Config::parse(&t("https://idp.example.com", &format!("audit_claims = [{bad}]\n")))
-                .unwrap_err();
+            let err = Config::parse(&t(
+                "https://idp.example.com",
+                &format!("audit_claims = [{bad}]\n"),
+            ))
+            .unwrap_err();
             assert!(err.to_string().contains("audit_claims"), "{bad}: {err}");
         }
-        let err = Config::parse(&t("https://idp.example.com", "audit_claims = [\"a\", \"a\"]\n"))
-            .unwrap_err();
+        let err = Config::parse(&t(
+            "https://idp.example.com",
+            "audit_claims = [\"a\", \"a\"]\n",
+        ))
+        .unwrap_err();
         assert!(err.to_string().contains("twice"), "{err}");
         let err = Config::parse(&t("https://idp.example.com", "kind = \"jenkins\"\n")).unwrap_err();
         assert!(err.to_string().contains("kind"), "{err}");

@@ -108,7 +108,11 @@ pub enum ReportError {
 
 /// Parses and checks a report's text, signed by a certificate valid for
 /// `principals`, at CA time `now`.
-pub fn check_report(text: &str, principals: &[String], now: u64) -> Result<HostReport, ReportError> {
+pub fn check_report(
+    text: &str,
+    principals: &[String],
+    now: u64,
+) -> Result<HostReport, ReportError> {
     let mut r: HostReport =
         serde_json::from_str(text).map_err(|e| ReportError::Malformed(e.to_string()))?;
     if r.host.is_empty()
@@ -129,8 +133,7 @@ pub fn check_report(text: &str, principals: &[String], now: u64) -> Result<HostR
         return Err(ReportError::Stale { time: r.time, now });
     }
     if r.ca_fingerprints.len() > MAX_FINGERPRINTS
-        || r
-            .ca_fingerprints
+        || r.ca_fingerprints
             .iter()
             .any(|f| !f.starts_with("SHA256:") || f.len() > 100 || f.contains(char::is_whitespace))
     {

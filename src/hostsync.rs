@@ -966,12 +966,11 @@ pub async fn report(
     };
     let text = serde_json::to_string(&current_report(&sync.dir, &host, now, last_error))
         .unwrap_or_default();
-    let signature = crate::ca::hostreport::sign(&key, text.as_bytes()).map_err(|e| {
-        ReportSendError::Read {
+    let signature =
+        crate::ca::hostreport::sign(&key, text.as_bytes()).map_err(|e| ReportSendError::Read {
             path: opts.host_key.clone(),
             reason: format!("signing failed: {e}"),
-        }
-    })?;
+        })?;
     let base = base_url(&sync.server, sync.insecure_http)?;
     let http = http_client(&base, sync.ca_file.as_deref())?;
     let url = base
@@ -999,7 +998,10 @@ pub async fn report(
     if status != 200 {
         return Err(ReportSendError::Refused {
             status,
-            message: answer["message"].as_str().unwrap_or("no message").to_string(),
+            message: answer["message"]
+                .as_str()
+                .unwrap_or("no message")
+                .to_string(),
         });
     }
     Ok(answer["ca_krl_version"].as_u64().unwrap_or(0))

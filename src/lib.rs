@@ -71,8 +71,8 @@ pub mod tls;
 pub mod approval;
 pub mod audit;
 pub mod ca;
-pub mod policy;
 pub mod fleet;
+pub mod policy;
 pub mod replica;
 
 pub mod store;

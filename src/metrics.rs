@@ -640,7 +640,11 @@ impl Metrics {
 /// Renders the host gauges (`mayfly hosts` in numbers).
 fn write_hosts(v: &crate::fleet::FleetView, o: &mut String) {
     for (name, help, n) in [
-        ("mayfly_hosts", "Hosts that reported after `mayfly host sync`.", v.total),
+        (
+            "mayfly_hosts",
+            "Hosts that reported after `mayfly host sync`.",
+            v.total,
+        ),
         (
             "mayfly_hosts_lagging",
             "Reporting hosts whose installed KRL is older than the CA's.",

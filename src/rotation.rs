@@ -116,7 +116,10 @@ async fn check_fleet(
     let s = cfg.hosts.staleness();
     let (missing, stale) = crate::fleet::not_trusting(&rows, needed, &published, s, now);
     let names = |v: &[&crate::fleet::HostRow]| {
-        v.iter().map(|r| r.host.as_str()).collect::<Vec<_>>().join(", ")
+        v.iter()
+            .map(|r| r.host.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let mut note = String::new();
     if !missing.is_empty() {
@@ -189,12 +192,30 @@ pub async fn rotate(
     let fleet_note = match step {
         Step::Stage => String::new(),
         Step::Activate => {
-            check_fleet(cfg, &store, &which, &keys, &fp(Slot::Next), "activate", force_fleet, now)
-                .await?
+            check_fleet(
+                cfg,
+                &store,
+                &which,
+                &keys,
+                &fp(Slot::Next),
+                "activate",
+                force_fleet,
+                now,
+            )
+            .await?
         }
         Step::Retire { .. } => {
-            check_fleet(cfg, &store, &which, &keys, &fp(Slot::Active), "retire", force_fleet, now)
-                .await?
+            check_fleet(
+                cfg,
+                &store,
+                &which,
+                &keys,
+                &fp(Slot::Active),
+                "retire",
+                force_fleet,
+                now,
+            )
+            .await?
         }
     };
     let (summary, signing) = match &key_step {

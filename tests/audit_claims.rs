@@ -45,10 +45,7 @@ const AUDIT_CLAIMS: &str =
 /// A CA on `store_toml` (empty: SQLite) trusting `issuer` as `ci`.
 fn ca(issuer: &TestIssuer, store_toml: &str) -> Mayfly {
     Mayfly::start(
-        &format!(
-            "{}\n{store_toml}",
-            issuer.issuer_toml("ci", AUDIT_CLAIMS)
-        ),
+        &format!("{}\n{store_toml}", issuer.issuer_toml("ci", AUDIT_CLAIMS)),
         &[("deploy", DEPLOY), ("prod", PROD)],
     )
 }
@@ -137,7 +134,9 @@ fn job_claims_flow(issuer: &TestIssuer, ca: &Mayfly) {
         "cert_issued",
     ]));
     assert!(
-        table.contains("run_id=4242") && table.contains("actor=octocat") && table.contains("sha=deadbeef"),
+        table.contains("run_id=4242")
+            && table.contains("actor=octocat")
+            && table.contains("sha=deadbeef"),
         "{table}"
     );
 
@@ -148,21 +147,38 @@ fn job_claims_flow(issuer: &TestIssuer, ca: &Mayfly) {
         &json!({"role": "prod", "public_key": public}),
     );
     assert_eq!(r.status, 202, "{}", r.text());
-    let id = r.json()["approval_request"].as_str().expect("id").to_string();
+    let id = r.json()["approval_request"]
+        .as_str()
+        .expect("id")
+        .to_string();
     let alice = dir.path().join("alice.token");
     std::fs::write(&alice, token(issuer, "alice", json!({"groups": ["sre"]}))).expect("token");
-    let who = ["--server", &ca.url(), "--token-file", alice.to_str().expect("path")];
+    let who = [
+        "--server",
+        &ca.url(),
+        "--token-file",
+        alice.to_str().expect("path"),
+    ];
     let list = ok(mayfly(&[&["request", "list"][..], &who[..]].concat()));
     assert!(list.contains(&id), "{list}");
     assert!(
-        list.contains("job: actor=octocat") && list.contains("run_id=4242") && list.contains("sha=deadbeef"),
+        list.contains("job: actor=octocat")
+            && list.contains("run_id=4242")
+            && list.contains("sha=deadbeef"),
         "{list}"
     );
     std::fs::write(&alice, token(issuer, "alice", json!({"groups": ["sre"]}))).expect("token");
     let approved = ok(mayfly(
-        &[&["request", "approve", id.as_str(), "--reason", "ok"][..], &who[..]].concat(),
+        &[
+            &["request", "approve", id.as_str(), "--reason", "ok"][..],
+            &who[..],
+        ]
+        .concat(),
     ));
-    assert!(approved.contains("approved") && approved.contains("run_id=4242"), "{approved}");
+    assert!(
+        approved.contains("approved") && approved.contains("run_id=4242"),
+        "{approved}"
+    );
     let granted = support::audit_search(config, &["--event", "approval_granted"]);
     assert_eq!(granted.len(), 1);
     check_job(&granted[0]);
@@ -191,13 +207,20 @@ fn job_claims_flow(issuer: &TestIssuer, ca: &Mayfly) {
 
 fn verify_ok(args: &[&str]) {
     let out = mayfly(&[&["audit", "verify"][..], args].concat());
-    assert!(out.status.success(), "audit verify {args:?} failed:\n{}", all_output(&out));
+    assert!(
+        out.status.success(),
+        "audit verify {args:?} failed:\n{}",
+        all_output(&out)
+    );
 }
 
 fn verify_fails_at_a_record(config: &Path) {
     let out = mayfly(&["audit", "verify", "--config", &config.display().to_string()]);
     let text = all_output(&out);
-    assert!(!out.status.success(), "an altered job claim went unnoticed:\n{text}");
+    assert!(
+        !out.status.success(),
+        "an altered job claim went unnoticed:\n{text}"
+    );
     assert!(text.contains("altered") || text.contains("seq"), "{text}");
 }
 
@@ -226,10 +249,16 @@ fn job_claims_are_recorded_bounded_shown_and_chained_on_postgres() {
     let db = Postgres::shared().create_database();
     let ca = ca(
         &issuer,
-        &format!("{}\n{}", db.store_toml(), support::postgres::encrypted_ca_toml()),
+        &format!(
+            "{}\n{}",
+            db.store_toml(),
+            support::postgres::encrypted_ca_toml()
+        ),
     );
     job_claims_flow(&issuer, &ca);
-    db.psql("UPDATE audit SET claims = replace(claims, '4242', '4243') WHERE event = 'cert_issued'");
+    db.psql(
+        "UPDATE audit SET claims = replace(claims, '4242', '4243') WHERE event = 'cert_issued'",
+    );
     verify_fails_at_a_record(ca.config_path());
 }
 
@@ -238,7 +267,10 @@ fn records_written_before_job_claims_still_verify() {
     // A log whose records carry no claims (an issuer without audit_claims,
     // as every record before them) keeps the version-1 hash and verifies.
     let issuer = TestIssuer::start();
-    let ca = Mayfly::start(&issuer.issuer_toml("ci", "audit_claims = []"), &[("deploy", DEPLOY)]);
+    let ca = Mayfly::start(
+        &issuer.issuer_toml("ci", "audit_claims = []"),
+        &[("deploy", DEPLOY)],
+    );
     let dir = support::temp_dir("audit-claims-none");
     let (_, public) = keygen_ed25519(dir.path());
     let r = post(

@@ -102,7 +102,15 @@ impl Env {
         let d = self.dir.path().join(node);
         std::fs::create_dir_all(&d).expect("host dir");
         let key = d.join("ssh_host_ed25519_key");
-        run_ssh_keygen(&["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().expect("utf-8")]);
+        run_ssh_keygen(&[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            key.to_str().expect("utf-8"),
+        ]);
         let token = d.join("token");
         std::fs::write(&token, self.token(node, json!({"node": node}))).expect("token");
         let pub_path = d.join("ssh_host_ed25519_key.pub");
@@ -222,25 +230,42 @@ fn lists_and_lags(env: &Env) {
     assert_eq!(s["lagging"], false, "{view}");
     assert_eq!(s["stale"], false, "{view}");
     assert_eq!(s["krl_version"], view["ca_krl_version"], "{view}");
-    assert_eq!(s["ca_fingerprints"].as_array().map(Vec::len), Some(1), "{view}");
+    assert_eq!(
+        s["ca_fingerprints"].as_array().map(Vec::len),
+        Some(1),
+        "{view}"
+    );
     let m = env.metrics();
     assert!(m.contains("mayfly_hosts 1\n"), "{m}");
     assert!(m.contains("mayfly_hosts_lagging 0\n"), "{m}");
 
     // A revocation moves the CA's KRL ahead of the host's.
     let serial = env.issue();
-    ok(mayfly(&["revoke", "--config", &env.config(), "--serial", &serial.to_string()]));
+    ok(mayfly(&[
+        "revoke",
+        "--config",
+        &env.config(),
+        "--serial",
+        &serial.to_string(),
+    ]));
     let out = mayfly(&["hosts", "--config", &env.config()]);
     assert_eq!(out.status.code(), Some(2), "{}", all_output(&out));
     let table = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(table.contains(&h.name) && table.contains("lagging"), "{table}");
+    assert!(
+        table.contains(&h.name) && table.contains("lagging"),
+        "{table}"
+    );
     assert!(env.metrics().contains("mayfly_hosts_lagging 1\n"));
 
     // It syncs again: current.
     assert!(env.sync(&h).status.success());
     let view = env.hosts_json();
     let s = host_state(&view, &h.name);
-    assert_eq!((s["stale"].clone(), s["lagging"].clone()), (json!(false), json!(false)), "{view}");
+    assert_eq!(
+        (s["stale"].clone(), s["lagging"].clone()),
+        (json!(false), json!(false)),
+        "{view}"
+    );
     ok(mayfly(&["hosts", "--config", &env.config()]));
 }
 
@@ -263,7 +288,10 @@ fn a_host_reports_after_sync_and_hosts_shows_lag_and_staleness_on_postgres() {
 
 #[test]
 fn a_host_that_stops_reporting_is_stale_in_hosts_and_metrics() {
-    let env = env_with("[hosts]\nsync_interval = \"10s\"\nstale_intervals = 1\n", "");
+    let env = env_with(
+        "[hosts]\nsync_interval = \"10s\"\nstale_intervals = 1\n",
+        "",
+    );
     let h = env.host("node1");
     assert!(env.sync(&h).status.success());
     std::thread::sleep(Duration::from_secs(11));
@@ -277,12 +305,21 @@ fn a_host_that_stops_reporting_is_stale_in_hosts_and_metrics() {
     // A stale host is not waited for by revoke --wait.
     let serial = env.issue();
     let out = mayfly(&[
-        "revoke", "--config", &env.config(), "--serial", &serial.to_string(), "--wait",
-        "--wait-timeout", "5s",
+        "revoke",
+        "--config",
+        &env.config(),
+        "--serial",
+        &serial.to_string(),
+        "--wait",
+        "--wait-timeout",
+        "5s",
     ]);
     let text = all_output(&out);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("stale") && text.contains("not waited for"), "{text}");
+    assert!(
+        text.contains("stale") && text.contains("not waited for"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -294,7 +331,9 @@ fn forged_absent_other_hosts_and_stale_reports_are_refused() {
     let dir = env.dir.path();
 
     // No signature at all, or an empty one.
-    let r = env.post_report(&json!({"report": report_for(&h1.name, now()).to_string(), "certificate": cert1}));
+    let r = env.post_report(
+        &json!({"report": report_for(&h1.name, now()).to_string(), "certificate": cert1}),
+    );
     assert_eq!(r.status, 400, "{}", r.text());
     let r = env.post_report(&json!({"report": report_for(&h1.name, now()).to_string(),
         "certificate": cert1, "signature": ""}));
@@ -303,7 +342,12 @@ fn forged_absent_other_hosts_and_stale_reports_are_refused() {
 
     // Signed by a key that is not the certified one.
     let (other_key, _) = keygen_ed25519(dir);
-    let r = env.post_report(&signed_report(dir, &other_key, &cert1, &report_for(&h1.name, now())));
+    let r = env.post_report(&signed_report(
+        dir,
+        &other_key,
+        &cert1,
+        &report_for(&h1.name, now()),
+    ));
     assert_eq!(r.status, 401, "{}", r.text());
     assert_eq!(r.json()["error"], "invalid_host_proof");
 
@@ -315,21 +359,52 @@ fn forged_absent_other_hosts_and_stale_reports_are_refused() {
     let rogue_pub = rogue_dir.join("k.pub");
     std::fs::copy(&pub1, &rogue_pub).expect("copy");
     run_ssh_keygen(&[
-        "-q", "-s", rogue_ca.to_str().expect("utf-8"), "-h", "-I", "rogue", "-n",
-        &h1.name, "-V", "+1d", rogue_pub.to_str().expect("utf-8"),
+        "-q",
+        "-s",
+        rogue_ca.to_str().expect("utf-8"),
+        "-h",
+        "-I",
+        "rogue",
+        "-n",
+        &h1.name,
+        "-V",
+        "+1d",
+        rogue_pub.to_str().expect("utf-8"),
     ]);
     let rogue_cert = std::fs::read_to_string(rogue_dir.join("k-cert.pub")).expect("cert");
-    let r = env.post_report(&signed_report(dir, &h1.key, rogue_cert.trim(), &report_for(&h1.name, now())));
+    let r = env.post_report(&signed_report(
+        dir,
+        &h1.key,
+        rogue_cert.trim(),
+        &report_for(&h1.name, now()),
+    ));
     assert_eq!(r.status, 401, "{}", r.text());
-    assert!(r.json()["message"].as_str().unwrap_or("").contains("host CA"), "{}", r.text());
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("host CA"),
+        "{}",
+        r.text()
+    );
 
     // node2 reporting as node1.
-    let r = env.post_report(&signed_report(dir, &h2.key, &cert_of(&h2), &report_for(&h1.name, now())));
+    let r = env.post_report(&signed_report(
+        dir,
+        &h2.key,
+        &cert_of(&h2),
+        &report_for(&h1.name, now()),
+    ));
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.json()["error"], "other_host");
 
     // A report ten minutes old (a replay), properly signed.
-    let r = env.post_report(&signed_report(dir, &h1.key, &cert1, &report_for(&h1.name, now() - 600)));
+    let r = env.post_report(&signed_report(
+        dir,
+        &h1.key,
+        &cert1,
+        &report_for(&h1.name, now() - 600),
+    ));
     assert_eq!(r.status, 401, "{}", r.text());
     assert_eq!(r.json()["error"], "stale_report");
 
@@ -338,13 +413,26 @@ fn forged_absent_other_hosts_and_stale_reports_are_refused() {
 
     // The genuine one is; an older genuine one cannot replace it.
     let t = now();
-    let r = env.post_report(&signed_report(dir, &h1.key, &cert1, &report_for(&h1.name, t)));
+    let r = env.post_report(&signed_report(
+        dir,
+        &h1.key,
+        &cert1,
+        &report_for(&h1.name, t),
+    ));
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = env.post_report(&signed_report(dir, &h1.key, &cert1, &report_for(&h1.name, t - 5)));
+    let r = env.post_report(&signed_report(
+        dir,
+        &h1.key,
+        &cert1,
+        &report_for(&h1.name, t - 5),
+    ));
     assert_eq!(r.status, 409, "{}", r.text());
     let view = env.hosts_json();
     assert_eq!(view["total"], 1, "{view}");
-    assert_eq!(host_state(&view, &h1.name)["ca_fingerprints"], json!(["SHA256:x"]));
+    assert_eq!(
+        host_state(&view, &h1.name)["ca_fingerprints"],
+        json!(["SHA256:x"])
+    );
 }
 
 #[test]
@@ -352,21 +440,29 @@ fn activate_and_retire_wait_for_hosts_to_trust_the_key_and_force_is_audited() {
     let env = env();
     let h = env.host("node1");
     assert!(env.sync(&h).status.success());
-    let rotate = |step: &[&str]| {
-        mayfly(&[&["ca", "rotate", "--config", &env.config()][..], step].concat())
-    };
+    let rotate =
+        |step: &[&str]| mayfly(&[&["ca", "rotate", "--config", &env.config()][..], step].concat());
     ok(rotate(&["--stage"]));
 
     // The host has not synced since: it does not trust the staged key.
     let out = rotate(&["--activate"]);
     let text = all_output(&out);
     assert!(!out.status.success(), "{text}");
-    assert!(text.contains("refusing to activate") && text.contains(&h.name), "{text}");
+    assert!(
+        text.contains("refusing to activate") && text.contains(&h.name),
+        "{text}"
+    );
     let out = rotate(&["--activate", "--force"]);
     assert!(out.status.success(), "{}", all_output(&out));
     let rec = support::audit_search(env.ca.config_path(), &["--event", "ca_key_rotated"]);
-    let reason = rec.last().expect("record")["event"]["reason"].as_str().unwrap_or("").to_string();
-    assert!(reason.contains("forced") && reason.contains(&h.name), "{reason}");
+    let reason = rec.last().expect("record")["event"]["reason"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        reason.contains("forced") && reason.contains(&h.name),
+        "{reason}"
+    );
 
     // Retiring the old key needs the host to trust the active one.
     let out = rotate(&["--retire"]);
@@ -379,7 +475,11 @@ fn activate_and_retire_wait_for_hosts_to_trust_the_key_and_force_is_audited() {
     // For the host CA the side that must have the key is the bots' known_hosts.
     ok(rotate(&["--host", "--stage"]));
     let out = rotate(&["--host", "--activate"]);
-    assert!(all_output(&out).contains("known_hosts"), "{}", all_output(&out));
+    assert!(
+        all_output(&out).contains("known_hosts"),
+        "{}",
+        all_output(&out)
+    );
 }
 
 #[test]
@@ -391,19 +491,34 @@ fn revoke_wait_returns_once_the_host_synced_and_times_out_otherwise() {
     // Nobody syncs: it times out with exit code 3 and names the host.
     let serial = env.issue();
     let out = mayfly(&[
-        "revoke", "--config", &env.config(), "--serial", &serial.to_string(), "--wait",
-        "--wait-timeout", "3s",
+        "revoke",
+        "--config",
+        &env.config(),
+        "--serial",
+        &serial.to_string(),
+        "--wait",
+        "--wait-timeout",
+        "3s",
     ]);
     let text = all_output(&out);
     assert_eq!(out.status.code(), Some(3), "{text}");
-    assert!(text.contains("timed out") && text.contains(&h.name), "{text}");
+    assert!(
+        text.contains("timed out") && text.contains(&h.name),
+        "{text}"
+    );
 
     // The host syncs while revoke waits: it returns 0.
     let serial = env.issue();
     let child = Command::new(Mayfly::bin())
         .args([
-            "revoke", "--config", &env.config(), "--serial", &serial.to_string(), "--wait",
-            "--wait-timeout", "60s",
+            "revoke",
+            "--config",
+            &env.config(),
+            "--serial",
+            &serial.to_string(),
+            "--wait",
+            "--wait-timeout",
+            "60s",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -416,7 +531,10 @@ fn revoke_wait_returns_once_the_host_synced_and_times_out_otherwise() {
     assert!(out.status.success(), "{text}");
     let waiting = text.find(&format!("{}: waiting", h.name));
     let has = text.find(&format!("{}: has the revocation", h.name));
-    assert!(matches!((waiting, has), (Some(w), Some(h)) if w < h), "{text}");
+    assert!(
+        matches!((waiting, has), (Some(w), Some(h)) if w < h),
+        "{text}"
+    );
     // One line per change, not a line per poll.
     assert_eq!(text.matches(": waiting").count(), 1, "{text}");
 }

@@ -118,12 +118,19 @@ mod tests {
         let c = json!({"kubernetes.io": {"namespace": "backup",
             "pod": {"name": "restic-1", "uid": "u-1"}}});
         let got = extract(
-            &names(&["kubernetes.io/pod/name", "kubernetes.io/pod/uid", "kubernetes.io/pod"]),
+            &names(&[
+                "kubernetes.io/pod/name",
+                "kubernetes.io/pod/uid",
+                "kubernetes.io/pod",
+            ]),
             c.as_object().unwrap(),
         );
         assert_eq!(got["kubernetes.io/pod/name"], "restic-1");
         assert_eq!(got["kubernetes.io/pod/uid"], "u-1");
-        assert!(!got.contains_key("kubernetes.io/pod"), "objects are not recorded");
+        assert!(
+            !got.contains_key("kubernetes.io/pod"),
+            "objects are not recorded"
+        );
     }
 
     #[test]

@@ -22,8 +22,8 @@
 //! (`crate::evidence`).
 
 pub mod chain;
-pub mod claims;
 pub mod checkpoint;
+pub mod claims;
 pub mod export;
 pub mod sampling;
 pub mod search;

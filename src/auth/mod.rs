@@ -641,7 +641,10 @@ mod tests {
             max_token_bytes: 4096,
             max_stale_keys,
             kind: crate::config::IssuerKind::Kubernetes,
-            audit_claims: vec!["kubernetes.io/pod/name".into(), "kubernetes.io/pod/uid".into()],
+            audit_claims: vec![
+                "kubernetes.io/pod/name".into(),
+                "kubernetes.io/pod/uid".into(),
+            ],
         };
         Verifier::new(&[cfg], reqwest::Client::new(), metrics, clock)
     }

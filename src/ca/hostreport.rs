@@ -57,7 +57,9 @@ pub enum ReportProofError {
     #[error("signature is not an armored SSH signature: {0}")]
     Signature(String),
     /// The signature is not over this report by the certified key.
-    #[error("signature does not verify: it must be made with the certified host key over this report")]
+    #[error(
+        "signature does not verify: it must be made with the certified host key over this report"
+    )]
     BadSignature,
 }
 

@@ -81,8 +81,14 @@ pub fn run(cmd: CaCmd, verbose: bool) -> anyhow::Result<ExitCode> {
                 (false, None) => Which::User,
             };
             let actor = cli_actor(&env);
-            let summary =
-                runtime()?.block_on(rotation::rotate(&cfg, which, step, force, &actor, now_secs()))?;
+            let summary = runtime()?.block_on(rotation::rotate(
+                &cfg,
+                which,
+                step,
+                force,
+                &actor,
+                now_secs(),
+            ))?;
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }

@@ -136,7 +136,9 @@ pub fn run(cmd: HostCmd, verbose: bool) -> anyhow::Result<ExitCode> {
 fn sync(a: SyncArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     let explicit = a.host_key.is_some() || a.host_cert.is_some() || a.host_name.is_some();
     let report = (!a.no_report).then(|| {
-        let host_key = a.host_key.unwrap_or_else(|| PathBuf::from(DEFAULT_HOST_KEY));
+        let host_key = a
+            .host_key
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_HOST_KEY));
         let certificate = a.host_cert.unwrap_or_else(|| {
             let mut c = host_key.clone().into_os_string();
             c.push("-cert.pub");

@@ -65,7 +65,13 @@ fn render(v: &FleetView) -> String {
         );
         return out;
     }
-    let width = v.hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(4);
+    let width = v
+        .hosts
+        .iter()
+        .map(|h| h.host.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     out.push_str(&format!(
         "{:<width$}  {:<8}  {:>11}  {:>10}  {:<20}  LAST ERROR\n",
         "HOST", "STATE", "KRL", "BEHIND", "LAST REPORT"

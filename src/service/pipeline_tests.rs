@@ -213,7 +213,10 @@ async fn rig() -> Rig {
         max_token_bytes: 4096,
         max_stale_keys: crate::config::DEFAULT_MAX_STALE_KEYS,
         kind: crate::config::IssuerKind::Kubernetes,
-        audit_claims: vec!["kubernetes.io/pod/name".into(), "kubernetes.io/pod/uid".into()],
+        audit_claims: vec![
+            "kubernetes.io/pod/name".into(),
+            "kubernetes.io/pod/uid".into(),
+        ],
     };
     let verifier = Verifier::new(
         &[issuer],

@@ -16,12 +16,12 @@
 //! [`crate::audit::chain`], not here, so a second backend stores the same.
 
 pub mod approvals;
+pub mod hosts;
 pub mod import;
 pub mod key_files;
 pub mod key_memory;
 pub mod memory;
 pub mod postgres;
-pub mod hosts;
 pub mod replicas;
 pub mod reports;
 pub mod sqlite;
@@ -45,9 +45,8 @@ pub use target::{DisableTarget, DisableTargetError};
 pub use sqlite::Backend;
 pub use traits::ImportStore;
 pub use traits::{
-    AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner,
-    HostStore, IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore,
-    Revoker,
+    AccessStore, AfterCommit, ApprovalStore, AuditLog, CheckpointPage, CheckpointSigner, HostStore,
+    IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore, Revoker,
     Store, StoreFuture, Vote,
 };
 
