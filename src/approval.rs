@@ -107,6 +107,10 @@ pub struct ApprovalRequest {
     /// The requester's claim values named by the role's `approval.distinct`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub requester_claims: std::collections::BTreeMap<String, String>,
+    /// The requester's job claims (its issuer's `audit_claims`), so an
+    /// approver sees the run, commit and actor being approved.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub job_claims: std::collections::BTreeMap<String, String>,
     /// Who withdrew the request, why and when (status `cancelled`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancelled: Option<Cancellation>,
@@ -464,6 +468,7 @@ mod tests {
             votes: vec![],
             requester_claims: Default::default(),
             cancelled: None,
+            job_claims: Default::default(),
         }
     }
 

@@ -278,7 +278,9 @@ enum Servers {
     /// count the audit records.
     Process {
         server: process::ServerProcess,
-        store: crate::store::Store,
+        // Boxed: a store handle is ten trait objects, far larger than the
+        // other variant.
+        store: Box<crate::store::Store>,
     },
 }
 
@@ -438,7 +440,10 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
                 crate::store::OpenMode::ReadOnly,
             ))
             .map_err(|e| e.to_string())?;
-            Servers::Process { server, store }
+            Servers::Process {
+                server,
+                store: Box::new(store),
+            }
         }
         None => {
             let mut services = Vec::new();

@@ -56,6 +56,7 @@ struct RawConfig {
     audit: Option<RawAudit>,
     store: Option<RawStore>,
     approval_webhook: Option<RawApprovalWebhook>,
+    hosts: Option<RawHosts>,
     #[serde(default, rename = "issuer")]
     issuers: Vec<RawIssuer>,
     #[serde(default, rename = "admin")]
@@ -97,6 +98,33 @@ impl Default for ApprovalWebhookConfig {
             server_url: None,
             retries: 5,
             retry_initial: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHosts {
+    sync_interval: Option<String>,
+    stale_intervals: Option<u64>,
+}
+
+/// What the CA expects of the hosts that report after `mayfly host sync`
+/// (`[hosts]`): `mayfly hosts`, `/metrics`, `ca rotate` and `revoke --wait`
+/// call a host stale after `stale_intervals` intervals without a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostsConfig {
+    /// How often hosts sync (the shipped timer: 5 minutes).
+    pub sync_interval: Duration,
+    /// Missed intervals after which a host is stale.
+    pub stale_intervals: u64,
+}
+
+impl Default for HostsConfig {
+    fn default() -> Self {
+        HostsConfig {
+            sync_interval: Duration::from_secs(crate::fleet::DEFAULT_SYNC_INTERVAL_SECS),
+            stale_intervals: crate::fleet::DEFAULT_STALE_INTERVALS,
         }
     }
 }
@@ -182,6 +210,16 @@ impl ApprovalWebhookConfig {
     }
 }
 
+impl HostsConfig {
+    /// As the fleet module measures it.
+    pub fn staleness(&self) -> crate::fleet::Staleness {
+        crate::fleet::Staleness {
+            interval_secs: self.sync_interval.as_secs(),
+            intervals: self.stale_intervals,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
@@ -243,6 +281,92 @@ struct RawIssuer {
     leeway: Option<String>,
     max_token_bytes: Option<usize>,
     max_stale_keys: Option<String>,
+    kind: Option<String>,
+    audit_claims: Option<Vec<String>>,
+}
+
+/// Most claims one issuer may name in `audit_claims`.
+pub const MAX_AUDIT_CLAIMS: usize = 16;
+
+/// Longest claim name (or `/`-separated path) in `audit_claims`.
+pub const MAX_AUDIT_CLAIM_NAME: usize = 128;
+
+/// The kind of a workload-token issuer, which sets the defaults of
+/// `audit_claims`. Recognised from the issuer's url unless `kind` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssuerKind {
+    /// GitHub Actions (`https://token.actions.githubusercontent.com`).
+    GithubActions,
+    /// GitLab CI (`https://gitlab.com`, or a host named `gitlab.*`).
+    Gitlab,
+    /// Kubernetes service-account tokens.
+    Kubernetes,
+    /// Any other OIDC issuer: no default audit claims.
+    Generic,
+}
+
+impl IssuerKind {
+    /// Parses the `kind` key.
+    pub fn parse(s: &str) -> Option<IssuerKind> {
+        match s {
+            "github" | "github-actions" => Some(IssuerKind::GithubActions),
+            "gitlab" => Some(IssuerKind::Gitlab),
+            "kubernetes" => Some(IssuerKind::Kubernetes),
+            "generic" => Some(IssuerKind::Generic),
+            _ => None,
+        }
+    }
+
+    /// The kind an issuer url names, `Generic` when it is not a known one.
+    pub fn recognise(url: &str) -> IssuerKind {
+        let host = url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+            .unwrap_or_default();
+        if host == "token.actions.githubusercontent.com" {
+            IssuerKind::GithubActions
+        } else if host == "gitlab.com" || host.starts_with("gitlab.") {
+            IssuerKind::Gitlab
+        } else if host == "kubernetes.default.svc"
+            || host.starts_with("kubernetes.default.svc.")
+            || host.starts_with("oidc.eks.")
+            || host == "container.googleapis.com"
+        {
+            IssuerKind::Kubernetes
+        } else {
+            IssuerKind::Generic
+        }
+    }
+
+    /// The claims recorded in the audit log when `audit_claims` is not set:
+    /// what tells one job (run, commit, actor) from another of the same `sub`.
+    pub fn default_audit_claims(self) -> &'static [&'static str] {
+        match self {
+            IssuerKind::GithubActions => &[
+                "run_id",
+                "run_attempt",
+                "sha",
+                "workflow_ref",
+                "actor",
+                "job_workflow_ref",
+            ],
+            IssuerKind::Gitlab => &["pipeline_id", "job_id", "sha", "user_login"],
+            IssuerKind::Kubernetes => &["kubernetes.io/pod/name", "kubernetes.io/pod/uid"],
+            IssuerKind::Generic => &[],
+        }
+    }
+}
+
+/// Checks one `audit_claims` entry: a claim name, or a `/`-separated path
+/// into nested objects (`kubernetes.io/pod/name`).
+fn audit_claim_name_ok(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= MAX_AUDIT_CLAIM_NAME
+        && !n.starts_with('/')
+        && !n.ends_with('/')
+        && !n.contains("//")
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
 }
 
 /// A trusted workload-token issuer.
@@ -265,6 +389,11 @@ pub struct IssuerConfig {
     /// How long keys fetched earlier stay in use while the issuer cannot be
     /// reached; after that its tokens get 503 until a fetch succeeds.
     pub max_stale_keys: Duration,
+    /// What kind of issuer this is (sets the default `audit_claims`).
+    pub kind: IssuerKind,
+    /// Claims of a verified token recorded in the audit record of its
+    /// issuances and refusals (at most [`MAX_AUDIT_CLAIMS`]).
+    pub audit_claims: Vec<String>,
 }
 
 /// Validated server configuration.
@@ -319,6 +448,8 @@ pub struct Config {
     pub store: StoreSettings,
     /// How approvers hear of new approval requests (`[approval_webhook]`).
     pub approval_webhook: ApprovalWebhookConfig,
+    /// Host sync expectations (`[hosts]`).
+    pub hosts: HostsConfig,
 }
 
 /// `[store]`: which backend holds the audit log and the CA's state.
@@ -599,6 +730,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             store: StoreSettings::default(),
             approval_webhook: ApprovalWebhookConfig::default(),
+            hosts: HostsConfig::default(),
         }
     }
 }
@@ -822,6 +954,26 @@ impl Config {
         if let Some(rw) = raw.approval_webhook.take() {
             c.approval_webhook = ApprovalWebhookConfig::from_raw(rw)?;
         }
+        if let Some(rh) = raw.hosts.take() {
+            if let Some(i) = rh.sync_interval {
+                c.hosts.sync_interval = duration("hosts.sync_interval", &i)?;
+            }
+            if !(Duration::from_secs(10)..=Duration::from_secs(86_400))
+                .contains(&c.hosts.sync_interval)
+            {
+                return Err(ConfigError::Invalid(
+                    "hosts.sync_interval must be between 10s and 24h".into(),
+                ));
+            }
+            if let Some(n) = rh.stale_intervals {
+                if !(1..=100).contains(&n) {
+                    return Err(ConfigError::Invalid(
+                        "hosts.stale_intervals must be between 1 and 100".into(),
+                    ));
+                }
+                c.hosts.stale_intervals = n;
+            }
+        }
         if let Some(rc) = raw.ca.take() {
             c.ca = CaKeyConfig::from_raw(rc)?;
         }
@@ -898,6 +1050,50 @@ impl Config {
                     ri.name
                 )));
             }
+            let kind = match ri.kind.as_deref() {
+                None => IssuerKind::recognise(&ri.url),
+                Some(k) => IssuerKind::parse(k).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "issuer {:?}: kind {k:?} is not one of github, gitlab, kubernetes, generic",
+                        ri.name
+                    ))
+                })?,
+            };
+            let audit_claims = match ri.audit_claims {
+                None => kind
+                    .default_audit_claims()
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                Some(list) => {
+                    if list.len() > MAX_AUDIT_CLAIMS {
+                        return Err(ConfigError::Invalid(format!(
+                            "issuer {:?}: audit_claims names {} claims, at most {MAX_AUDIT_CLAIMS} are recorded",
+                            ri.name,
+                            list.len()
+                        )));
+                    }
+                    let mut seen: Vec<String> = Vec::with_capacity(list.len());
+                    for n in list {
+                        if !audit_claim_name_ok(&n) {
+                            return Err(ConfigError::Invalid(format!(
+                                "issuer {:?}: audit_claims entry {n:?} must be a claim name \
+                                 (1-{MAX_AUDIT_CLAIM_NAME} characters of A-Z a-z 0-9 - _ . :), \
+                                 or a path into nested claims such as \"kubernetes.io/pod/name\"",
+                                ri.name
+                            )));
+                        }
+                        if seen.contains(&n) {
+                            return Err(ConfigError::Invalid(format!(
+                                "issuer {:?}: audit_claims names {n:?} twice",
+                                ri.name
+                            )));
+                        }
+                        seen.push(n);
+                    }
+                    seen
+                }
+            };
             c.issuers.push(IssuerConfig {
                 name: ri.name,
                 url: ri.url,
@@ -907,6 +1103,8 @@ impl Config {
                 leeway,
                 max_token_bytes,
                 max_stale_keys,
+                kind,
+                audit_claims,
             });
         }
         for a in raw.admins {
@@ -1646,6 +1844,64 @@ mod tests {
             let err = Config::parse(&t(&format!("max_stale_keys = {bad}\n"))).unwrap_err();
             assert!(err.to_string().contains("max_stale_keys"), "{err}");
         }
+    }
+
+    #[test]
+    fn audit_claims_default_per_known_issuer_and_are_bounded() {
+        let t = |url: &str, extra: &str| {
+            format!("[[issuer]]\nname=\"x\"\nurl=\"{url}\"\naudience=\"m\"\n{extra}")
+        };
+        let c = Config::parse(&t("https://token.actions.githubusercontent.com", "")).unwrap();
+        assert_eq!(c.issuers[0].kind, IssuerKind::GithubActions);
+        assert!(c.issuers[0].audit_claims.contains(&"run_id".to_string()));
+        assert!(c.issuers[0]
+            .audit_claims
+            .contains(&"job_workflow_ref".to_string()));
+        let c = Config::parse(&t("https://gitlab.example.com", "")).unwrap();
+        assert_eq!(
+            c.issuers[0].audit_claims,
+            ["pipeline_id", "job_id", "sha", "user_login"]
+        );
+        let c = Config::parse(&t("https://kubernetes.default.svc", "")).unwrap();
+        assert_eq!(
+            c.issuers[0].audit_claims,
+            ["kubernetes.io/pod/name", "kubernetes.io/pod/uid"]
+        );
+        let c = Config::parse(&t("https://idp.example.com", "")).unwrap();
+        assert!(c.issuers[0].audit_claims.is_empty());
+        let c = Config::parse(&t("https://idp.example.com", "kind = \"gitlab\"\n")).unwrap();
+        assert_eq!(c.issuers[0].audit_claims.len(), 4);
+        let c = Config::parse(&t(
+            "https://token.actions.githubusercontent.com",
+            "audit_claims = [\"sha\"]\n",
+        ))
+        .unwrap();
+        assert_eq!(c.issuers[0].audit_claims, ["sha"]);
+        let many: Vec<String> = (0..=MAX_AUDIT_CLAIMS)
+            .map(|i| format!("\"c{i}\""))
+            .collect();
+        let err = Config::parse(&t(
+            "https://idp.example.com",
+            &format!("audit_claims = [{}]\n", many.join(",")),
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("at most 16"), "{err}");
+        for bad in ["\"\"", "\"a b\"", "\"/x\"", "\"a//b\"", "\"x\\n\""] {
+            let err = Config::parse(&t(
+                "https://idp.example.com",
+                &format!("audit_claims = [{bad}]\n"),
+            ))
+            .unwrap_err();
+            assert!(err.to_string().contains("audit_claims"), "{bad}: {err}");
+        }
+        let err = Config::parse(&t(
+            "https://idp.example.com",
+            "audit_claims = [\"a\", \"a\"]\n",
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
+        let err = Config::parse(&t("https://idp.example.com", "kind = \"jenkins\"\n")).unwrap_err();
+        assert!(err.to_string().contains("kind"), "{err}");
     }
 }
 

@@ -852,6 +852,161 @@ pub async fn sync(opts: &SyncOptions) -> Result<SyncOutcome, SyncError> {
     })
 }
 
+// ---------------------------------------------------------------------------
+// Reporting to the CA
+// ---------------------------------------------------------------------------
+
+/// How `mayfly host sync` reports back: with the host key whose
+/// certificate this CA issued (`mayfly host cert`).
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    /// The host's private key (e.g. `/etc/ssh/ssh_host_ed25519_key`).
+    pub host_key: PathBuf,
+    /// Its certificate (default: `<host_key>-cert.pub`).
+    pub certificate: PathBuf,
+    /// The host name reported (default: the certificate's first principal).
+    pub host_name: Option<String>,
+}
+
+/// Why a report could not be sent or was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportSendError {
+    /// A file could not be read.
+    #[error("reading {path}: {reason}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The CA could not be reached or refused.
+    #[error("{0}")]
+    Sync(#[from] SyncError),
+    /// The CA answered with an error.
+    #[error("the CA refused the report ({status}): {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The CA's message.
+        message: String,
+    },
+}
+
+/// The report of the sync directory `dir` as it is now: installed KRL
+/// version, trusted CA fingerprints, and `last_error`.
+pub fn current_report(
+    dir: &Path,
+    host: &str,
+    time: u64,
+    last_error: Option<String>,
+) -> crate::fleet::HostReport {
+    let krl_version = installed_krl(dir)
+        .ok()
+        .flatten()
+        .map(|i| i.version)
+        .unwrap_or(0);
+    let ca_fingerprints = std::fs::read(dir.join(USER_CA_FILE))
+        .ok()
+        .and_then(|b| CaKeys::parse(&b).ok())
+        .map(|k| {
+            k.key_lines()
+                .iter()
+                .filter_map(|l| ssh_key::PublicKey::from_openssh(l).ok())
+                .map(|p| p.fingerprint(ssh_key::HashAlg::Sha256).to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    crate::fleet::HostReport {
+        host: host.to_string(),
+        time,
+        krl_version,
+        ca_fingerprints,
+        last_error,
+    }
+}
+
+/// Signs and sends the report of `sync.dir` (with `last_error`) to the CA.
+/// Returns the CA's KRL version.
+pub async fn report(
+    sync: &SyncOptions,
+    opts: &ReportOptions,
+    last_error: Option<String>,
+    now: u64,
+) -> Result<u64, ReportSendError> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| ReportSendError::Read {
+            path: p.to_path_buf(),
+            reason: e.to_string(),
+        })
+    };
+    let key_text = read(&opts.host_key)?;
+    let key = ssh_key::PrivateKey::from_openssh(key_text.as_bytes()).map_err(|e| {
+        ReportSendError::Read {
+            path: opts.host_key.clone(),
+            reason: format!("not an unencrypted OpenSSH private key: {e}"),
+        }
+    })?;
+    let certificate = read(&opts.certificate)?;
+    let cert = ssh_key::Certificate::from_openssh(certificate.trim()).map_err(|e| {
+        ReportSendError::Read {
+            path: opts.certificate.clone(),
+            reason: format!("not an OpenSSH certificate: {e}"),
+        }
+    })?;
+    let host = match &opts.host_name {
+        Some(h) => h.clone(),
+        None => cert
+            .valid_principals()
+            .first()
+            .cloned()
+            .ok_or_else(|| ReportSendError::Read {
+                path: opts.certificate.clone(),
+                reason: "the certificate names no host; pass --host-name".into(),
+            })?,
+    };
+    let text = serde_json::to_string(&current_report(&sync.dir, &host, now, last_error))
+        .unwrap_or_default();
+    let signature =
+        crate::ca::hostreport::sign(&key, text.as_bytes()).map_err(|e| ReportSendError::Read {
+            path: opts.host_key.clone(),
+            reason: format!("signing failed: {e}"),
+        })?;
+    let base = base_url(&sync.server, sync.insecure_http)?;
+    let http = http_client(&base, sync.ca_file.as_deref())?;
+    let url = base
+        .join("v1/hosts/report")
+        .map_err(|e| SyncError::ServerUrl {
+            url: sync.server.clone(),
+            reason: e.to_string(),
+        })?;
+    let body = serde_json::json!({
+        "report": text,
+        "certificate": certificate.trim(),
+        "signature": signature,
+    });
+    let resp = http
+        .post(url.clone())
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| ReportSendError::Refused {
+            status: 0,
+            message: format!("POST {url}: {e}"),
+        })?;
+    let status = resp.status().as_u16();
+    let answer: serde_json::Value = resp.json().await.unwrap_or_default();
+    if status != 200 {
+        return Err(ReportSendError::Refused {
+            status,
+            message: answer["message"]
+                .as_str()
+                .unwrap_or("no message")
+                .to_string(),
+        });
+    }
+    Ok(answer["ca_krl_version"].as_u64().unwrap_or(0))
+}
+
 /// What is installed in `dir` now, for the failure message.
 pub fn describe_installed(dir: &Path) -> String {
     let ca = match std::fs::read(dir.join(USER_CA_FILE)) {

@@ -71,6 +71,7 @@ pub mod tls;
 pub mod approval;
 pub mod audit;
 pub mod ca;
+pub mod fleet;
 pub mod policy;
 pub mod replica;
 

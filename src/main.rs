@@ -69,6 +69,8 @@ enum Cmd {
     Bench(cli::bench::BenchArgs),
     /// The replicas of this CA: version, policy digest, last heartbeat, drift.
     Status(cli::status::StatusArgs),
+    /// The hosts that report after `mayfly host sync`: KRL lag, stale hosts.
+    Hosts(cli::hosts::HostsArgs),
 }
 
 fn main() -> ExitCode {
@@ -101,6 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::KnownHosts(a) => cli::host::run_known_hosts(a),
         Cmd::Bench(a) => cli::bench::run(a),
         Cmd::Status(a) => cli::status::run(a),
+        Cmd::Hosts(a) => cli::hosts::run(a),
     }
 }
 

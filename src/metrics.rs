@@ -318,6 +318,8 @@ pub struct Metrics {
     )>,
     /// Report the process's own stats from /proc/self.
     process: bool,
+    /// The hosts' sync reports, read at scrape time.
+    hosts: Option<(crate::store::Store, crate::fleet::Staleness)>,
     /// Written by the issuers' key caches.
     jwks: Arc<JwksMetrics>,
     /// The listener's connection counters, shared with the serve loop.
@@ -396,6 +398,7 @@ impl Metrics {
             approvals: None,
             stream: None,
             process: false,
+            hosts: None,
             jwks: Arc::default(),
             connections: Arc::default(),
         }
@@ -526,6 +529,13 @@ impl Metrics {
         }
     }
 
+    /// Also reports the hosts that sync (total, lagging, stale), read from
+    /// `store` at scrape time.
+    pub fn with_hosts(mut self, store: crate::store::Store, s: crate::fleet::Staleness) -> Metrics {
+        self.hosts = Some((store, s));
+        self
+    }
+
     /// The handle through which the issuers' key caches report fetches,
     /// key age and stale-key refusals.
     pub fn jwks(&self) -> Arc<JwksMetrics> {
@@ -619,6 +629,16 @@ impl Metrics {
         if let Some(Err(e)) = &replicas {
             tracing::warn!(error = %e, "metrics: cannot read the replicas' heartbeats");
         }
+        let hosts = match &self.hosts {
+            Some((store, s)) => match crate::fleet::view(store, *s, unix).await {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics: cannot read the hosts' sync reports");
+                    None
+                }
+            },
+            None => None,
+        };
         let mut o = String::new();
         {
             let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -821,7 +841,34 @@ impl Metrics {
         if let Some(Ok(report)) = &replicas {
             write_replicas(report, &mut o);
         }
+        if let Some(v) = &hosts {
+            write_hosts(v, &mut o);
+        }
         o
+    }
+}
+
+/// Renders the host gauges (`mayfly hosts` in numbers).
+fn write_hosts(v: &crate::fleet::FleetView, o: &mut String) {
+    for (name, help, n) in [
+        (
+            "mayfly_hosts",
+            "Hosts that reported after `mayfly host sync`.",
+            v.total,
+        ),
+        (
+            "mayfly_hosts_lagging",
+            "Reporting hosts whose installed KRL is older than the CA's.",
+            v.lagging,
+        ),
+        (
+            "mayfly_hosts_stale",
+            "Hosts without a report for [hosts] stale_intervals sync intervals.",
+            v.stale,
+        ),
+    ] {
+        family(o, name, "gauge", help);
+        sample(o, name, &[], n);
     }
 }
 

@@ -81,6 +81,72 @@ pub enum RotateError {
     /// Writing the public key file failed.
     #[error("writing {0}: {1}")]
     Io(String, std::io::Error),
+    /// Known hosts do not trust the key the step needs yet.
+    #[error("{0}")]
+    HostsNotReady(String),
+}
+
+/// The fleet check of an activate or retire step of a user CA: every
+/// known, non-stale host of this CA must trust `needed` (the key that
+/// signs after the step). Returns a note for the summary (and its audit
+/// record): hosts that could not be checked, or that `force` overrode.
+#[allow(clippy::too_many_arguments)]
+async fn check_fleet(
+    cfg: &Config,
+    store: &Store,
+    which: &Which,
+    keys: &CaKeys,
+    needed: &str,
+    what: &str,
+    force: bool,
+    now: u64,
+) -> Result<String, RotateError> {
+    if *which == Which::Host {
+        return Ok(format!(
+            "; mayfly cannot see bots' known_hosts: before this step every bot's known_hosts must \
+             hold the host CA key {needed} (the @cert-authority lines of `mayfly known-hosts`)"
+        ));
+    }
+    let published: Vec<String> = [Slot::Active, Slot::Next, Slot::Previous]
+        .into_iter()
+        .filter_map(|s| keys.get(s))
+        .map(|k| fingerprint_of_line(&k.public))
+        .collect();
+    let rows = store.hosts().hosts().await?;
+    let s = cfg.hosts.staleness();
+    let (missing, stale) = crate::fleet::not_trusting(&rows, needed, &published, s, now);
+    let names = |v: &[&crate::fleet::HostRow]| {
+        v.iter()
+            .map(|r| r.host.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut note = String::new();
+    if !missing.is_empty() {
+        if !force {
+            return Err(RotateError::HostsNotReady(format!(
+                "refusing to {what}: {} known host(s) do not trust {needed} yet (their \
+                 TrustedUserCAKeys, as their last `mayfly host sync` reported): {}; wait for them \
+                 to sync (`mayfly hosts --config ...`), or pass --force to {what} anyway (audited)",
+                missing.len(),
+                names(&missing)
+            )));
+        }
+        note.push_str(&format!(
+            "; forced although {} host(s) did not trust {needed}: {}",
+            missing.len(),
+            names(&missing)
+        ));
+    }
+    if !stale.is_empty() {
+        note.push_str(&format!(
+            "; {} stale host(s) not checked (no report for {} s): {}",
+            stale.len(),
+            s.after_secs(),
+            names(&stale)
+        ));
+    }
+    Ok(note)
 }
 
 /// Every published key of `keys` as OpenSSH lines, as
@@ -98,6 +164,7 @@ pub async fn rotate(
     cfg: &Config,
     which: Which,
     step: Step,
+    force_fleet: bool,
     actor: &str,
     now: u64,
 ) -> Result<String, RotateError> {
@@ -122,6 +189,35 @@ pub async fn rotate(
     check_step(&base, &key_step, &keys, &keys.slots())?;
     let line = |slot: Slot| keys.get(slot).map(|k| k.public.clone()).unwrap_or_default();
     let fp = |slot: Slot| fingerprint_of_line(&line(slot));
+    let fleet_note = match step {
+        Step::Stage => String::new(),
+        Step::Activate => {
+            check_fleet(
+                cfg,
+                &store,
+                &which,
+                &keys,
+                &fp(Slot::Next),
+                "activate",
+                force_fleet,
+                now,
+            )
+            .await?
+        }
+        Step::Retire { .. } => {
+            check_fleet(
+                cfg,
+                &store,
+                &which,
+                &keys,
+                &fp(Slot::Active),
+                "retire",
+                force_fleet,
+                now,
+            )
+            .await?
+        }
+    };
     let (summary, signing) = match &key_step {
         KeyStep::Stage(k) => (
             format!(
@@ -149,6 +245,7 @@ pub async fn rotate(
             line(Slot::Active),
         ),
     };
+    let summary = format!("{summary}{fleet_note}");
     let mut rec = AuditRecord::new(EventKind::CaKeyRotated, now.saturating_mul(1000), "admin");
     rec.actor = Some(actor.to_string());
     rec.cert_type = Some(which.name());

@@ -449,6 +449,7 @@ fn approval(id: &str, required: u32, status: ApprovalStatus) -> ApprovalRequest 
         votes: vec![],
         requester_claims: Default::default(),
         cancelled: None,
+        job_claims: Default::default(),
     }
 }
 

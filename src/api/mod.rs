@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod approvals;
 pub mod error;
+mod hosts;
 pub mod inventory;
 pub mod request;
 
@@ -74,6 +75,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/certs/host", post(host_cert))
         // Approvers are not administrators: the service checks the
         // caller's token against the approvers of each request's role.
+        .route("/v1/hosts/report", post(hosts::report))
         .route("/v1/requests", get(approvals::list))
         .route("/v1/requests/{id}/approve", post(approvals::approve))
         .route("/v1/requests/{id}/deny", post(approvals::deny))

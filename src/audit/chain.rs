@@ -38,6 +38,21 @@
 //! requires to be exactly the canonical serialisation, so a formatting-only
 //! change to that column is detected too. Adding a column to the audit table
 //! requires a new encoding version (a test lists the columns).
+//!
+//! # Encoding, version 2
+//!
+//! A record that carries job claims (an issuer's `audit_claims`, the
+//! `claims` column: compact JSON of an object of strings, keys sorted) is
+//! hashed as
+//!
+//! ```text
+//! hash = SHA-256( "mayfly.audit.v2\0" || <every field of version 1, in order> || field(claims) )
+//! ```
+//!
+//! A record without claims (`claims` is NULL) keeps the version-1 encoding,
+//! so every record written before the column existed still verifies, and
+//! removing the claims of a version-2 record (or adding some to a
+//! version-1 record) changes the domain as well as the bytes: detected.
 
 use sha2::{Digest, Sha256};
 
@@ -49,11 +64,14 @@ pub type Hash = [u8; 32];
 /// The `prev_hash` of the first record.
 pub const GENESIS: Hash = [0u8; 32];
 
-/// Version of the encoding below; part of the hashed bytes.
-pub const CHAIN_VERSION: u32 = 1;
+/// Newest version of the encoding below; part of the hashed bytes.
+pub const CHAIN_VERSION: u32 = 2;
 
 /// Domain-separation prefix of version 1.
 const DOMAIN_V1: &[u8; 16] = b"mayfly.audit.v1\0";
+
+/// Domain-separation prefix of version 2 (records with job claims).
+const DOMAIN_V2: &[u8; 16] = b"mayfly.audit.v2\0";
 
 /// Most problems a verification collects before it stops listing them.
 pub const MAX_PROBLEMS: usize = 20;
@@ -105,6 +123,9 @@ pub struct StoredRecord {
     pub ca_key: Option<String>,
     /// Who performed an administrative action.
     pub actor: Option<String>,
+    /// Job claims of the token (compact JSON object, keys sorted); `None`
+    /// on records without any (and on every record written before them).
+    pub claims: Option<String>,
     /// Hash of the previous record; `None` on a row written without a chain.
     pub prev_hash: Option<Hash>,
     /// This record's hash; `None` on a row written without a chain.
@@ -151,9 +172,26 @@ fn put_list(out: &mut Vec<u8>, v: &[String]) {
     }
 }
 
-/// Appends the version-1 encoding of `r` chained to `prev` to `out`.
+/// Appends the encoding of `r` chained to `prev` to `out`: version 2 when
+/// the record carries claims, else version 1.
+pub fn encode(r: &StoredRecord, prev: &Hash, out: &mut Vec<u8>) {
+    match &r.claims {
+        None => encode_fields(DOMAIN_V1, r, prev, out),
+        Some(c) => {
+            encode_fields(DOMAIN_V2, r, prev, out);
+            put_text(out, Some(c));
+        }
+    }
+}
+
+/// Appends the version-1 encoding of `r` chained to `prev` to `out`
+/// (ignoring any claims).
 pub fn encode_v1(r: &StoredRecord, prev: &Hash, out: &mut Vec<u8>) {
-    out.extend_from_slice(DOMAIN_V1);
+    encode_fields(DOMAIN_V1, r, prev, out);
+}
+
+fn encode_fields(domain: &[u8; 16], r: &StoredRecord, prev: &Hash, out: &mut Vec<u8>) {
+    out.extend_from_slice(domain);
     out.extend_from_slice(prev);
     out.extend_from_slice(&r.seq.to_be_bytes());
     put_int(out, Some(r.time_ms));
@@ -183,8 +221,17 @@ pub fn encode_v1(r: &StoredRecord, prev: &Hash, out: &mut Vec<u8>) {
 /// `scratch` is reused between calls to avoid an allocation per record.
 pub fn record_hash_with(r: &StoredRecord, prev: &Hash, scratch: &mut Vec<u8>) -> Hash {
     scratch.clear();
-    encode_v1(r, prev, scratch);
+    encode(r, prev, scratch);
     Sha256::digest(&scratch[..]).into()
+}
+
+/// The encoding version `r` is hashed with: 2 when it carries claims, else 1.
+pub fn record_version(r: &StoredRecord) -> u32 {
+    if r.claims.is_some() {
+        2
+    } else {
+        1
+    }
 }
 
 /// The hash of `r` when it follows a record whose hash is `prev`.
@@ -559,9 +606,30 @@ pub fn stored_form(r: &AuditRecord, seq: u64) -> StoredRecord {
         cert_type: text(&r.cert_type),
         ca_key: text(&r.ca_key),
         actor: text(&r.actor),
+        claims: claims_json(&r.claims),
         prev_hash: None,
         hash: None,
     }
+}
+
+/// The stored text of a record's job claims: `None` when there are none,
+/// else compact JSON with keys in order (NUL already replaced by U+FFFD).
+pub fn claims_json(c: &std::collections::BTreeMap<String, String>) -> Option<String> {
+    if c.is_empty() {
+        return None;
+    }
+    let clean: std::collections::BTreeMap<String, String> = c
+        .iter()
+        .map(|(k, v)| (storable_text(k), storable_text(v)))
+        .collect();
+    serde_json::to_string(&clean).ok()
+}
+
+/// The job claims of a stored `claims` column, for display; `None` if it
+/// is not a JSON object of strings. The hash covers the stored text itself,
+/// so any change to it is caught by the chain, canonical or not.
+pub fn parse_claims(s: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    serde_json::from_str(s).ok()
 }
 
 /// `s` as a store keeps it: NUL replaced by U+FFFD (see [`stored_form`]).

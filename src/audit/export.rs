@@ -212,6 +212,10 @@ pub struct Mayfly {
     /// Who performed an administrative action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// The job behind the token: its issuer's `audit_claims` (`run_id`,
+    /// `sha`, `actor`, ...).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub job: std::collections::BTreeMap<String, String>,
     /// The token used.
     #[serde(default, skip_serializing_if = "Token::is_empty")]
     pub token: Token,
@@ -314,6 +318,11 @@ fn summary(r: &StoredRecord) -> String {
     kv("subject", &r.subject);
     kv("key_id", &r.key_id);
     kv("actor", &r.actor);
+    if let Some(job) = r.claims.as_deref().and_then(chain::parse_claims) {
+        if !job.is_empty() {
+            s.push_str(&format!(" job=[{}]", super::claims::one_line(&job)));
+        }
+    }
     if let Some(reason) = &r.reason {
         s.push_str(": ");
         s.push_str(reason);
@@ -380,6 +389,11 @@ pub fn to_line(r: &StoredRecord) -> Line {
             request_id: r.request_id.clone(),
             reason_code: r.reason_code.clone(),
             actor: r.actor.clone(),
+            job: r
+                .claims
+                .as_deref()
+                .and_then(chain::parse_claims)
+                .unwrap_or_default(),
             token: Token {
                 id: r.token_id.clone(),
                 exp: r.token_exp,
@@ -391,7 +405,7 @@ pub fn to_line(r: &StoredRecord) -> Line {
                 seq: r.seq,
                 hash: r.hash.as_ref().map(chain::hex).unwrap_or_default(),
                 prev_hash: r.prev_hash.as_ref().map(chain::hex).unwrap_or_default(),
-                chain: chain::CHAIN_VERSION,
+                chain: chain::record_version(r),
                 schema: SCHEMA_VERSION,
             },
         },
@@ -421,11 +435,20 @@ pub fn record_from_line(text: &str) -> Result<StoredRecord, LineError> {
             .map(Some)
             .ok_or_else(|| field(format!("mayfly.audit.{name} is not 64 hex digits")))
     };
-    if l.mayfly.audit.chain != chain::CHAIN_VERSION {
+    if !(1..=chain::CHAIN_VERSION).contains(&l.mayfly.audit.chain) {
         return Err(field(format!(
-            "mayfly.audit.chain {} is not a chain version this mayfly knows ({})",
+            "mayfly.audit.chain {} is not a chain version this mayfly knows (1 to {})",
             l.mayfly.audit.chain,
             chain::CHAIN_VERSION
+        )));
+    }
+    let claims = chain::claims_json(&l.mayfly.job);
+    if (claims.is_some() && l.mayfly.audit.chain < 2)
+        || (claims.is_none() && l.mayfly.audit.chain > 1)
+    {
+        return Err(field(format!(
+            "mayfly.audit.chain {} does not fit the record: chain 2 is the records with mayfly.job, 1 those without",
+            l.mayfly.audit.chain
         )));
     }
     Ok(StoredRecord {
@@ -451,6 +474,7 @@ pub fn record_from_line(text: &str) -> Result<StoredRecord, LineError> {
         cert_type: l.ssh.cert.cert_type,
         ca_key: l.ssh.cert.ca_key,
         actor: l.mayfly.actor,
+        claims,
         prev_hash: hash_of("prev_hash", &l.mayfly.audit.prev_hash)?,
         hash: hash_of("hash", &l.mayfly.audit.hash)?,
     })

@@ -4,6 +4,7 @@
 //! * [`chain`]: the canonical stored form of a record
 //!   ([`chain::stored_form`]), its encoding, the SHA-256 chain and the
 //!   walker (pure).
+//! * [`claims`]: the job claims of a token recorded in its records (pure).
 //! * [`checkpoint`]: the audit key and signed checkpoints of the chain head.
 //! * [`verify`]: the verdict of `mayfly audit verify` over a stored log or
 //!   an export, fed record by record (pure).
@@ -22,6 +23,7 @@
 
 pub mod chain;
 pub mod checkpoint;
+pub mod claims;
 pub mod export;
 pub mod sampling;
 pub mod search;
@@ -173,6 +175,10 @@ pub struct AuditRecord {
     pub ca_key: Option<String>,
     /// Who performed an administrative action (`cli:<user>` or `admin:<issuer>:<sub>`).
     pub actor: Option<String>,
+    /// The job behind the token: the issuer's `audit_claims` it carries,
+    /// bounded ([`claims`]).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub claims: std::collections::BTreeMap<String, String>,
 }
 
 impl AuditRecord {
@@ -200,6 +206,7 @@ impl AuditRecord {
             cert_type: None,
             ca_key: None,
             actor: None,
+            claims: std::collections::BTreeMap::new(),
         }
     }
 }

@@ -185,6 +185,12 @@ pub fn render_table(records: &[StoredRecord]) -> String {
                 w
             }
         };
+        // The job (run, commit, actor) right after what happened: on GitHub
+        // every run of a workflow has the same subject.
+        let what = match job_line(r) {
+            Some(j) => format!("{what} [{j}]"),
+            None => what,
+        };
         let _ = writeln!(
             out,
             "{:<24} {:>seq_w$} {} {} {} {}",
@@ -197,6 +203,12 @@ pub fn render_table(records: &[StoredRecord]) -> String {
         );
     }
     out
+}
+
+/// The record's job claims as `k=v k=v`, if it has any.
+fn job_line(r: &StoredRecord) -> Option<String> {
+    let job = chain::parse_claims(r.claims.as_deref()?)?;
+    (!job.is_empty()).then(|| super::claims::one_line(&job))
 }
 
 /// Every field of one record, one per line: the answer to "which job was
@@ -220,6 +232,7 @@ pub fn render_details(r: &StoredRecord) -> String {
     line("subject", r.subject.clone());
     line("role", r.role.clone());
     line("actor", r.actor.clone());
+    line("job", job_line(r));
     line("request id", Some(r.request_id.clone()));
     line("client", r.client_addr.clone());
     line("serial", r.serial.map(|s| (s as u64).to_string()));

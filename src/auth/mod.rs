@@ -203,6 +203,7 @@ pub struct VerifiedToken {
     legacy_replay_id: Option<String>,
     expires_at: u64,
     replay_protection: bool,
+    job: std::collections::BTreeMap<String, String>,
 }
 
 impl VerifiedToken {
@@ -213,6 +214,11 @@ impl VerifiedToken {
     /// The `sub` claim.
     pub fn subject(&self) -> &str {
         &self.subject
+    }
+    /// The job behind the token: its issuer's `audit_claims` that it
+    /// carries, bounded, for audit records and approvers.
+    pub fn job_claims(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.job
     }
     /// All claims.
     pub fn claims(&self) -> &Map<String, Value> {
@@ -574,9 +580,11 @@ impl Verifier {
                 Some(cfg.name.clone()),
             ),
         };
+        let job = crate::audit::claims::extract(&cfg.audit_claims, &claims);
         Ok(VerifiedToken {
             issuer: cfg.name.clone(),
             subject,
+            job,
             claims,
             replay_id,
             legacy_replay_id,
@@ -632,6 +640,11 @@ mod tests {
             leeway: Duration::from_secs(30),
             max_token_bytes: 4096,
             max_stale_keys,
+            kind: crate::config::IssuerKind::Kubernetes,
+            audit_claims: vec![
+                "kubernetes.io/pod/name".into(),
+                "kubernetes.io/pod/uid".into(),
+            ],
         };
         Verifier::new(&[cfg], reqwest::Client::new(), metrics, clock)
     }

@@ -5,6 +5,7 @@
 //! Minting applies no policy. It re-checks the spec's hard bounds just before
 //! signing, so a bug upstream cannot produce a golden ticket.
 
+pub mod hostreport;
 pub mod keys;
 pub mod krl;
 pub mod pkcs11;

@@ -31,8 +31,10 @@ pub enum CaCmd {
         /// Drop the previous key (refused while certificates it signed are valid).
         #[arg(long, group = "step")]
         retire: bool,
-        /// With --retire: retire even though certificates it signed are still valid.
-        #[arg(long, requires = "retire")]
+        /// With --activate or --retire: go ahead although known hosts do
+        /// not trust the key that signs next (audited); with --retire also
+        /// although certificates the retired key signed are still valid.
+        #[arg(long)]
         force: bool,
         /// Rotate the host CA instead of the user CA.
         #[arg(long, conflicts_with = "group")]
@@ -66,6 +68,7 @@ pub fn run(cmd: CaCmd, verbose: bool) -> anyhow::Result<ExitCode> {
         } => {
             init_logging(quiet(verbose), LogFormat::Text);
             let cfg = load_config(&config)?;
+            anyhow::ensure!(!force || !stage, "--force goes with --activate or --retire");
             let step = match (stage, activate, retire) {
                 (true, false, false) => Step::Stage,
                 (false, true, false) => Step::Activate,
@@ -81,8 +84,14 @@ pub fn run(cmd: CaCmd, verbose: bool) -> anyhow::Result<ExitCode> {
                 super::as_data_dir_owner(&cfg.data_dir, "ca rotate")?;
             }
             let actor = cli_actor(&env);
-            let summary =
-                runtime()?.block_on(rotation::rotate(&cfg, which, step, &actor, now_secs()))?;
+            let summary = runtime()?.block_on(rotation::rotate(
+                &cfg,
+                which,
+                step,
+                force,
+                &actor,
+                now_secs(),
+            ))?;
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }

@@ -13,7 +13,7 @@
 //! | 6 | rate limited (HTTP 429) |
 //! | 7 | not found: an unknown serial, key id, request or role; `audit search` without a match |
 //! | 8 | tampered: the audit log (or an export of it) does not verify |
-//! | 9 | policy drift: live replicas enforce different policy (`status`) |
+//! | 9 | drift: live replicas enforce different policy (`status`), hosts lag or are stale (`hosts`), `revoke --wait` timed out |
 //!
 //! `mayfly ssh` and `mayfly exec` exit with their command's own code once
 //! it has started; the codes above are theirs only before that.
@@ -45,7 +45,7 @@ pub enum Exit {
     NotFound = 7,
     /// The audit log does not verify.
     Tampered = 8,
-    /// Replicas enforce different policy.
+    /// Replicas enforce different policy, or hosts are behind the CA.
     Drift = 9,
 }
 

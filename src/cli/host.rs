@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
 use mayfly::client::token::TokenSource;
-use mayfly::hostsync::{self, HostCertOptions, SyncOptions};
+use mayfly::hostsync::{self, HostCertOptions, ReportOptions, SyncOptions};
 
 /// `mayfly host ...`: commands run on a server that bots log in to.
 #[derive(Debug, Subcommand)]
@@ -42,7 +42,23 @@ pub struct SyncArgs {
     /// `default` for roles without one. Default: every user CA key.
     #[arg(long)]
     ca_group: Option<String>,
+    /// Host private key that signs the report to the CA after the sync;
+    /// its certificate (from `mayfly host cert`) proves which host reports.
+    #[arg(long)]
+    host_key: Option<PathBuf>,
+    /// Host certificate (default: <host key>-cert.pub).
+    #[arg(long)]
+    host_cert: Option<PathBuf>,
+    /// Host name to report (default: the certificate's first principal).
+    #[arg(long)]
+    host_name: Option<String>,
+    /// Do not report to the CA (`mayfly hosts` will not list this host).
+    #[arg(long, conflicts_with_all = ["host_key", "host_cert", "host_name"])]
+    no_report: bool,
 }
+
+/// Default host key that signs sync reports.
+const DEFAULT_HOST_KEY: &str = "/etc/ssh/ssh_host_ed25519_key";
 
 /// Arguments of `mayfly host cert`.
 #[derive(Debug, Args)]
@@ -118,6 +134,22 @@ pub fn run(cmd: HostCmd, verbose: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn sync(a: SyncArgs, verbose: bool) -> anyhow::Result<ExitCode> {
+    let explicit = a.host_key.is_some() || a.host_cert.is_some() || a.host_name.is_some();
+    let report = (!a.no_report).then(|| {
+        let host_key = a
+            .host_key
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_HOST_KEY));
+        let certificate = a.host_cert.unwrap_or_else(|| {
+            let mut c = host_key.clone().into_os_string();
+            c.push("-cert.pub");
+            PathBuf::from(c)
+        });
+        ReportOptions {
+            host_key,
+            certificate,
+            host_name: a.host_name,
+        }
+    });
     let opts = SyncOptions {
         server: a.server,
         dir: a.dir,
@@ -125,23 +157,52 @@ fn sync(a: SyncArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         insecure_http: a.insecure_http,
         ca_group: a.ca_group,
     };
-    match runtime()?.block_on(hostsync::sync(&opts)) {
+    let rt = runtime()?;
+    let (mut code, last_error) = match rt.block_on(hostsync::sync(&opts)) {
         Ok(outcome) => {
             if verbose {
                 eprintln!("mayfly host sync: {}", outcome.summary());
             }
-            Ok(ExitCode::SUCCESS)
+            (ExitCode::SUCCESS, None)
         }
         Err(e) => {
             let line = format!(
                 "mayfly host sync: {e}; {}",
                 hostsync::describe_installed(&opts.dir)
             );
-            eprintln!("{}", line.replace(['\n', '\r'], " "));
-            let e = anyhow::Error::new(e);
-            Ok(super::exit::classify(&e).into())
+            let line = line.replace(['\n', '\r'], " ");
+            eprintln!("{line}");
+            let message = e.to_string();
+            let code: ExitCode = super::exit::classify(&anyhow::Error::new(e)).into();
+            (code, Some(message))
+        }
+    };
+    // The report goes after every run, failed ones too, so the CA sees the
+    // error and what is still installed.
+    if let Some(r) = report {
+        if !explicit && !r.certificate.exists() {
+            // No host certificate at the default place: the host syncs as
+            // before, quietly (`mayfly hosts` does not list it; README).
+            return Ok(code);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        match rt.block_on(hostsync::report(&opts, &r, last_error, now)) {
+            Ok(ca_version) => {
+                if verbose {
+                    eprintln!("mayfly host sync: reported to the CA (CA KRL version {ca_version})");
+                }
+            }
+            Err(e) => {
+                let line = format!("mayfly host sync: reporting to the CA failed: {e}");
+                eprintln!("{}", line.replace(['\n', '\r'], " "));
+                code = ExitCode::from(1);
+            }
         }
     }
+    Ok(code)
 }
 
 fn cert(a: HostCertArgs, verbose: bool) -> anyhow::Result<ExitCode> {

@@ -13,6 +13,7 @@ pub mod ca;
 pub mod cert;
 pub mod exit;
 pub mod host;
+pub mod hosts;
 pub mod identity;
 pub mod policy;
 pub mod report;
@@ -32,6 +33,14 @@ use mayfly::config::{Config, LogFormat};
 /// The process environment, as the library's config and actor lookups take it.
 pub fn env(k: &str) -> Option<String> {
     std::env::var(k).ok()
+}
+
+/// Now in unix seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Loads the CA's `mayfly.toml` named by `--config`, with `MAYFLY_*`

@@ -127,6 +127,9 @@ pub fn run(cmd: RequestCmd, verbose: bool) -> anyhow::Result<ExitCode> {
                 approvals(&r),
                 r.required
             );
+            if let Some(j) = job_line(&r) {
+                println!("  {j}");
+            }
         }
         RequestCmd::Deny { id, reason, who } => {
             let r = rt.block_on(client::vote_request(&who.options(), &id, false, &reason))?;
@@ -160,6 +163,9 @@ fn pending_table(list: &[ApprovalRequest]) -> String {
             approvals(r),
             r.required
         ));
+        if let Some(j) = job_line(r) {
+            out.push_str(&format!("  {j}\n"));
+        }
     }
     out
 }
@@ -198,4 +204,11 @@ fn all_table(list: &[ApprovalRequest]) -> String {
         ));
     }
     out
+}
+
+/// `job: actor=… run_id=… sha=…`: the run, commit and actor being
+/// approved (the requester's issuer `audit_claims`), if the token had any.
+fn job_line(r: &ApprovalRequest) -> Option<String> {
+    (!r.job_claims.is_empty())
+        .then(|| format!("job: {}", mayfly::audit::claims::one_line(&r.job_claims)))
 }

@@ -42,7 +42,21 @@ pub struct RevokeArgs {
     /// Print the outcome as one JSON object on stdout (as `POST /v1/admin/revoke` answers).
     #[arg(long)]
     json: bool,
+    /// Then wait until every known, non-stale host reports a KRL with this
+    /// revocation (`mayfly host sync` reports after each run).
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this long (exit code 9).
+    #[arg(long, default_value = "10m", requires = "wait")]
+    wait_timeout: String,
 }
+
+/// Exit code of `--wait` when some host did not report the KRL in time:
+/// the fleet drifted from the CA.
+const EXIT_WAIT_TIMEOUT: Exit = Exit::Drift;
+
+/// How often `--wait` reads the hosts' reports.
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Revokes what the arguments name: one line per certificate on stdout,
 /// the count and KRL version on stderr.
@@ -79,6 +93,12 @@ pub fn run(a: RevokeArgs, verbose: bool) -> anyhow::Result<ExitCode> {
                 "name what to revoke: --serial N, --key-id ID, --role R, or --subject S --issuer I",
             )),
         };
+    let wait_timeout = match a.wait {
+        true => Some(humantime::parse_duration(&a.wait_timeout).map_err(|e| {
+            anyhow::anyhow!("--wait-timeout {:?}: {e}; write e.g. 5m", a.wait_timeout)
+        })?),
+        false => None,
+    };
     let actor = revocation::cli_actor(&env);
     let outcome = runtime()?.block_on(async {
         let store = revocation::open_store(&cfg)?;
@@ -94,7 +114,87 @@ pub fn run(a: RevokeArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         outcome.revoked.len(),
         outcome.krl_version
     );
-    Ok(ExitCode::SUCCESS)
+    match wait_timeout {
+        Some(t) => wait_for_hosts(&cfg, outcome.krl_version, t),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// What `--wait` last said about a host.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Behind(u64),
+    Has(u64),
+    Stale,
+}
+
+/// Waits until every known, non-stale host reports a KRL version of at
+/// least `version`; one line on stderr per host state change (CI logs
+/// read well, nothing is redrawn).
+fn wait_for_hosts(
+    cfg: &mayfly::config::Config,
+    version: u64,
+    timeout: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
+    use std::collections::BTreeMap;
+    let store = mayfly::store::open(&mayfly::store::StoreConfig::from_config(
+        cfg,
+        mayfly::store::OpenMode::ReadOnly,
+    ))?;
+    let s = cfg.hosts.staleness();
+    let deadline = std::time::Instant::now() + timeout;
+    let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
+    loop {
+        let view = mayfly::store::block_on(mayfly::fleet::view(&store, s, now_secs()))??;
+        if view.hosts.is_empty() {
+            eprintln!(
+                "no host has reported to this CA yet (`mayfly host sync` with a host certificate \
+                 reports); nothing to wait for"
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut waiting = Vec::new();
+        for h in &view.hosts {
+            let now_state = if h.stale {
+                Seen::Stale
+            } else if h.krl_version >= version {
+                Seen::Has(h.krl_version)
+            } else {
+                Seen::Behind(h.krl_version)
+            };
+            if seen.get(&h.host) != Some(&now_state) {
+                match now_state {
+                    Seen::Has(v) => eprintln!("{}: has the revocation (KRL version {v})", h.host),
+                    Seen::Behind(v) => eprintln!(
+                        "{}: waiting (KRL version {v}, needs {version}; last report {} s ago)",
+                        h.host, h.age_secs
+                    ),
+                    Seen::Stale => eprintln!(
+                        "{}: stale (no report for {} s), not waited for; check it by hand",
+                        h.host, h.age_secs
+                    ),
+                }
+                seen.insert(h.host.clone(), now_state);
+            }
+            if let Seen::Behind(_) = now_state {
+                waiting.push(h.host.clone());
+            }
+        }
+        if waiting.is_empty() {
+            eprintln!("every reporting host has KRL version {version} or later");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if std::time::Instant::now() >= deadline {
+            eprintln!(
+                "timed out after {}: {} host(s) do not have KRL version {version} yet: {}",
+                humantime::format_duration(timeout),
+                waiting.len(),
+                waiting.join(", ")
+            );
+            return Ok(EXIT_WAIT_TIMEOUT.into());
+        }
+        std::thread::sleep(WAIT_POLL);
+    }
 }
 
 /// One line per certificate: revoked now, revoked before (revoking twice

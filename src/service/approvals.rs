@@ -47,6 +47,7 @@ impl Service {
             votes: Vec::new(),
             requester_claims,
             cancelled: None,
+            job_claims: verified.job_claims().clone(),
         };
         let mut arec = rec.clone();
         arec.event = EventKind::ApprovalRequested;
@@ -338,6 +339,7 @@ impl Service {
         rec.subject = Some(current.subject.clone());
         rec.actor = Some(format!("approver:{approver}"));
         rec.reason = Some(format!("approval request {id}: {reason}"));
+        rec.claims = current.job_claims.clone();
         let vote = crate::store::Vote {
             approver,
             approve,

@@ -204,6 +204,7 @@ impl Service {
         rec.subject = Some(verified.subject().to_string());
         rec.token_id = Some(verified.replay_id().to_string());
         rec.token_exp = Some(verified.expires_at());
+        rec.claims = verified.job_claims().clone();
 
         let subject = SubjectKey::parse(&req.public_key).map_err(|e| IssueError::BadRequest {
             code: match e {

@@ -8,6 +8,8 @@
 //! rings in force, `krl` the cached revocation list.
 
 mod admin;
+mod hosts;
+pub use hosts::HostReportError;
 mod approvals;
 mod issue;
 mod keys;

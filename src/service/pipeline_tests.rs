@@ -212,6 +212,11 @@ async fn rig() -> Rig {
         leeway: Duration::from_secs(30),
         max_token_bytes: 4096,
         max_stale_keys: crate::config::DEFAULT_MAX_STALE_KEYS,
+        kind: crate::config::IssuerKind::Kubernetes,
+        audit_claims: vec![
+            "kubernetes.io/pod/name".into(),
+            "kubernetes.io/pod/uid".into(),
+        ],
     };
     let verifier = Verifier::new(
         &[issuer],
@@ -232,7 +237,7 @@ async fn rig() -> Rig {
         postgres: None,
     })
     .expect("store opens");
-    let (issuance, counters, audit, approvals, access, reports, keys, replicas, imports) =
+    let (issuance, counters, audit, approvals, access, reports, keys, replicas, imports, hosts) =
         store.into_parts();
     let rec = Arc::new(Recording {
         calls: Mutex::new(Vec::new()),
@@ -251,6 +256,7 @@ async fn rig() -> Rig {
         keys,
         replicas,
         imports,
+        hosts,
     );
     store.counters().start(NOW).await.expect("counters start");
     let service = Service::new(ServiceParts {

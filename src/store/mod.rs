@@ -16,6 +16,7 @@
 //! [`crate::audit::chain`], not here, so a second backend stores the same.
 
 pub mod approvals;
+pub mod hosts;
 pub mod import;
 pub mod key_files;
 pub mod key_memory;
@@ -45,8 +46,8 @@ pub use sqlite::Backend;
 pub use traits::ImportStore;
 pub use traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, Cancel, CheckpointPage, CheckpointSigner,
-    IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore, Revoker,
-    Store, StoreFuture, Vote,
+    HostStore, IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore,
+    Revoker, Store, StoreFuture, Vote,
 };
 
 /// A store failure. The message is for logs; clients only see "store unavailable".

@@ -127,6 +127,8 @@ pub trait Backend: super::sqlite_import::ImportBackend + Send + 'static {
         &mut self,
         beat: &crate::replica::Heartbeat,
     ) -> Result<Option<crate::replica::Heartbeat>, StoreError>;
+    /// Stores a host's sync report ([`super::HostStore::host_report`]).
+    fn host_report(&mut self, row: &crate::fleet::HostRow) -> Result<Option<u64>, StoreError>;
 }
 
 const SCHEMA: &str = r#"
@@ -183,8 +185,12 @@ CREATE TABLE IF NOT EXISTS disabled (
 "#;
 
 /// Columns added after schema version 1, added to older databases on open.
-const ADDED_AUDIT_COLUMNS: [(&str, &str); 3] =
-    [("cert_type", "TEXT"), ("ca_key", "TEXT"), ("actor", "TEXT")];
+const ADDED_AUDIT_COLUMNS: [(&str, &str); 4] = [
+    ("cert_type", "TEXT"),
+    ("ca_key", "TEXT"),
+    ("actor", "TEXT"),
+    ("claims", "TEXT"),
+];
 
 fn err(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -217,6 +223,7 @@ impl Sqlite {
         migrate(&conn)?;
         migrate_chain(&conn)?;
         super::replicas::migrate(&conn)?;
+        super::hosts::migrate(&conn)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -290,9 +297,9 @@ fn insert_audit_at(
             "INSERT INTO audit (seq, time_ms, event, request_id, client_addr, issuer, subject, role,
                 reason_code, reason, serial, key_id, principals, valid_after, valid_before,
                 key_fingerprint, token_id, token_exp, policy_digest, cert_type, ca_key, actor,
-                prev_hash, hash)
+                claims, prev_hash, hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
         )
         .map_err(err)?;
     let mut scratch = Vec::with_capacity(1024);
@@ -353,6 +360,7 @@ pub(super) fn insert_audit_row(
         row.cert_type,
         row.ca_key,
         row.actor,
+        row.claims,
         &prev[..],
         &hash[..],
     ])
@@ -605,7 +613,8 @@ CREATE INDEX IF NOT EXISTS audit_key_id ON audit(key_id) WHERE key_id IS NOT NUL
 /// order, followed by the chain columns. Reads select exactly these.
 pub(crate) const AUDIT_COLUMNS: &str = "seq, time_ms, event, request_id, client_addr, issuer, \
     subject, role, reason_code, reason, serial, key_id, principals, valid_after, valid_before, \
-    key_fingerprint, token_id, token_exp, policy_digest, cert_type, ca_key, actor, prev_hash, hash";
+    key_fingerprint, token_id, token_exp, policy_digest, cert_type, ca_key, actor, claims, \
+    prev_hash, hash";
 
 /// Meta keys of the chain.
 pub(crate) const META_LEGACY_THROUGH: &str = "audit_chain_legacy_through";
@@ -821,8 +830,9 @@ fn read_row(row: &rusqlite::Row<'_>) -> Result<Result<StoredRecord, BadRow>, rus
             cert_type: col_text(row, 19, "cert_type")?,
             ca_key: col_text(row, 20, "ca_key")?,
             actor: col_text(row, 21, "actor")?,
-            prev_hash: col_hash(row, 22, "prev_hash")?,
-            hash: col_hash(row, 23, "hash")?,
+            claims: col_text(row, 22, "claims")?,
+            prev_hash: col_hash(row, 23, "prev_hash")?,
+            hash: col_hash(row, 24, "hash")?,
         })
     };
     Ok(parse().map_err(|what| BadRow { seq, what }))
@@ -876,6 +886,15 @@ impl Sqlite {
                     path.display()
                 )));
             }
+        }
+        if !cols.iter().any(|c| c == "claims") {
+            // A database from before job claims, opened without changing
+            // it: a temporary view (temp objects shadow main ones) gives
+            // its records the NULL claims they were hashed without.
+            conn.execute_batch(
+                "CREATE TEMP VIEW audit AS SELECT *, NULL AS claims FROM main.audit",
+            )
+            .map_err(err)?;
         }
         Ok(Sqlite { conn })
     }
@@ -1253,6 +1272,10 @@ impl Backend for Sqlite {
         beat: &crate::replica::Heartbeat,
     ) -> Result<Option<crate::replica::Heartbeat>, StoreError> {
         self.replica_heartbeat_impl(beat)
+    }
+
+    fn host_report(&mut self, row: &crate::fleet::HostRow) -> Result<Option<u64>, StoreError> {
+        self.host_report_impl(row)
     }
 
     fn approval_put(
@@ -1682,6 +1705,7 @@ mod tests {
             votes: vec![],
             requester_claims: Default::default(),
             cancelled: None,
+            job_claims: Default::default(),
         };
         db.approval_put(&a, &[]).unwrap();
         let redeem = |fp: &str| {

@@ -279,7 +279,7 @@ impl ImportBackend for Sqlite {
                 .prepare_cached(&format!(
                     "INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
                         ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23,
-                        ?24)"
+                        ?24, ?25)"
                 ))
                 .map_err(err)?;
             let mut scratch = Vec::with_capacity(1024);
@@ -503,6 +503,7 @@ mod tests {
             votes: vec![],
             requester_claims: Default::default(),
             cancelled: None,
+            job_claims: Default::default(),
         }
     }
 

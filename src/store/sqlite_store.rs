@@ -596,6 +596,16 @@ impl ReplicaStore for SqliteStore {
     }
 }
 
+impl super::HostStore for SqliteStore {
+    fn host_report(&self, row: crate::fleet::HostRow) -> StoreFuture<'_, Option<u64>> {
+        self.write(move |b| b.host_report(&row))
+    }
+
+    fn hosts(&self) -> StoreFuture<'_, Vec<crate::fleet::HostRow>> {
+        Box::pin(self.gauges.read(|db| db.hosts()))
+    }
+}
+
 impl ImportStore for SqliteStore {
     fn counts(&self) -> StoreFuture<'_, StoreCounts> {
         self.read(|db| db.counts())

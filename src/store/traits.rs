@@ -470,6 +470,17 @@ pub trait ReplicaStore: Send + Sync {
     fn replicas(&self) -> StoreFuture<'_, Vec<Heartbeat>>;
 }
 
+/// The last sync report of each host (`mayfly host sync` reports,
+/// `mayfly hosts` lists them).
+pub trait HostStore: Send + Sync {
+    /// Stores `row` as its host's last report, unless the stored one is
+    /// later: then nothing changes and the stored report's time is
+    /// returned (a replayed, older report never replaces a newer one).
+    fn host_report(&self, row: crate::fleet::HostRow) -> StoreFuture<'_, Option<u64>>;
+    /// Every host's last report, by name.
+    fn hosts(&self) -> StoreFuture<'_, Vec<crate::fleet::HostRow>>;
+}
+
 /// The target side of `mayfly store migrate`: a whole CA's state taken
 /// into an EMPTY store, page by page (a large log never sits in memory at
 /// once), rows verbatim. The flow and what each step guarantees:
@@ -536,6 +547,7 @@ pub struct Store {
     pub(super) keys: Arc<dyn KeyStore>,
     pub(super) replicas: Arc<dyn ReplicaStore>,
     pub(super) imports: Arc<dyn ImportStore>,
+    pub(super) hosts: Arc<dyn HostStore>,
 }
 
 impl Store {
@@ -551,6 +563,7 @@ impl Store {
             + KeyStore
             + ReplicaStore
             + ImportStore
+            + HostStore
             + 'static,
     {
         Store {
@@ -562,6 +575,7 @@ impl Store {
             reports: backend.clone(),
             keys: backend.clone(),
             replicas: backend.clone(),
+            hosts: backend.clone(),
             imports: backend,
         }
     }
@@ -580,6 +594,7 @@ impl Store {
         keys: Arc<dyn KeyStore>,
         replicas: Arc<dyn ReplicaStore>,
         imports: Arc<dyn ImportStore>,
+        hosts: Arc<dyn HostStore>,
     ) -> Store {
         Store {
             issuance,
@@ -591,6 +606,7 @@ impl Store {
             keys,
             replicas,
             imports,
+            hosts,
         }
     }
 
@@ -610,6 +626,7 @@ impl Store {
         Arc<dyn KeyStore>,
         Arc<dyn ReplicaStore>,
         Arc<dyn ImportStore>,
+        Arc<dyn HostStore>,
     ) {
         (
             self.issuance,
@@ -621,6 +638,7 @@ impl Store {
             self.keys,
             self.replicas,
             self.imports,
+            self.hosts,
         )
     }
 
@@ -687,6 +705,16 @@ impl Store {
     /// Replica heartbeats, shared (for the metrics registry).
     pub fn replicas_shared(&self) -> Arc<dyn ReplicaStore> {
         self.replicas.clone()
+    }
+
+    /// Host sync reports.
+    pub fn hosts(&self) -> &dyn HostStore {
+        &*self.hosts
+    }
+
+    /// Host sync reports, shared (for the metrics registry).
+    pub fn hosts_shared(&self) -> Arc<dyn HostStore> {
+        self.hosts.clone()
     }
 
     /// Taking a whole CA's state into this (empty) store.

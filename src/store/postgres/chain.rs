@@ -19,15 +19,17 @@ use crate::store::traits::CheckpointPage;
 /// Columns read for a record, in [`read_record`] order.
 const AUDIT_COLUMNS: &str = "seq, time_ms, event, request_id, client_addr, issuer, \
     subject, role, reason_code, reason, serial, key_id, principals, valid_after, valid_before, \
-    key_fingerprint, token_id, token_exp, policy_digest, cert_type, ca_key, actor, prev_hash, hash";
+    key_fingerprint, token_id, token_exp, policy_digest, cert_type, ca_key, actor, claims, \
+    prev_hash, hash";
 
 const INSERT: &str = "INSERT INTO audit (seq, time_ms, event, request_id, client_addr, issuer, \
     subject, role, reason_code, reason, serial, key_id, principals, valid_after, valid_before, \
-    key_fingerprint, token_id, token_exp, policy_digest, cert_type, ca_key, actor, prev_hash, hash) \
+    key_fingerprint, token_id, token_exp, policy_digest, cert_type, ca_key, actor, claims, \
+    prev_hash, hash) \
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
     $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[], \
     $13::text[], $14::bigint[], $15::bigint[], $16::text[], $17::text[], $18::bigint[], \
-    $19::text[], $20::text[], $21::text[], $22::text[], $23::bytea[], $24::bytea[])";
+    $19::text[], $20::text[], $21::text[], $22::text[], $23::text[], $24::bytea[], $25::bytea[])";
 
 /// The chain head: the last seq used and the hash the next record links to.
 #[derive(Debug, Clone, Copy)]
@@ -113,6 +115,7 @@ pub async fn insert_rows(tx: Db<'_>, rows: &[StoredRecord]) -> PgResult<()> {
     let cert_type = text(|r| &r.cert_type);
     let ca_key = text(|r| &r.ca_key);
     let actor = text(|r| &r.actor);
+    let claims = text(|r| &r.claims);
     let prev_hash: Vec<Option<&[u8]>> = rows
         .iter()
         .map(|r| r.prev_hash.as_ref().map(|h| &h[..]))
@@ -146,6 +149,7 @@ pub async fn insert_rows(tx: Db<'_>, rows: &[StoredRecord]) -> PgResult<()> {
             &cert_type,
             &ca_key,
             &actor,
+            &claims,
             &prev_hash,
             &hash,
         ],
@@ -235,8 +239,9 @@ fn read_record(row: &tokio_postgres::Row) -> Result<StoredRecord, BadRow> {
             cert_type: text(19, "cert_type")?,
             ca_key: text(20, "ca_key")?,
             actor: text(21, "actor")?,
-            prev_hash: hash(22, "prev_hash")?,
-            hash: hash(23, "hash")?,
+            claims: text(22, "claims")?,
+            prev_hash: hash(23, "prev_hash")?,
+            hash: hash(24, "hash")?,
         })
     };
     parse().map_err(|what| BadRow { seq, what })

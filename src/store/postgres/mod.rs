@@ -27,6 +27,7 @@ pub mod approvals;
 pub mod chain;
 pub mod connect;
 pub mod db;
+pub mod hosts;
 pub mod import;
 pub mod issuance;
 pub mod keys;
@@ -632,6 +633,16 @@ impl ReplicaStore for PgStore {
 
     fn replicas(&self) -> StoreFuture<'_, Vec<Heartbeat>> {
         read!(self, |db| replicas::list(db))
+    }
+}
+
+impl crate::store::HostStore for PgStore {
+    fn host_report(&self, row: crate::fleet::HostRow) -> StoreFuture<'_, Option<u64>> {
+        write!(self, |db| hosts::put(db, &row), |_: &Option<u64>| None)
+    }
+
+    fn hosts(&self) -> StoreFuture<'_, Vec<crate::fleet::HostRow>> {
+        read!(self, |db| hosts::list(db))
     }
 }
 

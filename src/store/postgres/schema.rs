@@ -34,6 +34,7 @@
 //!   small blocks from it with an update that only moves it up.
 //! * `meta`: key/value facts (the audit streaming cursor, chain migration
 //!   notes).
+//! * `host_reports`: the last sync report of each host (version 4).
 //! * `ca_keys`: one row per stored CA key (base, slot), the private key
 //!   passphrase-encrypted, and the audit checkpoint key as base
 //!   `audit_key` ([`super::keys`]).
@@ -71,12 +72,34 @@ const MIGRATIONS: &[Migration] = &[
         name: "CA keys and the audit key",
         sql: super::keys::SCHEMA,
     },
+    Migration {
+        version: 4,
+        name: "audit job claims, host sync reports",
+        sql: V4,
+    },
 ];
 
 /// The schema version this build needs.
 pub fn current_version() -> i32 {
     MIGRATIONS.last().map(|m| m.version).unwrap_or(0)
 }
+
+/// Job claims in audit records (hashed with chain encoding version 2 when
+/// present, so earlier records keep verifying), and the last sync report
+/// of each host (`mayfly hosts`).
+const V4: &str = r#"
+ALTER TABLE audit ADD COLUMN claims TEXT;
+
+CREATE TABLE host_reports (
+    host            TEXT PRIMARY KEY,
+    reported_at     BIGINT NOT NULL,
+    krl_version     BIGINT NOT NULL,
+    ca_fingerprints TEXT NOT NULL,
+    last_error      TEXT,
+    cert_serial     BIGINT NOT NULL,
+    client_addr     TEXT
+);
+"#;
 
 const V1: &str = r#"
 CREATE TABLE audit (

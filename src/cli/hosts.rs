@@ -1,0 +1,112 @@
+//! `mayfly hosts`: the hosts that report after `mayfly host sync`, their
+//! lag behind the CA's KRL, and those that stopped reporting.
+//!
+//! Exit codes: 0 when every known host is current; 2 when a host lags or
+//! is stale; 1 for errors.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use mayfly::fleet::{self, FleetView};
+use mayfly::store::{OpenMode, StoreConfig};
+
+use super::load_config;
+
+/// `mayfly hosts`.
+#[derive(Args)]
+pub struct HostsArgs {
+    /// The CA's mayfly.toml.
+    #[arg(long)]
+    config: PathBuf,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+    /// Call a host stale after this many sync intervals without a report
+    /// (default: `[hosts] stale_intervals`, 3).
+    #[arg(long)]
+    stale_intervals: Option<u64>,
+}
+
+/// Exit code when a host lags or is stale: the fleet drifted from the CA.
+const EXIT_LAGGING: super::exit::Exit = super::exit::Exit::Drift;
+
+/// Runs `mayfly hosts`.
+pub fn run(a: HostsArgs) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(&a.config)?;
+    let mut s = cfg.hosts.staleness();
+    if let Some(n) = a.stale_intervals {
+        if n < 1 {
+            return Err(super::exit::fail(
+                super::exit::Exit::Usage,
+                "--stale-intervals must be at least 1",
+            ));
+        }
+        s.intervals = n;
+    }
+    let store = mayfly::store::open(&StoreConfig::from_config(&cfg, OpenMode::ReadOnly))?;
+    let now = super::unix_now();
+    let view = mayfly::store::block_on(fleet::view(&store, s, now))??;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print!("{}", render(&view));
+    }
+    Ok(if view.lagging + view.stale > 0 {
+        EXIT_LAGGING.into()
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn render(v: &FleetView) -> String {
+    let mut out = String::new();
+    if v.hosts.is_empty() {
+        out.push_str(
+            "no host has reported yet (`mayfly host sync` reports with the host certificate from \
+             `mayfly host cert`)\n",
+        );
+        return out;
+    }
+    let width = v
+        .hosts
+        .iter()
+        .map(|h| h.host.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    out.push_str(&format!(
+        "{:<width$}  {:<8}  {:>11}  {:>10}  {:<20}  LAST ERROR\n",
+        "HOST", "STATE", "KRL", "BEHIND", "LAST REPORT"
+    ));
+    for h in &v.hosts {
+        let state = if h.stale {
+            "stale"
+        } else if h.lagging {
+            "lagging"
+        } else {
+            "current"
+        };
+        let age = humantime::format_duration(Duration::from_secs(h.age_secs));
+        out.push_str(&format!(
+            "{:<width$}  {:<8}  {:>11}  {:>10}  {:<20}  {}\n",
+            h.host,
+            state,
+            h.krl_version,
+            h.krl_behind,
+            format!("{age} ago"),
+            h.last_error.as_deref().unwrap_or("-")
+        ));
+    }
+    out.push_str(&format!(
+        "{} host(s): {} lagging, {} stale (no report for {}); CA KRL version {}\n",
+        v.total,
+        v.lagging,
+        v.stale,
+        humantime::format_duration(Duration::from_secs(v.stale_after_secs)),
+        v.ca_krl_version
+    ));
+    out
+}

@@ -1,0 +1,115 @@
+//! SQLite storage of host sync reports: one row per host name, replaced by
+//! each newer report of that host (on the writer thread).
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::sqlite::Sqlite;
+use super::StoreError;
+use crate::fleet::HostRow;
+
+/// The host reports table, added to databases of older versions when they
+/// are opened for writing (a read-only open of an older one sees no hosts).
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS host_reports (
+    host            TEXT PRIMARY KEY,
+    reported_at     INTEGER NOT NULL,
+    krl_version     INTEGER NOT NULL,
+    ca_fingerprints TEXT NOT NULL,
+    last_error      TEXT,
+    cert_serial     INTEGER NOT NULL,
+    client_addr     TEXT
+);";
+
+const COLUMNS: &str =
+    "host, reported_at, krl_version, ca_fingerprints, last_error, cert_serial, client_addr";
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Creates the table if it is missing.
+pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(SCHEMA).map_err(err)
+}
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HostRow> {
+    let fps: String = r.get(3)?;
+    Ok(HostRow {
+        host: r.get(0)?,
+        reported_at: u(r.get(1)?),
+        krl_version: u(r.get(2)?),
+        ca_fingerprints: serde_json::from_str(&fps).unwrap_or_default(),
+        last_error: r.get(4)?,
+        cert_serial: u(r.get(5)?),
+        client_addr: r.get(6)?,
+    })
+}
+
+impl Sqlite {
+    /// Stores `row` unless the host's stored report is later; then returns
+    /// that report's time.
+    pub(crate) fn host_report_impl(&mut self, row: &HostRow) -> Result<Option<u64>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let last: Option<i64> = tx
+            .query_row(
+                "SELECT reported_at FROM host_reports WHERE host = ?1",
+                [&row.host],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)?;
+        if let Some(last) = last.map(u).filter(|l| *l > row.reported_at) {
+            return Ok(Some(last));
+        }
+        tx.execute(
+            &format!("INSERT OR REPLACE INTO host_reports ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+            params![
+                row.host,
+                i(row.reported_at),
+                i(row.krl_version),
+                serde_json::to_string(&row.ca_fingerprints).map_err(err)?,
+                row.last_error,
+                i(row.cert_serial),
+                row.client_addr,
+            ],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(None)
+    }
+
+    /// Every host's last report, by name.
+    pub fn hosts(&self) -> Result<Vec<HostRow>, StoreError> {
+        let exists: bool = self
+            .conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'host_reports')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let mut st = self
+            .conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM host_reports ORDER BY host"))
+            .map_err(err)?;
+        let rows = st
+            .query_map([], read_row)
+            .map_err(err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        Ok(rows)
+    }
+}
