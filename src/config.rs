@@ -58,6 +58,115 @@ struct RawConfig {
     issuers: Vec<RawIssuer>,
     #[serde(default, rename = "admin")]
     admins: Vec<RawAdmin>,
+    console: Option<RawConsole>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsole {
+    issuer: String,
+    client_id: String,
+    client_secret_file: Option<PathBuf>,
+    public_url: String,
+    #[serde(default)]
+    viewers: Vec<String>,
+}
+
+/// `[console]`: the web console, where people log in with the OIDC
+/// authorization-code flow (PKCE) at an `[[issuer]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleConfig {
+    /// The `[[issuer]]` name whose people log in.
+    pub issuer: String,
+    /// OAuth client id of the console at that issuer (the ID token's `aud`).
+    pub client_id: String,
+    /// File holding the client secret (confidential client); `None`: a
+    /// public client that authenticates with PKCE alone.
+    pub client_secret_file: Option<PathBuf>,
+    /// Where browsers reach mayfly; the redirect URI is
+    /// `public_url + "/console/callback"`.
+    pub public_url: url::Url,
+    /// Who may look (read-only): `(claim, pattern)`, any one matching.
+    pub viewers: Vec<(String, String)>,
+}
+
+impl ConsoleConfig {
+    /// The redirect URI registered at the issuer.
+    pub fn redirect_uri(&self) -> String {
+        format!(
+            "{}/console/callback",
+            self.public_url.as_str().trim_end_matches('/')
+        )
+    }
+
+    fn from_raw(r: RawConsole, issuers: &[IssuerConfig]) -> Result<ConsoleConfig, ConfigError> {
+        let bad = |m: String| ConfigError::Invalid(format!("[console] {m}"));
+        if !issuers.iter().any(|i| i.name == r.issuer) {
+            let names: Vec<&str> = issuers.iter().map(|i| i.name.as_str()).collect();
+            return Err(bad(format!(
+                "issuer {:?} is not an [[issuer]] name (configured: {names:?}); people log in at one of the configured issuers",
+                r.issuer
+            )));
+        }
+        if r.client_id.trim().is_empty() || r.client_id.len() > 256 {
+            return Err(bad(
+                "client_id must name the console's OAuth client at the issuer".into(),
+            ));
+        }
+        let public_url = url::Url::parse(&r.public_url).map_err(|e| {
+            bad(format!(
+                "public_url {:?} is not a URL ({e}); write e.g. \"https://ca.example.com\"",
+                r.public_url
+            ))
+        })?;
+        if public_url.query().is_some()
+            || public_url.fragment().is_some()
+            || !public_url.username().is_empty()
+            || public_url.host_str().is_none()
+        {
+            return Err(bad(format!(
+                "public_url {:?} must be scheme://host[:port][/path], without user, query or fragment",
+                r.public_url
+            )));
+        }
+        match public_url.scheme() {
+            "https" => {}
+            "http" if is_loopback_http(&public_url) => {}
+            _ => {
+                return Err(bad(format!(
+                    "public_url {:?} must be https (plain http only on a loopback address): session cookies and login codes cross it",
+                    r.public_url
+                )))
+            }
+        }
+        if let Some(f) = &r.client_secret_file {
+            if f.as_os_str().is_empty() {
+                return Err(bad(
+                    "client_secret_file is empty; leave it out for a public client".into(),
+                ));
+            }
+        }
+        let mut viewers = Vec::new();
+        for v in r.viewers {
+            let (claim, pattern) = v.split_once(':').ok_or_else(|| {
+                bad(format!(
+                    "viewer {v:?} must be claim:pattern, e.g. \"groups:sre\" or \"sub:alice@example.com\""
+                ))
+            })?;
+            let claim = if claim == "group" { "groups" } else { claim };
+            if claim.is_empty() || pattern.is_empty() {
+                return Err(bad(format!("viewer {v:?} must be claim:pattern")));
+            }
+            viewers.push((claim.to_string(), pattern.to_string()));
+        }
+        Ok(ConsoleConfig {
+            issuer: r.issuer,
+            client_id: r.client_id,
+            client_secret_file: r.client_secret_file,
+            public_url,
+            viewers,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +290,8 @@ pub struct Config {
     pub issuers: Vec<IssuerConfig>,
     /// Admin identities (`[[admin]]`); none means the admin API refuses everyone.
     pub admins: Vec<AdminRule>,
+    /// The web console (`[console]`); `None`: `/console/` is 404.
+    pub console: Option<ConsoleConfig>,
     /// Where the CA private keys live and how they are protected (`[ca]`).
     pub ca: CaKeyConfig,
     /// HTTPS settings; `None` serves plain HTTP (allowed on loopback only,
@@ -453,6 +564,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             issuers: Vec::new(),
             admins: Vec::new(),
+            console: None,
             ca: CaKeyConfig::default(),
             tls: None,
             insecure_http: false,
@@ -781,6 +893,9 @@ impl Config {
                     })
                     .collect(),
             });
+        }
+        if let Some(rc) = raw.console {
+            c.console = Some(ConsoleConfig::from_raw(rc, &c.issuers)?);
         }
         Ok(c)
     }
