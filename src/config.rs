@@ -1642,3 +1642,88 @@ mod connection_key_tests {
         assert!(Config::parse("max_connections = -1").is_err());
     }
 }
+
+#[cfg(test)]
+mod console_tests {
+    use super::*;
+
+    const ISSUER: &str =
+        "[[issuer]]\nname = \"corp\"\nurl = \"https://login.example.com\"\naudience = \"mayfly\"\n";
+
+    fn parse_console(console: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!("{ISSUER}\n[console]\n{console}"))
+    }
+
+    fn err(console: &str) -> String {
+        match parse_console(console) {
+            Ok(_) => panic!("accepted: {console}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn no_console_section_means_no_console() {
+        assert_eq!(Config::parse(ISSUER).expect("parse").console, None);
+    }
+
+    #[test]
+    fn a_console_section_parses_with_its_redirect_uri_and_viewers() {
+        let c = parse_console(
+            "issuer = \"corp\"\nclient_id = \"mayfly-console\"\nclient_secret_file = \"/etc/mayfly/secret\"\npublic_url = \"https://ca.example.com/\"\nviewers = [\"group:sre\", \"sub:alice@example.com\"]\n",
+        )
+        .expect("parse")
+        .console
+        .expect("console");
+        assert_eq!(c.redirect_uri(), "https://ca.example.com/console/callback");
+        assert_eq!(
+            c.viewers,
+            vec![
+                ("groups".to_string(), "sre".to_string()),
+                ("sub".to_string(), "alice@example.com".to_string())
+            ]
+        );
+        assert_eq!(
+            c.client_secret_file,
+            Some(PathBuf::from("/etc/mayfly/secret"))
+        );
+    }
+
+    #[test]
+    fn an_unknown_issuer_is_refused_naming_the_configured_ones() {
+        let e = err(
+            "issuer = \"github\"\nclient_id = \"c\"\npublic_url = \"https://ca.example.com\"\n",
+        );
+        assert!(
+            e.contains("\"github\" is not an [[issuer]]") && e.contains("corp"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn public_url_must_be_https_unless_loopback() {
+        let e =
+            err("issuer = \"corp\"\nclient_id = \"c\"\npublic_url = \"http://ca.example.com\"\n");
+        assert!(e.contains("must be https"), "{e}");
+        assert!(parse_console(
+            "issuer = \"corp\"\nclient_id = \"c\"\npublic_url = \"http://127.0.0.1:8400\"\n"
+        )
+        .is_ok());
+        let e = err(
+            "issuer = \"corp\"\nclient_id = \"c\"\npublic_url = \"https://ca.example.com/?x=1\"\n",
+        );
+        assert!(e.contains("without user, query or fragment"), "{e}");
+        let e = err("issuer = \"corp\"\nclient_id = \"c\"\npublic_url = \"ca.example.com\"\n");
+        assert!(e.contains("is not a URL"), "{e}");
+    }
+
+    #[test]
+    fn bad_viewers_client_id_and_unknown_keys_are_refused() {
+        let e = err("issuer = \"corp\"\nclient_id = \"c\"\npublic_url = \"https://ca.example.com\"\nviewers = [\"sre\"]\n");
+        assert!(e.contains("must be claim:pattern"), "{e}");
+        let e =
+            err("issuer = \"corp\"\nclient_id = \" \"\npublic_url = \"https://ca.example.com\"\n");
+        assert!(e.contains("client_id"), "{e}");
+        let e = err("issuer = \"corp\"\nclient_id = \"c\"\npublic_url = \"https://ca.example.com\"\nclient_secret = \"x\"\n");
+        assert!(e.contains("client_secret"), "{e}");
+    }
+}
