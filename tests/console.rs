@@ -631,3 +631,69 @@ impl TapMkdir for std::path::PathBuf {
         self
     }
 }
+
+/// Writes a screenshot of every console page to docs/console/ (run by
+/// hand: `cargo test --release --test console -- --ignored screenshots`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes docs/console/*.png; run by hand when the pages change"]
+async fn screenshots_of_every_page() {
+    let env = setup();
+    let b = Browser::start().await;
+    env.login(&b, "alice").await;
+    let (_, public) = keygen_ed25519(env.dir.path());
+    let mut key_id = String::new();
+    for _ in 0..3 {
+        let r = env.bot_post("bot", json!({"role": "build", "public_key": public}));
+        key_id = r.json()["key_id"].as_str().expect("key_id").to_string();
+    }
+    env.bot_post(
+        "bot",
+        json!({"role": "build", "public_key": public, "principals": ["root"]}),
+    );
+    env.bot_post("carol-bot", json!({"role": "nope", "public_key": public}));
+    env.bot_post("bot", json!({"role": "prod-deploy", "public_key": public}));
+    let out = support::repo_root().join("docs/console");
+    std::fs::create_dir_all(&out).expect("mkdir docs/console");
+    let pages = [
+        ("overview", "/console/".to_string()),
+        ("feed", "/console/feed".to_string()),
+        ("approvals", "/console/approvals".to_string()),
+        ("certificate", format!("/console/certs?q={key_id}")),
+        ("identities", "/console/identities".to_string()),
+        (
+            "identity",
+            "/console/identity?issuer=ci&subject=bot".to_string(),
+        ),
+        ("audit", "/console/audit".to_string()),
+        ("policy", "/console/policy".to_string()),
+    ];
+    for (name, path) in pages {
+        b.client
+            .goto(&format!("{}{path}", env.ca.url()))
+            .await
+            .expect("goto");
+        b.wait("main h1").await;
+        b.screenshot(&out.join(format!("{name}.png"))).await;
+    }
+    b.client
+        .goto(&format!("{}/console/policy", env.ca.url()))
+        .await
+        .expect("goto");
+    b.fill("textarea[name=claims]", "").await;
+    b.client
+        .find(fantoccini::Locator::Css("textarea[name=claims]"))
+        .await
+        .expect("textarea")
+        .clear()
+        .await
+        .expect("clear");
+    b.fill(
+        "textarea[name=claims]",
+        r#"{"sub": "bot", "repository": "other/repo"}"#,
+    )
+    .await;
+    b.click("#explain").await;
+    b.wait("#explain-result").await;
+    b.screenshot(&out.join("policy-explain.png")).await;
+    b.close().await;
+}

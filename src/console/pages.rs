@@ -316,7 +316,7 @@ async fn latest_decisions(con: &Console, limit: usize) -> Result<Vec<StoredRecor
             .await?,
         );
     }
-    all.sort_by(|a, b| b.seq.cmp(&a.seq));
+    all.sort_by_key(|r| std::cmp::Reverse(r.seq));
     all.truncate(limit);
     Ok(all)
 }
