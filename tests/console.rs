@@ -453,7 +453,13 @@ async fn a_person_logs_in_sees_the_feed_approves_a_request_and_revokes_a_certifi
         .await
         .expect("overview");
     b.click("#logout").await;
-    let r = env.get_with("/console/", &session);
+    // The click returns before the post is answered: wait for the session to end.
+    let start = Instant::now();
+    let mut r = env.get_with("/console/", &session);
+    while r.status == 200 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        r = env.get_with("/console/", &session);
+    }
     assert!(matches!(r.status, 302 | 303), "{}", r.status);
     assert!(r
         .header("location")
