@@ -66,6 +66,11 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # Python 3 runs scripts/modcycles.py (the module layering check)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 
+# Chromium and its WebDriver: a real browser for the web console's tests
+# (tests/console.rs drives headless chromium through chromedriver)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+
 # --- Node.js and npm: the real OIDC provider (oidc-provider 9) ------------
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)

@@ -61,6 +61,115 @@ struct RawConfig {
     issuers: Vec<RawIssuer>,
     #[serde(default, rename = "admin")]
     admins: Vec<RawAdmin>,
+    console: Option<RawConsole>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsole {
+    issuer: String,
+    client_id: String,
+    client_secret_file: Option<PathBuf>,
+    public_url: String,
+    #[serde(default)]
+    viewers: Vec<String>,
+}
+
+/// `[console]`: the web console, where people log in with the OIDC
+/// authorization-code flow (PKCE) at an `[[issuer]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleConfig {
+    /// The `[[issuer]]` name whose people log in.
+    pub issuer: String,
+    /// OAuth client id of the console at that issuer (the ID token's `aud`).
+    pub client_id: String,
+    /// File holding the client secret (confidential client); `None`: a
+    /// public client that authenticates with PKCE alone.
+    pub client_secret_file: Option<PathBuf>,
+    /// Where browsers reach mayfly; the redirect URI is
+    /// `public_url + "/console/callback"`.
+    pub public_url: url::Url,
+    /// Who may look (read-only): `(claim, pattern)`, any one matching.
+    pub viewers: Vec<(String, String)>,
+}
+
+impl ConsoleConfig {
+    /// The redirect URI registered at the issuer.
+    pub fn redirect_uri(&self) -> String {
+        format!(
+            "{}/console/callback",
+            self.public_url.as_str().trim_end_matches('/')
+        )
+    }
+
+    fn from_raw(r: RawConsole, issuers: &[IssuerConfig]) -> Result<ConsoleConfig, ConfigError> {
+        let bad = |m: String| ConfigError::Invalid(format!("[console] {m}"));
+        if !issuers.iter().any(|i| i.name == r.issuer) {
+            let names: Vec<&str> = issuers.iter().map(|i| i.name.as_str()).collect();
+            return Err(bad(format!(
+                "issuer {:?} is not an [[issuer]] name (configured: {names:?}); people log in at one of the configured issuers",
+                r.issuer
+            )));
+        }
+        if r.client_id.trim().is_empty() || r.client_id.len() > 256 {
+            return Err(bad(
+                "client_id must name the console's OAuth client at the issuer".into(),
+            ));
+        }
+        let public_url = url::Url::parse(&r.public_url).map_err(|e| {
+            bad(format!(
+                "public_url {:?} is not a URL ({e}); write e.g. \"https://ca.example.com\"",
+                r.public_url
+            ))
+        })?;
+        if public_url.query().is_some()
+            || public_url.fragment().is_some()
+            || !public_url.username().is_empty()
+            || public_url.host_str().is_none()
+        {
+            return Err(bad(format!(
+                "public_url {:?} must be scheme://host[:port][/path], without user, query or fragment",
+                r.public_url
+            )));
+        }
+        match public_url.scheme() {
+            "https" => {}
+            "http" if is_loopback_http(&public_url) => {}
+            _ => {
+                return Err(bad(format!(
+                    "public_url {:?} must be https (plain http only on a loopback address): session cookies and login codes cross it",
+                    r.public_url
+                )))
+            }
+        }
+        if let Some(f) = &r.client_secret_file {
+            if f.as_os_str().is_empty() {
+                return Err(bad(
+                    "client_secret_file is empty; leave it out for a public client".into(),
+                ));
+            }
+        }
+        let mut viewers = Vec::new();
+        for v in r.viewers {
+            let (claim, pattern) = v.split_once(':').ok_or_else(|| {
+                bad(format!(
+                    "viewer {v:?} must be claim:pattern, e.g. \"groups:sre\" or \"sub:alice@example.com\""
+                ))
+            })?;
+            let claim = if claim == "group" { "groups" } else { claim };
+            if claim.is_empty() || pattern.is_empty() {
+                return Err(bad(format!("viewer {v:?} must be claim:pattern")));
+            }
+            viewers.push((claim.to_string(), pattern.to_string()));
+        }
+        Ok(ConsoleConfig {
+            issuer: r.issuer,
+            client_id: r.client_id,
+            client_secret_file: r.client_secret_file,
+            public_url,
+            viewers,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -434,6 +543,8 @@ pub struct Config {
     pub issuers: Vec<IssuerConfig>,
     /// Admin identities (`[[admin]]`); none means the admin API refuses everyone.
     pub admins: Vec<AdminRule>,
+    /// The web console (`[console]`); `None`: `/console/` is 404.
+    pub console: Option<ConsoleConfig>,
     /// Where the CA private keys live and how they are protected (`[ca]`).
     pub ca: CaKeyConfig,
     /// HTTPS settings; `None` serves plain HTTP (allowed on loopback only,
@@ -724,6 +835,7 @@ impl Default for Config {
             error_detail: ErrorDetail::Full,
             issuers: Vec::new(),
             admins: Vec::new(),
+            console: None,
             ca: CaKeyConfig::default(),
             tls: None,
             insecure_http: false,
@@ -1135,6 +1247,9 @@ impl Config {
                     })
                     .collect(),
             });
+        }
+        if let Some(rc) = raw.console {
+            c.console = Some(ConsoleConfig::from_raw(rc, &c.issuers)?);
         }
         Ok(c)
     }
@@ -1937,5 +2052,90 @@ mod connection_key_tests {
             assert!(err.contains(want), "{text}: {err}");
         }
         assert!(Config::parse("max_connections = -1").is_err());
+    }
+}
+
+#[cfg(test)]
+mod console_tests {
+    use super::*;
+
+    const ISSUER: &str =
+        "[[issuer]]\nname = \"corp\"\nurl = \"https://login.example.com\"\naudience = \"mayfly\"\n";
+
+    fn parse_console(console: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!("{ISSUER}\n[console]\n{console}"))
+    }
+
+    fn err(console: &str) -> String {
+        match parse_console(console) {
+            Ok(_) => panic!("accepted: {console}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn no_console_section_means_no_console() {
+        assert_eq!(Config::parse(ISSUER).expect("parse").console, None);
+    }
+
+    #[test]
+    fn a_console_section_parses_with_its_redirect_uri_and_viewers() {
+        let c = parse_console(
+            "issuer = \"corp\"\nclient_id = \"mayfly-console\"\nclient_secret_file = \"/etc/mayfly/secret\"\npublic_url = \"https://ca.example.com/\"\nviewers = [\"group:sre\", \"sub:alice@example.com\"]\n",
+        )
+        .expect("parse")
+        .console
+        .expect("console");
+        assert_eq!(c.redirect_uri(), "https://ca.example.com/console/callback");
+        assert_eq!(
+            c.viewers,
+            vec![
+                ("groups".to_string(), "sre".to_string()),
+                ("sub".to_string(), "alice@example.com".to_string())
+            ]
+        );
+        assert_eq!(
+            c.client_secret_file,
+            Some(PathBuf::from("/etc/mayfly/secret"))
+        );
+    }
+
+    #[test]
+    fn an_unknown_issuer_is_refused_naming_the_configured_ones() {
+        let e = err(
+            "issuer = \"github\"\nclient_id = \"c\"\npublic_url = \"https://ca.example.com\"\n",
+        );
+        assert!(
+            e.contains("\"github\" is not an [[issuer]]") && e.contains("corp"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn public_url_must_be_https_unless_loopback() {
+        let e =
+            err("issuer = \"corp\"\nclient_id = \"c\"\npublic_url = \"http://ca.example.com\"\n");
+        assert!(e.contains("must be https"), "{e}");
+        assert!(parse_console(
+            "issuer = \"corp\"\nclient_id = \"c\"\npublic_url = \"http://127.0.0.1:8400\"\n"
+        )
+        .is_ok());
+        let e = err(
+            "issuer = \"corp\"\nclient_id = \"c\"\npublic_url = \"https://ca.example.com/?x=1\"\n",
+        );
+        assert!(e.contains("without user, query or fragment"), "{e}");
+        let e = err("issuer = \"corp\"\nclient_id = \"c\"\npublic_url = \"ca.example.com\"\n");
+        assert!(e.contains("is not a URL"), "{e}");
+    }
+
+    #[test]
+    fn bad_viewers_client_id_and_unknown_keys_are_refused() {
+        let e = err("issuer = \"corp\"\nclient_id = \"c\"\npublic_url = \"https://ca.example.com\"\nviewers = [\"sre\"]\n");
+        assert!(e.contains("must be claim:pattern"), "{e}");
+        let e =
+            err("issuer = \"corp\"\nclient_id = \" \"\npublic_url = \"https://ca.example.com\"\n");
+        assert!(e.contains("client_id"), "{e}");
+        let e = err("issuer = \"corp\"\nclient_id = \"c\"\npublic_url = \"https://ca.example.com\"\nclient_secret = \"x\"\n");
+        assert!(e.contains("client_secret"), "{e}");
     }
 }

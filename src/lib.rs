@@ -92,6 +92,7 @@ pub mod rotation;
 
 pub mod api;
 pub mod bench;
+pub mod console;
 pub mod server;
 
 pub mod client;

@@ -22,6 +22,9 @@ pub mod connections;
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The web console cannot be set up (`[console]`).
+    #[error("{0}")]
+    Console(String),
     /// Data directory problem.
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -289,6 +292,64 @@ pub async fn build_with_audit(
     Ok((service, audit))
 }
 
+/// The web console's routes when `[console]` is configured: its OIDC
+/// client (with the client secret read from `client_secret_file`) on the
+/// same service. Without `[console]` there are none and `/console/` is 404.
+fn console_router(
+    cfg: &Config,
+    service: &Arc<Service>,
+) -> Result<Option<axum::Router>, StartError> {
+    let Some(cc) = &cfg.console else {
+        return Ok(None);
+    };
+    let issuer = cfg
+        .issuers
+        .iter()
+        .find(|i| i.name == cc.issuer)
+        .ok_or_else(|| {
+            StartError::Console(format!(
+                "[console] issuer {:?} is not an [[issuer]]",
+                cc.issuer
+            ))
+        })?;
+    let secret = match &cc.client_secret_file {
+        None => None,
+        Some(path) => {
+            let s = std::fs::read_to_string(path).map_err(|e| {
+                StartError::Console(format!(
+                    "[console] client_secret_file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let s = s.trim().to_string();
+            if s.is_empty() {
+                return Err(StartError::Console(format!(
+                    "[console] client_secret_file {} is empty",
+                    path.display()
+                )));
+            }
+            Some(s)
+        }
+    };
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .redirect(crate::auth::jwks::redirect_policy())
+        .build()
+        .map_err(std::io::Error::other)?;
+    let oidc = crate::console::oidc::OidcClient::new(
+        cc,
+        issuer,
+        secret,
+        http,
+        service.metrics().jwks(),
+        Arc::new(crate::clock::SystemClock::new()),
+    );
+    let console = crate::console::Console::new(cc, service.clone(), oidc, cfg.tls.is_some());
+    tracing::info!(issuer = %cc.issuer, redirect_uri = %cc.redirect_uri(), "web console on /console/");
+    Ok(Some(crate::console::router(Arc::new(console))))
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -411,7 +472,10 @@ pub async fn serve(cfg: Config) -> Result<(), StartError> {
             .is_some_and(|t| t.admin_requires_client_cert),
     };
     let service = state.service.clone();
-    let app = api::router(state, cfg.max_body_bytes);
+    let mut app = api::router(state, cfg.max_body_bytes);
+    if let Some(console) = console_router(&cfg, &service)? {
+        app = app.merge(console);
+    }
     connections::serve(listener, server_tls, app, limits, stats, shutdown_signal()).await?;
     service.finish_refusal_summary(service.clock().now()).await;
     drop(service);

@@ -3,7 +3,7 @@
 use std::time::SystemTime;
 
 use crate::audit::{AuditRecord, EventKind};
-use crate::auth::TokenError;
+use crate::auth::{TokenError, VerifiedToken};
 use crate::clock::{unix_ms, unix_secs as unix};
 use crate::policy::{Denial, DenialCode};
 
@@ -23,21 +23,7 @@ impl Service {
         let result = async {
             let token = token.ok_or(TokenError::Missing)?;
             let v = self.verifier.verify(token.expose(), unix(now)).await?;
-            let mut why = format!("no [[admin]] rule names issuer {:?}", v.issuer());
-            for (issuer, rules) in &self.admins {
-                if issuer != v.issuer() {
-                    continue;
-                }
-                match crate::policy::match_claims(rules, v.claims()) {
-                    Ok(()) => return Ok(format!("admin:{}:{}", v.issuer(), v.subject())),
-                    Err((rule, msg)) => why = format!("admin {rule}: {msg}"),
-                }
-            }
-            Err(IssueError::Denied(Denial {
-                code: DenialCode::NotAdmin,
-                rule: "admin".into(),
-                message: format!("{} is not an administrator: {why}", v.subject()),
-            }))
+            self.admin_actor(&v)
         }
         .await;
         if let Err(e) = &result {
@@ -49,9 +35,29 @@ impl Service {
 
     /// Whether a verified identity matches an `[[admin]]` rule.
     pub(super) fn is_admin(&self, v: &crate::auth::VerifiedToken) -> bool {
-        self.admins.iter().any(|(issuer, rules)| {
-            issuer == v.issuer() && crate::policy::match_claims(rules, v.claims()).is_ok()
-        })
+        self.admin_actor(v).is_ok()
+    }
+
+    /// The admin actor name (`admin:<issuer>:<subject>`) of a verified
+    /// person, or why no `[[admin]]` rule makes them one. Not audited: the
+    /// caller audits a refusal with [`Service::record_admin_refusal`]. The
+    /// admin API and the web console both decide through this.
+    pub fn admin_actor(&self, v: &VerifiedToken) -> Result<String, IssueError> {
+        let mut why = format!("no [[admin]] rule names issuer {:?}", v.issuer());
+        for (issuer, rules) in &self.admins {
+            if issuer != v.issuer() {
+                continue;
+            }
+            match crate::policy::match_claims(rules, v.claims()) {
+                Ok(()) => return Ok(format!("admin:{}:{}", v.issuer(), v.subject())),
+                Err((rule, msg)) => why = format!("admin {rule}: {msg}"),
+            }
+        }
+        Err(IssueError::Denied(Denial {
+            code: DenialCode::NotAdmin,
+            rule: "admin".into(),
+            message: format!("{} is not an administrator: {why}", v.subject()),
+        }))
     }
 
     /// Audits (and logs) a refused admin call.

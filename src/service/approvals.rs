@@ -140,9 +140,62 @@ impl Service {
         all: bool,
         now: SystemTime,
     ) -> Result<Vec<crate::approval::ApprovalRequest>, IssueError> {
-        use crate::approval::ApprovalStatus;
         let v = self.verify_person(token, now).await?;
-        let policy = self.policy();
+        self.requests_for(&v, all, now).await
+    }
+
+    /// Pending approval requests that the verified person `v` may decide
+    /// (the approvers of each request's role, as the policy says now).
+    pub async fn pending_approvals_for(
+        &self,
+        v: &VerifiedToken,
+        now: SystemTime,
+    ) -> Result<Vec<crate::approval::ApprovalRequest>, IssueError> {
+        self.requests_for(v, false, now).await
+    }
+
+    /// The requests of the roles `v` approves: pending ones, or (`all`)
+    /// the recent ones in every state, each with its status as of `now`.
+    async fn requests_for(
+        &self,
+        v: &VerifiedToken,
+        all: bool,
+        now: SystemTime,
+    ) -> Result<Vec<crate::approval::ApprovalRequest>, IssueError> {
+        Ok(self
+            .listed(all, now)
+            .await?
+            .into_iter()
+            .filter(|r| self.may_decide(v, &r.role))
+            .collect())
+    }
+
+    /// Whether the verified person `v` is an approver of `role`'s requests.
+    pub fn may_decide(&self, v: &VerifiedToken, role: &str) -> bool {
+        self.policy()
+            .roles
+            .get(role)
+            .and_then(|role| role.approval.as_ref())
+            .is_some_and(|ap| ap.is_approver(v.issuer(), v.claims()))
+    }
+
+    /// Every approval request still pending at `now` (read-only views:
+    /// the console shows them to viewers, who cannot decide them).
+    pub async fn all_pending_approvals(
+        &self,
+        now: SystemTime,
+    ) -> Result<Vec<crate::approval::ApprovalRequest>, IssueError> {
+        self.listed(false, now).await
+    }
+
+    /// Stored requests with their status as of `now`: the pending ones, or
+    /// (`all`) the recent ones in every state.
+    async fn listed(
+        &self,
+        all: bool,
+        now: SystemTime,
+    ) -> Result<Vec<crate::approval::ApprovalRequest>, IssueError> {
+        use crate::approval::ApprovalStatus;
         let listed = self
             .store
             .approvals()
@@ -152,13 +205,6 @@ impl Service {
             .into_iter()
             .map(|r| r.as_of(unix(now)))
             .filter(|r| all || r.status == ApprovalStatus::Pending)
-            .filter(|r| {
-                policy
-                    .roles
-                    .get(&r.role)
-                    .and_then(|role| role.approval.as_ref())
-                    .is_some_and(|ap| ap.is_approver(v.issuer(), v.claims()))
-            })
             .collect())
     }
 
@@ -268,10 +314,44 @@ impl Service {
         request_id: &str,
         now: SystemTime,
     ) -> Result<crate::approval::ApprovalRequest, IssueError> {
+        let verified = self.verify_person(token, now).await;
+        self.vote_checked(verified, id, approve, reason, request_id, now)
+            .await
+    }
+
+    /// As [`Service::vote`] for a person already verified elsewhere (the
+    /// web console verified their ID token at login): the same approver
+    /// rules, self-approval checks and audit records.
+    pub async fn vote_as(
+        &self,
+        v: &VerifiedToken,
+        id: &str,
+        approve: bool,
+        reason: &str,
+        request_id: &str,
+        now: SystemTime,
+    ) -> Result<crate::approval::ApprovalRequest, IssueError> {
+        self.vote_checked(Ok(v.clone()), id, approve, reason, request_id, now)
+            .await
+    }
+
+    async fn vote_checked(
+        &self,
+        verified: Result<VerifiedToken, IssueError>,
+        id: &str,
+        approve: bool,
+        reason: &str,
+        request_id: &str,
+        now: SystemTime,
+    ) -> Result<crate::approval::ApprovalRequest, IssueError> {
         let mut who = None;
-        let result = self
-            .vote_inner(token, id, approve, reason, request_id, now, &mut who)
-            .await;
+        let result = match verified {
+            Ok(v) => {
+                self.vote_inner(&v, id, approve, reason, request_id, now, &mut who)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = &result {
             if !matches!(e, IssueError::Store(_)) {
                 let mut rec =
@@ -295,7 +375,7 @@ impl Service {
     #[allow(clippy::too_many_arguments)]
     async fn vote_inner(
         &self,
-        token: Option<&crate::auth::BearerToken>,
+        v: &VerifiedToken,
         id: &str,
         approve: bool,
         reason: &str,
@@ -304,7 +384,6 @@ impl Service {
         who: &mut Option<String>,
     ) -> Result<crate::approval::ApprovalRequest, IssueError> {
         use crate::approval::ApprovalError;
-        let v = self.verify_person(token, now).await?;
         let approver = format!("{}:{}", v.issuer(), v.subject());
         *who = Some(approver.clone());
         let policy = self.policy();

@@ -17,8 +17,21 @@
 //                                                    claims.sub overrides it)
 //       "audience": "mayfly",                        (optional)
 //       "token_endpoint_auth_method": "client_secret_basic" | "client_secret_post" (optional)
-//     }]
+//     }],
+//     "people": [{                                   (optional: human clients, e.g.
+//       "client_id": "mayfly-console",                 mayfly's web console, using the
+//       "client_secret": "s3cret",                     authorization-code flow with PKCE)
+//       "redirect_uris": ["http://127.0.0.1:8400/console/callback"]
+//     }],
+//     "accounts": {                                  (optional: who can log in there,
+//       "alice": {"groups": ["sre"], "name": "Alice"}  by login name, with the claims
+//     }                                                their ID tokens carry)
 //   }
+//
+// With people configured, the provider shows oidc-provider's development
+// login form (a "login" and a "password" field; the password is not
+// checked, the login must be one of "accounts") and grants the scopes it
+// was asked for without a consent screen.
 //
 // At start-up it makes one RSA-2048, one EC P-256 and one Ed25519 signing key,
 // serves them as its JWKS, and writes their private halves to keys_out as
@@ -70,6 +83,17 @@ function loadConfig(path) {
     c.audience ??= 'mayfly';
     c.token_endpoint_auth_method ??= 'client_secret_basic';
   }
+  config.people ??= [];
+  if (!Array.isArray(config.people)) die('config.people must be an array');
+  for (const p of config.people) {
+    if (typeof p.client_id !== 'string' || !p.client_id) die('every person client needs a client_id');
+    if (seen.has(p.client_id)) die(`duplicate client_id ${p.client_id}`);
+    seen.add(p.client_id);
+    if (typeof p.client_secret !== 'string' || !p.client_secret) die(`client ${p.client_id} needs a client_secret`);
+    if (!Array.isArray(p.redirect_uris) || p.redirect_uris.length === 0) die(`client ${p.client_id} needs redirect_uris`);
+  }
+  config.accounts ??= {};
+  if (typeof config.accounts !== 'object' || Array.isArray(config.accounts)) die('config.accounts must be an object');
   return config;
 }
 
@@ -125,26 +149,69 @@ const keys = makeKeys();
 const clientsById = new Map(config.clients.map((c) => [c.client_id, c]));
 
 const provider = new Provider(issuer, {
-  clients: config.clients.map((c) => ({
-    client_id: c.client_id,
-    client_secret: c.client_secret,
-    grant_types: ['client_credentials'],
-    response_types: [],
-    redirect_uris: [],
-    token_endpoint_auth_method: c.token_endpoint_auth_method,
-  })),
+  clients: [
+    ...config.clients.map((c) => ({
+      client_id: c.client_id,
+      client_secret: c.client_secret,
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: c.token_endpoint_auth_method,
+    })),
+    ...config.people.map((p) => ({
+      client_id: p.client_id,
+      client_secret: p.client_secret,
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+      redirect_uris: p.redirect_uris,
+      token_endpoint_auth_method: 'client_secret_basic',
+      id_token_signed_response_alg: 'RS256',
+    })),
+  ],
+  // People log in by name; the password is not checked (a test provider).
+  findAccount: (ctx, id) => {
+    const claims = Object.hasOwn(config.accounts, id) ? config.accounts[id] : undefined;
+    if (!claims) return undefined;
+    return { accountId: id, claims: () => ({ ...claims, sub: id }) };
+  },
+  claims: {
+    openid: ['sub'],
+    profile: ['name', 'preferred_username'],
+    email: ['email'],
+    groups: ['groups'],
+  },
+  // The claims go into the ID token, where mayfly's console reads them.
+  conformIdTokenClaims: false,
+  // No consent screen: every scope asked for is granted.
+  loadExistingGrant: async (ctx) => {
+    const grantId = ctx.oidc.result?.consent?.grantId
+      || ctx.oidc.session.grantIdFor(ctx.oidc.client.clientId);
+    if (grantId) {
+      const found = await ctx.oidc.provider.Grant.find(grantId);
+      if (found) return found;
+    }
+    const grant = new ctx.oidc.provider.Grant({
+      clientId: ctx.oidc.client.clientId,
+      accountId: ctx.oidc.session.accountId,
+    });
+    grant.addOIDCScope(ctx.oidc.params.scope || 'openid');
+    await grant.save();
+    return grant;
+  },
   jwks: { keys: keys.map((k) => k.jwk) },
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: config.people.length > 0 },
     introspection: { enabled: true },
     clientCredentials: { enabled: true },
     resourceIndicators: {
       enabled: true,
       // A token request without "resource" still gets a JWT for mayfly.
-      defaultResource: () => DEFAULT_RESOURCE,
+      // People's logins get no access token for mayfly: only their ID token is used.
+      defaultResource: (ctx, client) => (clientsById.has(client.clientId) ? DEFAULT_RESOURCE : undefined),
       useGrantedResource: () => true,
       getResourceServerInfo: (ctx, resourceIndicator, client) => {
         const spec = clientsById.get(client.clientId);
+        if (!spec) throw new Error(`client ${client.clientId} gets no access token for ${resourceIndicator}`);
         return {
           scope: '',
           audience: spec.audience,

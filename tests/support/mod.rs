@@ -11,6 +11,7 @@
 // Each test file uses a different part of the harness.
 #![allow(dead_code, unused_imports)]
 
+pub mod browser;
 pub mod cli;
 pub mod http;
 pub mod issuer;

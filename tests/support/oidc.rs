@@ -110,13 +110,21 @@ impl Oidc {
     /// Starts a provider that knows `clients`. Panics, with node's output,
     /// if it is not ready within 20 seconds.
     pub fn start(clients: &[ClientSpec]) -> Oidc {
+        Oidc::start_with_people(clients, &json!([]), &json!({}))
+    }
+
+    /// Starts a provider that also knows human clients (`people`, each
+    /// `{"client_id", "client_secret", "redirect_uris"}`, authorization
+    /// code flow) and the `accounts` people log in as (`{"alice":
+    /// {"groups": ["sre"]}}`), through its login form.
+    pub fn start_with_people(clients: &[ClientSpec], people: &Value, accounts: &Value) -> Oidc {
         ensure_node_modules();
         let node = find_program("node", &[], "nodejs (version 20 or later)");
         let dir = temp_dir("oidc");
         let mut last_failure = String::new();
         for _attempt in 0..3 {
             let port = free_port();
-            match start_on(&node, dir.path(), port, clients) {
+            match start_on(&node, dir.path(), port, clients, people, accounts) {
                 Ok((proc, keys)) => {
                     let issuer = format!("http://127.0.0.1:{port}");
                     let mut oidc = Oidc {
@@ -327,6 +335,8 @@ fn start_on(
     dir: &Path,
     port: u16,
     clients: &[ClientSpec],
+    people: &Value,
+    accounts: &Value,
 ) -> Result<(Proc, Vec<ProviderKey>), (String, bool)> {
     let keys_out = dir.join("keys.json");
     let config_path = dir.join("config.json");
@@ -345,6 +355,8 @@ fn start_on(
             if let Some(m) = &c.auth_method { v["token_endpoint_auth_method"] = json!(m); }
             v
         }).collect::<Vec<_>>(),
+        "people": people,
+        "accounts": accounts,
     });
     std::fs::write(
         &config_path,
