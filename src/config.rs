@@ -232,8 +232,8 @@ pub struct HostsConfig {
 impl Default for HostsConfig {
     fn default() -> Self {
         HostsConfig {
-            sync_interval: Duration::from_secs(crate::fleet::DEFAULT_SYNC_INTERVAL_SECS),
-            stale_intervals: crate::fleet::DEFAULT_STALE_INTERVALS,
+            sync_interval: Duration::from_secs(DEFAULT_HOST_SYNC_INTERVAL_SECS),
+            stale_intervals: DEFAULT_HOST_STALE_INTERVALS,
         }
     }
 }
@@ -266,7 +266,7 @@ impl ApprovalWebhookConfig {
         let url = r
             .url
             .as_deref()
-            .map(crate::policy::approval::ApprovalPolicy::parse_webhook)
+            .map(parse_webhook_url)
             .transpose()
             .map_err(|m| invalid(format!("url: {m}")))?;
         let server_url = r
@@ -319,13 +319,23 @@ impl ApprovalWebhookConfig {
     }
 }
 
-impl HostsConfig {
-    /// As the fleet module measures it.
-    pub fn staleness(&self) -> crate::fleet::Staleness {
-        crate::fleet::Staleness {
-            interval_secs: self.sync_interval.as_secs(),
-            intervals: self.stale_intervals,
-        }
+/// Default `[hosts] sync_interval` in seconds (the shipped timer's 5 minutes).
+pub const DEFAULT_HOST_SYNC_INTERVAL_SECS: u64 = 300;
+
+/// Default `[hosts] stale_intervals`: missed intervals after which a host is stale.
+pub const DEFAULT_HOST_STALE_INTERVALS: u64 = 3;
+
+/// Parses an approval webhook URL: https, or plain http to loopback only
+/// (the notice names who asks for what).
+pub fn parse_webhook_url(s: &str) -> Result<url::Url, String> {
+    let u = url::Url::parse(s).map_err(|e| format!("webhook {s:?} is not a URL: {e}"))?;
+    if u.scheme() == "https" || is_loopback_http(&u) {
+        Ok(u)
+    } else {
+        Err(format!(
+            "webhook {:?} must be https:// (plain http only to loopback)",
+            u.origin().ascii_serialization()
+        ))
     }
 }
 

@@ -26,10 +26,10 @@ pub const MAX_ERROR_CHARS: usize = 512;
 pub const MAX_HOST_CHARS: usize = 253;
 
 /// Default expected time between two syncs (the shipped timer's).
-pub const DEFAULT_SYNC_INTERVAL_SECS: u64 = 300;
+pub const DEFAULT_SYNC_INTERVAL_SECS: u64 = crate::config::DEFAULT_HOST_SYNC_INTERVAL_SECS;
 
 /// Default number of missed intervals after which a host is stale.
-pub const DEFAULT_STALE_INTERVALS: u64 = 3;
+pub const DEFAULT_STALE_INTERVALS: u64 = crate::config::DEFAULT_HOST_STALE_INTERVALS;
 
 /// What a host sends, signed: the exact JSON text is what the signature
 /// covers.
@@ -164,6 +164,16 @@ pub struct Staleness {
     pub intervals: u64,
 }
 
+impl Staleness {
+    /// As `[hosts]` in mayfly.toml sets it.
+    pub fn of(h: &crate::config::HostsConfig) -> Staleness {
+        Staleness {
+            interval_secs: h.sync_interval.as_secs(),
+            intervals: h.stale_intervals,
+        }
+    }
+}
+
 impl Default for Staleness {
     fn default() -> Self {
         Staleness {
@@ -277,24 +287,19 @@ pub struct FleetView {
     pub hosts: Vec<HostStatus>,
 }
 
-/// Reads the hosts' last reports and the CA's KRL version from `store`.
-pub async fn view(
-    store: &crate::store::Store,
-    s: Staleness,
-    now: u64,
-) -> Result<FleetView, crate::store::StoreError> {
-    let rows = store.hosts().hosts().await?;
-    let ca = store.access().state_version().await?.version;
+/// The fleet from the hosts' last reports and the CA's KRL version
+/// (read from a store by [`crate::store::hosts::fleet_view`]).
+pub fn view_of(rows: &[HostRow], ca: u64, s: Staleness, now: u64) -> FleetView {
     let hosts: Vec<HostStatus> = rows.iter().map(|r| status(r, ca, s, now)).collect();
-    let (total, lagging, stale) = counts(&rows, ca, s, now);
-    Ok(FleetView {
+    let (total, lagging, stale) = counts(rows, ca, s, now);
+    FleetView {
         ca_krl_version: ca,
         stale_after_secs: s.after_secs(),
         total,
         lagging,
         stale,
         hosts,
-    })
+    }
 }
 
 #[cfg(test)]

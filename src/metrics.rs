@@ -630,7 +630,7 @@ impl Metrics {
             tracing::warn!(error = %e, "metrics: cannot read the replicas' heartbeats");
         }
         let hosts = match &self.hosts {
-            Some((store, s)) => match crate::fleet::view(store, *s, unix).await {
+            Some((store, s)) => match crate::store::hosts::fleet_view(store, *s, unix).await {
                 Ok(v) => Some(v),
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics: cannot read the hosts' sync reports");

@@ -113,7 +113,7 @@ async fn check_fleet(
         .map(|k| fingerprint_of_line(&k.public))
         .collect();
     let rows = store.hosts().hosts().await?;
-    let s = cfg.hosts.staleness();
+    let s = crate::fleet::Staleness::of(&cfg.hosts);
     let (missing, stale) = crate::fleet::not_trusting(&rows, needed, &published, s, now);
     let names = |v: &[&crate::fleet::HostRow]| {
         v.iter()

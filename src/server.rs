@@ -261,7 +261,7 @@ pub async fn build_with_audit(
             .with_approvals(store.approvals_shared())
             .with_audit_stream(audit.stats(), store.audit_shared())
             .with_process_stats()
-            .with_hosts(store.clone(), cfg.hosts.staleness()),
+            .with_hosts(store.clone(), crate::fleet::Staleness::of(&cfg.hosts)),
     );
     let verifier = Verifier::new(&cfg.issuers, http, metrics.jwks(), clock.clone());
     tracing::info!(roles = policy.roles.len(), digest = %policy.digest, dir = %cfg.policy_dir.display(), "policy loaded");

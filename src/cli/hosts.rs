@@ -36,7 +36,7 @@ const EXIT_LAGGING: super::exit::Exit = super::exit::Exit::Drift;
 /// Runs `mayfly hosts`.
 pub fn run(a: HostsArgs) -> anyhow::Result<ExitCode> {
     let cfg = load_config(&a.config)?;
-    let mut s = cfg.hosts.staleness();
+    let mut s = fleet::Staleness::of(&cfg.hosts);
     if let Some(n) = a.stale_intervals {
         if n < 1 {
             return Err(super::exit::fail(
@@ -48,7 +48,7 @@ pub fn run(a: HostsArgs) -> anyhow::Result<ExitCode> {
     }
     let store = mayfly::store::open(&StoreConfig::from_config(&cfg, OpenMode::ReadOnly))?;
     let now = super::unix_now();
-    let view = mayfly::store::block_on(fleet::view(&store, s, now))??;
+    let view = mayfly::store::block_on(mayfly::store::hosts::fleet_view(&store, s, now))??;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&view)?);
     } else {

@@ -141,11 +141,12 @@ fn wait_for_hosts(
         cfg,
         mayfly::store::OpenMode::ReadOnly,
     ))?;
-    let s = cfg.hosts.staleness();
+    let s = mayfly::fleet::Staleness::of(&cfg.hosts);
     let deadline = std::time::Instant::now() + timeout;
     let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
     loop {
-        let view = mayfly::store::block_on(mayfly::fleet::view(&store, s, now_secs()))??;
+        let view =
+            mayfly::store::block_on(mayfly::store::hosts::fleet_view(&store, s, now_secs()))??;
         if view.hosts.is_empty() {
             eprintln!(
                 "no host has reported to this CA yet (`mayfly host sync` with a host certificate \

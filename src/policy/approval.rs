@@ -121,15 +121,7 @@ impl ApprovalPolicy {
     /// Parses a webhook URL: https, or plain http to loopback only (the
     /// notice names who asks for what).
     pub fn parse_webhook(s: &str) -> Result<url::Url, String> {
-        let u = url::Url::parse(s).map_err(|e| format!("webhook {s:?} is not a URL: {e}"))?;
-        if u.scheme() == "https" || crate::config::is_loopback_http(&u) {
-            Ok(u)
-        } else {
-            Err(format!(
-                "webhook {:?} must be https:// (plain http only to loopback)",
-                u.origin().ascii_serialization()
-            ))
-        }
+        crate::config::parse_webhook_url(s)
     }
 
     /// Whether an identity from `issuer` with `claims` may approve.

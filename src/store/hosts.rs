@@ -5,7 +5,19 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::sqlite::Sqlite;
 use super::StoreError;
-use crate::fleet::HostRow;
+use crate::fleet::{FleetView, HostRow, Staleness};
+
+/// Reads the hosts' last reports and the CA's KRL version from `store`:
+/// the fleet as `mayfly hosts`, `revoke --wait` and `/metrics` show it.
+pub async fn fleet_view(
+    store: &super::Store,
+    s: Staleness,
+    now: u64,
+) -> Result<FleetView, StoreError> {
+    let rows = store.hosts().hosts().await?;
+    let ca = store.access().state_version().await?.version;
+    Ok(crate::fleet::view_of(&rows, ca, s, now))
+}
 
 /// The host reports table, added to databases of older versions when they
 /// are opened for writing (a read-only open of an older one sees no hosts).
