@@ -49,6 +49,7 @@ pub fn record(u: &mut Unstructured<'_>) -> Result<StoredRecord> {
         cert_type: opt_text(u)?,
         ca_key: opt_text(u)?,
         actor: opt_text(u)?,
+        claims: opt_text(u)?,
         prev_hash: None,
         hash: None,
     })
@@ -71,7 +72,7 @@ pub fn alter(r: &mut StoredRecord, which: u8) {
             Some(v) => Some(v.wrapping_add(1)),
         };
     }
-    match which % 23 {
+    match which % 24 {
         0 => r.seq = r.seq.wrapping_add(1),
         1 => r.time_ms = r.time_ms.wrapping_add(1),
         2 => flip(&mut r.event),
@@ -94,6 +95,7 @@ pub fn alter(r: &mut StoredRecord, which: u8) {
         19 => flip_opt(&mut r.cert_type),
         20 => flip_opt(&mut r.ca_key),
         21 => flip_opt(&mut r.actor),
+        22 => flip_opt(&mut r.claims),
         _ => {
             if let Some(h) = r.hash.as_mut() {
                 h[0] ^= 1;
