@@ -12,7 +12,7 @@
 //! certificate is not revoked. So nobody without a host key the CA
 //! certified can write a report, and a report cannot be replayed for long.
 
-use ssh_key::{Certificate, HashAlg, LineEnding, PrivateKey, SshSig};
+use ssh_key::{HashAlg, LineEnding, PrivateKey};
 
 use super::Authority;
 
@@ -73,23 +73,22 @@ pub fn verify(
     authorities: &[&Authority],
     now: u64,
 ) -> Result<Reporter, ReportProofError> {
-    let cert = Certificate::from_openssh(certificate.trim())
-        .map_err(|e| ReportProofError::Certificate(e.to_string()))?;
-    let ca = authorities
-        .iter()
-        .find(|a| a.public_key() == cert.signature_key())
-        .ok_or(ReportProofError::UnknownCa)?;
-    let ca_fp = cert.signature_key().fingerprint(HashAlg::Sha256);
-    cert.validate_at(now, [&ca_fp])
-        .map_err(|_| ReportProofError::NotValid)?;
-    if cert.cert_type() != ssh_key::certificate::CertType::Host {
-        return Err(ReportProofError::NotValid);
-    }
-    let sig = SshSig::from_pem(signature.trim().as_bytes())
-        .map_err(|e| ReportProofError::Signature(e.to_string()))?;
-    let key = ssh_key::PublicKey::from(cert.public_key().clone());
-    key.verify(NAMESPACE, report, &sig)
-        .map_err(|_| ReportProofError::BadSignature)?;
+    use super::proof::{certified, signed_by, CertProblem, SignatureProblem};
+    let (cert, ca) = certified(
+        certificate,
+        ssh_key::certificate::CertType::Host,
+        authorities,
+        now,
+    )
+    .map_err(|p| match p {
+        CertProblem::Parse(e) => ReportProofError::Certificate(e),
+        CertProblem::UnknownCa => ReportProofError::UnknownCa,
+        CertProblem::NotValid => ReportProofError::NotValid,
+    })?;
+    signed_by(&cert, NAMESPACE, report, signature).map_err(|p| match p {
+        SignatureProblem::Parse(e) => ReportProofError::Signature(e),
+        SignatureProblem::Bad => ReportProofError::BadSignature,
+    })?;
     Ok(Reporter {
         principals: cert.valid_principals().to_vec(),
         serial: cert.serial(),

@@ -9,6 +9,7 @@ pub mod hostreport;
 pub mod keys;
 pub mod krl;
 pub mod pkcs11;
+pub mod proof;
 pub mod renewal;
 pub mod rotation;
 pub mod signer;

@@ -11,7 +11,7 @@
 //! commit. So a renewal never outlives a revocation, and an approval's
 //! renewals form one chain held by whoever holds the latest key.
 
-use ssh_key::{Certificate, HashAlg, LineEnding, PrivateKey, SshSig};
+use ssh_key::{HashAlg, LineEnding, PrivateKey};
 
 use super::{Authority, SubjectKey};
 
@@ -99,29 +99,27 @@ pub fn verify(
     authorities: &[&Authority],
     now: u64,
 ) -> Result<PreviousCert, RenewalError> {
-    let cert = Certificate::from_openssh(certificate.trim())
-        .map_err(|e| RenewalError::Certificate(e.to_string()))?;
-    let ca = authorities
-        .iter()
-        .find(|a| a.public_key() == cert.signature_key())
-        .ok_or(RenewalError::UnknownCa)?;
-    let ca_fp = cert.signature_key().fingerprint(HashAlg::Sha256);
-    cert.validate_at(now, [&ca_fp])
-        .map_err(|_| RenewalError::NotValid)?;
-    if cert.cert_type() != ssh_key::certificate::CertType::User {
-        return Err(RenewalError::NotValid);
-    }
+    use super::proof::{certified, signed_by, CertProblem, SignatureProblem};
+    let (cert, ca) = certified(
+        certificate,
+        ssh_key::certificate::CertType::User,
+        authorities,
+        now,
+    )
+    .map_err(|p| match p {
+        CertProblem::Parse(e) => RenewalError::Certificate(e),
+        CertProblem::UnknownCa => RenewalError::UnknownCa,
+        CertProblem::NotValid => RenewalError::NotValid,
+    })?;
     let (role, issuer, subject) = identity;
     if cert.key_id() != super::key_id(role, issuer, subject, cert.serial()) {
         return Err(RenewalError::OtherIdentity(cert.key_id().to_string()));
     }
-    let sig = SshSig::from_pem(signature.trim().as_bytes())
-        .map_err(|e| RenewalError::Signature(e.to_string()))?;
-    let old_key = ssh_key::PublicKey::from(cert.public_key().clone());
     let msg = message(&new_key.fingerprint(), approval_request);
-    old_key
-        .verify(NAMESPACE, &msg, &sig)
-        .map_err(|_| RenewalError::BadSignature)?;
+    signed_by(&cert, NAMESPACE, &msg, signature).map_err(|p| match p {
+        SignatureProblem::Parse(e) => RenewalError::Signature(e),
+        SignatureProblem::Bad => RenewalError::BadSignature,
+    })?;
     Ok(PreviousCert {
         ca_key: ca.public_key_line(),
         serial: cert.serial(),

@@ -226,20 +226,8 @@ impl Service {
             .cancel_inner(token, id, reason, request_id, admin_ok, now, &mut who)
             .await;
         if let Err(e) = &result {
-            if !matches!(e, IssueError::Store(_)) {
-                let mut rec =
-                    AuditRecord::new(EventKind::ApprovalVoteRefused, unix_ms(now), request_id);
-                rec.actor = who;
-                rec.reason_code = Some(e.code().to_string());
-                rec.reason = Some(format!(
-                    "cancel approval request {}: {e}",
-                    id.chars().take(64).collect::<String>()
-                ));
-                if let Err(se) = self.store.append(rec).await {
-                    tracing::error!(error = %se, "audit record of a refused cancel not stored");
-                }
-                tracing::warn!(request_id, code = e.code(), reason = %e, "approval cancel refused");
-            }
+            self.record_request_refusal("cancel", id, who, e, request_id, now)
+                .await;
         }
         result
     }
@@ -353,23 +341,40 @@ impl Service {
             Err(e) => Err(e),
         };
         if let Err(e) = &result {
-            if !matches!(e, IssueError::Store(_)) {
-                let mut rec =
-                    AuditRecord::new(EventKind::ApprovalVoteRefused, unix_ms(now), request_id);
-                rec.actor = who.map(|w| format!("approver:{w}"));
-                rec.reason_code = Some(e.code().to_string());
-                let action = if approve { "approve" } else { "deny" };
-                rec.reason = Some(format!(
-                    "{action} approval request {}: {e}",
-                    id.chars().take(64).collect::<String>()
-                ));
-                if let Err(se) = self.store.append(rec).await {
-                    tracing::error!(error = %se, "audit record of a refused approval vote not stored");
-                }
-                tracing::warn!(request_id, code = e.code(), reason = %e, "approval vote refused");
-            }
+            let action = if approve { "approve" } else { "deny" };
+            let who = who.map(|w| format!("approver:{w}"));
+            self.record_request_refusal(action, id, who, e, request_id, now)
+                .await;
         }
         result
+    }
+
+    /// Audits (and logs) a refused approve, deny or cancel of request
+    /// `id` (`approval_vote_refused`); a store failure is only logged, as
+    /// nothing changed.
+    async fn record_request_refusal(
+        &self,
+        action: &str,
+        id: &str,
+        who: Option<String>,
+        e: &IssueError,
+        request_id: &str,
+        now: SystemTime,
+    ) {
+        if matches!(e, IssueError::Store(_)) {
+            return;
+        }
+        let mut rec = AuditRecord::new(EventKind::ApprovalVoteRefused, unix_ms(now), request_id);
+        rec.actor = who;
+        rec.reason_code = Some(e.code().to_string());
+        rec.reason = Some(format!(
+            "{action} approval request {}: {e}",
+            id.chars().take(64).collect::<String>()
+        ));
+        if let Err(se) = self.store.append(rec).await {
+            tracing::error!(error = %se, action, "audit record of a refused approval request change not stored");
+        }
+        tracing::warn!(request_id, action, code = e.code(), reason = %e, "approval request change refused");
     }
 
     #[allow(clippy::too_many_arguments)]
