@@ -102,15 +102,7 @@ impl Sqlite {
 
     /// Every host's last report, by name.
     pub fn hosts(&self) -> Result<Vec<HostRow>, StoreError> {
-        let exists: bool = self
-            .conn
-            .query_row(
-                "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'host_reports')",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(err)?;
-        if !exists {
+        if !super::sqlite::table_exists(&self.conn, "host_reports")? {
             return Ok(Vec::new());
         }
         let mut st = self

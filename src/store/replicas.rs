@@ -113,15 +113,7 @@ impl Sqlite {
     /// Every replica row. A database no server of this version has written
     /// (opened read-only) has no table yet, hence no replicas.
     pub fn replicas(&self) -> Result<Vec<Heartbeat>, StoreError> {
-        let exists: bool = self
-            .conn
-            .query_row(
-                "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'replicas')",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(err)?;
-        if !exists {
+        if !super::sqlite::table_exists(&self.conn, "replicas")? {
             return Ok(Vec::new());
         }
         let mut st = self

@@ -1554,6 +1554,17 @@ impl Backend for Sqlite {
     }
 }
 
+/// Whether `table` exists: a database opened read-only that no server of
+/// this version has written lacks the newer tables.
+pub(super) fn table_exists(conn: &Connection, table: &str) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        [table],
+        |r| r.get(0),
+    )
+    .map_err(err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 
 use super::import::{ImportRefusal, ImportedState, RevocationRow, StoreCounts, UnfinishedImport};
 use super::sqlite::{
-    chain_head, Sqlite, AUDIT_COLUMNS, META_LEGACY_THROUGH, META_MIGRATED_AT, META_STREAM_CURSOR,
+    chain_head, table_exists, Sqlite, AUDIT_COLUMNS, META_LEGACY_THROUGH, META_MIGRATED_AT,
+    META_STREAM_CURSOR,
 };
 use super::{DisabledEntry, StoreError};
 use crate::approval::ApprovalRequest;
@@ -100,15 +101,6 @@ fn claimed(tx: &Transaction<'_>) -> Result<(), StoreError> {
                 .into(),
         )),
     }
-}
-
-fn table_exists(conn: &Connection, table: &str) -> Result<bool, StoreError> {
-    conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
-        [table],
-        |r| r.get(0),
-    )
-    .map_err(err)
 }
 
 fn count(conn: &Connection, table: &str) -> Result<u64, StoreError> {
