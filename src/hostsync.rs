@@ -460,6 +460,7 @@ fn http_client(base: &url::Url, ca_file: Option<&Path>) -> Result<reqwest::Clien
         connect_timeout: CONNECT_TIMEOUT,
         timeout: REQUEST_TIMEOUT,
         user_agent: Some(concat!("mayfly-host-sync/", env!("CARGO_PKG_VERSION"))),
+        identity: None,
     };
     http::build(&spec).map_err(|e| {
         let reason = match e {

@@ -47,7 +47,7 @@ pub enum InventoryError {
 }
 
 /// Whether an identity (or one of its roles) may get certificates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Got a certificate within the stale window and is not disabled.
@@ -70,7 +70,7 @@ impl Status {
 }
 
 /// What a deactivation covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DisabledScope {
     /// The identity in every role.
@@ -82,7 +82,7 @@ pub enum DisabledScope {
 }
 
 /// One deactivation in force.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Deactivation {
     /// What it covers.
     pub scope: DisabledScope,
@@ -114,7 +114,7 @@ impl Deactivation {
 }
 
 /// One identity's use of one role.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RoleUse {
     /// Role name as requested.
     pub role: String,
@@ -141,7 +141,7 @@ pub struct RoleUse {
 }
 
 /// The latest refusal of an identity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct LastDenial {
     /// When (unix seconds).
     pub time: u64,
@@ -152,7 +152,7 @@ pub struct LastDenial {
 }
 
 /// A non-human identity: one subject of one issuer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Identity {
     /// Issuer name (`[[issuer]]` in the config).
     pub issuer: String,
@@ -185,7 +185,7 @@ pub struct Identity {
 }
 
 /// How many identities are in each state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 pub struct StatusCounts {
     /// Active identities.
     pub active: u64,
@@ -196,7 +196,7 @@ pub struct StatusCounts {
 }
 
 /// The whole inventory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Inventory {
     /// When it was built (unix seconds).
     pub generated_at: u64,

@@ -206,7 +206,7 @@ impl Heartbeat {
 }
 
 /// One replica as `mayfly status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ReplicaStatus {
     /// Its last heartbeat.
     #[serde(flatten)]
@@ -218,7 +218,7 @@ pub struct ReplicaStatus {
 }
 
 /// The overall verdict of a [`StatusReport`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
     /// At least one replica is live and every live replica enforces the
@@ -232,7 +232,7 @@ pub enum Health {
 
 /// The replicas of one store as of `now`: the JSON of `mayfly status
 /// --json` and `GET /v1/admin/replicas`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct StatusReport {
     /// The instant the ages are measured at.
     pub now: UnixSecs,

@@ -34,7 +34,7 @@ pub enum RevokeError {
 }
 
 /// What a revocation did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RevokeOutcome {
     /// The certificates revoked.
     pub revoked: Vec<IssuedCert>,
@@ -42,16 +42,16 @@ pub struct RevokeOutcome {
     pub krl_version: u64,
     /// Certificates the target names that an earlier revocation already
     /// covers: revoking again changes nothing.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub already_revoked: Vec<PastRevocation>,
     /// Certificates the target names that have expired: sshd refuses them
     /// without a revocation.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expired: Vec<ExpiredCert>,
 }
 
 /// An earlier revocation, as its audit record tells it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, serde::Deserialize)]
 pub struct PastRevocation {
     /// Serial of the certificate.
     pub serial: u64,
@@ -66,7 +66,7 @@ pub struct PastRevocation {
 }
 
 /// A certificate that expired before anyone revoked it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, serde::Deserialize)]
 pub struct ExpiredCert {
     /// Serial.
     pub serial: u64,
@@ -77,7 +77,7 @@ pub struct ExpiredCert {
 }
 
 /// What a deactivation did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DisableOutcome {
     /// What was disabled or enabled.
     pub target: DisableTarget,

@@ -285,19 +285,5 @@ pub async fn status(cfg: &Config, now: u64) -> Result<Vec<KeyStatus>, RotateErro
         },
     )?;
     let loader = KeyLoader::new(&cfg.ca, &cfg.data_dir, store.keys_shared())?;
-    let mut cas = vec![
-        (files::USER_CA_KEY.to_string(), "user".to_string()),
-        (files::HOST_CA_KEY.to_string(), "host".to_string()),
-    ];
-    let prefix = format!("{}-", files::USER_CA_KEY);
-    for base in store.keys().cas().await? {
-        if let Some(g) = base.strip_prefix(&prefix) {
-            cas.push((base.clone(), format!("user:{g}")));
-        }
-    }
-    let mut out = Vec::new();
-    for (base, ca) in cas {
-        out.extend(loader.status(&base, &ca, now).await?);
-    }
-    Ok(out)
+    Ok(loader.status_all(now).await?)
 }

@@ -601,6 +601,9 @@ fn admin_endpoints_can_require_a_client_certificate_in_addition_to_the_admin_tok
     let calls = [
         ("GET", "/v1/admin/disabled", json!(null)),
         ("GET", "/v1/identities", json!(null)),
+        ("GET", "/v1/admin/ca", json!(null)),
+        ("GET", "/v1/admin/audit?limit=5", json!(null)),
+        ("GET", "/v1/admin/replicas", json!(null)),
         ("POST", "/v1/admin/revoke", revoke.clone()),
         ("POST", "/v1/admin/disable", target.clone()),
         ("POST", "/v1/admin/enable", target.clone()),
@@ -646,6 +649,48 @@ fn admin_endpoints_can_require_a_client_certificate_in_addition_to_the_admin_tok
     .response;
     assert_eq!(r.status, 401, "{}", r.text());
     assert_eq!(r.json()["error"], "missing_token");
+    // The CLI from an operator's machine: --server with the admin token
+    // is refused without a client certificate (401: exit 4) and works with
+    // --client-cert/--client-key.
+    let token_file = dir.join("sre.tok");
+    std::fs::write(&token_file, oidc.token("sre")).expect("write token");
+    let remote = |extra: &[&Path]| {
+        let mut c = Command::new(Mayfly::bin());
+        c.args([
+            "ca",
+            "status",
+            "--json",
+            "--server",
+            &ca.https_url(),
+            "--ca-file",
+        ])
+        .arg(&pki.server_ca.pem)
+        .arg("--token-file")
+        .arg(&token_file);
+        if let [cert, key] = extra {
+            c.arg("--client-cert")
+                .arg(cert)
+                .arg("--client-key")
+                .arg(key);
+        }
+        c.output().expect("mayfly ca status --server")
+    };
+    let o = remote(&[]);
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("client_certificate_required"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = remote(&[&alice.0, &alice.1]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let keys: Value = serde_json::from_slice(&o.stdout).expect("ca status --json");
+    assert_eq!(keys.as_array().map(|k| k.len()), Some(2), "{keys}");
     // Bots are unaffected.
     let r = https_get(
         ca.port(),
@@ -676,7 +721,7 @@ fn admin_endpoints_can_require_a_client_certificate_in_addition_to_the_admin_tok
         .lines()
         .filter(|l| l.contains("client_certificate_required"))
         .count();
-    assert_eq!(refused, calls.len(), "{text}");
+    assert_eq!(refused, calls.len() + 1, "{text}");
 }
 
 /// A private directory path for `--out` that a failing request never uses.

@@ -219,6 +219,22 @@ async fn set_disabled(
     enable: bool,
 ) -> Result<Json<DisableOutcome>, ApiError> {
     let b: DisableBody = read_json(body, "\"issuer\"+\"subject\" and/or \"role\", \"reason\"")?;
+    // Disabling a name no token can carry protects nothing: refuse the typo
+    // (as `mayfly identity disable --config` does). Enabling stays
+    // possible, for an entry left from an issuer removed since.
+    if let (false, Some(issuer)) = (enable, b.issuer.as_deref().filter(|i| !i.is_empty())) {
+        let names = s.service.verifier().issuer_names();
+        if !names.contains(&issuer) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_issuer",
+                format!(
+                    "issuer {issuer:?} is not an [[issuer]] of this CA (its issuers: {}); give the issuer's name from mayfly.toml, not its URL",
+                    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                ),
+            ));
+        }
+    }
     let target =
         DisableTarget::from_parts(b.issuer, b.subject, b.role).map_err(RevokeError::from)?;
     let o = revocation::set_disabled(
@@ -278,4 +294,102 @@ pub async fn replicas(
                 "the replicas cannot be read right now; retry later",
             )
         })
+}
+
+/// `GET /v1/admin/ca`: every CA key with its slot, fingerprint, location,
+/// age and whether it signs (the JSON of `mayfly ca status --json`).
+pub async fn ca_status(
+    State(s): State<AppState>,
+    _caller: AdminCaller,
+) -> Result<Json<Vec<crate::ca::rotation::KeyStatus>>, ApiError> {
+    let now = crate::clock::unix_secs(s.service.clock().now());
+    s.service.ca_status(now).await.map(Json).map_err(|e| {
+        ApiError::store_unavailable(
+            &e,
+            "CA key status cannot be read",
+            "the CA keys cannot be read right now; retry later",
+        )
+    })
+}
+
+/// Most records one `GET /v1/admin/audit` answers.
+pub const AUDIT_SEARCH_MAX: usize = 1000;
+
+/// Query of `GET /v1/admin/audit`: the filters of `mayfly audit search`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSearchQuery {
+    subject: Option<String>,
+    issuer: Option<String>,
+    role: Option<String>,
+    serial: Option<u64>,
+    key_id: Option<String>,
+    event: Option<String>,
+    /// Only records at or after this time (unix milliseconds).
+    since_ms: Option<i64>,
+    /// Most records (the newest); default 50, at most [`AUDIT_SEARCH_MAX`].
+    limit: Option<usize>,
+}
+
+/// `GET /v1/admin/audit?subject=..&issuer=..&role=..&serial=..&key_id=..&event=..&since_ms=..&limit=..`:
+/// audit records by who, what and when, as `mayfly audit search` finds
+/// them on the CA host.
+pub async fn audit_search(
+    State(s): State<AppState>,
+    _caller: AdminCaller,
+    query: Result<axum::extract::Query<AuditSearchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<crate::audit::search::SearchAnswer>, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
+    let q = match query {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => {
+            return Err(bad(format!(
+                "query takes subject, issuer, role, serial, key_id, event, since_ms, limit: {}",
+                e.body_text()
+            )))
+        }
+    };
+    if let Some(e) = q.event.as_deref() {
+        if crate::audit::EventKind::parse(e).is_none() {
+            let names: Vec<&str> = crate::audit::EventKind::ALL
+                .iter()
+                .map(|e| e.as_str())
+                .collect();
+            return Err(bad(format!(
+                "event {e:?} is not an event; use one of: {}",
+                names.join(", ")
+            )));
+        }
+    }
+    let limit = q.limit.unwrap_or(crate::audit::search::DEFAULT_LIMIT);
+    if limit == 0 || limit > AUDIT_SEARCH_MAX {
+        return Err(bad(format!("limit must be 1 to {AUDIT_SEARCH_MAX}")));
+    }
+    let aq = crate::audit::search::AuditQuery {
+        subject: q.subject,
+        issuer: q.issuer,
+        role: q.role,
+        serial: q.serial,
+        key_id: q.key_id,
+        event: q.event,
+        since_ms: q.since_ms,
+        limit,
+    };
+    let mut rows = s.service.store().audit().search(&aq).await?;
+    // Newest were fetched first; answer oldest first, as the CLI shows them.
+    rows.reverse();
+    let mut answer = crate::audit::search::SearchAnswer {
+        records: Vec::with_capacity(rows.len()),
+        unreadable: Vec::new(),
+    };
+    for r in rows {
+        match r {
+            Ok(r) => answer.records.push(crate::audit::export::to_line(&r)),
+            Err(bad) => answer.unreadable.push(crate::audit::search::UnreadableRow {
+                seq: bad.seq,
+                what: bad.what,
+            }),
+        }
+    }
+    Ok(Json(answer))
 }

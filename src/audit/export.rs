@@ -419,7 +419,11 @@ pub fn to_json(r: &StoredRecord) -> String {
 
 /// The stored record an export line describes: the inverse of [`to_line`].
 pub fn record_from_line(text: &str) -> Result<StoredRecord, LineError> {
-    let l: Line = serde_json::from_str(text)?;
+    record_of(serde_json::from_str(text)?)
+}
+
+/// The stored record an export line describes (see [`record_from_line`]).
+pub fn record_of(l: Line) -> Result<StoredRecord, LineError> {
     let field = |m: String| LineError::Field(m);
     let time = humantime::parse_rfc3339(&l.timestamp)
         .map_err(|e| field(format!("@timestamp {:?}: {e}", l.timestamp)))?;

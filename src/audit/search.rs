@@ -76,6 +76,26 @@ impl AuditQuery {
     }
 }
 
+/// Answer of `GET /v1/admin/audit`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SearchAnswer {
+    /// Matching records, oldest first, each as one line of `mayfly audit
+    /// export` (the export schema, with its chain hash).
+    pub records: Vec<super::export::Line>,
+    /// Matching rows that cannot be read (altered by hand): run `mayfly
+    /// audit verify`.
+    pub unreadable: Vec<UnreadableRow>,
+}
+
+/// A row of the audit table that does not decode.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct UnreadableRow {
+    /// Its sequence number.
+    pub seq: u64,
+    /// What is wrong with it.
+    pub what: String,
+}
+
 /// Parses a `--since` value: RFC 3339 (`2026-11-01T00:00:00Z`), unix
 /// seconds (`1793491200`), or a duration back from `now` (`24h`, `30m`).
 /// Returns unix milliseconds.

@@ -57,6 +57,28 @@ impl VerifyReport {
     }
 }
 
+impl VerifyReport {
+    /// The report as JSON (`mayfly audit verify --json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "subject": self.subject,
+            "intact": self.is_intact(),
+            "records": self.records,
+            "first_seq": self.range.map(|r| r.0),
+            "last_seq": self.range.map(|r| r.1),
+            "head_hash": self.head.as_ref().map(chain::hex),
+            "problem_count": self.problem_count,
+            "problems": self.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "checkpoints": self.checkpoints,
+            "checkpoints_signed_ok": self.checkpoints_signed_ok,
+            "last_checkpoint": self.last_checkpoint.map(|(seq, t)| serde_json::json!({
+                "seq": seq, "time": rfc3339_ms(t),
+            })),
+            "notes": self.notes,
+        })
+    }
+}
+
 impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let range = match self.range {

@@ -411,6 +411,13 @@ impl Verifier {
         }
     }
 
+    /// The names of the configured issuers (`[[issuer]] name`), sorted.
+    pub fn issuer_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.by_url.values().map(|i| i.cfg.name.as_str()).collect();
+        names.sort_unstable();
+        names
+    }
+
     /// Changes the minimum time between two JWKS fetches of one issuer
     /// (default [`jwks::REFETCH_INTERVAL`]).
     pub fn set_refetch_interval(&mut self, d: std::time::Duration) {

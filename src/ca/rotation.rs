@@ -61,7 +61,7 @@ pub enum RotationError {
 }
 
 /// A slot of a CA key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Slot {
     /// Signs certificates.
@@ -340,7 +340,7 @@ pub fn open_stored(
 }
 
 /// One key's status for `mayfly ca status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct KeyStatus {
     /// `user` or `host`.
     pub ca: String,

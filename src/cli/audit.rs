@@ -23,6 +23,9 @@ use mayfly::evidence;
 use mayfly::store::{block_on, OpenMode, Store, StoreConfig, StoreError};
 
 /// `mayfly audit ...`.
+// Parsed once per process: the size of the `search` variant (with its
+// --server options) costs nothing worth boxing it for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
     /// Check the audit log's hash chain and signed checkpoints (or an
@@ -39,6 +42,11 @@ pub enum AuditCmd {
         /// that the database still holds every exported record unchanged.
         #[arg(long)]
         export: Option<PathBuf>,
+        /// One JSON object on stdout: intact, the audit key, and a report
+        /// per thing verified (records, range, head hash, problems,
+        /// checkpoints).
+        #[arg(long)]
+        json: bool,
     },
     /// Write audit records as JSON Lines (each line carries its chain hash).
     Export {
@@ -58,9 +66,11 @@ pub enum AuditCmd {
     },
     /// Find audit records; by --key-id answers "which job was this login?".
     Search {
-        /// The CA's mayfly.toml.
-        #[arg(long)]
-        config: PathBuf,
+        /// The CA's mayfly.toml (on the CA host; or --server).
+        #[arg(long, required_unless_present = "server")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        remote: super::remote::RemoteArgs,
         /// Token subject.
         #[arg(long)]
         subject: Option<String>,
@@ -114,7 +124,8 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             config,
             key,
             export,
-        } => run_verify(config.as_deref(), key.as_deref(), export.as_deref()),
+            json,
+        } => run_verify(config.as_deref(), key.as_deref(), export.as_deref(), json),
         AuditCmd::Export {
             config,
             since,
@@ -123,6 +134,7 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
         } => run_export(&config, since.as_deref(), &format, out.as_deref()),
         AuditCmd::Search {
             config,
+            remote,
             subject,
             issuer,
             role,
@@ -164,7 +176,7 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 since_ms,
                 limit: limit.max(1),
             };
-            run_search(&config, &q, json, detail)
+            run_search(remote.target(config)?, &q, json, detail)
         }
     }
 }
@@ -173,9 +185,12 @@ fn run_verify(
     config: Option<&Path>,
     key: Option<&Path>,
     export_file: Option<&Path>,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut intact = true;
     let mut out = std::io::stdout().lock();
+    let mut reports = Vec::new();
+    let mut audit_key = serde_json::Value::Null;
     let db = match config {
         Some(c) => {
             let (cfg, path, db) = open_db(c)?;
@@ -185,11 +200,19 @@ fn run_verify(
                 pk.as_ref(),
                 &format!("database {path}"),
             ))??;
-            write!(out, "{report}")?;
+            if !json {
+                write!(out, "{report}")?;
+            }
             if let Some(pk) = &pk {
-                writeln!(out, "audit key: {} ({key_from})", pk.fingerprint())?;
+                if json {
+                    audit_key =
+                        serde_json::json!({"fingerprint": pk.fingerprint(), "from": key_from});
+                } else {
+                    writeln!(out, "audit key: {} ({key_from})", pk.fingerprint())?;
+                }
             }
             intact &= report.is_intact();
+            reports.push(report.to_json());
             Some(db)
         }
         None => None,
@@ -201,8 +224,19 @@ fn run_verify(
             &format!("export {}", f.display()),
             db.as_ref().map(|d| d.audit()),
         ))??;
-        write!(out, "{report}")?;
+        if !json {
+            write!(out, "{report}")?;
+        }
         intact &= report.is_intact();
+        reports.push(report.to_json());
+    }
+    if json {
+        let v = serde_json::json!({
+            "intact": intact,
+            "audit_key": audit_key,
+            "reports": reports,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     }
     Ok(if intact {
         ExitCode::SUCCESS
@@ -314,22 +348,46 @@ fn run_export(
     })
 }
 
-fn run_search(config: &Path, q: &AuditQuery, json: bool, detail: bool) -> anyhow::Result<ExitCode> {
-    let (_, _, db) = open_db(config)?;
-    let mut rows = block_on(db.audit().search(q))??;
-    // Newest were fetched first; show oldest first.
-    rows.reverse();
-    let mut out = std::io::stdout().lock();
-    let mut records = Vec::with_capacity(rows.len());
-    for r in rows {
-        match r {
-            Ok(r) => records.push(r),
-            Err(bad) => eprintln!(
-                "mayfly: seq {} cannot be read: {} (run `mayfly audit verify`)",
-                bad.seq, bad.what
-            ),
+fn run_search(
+    target: super::remote::Target,
+    q: &AuditQuery,
+    json: bool,
+    detail: bool,
+) -> anyhow::Result<ExitCode> {
+    let unreadable = |seq: u64, what: &str| {
+        eprintln!("mayfly: seq {seq} cannot be read: {what} (run `mayfly audit verify`)")
+    };
+    let mut records = Vec::new();
+    match target {
+        super::remote::Target::Local(config) => {
+            let (_, _, db) = open_db(&config)?;
+            let mut rows = block_on(db.audit().search(q))??;
+            // Newest were fetched first; show oldest first.
+            rows.reverse();
+            for r in rows {
+                match r {
+                    Ok(r) => records.push(r),
+                    Err(bad) => unreadable(bad.seq, &bad.what),
+                }
+            }
+        }
+        super::remote::Target::Remote(opts) => {
+            // The CA answers oldest first, each record as an export line.
+            let answer =
+                super::runtime()?.block_on(mayfly::client::operator::audit_search(&opts, q))?;
+            for bad in &answer.unreadable {
+                unreadable(bad.seq, &bad.what);
+            }
+            for line in answer.records {
+                let seq = line.mayfly.audit.seq;
+                match export::record_of(line) {
+                    Ok(r) => records.push(r),
+                    Err(e) => unreadable(seq, &format!("the CA's answer: {e}")),
+                }
+            }
         }
     }
+    let mut out = std::io::stdout().lock();
     if records.is_empty() {
         eprintln!("no matching audit records");
         return Ok(Exit::NotFound.into());

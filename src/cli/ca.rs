@@ -45,9 +45,11 @@ pub enum CaCmd {
     },
     /// Show CA keys: slot, fingerprint, age, which one signs.
     Status {
-        /// The CA's mayfly.toml.
-        #[arg(long)]
-        config: PathBuf,
+        /// The CA's mayfly.toml (on the CA host; or --server).
+        #[arg(long, required_unless_present = "server")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        remote: super::remote::RemoteArgs,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -95,9 +97,20 @@ pub fn run(cmd: CaCmd, verbose: bool) -> anyhow::Result<ExitCode> {
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
-        CaCmd::Status { config, json } => {
-            let cfg = load_config(&config)?;
-            let keys = runtime()?.block_on(rotation::status(&cfg, now_secs()))?;
+        CaCmd::Status {
+            config,
+            remote,
+            json,
+        } => {
+            let keys = match remote.target(config)? {
+                super::remote::Target::Local(config) => {
+                    let cfg = load_config(&config)?;
+                    runtime()?.block_on(rotation::status(&cfg, now_secs()))?
+                }
+                super::remote::Target::Remote(opts) => {
+                    runtime()?.block_on(mayfly::client::operator::ca_status(&opts))?
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&keys)?);
             } else {

@@ -55,6 +55,10 @@ pub struct SyncArgs {
     /// Do not report to the CA (`mayfly hosts` will not list this host).
     #[arg(long, conflicts_with_all = ["host_key", "host_cert", "host_name"])]
     no_report: bool,
+    /// One JSON object on stdout: what was installed (KRL version, what
+    /// changed, CA keys), the error if the sync failed, and the report.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Default host key that signs sync reports.
@@ -158,11 +162,16 @@ fn sync(a: SyncArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         ca_group: a.ca_group,
     };
     let rt = runtime()?;
+    let mut facts = serde_json::json!({"ok": true, "dir": opts.dir.display().to_string()});
     let (mut code, last_error) = match rt.block_on(hostsync::sync(&opts)) {
         Ok(outcome) => {
             if verbose {
                 eprintln!("mayfly host sync: {}", outcome.summary());
             }
+            facts["krl_version"] = outcome.krl_version.into();
+            facts["krl_updated"] = outcome.krl_updated.into();
+            facts["ca_updated"] = outcome.ca_updated.into();
+            facts["ca_keys"] = outcome.ca_keys.into();
             (ExitCode::SUCCESS, None)
         }
         Err(e) => {
@@ -173,8 +182,18 @@ fn sync(a: SyncArgs, verbose: bool) -> anyhow::Result<ExitCode> {
             let line = line.replace(['\n', '\r'], " ");
             eprintln!("{line}");
             let message = e.to_string();
+            facts["ok"] = false.into();
+            facts["error"] = message.clone().into();
             let code: ExitCode = super::exit::classify(&anyhow::Error::new(e)).into();
             (code, Some(message))
+        }
+    };
+    let print = |facts: &serde_json::Value| {
+        if a.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(facts).unwrap_or_default()
+            );
         }
     };
     // The report goes after every run, failed ones too, so the CA sees the
@@ -183,6 +202,8 @@ fn sync(a: SyncArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         if !explicit && !r.certificate.exists() {
             // No host certificate at the default place: the host syncs as
             // before, quietly (`mayfly hosts` does not list it; README).
+            facts["reported"] = false.into();
+            print(&facts);
             return Ok(code);
         }
         let now = std::time::SystemTime::now()
@@ -194,14 +215,21 @@ fn sync(a: SyncArgs, verbose: bool) -> anyhow::Result<ExitCode> {
                 if verbose {
                     eprintln!("mayfly host sync: reported to the CA (CA KRL version {ca_version})");
                 }
+                facts["reported"] = true.into();
+                facts["ca_krl_version"] = ca_version.into();
             }
             Err(e) => {
                 let line = format!("mayfly host sync: reporting to the CA failed: {e}");
                 eprintln!("{}", line.replace(['\n', '\r'], " "));
+                facts["reported"] = false.into();
+                facts["report_error"] = e.to_string().into();
                 code = ExitCode::from(1);
             }
         }
+    } else {
+        facts["reported"] = false.into();
     }
+    print(&facts);
     Ok(code)
 }
 

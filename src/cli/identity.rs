@@ -1,7 +1,7 @@
 //! `mayfly identity disable | enable | list | disabled`: the identities and
 //! roles the CA knows, and switching them off and on again.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
@@ -12,6 +12,9 @@ use mayfly::inventory::{self, DEFAULT_STALE_DAYS};
 use mayfly::revocation::{self, DisableOutcome};
 use mayfly::store::{DisableTarget, DisabledEntry};
 
+use mayfly::client::operator;
+
+use super::remote::{RemoteArgs, Target};
 use super::{env, init_logging, load_config, quiet, runtime};
 
 /// `mayfly identity ...`.
@@ -23,9 +26,11 @@ pub enum IdentityCmd {
     Enable(IdentityTarget),
     /// Inventory: every identity seen, its roles, owners, first/last use, status (active/disabled/stale).
     List {
-        /// The CA's mayfly.toml.
-        #[arg(long)]
-        config: PathBuf,
+        /// The CA's mayfly.toml (on the CA host; or --server).
+        #[arg(long, required_unless_present = "server")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        remote: RemoteArgs,
         /// Days without issuance after which an identity counts as stale.
         #[arg(long)]
         stale_days: Option<u64>,
@@ -35,9 +40,11 @@ pub enum IdentityCmd {
     },
     /// List disabled identities and roles.
     Disabled {
-        /// The CA's mayfly.toml.
-        #[arg(long)]
-        config: PathBuf,
+        /// The CA's mayfly.toml (on the CA host; or --server).
+        #[arg(long, required_unless_present = "server")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        remote: RemoteArgs,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -47,9 +54,11 @@ pub enum IdentityCmd {
 // What `identity disable|enable` acts on.
 #[derive(Args)]
 pub struct IdentityTarget {
-    /// The CA's mayfly.toml.
-    #[arg(long)]
-    config: PathBuf,
+    /// The CA's mayfly.toml (on the CA host; or --server).
+    #[arg(long, required_unless_present = "server")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// Issuer name of the identity.
     #[arg(long, requires = "subject")]
     issuer: Option<String>,
@@ -74,17 +83,27 @@ pub fn run(cmd: IdentityCmd, verbose: bool) -> anyhow::Result<ExitCode> {
         IdentityCmd::Enable(t) => set_disabled(t, true, verbose),
         IdentityCmd::List {
             config,
+            remote,
             stale_days,
             json,
-        } => list(&config, stale_days, json),
-        IdentityCmd::Disabled { config, json } => disabled(&config, json),
+        } => list(remote.target(config)?, stale_days, json),
+        IdentityCmd::Disabled {
+            config,
+            remote,
+            json,
+        } => disabled(remote.target(config)?, json),
     }
 }
 
 /// `identity list`: the inventory as a table (or JSON) on stdout.
-fn list(config: &Path, stale_days: Option<u64>, json: bool) -> anyhow::Result<ExitCode> {
-    let cfg = load_config(config)?;
-    let inv = inventory::load(&cfg, stale_days.unwrap_or(DEFAULT_STALE_DAYS), now_secs())?;
+fn list(target: Target, stale_days: Option<u64>, json: bool) -> anyhow::Result<ExitCode> {
+    let inv = match target {
+        Target::Local(config) => {
+            let cfg = load_config(&config)?;
+            inventory::load(&cfg, stale_days.unwrap_or(DEFAULT_STALE_DAYS), now_secs())?
+        }
+        Target::Remote(opts) => runtime()?.block_on(operator::identities(&opts, stale_days))?,
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&inv)?);
     } else {
@@ -94,12 +113,17 @@ fn list(config: &Path, stale_days: Option<u64>, json: bool) -> anyhow::Result<Ex
 }
 
 /// `identity disabled`: what is disabled, as a table (or JSON) on stdout.
-fn disabled(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let cfg = load_config(config)?;
-    let list = runtime()?.block_on(async {
-        let store = revocation::open_store(&cfg)?;
-        anyhow::Ok(store.access().disabled().await?)
-    })?;
+fn disabled(target: Target, json: bool) -> anyhow::Result<ExitCode> {
+    let list = match target {
+        Target::Local(config) => {
+            let cfg = load_config(&config)?;
+            runtime()?.block_on(async {
+                let store = revocation::open_store(&cfg)?;
+                anyhow::Ok(store.access().disabled().await?)
+            })?
+        }
+        Target::Remote(opts) => runtime()?.block_on(operator::disabled(&opts))?,
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else {
@@ -135,7 +159,17 @@ fn disabled_table(list: &[DisabledEntry]) -> String {
 /// certificates revoked with it.
 fn set_disabled(t: IdentityTarget, enable: bool, verbose: bool) -> anyhow::Result<ExitCode> {
     init_logging(quiet(verbose), LogFormat::Text);
-    let cfg = load_config(&t.config)?;
+    let config = match t.remote.target(t.config.clone())? {
+        Target::Local(c) => c,
+        Target::Remote(opts) => {
+            let target = DisableTarget::from_parts(t.issuer, t.subject, t.role)
+                .map_err(revocation::RevokeError::from)?;
+            let o =
+                runtime()?.block_on(operator::set_disabled(&opts, &target, enable, &t.reason))?;
+            return print_outcome(&o, enable, t.json);
+        }
+    };
+    let cfg = load_config(&config)?;
     if let Some(why) = t
         .issuer
         .as_deref()
@@ -156,10 +190,15 @@ fn set_disabled(t: IdentityTarget, enable: bool, verbose: bool) -> anyhow::Resul
         let store = revocation::open_store(&cfg)?;
         revocation::set_disabled(&store, target, enable, &t.reason, &actor, now_secs()).await
     })?;
-    if t.json {
-        println!("{}", serde_json::to_string(&o)?);
+    print_outcome(&o, enable, t.json)
+}
+
+/// The outcome on stdout: text, or one JSON object (as the admin API answers).
+fn print_outcome(o: &DisableOutcome, enable: bool, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string(o)?);
     } else {
-        print!("{}", outcome_text(&o, enable));
+        print!("{}", outcome_text(o, enable));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -16,6 +16,7 @@ pub mod host;
 pub mod hosts;
 pub mod identity;
 pub mod policy;
+pub mod remote;
 pub mod report;
 pub mod request;
 pub mod revoke;

@@ -31,6 +31,9 @@ pub enum PolicyCmd {
         /// Exit 1 on warnings too.
         #[arg(long)]
         deny_warnings: bool,
+        /// One JSON object on stdout: ok, roles, digest, warnings, errors.
+        #[arg(long)]
+        json: bool,
     },
     /// Evaluate a claims JSON file against a role and print the decision, or
     /// run a table of cases (--cases); exit 1 on any case that does not come
@@ -70,6 +73,10 @@ pub enum PolicyCmd {
         /// The CA's mayfly.toml: also apply its deactivations, as the server does.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// JSON on stdout: the decision (allow, pending, deny with code,
+        /// rule and message), or with --cases every case's result.
+        #[arg(long)]
+        json: bool,
     },
     /// Show, step by step, how policy decides one request.
     Explain {
@@ -116,7 +123,8 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             dir,
             config,
             deny_warnings,
-        } => check(&dir, config.as_deref(), deny_warnings),
+            json,
+        } => check(&dir, config.as_deref(), deny_warnings, json),
         PolicyCmd::Test {
             dir_arg,
             dir,
@@ -129,6 +137,7 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             at,
             hostnames,
             config,
+            json,
         } => {
             let disabled = config.as_deref().map(deactivations).transpose()?;
             let check = disabled.as_ref().map(|d| d.check());
@@ -143,6 +152,7 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                     &file,
                     now,
                     check.as_ref().map(|c| c as DisabledCheck<'_>),
+                    json,
                 );
             }
             let (Some(role), Some(issuer), Some(claims)) = (role, issuer, claims) else {
@@ -166,6 +176,15 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                     disabled: check.as_ref().map(|c| c as DisabledCheck<'_>),
                 },
             );
+            if json {
+                let v = policy::cases::decision_json(&e.decision, e.pending.as_deref());
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(if e.decision.is_ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    Exit::Refused.into()
+                });
+            }
             match (&e.decision, &e.pending) {
                 (Ok(g), pending) => {
                     let p: Vec<&str> = g.principals.iter().map(|p| p.as_str()).collect();
@@ -233,7 +252,29 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
 }
 
 /// `mayfly policy check`: errors and warnings on stderr, a summary on stdout.
-fn check(dir: &Path, config: Option<&Path>, deny_warnings: bool) -> anyhow::Result<ExitCode> {
+fn check(
+    dir: &Path,
+    config: Option<&Path>,
+    deny_warnings: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    // With --json the one object on stdout says everything; errors and
+    // warnings are still also on stderr, for people reading CI logs.
+    let report = |ok: bool, policy: Option<&Policy>, errors: &[String], warnings: &[String]| {
+        if json {
+            let v = serde_json::json!({
+                "ok": ok,
+                "dir": dir.display().to_string(),
+                "roles": policy.map(|p| p.roles.keys().cloned().collect::<Vec<_>>()).unwrap_or_default(),
+                "digest": policy.map(|p| p.digest.clone()),
+                "errors": errors,
+                "warnings": warnings,
+            });
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+    };
+    let texts =
+        |v: &[policy::PolicyError]| -> Vec<String> { v.iter().map(|e| e.to_string()).collect() };
     let policy = match policy::load_dir(dir) {
         Ok(p) => p,
         Err(errs) => {
@@ -241,6 +282,7 @@ fn check(dir: &Path, config: Option<&Path>, deny_warnings: bool) -> anyhow::Resu
                 eprintln!("{e}");
             }
             eprintln!("{} error(s) in {}", errs.len(), dir.display());
+            report(false, None, &texts(&errs), &[]);
             return Ok(ExitCode::from(1));
         }
     };
@@ -257,6 +299,7 @@ fn check(dir: &Path, config: Option<&Path>, deny_warnings: bool) -> anyhow::Resu
                 dir.display(),
                 c.display()
             );
+            report(false, Some(&policy), &texts(&errs), &[]);
             return Ok(ExitCode::from(1));
         }
     }
@@ -264,13 +307,19 @@ fn check(dir: &Path, config: Option<&Path>, deny_warnings: bool) -> anyhow::Resu
     for w in &warnings {
         eprintln!("{w}");
     }
+    let warning_texts: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
     if deny_warnings && !warnings.is_empty() {
         eprintln!(
             "{} warning(s) in {} (--deny-warnings)",
             warnings.len(),
             dir.display()
         );
+        report(false, Some(&policy), &[], &warning_texts);
         return Ok(ExitCode::from(1));
+    }
+    if json {
+        report(true, Some(&policy), &[], &warning_texts);
+        return Ok(ExitCode::SUCCESS);
     }
     println!(
         "{}: {} role(s) OK ({})",
@@ -295,6 +344,7 @@ fn run_cases(
     file: &Path,
     now: u64,
     disabled: Option<DisabledCheck<'_>>,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     let list = match policy::cases::load_cases(file) {
         Ok(c) => c,
@@ -310,7 +360,11 @@ fn run_cases(
     for n in &report.notes {
         eprintln!("note: {n}");
     }
-    println!("{report}");
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        println!("{report}");
+    }
     Ok(if report.failed() == 0 {
         ExitCode::SUCCESS
     } else {

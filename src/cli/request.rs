@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use mayfly::approval::ApprovalRequest;
-use mayfly::client::{self, token::TokenSource};
+use mayfly::client::operator::{self, OperatorOptions};
+use mayfly::client::token::TokenSource;
 use mayfly::config::LogFormat;
 
 use super::{init_logging, quiet, runtime};
@@ -34,8 +35,8 @@ pub struct ApproverArgs {
 }
 
 impl ApproverArgs {
-    fn options(&self) -> client::ApproverOptions {
-        client::ApproverOptions {
+    fn options(&self) -> OperatorOptions {
+        OperatorOptions {
             server: self.server.clone(),
             token: TokenSource {
                 token_file: self.token_file.clone(),
@@ -44,6 +45,8 @@ impl ApproverArgs {
             },
             insecure_http: self.insecure_http,
             ca_file: self.ca_file.clone(),
+            client_cert: None,
+            client_key: None,
         }
     }
 }
@@ -72,6 +75,9 @@ pub enum RequestCmd {
         reason: String,
         #[command(flatten)]
         who: ApproverArgs,
+        /// The request as the CA answers it, as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Deny a pending request.
     Deny {
@@ -82,6 +88,9 @@ pub enum RequestCmd {
         reason: String,
         #[command(flatten)]
         who: ApproverArgs,
+        /// The request as the CA answers it, as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Cancel a request: the bot that made it (with its token), or an administrator.
     Cancel {
@@ -92,6 +101,9 @@ pub enum RequestCmd {
         reason: String,
         #[command(flatten)]
         who: ApproverArgs,
+        /// The request as the CA answers it, as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -102,9 +114,9 @@ pub fn run(cmd: RequestCmd, verbose: bool) -> anyhow::Result<ExitCode> {
     match cmd {
         RequestCmd::List { who, json, all } => {
             let list = if all {
-                rt.block_on(client::list_all_requests(&who.options()))?
+                rt.block_on(operator::list_all_requests(&who.options()))?
             } else {
-                rt.block_on(client::list_requests(&who.options()))?
+                rt.block_on(operator::list_requests(&who.options()))?
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
@@ -114,12 +126,30 @@ pub fn run(cmd: RequestCmd, verbose: bool) -> anyhow::Result<ExitCode> {
                 print!("{}", pending_table(&list));
             }
         }
-        RequestCmd::Cancel { id, reason, who } => {
-            let r = rt.block_on(client::cancel_request(&who.options(), &id, &reason))?;
-            println!("{}: {}", r.id, r.status.as_str());
+        RequestCmd::Cancel {
+            id,
+            reason,
+            who,
+            json,
+        } => {
+            let r = rt.block_on(operator::cancel_request(&who.options(), &id, &reason))?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("{}: {}", r.id, r.status.as_str());
+            }
         }
-        RequestCmd::Approve { id, reason, who } => {
-            let r = rt.block_on(client::vote_request(&who.options(), &id, true, &reason))?;
+        RequestCmd::Approve {
+            id,
+            reason,
+            who,
+            json,
+        } => {
+            let r = rt.block_on(operator::vote_request(&who.options(), &id, true, &reason))?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
                 "{}: {} ({} of {} approvals)",
                 r.id,
@@ -131,9 +161,18 @@ pub fn run(cmd: RequestCmd, verbose: bool) -> anyhow::Result<ExitCode> {
                 println!("  {j}");
             }
         }
-        RequestCmd::Deny { id, reason, who } => {
-            let r = rt.block_on(client::vote_request(&who.options(), &id, false, &reason))?;
-            println!("{}: {}", r.id, r.status.as_str());
+        RequestCmd::Deny {
+            id,
+            reason,
+            who,
+            json,
+        } => {
+            let r = rt.block_on(operator::vote_request(&who.options(), &id, false, &reason))?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("{}: {}", r.id, r.status.as_str());
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -159,7 +198,7 @@ fn pending_table(list: &[ApprovalRequest]) -> String {
             r.role,
             format!("{}:{}", r.issuer, r.subject),
             r.principals.join(","),
-            client::remaining(r.expires_at.get()),
+            mayfly::client::remaining(r.expires_at.get()),
             approvals(r),
             r.required
         ));

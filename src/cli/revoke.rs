@@ -1,5 +1,5 @@
-//! `mayfly revoke`: revoke certificates on the CA host; the next `/v1/krl`
-//! includes them.
+//! `mayfly revoke`: revoke certificates, on the CA host (`--config`) or
+//! through the admin API (`--server`); the next `/v1/krl` includes them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,15 +12,20 @@ use mayfly::revocation::{self, RevokeOutcome};
 use mayfly::store::CertFilter;
 use mayfly::time::rfc3339;
 
+use mayfly::client::operator::{self, OperatorOptions};
+
 use super::exit::{fail, Exit};
+use super::remote::Target;
 use super::{env, init_logging, load_config, quiet, runtime};
 
 // Arguments of `mayfly revoke`.
 #[derive(Args)]
 pub struct RevokeArgs {
-    /// The CA's mayfly.toml.
-    #[arg(long)]
-    config: PathBuf,
+    /// The CA's mayfly.toml (on the CA host; or --server).
+    #[arg(long, required_unless_present = "server")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    remote: super::remote::RemoteArgs,
     /// Revoke this serial.
     #[arg(long, conflicts_with_all = ["key_id", "subject"])]
     serial: Option<u64>,
@@ -43,8 +48,9 @@ pub struct RevokeArgs {
     #[arg(long)]
     json: bool,
     /// Then wait until every known, non-stale host reports a KRL with this
-    /// revocation (`mayfly host sync` reports after each run).
-    #[arg(long)]
+    /// revocation (`mayfly host sync` reports after each run). Reads the
+    /// hosts' reports from the CA's database: with --config.
+    #[arg(long, conflicts_with = "server")]
     wait: bool,
     /// Give up waiting after this long (exit code 9).
     #[arg(long, default_value = "10m", requires = "wait")]
@@ -62,7 +68,11 @@ const WAIT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 /// the count and KRL version on stderr.
 pub fn run(a: RevokeArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     init_logging(quiet(verbose), LogFormat::Text);
-    let cfg = load_config(&a.config)?;
+    let config = match a.remote.target(a.config.clone())? {
+        Target::Local(c) => c,
+        Target::Remote(opts) => return run_remote(a, &opts),
+    };
+    let cfg = load_config(&config)?;
     // Still run: certificates of an issuer removed from the config may be
     // live, and revoking them must stay possible.
     if let Some(why) = a
@@ -72,8 +82,35 @@ pub fn run(a: RevokeArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     {
         eprintln!("warning: {why}");
     }
-    let filter =
-        match (a.serial, a.key_id, a.role, a.issuer, a.subject) {
+    let filter = filter_of(&a)?;
+    let wait_timeout = match a.wait {
+        true => Some(humantime::parse_duration(&a.wait_timeout).map_err(|e| {
+            anyhow::anyhow!("--wait-timeout {:?}: {e}; write e.g. 5m", a.wait_timeout)
+        })?),
+        false => None,
+    };
+    let actor = revocation::cli_actor(&env);
+    let outcome = runtime()?.block_on(async {
+        let store = revocation::open_store(&cfg)?;
+        revocation::revoke(&store, filter, &a.reason, &actor, now_secs()).await
+    })?;
+    print_outcome(&outcome, a.json)?;
+    match wait_timeout {
+        Some(t) => wait_for_hosts(&cfg, outcome.krl_version, t),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// What the arguments name, or a usage error.
+fn filter_of(a: &RevokeArgs) -> anyhow::Result<CertFilter> {
+    Ok(
+        match (
+            a.serial,
+            a.key_id.clone(),
+            a.role.clone(),
+            a.issuer.clone(),
+            a.subject.clone(),
+        ) {
             (Some(n), None, None, None, None) => CertFilter::Serial(n),
             (None, Some(k), None, None, None) => {
                 // Still run: it revokes nothing, but says why.
@@ -92,32 +129,40 @@ pub fn run(a: RevokeArgs, verbose: bool) -> anyhow::Result<ExitCode> {
                 Exit::Usage,
                 "name what to revoke: --serial N, --key-id ID, --role R, or --subject S --issuer I",
             )),
-        };
-    let wait_timeout = match a.wait {
-        true => Some(humantime::parse_duration(&a.wait_timeout).map_err(|e| {
-            anyhow::anyhow!("--wait-timeout {:?}: {e}; write e.g. 5m", a.wait_timeout)
-        })?),
-        false => None,
+        },
+    )
+}
+
+/// `revoke --server`: through `POST /v1/admin/revoke`, as the token's identity.
+fn run_remote(a: RevokeArgs, opts: &OperatorOptions) -> anyhow::Result<ExitCode> {
+    filter_of(&a)?;
+    let what = operator::RevokeRequest {
+        serial: a.serial,
+        key_id: a.key_id,
+        role: a.role,
+        issuer: a.issuer,
+        subject: a.subject,
+        reason: a.reason,
     };
-    let actor = revocation::cli_actor(&env);
-    let outcome = runtime()?.block_on(async {
-        let store = revocation::open_store(&cfg)?;
-        revocation::revoke(&store, filter, &a.reason, &actor, now_secs()).await
-    })?;
-    if a.json {
-        println!("{}", serde_json::to_string(&outcome)?);
+    let outcome = runtime()?.block_on(operator::revoke(opts, &what))?;
+    print_outcome(&outcome, a.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The outcome on stdout (lines, or one JSON object), the count and KRL
+/// version on stderr.
+fn print_outcome(outcome: &RevokeOutcome, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(outcome)?);
     } else {
-        print!("{}", outcome_lines(&outcome));
+        print!("{}", outcome_lines(outcome));
     }
     eprintln!(
         "{} certificate(s) revoked; KRL version {}",
         outcome.revoked.len(),
         outcome.krl_version
     );
-    match wait_timeout {
-        Some(t) => wait_for_hosts(&cfg, outcome.krl_version, t),
-        None => Ok(ExitCode::SUCCESS),
-    }
+    Ok(())
 }
 
 /// What `--wait` last said about a host.

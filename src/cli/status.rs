@@ -2,8 +2,8 @@
 //! store, and whether the live ones enforce the same policy.
 //!
 //! Exit codes: 0 when at least one replica is live and all live replicas
-//! enforce the same policy; 1 for errors; 2 for policy drift (live
-//! replicas enforce different policy digests); 3 when no replica is live.
+//! enforce the same policy; 9 for policy drift (live replicas enforce
+//! different policy digests); 5 when no replica is live (see `exit`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,9 +20,11 @@ use super::load_config;
 /// `mayfly status`.
 #[derive(Args)]
 pub struct StatusArgs {
-    /// The CA's mayfly.toml (any replica's: they share the store).
-    #[arg(long)]
-    config: PathBuf,
+    /// The CA's mayfly.toml (any replica's: they share the store; or --server).
+    #[arg(long, required_unless_present = "server")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    remote: super::remote::RemoteArgs,
     /// JSON output (the same as GET /v1/admin/replicas).
     #[arg(long)]
     json: bool,
@@ -30,8 +32,15 @@ pub struct StatusArgs {
 
 /// Runs `mayfly status`.
 pub fn run(a: StatusArgs) -> anyhow::Result<ExitCode> {
-    let cfg = load_config(&a.config)?;
-    let report = mayfly::heartbeat::load_status(&cfg, UnixSecs::of(std::time::SystemTime::now()))?;
+    let report = match a.remote.target(a.config)? {
+        super::remote::Target::Local(config) => {
+            let cfg = load_config(&config)?;
+            mayfly::heartbeat::load_status(&cfg, UnixSecs::of(std::time::SystemTime::now()))?
+        }
+        super::remote::Target::Remote(opts) => {
+            super::runtime()?.block_on(mayfly::client::operator::replicas(&opts))?
+        }
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -30,6 +30,9 @@ pub struct ClientSpec<'a> {
     pub timeout: Duration,
     /// `User-Agent` header, if the side sends one.
     pub user_agent: Option<&'static str>,
+    /// A TLS client certificate to present: PEM certificate (chain) file
+    /// and PEM private key file (`--client-cert`, `--client-key`).
+    pub identity: Option<(&'a Path, &'a Path)>,
 }
 
 /// Why no client was built. Each side words these for its own flags.
@@ -53,6 +56,25 @@ pub enum HttpClientError {
     /// The TLS stack refused the configuration.
     #[error(transparent)]
     Build(reqwest::Error),
+    /// A client certificate was given for a server that is not `https://`.
+    #[error("a client certificate is for a CA served over TLS, but {base} is not https")]
+    IdentityNeedsHttps {
+        /// The server URL.
+        base: String,
+    },
+    /// The client certificate or key file cannot be read.
+    #[error("{path}: {source}")]
+    ReadIdentity {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The client certificate and key are not a usable PEM pair.
+    #[error(
+        "the client certificate and key are not a usable PEM certificate and private key: {0}"
+    )]
+    ParseIdentity(String),
 }
 
 /// Builds the client for `spec` with the rules in the module doc.
@@ -81,6 +103,26 @@ pub fn build(spec: &ClientSpec<'_>) -> Result<reqwest::Client, HttpClientError> 
         for c in certs {
             b = b.add_root_certificate(c);
         }
+    }
+    if let Some((cert, key)) = spec.identity {
+        if spec.base.scheme() != "https" {
+            return Err(HttpClientError::IdentityNeedsHttps {
+                base: spec.base.to_string(),
+            });
+        }
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| HttpClientError::ReadIdentity {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        // The private key is a secret: wiped from memory once reqwest has it.
+        let mut pem = zeroize::Zeroizing::new(read(cert)?);
+        pem.push(b'\n');
+        pem.extend_from_slice(&zeroize::Zeroizing::new(read(key)?));
+        let id = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| HttpClientError::ParseIdentity(e.to_string()))?;
+        b = b.identity(id);
     }
     b.build().map_err(HttpClientError::Build)
 }
@@ -139,6 +181,7 @@ mod tests {
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(5),
             user_agent: None,
+            identity: None,
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod exec;
 pub mod http;
+pub mod operator;
 pub mod token;
 
 use std::path::{Path, PathBuf};
@@ -178,7 +179,7 @@ struct PendingAnswer {
 
 /// The CA's error answer as a [`ClientError::Refused`]; a body that is not
 /// the JSON error shape is shown (shortened) as the message.
-fn refused(status: reqwest::StatusCode, body: &[u8]) -> ClientError {
+pub(crate) fn refused(status: reqwest::StatusCode, body: &[u8]) -> ClientError {
     match serde_json::from_slice::<ErrorAnswer>(body) {
         Ok(e) => ClientError::Refused {
             status: status.as_u16(),
@@ -195,7 +196,7 @@ fn refused(status: reqwest::StatusCode, body: &[u8]) -> ClientError {
     }
 }
 
-fn check_server(url: &str, insecure_http: bool) -> Result<url::Url, ClientError> {
+pub(crate) fn check_server(url: &str, insecure_http: bool) -> Result<url::Url, ClientError> {
     let u = url::Url::parse(url).map_err(|e| ClientError::ServerUrl {
         url: url.into(),
         reason: e.to_string(),
@@ -223,28 +224,50 @@ pub fn http_client(
     base: &url::Url,
     ca_file: Option<&Path>,
 ) -> Result<reqwest::Client, ClientError> {
+    http_client_with(base, ca_file, None)
+}
+
+/// [`http_client`], presenting a TLS client certificate (`identity`: PEM
+/// certificate file and PEM key file) when given: an operator calling an
+/// admin API that requires one.
+pub fn http_client_with(
+    base: &url::Url,
+    ca_file: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<reqwest::Client, ClientError> {
     let spec = http::ClientSpec {
         base,
         ca_file,
         connect_timeout: Duration::from_secs(10),
         timeout: Duration::from_secs(60),
         user_agent: None,
+        identity,
     };
     http::build(&spec).map_err(|e| {
         let io = |source: std::io::Error| ClientError::Io {
             what: format!("--ca-file {}", ca_file.unwrap_or(Path::new("")).display()),
             source,
         };
+        let https_only = |flag: &str| ClientError::ServerUrl {
+            url: base.to_string(),
+            reason: format!("{flag} is for a CA served over TLS; use an https:// URL"),
+        };
         match e {
-            http::HttpClientError::CaFileNeedsHttps { .. } => ClientError::ServerUrl {
-                url: base.to_string(),
-                reason: "--ca-file is for a CA served over TLS; use an https:// URL".into(),
-            },
+            http::HttpClientError::CaFileNeedsHttps { .. } => https_only("--ca-file"),
+            http::HttpClientError::IdentityNeedsHttps { .. } => https_only("--client-cert"),
             http::HttpClientError::ReadCaFile(source) => io(source),
             http::HttpClientError::ParseCaFile(m) => io(std::io::Error::other(m)),
             http::HttpClientError::NoCertificate => io(std::io::Error::other(
                 "no PEM certificate found; give the CA certificate that signed the server's TLS certificate",
             )),
+            http::HttpClientError::ReadIdentity { path, source } => ClientError::Io {
+                what: format!("--client-cert/--client-key {path}"),
+                source,
+            },
+            e @ http::HttpClientError::ParseIdentity(_) => ClientError::Io {
+                what: "--client-cert/--client-key".into(),
+                source: std::io::Error::other(e.to_string()),
+            },
             http::HttpClientError::Build(e) => ClientError::Unreachable {
                 url: base.to_string(),
                 reason: e.to_string(),
@@ -255,7 +278,7 @@ pub fn http_client(
 
 /// A redirect answer as a [`ClientError::Refused`] (the client does not
 /// follow redirects; see [`http`]).
-fn refused_redirect(resp: &reqwest::Response) -> Option<ClientError> {
+pub(crate) fn refused_redirect(resp: &reqwest::Response) -> Option<ClientError> {
     http::redirect_refusal(resp).map(|message| ClientError::Refused {
         status: resp.status().as_u16(),
         code: "redirect".into(),
@@ -266,7 +289,7 @@ fn refused_redirect(resp: &reqwest::Response) -> Option<ClientError> {
 
 /// A request error with its causes (the TLS reason is only in the causes)
 /// and what to do when the server's certificate is not trusted.
-fn send_error(e: &reqwest::Error, ca_file: Option<&Path>) -> String {
+pub(crate) fn send_error(e: &reqwest::Error, ca_file: Option<&Path>) -> String {
     let mut msg = e.to_string();
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
@@ -693,67 +716,8 @@ where
     serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer(e.to_string()))
 }
 
-/// Where an approver's commands go (`mayfly request ...`).
-#[derive(Debug, Clone)]
-pub struct ApproverOptions {
-    /// CA base URL.
-    pub server: String,
-    /// The approver's own OIDC token.
-    pub token: token::TokenSource,
-    /// Allow plain http to a non-loopback CA.
-    pub insecure_http: bool,
-    /// Extra TLS trust root.
-    pub ca_file: Option<PathBuf>,
-}
-
-async fn approver_call(
-    opts: &ApproverOptions,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> Result<serde_json::Value, ClientError> {
-    let base = check_server(&opts.server, opts.insecure_http)?;
-    let http = http_client(&base, opts.ca_file.as_deref())?;
-    let token = token::discover(&opts.token, &|k| std::env::var(k).ok()).await?;
-    let url = base.join(path).map_err(|e| ClientError::ServerUrl {
-        url: opts.server.clone(),
-        reason: e.to_string(),
-    })?;
-    let req = match &body {
-        Some(b) => http.post(url.clone()).json(b),
-        None => http.get(url.clone()),
-    };
-    let resp =
-        req.bearer_auth(token.expose())
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                url: url.to_string(),
-                reason: send_error(&e, opts.ca_file.as_deref()),
-            })?;
-    if let Some(e) = refused_redirect(&resp) {
-        return Err(e);
-    }
-    let status = resp.status();
-    let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
-        url: url.to_string(),
-        reason: e.to_string(),
-    })?;
-    if !status.is_success() {
-        return Err(refused(status, &bytes));
-    }
-    serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer(e.to_string()))
-}
-
-/// Pending approval requests the caller may decide.
-pub async fn list_requests(
-    opts: &ApproverOptions,
-) -> Result<Vec<crate::approval::ApprovalRequest>, ClientError> {
-    let v = approver_call(opts, "v1/requests", None).await?;
-    serde_json::from_value(v).map_err(|e| ClientError::BadAnswer(e.to_string()))
-}
-
 /// Whether `id` looks like an approval request id (it goes into a URL path).
-fn check_request_id(id: &str) -> Result<(), ClientError> {
+pub(crate) fn check_request_id(id: &str) -> Result<(), ClientError> {
     let id_ok = !id.is_empty()
         && id.len() <= 64
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
@@ -768,7 +732,7 @@ fn check_request_id(id: &str) -> Result<(), ClientError> {
 }
 
 /// `POST /v1/requests/{id}/cancel` with `token`.
-async fn cancel_with(
+pub(crate) async fn cancel_with(
     http: &reqwest::Client,
     base: &url::Url,
     token: &token::Token,
@@ -784,47 +748,6 @@ async fn cancel_with(
         &serde_json::json!({ "reason": reason }),
     )
     .await
-}
-
-/// Cancels a request: the identity that made it (the bot's token), or an
-/// administrator.
-pub async fn cancel_request(
-    opts: &ApproverOptions,
-    id: &str,
-    reason: &str,
-) -> Result<crate::approval::ApprovalRequest, ClientError> {
-    check_request_id(id)?;
-    let base = check_server(&opts.server, opts.insecure_http)?;
-    let http = http_client(&base, opts.ca_file.as_deref())?;
-    let token = token::discover(&opts.token, &|k| std::env::var(k).ok()).await?;
-    cancel_with(&http, &base, &token, id, reason).await
-}
-
-/// Approval requests of the roles the caller approves: pending ones, or
-/// (`all`) the recent ones in every state.
-pub async fn list_all_requests(
-    opts: &ApproverOptions,
-) -> Result<Vec<crate::approval::ApprovalRequest>, ClientError> {
-    let v = approver_call(opts, "v1/requests?all=true", None).await?;
-    serde_json::from_value(v).map_err(|e| ClientError::BadAnswer(e.to_string()))
-}
-
-/// Approves or denies a request.
-pub async fn vote_request(
-    opts: &ApproverOptions,
-    id: &str,
-    approve: bool,
-    reason: &str,
-) -> Result<crate::approval::ApprovalRequest, ClientError> {
-    let verb = if approve { "approve" } else { "deny" };
-    check_request_id(id)?;
-    let v = approver_call(
-        opts,
-        &format!("v1/requests/{id}/{verb}"),
-        Some(serde_json::json!({ "reason": reason })),
-    )
-    .await?;
-    serde_json::from_value(v).map_err(|e| ClientError::BadAnswer(e.to_string()))
 }
 
 #[cfg(test)]

@@ -265,6 +265,7 @@ async fn github_actions(
         connect_timeout: CONNECT_TIMEOUT,
         timeout: REQUEST_TIMEOUT,
         user_agent: None,
+        identity: None,
     })
     .map_err(|e| match e {
         super::http::HttpClientError::Build(e) => request_error(e),

@@ -505,6 +505,60 @@ fn compare(
     out
 }
 
+/// A decision as JSON (`mayfly policy test --json`): `allow`, `pending`
+/// (allowed once approved by `approval`) or `deny` with the code, the rule
+/// and the message the bot would get.
+pub fn decision_json(decision: &Result<Grant, Denial>, pending: Option<&str>) -> Value {
+    match decision {
+        Ok(g) => serde_json::json!({
+            "decision": if pending.is_some() { "pending" } else { "allow" },
+            "role": g.role.as_str(),
+            "principals": g.principals.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+            "ttl_seconds": g.ttl.as_secs(),
+            "extensions": g.extensions.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
+            "force_command": g.force_command,
+            "source_address": g.source_address.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "approval": pending,
+        }),
+        Err(d) => serde_json::json!({
+            "decision": "deny",
+            "code": d.code.as_str(),
+            "rule": d.rule,
+            "message": d.message,
+        }),
+    }
+}
+
+impl Report {
+    /// The results as JSON (`mayfly policy test --cases F --json`).
+    pub fn to_json(&self) -> Value {
+        let cases: Vec<Value> = self
+            .results
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.case.name,
+                    "line": r.case.line,
+                    "role": r.case.role,
+                    "issuer": r.case.issuer,
+                    "passed": r.passed(),
+                    "result": decision_json(&r.decision, r.pending.as_deref()),
+                    "mismatches": r.mismatches.iter().map(|m| serde_json::json!({
+                        "what": m.what, "expected": m.expected, "got": m.got,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "file": self.file.display().to_string(),
+            "total": self.results.len(),
+            "failed": self.failed(),
+            "cases": cases,
+            "notes": self.notes,
+        })
+    }
+}
+
 impl fmt::Display for Report {
     /// `ok name` per passing case; per failing case its place and a
     /// `-` expected / `+` got diff; then a summary line.

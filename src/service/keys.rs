@@ -183,6 +183,28 @@ impl KeyLoader {
         blocking(move || Ok(NewKey::generate(passphrase(&cfg)?.as_ref())?)).await
     }
 
+    /// `ca status` rows of every CA (user, host, and each CA group the
+    /// store holds keys of), as of `now`: what `mayfly ca status` and
+    /// `GET /v1/admin/ca` show.
+    pub async fn status_all(&self, now: u64) -> Result<Vec<KeyStatus>, RotationError> {
+        use crate::config::files::{HOST_CA_KEY, USER_CA_KEY};
+        let mut cas = vec![
+            (USER_CA_KEY.to_string(), "user".to_string()),
+            (HOST_CA_KEY.to_string(), "host".to_string()),
+        ];
+        let prefix = format!("{USER_CA_KEY}-");
+        for base in self.keys.cas().await.map_err(store_err)? {
+            if let Some(g) = base.strip_prefix(&prefix) {
+                cas.push((base.clone(), format!("user:{g}")));
+            }
+        }
+        let mut out = Vec::new();
+        for (base, ca) in cas {
+            out.extend(self.status(&base, &ca, now).await?);
+        }
+        Ok(out)
+    }
+
     /// `ca status` rows of CA `base`, shown as `ca`, as of `now`.
     pub async fn status(
         &self,
@@ -323,6 +345,36 @@ impl Service {
                 }
             }
         }
+    }
+
+    /// Every CA key with its slot, fingerprint, location and age, as of
+    /// `now` (`GET /v1/admin/ca`, the answer of `mayfly ca status`). Read
+    /// from the store, so a rotation made anywhere shows at once. Without a
+    /// key loader (keys fixed at start) the key rings in force are shown.
+    pub async fn ca_status(&self, now: u64) -> Result<Vec<KeyStatus>, RotationError> {
+        if let Some(loader) = &self.key_loader {
+            return loader.status_all(now).await;
+        }
+        let mut out = Vec::new();
+        for (ca, ring) in [("user", self.user_keys()), ("host", self.host_keys())] {
+            for (slot, a) in [
+                (Slot::Next, ring.next.as_ref()),
+                (Slot::Active, Some(&ring.active)),
+                (Slot::Previous, ring.previous.as_ref()),
+            ] {
+                if let Some(a) = a {
+                    out.push(KeyStatus {
+                        ca: ca.to_string(),
+                        slot,
+                        fingerprint: a.fingerprint(),
+                        location: a.describe(),
+                        age_seconds: None,
+                        signs: slot == Slot::Active,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -72,7 +72,7 @@ pub enum StoreError {
 }
 
 /// An issued certificate as recorded in the audit log.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, serde::Deserialize)]
 pub struct IssuedCert {
     /// Serial.
     pub serial: u64,
@@ -130,7 +130,7 @@ pub struct Revocation {
 }
 
 /// A disabled entry with its reason.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, serde::Deserialize)]
 pub struct DisabledEntry {
     /// What is disabled.
     #[serde(flatten)]

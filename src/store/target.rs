@@ -191,6 +191,24 @@ impl Serialize for DisableTarget {
     }
 }
 
+/// Reads the wire form back: `issuer`, `subject`, `role`, `""` (or absent)
+/// for "not named" (what the admin API answers; `mayfly ... --server`).
+impl<'de> serde::Deserialize<'de> for DisableTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Wire {
+            #[serde(default)]
+            issuer: Option<String>,
+            #[serde(default)]
+            subject: Option<String>,
+            #[serde(default)]
+            role: Option<String>,
+        }
+        let w = Wire::deserialize(d)?;
+        DisableTarget::from_parts(w.issuer, w.subject, w.role).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
