@@ -1282,7 +1282,12 @@ mod tests {
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF02jlzuH41PbAxdbXcZBgx/lqXTz9vgkMgwNZqgZYGf x";
         let blob = |l: &str| l.split(' ').take(2).collect::<Vec<_>>().join(" ");
         let served = CaKeys::parse(
-            format!("{} mayfly user CA\n{} mayfly user CA\n", blob(KEY), blob(OTHER)).as_bytes(),
+            format!(
+                "{} mayfly user CA\n{} mayfly user CA\n",
+                blob(KEY),
+                blob(OTHER)
+            )
+            .as_bytes(),
         )
         .expect("valid");
         // An install by an older version: other comments, other order.

@@ -579,7 +579,9 @@ fn expected_hosts_that_never_reported_are_listed_counted_and_exported() {
         .unwrap_or_else(|| panic!("{table}"));
     assert!(row.contains(" never_reported "), "{row}");
     assert!(
-        table.contains("1 host(s): 0 lagging, 0 stale (no report for 30s), 1 of 2 expected never reported"),
+        table.contains(
+            "1 host(s): 0 lagging, 0 stale (no report for 30s), 1 of 2 expected never reported"
+        ),
         "{table}"
     );
     assert!(

@@ -489,8 +489,14 @@ fn user_and_host_ca_keys_have_distinct_comments_and_an_older_install_keeps_its_f
     };
     let user = get("/v1/ca/user.pub");
     let host = get("/v1/ca/host.pub");
-    assert!(user.lines().all(|l| l.ends_with(" mayfly user CA")), "{user}");
-    assert!(host.lines().all(|l| l.ends_with(" mayfly host CA")), "{host}");
+    assert!(
+        user.lines().all(|l| l.ends_with(" mayfly user CA")),
+        "{user}"
+    );
+    assert!(
+        host.lines().all(|l| l.ends_with(" mayfly host CA")),
+        "{host}"
+    );
     // The files in the data directory are the ones served.
     for (file, served) in [("user_ca.pub", &user), ("host_ca.pub", &host)] {
         let written = std::fs::read_to_string(ca.data_dir().join(file)).expect(file);
@@ -498,11 +504,19 @@ fn user_and_host_ca_keys_have_distinct_comments_and_an_older_install_keeps_its_f
     }
     // `mayfly known-hosts` carries the host CA's comment.
     let out = Command::new(Mayfly::bin())
-        .args(["known-hosts", "--server", &ca.url(), "--domain", "*.example.com"])
+        .args([
+            "known-hosts",
+            "--server",
+            &ca.url(),
+            "--domain",
+            "*.example.com",
+        ])
         .output()
         .expect("run mayfly known-hosts");
     assert_ok(&out);
-    assert!(String::from_utf8_lossy(&out.stdout).trim_end().ends_with(" mayfly host CA"));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .trim_end()
+        .ends_with(" mayfly host CA"));
 
     // A host synced by an older version holds the same key with the old
     // comment. Syncing now changes nothing: same keys, same trust.
@@ -520,7 +534,10 @@ fn user_and_host_ca_keys_have_distinct_comments_and_an_older_install_keeps_its_f
         "{}",
         stderr(&again)
     );
-    assert!(snapshot(&dir, &[]) == before, "the old file is kept byte for byte");
+    assert!(
+        snapshot(&dir, &[]) == before,
+        "the old file is kept byte for byte"
+    );
 
     // And sshd still trusts the CA through that file.
     let sshd = Sshd::start_with_revoked_keys(&old_line, &dir.join("revoked.krl"));
@@ -543,11 +560,18 @@ fn user_and_host_ca_keys_have_distinct_comments_and_an_older_install_keeps_its_f
     );
 
     // A key that really changes is installed, with the new comment.
-    std::fs::write(dir.join("user_ca.pub"), format!("{}\n", keygen_ed25519(keys.path()).1.trim()))
-        .expect("another key");
+    std::fs::write(
+        dir.join("user_ca.pub"),
+        format!("{}\n", keygen_ed25519(keys.path()).1.trim()),
+    )
+    .expect("another key");
     let out = host_sync(&ca.url(), &dir, &["-v"]);
     assert_ok(&out);
-    assert!(stderr(&out).contains("updated user_ca.pub"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("updated user_ca.pub"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(
         std::fs::read_to_string(dir.join("user_ca.pub")).expect("user_ca.pub"),
         user

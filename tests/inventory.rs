@@ -398,10 +398,15 @@ fn access_review_and_compliance_report_show_the_seeded_evidence() {
     let refused = of("only_refused_identity");
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert!(
-        refused[0].starts_with("deploy ci/intruder never got a certificate: 1 request(s), all refused; the last"),
+        refused[0].starts_with(
+            "deploy ci/intruder never got a certificate: 1 request(s), all refused; the last"
+        ),
         "{refused:?}"
     );
-    assert!(refused[0].contains("(claim_mismatch for role deploy)"), "{refused:?}");
+    assert!(
+        refused[0].contains("(claim_mismatch for role deploy)"),
+        "{refused:?}"
+    );
     // The role added minutes ago is too new to judge, not "never used".
     let usage_of = |role: &str| -> Value {
         review["roles"]
@@ -675,7 +680,10 @@ fn access_review_dates_roles_by_the_policy_repositorys_git_history() {
     assert_eq!(legacy["usage"], "never_used", "{legacy}");
     assert_eq!(legacy["appeared"]["source"], "git_history", "{legacy}");
     let at = legacy["appeared"]["at"].as_u64().expect("at");
-    assert!(now() - at >= 60 * 86_400 && now() - at < 61 * 86_400, "{legacy}");
+    assert!(
+        now() - at >= 60 * 86_400 && now() - at < 61 * 86_400,
+        "{legacy}"
+    );
     let fresh = role("fresh");
     assert_eq!(fresh["usage"], "new_role", "{fresh}");
     assert_eq!(fresh["appeared"]["source"], "file_time", "{fresh}");

@@ -465,7 +465,10 @@ mod tests {
         assert!(ring.matches(&k));
         let lines = ring.public_lines("user_ca");
         assert_eq!(lines.lines().count(), 3);
-        assert!(lines.lines().all(|l| l.ends_with(" mayfly user CA")), "{lines}");
+        assert!(
+            lines.lines().all(|l| l.ends_with(" mayfly user CA")),
+            "{lines}"
+        );
         assert!(ring
             .public_lines("host_ca")
             .lines()

@@ -59,9 +59,8 @@ pub fn run(a: HostsArgs) -> anyhow::Result<ExitCode> {
     };
     let store = mayfly::store::open(&StoreConfig::from_config(&cfg, OpenMode::ReadOnly))?;
     let now = super::unix_now();
-    let view = mayfly::store::block_on(mayfly::store::hosts::fleet_view(
-        &store, s, now, &expected,
-    ))??;
+    let view =
+        mayfly::store::block_on(mayfly::store::hosts::fleet_view(&store, s, now, &expected))??;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&view)?);
     } else {

@@ -408,7 +408,10 @@ pub fn compliance(r: &ComplianceReport) -> Document {
                     Cell::from(human_secs(role.default_ttl)),
                     Cell::from(dash_if_empty(role.extensions.join(", "))),
                     Cell {
-                        lines: restrictions(role).into_iter().map(|l| vec![text(l)]).collect(),
+                        lines: restrictions(role)
+                            .into_iter()
+                            .map(|l| vec![text(l)])
+                            .collect(),
                         ..Cell::default()
                     },
                     Cell::from(format!(

@@ -321,7 +321,10 @@ fn each_role_shows_its_windows_approval_limits_and_key_types_in_words() {
     let html = super::html::render(&r);
     for fact in super::document::restrictions(role("deploy")) {
         assert!(md.contains(&fact), "Markdown lacks {fact:?}");
-        assert!(html.contains(&super::html_escape(&fact)), "HTML lacks {fact:?}");
+        assert!(
+            html.contains(&super::html_escape(&fact)),
+            "HTML lacks {fact:?}"
+        );
     }
     let ac6 = r.controls.iter().find(|c| c.id == "AC-6").expect("AC-6");
     assert!(

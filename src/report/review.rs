@@ -533,7 +533,16 @@ sub = "x"
             },
         ];
         let inv = crate::inventory::build(&p, &[], &[], &[], 30, 10_000);
-        let r = build(&p, &inv, &window, &all, &principals, &BTreeMap::new(), 30, 10_000);
+        let r = build(
+            &p,
+            &inv,
+            &window,
+            &all,
+            &principals,
+            &BTreeMap::new(),
+            30,
+            10_000,
+        );
         let kinds: Vec<FindingKind> = r.findings.iter().map(|f| f.kind).collect();
         assert!(kinds.contains(&FindingKind::RoleNeverUsed));
         assert!(kinds.contains(&FindingKind::TtlHeadroom));
@@ -610,17 +619,25 @@ sub = "x"
             .collect();
         assert_eq!(never, ["old", "requested"]);
         let text = render_text(&r);
-        assert!(text.contains("new_role: not judged until they are 30 days old: fresh (appeared"), "{text}");
+        assert!(
+            text.contains("new_role: not judged until they are 30 days old: fresh (appeared"),
+            "{text}"
+        );
         // The identity that was only ever refused is not called stale.
         assert_eq!(r.of(FindingKind::StaleIdentity).count(), 0);
         let refused: Vec<&Finding> = r.of(FindingKind::OnlyRefusedIdentity).collect();
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].identity.as_deref(), Some("ci/probe"));
         assert!(
-            refused[0].detail.contains("2 request(s), all refused; the last"),
+            refused[0]
+                .detail
+                .contains("2 request(s), all refused; the last"),
             "{}",
             refused[0].detail
         );
-        assert!(text.contains("only_refused_identity: identity ci/probe"), "{text}");
+        assert!(
+            text.contains("only_refused_identity: identity ci/probe"),
+            "{text}"
+        );
     }
 }
