@@ -216,17 +216,23 @@ impl Default for ApprovalWebhookConfig {
 struct RawHosts {
     sync_interval: Option<String>,
     stale_intervals: Option<u64>,
+    expected_file: Option<PathBuf>,
 }
 
 /// What the CA expects of the hosts that report after `mayfly host sync`
 /// (`[hosts]`): `mayfly hosts`, `/metrics`, `ca rotate` and `revoke --wait`
 /// call a host stale after `stale_intervals` intervals without a report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostsConfig {
     /// How often hosts sync (the shipped timer: 5 minutes).
     pub sync_interval: Duration,
     /// Missed intervals after which a host is stale.
     pub stale_intervals: u64,
+    /// The hosts the CA should hear from, one name per line
+    /// ([`read_expected_hosts`]): the ones that never reported are listed
+    /// as `never_reported`. Read again at each use, so editing it needs no
+    /// restart.
+    pub expected_file: Option<PathBuf>,
 }
 
 impl Default for HostsConfig {
@@ -234,8 +240,53 @@ impl Default for HostsConfig {
         HostsConfig {
             sync_interval: Duration::from_secs(DEFAULT_HOST_SYNC_INTERVAL_SECS),
             stale_intervals: DEFAULT_HOST_STALE_INTERVALS,
+            expected_file: None,
         }
     }
+}
+
+/// Most names an expected-hosts file may list.
+pub const MAX_EXPECTED_HOSTS: usize = 100_000;
+
+/// Parses an expected-hosts file: one host name per line (as the host
+/// reports it: its certificate's principal), blank lines and `#` comments
+/// ignored, surrounding spaces trimmed. Names compare without case; a name
+/// listed twice counts once. Errors name the line.
+pub fn parse_expected_hosts(text: &str) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.chars().count() > 253
+            || line
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace() || c == ',')
+        {
+            return Err(format!(
+                "line {}: {:?} is not a host name (one name per line, no spaces or commas)",
+                i + 1,
+                line.chars().take(64).collect::<String>()
+            ));
+        }
+        if seen.insert(line.to_ascii_lowercase()) {
+            out.push(line.to_string());
+        }
+        if out.len() > MAX_EXPECTED_HOSTS {
+            return Err(format!("more than {MAX_EXPECTED_HOSTS} host names"));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads and parses an expected-hosts file ([`parse_expected_hosts`]);
+/// the error names the file.
+pub fn read_expected_hosts(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("expected hosts file {}: {e}", path.display()))?;
+    parse_expected_hosts(&text).map_err(|e| format!("expected hosts file {}: {e}", path.display()))
 }
 
 /// The webhook signing key: zeroized on drop, never printed.
@@ -1095,6 +1146,7 @@ impl Config {
                 }
                 c.hosts.stale_intervals = n;
             }
+            c.hosts.expected_file = rh.expected_file;
         }
         if let Some(rc) = raw.ca.take() {
             c.ca = CaKeyConfig::from_raw(rc)?;

@@ -283,22 +283,55 @@ pub struct FleetView {
     pub lagging: u64,
     /// Not reported for the configured intervals.
     pub stale: u64,
+    /// Hosts named as expected (`mayfly hosts --expect`, `[hosts]
+    /// expected_file`); 0 when no list was given.
+    pub expected: u64,
+    /// Expected hosts that never reported: the CA knows nothing of them.
+    pub never_reported: u64,
     /// Each host, by name.
     pub hosts: Vec<HostStatus>,
+    /// The expected hosts that never reported, as the list names them.
+    pub never_reported_hosts: Vec<String>,
+}
+
+impl FleetView {
+    /// Hosts that need a look: lagging, stale, or expected and never
+    /// reported (`mayfly hosts` exits 9 while this is not 0).
+    pub fn attention(&self) -> u64 {
+        self.lagging + self.stale + self.never_reported
+    }
 }
 
 /// The fleet from the hosts' last reports and the CA's KRL version
-/// (read from a store by [`crate::store::hosts::fleet_view`]).
-pub fn view_of(rows: &[HostRow], ca: u64, s: Staleness, now: u64) -> FleetView {
+/// (read from a store by [`crate::store::hosts::fleet_view`]), and the
+/// host names the CA expects to hear from (empty: none given). A reported
+/// name matches an expected one without regard to case, as host names do.
+pub fn view_of(
+    rows: &[HostRow],
+    ca: u64,
+    s: Staleness,
+    now: u64,
+    expected: &[String],
+) -> FleetView {
     let hosts: Vec<HostStatus> = rows.iter().map(|r| status(r, ca, s, now)).collect();
     let (total, lagging, stale) = counts(rows, ca, s, now);
+    let reported: std::collections::BTreeSet<String> =
+        rows.iter().map(|r| r.host.to_ascii_lowercase()).collect();
+    let never_reported_hosts: Vec<String> = expected
+        .iter()
+        .filter(|e| !reported.contains(&e.to_ascii_lowercase()))
+        .cloned()
+        .collect();
     FleetView {
         ca_krl_version: ca,
         stale_after_secs: s.after_secs(),
         total,
         lagging,
         stale,
+        expected: expected.len() as u64,
+        never_reported: never_reported_hosts.len() as u64,
         hosts,
+        never_reported_hosts,
     }
 }
 
@@ -369,5 +402,28 @@ mod tests {
         // A host of another CA (group) is not asked to trust this one's key.
         let (missing, _) = not_trusting(&rows, "SHA256:c", &["SHA256:c".to_string()], s, NOW);
         assert!(missing.is_empty());
+    }
+
+    #[test]
+    fn expected_hosts_that_never_reported_are_listed_and_need_attention() {
+        let row = HostRow {
+            host: "Web1".into(),
+            reported_at: NOW - 100,
+            krl_version: 5,
+            ca_fingerprints: vec![],
+            last_error: None,
+            cert_serial: 1,
+            client_addr: None,
+        };
+        let s = Staleness::default();
+        let v = view_of(std::slice::from_ref(&row), 5, s, NOW, &[]);
+        assert_eq!((v.expected, v.never_reported, v.attention()), (0, 0, 0));
+        let expected = ["web1".to_string(), "db1".to_string()];
+        let v = view_of(&[row], 5, s, NOW, &expected);
+        assert_eq!(v.expected, 2);
+        assert_eq!(v.never_reported_hosts, ["db1"]);
+        assert_eq!((v.never_reported, v.attention()), (1, 1));
+        let v = view_of(&[], 5, s, NOW, &expected);
+        assert_eq!(v.never_reported_hosts, ["web1", "db1"]);
     }
 }

@@ -176,6 +176,27 @@ impl CaKeys {
     pub fn key_lines(&self) -> &[String] {
         &self.keys
     }
+
+    /// The keys (type and key data, in wire form), sorted, without
+    /// duplicates: what sshd trusts, whatever the lines' comments and order.
+    pub fn key_set(&self) -> Vec<Vec<u8>> {
+        let mut set: Vec<Vec<u8>> = self
+            .keys
+            .iter()
+            .filter_map(|l| crate::ca::signer::key_blob(l))
+            .collect();
+        set.sort();
+        set.dedup();
+        set
+    }
+
+    /// Whether the installed file `installed` trusts exactly these keys.
+    /// Comments and order do not count: a file written with another
+    /// comment (an older version's `mayfly-ca`) is not replaced, so an
+    /// update of mayfly changes nothing on the host while the keys stay.
+    pub fn same_keys_as(&self, installed: &[u8]) -> bool {
+        CaKeys::parse(installed).is_ok_and(|i| i.key_set() == self.key_set())
+    }
 }
 
 /// At most 64 printable characters of untrusted text, for messages.
@@ -777,7 +798,9 @@ pub async fn sync(opts: &SyncOptions) -> Result<SyncOutcome, SyncError> {
             info.version
         }
     };
-    let ca_changed = installed_ca.as_deref() != Some(ca.as_bytes());
+    let ca_changed = !installed_ca
+        .as_deref()
+        .is_some_and(|installed| ca.same_keys_as(installed));
 
     // Stage every file first, so a full or read-only disk fails before any
     // real file is replaced. Dropping a Staged removes its temporary file.
@@ -1252,6 +1275,30 @@ mod tests {
         assert_eq!(k.key_lines().len(), 2);
         assert!(k.as_bytes().ends_with(b"\n"));
         assert!(k.as_bytes().starts_with(b"# mayfly user CA\n"));
+    }
+
+    #[test]
+    fn ca_keys_are_compared_by_key_data_not_by_comment_or_order() {
+        const OTHER: &str =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF02jlzuH41PbAxdbXcZBgx/lqXTz9vgkMgwNZqgZYGf x";
+        let blob = |l: &str| l.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        let served = CaKeys::parse(
+            format!(
+                "{} mayfly user CA\n{} mayfly user CA\n",
+                blob(KEY),
+                blob(OTHER)
+            )
+            .as_bytes(),
+        )
+        .expect("valid");
+        // An install by an older version: other comments, other order.
+        let old = format!("{} mayfly-ca\n{} mayfly-ca\n", blob(OTHER), blob(KEY));
+        assert!(served.same_keys_as(old.as_bytes()));
+        // A key less, a key more, or a file that is no key file: changed.
+        assert!(!served.same_keys_as(format!("{KEY}\n").as_bytes()));
+        let more = format!("{old}ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPvidt52SIjUhYrGA2X1q04SHhiN9m4jOaBuugPEdRPu y\n");
+        assert!(!served.same_keys_as(more.as_bytes()));
+        assert!(!served.same_keys_as(b"garbage\n"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The identity inventory: every non-human identity (issuer + token
 //! subject) the CA has seen, what it asked for and got, who owns those
-//! roles, and whether it is active, disabled or stale.
+//! roles, and whether it is active, disabled, stale or only refused.
 //!
 //! Built from the audit log (requests that got as far as a verified token)
 //! and the `disabled` table; owners come from the policy in force. The
@@ -56,15 +56,20 @@ pub enum Status {
     Disabled,
     /// Not disabled, but no certificate within the stale window.
     Stale,
+    /// Not disabled, never got a certificate, and every request it made
+    /// was refused: not an identity that went quiet (stale) but one that
+    /// never had access (a misconfigured bot, or someone trying).
+    OnlyRefused,
 }
 
 impl Status {
-    /// `active`, `disabled` or `stale`.
+    /// `active`, `disabled`, `stale` or `only_refused`.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Active => "active",
             Status::Disabled => "disabled",
             Status::Stale => "stale",
+            Status::OnlyRefused => "only_refused",
         }
     }
 }
@@ -193,6 +198,8 @@ pub struct StatusCounts {
     pub disabled: u64,
     /// Stale identities.
     pub stale: u64,
+    /// Identities that never got a certificate and were only refused.
+    pub only_refused: u64,
 }
 
 /// The whole inventory.
@@ -299,6 +306,7 @@ pub fn build(
                     status: match (role_entry, fresh) {
                         (Some(_), _) => Status::Disabled,
                         (None, true) => Status::Active,
+                        (None, false) if u.issued == 0 && u.denied > 0 => Status::OnlyRefused,
                         (None, false) => Status::Stale,
                     },
                     disabled_by: role_entry.map(Deactivation::from_entry),
@@ -333,6 +341,8 @@ pub fn build(
                 .map(|(_, e)| Deactivation::from_entry(e)),
         );
         let last_issued = rows.iter().filter_map(|u| u.last_issued_ms).max();
+        let certs_issued: u64 = rows.iter().map(|u| u.issued).sum();
+        let requests_denied: u64 = rows.iter().map(|u| u.denied).sum();
         // Roles gone from the policy cannot issue anyway: an identity whose
         // every remaining role is disabled gets nothing.
         let mut usable = roles.iter().filter(|r| r.in_policy).peekable();
@@ -341,6 +351,8 @@ pub fn build(
             Status::Disabled
         } else if last_issued.is_some_and(|t| t >= cutoff_ms) {
             Status::Active
+        } else if certs_issued == 0 && requests_denied > 0 {
+            Status::OnlyRefused
         } else {
             Status::Stale
         };
@@ -348,6 +360,7 @@ pub fn build(
             Status::Active => counts.active += 1,
             Status::Disabled => counts.disabled += 1,
             Status::Stale => counts.stale += 1,
+            Status::OnlyRefused => counts.only_refused += 1,
         }
         let mut owners: Vec<String> = roles.iter().filter_map(|r| r.owner.clone()).collect();
         owners.sort();
@@ -356,8 +369,8 @@ pub fn build(
             first_seen: rows.iter().map(|u| u.first_ms).min().map(secs),
             last_seen: rows.iter().map(|u| u.last_ms).max().map(secs),
             last_issued: last_issued.map(secs),
-            certs_issued: rows.iter().map(|u| u.issued).sum(),
-            requests_denied: rows.iter().map(|u| u.denied).sum(),
+            certs_issued,
+            requests_denied,
             last_denial: last_denial
                 .get(&(issuer.clone(), subject.clone()))
                 .map(|d| LastDenial {
@@ -539,12 +552,13 @@ pub fn render_table(inv: &Inventory) -> String {
         out.push('\n');
     }
     out.push_str(&format!(
-        "{} identities: {} active, {} disabled, {} stale (no certificate in {} days)\n",
+        "{} identities: {} active, {} disabled, {} stale (no certificate in {} days), {} only refused (never got a certificate)\n",
         inv.identities.len(),
         inv.counts.active,
         inv.counts.disabled,
         inv.counts.stale,
-        inv.stale_days
+        inv.stale_days,
+        inv.counts.only_refused
     ));
     out
 }
@@ -638,7 +652,8 @@ sub = "x"
             .collect();
         assert_eq!(st["fresh"], Status::Active);
         assert_eq!(st["old"], Status::Stale);
-        assert_eq!(st["never"], Status::Stale);
+        // Only ever refused: not an identity that went quiet.
+        assert_eq!(st["never"], Status::OnlyRefused);
         assert_eq!(st["gone"], Status::Disabled);
         assert_eq!(st["partly"], Status::Active);
         assert_eq!(st["unseen"], Status::Disabled);
@@ -647,7 +662,8 @@ sub = "x"
             StatusCounts {
                 active: 2,
                 disabled: 2,
-                stale: 2
+                stale: 1,
+                only_refused: 1,
             }
         );
         let partly = inv
@@ -670,6 +686,7 @@ sub = "x"
             "claim_mismatch"
         );
         assert!(never.roles_granted.is_empty());
+        assert_eq!(never.roles[0].status, Status::OnlyRefused);
         // A disabled role disables every identity that only uses it.
         let inv = build(&policy(), &u, &[], &[off("", "", "deploy")], 30, now);
         let fresh = inv

@@ -319,7 +319,11 @@ pub struct Metrics {
     /// Report the process's own stats from /proc/self.
     process: bool,
     /// The hosts' sync reports, read at scrape time.
-    hosts: Option<(crate::store::Store, crate::fleet::Staleness)>,
+    hosts: Option<(
+        crate::store::Store,
+        crate::fleet::Staleness,
+        Option<std::path::PathBuf>,
+    )>,
     /// Written by the issuers' key caches.
     jwks: Arc<JwksMetrics>,
     /// The listener's connection counters, shared with the serve loop.
@@ -530,9 +534,15 @@ impl Metrics {
     }
 
     /// Also reports the hosts that sync (total, lagging, stale), read from
-    /// `store` at scrape time.
-    pub fn with_hosts(mut self, store: crate::store::Store, s: crate::fleet::Staleness) -> Metrics {
-        self.hosts = Some((store, s));
+    /// `store` at scrape time, and the hosts of `expected` (an
+    /// expected-hosts file, read at each scrape) that never reported.
+    pub fn with_hosts(
+        mut self,
+        store: crate::store::Store,
+        s: crate::fleet::Staleness,
+        expected: Option<std::path::PathBuf>,
+    ) -> Metrics {
+        self.hosts = Some((store, s, expected));
         self
     }
 
@@ -630,13 +640,34 @@ impl Metrics {
             tracing::warn!(error = %e, "metrics: cannot read the replicas' heartbeats");
         }
         let hosts = match &self.hosts {
-            Some((store, s)) => match crate::store::hosts::fleet_view(store, *s, unix).await {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics: cannot read the hosts' sync reports");
-                    None
+            Some((store, s, expected_file)) => {
+                // Without its list the never-reported count is unknown, not
+                // 0: the gauge is left out rather than reading "all fine".
+                let expected = match expected_file {
+                    None => Some(Vec::new()),
+                    Some(p) => match crate::config::read_expected_hosts(p) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "metrics: cannot read [hosts] expected_file");
+                            None
+                        }
+                    },
+                };
+                match crate::store::hosts::fleet_view(
+                    store,
+                    *s,
+                    unix,
+                    expected.as_deref().unwrap_or_default(),
+                )
+                .await
+                {
+                    Ok(v) => Some((v, expected.is_some())),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics: cannot read the hosts' sync reports");
+                        None
+                    }
                 }
-            },
+            }
             None => None,
         };
         let mut o = String::new();
@@ -841,15 +872,16 @@ impl Metrics {
         if let Some(Ok(report)) = &replicas {
             write_replicas(report, &mut o);
         }
-        if let Some(v) = &hosts {
-            write_hosts(v, &mut o);
+        if let Some((v, expected_known)) = &hosts {
+            write_hosts(v, *expected_known, &mut o);
         }
         o
     }
 }
 
-/// Renders the host gauges (`mayfly hosts` in numbers).
-fn write_hosts(v: &crate::fleet::FleetView, o: &mut String) {
+/// Renders the host gauges (`mayfly hosts` in numbers); the never-reported
+/// gauge only when the expected-hosts list could be read.
+fn write_hosts(v: &crate::fleet::FleetView, expected_known: bool, o: &mut String) {
     for (name, help, n) in [
         (
             "mayfly_hosts",
@@ -869,6 +901,16 @@ fn write_hosts(v: &crate::fleet::FleetView, o: &mut String) {
     ] {
         family(o, name, "gauge", help);
         sample(o, name, &[], n);
+    }
+    if expected_known {
+        let name = "mayfly_hosts_never_reported";
+        family(
+            o,
+            name,
+            "gauge",
+            "Hosts listed in [hosts] expected_file that never reported (0 without a list).",
+        );
+        sample(o, name, &[], v.never_reported);
     }
 }
 

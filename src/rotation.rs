@@ -149,13 +149,13 @@ async fn check_fleet(
     Ok(note)
 }
 
-/// Every published key of `keys` as OpenSSH lines, as
+/// Every published key of `keys` (CA `base`) as OpenSSH lines, as
 /// [`KeyRing::public_lines`] writes them.
-fn public_lines(keys: &CaKeys) -> String {
+fn public_lines(keys: &CaKeys, base: &str) -> String {
     [Slot::Active, Slot::Next, Slot::Previous]
         .into_iter()
         .filter_map(|s| keys.get(s))
-        .map(|k| format!("{}\n", k.public))
+        .map(|k| format!("{}\n", crate::ca::published_line(&k.public, base)))
         .collect()
 }
 
@@ -269,7 +269,7 @@ pub async fn rotate(
     }
     let after = loader.stored(&base).await?;
     let pub_path = cfg.data_dir.join(which.public());
-    crate::ca::keys::write_atomic(&pub_path, public_lines(&after).as_bytes(), 0o644)
+    crate::ca::keys::write_atomic(&pub_path, public_lines(&after, &base).as_bytes(), 0o644)
         .map_err(|e| RotateError::Io(pub_path.display().to_string(), e))?;
     Ok(summary)
 }

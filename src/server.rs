@@ -25,6 +25,10 @@ pub enum StartError {
     /// The web console cannot be set up (`[console]`).
     #[error("{0}")]
     Console(String),
+    /// `[hosts] expected_file` cannot be read or holds something else
+    /// than host names.
+    #[error("[hosts] {0}, refusing to start")]
+    ExpectedHosts(String),
     /// Data directory problem.
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -158,7 +162,7 @@ async fn load_ring(
     }
     ca::keys::write_atomic(
         &cfg.data_dir.join(pub_name),
-        ring.public_lines().as_bytes(),
+        ring.public_lines(base).as_bytes(),
         0o644,
     )?;
     Ok(ring)
@@ -254,6 +258,9 @@ pub async fn build_with_audit(
         .redirect(crate::auth::jwks::redirect_policy())
         .build()
         .map_err(std::io::Error::other)?;
+    if let Some(p) = &cfg.hosts.expected_file {
+        crate::config::read_expected_hosts(p).map_err(StartError::ExpectedHosts)?;
+    }
     let metrics = Arc::new(
         Metrics::for_data_dir(&cfg.data_dir, store.reports_shared())
             .with_keys(store.keys_shared())
@@ -261,7 +268,11 @@ pub async fn build_with_audit(
             .with_approvals(store.approvals_shared())
             .with_audit_stream(audit.stats(), store.audit_shared())
             .with_process_stats()
-            .with_hosts(store.clone(), crate::fleet::Staleness::of(&cfg.hosts)),
+            .with_hosts(
+                store.clone(),
+                crate::fleet::Staleness::of(&cfg.hosts),
+                cfg.hosts.expected_file.clone(),
+            ),
     );
     let verifier = Verifier::new(&cfg.issuers, http, metrics.jwks(), clock.clone());
     tracing::info!(roles = policy.roles.len(), digest = %policy.digest, dir = %cfg.policy_dir.display(), "policy loaded");

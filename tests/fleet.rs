@@ -538,3 +538,105 @@ fn revoke_wait_returns_once_the_host_synced_and_times_out_otherwise() {
     // One line per change, not a line per poll.
     assert_eq!(text.matches(": waiting").count(), 1, "{text}");
 }
+
+#[test]
+fn expected_hosts_that_never_reported_are_listed_counted_and_exported() {
+    let lists = support::temp_dir("fleet-expected");
+    let expected = lists.path().join("expected-hosts");
+    std::fs::write(
+        &expected,
+        "# hosts that run mayfly host sync\nnode1.test.example\n\n  NODE2.test.example  \nnode1.test.example\n",
+    )
+    .expect("expected hosts");
+    let env = env_with(
+        &format!(
+            "[hosts]\nsync_interval = \"10s\"\nstale_intervals = 3\nexpected_file = \"{}\"\n",
+            expected.display()
+        ),
+        "",
+    );
+    // Before any report, both are listed: the CA knows them by the list only.
+    let view = env.hosts_json();
+    assert_eq!(
+        (&view["expected"], &view["never_reported"]),
+        (&json!(2), &json!(2)),
+        "{view}"
+    );
+    let h = env.host("node1");
+    assert!(env.sync(&h).status.success());
+
+    let view = env.hosts_json();
+    assert_eq!(view["total"], 1, "{view}");
+    assert_eq!(view["never_reported"], 1, "{view}");
+    assert_eq!(view["never_reported_hosts"], json!(["NODE2.test.example"]));
+    assert_eq!(host_state(&view, &h.name)["lagging"], false);
+    let out = mayfly(&["hosts", "--config", &env.config()]);
+    assert_eq!(out.status.code(), Some(9), "{}", all_output(&out));
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("NODE2.test.example"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains(" never_reported "), "{row}");
+    assert!(
+        table.contains(
+            "1 host(s): 0 lagging, 0 stale (no report for 30s), 1 of 2 expected never reported"
+        ),
+        "{table}"
+    );
+    assert!(
+        env.metrics().contains("mayfly_hosts_never_reported 1\n"),
+        "{}",
+        env.metrics()
+    );
+
+    // --expect overrides the config's list: every host on it reported.
+    let only_node1 = lists.path().join("only-node1");
+    std::fs::write(&only_node1, "node1.test.example\n").expect("list");
+    let out = mayfly(&[
+        "hosts",
+        "--config",
+        &env.config(),
+        "--expect",
+        only_node1.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", all_output(&out));
+
+    // A list that is not one host name per line is refused, naming the line.
+    let bad = lists.path().join("bad");
+    std::fs::write(&bad, "node1.test.example\nnode2 node3\n").expect("list");
+    let out = mayfly(&[
+        "hosts",
+        "--config",
+        &env.config(),
+        "--expect",
+        bad.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", all_output(&out));
+    assert!(
+        all_output(&out).contains("line 2: \"node2 node3\" is not a host name"),
+        "{}",
+        all_output(&out)
+    );
+}
+
+#[test]
+fn serve_refuses_to_start_with_an_unreadable_expected_hosts_file() {
+    let issuer = TestIssuer::start();
+    let missing = support::temp_dir("fleet-missing").path().join("nope");
+    let err = match Mayfly::try_start(
+        &format!(
+            "[hosts]\nexpected_file = \"{}\"\n{}",
+            missing.display(),
+            issuer.issuer_toml("ci", "")
+        ),
+        &[("deploy", DEPLOY)],
+    ) {
+        Ok(_) => panic!("serve started without its expected hosts file"),
+        Err(e) => e,
+    };
+    assert!(
+        err.contains("[hosts] expected hosts file") && err.contains("refusing to start"),
+        "{err}"
+    );
+}

@@ -480,6 +480,105 @@ fn sync_from_real_ca_installs_files_that_real_sshd_uses() {
 }
 
 #[test]
+fn user_and_host_ca_keys_have_distinct_comments_and_an_older_install_keeps_its_file() {
+    let ca = Mayfly::start("", &[]);
+    let get = |path: &str| {
+        http::get(&format!("{}{path}", ca.url()))
+            .expect("GET")
+            .text()
+    };
+    let user = get("/v1/ca/user.pub");
+    let host = get("/v1/ca/host.pub");
+    assert!(
+        user.lines().all(|l| l.ends_with(" mayfly user CA")),
+        "{user}"
+    );
+    assert!(
+        host.lines().all(|l| l.ends_with(" mayfly host CA")),
+        "{host}"
+    );
+    // The files in the data directory are the ones served.
+    for (file, served) in [("user_ca.pub", &user), ("host_ca.pub", &host)] {
+        let written = std::fs::read_to_string(ca.data_dir().join(file)).expect(file);
+        assert_eq!(&written, served, "{file}");
+    }
+    // `mayfly known-hosts` carries the host CA's comment.
+    let out = Command::new(Mayfly::bin())
+        .args([
+            "known-hosts",
+            "--server",
+            &ca.url(),
+            "--domain",
+            "*.example.com",
+        ])
+        .output()
+        .expect("run mayfly known-hosts");
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .trim_end()
+        .ends_with(" mayfly host CA"));
+
+    // A host synced by an older version holds the same key with the old
+    // comment. Syncing now changes nothing: same keys, same trust.
+    let tmp = support::temp_dir("hostsync");
+    let dir = tmp.path().join("mayfly");
+    assert_ok(&host_sync(&ca.url(), &dir, &[]));
+    let old_line = user.replace(" mayfly user CA", " mayfly-ca");
+    assert_ne!(old_line, user);
+    std::fs::write(dir.join("user_ca.pub"), &old_line).expect("old install");
+    let before = snapshot(&dir, &[]);
+    let again = host_sync(&ca.url(), &dir, &["-v"]);
+    assert_ok(&again);
+    assert!(
+        stderr(&again).starts_with("mayfly host sync: unchanged ("),
+        "{}",
+        stderr(&again)
+    );
+    assert!(
+        snapshot(&dir, &[]) == before,
+        "the old file is kept byte for byte"
+    );
+
+    // And sshd still trusts the CA through that file.
+    let sshd = Sshd::start_with_revoked_keys(&old_line, &dir.join("revoked.krl"));
+    let keys = support::temp_dir("hostsync-keys");
+    let (key, _) = keygen_ed25519(keys.path());
+    let cert = sign_user_cert(
+        &ca.data_dir().join("user_ca"),
+        &key,
+        "old-comment",
+        &["deploy"],
+        "+5m",
+        43,
+    );
+    let login = sshd.ssh("deploy", &key, &cert, "true");
+    assert!(
+        login.status.success(),
+        "login refused: {}\n{}",
+        String::from_utf8_lossy(&login.stderr),
+        sshd.log()
+    );
+
+    // A key that really changes is installed, with the new comment.
+    std::fs::write(
+        dir.join("user_ca.pub"),
+        format!("{}\n", keygen_ed25519(keys.path()).1.trim()),
+    )
+    .expect("another key");
+    let out = host_sync(&ca.url(), &dir, &["-v"]);
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("updated user_ca.pub"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("user_ca.pub")).expect("user_ca.pub"),
+        user
+    );
+}
+
+#[test]
 fn revocation_from_the_ca_reaches_sshd_through_sync() {
     let (_k, ca_key, ca_pub_path, ca_line) = fake_ca_key();
     let ca = FakeCa::start();

@@ -36,10 +36,39 @@ max_ttl = "5m"
 repository = "legacy/*"
 "#;
 
+const FRESH_POLICY: &str = r#"
+description = "Added to the policy minutes ago"
+owner = "platform@example.com"
+issuer = "ci"
+principals = ["release"]
+max_ttl = "5m"
+key_types = ["ssh-ed25519"]
+rate_limit = "10/h"
+max_active_certs = 1
+[claims]
+repository = "acme/release"
+[[window]]
+days = ["mon-fri"]
+start = "09:00"
+end = "17:00"
+timezone = "Europe/Berlin"
+"#;
+
 struct Env {
     oidc: Oidc,
     ca: Mayfly,
     dir: tempfile::TempDir,
+}
+
+/// Sets a file's modification time `days` days back, as a role file
+/// written long ago has it.
+fn age_file(path: &std::path::Path, days: u64) {
+    let t = std::time::SystemTime::now() - Duration::from_secs(days * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(t))
+        .unwrap_or_else(|e| panic!("set the time of {}: {e}", path.display()));
 }
 
 fn setup() -> Env {
@@ -55,8 +84,17 @@ fn setup() -> Env {
     );
     let ca = Mayfly::start(
         &extra,
-        &[("deploy", DEPLOY_POLICY), ("legacy", LEGACY_POLICY)],
+        &[
+            ("deploy", DEPLOY_POLICY),
+            ("legacy", LEGACY_POLICY),
+            ("fresh", FRESH_POLICY),
+        ],
     );
+    // The policy repository is no git checkout here: the roles' file times
+    // date them. The old ones were written 60 days ago.
+    for role in ["deploy", "legacy"] {
+        age_file(&ca.policy_dir().join(format!("{role}.toml")), 60);
+    }
     Env {
         oidc,
         ca,
@@ -222,7 +260,7 @@ fn inventory_lists_identities_with_status_owners_and_denials_for_admins_only() {
     assert_eq!(subjects, ["deploy-es", "deploy-rs", "intruder", "old-bot"]);
     assert_eq!(
         inv["counts"],
-        json!({"active": 1, "disabled": 1, "stale": 2})
+        json!({"active": 1, "disabled": 1, "stale": 1, "only_refused": 1})
     );
 
     let rs = by_subject(&inv, "deploy-rs");
@@ -256,7 +294,11 @@ fn inventory_lists_identities_with_status_owners_and_denials_for_admins_only() {
     assert_eq!(es["roles"][0]["status"], "disabled");
 
     let intruder = by_subject(&inv, "intruder");
-    assert_eq!(intruder["status"], "stale", "never got a certificate");
+    assert_eq!(
+        intruder["status"], "only_refused",
+        "never got a certificate, only refusals: not stale"
+    );
+    assert_eq!(intruder["roles"][0]["status"], "only_refused");
     assert_eq!(intruder["certs_issued"], 0);
     assert_eq!(intruder["last_denial"]["reason_code"], "claim_mismatch");
     assert_eq!(intruder["roles_granted"], json!([]));
@@ -280,7 +322,7 @@ fn inventory_lists_identities_with_status_owners_and_denials_for_admins_only() {
         .iter()
         .map(|i| i["status"].as_str().expect("status"))
         .collect();
-    assert_eq!(statuses, ["disabled", "active", "stale", "stale"]);
+    assert_eq!(statuses, ["disabled", "active", "only_refused", "stale"]);
     let table = env.cli(&["identity", "list", "--stale-days", "30"]);
     let line = table
         .lines()
@@ -294,7 +336,7 @@ fn inventory_lists_identities_with_status_owners_and_denials_for_admins_only() {
     assert!(line.contains("platform@example.com"), "{line}");
     assert!(line.contains("unknown_role"), "{line}");
     assert!(
-        table.contains("4 identities: 1 active, 1 disabled, 2 stale (no certificate in 30 days)"),
+        table.contains("4 identities: 1 active, 1 disabled, 1 stale (no certificate in 30 days), 1 only refused (never got a certificate)"),
         "{table}"
     );
 
@@ -350,9 +392,40 @@ fn access_review_and_compliance_report_show_the_seeded_evidence() {
     );
     assert_eq!(of("widening_extension").len(), 1);
     let stale = of("stale_identity");
-    assert_eq!(stale.len(), 2, "{stale:?}");
-    assert!(stale.iter().any(|s| s.contains("ci/old-bot")), "{stale:?}");
-    assert!(stale.iter().any(|s| s.contains("ci/intruder")), "{stale:?}");
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    assert!(stale[0].contains("ci/old-bot"), "{stale:?}");
+    // The intruder never had access: its own label, not "stale".
+    let refused = of("only_refused_identity");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].starts_with(
+            "deploy ci/intruder never got a certificate: 1 request(s), all refused; the last"
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        refused[0].contains("(claim_mismatch for role deploy)"),
+        "{refused:?}"
+    );
+    // The role added minutes ago is too new to judge, not "never used".
+    let usage_of = |role: &str| -> Value {
+        review["roles"]
+            .as_array()
+            .expect("roles")
+            .iter()
+            .find(|r| r["role"] == role)
+            .unwrap_or_else(|| panic!("{role} reviewed"))
+            .clone()
+    };
+    assert_eq!(usage_of("fresh")["usage"], "new_role");
+    assert_eq!(usage_of("fresh")["appeared"]["source"], "file_time");
+    assert_eq!(usage_of("legacy")["usage"], "never_used");
+    let text = env.cli(&["report", "access-review", "--days", "30"]);
+    assert!(
+        text.contains("new_role: not judged until they are 30 days old: fresh (appeared"),
+        "{text}"
+    );
+    assert!(!text.contains("role_never_used: role fresh"), "{text}");
     let deploy = review["roles"]
         .as_array()
         .expect("roles")
@@ -448,11 +521,11 @@ fn access_review_and_compliance_report_show_the_seeded_evidence() {
     let ac2 = row("AC-2");
     assert!(
         ac2.contains(
-            "4 identities inventoried: 1 active, 1 disabled, 2 stale (no certificate in 30 days)"
+            "4 identities inventoried: 1 active, 1 disabled, 1 stale (no certificate in 30 days), 1 only refused (never got a certificate)"
         ),
         "{ac2}"
     );
-    assert!(ac2.contains("2/2 roles name an owner"), "{ac2}");
+    assert!(ac2.contains("3/3 roles name an owner"), "{ac2}");
     assert!(
         ac2.contains(
             "1 revocation(s) in the window, 1 live in the KRL; 1 deactivation(s) in force"
@@ -469,7 +542,7 @@ fn access_review_and_compliance_report_show_the_seeded_evidence() {
     assert!(row("AU-3").contains("0 issuance record(s) in the window lack one of them"));
     let ac6 = row("AC-6");
     assert!(
-        ac6.contains("max TTL per role: deploy 2h, legacy 5m"),
+        ac6.contains("max TTL per role: deploy 2h, fresh 5m, legacy 5m"),
         "{ac6}"
     );
     assert!(
@@ -503,7 +576,11 @@ fn access_review_and_compliance_report_show_the_seeded_evidence() {
         chart_row.ends_with("█` |"),
         "today's bar is the tallest: {chart_row}"
     );
-    assert!(md.contains("| legacy | legacy-team@example.com | user | batch | 5m | 5m | - | - | 0 / 0 | never_used |"), "{md}");
+    assert!(md.contains("| legacy | legacy-team@example.com | user | batch | 5m | 5m | - | time windows: none (usable at any time)<br>approval: not required<br>limits: none (no rate limit, no cap on valid certificates)<br>key types: any mayfly accepts (ssh-ed25519, ecdsa-sha2-nistp256, ecdsa-sha2-nistp384, ssh-rsa); RSA keys of at least 3072 bits | 0 / 0 | never_used |"), "{md}");
+    // Each role's restrictions, in words, under Restrictions.
+    assert!(md.contains("| fresh | platform@example.com | user | release | 5m | 5m | - | time windows: usable only mon-fri 09:00-17:00 Europe/Berlin; certificates end when the window closes<br>approval: not required<br>limits: at most 10 requests per hour for the role; at most 1 valid certificate(s) at once per identity<br>key types: only ssh-ed25519 | 0 / 0 | new_role |"), "{md}");
+    assert!(ac6.contains("role restrictions (details in the roles table): 1 with time windows, 0 needing approval, 1 with rate limits or a cap on valid certificates, 1 accepting fewer key types than mayfly does"), "{ac6}");
+    assert!(html.contains("limits: at most 10 requests per hour for the role; at most 1 valid certificate(s) at once per identity"));
     assert!(
         md.contains("| stale | ci | old-bot | deploy | platform@example.com |"),
         "{md}"
@@ -513,7 +590,7 @@ fn access_review_and_compliance_report_show_the_seeded_evidence() {
     assert!(html.starts_with("<!DOCTYPE html>"));
     assert!(html.contains("<table id=\"controls\">"));
     assert!(html.contains(
-        "4 identities inventoried: 1 active, 1 disabled, 2 stale (no certificate in 30 days)"
+        "4 identities inventoried: 1 active, 1 disabled, 1 stale (no certificate in 30 days), 1 only refused (never got a certificate)"
     ));
     assert!(html.contains("<td class=\"attention\">attention</td>"));
     assert!(html.contains("<td class=\"pass\">pass</td>"));
@@ -541,4 +618,81 @@ fn compliance_report_gives_the_age_of_the_ca_keys_the_store_holds() {
         let line = format!("{which} CA key: file (unencrypted), 0 days old");
         assert!(out.contains(&line), "{line} missing from:\n{out}");
     }
+}
+
+/// Runs git in `dir` with a fixed identity and commit time.
+fn git(dir: &std::path::Path, args: &[&str], date: &str) {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "policy")
+        .env("GIT_AUTHOR_EMAIL", "policy@example.com")
+        .env("GIT_COMMITTER_NAME", "policy")
+        .env("GIT_COMMITTER_EMAIL", "policy@example.com")
+        .env("GIT_AUTHOR_DATE", date)
+        .env("GIT_COMMITTER_DATE", date)
+        .output()
+        .expect("run git (the policy repository test needs it)");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn access_review_dates_roles_by_the_policy_repositorys_git_history() {
+    let issuer = support::issuer::TestIssuer::start();
+    let ca = Mayfly::start(
+        &issuer.issuer_toml("ci", ""),
+        &[("legacy", LEGACY_POLICY), ("fresh", FRESH_POLICY)],
+    );
+    // The policy directory is a checkout: legacy.toml was committed 60 days
+    // ago; fresh.toml is not committed yet. Both files were just written,
+    // as a fresh clone or checkout writes them.
+    let dir = ca.policy_dir();
+    let sixty_days_ago = format!("@{} +0000", now() - 60 * 86_400);
+    git(&dir, &["init", "-q"], &sixty_days_ago);
+    git(&dir, &["add", "legacy.toml"], &sixty_days_ago);
+    git(&dir, &["commit", "-q", "-m", "legacy"], &sixty_days_ago);
+    let cfg = ca.config_path().to_str().expect("utf8").to_string();
+    let out = ok(mayfly(&[
+        "report",
+        "access-review",
+        "--days",
+        "30",
+        "--json",
+        "--config",
+        &cfg,
+    ]));
+    let review: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let role = |name: &str| -> Value {
+        review["roles"]
+            .as_array()
+            .expect("roles")
+            .iter()
+            .find(|r| r["role"] == name)
+            .unwrap_or_else(|| panic!("{name} reviewed: {review}"))
+            .clone()
+    };
+    let legacy = role("legacy");
+    assert_eq!(legacy["usage"], "never_used", "{legacy}");
+    assert_eq!(legacy["appeared"]["source"], "git_history", "{legacy}");
+    let at = legacy["appeared"]["at"].as_u64().expect("at");
+    assert!(
+        now() - at >= 60 * 86_400 && now() - at < 61 * 86_400,
+        "{legacy}"
+    );
+    let fresh = role("fresh");
+    assert_eq!(fresh["usage"], "new_role", "{fresh}");
+    assert_eq!(fresh["appeared"]["source"], "file_time", "{fresh}");
+    let never: Vec<&str> = review["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["kind"] == "role_never_used")
+        .map(|f| f["role"].as_str().expect("role"))
+        .collect();
+    assert_eq!(never, ["legacy"]);
 }

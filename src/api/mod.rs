@@ -172,10 +172,14 @@ async fn user_ca(
     let group = q.ok().and_then(|axum::extract::Query(q)| q.group);
     Ok(match group.as_deref() {
         None => text(s.service.all_user_public_lines()),
-        Some("default") => text(s.service.user_keys().public_lines()),
+        Some("default") => text(
+            s.service
+                .user_keys()
+                .public_lines(crate::config::files::USER_CA_KEY),
+        ),
         Some(g) => {
             match s.service.group_keys(g) {
-                Some(ring) => text(ring.public_lines()),
+                Some(ring) => text(ring.public_lines(&crate::config::files::group_base(g))),
                 None => return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
                     "unknown_ca_group",
@@ -188,7 +192,11 @@ async fn user_ca(
 
 async fn host_ca(State(s): State<AppState>) -> Response {
     s.service.refresh().await;
-    text(s.service.host_keys().public_lines())
+    text(
+        s.service
+            .host_keys()
+            .public_lines(crate::config::files::HOST_CA_KEY),
+    )
 }
 
 async fn krl_handler(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {

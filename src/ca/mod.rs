@@ -38,9 +38,45 @@ pub enum MintError {
     Sign(#[from] ssh_key::Error),
 }
 
-/// The comment of every CA public key line mayfly publishes and records
-/// (audit records name the signing key by this line).
+/// The comment of the CA public key line mayfly records: audit records,
+/// revocations and the store name a signing key by this exact line, so it
+/// never changes (records written by earlier versions must keep matching).
+/// The lines published to hosts and clients carry [`published_comment`]
+/// instead.
 pub const CA_KEY_COMMENT: &str = "mayfly-ca";
+
+/// The comment of the public key lines published for the CA whose keys
+/// have base name `base` (`user_ca`, `host_ca`, `user_ca-<group>`): `mayfly
+/// user CA`, `mayfly host CA`, `mayfly user CA group <group>`. It tells a
+/// person reading sshd's or ssh's files which CA a line is; nothing
+/// compares it (keys are compared by type and key data), so files written
+/// with an older comment keep working. The slot (next, active, previous)
+/// is not in it: it changes at every rotation while the key does not, and
+/// `mayfly ca status` shows it.
+pub fn published_comment(base: &str) -> String {
+    use crate::config::files::{HOST_CA_KEY, USER_CA_KEY};
+    if base == HOST_CA_KEY {
+        "mayfly host CA".into()
+    } else if base == USER_CA_KEY {
+        "mayfly user CA".into()
+    } else if let Some(group) = base
+        .strip_prefix(USER_CA_KEY)
+        .and_then(|g| g.strip_prefix('-'))
+    {
+        format!("mayfly user CA group {group}")
+    } else {
+        format!("mayfly {base}")
+    }
+}
+
+/// `line` (an OpenSSH public key line) with the published comment of CA
+/// `base`; the line unchanged if it does not parse.
+pub fn published_line(line: &str, base: &str) -> String {
+    match ssh_key::PublicKey::from_openssh(line.trim()) {
+        Ok(k) => signer::public_key_line(k.key_data(), &published_comment(base)),
+        Err(_) => line.to_string(),
+    }
+}
 
 /// Slack above [`MAX_USER_CERT_TTL`] for the backdated part of the window.
 const MAX_BACKDATE: Duration = Duration::from_secs(3600);
@@ -65,9 +101,17 @@ impl Authority {
         Authority { key, line }
     }
 
-    /// The CA public key as one OpenSSH line (no newline), for `TrustedUserCAKeys`.
+    /// The CA public key as one OpenSSH line (no newline) with the
+    /// recorded comment [`CA_KEY_COMMENT`]: the form audit records name it
+    /// by. Files for sshd use [`Authority::published_line`].
     pub fn public_key_line(&self) -> String {
         self.line.clone()
+    }
+
+    /// The CA public key as published for CA `base` (see
+    /// [`published_comment`]), no newline.
+    pub fn published_line(&self, base: &str) -> String {
+        signer::public_key_line(self.key.public_key(), &published_comment(base))
     }
 
     /// The CA key's `SHA256:` fingerprint.

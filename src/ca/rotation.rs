@@ -290,26 +290,31 @@ impl KeyRing {
         .flatten()
     }
 
-    /// Every published key as OpenSSH lines (the `TrustedUserCAKeys` file):
-    /// active first, then next, then previous.
-    pub fn public_lines(&self) -> String {
+    /// Every published key of CA `base` (`user_ca`, `host_ca`,
+    /// `user_ca-<group>`) as OpenSSH lines with that CA's comment (the
+    /// `TrustedUserCAKeys` file): active first, then next, then previous.
+    pub fn public_lines(&self, base: &str) -> String {
         let mut out = String::new();
         for a in self.authorities() {
-            out.push_str(&a.public_key_line());
+            out.push_str(&a.published_line(base));
             out.push('\n');
         }
         out
     }
 
+    /// The fingerprints of every published key, active first.
+    pub fn fingerprints(&self) -> Vec<String> {
+        self.authorities().map(Authority::fingerprint).collect()
+    }
+
     /// Whether this ring holds exactly the keys `keys` stores.
+    /// Keys are compared by key data, never by their lines' comments.
     pub fn matches(&self, keys: &CaKeys) -> bool {
-        let line = |a: Option<&Authority>| a.map(Authority::public_key_line);
-        keys.slots()
-            == Slots {
-                active: line(Some(&self.active)),
-                next: line(self.next.as_ref()),
-                previous: line(self.previous.as_ref()),
-            }
+        let ours = |a: Option<&Authority>| a.map(Authority::fingerprint);
+        let stored = |s: Slot| keys.get(s).map(|k| fingerprint_of_line(&k.public));
+        stored(Slot::Active) == ours(Some(&self.active))
+            && stored(Slot::Next) == ours(self.next.as_ref())
+            && stored(Slot::Previous) == ours(self.previous.as_ref())
     }
 
     /// Opens every stored key of a CA (decrypting with `passphrase`);
@@ -458,7 +463,16 @@ mod tests {
         let k = keys(true, true);
         let ring = KeyRing::open(&k, None).expect("opens").expect("has active");
         assert!(ring.matches(&k));
-        assert_eq!(ring.public_lines().lines().count(), 3);
+        let lines = ring.public_lines("user_ca");
+        assert_eq!(lines.lines().count(), 3);
+        assert!(
+            lines.lines().all(|l| l.ends_with(" mayfly user CA")),
+            "{lines}"
+        );
+        assert!(ring
+            .public_lines("host_ca")
+            .lines()
+            .all(|l| l.ends_with(" mayfly host CA")));
         let mut other = k.clone();
         other.next = None;
         assert!(!ring.matches(&other));

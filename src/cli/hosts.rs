@@ -1,8 +1,10 @@
 //! `mayfly hosts`: the hosts that report after `mayfly host sync`, their
-//! lag behind the CA's KRL, and those that stopped reporting.
+//! lag behind the CA's KRL, those that stopped reporting, and, given the
+//! list of hosts the CA should hear from (`--expect`, `[hosts]
+//! expected_file`), those that never reported.
 //!
-//! Exit codes: 0 when every known host is current; 2 when a host lags or
-//! is stale; 1 for errors.
+//! Exit codes: 0 when every known host is current; 9 (drift) when a host
+//! lags, is stale or never reported; 1 for errors.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +30,11 @@ pub struct HostsArgs {
     /// (default: `[hosts] stale_intervals`, 3).
     #[arg(long)]
     stale_intervals: Option<u64>,
+    /// The hosts that should report, one name per line (`#` comments);
+    /// those that never did are listed as never_reported (default:
+    /// `[hosts] expected_file`).
+    #[arg(long, value_name = "FILE")]
+    expect: Option<PathBuf>,
 }
 
 /// Exit code when a host lags or is stale: the fleet drifted from the CA.
@@ -46,15 +53,20 @@ pub fn run(a: HostsArgs) -> anyhow::Result<ExitCode> {
         }
         s.intervals = n;
     }
+    let expected = match a.expect.as_ref().or(cfg.hosts.expected_file.as_ref()) {
+        Some(p) => mayfly::config::read_expected_hosts(p).map_err(anyhow::Error::msg)?,
+        None => Vec::new(),
+    };
     let store = mayfly::store::open(&StoreConfig::from_config(&cfg, OpenMode::ReadOnly))?;
     let now = super::unix_now();
-    let view = mayfly::store::block_on(mayfly::store::hosts::fleet_view(&store, s, now))??;
+    let view =
+        mayfly::store::block_on(mayfly::store::hosts::fleet_view(&store, s, now, &expected))??;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&view)?);
     } else {
         print!("{}", render(&view));
     }
-    Ok(if view.lagging + view.stale > 0 {
+    Ok(if view.attention() > 0 {
         EXIT_LAGGING.into()
     } else {
         ExitCode::SUCCESS
@@ -63,7 +75,7 @@ pub fn run(a: HostsArgs) -> anyhow::Result<ExitCode> {
 
 fn render(v: &FleetView) -> String {
     let mut out = String::new();
-    if v.hosts.is_empty() {
+    if v.hosts.is_empty() && v.never_reported_hosts.is_empty() {
         out.push_str(
             "no host has reported yet (`mayfly host sync` reports with the host certificate from \
              `mayfly host cert`)\n",
@@ -73,12 +85,14 @@ fn render(v: &FleetView) -> String {
     let width = v
         .hosts
         .iter()
-        .map(|h| h.host.len())
+        .map(|h| h.host.chars().count())
+        .chain(v.never_reported_hosts.iter().map(|h| h.chars().count()))
         .max()
         .unwrap_or(4)
         .max(4);
+    const STATE: usize = "never_reported".len();
     out.push_str(&format!(
-        "{:<width$}  {:<8}  {:>11}  {:>10}  {:<20}  LAST ERROR\n",
+        "{:<width$}  {:<STATE$}  {:>11}  {:>10}  {:<20}  LAST ERROR\n",
         "HOST", "STATE", "KRL", "BEHIND", "LAST REPORT"
     ));
     for h in &v.hosts {
@@ -91,7 +105,7 @@ fn render(v: &FleetView) -> String {
         };
         let age = humantime::format_duration(Duration::from_secs(h.age_secs));
         out.push_str(&format!(
-            "{:<width$}  {:<8}  {:>11}  {:>10}  {:<20}  {}\n",
+            "{:<width$}  {:<STATE$}  {:>11}  {:>10}  {:<20}  {}\n",
             h.host,
             state,
             h.krl_version,
@@ -100,8 +114,22 @@ fn render(v: &FleetView) -> String {
             h.last_error.as_deref().unwrap_or("-")
         ));
     }
+    for h in &v.never_reported_hosts {
+        out.push_str(&format!(
+            "{:<width$}  {:<STATE$}  {:>11}  {:>10}  {:<20}  {}\n",
+            h, "never_reported", "-", "-", "never", "-"
+        ));
+    }
+    let never = if v.expected > 0 {
+        format!(
+            ", {} of {} expected never reported",
+            v.never_reported, v.expected
+        )
+    } else {
+        String::new()
+    };
     out.push_str(&format!(
-        "{} host(s): {} lagging, {} stale (no report for {}); CA KRL version {}\n",
+        "{} host(s): {} lagging, {} stale (no report for {}){never}; CA KRL version {}\n",
         v.total,
         v.lagging,
         v.stale,

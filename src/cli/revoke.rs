@@ -191,7 +191,7 @@ fn wait_for_hosts(
     let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
     loop {
         let view =
-            mayfly::store::block_on(mayfly::store::hosts::fleet_view(&store, s, now_secs()))??;
+            mayfly::store::block_on(mayfly::store::hosts::fleet_view(&store, s, now_secs(), &[]))??;
         if view.hosts.is_empty() {
             eprintln!(
                 "no host has reported to this CA yet (`mayfly host sync` with a host certificate \

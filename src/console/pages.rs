@@ -790,7 +790,7 @@ pub(super) async fn identities(State(con): St, c: Caller) -> Result<Markup, Cons
         &c,
         "Identities",
         html! {
-            p { (inv.counts.active) " active, " (inv.counts.stale) " stale (no certificate for " (inv.stale_days) " days), " (inv.counts.disabled) " disabled." }
+            p { (inv.counts.active) " active, " (inv.counts.stale) " stale (no certificate for " (inv.stale_days) " days), " (inv.counts.disabled) " disabled, " (inv.counts.only_refused) " only refused (never got a certificate)." }
             table {
                 thead { tr { th { "status" } th { "identity" } th { "owners" } th { "roles" } th { "first seen" } th { "last seen" } th { "certificates" } th { "last refusal" } } }
                 tbody { @for i in &inv.identities {

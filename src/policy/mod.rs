@@ -17,6 +17,7 @@ pub mod approval;
 pub mod cases;
 pub mod explain;
 pub mod glob;
+pub mod history;
 pub mod limits;
 pub mod lint;
 pub mod load;

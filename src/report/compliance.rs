@@ -77,6 +77,60 @@ pub struct RoleFacts {
     pub source_address: bool,
     /// `force-command` present.
     pub force_command: bool,
+    /// The `source-address` networks, as CIDRs.
+    pub source_addresses: Vec<String>,
+    /// The token claim that supplies `source-address`, if any.
+    pub source_address_claim: Option<String>,
+    /// The forced command, if any.
+    pub forced_command: Option<String>,
+    /// `[[window]]`s in words (`mon-fri 01:00-03:00 Europe/Berlin`); empty:
+    /// usable at any time.
+    pub windows: Vec<String>,
+    /// The `[approval]` rule; `None`: no approval needed.
+    pub approval: Option<ApprovalFacts>,
+    /// `rate_limit`: requests for the whole role.
+    pub rate_limit: Option<RateFacts>,
+    /// `identity_rate_limit`: requests per identity in this role.
+    pub identity_rate_limit: Option<RateFacts>,
+    /// `max_active_certs`: valid certificates one identity may hold at once.
+    pub max_active_certs: Option<u32>,
+    /// Subject key types accepted (OpenSSH names).
+    pub key_types: Vec<String>,
+    /// Smallest RSA key accepted in bits, when RSA keys are accepted.
+    pub min_rsa_bits: Option<u32>,
+}
+
+/// A role's `[approval]` rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApprovalFacts {
+    /// Distinct approvals needed.
+    pub required: u32,
+    /// Issuer of the approvers' tokens.
+    pub issuer: String,
+    /// Who may approve (`claim:pattern`, any of).
+    pub approvers: Vec<String>,
+    /// How long a request waits, and an approval stays usable (seconds).
+    pub expires_secs: u64,
+    /// `requester_claim=approver_claim` pairs whose values must differ.
+    pub distinct: Vec<String>,
+}
+
+/// A rate limit: `count` requests per `per_secs` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RateFacts {
+    /// Requests allowed in one period.
+    pub count: u32,
+    /// The period in seconds.
+    pub per_secs: u64,
+}
+
+impl RateFacts {
+    fn of(r: &crate::policy::limits::RateLimit) -> RateFacts {
+        RateFacts {
+            count: r.count,
+            per_secs: r.per.as_secs(),
+        }
+    }
 }
 
 /// Facts about one trusted issuer, from the config.
@@ -274,8 +328,39 @@ pub(crate) fn role_facts(policy: &Policy) -> Vec<RoleFacts> {
                 .map(|e| e.as_str().to_string())
                 .collect(),
             claims: r.claims.iter().map(|c| c.claim.clone()).collect(),
-            source_address: !r.source_address.is_empty(),
+            source_address: !r.source_address.is_empty() || r.source_address_claim.is_some(),
             force_command: r.force_command.is_some(),
+            source_addresses: r.source_address.iter().map(|n| n.to_string()).collect(),
+            source_address_claim: r.source_address_claim.clone(),
+            forced_command: r.force_command.clone(),
+            windows: r.windows.iter().map(|w| w.to_string()).collect(),
+            approval: r.approval.as_ref().map(|a| ApprovalFacts {
+                required: a.required,
+                issuer: a.issuer.clone(),
+                approvers: a
+                    .approvers
+                    .iter()
+                    .flat_map(|c| {
+                        c.patterns
+                            .iter()
+                            .map(move |p| format!("{}:{}", c.claim, p.as_str()))
+                    })
+                    .collect(),
+                expires_secs: a.expires.as_secs(),
+                distinct: a
+                    .distinct
+                    .iter()
+                    .map(|d| format!("{}={}", d.requester, d.approver))
+                    .collect(),
+            }),
+            rate_limit: r.rate_limit.as_ref().map(RateFacts::of),
+            identity_rate_limit: r.identity_rate_limit.as_ref().map(RateFacts::of),
+            max_active_certs: r.max_active_certs,
+            key_types: r.key_types.iter().map(|k| k.as_str().to_string()).collect(),
+            min_rsa_bits: r
+                .key_types
+                .contains(&crate::policy::limits::KeyType::Rsa)
+                .then_some(r.min_rsa_bits),
         })
         .collect()
 }
@@ -297,6 +382,7 @@ pub async fn gather(
         &db.role_window_usage(since_ms).await?,
         &db.role_all_time().await?,
         &db.principals_granted(since_ms).await?,
+        &crate::policy::history::appeared(&cfg.policy_dir, policy),
         days,
         now,
     );
@@ -568,11 +654,12 @@ pub fn controls(e: &Evidence) -> Vec<Control> {
         .map(|t| e.generated_at.saturating_sub(t / 1000) / 86_400)
         .unwrap_or(0);
     let identities = format!(
-        "{} identities inventoried: {} active, {} disabled, {} stale (no certificate in {days} days)",
+        "{} identities inventoried: {} active, {} disabled, {} stale (no certificate in {days} days), {} only refused (never got a certificate)",
         inv.identities.len(),
         c.active,
         c.disabled,
-        stale
+        stale,
+        c.only_refused
     );
     let owners_line = format!("{owners}/{n_roles} roles name an owner");
     let owner_attention: Vec<String> = (owners < n_roles)
@@ -607,6 +694,20 @@ pub fn controls(e: &Evidence) -> Vec<Control> {
             format!("extensions granted: {}", v.join("; "))
         }
     };
+    let restricted = |f: &dyn Fn(&RoleFacts) -> bool| e.roles.iter().filter(|r| f(r)).count();
+    let restrictions_line = format!(
+        "role restrictions (details in the roles table): {} with time windows, {} needing approval, {} with rate limits or a cap on valid certificates, {} accepting fewer key types than mayfly does",
+        restricted(&|r| !r.windows.is_empty()),
+        restricted(&|r| r.approval.is_some()),
+        restricted(&|r| {
+            r.rate_limit.is_some() || r.identity_rate_limit.is_some() || r.max_active_certs.is_some()
+        }),
+        restricted(&|r| {
+            r.key_types.len() < crate::policy::limits::KeyType::ALL.len()
+                || r.min_rsa_bits
+                    .is_some_and(|b| b > crate::policy::limits::RSA_FLOOR_BITS)
+        }),
+    );
     let least_priv_attention: Vec<String> = [
         (principals_unused > 0)
             .then(|| format!("{principals_unused} granted principal(s) unused in {days} days")),
@@ -789,7 +890,7 @@ pub fn controls(e: &Evidence) -> Vec<Control> {
     );
     vec![
         control(NIST, "AC-2", "Account management", vec![identities.clone(), owners_line.clone(), revocations.clone()], ac2_attention.clone()),
-        control(NIST, "AC-6", "Least privilege", vec![format!("max TTL per role: {ttls}"), ext.clone(), root_line.clone()], least_priv_attention.clone()),
+        control(NIST, "AC-6", "Least privilege", vec![format!("max TTL per role: {ttls}"), ext.clone(), root_line.clone(), restrictions_line.clone()], least_priv_attention.clone()),
         control(NIST, "IA-2", "Identification and authentication", vec![issuers_line.clone(), format!("{token_refusals} request(s) refused at token verification in the window"), "every certificate's key id names role, issuer and subject; sshd logs it at login".into()], auth_attention.clone()),
         control(NIST, "IA-5", "Authenticator management", vec![format!("max TTL per role: {ttls}"), keys_line.clone(), revocations.clone()], authn_attention.clone()),
         control(NIST, "AU-2", "Event logging", vec![events_line.clone(), "logged events: issuance, refusal, revocation, deactivation, re-activation, refused admin call, CA key rotation".into()], vec![]),
@@ -802,7 +903,7 @@ pub fn controls(e: &Evidence) -> Vec<Control> {
         control(ISO, "A.5.18", "Access rights", vec![owners_line.clone(), format!("access review: {} finding(s)", e.review.findings.len()), revocations.clone()], a518),
         control(ISO, "A.8.2", "Privileged access rights", vec![admins.clone(), root_line.clone(), ext.clone()], priv_attention),
         control(ISO, "A.8.15", "Logging", vec![span.clone(), events_line.clone(), chain_text.clone()], chain_attention.clone()),
-        control(PCI, "Req 7", "Restrict access by business need to know", vec![format!("max TTL per role: {ttls}"), ext, format!("access review: {} finding(s)", e.review.findings.len())], req7_attention),
+        control(PCI, "Req 7", "Restrict access by business need to know", vec![format!("max TTL per role: {ttls}"), ext, restrictions_line, format!("access review: {} finding(s)", e.review.findings.len())], req7_attention),
         control(PCI, "Req 8", "Identify users and authenticate access", vec![identities, issuers_line, denials_line], req8_attention),
         control(PCI, "Req 10", "Log and monitor all access", vec![span, issued_line, chain_text], req10),
     ]

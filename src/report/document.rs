@@ -5,7 +5,9 @@
 //! decide markup (and how the issuance chart is drawn).
 
 use super::chart::IssuanceChart;
-use super::compliance::{ChainStatus, ComplianceReport, ControlStatus, DISCLAIMER};
+use super::compliance::{
+    ChainStatus, ComplianceReport, ControlStatus, RateFacts, RoleFacts, DISCLAIMER,
+};
 use super::review::{human_secs, short_digest};
 use crate::time::{utc_day, utc_minute};
 
@@ -193,6 +195,100 @@ fn chain_text(chain: &ChainStatus) -> String {
     }
 }
 
+/// `30 requests per minute`, `5 requests per 10m`.
+pub fn rate_words(r: &RateFacts) -> String {
+    let n = if r.count == 1 {
+        "1 request".to_string()
+    } else {
+        format!("{} requests", r.count)
+    };
+    match r.per_secs {
+        1 => format!("{n} per second"),
+        60 => format!("{n} per minute"),
+        3600 => format!("{n} per hour"),
+        86_400 => format!("{n} per day"),
+        s => format!("{n} per {}", human_secs(s)),
+    }
+}
+
+/// A role's restrictions as an auditor reads them, one sentence each:
+/// critical options, time windows, approval, limits and key types. Every
+/// kind is always named, with "none" when the role has none, so a missing
+/// line never reads as a restriction.
+pub fn restrictions(r: &RoleFacts) -> Vec<String> {
+    let mut out = Vec::new();
+    if !r.source_addresses.is_empty() {
+        out.push(format!(
+            "source-address: logins only from {}",
+            r.source_addresses.join(", ")
+        ));
+    }
+    if let Some(c) = &r.source_address_claim {
+        out.push(format!(
+            "source-address: from the token's {c:?} claim (refused if it is not an address)"
+        ));
+    }
+    if let Some(c) = &r.forced_command {
+        out.push(format!("force-command: {c}"));
+    }
+    out.push(if r.windows.is_empty() {
+        "time windows: none (usable at any time)".to_string()
+    } else {
+        format!(
+            "time windows: usable only {}; certificates end when the window closes",
+            r.windows.join("; ")
+        )
+    });
+    out.push(match &r.approval {
+        None => "approval: not required".to_string(),
+        Some(a) => {
+            let mut s = format!(
+                "approval: {} distinct approval(s) by {} with a token from issuer {}, within {} of the request",
+                a.required,
+                a.approvers.join(" or "),
+                a.issuer,
+                human_secs(a.expires_secs)
+            );
+            for d in &a.distinct {
+                let (req, appr) = d.split_once('=').unwrap_or((d.as_str(), d.as_str()));
+                s.push_str(&format!(
+                    "; the approver's {appr} must differ from the requester's {req}"
+                ));
+            }
+            s
+        }
+    });
+    let mut limits = Vec::new();
+    if let Some(l) = &r.rate_limit {
+        limits.push(format!("at most {} for the role", rate_words(l)));
+    }
+    if let Some(l) = &r.identity_rate_limit {
+        limits.push(format!("at most {} per identity", rate_words(l)));
+    }
+    if let Some(n) = r.max_active_certs {
+        limits.push(format!(
+            "at most {n} valid certificate(s) at once per identity"
+        ));
+    }
+    out.push(if limits.is_empty() {
+        "limits: none (no rate limit, no cap on valid certificates)".to_string()
+    } else {
+        format!("limits: {}", limits.join("; "))
+    });
+    let all = crate::policy::limits::KeyType::ALL.len();
+    let types = r.key_types.join(", ");
+    let mut keys = if r.key_types.len() >= all {
+        format!("key types: any mayfly accepts ({types})")
+    } else {
+        format!("key types: only {types}")
+    };
+    if let Some(b) = r.min_rsa_bits {
+        keys.push_str(&format!("; RSA keys of at least {b} bits"));
+    }
+    out.push(keys);
+    out
+}
+
 /// Builds the document of a compliance report.
 pub fn compliance(r: &ComplianceReport) -> Document {
     let e = &r.evidence;
@@ -303,14 +399,6 @@ pub fn compliance(r: &ComplianceReport) -> Document {
             .iter()
             .map(|role| {
                 let rv = e.review.roles.iter().find(|x| x.role == role.name);
-                let restrict: Vec<&str> = [
-                    (role.source_address, "source-address"),
-                    (role.force_command, "force-command"),
-                ]
-                .iter()
-                .filter(|(on, _)| *on)
-                .map(|(_, name)| *name)
-                .collect();
                 vec![
                     Cell::from(role.name.as_str()),
                     Cell::from(role.owner.as_str()),
@@ -319,7 +407,13 @@ pub fn compliance(r: &ComplianceReport) -> Document {
                     Cell::from(human_secs(role.max_ttl)),
                     Cell::from(human_secs(role.default_ttl)),
                     Cell::from(dash_if_empty(role.extensions.join(", "))),
-                    Cell::from(dash_if_empty(restrict.join(", "))),
+                    Cell {
+                        lines: restrictions(role)
+                            .into_iter()
+                            .map(|l| vec![text(l)])
+                            .collect(),
+                        ..Cell::default()
+                    },
                     Cell::from(format!(
                         "{} / {}",
                         rv.map(|x| x.issued_in_window).unwrap_or(0),
@@ -334,12 +428,13 @@ pub fn compliance(r: &ComplianceReport) -> Document {
     let inv = &e.inventory;
     b.push(Block::Heading(3, "Identities".into()));
     b.push(Block::Paragraph(vec![text(format!(
-        "{} identities: {} active, {} disabled, {} stale (no certificate in {} days).",
+        "{} identities: {} active, {} disabled, {} stale (no certificate in {} days), {} only refused (never got a certificate).",
         inv.identities.len(),
         inv.counts.active,
         inv.counts.disabled,
         inv.counts.stale,
-        inv.stale_days
+        inv.stale_days,
+        inv.counts.only_refused
     ))]));
     if !inv.identities.is_empty() {
         b.push(Block::Table(Table {

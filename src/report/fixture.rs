@@ -33,8 +33,30 @@ principals = ["deploy", "backup", "root"]
 max_ttl = "2h"
 extensions = ["permit-pty", "permit-agent-forwarding"]
 source_address = ["10.0.0.0/8"]
+force_command = "/usr/local/bin/deploy"
+key_types = ["ssh-ed25519", "ssh-rsa"]
+min_rsa_bits = 4096
+rate_limit = "30/m"
+identity_rate_limit = "5/10m"
+max_active_certs = 2
 [claims]
 sub = "x"
+[[window]]
+days = ["mon-fri"]
+start = "01:00"
+end = "03:00"
+timezone = "Europe/Berlin"
+[[window]]
+days = ["sat"]
+start = "22:00"
+end = "02:00"
+timezone = "UTC"
+[approval]
+required = 2
+issuer = "corp"
+approvers = ["groups:sre", "sub:alice@example.com"]
+expires = "15m"
+distinct = ["actor=preferred_username"]
 "#,
         ),
     );
@@ -123,6 +145,7 @@ pub fn report() -> ComplianceReport {
             principal: "deploy".into(),
             count: 3,
         }],
+        &Default::default(),
         30,
         NOW,
     );
@@ -261,4 +284,54 @@ fn html_is_one_self_contained_page_with_the_tables_and_chart() {
     assert!(html.contains("<td>bot|a&lt;b&gt;&amp;&quot;c&quot;</td>"));
     assert!(html.contains("<figure><svg"));
     assert!(!html.contains("<script") && !html.contains(" src=") && !html.contains(" href="));
+}
+
+#[test]
+fn each_role_shows_its_windows_approval_limits_and_key_types_in_words() {
+    let r = report();
+    let role = |n: &str| {
+        r.evidence
+            .roles
+            .iter()
+            .find(|x| x.name == n)
+            .expect("role in the report")
+    };
+    assert_eq!(
+        super::document::restrictions(role("deploy")),
+        [
+            "source-address: logins only from 10.0.0.0/8",
+            "force-command: /usr/local/bin/deploy",
+            "time windows: usable only mon-fri 01:00-03:00 Europe/Berlin; sat 22:00-02:00 (next day) UTC; certificates end when the window closes",
+            "approval: 2 distinct approval(s) by groups:sre or sub:alice@example.com with a token from issuer corp, within 15m of the request; the approver's preferred_username must differ from the requester's actor",
+            "limits: at most 30 requests per minute for the role; at most 5 requests per 10m per identity; at most 2 valid certificate(s) at once per identity",
+            "key types: only ssh-ed25519, ssh-rsa; RSA keys of at least 4096 bits",
+        ]
+    );
+    assert_eq!(
+        super::document::restrictions(role("legacy")),
+        [
+            "time windows: none (usable at any time)",
+            "approval: not required",
+            "limits: none (no rate limit, no cap on valid certificates)",
+            "key types: any mayfly accepts (ssh-ed25519, ecdsa-sha2-nistp256, ecdsa-sha2-nistp384, ssh-rsa); RSA keys of at least 3072 bits",
+        ]
+    );
+    // Both renderings carry them, in the roles table.
+    let md = super::markdown::render(&r);
+    let html = super::html::render(&r);
+    for fact in super::document::restrictions(role("deploy")) {
+        assert!(md.contains(&fact), "Markdown lacks {fact:?}");
+        assert!(
+            html.contains(&super::html_escape(&fact)),
+            "HTML lacks {fact:?}"
+        );
+    }
+    let ac6 = r.controls.iter().find(|c| c.id == "AC-6").expect("AC-6");
+    assert!(
+        ac6.evidence.iter().any(|e| e.contains(
+            "1 with time windows, 1 needing approval, 1 with rate limits or a cap on valid certificates, 1 accepting fewer key types than mayfly does"
+        )),
+        "{:?}",
+        ac6.evidence
+    );
 }

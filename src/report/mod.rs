@@ -101,6 +101,7 @@ pub fn access_review(
     let policy = inventory::load_policy(cfg)?;
     let store = inventory::open_db(cfg)?;
     let since = inventory::window_start_ms(now, days);
+    let appeared = crate::policy::history::appeared(&cfg.policy_dir, &policy);
     let r = crate::store::block_on(async {
         let inv = inventory::collect(&store, &policy, days, now).await?;
         let reports = store.reports();
@@ -110,6 +111,7 @@ pub fn access_review(
             &reports.role_window_usage(since).await?,
             &reports.role_all_time().await?,
             &reports.principals_granted(since).await?,
+            &appeared,
             days,
             now,
         ))

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::ca::{CertKind, Extension};
 use crate::inventory::{Inventory, Status};
+use crate::policy::history::{Appeared, Source};
 use crate::policy::{Pattern, Policy, PrincipalTemplate, Segment};
 use crate::store::reports::{PrincipalUse, RoleAllTime, RoleWindowUsage};
 
@@ -36,15 +37,19 @@ pub enum RoleUsage {
     Unused,
     /// No certificate ever issued.
     NeverUsed,
+    /// No certificate ever issued, but the role appeared less than the
+    /// review window ago: too new to judge.
+    NewRole,
 }
 
 impl RoleUsage {
-    /// `used`, `unused` or `never_used`.
+    /// `used`, `unused`, `never_used` or `new_role`.
     pub fn as_str(self) -> &'static str {
         match self {
             RoleUsage::Used => "used",
             RoleUsage::Unused => "unused",
             RoleUsage::NeverUsed => "never_used",
+            RoleUsage::NewRole => "new_role",
         }
     }
 }
@@ -75,8 +80,12 @@ pub struct RoleReview {
     pub principals_unused: Vec<String>,
     /// Extensions granted that widen a session (forwarding, user rc).
     pub widening_extensions: Vec<String>,
-    /// Used, unused or never used.
+    /// Used, unused, never used, or too new to judge.
     pub usage: RoleUsage,
+    /// When the role first appeared, as far as the CA host can tell (the
+    /// earliest of its file's git history, the file's time and the first
+    /// audit record naming it).
+    pub appeared: Option<Appeared>,
 }
 
 /// What a finding is about.
@@ -85,6 +94,8 @@ pub struct RoleReview {
 pub enum FindingKind {
     /// An identity with no certificate inside the window.
     StaleIdentity,
+    /// An identity that never got a certificate: every request refused.
+    OnlyRefusedIdentity,
     /// A role that never issued a certificate.
     RoleNeverUsed,
     /// A role that issued nothing inside the window.
@@ -104,6 +115,7 @@ impl FindingKind {
     pub fn as_str(self) -> &'static str {
         match self {
             FindingKind::StaleIdentity => "stale_identity",
+            FindingKind::OnlyRefusedIdentity => "only_refused_identity",
             FindingKind::RoleNeverUsed => "role_never_used",
             FindingKind::RoleUnused => "role_unused",
             FindingKind::PrincipalUnused => "principal_unused",
@@ -177,17 +189,36 @@ pub fn human_secs(s: u64) -> String {
     }
 }
 
+/// The first audit record naming each role, from the inventory (requests
+/// that got past token verification, granted or refused).
+fn first_requests(inventory: &Inventory) -> BTreeMap<&str, u64> {
+    let mut out: BTreeMap<&str, u64> = BTreeMap::new();
+    for r in inventory.identities.iter().flat_map(|i| &i.roles) {
+        if let Some(t) = r.first_seen {
+            out.entry(r.role.as_str())
+                .and_modify(|v| *v = (*v).min(t))
+                .or_insert(t);
+        }
+    }
+    out
+}
+
 /// Builds the review (pure) from the policy, the inventory (for stale
-/// identities) and the audit aggregates.
+/// identities), the audit aggregates, and when each role file appeared
+/// ([`crate::policy::history::appeared`]).
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     policy: &Policy,
     inventory: &Inventory,
     window: &[RoleWindowUsage],
     all_time: &[RoleAllTime],
     principals: &[PrincipalUse],
+    appeared: &BTreeMap<String, Appeared>,
     days: u64,
     now: u64,
 ) -> AccessReview {
+    let first_requests = first_requests(inventory);
+    let window_start = crate::inventory::window_start_ms(now, days) / 1000;
     let window: BTreeMap<&str, &RoleWindowUsage> =
         window.iter().map(|w| (w.role.as_str(), w)).collect();
     let all_time: BTreeMap<&str, &RoleAllTime> =
@@ -204,9 +235,18 @@ pub fn build(
     for (name, role) in &policy.roles {
         let w = window.get(name.as_str());
         let a = all_time.get(name.as_str());
+        let role_appeared = Appeared::earliest(
+            appeared.get(name.as_str()).copied(),
+            first_requests.get(name.as_str()).map(|&at| Appeared {
+                at,
+                source: Source::AuditLog,
+            }),
+        );
         let usage = match (w, a) {
             (Some(w), _) if w.issued > 0 => RoleUsage::Used,
             (_, Some(a)) if a.issued > 0 => RoleUsage::Unused,
+            // Younger than the window: it has not had the window to be used.
+            _ if role_appeared.is_some_and(|x| x.at > window_start) => RoleUsage::NewRole,
             _ => RoleUsage::NeverUsed,
         };
         let max_ttl = role.max_ttl.as_secs();
@@ -253,7 +293,7 @@ pub fn build(
                         .unwrap_or_default()
                 ),
             )),
-            RoleUsage::Used => {}
+            RoleUsage::Used | RoleUsage::NewRole => {}
         }
         for p in &principals_unused {
             findings.push(f(
@@ -301,9 +341,35 @@ pub fn build(
             principals_unused,
             widening_extensions: widening,
             usage,
+            appeared: role_appeared,
         });
     }
     for id in &inventory.identities {
+        if id.status == Status::OnlyRefused {
+            let last = id
+                .last_denial
+                .as_ref()
+                .map(|d| {
+                    format!(
+                        "; the last {} ({} for role {})",
+                        crate::time::utc_minute(d.time),
+                        d.reason_code,
+                        d.role
+                    )
+                })
+                .unwrap_or_default();
+            findings.push(Finding {
+                kind: FindingKind::OnlyRefusedIdentity,
+                role: (!id.roles_requested.is_empty()).then(|| id.roles_requested.join(", ")),
+                identity: Some(format!("{}/{}", id.issuer, id.subject)),
+                owner: (!id.owners.is_empty()).then(|| id.owners.join(", ")),
+                detail: format!(
+                    "never got a certificate: {} request(s), all refused{last}; it holds no access, so there is nothing to disable. If it should have access, fix its token's claims or the role; if nobody knows it, find who runs it (`mayfly audit search --subject ...`)",
+                    id.requests_denied
+                ),
+            });
+            continue;
+        }
         if id.status != Status::Stale {
             continue;
         }
@@ -353,6 +419,27 @@ pub fn render_text(r: &AccessReview) -> String {
             human_secs(x.max_ttl),
             x.max_ttl_used.map(human_secs).unwrap_or_else(|| "-".into()),
             x.owner
+        ));
+    }
+    let new: Vec<String> = r
+        .roles
+        .iter()
+        .filter(|x| x.usage == RoleUsage::NewRole)
+        .map(|x| match &x.appeared {
+            Some(a) => format!(
+                "{} (appeared {}, per its {})",
+                x.role,
+                crate::time::utc_minute(a.at),
+                a.source.words()
+            ),
+            None => x.role.clone(),
+        })
+        .collect();
+    if !new.is_empty() {
+        o.push_str(&format!(
+            "\nnew_role: not judged until they are {} days old: {}\n",
+            r.days,
+            new.join(", ")
         ));
     }
     o.push('\n');
@@ -446,7 +533,16 @@ sub = "x"
             },
         ];
         let inv = crate::inventory::build(&p, &[], &[], &[], 30, 10_000);
-        let r = build(&p, &inv, &window, &all, &principals, 30, 10_000);
+        let r = build(
+            &p,
+            &inv,
+            &window,
+            &all,
+            &principals,
+            &BTreeMap::new(),
+            30,
+            10_000,
+        );
         let kinds: Vec<FindingKind> = r.findings.iter().map(|f| f.kind).collect();
         assert!(kinds.contains(&FindingKind::RoleNeverUsed));
         assert!(kinds.contains(&FindingKind::TtlHeadroom));
@@ -463,5 +559,85 @@ sub = "x"
         assert_eq!(r.roles[0].usage, RoleUsage::Used);
         assert_eq!(r.roles[1].usage, RoleUsage::NeverUsed);
         assert!(render_text(&r).contains("role_never_used: role legacy"));
+    }
+
+    #[test]
+    fn a_role_younger_than_the_window_is_new_not_never_used() {
+        const DAY: u64 = 86_400;
+        let now = 100 * DAY;
+        let mut p = Policy::default();
+        for name in ["fresh", "old", "requested"] {
+            p.roles.insert(
+                name.into(),
+                role(
+                    name,
+                    "description = \"d\"\nowner = \"o\"\nissuer = \"ci\"\nprincipals = [\"a\"]\nmax_ttl = \"5m\"\n[claims]\nsub = \"x\"\n",
+                ),
+            );
+        }
+        let file = |at| Appeared {
+            at,
+            source: Source::FileTime,
+        };
+        let appeared: BTreeMap<String, Appeared> = [
+            ("fresh".to_string(), file(now - 600)),
+            ("old".to_string(), file(now - 60 * DAY)),
+            // The file looks new (rewritten), but a bot asked for the role
+            // 50 days ago: the audit log shows it is older.
+            ("requested".to_string(), file(now - 60)),
+        ]
+        .into_iter()
+        .collect();
+        let usage = vec![crate::store::reports::IdentityRoleUsage {
+            issuer: "ci".into(),
+            subject: "probe".into(),
+            role: "requested".into(),
+            issued: 0,
+            denied: 2,
+            first_ms: (now - 50 * DAY) * 1000,
+            last_ms: (now - 40 * DAY) * 1000,
+            last_issued_ms: None,
+        }];
+        let denials = vec![crate::store::reports::LastDenialRow {
+            issuer: "ci".into(),
+            subject: "probe".into(),
+            time_ms: (now - 40 * DAY) * 1000,
+            reason_code: "claim_mismatch".into(),
+            role: "requested".into(),
+        }];
+        let inv = crate::inventory::build(&p, &usage, &denials, &[], 30, now);
+        let r = build(&p, &inv, &[], &[], &[], &appeared, 30, now);
+        let usage_of = |n: &str| r.roles.iter().find(|x| x.role == n).unwrap().usage;
+        assert_eq!(usage_of("fresh"), RoleUsage::NewRole);
+        assert_eq!(usage_of("old"), RoleUsage::NeverUsed);
+        assert_eq!(usage_of("requested"), RoleUsage::NeverUsed);
+        let req = r.roles.iter().find(|x| x.role == "requested").unwrap();
+        assert_eq!(req.appeared.unwrap().source, Source::AuditLog);
+        let never: Vec<&str> = r
+            .of(FindingKind::RoleNeverUsed)
+            .filter_map(|f| f.role.as_deref())
+            .collect();
+        assert_eq!(never, ["old", "requested"]);
+        let text = render_text(&r);
+        assert!(
+            text.contains("new_role: not judged until they are 30 days old: fresh (appeared"),
+            "{text}"
+        );
+        // The identity that was only ever refused is not called stale.
+        assert_eq!(r.of(FindingKind::StaleIdentity).count(), 0);
+        let refused: Vec<&Finding> = r.of(FindingKind::OnlyRefusedIdentity).collect();
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].identity.as_deref(), Some("ci/probe"));
+        assert!(
+            refused[0]
+                .detail
+                .contains("2 request(s), all refused; the last"),
+            "{}",
+            refused[0].detail
+        );
+        assert!(
+            text.contains("only_refused_identity: identity ci/probe"),
+            "{text}"
+        );
     }
 }

@@ -279,14 +279,16 @@ impl Service {
 
     /// Every published user CA key: the default CA's, then each group's.
     pub fn all_user_public_lines(&self) -> String {
-        let mut out = self.user_keys().public_lines();
-        for ring in self
+        let mut out = self
+            .user_keys()
+            .public_lines(crate::config::files::USER_CA_KEY);
+        for (group, ring) in self
             .group_keys
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .values()
+            .iter()
         {
-            out.push_str(&ring.public_lines());
+            out.push_str(&ring.public_lines(&crate::config::files::group_base(group)));
         }
         out
     }
@@ -335,7 +337,7 @@ impl Service {
             match loader.reload(base, &current).await {
                 Ok(None) => {}
                 Ok(Some(ring)) => {
-                    if current.public_lines() != ring.public_lines() {
+                    if current.fingerprints() != ring.fingerprints() {
                         tracing::info!(ca = base, active = %ring.active.fingerprint(), "CA keys reloaded");
                     }
                     *slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);

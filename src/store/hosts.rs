@@ -13,10 +13,11 @@ pub async fn fleet_view(
     store: &super::Store,
     s: Staleness,
     now: u64,
+    expected: &[String],
 ) -> Result<FleetView, StoreError> {
     let rows = store.hosts().hosts().await?;
     let ca = store.access().state_version().await?.version;
-    Ok(crate::fleet::view_of(&rows, ca, s, now))
+    Ok(crate::fleet::view_of(&rows, ca, s, now, expected))
 }
 
 /// The host reports table, added to databases of older versions when they
