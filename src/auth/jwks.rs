@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use crate::clock::Clock;
 
+use aws_lc_rs::signature::{ParsedPublicKey, VerificationAlgorithm};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 
 use crate::auth::keystats::JwksMetrics;
 use crate::config::{is_loopback_http, IssuerConfig};
@@ -38,8 +39,74 @@ pub const MAX_REDIRECTS: usize = 3;
 pub struct VerifyKey {
     /// The algorithm this key verifies; a token's `alg` must equal it.
     pub alg: Algorithm,
-    /// The key.
-    pub key: Arc<DecodingKey>,
+    /// The key, parsed once when the key set is loaded (an RSA modulus
+    /// into its big-number form, a curve point checked), not again for
+    /// every token. `None`: the key material does not form a key of its
+    /// algorithm, so no signature verifies with it.
+    pub key: Option<Arc<ParsedPublicKey>>,
+}
+
+impl VerifyKey {
+    /// Pins `key` to `alg` and parses it for verification.
+    pub fn new(alg: Algorithm, key: &DecodingKey) -> VerifyKey {
+        VerifyKey {
+            alg,
+            key: parse_key(alg, key).map(Arc::new),
+        }
+    }
+
+    /// Whether `signature` is `alg`'s signature of `message` by this key.
+    pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        self.key
+            .as_ref()
+            .is_some_and(|k| k.verify_sig(message, signature).is_ok())
+    }
+}
+
+/// The RSA verification parameters of `alg`: those of jsonwebtoken's
+/// aws-lc backend (keys of 2048 to 8192 bits).
+fn rsa_params(alg: Algorithm) -> Option<&'static aws_lc_rs::signature::RsaParameters> {
+    use aws_lc_rs::signature as s;
+    Some(match alg {
+        Algorithm::RS256 => &s::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &s::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &s::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &s::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &s::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &s::RSA_PSS_2048_8192_SHA512,
+        _ => return None,
+    })
+}
+
+/// The verification parameters of `alg`, as jsonwebtoken's aws-lc backend
+/// uses them (fixed-size ECDSA signatures, as JWS writes them). `None` for
+/// HMAC, which is never accepted.
+fn verification_alg(alg: Algorithm) -> Option<&'static dyn VerificationAlgorithm> {
+    use aws_lc_rs::signature as s;
+    if let Some(p) = rsa_params(alg) {
+        return Some(p);
+    }
+    match alg {
+        Algorithm::ES256 => Some(&s::ECDSA_P256_SHA256_FIXED),
+        Algorithm::ES384 => Some(&s::ECDSA_P384_SHA384_FIXED),
+        Algorithm::EdDSA => Some(&s::ED25519),
+        _ => None,
+    }
+}
+
+/// `key` parsed for `alg`, from the same bytes jsonwebtoken would hand
+/// aws-lc on every verification.
+fn parse_key(alg: Algorithm, key: &DecodingKey) -> Option<ParsedPublicKey> {
+    match key.kind() {
+        DecodingKeyKind::RsaModulusExponent { n, e } => {
+            aws_lc_rs::signature::RsaPublicKeyComponents { n, e }
+                .to_parsed_public_key(rsa_params(alg)?)
+                .ok()
+        }
+        DecodingKeyKind::SecretOrDer(bytes) => {
+            ParsedPublicKey::new(verification_alg(alg)?, bytes).ok()
+        }
+    }
 }
 
 /// Keys of one issuer by `kid` (keys without `kid` under "").
@@ -214,13 +281,7 @@ impl KeySet {
                 continue;
             };
             let kid = jwk.common.key_id.clone().unwrap_or_default();
-            keys.insert(
-                kid,
-                VerifyKey {
-                    alg,
-                    key: Arc::new(key),
-                },
-            );
+            keys.insert(kid, VerifyKey::new(alg, &key));
         }
         if keys.is_empty() {
             return Err(JwksError::Invalid(

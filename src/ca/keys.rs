@@ -31,7 +31,6 @@ use zeroize::Zeroizing;
 use super::pkcs11::{Pkcs11Error, Pkcs11Signer};
 use super::signer::{CaSigner, SignError};
 use crate::config::{CaKeyConfig, KeyProtection};
-use ed25519_dalek::Signer as _;
 
 /// Name of the systemd credential that holds the CA key passphrase.
 pub const PASSPHRASE_CREDENTIAL: &str = "mayfly-ca-passphrase";
@@ -662,6 +661,10 @@ pub struct CaKey {
 
 struct FileSigner {
     key: ed25519_dalek::SigningKey,
+    /// The signing scalar and nonce prefix, derived from `key` once:
+    /// `SigningKey::sign` hashes the seed again for every signature.
+    /// Zeroized on drop, like `key`.
+    expanded: ed25519_dalek::hazmat::ExpandedSecretKey,
     public: KeyData,
     at_rest: AtRest,
 }
@@ -672,7 +675,11 @@ impl CaSigner for CaKey {
     }
 
     fn sign(&self, msg: &[u8]) -> Result<ssh_key::Signature, SignError> {
-        let sig = self.signer.key.sign(msg);
+        let sig = ed25519_dalek::hazmat::raw_sign::<sha2::Sha512>(
+            &self.signer.expanded,
+            msg,
+            &self.signer.key.verifying_key(),
+        );
         ssh_key::Signature::new(ssh_key::Algorithm::Ed25519, sig.to_bytes().to_vec())
             .map_err(|e| SignError(e.to_string()))
     }
@@ -706,6 +713,7 @@ impl CaKey {
         ));
         CaKey {
             signer: FileSigner {
+                expanded: ed25519_dalek::hazmat::ExpandedSecretKey::from(key.as_bytes()),
                 key,
                 public,
                 at_rest: AtRest::Memory,
@@ -931,6 +939,26 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_held_expanded_key_signs_as_the_seed_does() {
+        // Ed25519 is deterministic: the precomputed form must give the
+        // very signature the seed gives, and it must verify.
+        let k = CaKey::generate();
+        for msg in [&b""[..], b"certificate to be signed", &[7u8; 1000]] {
+            let sig = k.sign(msg).unwrap();
+            assert_eq!(
+                sig.as_bytes(),
+                ed25519_dalek::Signer::sign(&k.signer.key, msg).to_bytes()
+            );
+            let bytes: [u8; 64] = sig.as_bytes().try_into().unwrap();
+            k.signer
+                .key
+                .verifying_key()
+                .verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&bytes))
+                .unwrap();
+        }
+    }
 
     #[test]
     fn a_bare_file_name_is_written_in_the_current_directory() {

@@ -388,6 +388,13 @@ fn disabled_entry(
     .map_err(err)
 }
 
+/// Whether any identity, role or issuer is deactivated.
+fn any_disabled(conn: &Connection) -> Result<bool, StoreError> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM disabled)")
+        .and_then(|mut st| st.query_row([], |r| r.get(0)))
+        .map_err(err)
+}
+
 /// The target of a `disabled` row from its first three columns (see
 /// [`DisableTarget::columns`]). A row naming nothing is an error, so a
 /// damaged table fails the read (and an issuance that checks it) instead
@@ -404,11 +411,14 @@ fn check_guard(
     tx: &rusqlite::Transaction<'_>,
     head: &mut (u64, Hash),
     guard: &IssueGuard,
+    any_disabled: bool,
     now: u64,
 ) -> Result<Result<(), GuardRefusal>, StoreError> {
     use crate::approval::ApprovalError;
-    if let Some(d) = disabled_entry(tx, &guard.issuer, &guard.subject, &guard.role)? {
-        return Ok(Err(GuardRefusal::Disabled(d)));
+    if any_disabled {
+        if let Some(d) = disabled_entry(tx, &guard.issuer, &guard.subject, &guard.role)? {
+            return Ok(Err(GuardRefusal::Disabled(d)));
+        }
     }
     if let Some(p) = &guard.renews {
         if renewed_cert_revoked(tx, p)? {
@@ -1326,11 +1336,15 @@ impl Backend for Sqlite {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(err)?;
         let mut head = chain_head(&tx)?;
+        // Nothing in this transaction adds a deactivation, and the write
+        // lock keeps others from adding one: with none at its start, no
+        // guard of the batch needs to look one up.
+        let look_up_disabled = records.iter().any(|(_, g)| g.is_some()) && any_disabled(&tx)?;
         let mut out = Vec::with_capacity(records.len());
         for (record, guard) in records {
             if let Some(g) = guard {
                 let now = record.time_ms / 1000;
-                if let Err(refusal) = check_guard(&tx, &mut head, g, now)? {
+                if let Err(refusal) = check_guard(&tx, &mut head, g, look_up_disabled, now)? {
                     out.push(Err(refusal));
                     continue;
                 }
