@@ -7,6 +7,7 @@ mod support;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
+use std::str::FromStr as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,10 @@ max_ttl = "10m"
 repository = "acme/*"
 "#;
 
+/// The job claims every bot token carries (recorded through the issuer's
+/// `audit_claims`).
+const JOB: [(&str, &str); 3] = [("actor", "octocat"), ("run_id", "4242"), ("sha", "c0ffee1")];
+
 const CONSOLE_CLIENT: &str = "mayfly-console";
 const CONSOLE_SECRET: &str = "console-client-secret";
 
@@ -46,18 +51,24 @@ struct Env {
     oidc: Oidc,
     ca: Mayfly,
     dir: tempfile::TempDir,
+    /// The git commit of the policy directory.
+    policy_commit: String,
 }
 
 /// The CA with `[console]` at the provider's human client. People:
 /// alice (sre, admin), carol (sre; carol-bot's token has her subject),
-/// victor (viewer only), mallory (nothing).
+/// victor (viewer only), mallory (nothing). Bot tokens carry [`JOB`],
+/// recorded through `audit_claims`; every record is checkpointed; the
+/// policy directory is a git checkout.
 fn setup() -> Env {
     let dir = support::temp_dir("console");
     let mut ca = Mayfly::configure("", &[("prod-deploy", PROD_POLICY), ("build", BUILD_POLICY)]);
     let public_url = ca.url();
     let oidc = Oidc::start_with_people(
         &[
-            ClientSpec::new("bot", "RS256").claims(json!({"repository": "acme/api"})),
+            ClientSpec::new("bot", "RS256").claims(json!({
+                "repository": "acme/api", "actor": JOB[0].1, "run_id": JOB[1].1, "sha": JOB[2].1,
+            })),
             ClientSpec::new("carol-bot", "RS256")
                 .claims(json!({"repository": "acme/api", "sub": "carol"})),
         ],
@@ -76,15 +87,45 @@ fn setup() -> Env {
     let secret_file = dir.path().join("console-secret");
     std::fs::write(&secret_file, format!("{CONSOLE_SECRET}\n")).expect("write secret");
     let extra = format!(
-        "{}\n[[admin]]\nissuer = \"ci\"\n[admin.claims]\nsub = \"alice\"\n\n[console]\nissuer = \"ci\"\nclient_id = \"{CONSOLE_CLIENT}\"\nclient_secret_file = \"{}\"\npublic_url = \"{public_url}\"\nviewers = [\"groups:viewers\"]\n",
+        "{}audit_claims = [\"run_id\", \"sha\", \"actor\"]\n\n[audit]\ncheckpoint_every = 1\n\n[[admin]]\nissuer = \"ci\"\n[admin.claims]\nsub = \"alice\"\n\n[console]\nissuer = \"ci\"\nclient_id = \"{CONSOLE_CLIENT}\"\nclient_secret_file = \"{}\"\npublic_url = \"{public_url}\"\nviewers = [\"groups:viewers\"]\n",
         oidc.issuer_toml("ci"),
         secret_file.display()
     );
     let mut config = std::fs::read_to_string(ca.config_path()).expect("read config");
     config.push_str(&extra);
     std::fs::write(ca.config_path(), config).expect("write config");
+    let policy_commit = git_commit_all(&ca.policy_dir());
     ca.restart();
-    Env { oidc, ca, dir }
+    Env {
+        oidc,
+        ca,
+        dir,
+        policy_commit,
+    }
+}
+
+/// Makes `dir` a git checkout with one commit of everything in it;
+/// returns the commit.
+fn git_commit_all(dir: &std::path::Path) -> String {
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=ops", "-c", "user.email=ops@example.com"])
+            .args(args)
+            .output()
+            .expect("git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "policy"]);
+    git(&["rev-parse", "HEAD"])
 }
 
 impl Env {
@@ -625,6 +666,549 @@ async fn csrf_roles_and_self_approval_are_enforced() {
         "{denied:?}"
     );
     b.close().await;
+}
+
+/// Starts a console login outside the browser (`GET /console/` without
+/// following the redirect), then gives the browser that login's binding
+/// cookie, as if it had made the request itself. Returns the issuer's
+/// authorization URL, for the test to follow (or alter) in the browser.
+async fn login_by_hand(env: &Env, b: &Browser) -> url::Url {
+    let r = http::get(&format!("{}/console/", env.ca.url())).expect("GET /console/");
+    assert!(matches!(r.status, 302 | 303), "{} {}", r.status, r.text());
+    let cookie = r.header("set-cookie").expect("login cookie");
+    let binding = cookie
+        .strip_prefix("mayfly_console_login=")
+        .and_then(|c| c.split(';').next())
+        .expect("the login cookie's value")
+        .to_string();
+    // The page the cookie is for (it answers 400: no code, no state).
+    b.client
+        .goto(&format!("{}/console/callback", env.ca.url()))
+        .await
+        .expect("goto");
+    // Provider and CA share the host 127.0.0.1: this also logs the
+    // browser out of the provider.
+    b.client.delete_all_cookies().await.expect("delete cookies");
+    let c = fantoccini::cookies::Cookie::parse(format!(
+        "mayfly_console_login={binding}; Path=/console/callback; Domain=127.0.0.1; HttpOnly; SameSite=Lax"
+    ))
+    .expect("a cookie");
+    b.client.add_cookie(c).await.expect("add the login cookie");
+    url::Url::parse(r.header("location").expect("Location")).expect("authorization URL")
+}
+
+/// Types `user` into the provider's login form at `url`.
+async fn log_in_at_provider(b: &Browser, url: &url::Url, user: &str) {
+    b.client.goto(url.as_str()).await.expect("goto issuer");
+    b.fill("input[name=login]", user).await;
+    b.fill("input[name=password]", "any").await;
+    b.click("button[type=submit]").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_token_for_another_nonce_is_refused_and_opens_no_session() {
+    let env = setup();
+    let b = Browser::start().await;
+
+    // The login's own authorization request with another nonce: the
+    // issuer signs an ID token for that nonce, and the code comes back
+    // to this browser's login (right state, binding cookie and PKCE
+    // verifier). Only the nonce is wrong.
+    let mut url = login_by_hand(&env, &b).await;
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "nonce" {
+                "a-nonce-of-another-login-0123456789abcdefghij".to_string()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(&pairs);
+    log_in_at_provider(&b, &url, "alice").await;
+    b.wait("p.error").await;
+    let said = b.text("p.error").await;
+    assert!(said.contains("nonce"), "{said}");
+    assert!(
+        b.client.get_named_cookie("mayfly_console").await.is_err(),
+        "a session cookie was set"
+    );
+    assert!(b.client.current_url().await.expect("url").path() == "/console/callback");
+    let served = env.ca.stderr_log();
+    assert!(served.contains("console login refused"), "{served}");
+    assert!(!served.contains("\"console login\""), "{served}");
+
+    // The same steps with the login's own nonce do log in: the refusal
+    // above is the nonce check, not the way the test drives the login.
+    let url = login_by_hand(&env, &b).await;
+    log_in_at_provider(&b, &url, "alice").await;
+    b.wait("#person").await;
+    assert_eq!(b.text("#person").await, "ci:alice");
+    assert!(b.client.get_named_cookie("mayfly_console").await.is_ok());
+    b.close().await;
+}
+
+impl Env {
+    async fn open(&self, b: &Browser, path: &str) {
+        b.client
+            .goto(&format!("{}{path}", self.ca.url()))
+            .await
+            .unwrap_or_else(|e| panic!("goto {path}: {e}"));
+    }
+
+    /// The text of the page at `path` in the browser, waiting for `css`.
+    async fn page_text(&self, b: &Browser, path: &str, css: &str) -> String {
+        self.open(b, path).await;
+        b.text(css).await
+    }
+}
+
+/// The `SHA256:` fingerprint of an OpenSSH public key line.
+fn fingerprint(dir: &std::path::Path, public: &str) -> String {
+    let p = dir.join("fp.pub");
+    std::fs::write(&p, public).expect("write key");
+    let out = Command::new("ssh-keygen")
+        .arg("-l")
+        .arg("-f")
+        .arg(&p)
+        .output()
+        .expect("ssh-keygen -l");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .expect("a fingerprint")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_show_counts_keys_the_chain_identities_the_job_and_the_policy() {
+    let env = setup();
+    let b = Browser::start().await;
+    let (_, public) = keygen_ed25519(env.dir.path());
+    let mut issued = Vec::new();
+    for _ in 0..2 {
+        let r = env.bot_post("bot", json!({"role": "build", "public_key": public}));
+        assert_eq!(r.status, 200, "{}", r.text());
+        issued.push(r.json());
+    }
+    let r = env.bot_post(
+        "bot",
+        json!({"role": "build", "public_key": public, "principals": ["root"]}),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    let refusal_code = r.json()["error"].as_str().expect("error").to_string();
+    let r = env.bot_post("bot", json!({"role": "prod-deploy", "public_key": public}));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let pending_id = r.json()["approval_request"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    env.login(&b, "alice").await;
+
+    // Overview: counts, active certificates, the audit head, the last
+    // signed checkpoint's time, the CA keys and their rotation state.
+    let start = Instant::now();
+    loop {
+        env.open(&b, "/console/").await;
+        if !b.text("#last-checkpoint").await.contains("none yet") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no checkpoint");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(b.text("#active-certs").await, "2");
+    assert_eq!(b.text("#issued-hour").await, "2");
+    assert_eq!(b.text("#refused-hour").await, "1");
+    assert_eq!(b.text("#pending").await, "1");
+    let by_role = b.text("#by-role").await;
+    assert!(by_role.contains("build 2 1"), "{by_role}");
+    let by_reason = b.text("#by-reason").await;
+    assert!(
+        by_reason.contains(&format!("{refusal_code} 1")),
+        "{by_reason}"
+    );
+    let records = env.ca.audit(&[]);
+    let head = records
+        .iter()
+        .filter_map(|r| r["mayfly"]["audit"]["seq"].as_u64())
+        .max()
+        .expect("a head");
+    let shown = b.text("#audit-head").await;
+    assert!(
+        shown.starts_with(&format!("seq {head} ")),
+        "{shown} (head {head})"
+    );
+    let cp = b.text("#last-checkpoint").await;
+    let (when, at) = cp
+        .strip_prefix("signed ")
+        .and_then(|c| c.split_once(", at seq "))
+        .unwrap_or_else(|| panic!("{cp}"));
+    let when = jiff::Timestamp::from_str(when).unwrap_or_else(|e| panic!("{when}: {e}"));
+    let age = jiff::Timestamp::now().duration_since(when);
+    assert!(age.as_secs() >= 0 && age.as_secs() < 600, "{cp}");
+    let at_seq: u64 = at
+        .split_whitespace()
+        .next()
+        .expect("seq")
+        .parse()
+        .expect("seq");
+    assert!(at_seq >= 1 && at_seq <= head, "{cp}");
+    let user_ca = http::get(&format!("{}/v1/ca/user.pub", env.ca.url()))
+        .expect("ca")
+        .text();
+    let ca_line = b.text("#ca-user").await;
+    assert!(
+        ca_line.contains(&format!("active {}", fingerprint(env.dir.path(), &user_ca))),
+        "{ca_line}"
+    );
+    assert!(ca_line.contains("no rotation in progress"), "{ca_line}");
+    assert!(b.text("#ca-host").await.starts_with("active SHA256:"));
+
+    // Feed: the job behind each decision and where it came from.
+    let feed = env.page_text(&b, "/console/feed", "table.feed").await;
+    let job = JOB.map(|(k, v)| format!("{k}={v}")).join(" ");
+    for i in &issued {
+        let key_id = i["key_id"].as_str().expect("key_id");
+        let row = feed
+            .lines()
+            .find(|l| l.contains(key_id))
+            .unwrap_or_else(|| panic!("{key_id} not in {feed}"));
+        assert!(row.contains(&job), "{row}");
+        assert!(row.contains("127.0.0.1"), "{row}");
+    }
+    let refused = feed
+        .lines()
+        .find(|l| l.contains("refused"))
+        .unwrap_or_else(|| panic!("no refusal in {feed}"));
+    assert!(
+        refused.contains(&job) && refused.contains(&refusal_code),
+        "{refused}"
+    );
+
+    // Approvals: who asks, with which claims.
+    let section = env
+        .page_text(
+            &b,
+            "/console/approvals",
+            &format!("section[id='{pending_id}'] td.job"),
+        )
+        .await;
+    assert_eq!(section, job);
+
+    // Identities: owner, first and last seen, certificates, last refusal.
+    let list = env.page_text(&b, "/console/identities", "main table").await;
+    let row = list
+        .lines()
+        .find(|l| l.contains("ci:bot"))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(row.starts_with("active ci:bot"), "{row}");
+    assert!(row.contains("ci@example.com"), "{row}");
+    let year = jiff::Timestamp::now().to_string()[..4].to_string();
+    assert_eq!(
+        row.matches(&format!("{year}-")).count(),
+        3,
+        "first, last seen, refusal: {row}"
+    );
+    assert!(
+        row.contains(&format!(" 2 {year}-")),
+        "two certificates: {row}"
+    );
+    assert!(row.contains(&format!("build: {refusal_code}")), "{row}");
+    let detail = env
+        .page_text(&b, "/console/identity?issuer=ci&subject=bot", "main")
+        .await;
+    assert_eq!(b.text("#identity-status").await, "active");
+    assert!(detail.contains("2 issued, 1 refused"), "{detail}");
+    assert!(b.source().await.contains("id=\"disable\""));
+
+    // Audit search: the chain's status, and the filters.
+    let status = env.page_text(&b, "/console/audit", "#chain-status").await;
+    assert!(status.starts_with("Hash chain intact: "), "{status}");
+    assert!(status.contains("the last at seq"), "{status}");
+    let serial = issued[1]["serial"].as_u64().expect("serial");
+    for (query, want, must) in [
+        ("event=cert_denied", 1, refusal_code.clone()),
+        ("event=cert_issued&role=build", 2, "cert_issued".to_string()),
+        (&*format!("serial={serial}"), 1, serial.to_string()),
+        ("subject=nobody", 0, String::new()),
+        (
+            "event=approval_requested&since=1h",
+            1,
+            "approval_requested".to_string(),
+        ),
+    ] {
+        let text = env
+            .page_text(&b, &format!("/console/audit?{query}"), "main")
+            .await;
+        assert!(
+            text.contains(&format!("{want} record(s)")),
+            "{query}: {text}"
+        );
+        assert!(text.contains(&must), "{query}: {text}");
+    }
+    let text = env
+        .page_text(&b, "/console/audit?event=nonsense", "p.error")
+        .await;
+    assert!(text.contains("there is no audit event"), "{text}");
+
+    // Policy: roles with owner and description, digest and git commit,
+    // and the explain form for an allowed and a refused set of claims.
+    let roles = env.page_text(&b, "/console/policy", "#roles").await;
+    for want in [
+        "prod-deploy Production deploys need a human platform@example.com",
+        "build Builds ci@example.com",
+    ] {
+        assert!(roles.contains(want), "{want} not in {roles}");
+    }
+    let digest = b.text("#policy-digest").await;
+    assert!(digest.len() >= 16, "{digest}");
+    let replicas = b.text("#replicas").await;
+    assert!(replicas.contains(&env.policy_commit), "{replicas}");
+    assert!(replicas.contains(&digest), "{replicas}");
+    let drift = b.text("#drift").await;
+    assert!(
+        drift.starts_with("1 live replica(s), all enforcing policy"),
+        "{drift}"
+    );
+    for (claims, verdict) in [
+        (
+            r#"{"sub": "bot", "repository": "acme/api"}"#,
+            "allow principals=[\"build\"]",
+        ),
+        (r#"{"sub": "bot", "repository": "other/api"}"#, "deny "),
+    ] {
+        env.open(&b, "/console/policy").await;
+        b.client
+            .find(fantoccini::Locator::Css("textarea[name=claims]"))
+            .await
+            .expect("textarea")
+            .clear()
+            .await
+            .expect("clear");
+        b.fill("textarea[name=claims]", claims).await;
+        b.client
+            .find(fantoccini::Locator::Css(
+                "select[name=role] option[value=build]",
+            ))
+            .await
+            .expect("option")
+            .click()
+            .await
+            .expect("select build");
+        b.click("#explain").await;
+        b.wait("#explain-result").await;
+        let result = b.text("#explain-result").await;
+        assert!(result.starts_with(verdict), "{claims}: {result}");
+        let trace = b.text("#explain-trace").await;
+        assert!(trace.contains("repository"), "{trace}");
+    }
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_disables_and_enables_an_identity_from_its_page() {
+    let env = setup();
+    let b = Browser::start().await;
+    let (_, public) = keygen_ed25519(env.dir.path());
+    let r = env.bot_post("bot", json!({"role": "build", "public_key": public}));
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // victor, a viewer, sees the identity without buttons, and a forged
+    // post with his own CSRF token is refused.
+    let victor = env.login(&b, "victor").await;
+    env.open(&b, "/console/identity?issuer=ci&subject=bot")
+        .await;
+    assert_eq!(b.text("#identity-status").await, "active");
+    let src = b.source().await;
+    assert!(
+        !src.contains("/console/identity/disable") && !src.contains("id=\"disable\""),
+        "{src}"
+    );
+    let vcsrf = csrf_of(&src);
+    let r = env.post_form(
+        "/console/identity/disable",
+        &victor,
+        &[
+            ("issuer", "ci"),
+            ("subject", "bot"),
+            ("reason", "x"),
+            ("csrf", &vcsrf),
+        ],
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("not_admin"), "{}", r.text());
+    assert_eq!(env.ca.audit(&["--event", "disabled"]).len(), 0);
+    let r = env.bot_post("bot", json!({"role": "build", "public_key": public}));
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // alice, an admin, disables it from its page: the bot is refused.
+    env.login(&b, "alice").await;
+    env.open(&b, "/console/identity?issuer=ci&subject=bot")
+        .await;
+    b.fill("input[name=reason]", "runner compromised").await;
+    b.click("#disable").await;
+    b.wait("#enable").await;
+    assert_eq!(b.text("#identity-status").await, "disabled");
+    let r = env.bot_post("bot", json!({"role": "build", "public_key": public}));
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"], json!("disabled"), "{}", r.text());
+    let disabled = env.ca.audit(&["--event", "disabled"]);
+    assert_eq!(disabled.len(), 1, "{disabled:?}");
+    assert_eq!(
+        disabled[0]["mayfly"]["actor"],
+        json!("admin:ci:alice (console)"),
+        "{disabled:?}"
+    );
+    // Its live certificates went with it.
+    assert_eq!(env.ca.audit(&["--event", "cert_revoked"]).len(), 2);
+
+    // ... and enables it again: the bot gets certificates.
+    b.fill("input[name=reason]", "runner rebuilt").await;
+    b.click("#enable").await;
+    b.wait("#disable").await;
+    assert_eq!(b.text("#identity-status").await, "active");
+    let r = env.bot_post("bot", json!({"role": "build", "public_key": public}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let enabled = env.ca.audit(&["--event", "enabled"]);
+    assert_eq!(enabled.len(), 1, "{enabled:?}");
+    assert_eq!(
+        enabled[0]["mayfly"]["actor"],
+        json!("admin:ci:alice (console)")
+    );
+    b.close().await;
+}
+
+/// `deploy` as replica A has it, and as replica B has it (another TTL:
+/// another policy digest).
+const REPLICA_ROLE: [&str; 2] = [
+    "description = \"replicas\"\nowner = \"sre@example.com\"\nissuer = \"ci\"\nprincipals = [\"deploy\"]\nmax_ttl = \"10m\"\n[claims]\nsub = \"bot*\"\n",
+    "description = \"replicas\"\nowner = \"sre@example.com\"\nissuer = \"ci\"\nprincipals = [\"deploy\"]\nmax_ttl = \"5m\"\n[claims]\nsub = \"bot*\"\n",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_from_one_replica_works_on_the_other_and_a_logout_on_either_ends_it() {
+    use support::replicas::{Replicas, Shared};
+    let db = support::Postgres::shared().create_database();
+    let store = db.store_toml();
+    let r = Replicas::new(Shared {
+        store_toml: &store,
+        policies: &[],
+        extra: "heartbeat_interval = \"1s\"\n",
+    });
+    let mut a = Mayfly::configure(r.config_extra(), &[("deploy", REPLICA_ROLE[0])]);
+    let mut b = Mayfly::configure(r.config_extra(), &[("deploy", REPLICA_ROLE[1])]);
+    // Behind a load balancer both have one public URL; here it is A's.
+    let public_url = a.url();
+    let oidc = Oidc::start_with_people(
+        &[],
+        &json!([{
+            "client_id": CONSOLE_CLIENT,
+            "client_secret": CONSOLE_SECRET,
+            "redirect_uris": [format!("{public_url}/console/callback")],
+        }]),
+        &json!({"alice": {"groups": ["sre"]}}),
+    );
+    let dir = support::temp_dir("console-replicas");
+    let secret_file = dir.path().join("console-secret");
+    std::fs::write(&secret_file, CONSOLE_SECRET).expect("write secret");
+    let console = format!(
+        "{}\n[console]\nissuer = \"people\"\nclient_id = \"{CONSOLE_CLIENT}\"\nclient_secret_file = \"{}\"\npublic_url = \"{public_url}\"\nviewers = [\"groups:sre\"]\n",
+        oidc.issuer_toml("people"),
+        secret_file.display()
+    );
+    for m in [&mut a, &mut b] {
+        let mut config = std::fs::read_to_string(m.config_path()).expect("read config");
+        config.push_str(&console);
+        std::fs::write(m.config_path(), config).expect("write config");
+        // A first: on the empty database it makes the CA keys.
+        m.restart();
+    }
+
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&format!("{}/console/", a.url()))
+        .await
+        .expect("goto A");
+    browser.fill("input[name=login]", "alice").await;
+    browser.fill("input[name=password]", "any").await;
+    browser.click("button[type=submit]").await;
+    assert_eq!(browser.text("#person").await, "people:alice");
+    let session = browser
+        .client
+        .get_named_cookie("mayfly_console")
+        .await
+        .expect("session cookie")
+        .value()
+        .to_string();
+    // The database has the session under a hash, never the cookie.
+    let rows = db.psql("SELECT encode(key, 'hex') || ' ' || person FROM console_sessions");
+    assert_eq!(rows.trim().lines().count(), 1, "{rows}");
+    assert!(!rows.contains(&session), "{rows}");
+    assert!(rows.contains("alice"), "{rows}");
+
+    // The policy page shows each replica's digest and flags the drift.
+    browser
+        .client
+        .goto(&format!("{}/console/policy", a.url()))
+        .await
+        .expect("policy");
+    let drift = browser.text("#drift").await;
+    assert!(
+        drift.starts_with("POLICY DRIFT: the 2 live replicas enforce 2 different policies"),
+        "{drift}"
+    );
+    let table = browser.text("#replicas").await;
+    let digest_a = browser.text("#policy-digest").await;
+    let page_b = http::request(
+        "GET",
+        &format!("{}/console/policy", b.url()),
+        &[("Cookie", format!("mayfly_console={session}").as_str())],
+        b"",
+    )
+    .expect("GET B");
+    // The same cookie is a session on B.
+    assert_eq!(page_b.status, 200, "{}", page_b.text());
+    let html_b = page_b.text();
+    assert!(html_b.contains("people:alice"), "{html_b}");
+    let at =
+        html_b.find("id=\"policy-digest\">").expect("B's digest") + "id=\"policy-digest\">".len();
+    let digest_b = &html_b[at..at + html_b[at..].find('<').expect("end")];
+    assert_ne!(digest_a, digest_b);
+    for d in [digest_a.as_str(), digest_b] {
+        assert!(table.contains(d), "{d} not in {table}");
+    }
+    assert_eq!(table.matches(" live ").count(), 2, "{table}");
+
+    // Logout on B ends the session on A too.
+    let csrf = csrf_of(&html_b);
+    let out = http::post_form(
+        &format!("{}/console/logout", b.url()),
+        &[("Cookie", format!("mayfly_console={session}").as_str())],
+        &[("csrf", &csrf)],
+    )
+    .expect("POST logout on B");
+    assert_eq!(out.status, 200, "{}", out.text());
+    let again = http::request(
+        "GET",
+        &format!("{}/console/", a.url()),
+        &[("Cookie", format!("mayfly_console={session}").as_str())],
+        b"",
+    )
+    .expect("GET A");
+    assert!(
+        matches!(again.status, 302 | 303),
+        "{} {}",
+        again.status,
+        again.text()
+    );
+    assert!(again
+        .header("location")
+        .is_some_and(|l| l.starts_with(&oidc.issuer)));
+    assert_eq!(db.psql("SELECT count(*) FROM console_sessions").trim(), "0");
+    browser.close().await;
 }
 
 trait TapMkdir {

@@ -246,6 +246,33 @@ impl VerifiedToken {
     pub fn replay_protection(&self) -> bool {
         self.replay_protection
     }
+
+    /// The person of a console session, as the session store kept it:
+    /// the issuer name and claims of an ID token that [`Verifier::verify`]
+    /// accepted at login (the store holds nothing else, and only the CA
+    /// writes it). It has no replay id and is valid until `expires_at`,
+    /// the session's end. Only the console's session store makes one.
+    pub(crate) fn of_console_session(
+        issuer: String,
+        claims: Map<String, Value>,
+        job: std::collections::BTreeMap<String, String>,
+        expires_at: u64,
+    ) -> Option<VerifiedToken> {
+        let subject = match claims.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 1024 => s.clone(),
+            _ => return None,
+        };
+        Some(VerifiedToken {
+            issuer,
+            subject,
+            claims,
+            replay_id: String::new(),
+            legacy_replay_id: None,
+            expires_at,
+            replay_protection: false,
+            job,
+        })
+    }
 }
 
 struct Issuer {

@@ -9,8 +9,9 @@
 //! do what.
 //!
 //! People log in with the OIDC authorization-code flow with PKCE at the
-//! `[console]` issuer ([`oidc`]); their verified ID token is kept in a
-//! server-side session ([`session`]). Pages are rendered on the server with
+//! `[console]` issuer ([`oidc`]); the claims of their verified ID token
+//! are kept in a server-side session in the store ([`session`]), so every
+//! replica of a shared store knows it. Pages are rendered on the server with
 //! maud (escaped by construction), with no script at all, under a strict
 //! Content-Security-Policy; every form carries the session's CSRF token.
 //! Without `[console]` none of these routes exist and `/console/` is 404.
@@ -34,7 +35,7 @@ use crate::config::ConsoleConfig;
 use crate::policy::ClaimRule;
 use crate::service::Service;
 use oidc::OidcClient;
-use session::{Session, Sessions, LOGIN_COOKIE, SESSION_COOKIE};
+use session::{Logins, Session, Sessions, LOGIN_COOKIE, SESSION_COOKIE};
 
 /// The Content-Security-Policy of every console answer: nothing but this
 /// origin's stylesheet, no script at all, no framing.
@@ -49,6 +50,7 @@ const MAX_FORM_BYTES: usize = 64 * 1024;
 pub struct Console {
     service: Arc<Service>,
     oidc: OidcClient,
+    logins: Logins,
     sessions: Sessions,
     viewers: Vec<ClaimRule>,
     issuer: String,
@@ -77,9 +79,10 @@ impl Console {
             })
             .collect();
         Console {
+            sessions: Sessions::new(service.store().sessions_shared()),
             service,
             oidc,
-            sessions: Sessions::default(),
+            logins: Logins::default(),
             viewers,
             issuer: cfg.issuer.clone(),
             origin: cfg.public_url.origin().ascii_serialization(),
@@ -116,7 +119,7 @@ impl Console {
 
     /// Starts a login and sends the browser to the issuer.
     async fn login_redirect(&self) -> Response {
-        let (state, nonce, verifier, binding) = self.sessions.begin_login(self.now());
+        let (state, nonce, verifier, binding) = self.logins.begin_login(self.now());
         match self.oidc.authorization_url(&state, &nonce, &verifier).await {
             Ok(url) => {
                 let mut r = Redirect::to(url.as_str()).into_response();
@@ -295,8 +298,14 @@ impl FromRequestParts<Arc<Console>> for Caller {
         parts: &mut Parts,
         c: &Arc<Console>,
     ) -> Result<Self, Self::Rejection> {
-        let id = session_id(&parts.headers);
-        let session = id.and_then(|id| c.sessions.get(id, c.now()));
+        let session = match session_id(&parts.headers) {
+            Some(id) => c
+                .sessions
+                .get(id, c.now())
+                .await
+                .map_err(|e| ConsoleError::unavailable(&e).into_response())?,
+            None => None,
+        };
         let Some(session) = session else {
             if parts.method == axum::http::Method::GET {
                 return Err(c.login_redirect().await);

@@ -182,19 +182,16 @@ async fn finish_login(
         .filter_map(|v| v.to_str().ok())
         .find_map(|h| session::cookie(h, LOGIN_COOKIE));
     let now = con.now();
-    let login = con
-        .sessions
-        .finish_login(state, binding, now)
-        .map_err(|e| {
-            ConsoleError::forbidden(match e {
-                session::LoginLookupError::UnknownState => {
-                    "this login is unknown, used or expired; open /console/ to log in again"
-                }
-                session::LoginLookupError::WrongBrowser => {
-                    "this login was started in another browser; open /console/ to log in here"
-                }
-            })
-        })?;
+    let login = con.logins.finish_login(state, binding, now).map_err(|e| {
+        ConsoleError::forbidden(match e {
+            session::LoginLookupError::UnknownState => {
+                "this login is unknown, used or expired; open /console/ to log in again"
+            }
+            session::LoginLookupError::WrongBrowser => {
+                "this login was started in another browser; open /console/ to log in here"
+            }
+        })
+    })?;
     let person = con
         .oidc
         .exchange(code, &login.verifier, &login.nonce, now)
@@ -228,7 +225,10 @@ async fn finish_login(
         subject = person.subject(),
         "console login"
     );
-    Ok(con.sessions.open(person, now))
+    con.sessions
+        .open(&person, now)
+        .await
+        .map_err(|e| ConsoleError::unavailable(&e))
 }
 
 /// `POST /console/logout`.
@@ -241,7 +241,10 @@ pub(super) async fn logout(
     let f = form(f)?;
     c.check_csrf(f.get("csrf").map(String::as_str))?;
     if let Some(id) = super::session_id(&headers) {
-        con.sessions.close(id);
+        con.sessions
+            .close(id)
+            .await
+            .map_err(|e| ConsoleError::unavailable(&e))?;
     }
     let mut r = bare_page(
         "logged out",
@@ -275,7 +278,7 @@ fn feed_table(records: &[&StoredRecord]) -> Markup {
             thead { tr {
                 th { "time" } th { "decision" } th { "identity" } th { "role" }
                 th { "principals" } th { "TTL" } th { "serial" } th { "key ID" }
-                th { "key" } th { "from" } th { "reason" }
+                th { "key" } th { "job" } th { "from" } th { "reason" }
             } }
             tbody {
                 @for r in records {
@@ -290,7 +293,8 @@ fn feed_table(records: &[&StoredRecord]) -> Markup {
                         td { @if let Some(s) = r.serial { a href={"/console/certs?q=" (s)} { (s) } } }
                         td.keyid { @if let Some(k) = &r.key_id { a href={"/console/certs?" (query_string(&[("q", k)]))} { (k) } } }
                         td.mono { (r.key_fingerprint.as_deref().unwrap_or("")) }
-                        td { (r.client_addr.as_deref().unwrap_or("")) }
+                        td.job { (job_of(r)) }
+                        td.from { (r.client_addr.as_deref().unwrap_or("")) }
                         td { @if !issued {
                             (r.reason_code.as_deref().unwrap_or("")) ": " (r.reason.as_deref().unwrap_or(""))
                         } }
@@ -299,6 +303,16 @@ fn feed_table(records: &[&StoredRecord]) -> Markup {
             }
         }
     }
+}
+
+/// The job claims an audit record carries (`[[issuer]] audit_claims`),
+/// as `key=value` pairs, or nothing.
+fn job_of(r: &StoredRecord) -> String {
+    r.claims
+        .as_deref()
+        .and_then(crate::audit::chain::parse_claims)
+        .map(|c| crate::audit::claims::one_line(&c))
+        .unwrap_or_default()
 }
 
 async fn latest_decisions(con: &Console, limit: usize) -> Result<Vec<StoredRecord>, ConsoleError> {
@@ -430,7 +444,7 @@ pub(super) async fn overview(State(con): St, c: Caller) -> Result<Markup, Consol
         .service
         .store()
         .audit()
-        .last_checkpoint()
+        .last_checkpoint_at()
         .await
         .map_err(|e| ConsoleError::unavailable(&e))?;
     let pending = con
@@ -449,41 +463,41 @@ pub(super) async fn overview(State(con): St, c: Caller) -> Result<Markup, Consol
         html! {
             section.cards {
                 div.card { div.n #active-certs { (active) } "active certificates" }
-                div.card { div.n { (buckets.iter().map(|b| b.0).sum::<u64>()) } "issued in the last hour" }
-                div.card { div.n { (buckets.iter().map(|b| b.1).sum::<u64>()) } "refused in the last hour" }
-                div.card { div.n { a href="/console/approvals" { (pending) } } "pending approvals" }
+                div.card { div.n #issued-hour { (buckets.iter().map(|b| b.0).sum::<u64>()) } "issued in the last hour" }
+                div.card { div.n #refused-hour { (buckets.iter().map(|b| b.1).sum::<u64>()) } "refused in the last hour" }
+                div.card { div.n #pending { a href="/console/approvals" { (pending) } } "pending approvals" }
             }
             h2 { "Per minute, last hour" }
             (chart(&buckets))
             div.cols {
                 div {
                     h2 { "By role (last hour)" }
-                    table { thead { tr { th { "role" } th { "issued" } th { "refused" } } }
+                    table #by-role { thead { tr { th { "role" } th { "issued" } th { "refused" } } }
                         tbody { @for (role, (ok, bad)) in &by_role { tr { td { (role) } td { (ok) } td { (bad) } } } } }
                 }
                 div {
                     h2 { "Refusals by reason (last hour)" }
-                    table { thead { tr { th { "reason" } th { "count" } } }
+                    table #by-reason { thead { tr { th { "reason" } th { "count" } } }
                         tbody { @for (why, n) in &by_reason { tr { td { (why) } td { (n) } } } } }
                 }
             }
             h2 { "Audit log and CA keys" }
             table {
-                tr { th { "audit head" } td.mono {
+                tr { th { "audit head" } td.mono #audit-head {
                     @match &head {
                         Some((seq, hash)) => { "seq " (seq) " " (hash.as_ref().map(crate::audit::chain::hex).unwrap_or_default()) }
                         None => { "empty" }
                     }
                 } }
-                tr { th { "last signed checkpoint" } td.mono {
+                tr { th { "last signed checkpoint" } td.mono #last-checkpoint {
                     @match &last_cp {
-                        Some((seq, hash)) => { "at seq " (seq) " " (crate::audit::chain::hex(hash)) " (time and signature: " a href="/console/audit" { "audit" } ")" }
+                        Some((seq, time_ms)) => { "signed " (ts_ms(*time_ms)) ", at seq " (seq) " (" a href="/console/audit" { "verify" } ")" }
                         None => { "none yet" }
                     }
                 } }
-                tr { th { "policy digest" } td.mono { (policy.digest) } }
-                @for (name, ring) in [("user CA", &user), ("host CA", &host)] {
-                    tr { th { (name) } td.mono {
+                tr { th { "policy digest" } td.mono #policy-digest { (policy.digest) } }
+                @for (id, name, ring) in [("ca-user", "user CA", &user), ("ca-host", "host CA", &host)] {
+                    tr { th { (name) } td.mono id=(id) {
                         "active " (ring.active.fingerprint())
                         @if let Some(n) = &ring.next { br; "next (staged) " (n.fingerprint()) }
                         @if let Some(p) = &ring.previous { br; "previous (still trusted) " (p.fingerprint()) }
@@ -529,6 +543,10 @@ pub(super) async fn approvals(
                         tr { th { "their claims" } td {
                             @if r.requester_claims.is_empty() { "(the role compares none)" }
                             @for (k, v) in &r.requester_claims { (k) " = " (v) br; }
+                        } }
+                        tr { th { "job" } td.job {
+                            @if r.job_claims.is_empty() { "(the token named no job claims)" }
+                            @else { (crate::audit::claims::one_line(&r.job_claims)) }
                         } }
                         tr { th { "principals" } td.principals { (r.principals.join(", ")) } }
                         tr { th { "TTL" } td.ttl { (r.ttl_seconds) "s" } }
@@ -1030,19 +1048,75 @@ pub(super) async fn audit(
 
 // ---- policy ----
 
-fn policy_page(con: &Console, c: &Caller, explained: Option<Markup>, f: &Fields) -> Markup {
+/// The replicas of this store and the policy each enforces, as `mayfly
+/// status` shows them (one row with SQLite), with its drift verdict.
+async fn replicas_table(con: &Console) -> Result<Markup, ConsoleError> {
+    use crate::replica::{Health, StatusReport};
+    let beats = con
+        .service
+        .store()
+        .replicas()
+        .replicas()
+        .await
+        .map_err(|e| ConsoleError::unavailable(&e))?;
+    let r = StatusReport::new(beats, crate::time::UnixSecs(con.now()));
+    Ok(html! {
+        h2 { "Replicas" }
+        p #drift class=(if r.policy_drift { "bad" } else { "ok" }) {
+            @match r.status {
+                Health::Ok => {
+                    (r.live_replicas) " live replica(s), all enforcing policy "
+                    span.mono { (r.policy_digests.first().map(String::as_str).unwrap_or("")) } "."
+                }
+                Health::PolicyDrift => {
+                    "POLICY DRIFT: the " (r.live_replicas) " live replicas enforce "
+                    (r.policy_digests.len()) " different policies. Deploy the same policy_dir to every replica."
+                }
+                Health::NoLiveReplica => {
+                    "No replica sent a heartbeat recently; is mayfly serve running on this store?"
+                }
+            }
+        }
+        table #replicas {
+            thead { tr {
+                th { "replica" } th { "state" } th { "version" } th { "policy digest" }
+                th { "git commit" } th { "listen" } th { "last seen" }
+            } }
+            tbody { @for s in &r.replicas {
+                @let drifted = r.policy_drift && s.live;
+                tr class=(if drifted { "drift" } else { "" }) {
+                    td.mono { (s.beat.replica.as_str()) }
+                    td { (if s.live { "live" } else { "stale" }) }
+                    td { (s.beat.version) }
+                    td.mono { (s.beat.policy_digest) }
+                    td.mono { (s.beat.git_commit.as_deref().unwrap_or("-")) }
+                    td { (s.beat.listen) }
+                    td { (ts(s.beat.last_seen.0)) }
+                }
+            } }
+        }
+    })
+}
+
+async fn policy_page(
+    con: &Console,
+    c: &Caller,
+    explained: Option<Markup>,
+    f: &Fields,
+) -> Result<Markup, ConsoleError> {
+    let replicas = replicas_table(con).await?;
     let policy = con.service.policy();
     let chosen = field(f, "role");
     let claims = f
         .get("claims")
         .map(String::as_str)
         .unwrap_or("{\n  \"sub\": \"\"\n}");
-    page(
+    Ok(page(
         c,
         "Policy",
         html! {
-            p { "Policy digest " span.mono { (policy.digest) } ", " (policy.roles.len()) " role(s)." }
-            table {
+            p { "This server enforces policy " span.mono #policy-digest { (policy.digest) } ", " (policy.roles.len()) " role(s)." }
+            table #roles {
                 thead { tr { th { "role" } th { "description" } th { "owner" } th { "issuer" } th { "max TTL" } th { "approval" } } }
                 tbody { @for (name, r) in &policy.roles { tr {
                     td { (name.as_str()) } td { (r.description) } td { (r.owner) } td { (r.issuer) }
@@ -1064,13 +1138,14 @@ fn policy_page(con: &Console, c: &Caller, explained: Option<Markup>, f: &Fields)
                 button type="submit" #explain { "Explain" }
             }
             @if let Some(e) = explained { (e) }
+            (replicas)
         },
-    )
+    ))
 }
 
 /// `GET /console/policy`.
-pub(super) async fn policy(State(con): St, c: Caller) -> Markup {
-    policy_page(&con, &c, None, &Fields::new())
+pub(super) async fn policy(State(con): St, c: Caller) -> Result<Markup, ConsoleError> {
+    policy_page(&con, &c, None, &Fields::new()).await
 }
 
 /// `POST /console/policy/explain` with `role` and `claims` (JSON): the
@@ -1090,7 +1165,7 @@ pub(super) async fn explain(
         Ok(m) => m,
         Err(e) => {
             let msg = html! { p.bad #explain-result { "The claims must be a JSON object: " (e.to_string()) } };
-            return Ok(policy_page(&con, &c, Some(msg), &f));
+            return policy_page(&con, &c, Some(msg), &f).await;
         }
     };
     let issuer = policy
@@ -1115,10 +1190,10 @@ pub(super) async fn explain(
                 Err(d) => { "deny " (d.code.as_str()) " (" (d.rule) "): " (d.message) }
             }
         }
-        table {
+        table #explain-trace {
             thead { tr { th { "" } th { "check" } th { "detail" } } }
             tbody { @for s in &e.steps { tr { td { (s.verdict.as_str()) } td { (s.check) } td { (s.detail) } } } }
         }
     };
-    Ok(policy_page(&con, &c, Some(out), &f))
+    policy_page(&con, &c, Some(out), &f).await
 }

@@ -1,28 +1,34 @@
 //! Server-side console sessions and the logins in flight.
 //!
 //! The browser holds only a random session id in an HttpOnly,
-//! SameSite=Strict cookie (Secure under TLS); everything else (who the
-//! person is, the CSRF token, when the session ends) stays here, keyed by
-//! the id's SHA-256 so a memory dump shows no usable cookie. A login in
-//! flight is keyed by its OAuth `state` and bound to the browser that
-//! started it by a second, short-lived cookie, so a callback URL sent to
-//! someone else logs nobody in (login CSRF).
+//! SameSite=Strict cookie (Secure under TLS). The session itself (who the
+//! person is, when the session ends) is in the store, keyed by the id's
+//! SHA-256, so every replica of a shared store knows it, a logout on any
+//! replica ends it on all, and neither the database nor a memory dump
+//! holds a usable cookie. The CSRF token of a session is derived from the
+//! id with another hash, so it is not stored either and cannot be computed
+//! from the stored key.
+//!
+//! A login in flight is kept in this process's memory, keyed by its OAuth
+//! `state` and bound to the browser that started it by a second,
+//! short-lived cookie, so a callback URL sent to someone else logs nobody
+//! in (login CSRF).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use rand_core::RngCore as _;
+use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
 use crate::auth::VerifiedToken;
+use crate::store::{SessionRow, SessionStore, StoreError};
 
 /// How long a console session lasts after login, whatever the person does.
 pub const SESSION_TTL_SECS: u64 = 8 * 3600;
 /// How long a login may take at the issuer.
 pub const LOGIN_TTL_SECS: u64 = 600;
-/// Most sessions kept; the oldest go first beyond it.
-const MAX_SESSIONS: usize = 10_000;
 /// Most logins in flight.
 const MAX_LOGINS: usize = 1_000;
 
@@ -40,6 +46,14 @@ pub fn random_token() -> String {
 
 fn key_of(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
+}
+
+/// The CSRF token of the session with cookie value `id`.
+fn csrf_of(id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"mayfly console csrf\0");
+    h.update(id.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(h.finalize())
 }
 
 /// Compares two secrets in time that depends only on their lengths.
@@ -60,6 +74,68 @@ pub struct Session {
     pub csrf: String,
     /// Unix seconds after which the session is gone.
     pub expires_at: u64,
+}
+
+/// What the store keeps of the person: the verified ID token's issuer
+/// name and claims (never the token).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredPerson {
+    issuer: String,
+    claims: Map<String, Value>,
+    #[serde(default)]
+    job: BTreeMap<String, String>,
+}
+
+/// Console sessions, kept in the store.
+pub struct Sessions {
+    store: Arc<dyn SessionStore>,
+}
+
+impl Sessions {
+    /// Sessions kept in `store`.
+    pub fn new(store: Arc<dyn SessionStore>) -> Sessions {
+        Sessions { store }
+    }
+
+    /// Opens a session for `person` at `now`; returns the cookie value.
+    pub async fn open(&self, person: &VerifiedToken, now: u64) -> Result<String, StoreError> {
+        let id = random_token();
+        let stored = StoredPerson {
+            issuer: person.issuer().to_string(),
+            claims: person.claims().clone(),
+            job: person.job_claims().clone(),
+        };
+        let row = SessionRow {
+            person: serde_json::to_string(&stored)
+                .map_err(|e| StoreError::Backend(format!("console session: {e}")))?,
+            expires_at: now + SESSION_TTL_SECS,
+        };
+        self.store.put_session(key_of(&id), row, now).await?;
+        Ok(id)
+    }
+
+    /// The live session of cookie value `id` at `now`.
+    pub async fn get(&self, id: &str, now: u64) -> Result<Option<Session>, StoreError> {
+        let Some(row) = self.store.session(key_of(id), now).await? else {
+            return Ok(None);
+        };
+        // A row that cannot be read back is no session (logged out).
+        let person = serde_json::from_str::<StoredPerson>(&row.person)
+            .ok()
+            .and_then(|p| {
+                VerifiedToken::of_console_session(p.issuer, p.claims, p.job, row.expires_at)
+            });
+        Ok(person.map(|person| Session {
+            person,
+            csrf: csrf_of(id),
+            expires_at: row.expires_at,
+        }))
+    }
+
+    /// Ends the session of cookie value `id`, on every replica.
+    pub async fn close(&self, id: &str) -> Result<(), StoreError> {
+        self.store.delete_session(key_of(id)).await
+    }
 }
 
 /// A login between the redirect to the issuer and the callback.
@@ -83,15 +159,14 @@ pub enum LoginLookupError {
     WrongBrowser,
 }
 
-/// Sessions and logins in flight, in this process's memory (a restart
-/// logs everyone out).
+/// Logins in flight, in this process's memory (a login completes at the
+/// replica that started it).
 #[derive(Default)]
-pub struct Sessions {
-    sessions: Mutex<HashMap<[u8; 32], Session>>,
+pub struct Logins {
     logins: Mutex<HashMap<String, PendingLogin>>,
 }
 
-impl Sessions {
+impl Logins {
     /// Starts a login: returns (state, nonce, PKCE verifier, binding cookie value).
     pub fn begin_login(&self, now: u64) -> (String, String, String, String) {
         let (state, nonce, verifier, binding) = (
@@ -140,51 +215,6 @@ impl Sessions {
             _ => Err(LoginLookupError::WrongBrowser),
         }
     }
-
-    /// Opens a session for `person`; returns the cookie value.
-    pub fn open(&self, person: VerifiedToken, now: u64) -> String {
-        let id = random_token();
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        sessions.retain(|_, s| s.expires_at > now);
-        if sessions.len() >= MAX_SESSIONS {
-            if let Some(k) = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.expires_at)
-                .map(|(k, _)| *k)
-            {
-                sessions.remove(&k);
-            }
-        }
-        sessions.insert(
-            key_of(&id),
-            Session {
-                person,
-                csrf: random_token(),
-                expires_at: now + SESSION_TTL_SECS,
-            },
-        );
-        id
-    }
-
-    /// The live session of cookie value `id`.
-    pub fn get(&self, id: &str, now: u64) -> Option<Session> {
-        let key = key_of(id);
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        match sessions.get(&key) {
-            Some(s) if s.expires_at > now => Some(s.clone()),
-            Some(_) => {
-                sessions.remove(&key);
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Ends the session of cookie value `id`.
-    pub fn close(&self, id: &str) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        sessions.remove(&key_of(id));
-    }
 }
 
 /// The value of cookie `name` in a `Cookie` header.
@@ -201,7 +231,7 @@ mod tests {
 
     #[test]
     fn a_login_completes_once_and_only_in_its_browser() {
-        let s = Sessions::default();
+        let s = Logins::default();
         let (state, _, _, binding) = s.begin_login(100);
         assert_eq!(
             s.finish_login(&state, Some("other"), 101).err(),
@@ -228,6 +258,19 @@ mod tests {
         assert_eq!(cookie(h, SESSION_COOKIE), Some("y"));
         assert_eq!(cookie(h, LOGIN_COOKIE), Some("x"));
         assert_eq!(cookie(h, "b"), None);
+    }
+
+    #[test]
+    fn the_csrf_token_is_not_the_stored_key() {
+        let id = random_token();
+        assert_ne!(
+            csrf_of(&id).as_bytes(),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(key_of(&id))
+                .as_bytes()
+        );
+        assert_eq!(csrf_of(&id), csrf_of(&id));
+        assert_ne!(csrf_of(&id), csrf_of(&random_token()));
     }
 
     #[test]

@@ -152,6 +152,9 @@ impl AuditLog for Recording {
     fn last_checkpoint(&self) -> StoreFuture<'_, Option<(u64, Hash)>> {
         self.audit.last_checkpoint()
     }
+    fn last_checkpoint_at(&self) -> StoreFuture<'_, Option<(u64, i64)>> {
+        self.audit.last_checkpoint_at()
+    }
     fn write_checkpoint(
         &self,
         key_fingerprint: &str,
@@ -237,8 +240,19 @@ async fn rig() -> Rig {
         postgres: None,
     })
     .expect("store opens");
-    let (issuance, counters, audit, approvals, access, reports, keys, replicas, imports, hosts) =
-        store.into_parts();
+    let (
+        issuance,
+        counters,
+        audit,
+        approvals,
+        access,
+        reports,
+        keys,
+        replicas,
+        imports,
+        hosts,
+        sessions,
+    ) = store.into_parts();
     let rec = Arc::new(Recording {
         calls: Mutex::new(Vec::new()),
         fail_issue: AtomicBool::new(false),
@@ -257,6 +271,7 @@ async fn rig() -> Rig {
         replicas,
         imports,
         hosts,
+        sessions,
     );
     store.counters().start(NOW).await.expect("counters start");
     let service = Service::new(ServiceParts {

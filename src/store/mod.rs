@@ -24,6 +24,7 @@ pub mod memory;
 pub mod postgres;
 pub mod replicas;
 pub mod reports;
+pub mod sessions;
 pub mod sqlite;
 mod sqlite_import;
 pub mod sqlite_store;
@@ -42,12 +43,13 @@ use crate::audit::AuditRecord;
 use crate::config::{Config, StoreBackend};
 pub use target::{DisableTarget, DisableTargetError};
 
+pub use sessions::{SessionKey, SessionRow};
 pub use sqlite::Backend;
 pub use traits::ImportStore;
 pub use traits::{
     AccessStore, AfterCommit, ApprovalStore, AuditLog, Cancel, CheckpointPage, CheckpointSigner,
     HostStore, IssuanceCounters, IssuanceStore, KeyChange, KeyStore, ReplicaStore, ReportStore,
-    Revoker, Store, StoreFuture, Vote,
+    Revoker, SessionStore, Store, StoreFuture, Vote,
 };
 
 /// A store failure. The message is for logs; clients only see "store unavailable".

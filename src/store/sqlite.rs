@@ -129,6 +129,15 @@ pub trait Backend: super::sqlite_import::ImportBackend + Send + 'static {
     ) -> Result<Option<crate::replica::Heartbeat>, StoreError>;
     /// Stores a host's sync report ([`super::HostStore::host_report`]).
     fn host_report(&mut self, row: &crate::fleet::HostRow) -> Result<Option<u64>, StoreError>;
+    /// Stores a console session ([`super::SessionStore::put_session`]).
+    fn session_put(
+        &mut self,
+        key: &super::SessionKey,
+        row: &super::SessionRow,
+        now: u64,
+    ) -> Result<(), StoreError>;
+    /// Ends a console session ([`super::SessionStore::delete_session`]).
+    fn session_delete(&mut self, key: &super::SessionKey) -> Result<(), StoreError>;
 }
 
 const SCHEMA: &str = r#"
@@ -224,6 +233,7 @@ impl Sqlite {
         migrate_chain(&conn)?;
         super::replicas::migrate(&conn)?;
         super::hosts::migrate(&conn)?;
+        super::sessions::migrate(&conn)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -1093,6 +1103,21 @@ impl Sqlite {
         }))
     }
 
+    /// The latest checkpoint's (seq, time_ms), if any (not verified).
+    pub fn checkpoints_last_at(&self) -> Result<Option<(u64, i64)>, StoreError> {
+        use rusqlite::OptionalExtension as _;
+        let row: Option<(i64, i64)> = self
+            .conn
+            .query_row(
+                "SELECT seq, time_ms FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(err)?;
+        Ok(row.map(|(s, t)| (s.max(0) as u64, t)))
+    }
+
     /// Signs the current chain head with `sign` and stores the checkpoint,
     /// in one write transaction (so the head cannot move in between).
     /// Returns `None` when the log is empty or the head is already
@@ -1286,6 +1311,19 @@ impl Backend for Sqlite {
 
     fn host_report(&mut self, row: &crate::fleet::HostRow) -> Result<Option<u64>, StoreError> {
         self.host_report_impl(row)
+    }
+
+    fn session_put(
+        &mut self,
+        key: &super::SessionKey,
+        row: &super::SessionRow,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.session_put_impl(key, row, now)
+    }
+
+    fn session_delete(&mut self, key: &super::SessionKey) -> Result<(), StoreError> {
+        self.session_delete_impl(key)
     }
 
     fn approval_put(

@@ -360,6 +360,10 @@ impl AuditLog for SqliteStore {
         self.read(|db| db.checkpoints_last())
     }
 
+    fn last_checkpoint_at(&self) -> StoreFuture<'_, Option<(u64, i64)>> {
+        self.read(|db| db.checkpoints_last_at())
+    }
+
     fn write_checkpoint(
         &self,
         key_fingerprint: &str,
@@ -603,6 +607,29 @@ impl super::HostStore for SqliteStore {
 
     fn hosts(&self) -> StoreFuture<'_, Vec<crate::fleet::HostRow>> {
         Box::pin(self.gauges.read(|db| db.hosts()))
+    }
+}
+
+impl super::SessionStore for SqliteStore {
+    fn put_session(
+        &self,
+        key: super::SessionKey,
+        row: super::SessionRow,
+        now: u64,
+    ) -> StoreFuture<'_, ()> {
+        self.write(move |b| b.session_put(&key, &row, now))
+    }
+
+    fn session(
+        &self,
+        key: super::SessionKey,
+        now: u64,
+    ) -> StoreFuture<'_, Option<super::SessionRow>> {
+        self.read(move |db| db.session(&key, now))
+    }
+
+    fn delete_session(&self, key: super::SessionKey) -> StoreFuture<'_, ()> {
+        self.write(move |b| b.session_delete(&key))
     }
 }
 

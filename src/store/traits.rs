@@ -25,6 +25,7 @@ use super::reports::{
     AuditSpan, DailyIssuance, IdentityRoleUsage, LastDenialRow, PrincipalUse, RoleAllTime,
     RoleWindowUsage, ScrapeGauges,
 };
+use super::sessions::{SessionKey, SessionRow};
 use super::{
     CertFilter, DisableTarget, DisabledEntry, GuardRefusal, IssueGuard, IssuedCert, Revocation,
     StateVersion, StoreError,
@@ -146,6 +147,9 @@ pub trait AuditLog: Send + Sync {
     fn checkpoints(&self, after_id: i64, limit: usize) -> StoreFuture<'_, CheckpointPage>;
     /// The latest checkpoint's (seq, hash), if any (not verified).
     fn last_checkpoint(&self) -> StoreFuture<'_, Option<(u64, Hash)>>;
+    /// The latest checkpoint's seq and signing time (unix ms), if any (not
+    /// verified): what the console shows as the last signed checkpoint.
+    fn last_checkpoint_at(&self) -> StoreFuture<'_, Option<(u64, i64)>>;
     /// Signs the current head with `sign` and stores the checkpoint in one
     /// write transaction. `None` when the log is empty or the head is
     /// already checkpointed.
@@ -481,6 +485,21 @@ pub trait HostStore: Send + Sync {
     fn hosts(&self) -> StoreFuture<'_, Vec<crate::fleet::HostRow>>;
 }
 
+/// Console sessions, in the store so that every replica of it knows them:
+/// a person logged in through one replica is logged in on all, and a
+/// logout on any ends the session on all. Keyed by the SHA-256 of the
+/// session cookie's value ([`SessionKey`]); the value itself is never
+/// stored.
+pub trait SessionStore: Send + Sync {
+    /// Stores a session under `key`, dropping the sessions expired at
+    /// `now` in the same write.
+    fn put_session(&self, key: SessionKey, row: SessionRow, now: u64) -> StoreFuture<'_, ()>;
+    /// The session of `key`, if there is one live at `now`.
+    fn session(&self, key: SessionKey, now: u64) -> StoreFuture<'_, Option<SessionRow>>;
+    /// Ends the session of `key` (nothing happens if there is none).
+    fn delete_session(&self, key: SessionKey) -> StoreFuture<'_, ()>;
+}
+
 /// The target side of `mayfly store migrate`: a whole CA's state taken
 /// into an EMPTY store, page by page (a large log never sits in memory at
 /// once), rows verbatim. The flow and what each step guarantees:
@@ -548,6 +567,7 @@ pub struct Store {
     pub(super) replicas: Arc<dyn ReplicaStore>,
     pub(super) imports: Arc<dyn ImportStore>,
     pub(super) hosts: Arc<dyn HostStore>,
+    pub(super) sessions: Arc<dyn SessionStore>,
 }
 
 impl Store {
@@ -564,6 +584,7 @@ impl Store {
             + ReplicaStore
             + ImportStore
             + HostStore
+            + SessionStore
             + 'static,
     {
         Store {
@@ -576,6 +597,7 @@ impl Store {
             keys: backend.clone(),
             replicas: backend.clone(),
             hosts: backend.clone(),
+            sessions: backend.clone(),
             imports: backend,
         }
     }
@@ -595,6 +617,7 @@ impl Store {
         replicas: Arc<dyn ReplicaStore>,
         imports: Arc<dyn ImportStore>,
         hosts: Arc<dyn HostStore>,
+        sessions: Arc<dyn SessionStore>,
     ) -> Store {
         Store {
             issuance,
@@ -607,6 +630,7 @@ impl Store {
             replicas,
             imports,
             hosts,
+            sessions,
         }
     }
 
@@ -627,6 +651,7 @@ impl Store {
         Arc<dyn ReplicaStore>,
         Arc<dyn ImportStore>,
         Arc<dyn HostStore>,
+        Arc<dyn SessionStore>,
     ) {
         (
             self.issuance,
@@ -639,6 +664,7 @@ impl Store {
             self.replicas,
             self.imports,
             self.hosts,
+            self.sessions,
         )
     }
 
@@ -715,6 +741,16 @@ impl Store {
     /// Host sync reports, shared (for the metrics registry).
     pub fn hosts_shared(&self) -> Arc<dyn HostStore> {
         self.hosts.clone()
+    }
+
+    /// Console sessions.
+    pub fn sessions(&self) -> &dyn SessionStore {
+        &*self.sessions
+    }
+
+    /// Console sessions, shared (for the console).
+    pub fn sessions_shared(&self) -> Arc<dyn SessionStore> {
+        self.sessions.clone()
     }
 
     /// Taking a whole CA's state into this (empty) store.

@@ -366,6 +366,21 @@ pub async fn last_checkpoint(db: Db<'_>) -> PgResult<Option<(u64, Hash)>> {
     }))
 }
 
+/// The latest checkpoint's (seq, time_ms).
+pub async fn last_checkpoint_at(db: Db<'_>) -> PgResult<Option<(u64, i64)>> {
+    let row = db
+        .opt(
+            "SELECT seq, time_ms FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+    Ok(row.and_then(|r| {
+        let seq: i64 = r.try_get(0).ok()?;
+        let time_ms: i64 = r.try_get(1).ok()?;
+        Some((u(seq), time_ms))
+    }))
+}
+
 /// Signs the current head and stores the checkpoint, holding the chain
 /// lock so the head cannot move in between. `None` when the log is empty
 /// or the head is already checkpointed. Ids come from `chain_head`, so

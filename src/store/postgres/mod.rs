@@ -35,6 +35,7 @@ pub mod listen;
 pub mod replicas;
 pub mod reports;
 pub mod schema;
+pub mod sessions;
 pub mod tls;
 pub mod url;
 pub mod writer;
@@ -583,6 +584,10 @@ impl AuditLog for PgStore {
         read!(self, |db| chain::last_checkpoint(db))
     }
 
+    fn last_checkpoint_at(&self) -> StoreFuture<'_, Option<(u64, i64)>> {
+        read!(self, |db| chain::last_checkpoint_at(db))
+    }
+
     fn write_checkpoint(
         &self,
         key_fingerprint: &str,
@@ -643,6 +648,29 @@ impl crate::store::HostStore for PgStore {
 
     fn hosts(&self) -> StoreFuture<'_, Vec<crate::fleet::HostRow>> {
         read!(self, |db| hosts::list(db))
+    }
+}
+
+impl crate::store::SessionStore for PgStore {
+    fn put_session(
+        &self,
+        key: crate::store::SessionKey,
+        row: crate::store::SessionRow,
+        now: u64,
+    ) -> StoreFuture<'_, ()> {
+        write!(self, |db| sessions::put(db, &key, &row, now), |_: &()| None)
+    }
+
+    fn session(
+        &self,
+        key: crate::store::SessionKey,
+        now: u64,
+    ) -> StoreFuture<'_, Option<crate::store::SessionRow>> {
+        read!(self, |db| sessions::get(db, &key, now))
+    }
+
+    fn delete_session(&self, key: crate::store::SessionKey) -> StoreFuture<'_, ()> {
+        write!(self, |db| sessions::delete(db, &key), |_: &()| None)
     }
 }
 

@@ -35,6 +35,8 @@
 //! * `meta`: key/value facts (the audit streaming cursor, chain migration
 //!   notes).
 //! * `host_reports`: the last sync report of each host (version 4).
+//! * `console_sessions`: web console sessions, keyed by the SHA-256 of the
+//!   session cookie, shared by the replicas (version 5).
 //! * `ca_keys`: one row per stored CA key (base, slot), the private key
 //!   passphrase-encrypted, and the audit checkpoint key as base
 //!   `audit_key` ([`super::keys`]).
@@ -76,6 +78,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "audit job claims, host sync reports",
         sql: V4,
+    },
+    Migration {
+        version: 5,
+        name: "console sessions",
+        sql: super::sessions::SCHEMA,
     },
 ];
 
