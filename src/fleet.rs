@@ -191,7 +191,7 @@ impl Staleness {
 }
 
 /// One host as `mayfly hosts` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostStatus {
     /// Host name.
     pub host: String,
@@ -210,7 +210,7 @@ pub struct HostStatus {
     /// Trusted user-CA fingerprints.
     pub ca_fingerprints: Vec<String>,
     /// Last error, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }
 
@@ -271,7 +271,7 @@ pub fn not_trusting<'a>(
 }
 
 /// The fleet as `mayfly hosts` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FleetView {
     /// The CA's current KRL version.
     pub ca_krl_version: u64,

@@ -288,7 +288,8 @@ pub async fn build_with_audit(
         admins: cfg.admins.clone(),
         clock: Arc::new(crate::clock::SystemClock::new()),
     })
-    .with_error_detail(cfg.error_detail);
+    .with_error_detail(cfg.error_detail)
+    .with_hosts_config(cfg.hosts.clone());
     let notifier = crate::service::webhook::Notifier::new(
         cfg.approval_webhook.clone(),
         audit_log,

@@ -378,19 +378,35 @@ async fn a_person_logs_in_sees_the_feed_approves_a_request_and_revokes_a_certifi
         .expect("overview");
     assert!(b.text("table.feed").await.contains(&key_id));
 
-    // A refusal shows the reason the bot got.
+    // A refusal shows the reason the bot got, and appears on the open
+    // feed page by itself: the feed reloads itself (no script; a meta
+    // refresh the CSP allows).
+    b.client
+        .goto(&format!("{}/console/feed", env.ca.url()))
+        .await
+        .expect("feed");
     let r = env.bot_post(
         "bot",
         json!({"role": "build", "public_key": public, "principals": ["root"]}),
     );
     assert_eq!(r.status, 403, "{}", r.text());
     let bot_message = r.json()["message"].as_str().expect("message").to_string();
-    b.client
-        .goto(&format!("{}/console/feed", env.ca.url()))
-        .await
-        .expect("feed");
-    let feed = b.text("table.feed").await;
-    assert!(feed.contains(&bot_message), "{bot_message} not in {feed}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // The page may be reloading: an element gone stale reads as empty.
+        let feed = match b.client.find(fantoccini::Locator::Css("table.feed")).await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if feed.contains(&bot_message) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the open feed did not show the refusal within 20 s: {bot_message} not in {feed}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // Approve a pending request; the bot's mayfly ssh then logs in.
     let ca_pub = http::get(&format!("{}/v1/ca/user.pub", env.ca.url()))

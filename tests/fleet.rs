@@ -482,9 +482,12 @@ fn activate_and_retire_wait_for_hosts_to_trust_the_key_and_force_is_audited() {
     );
 }
 
+/// An `[[admin]]` rule: operators with `groups: ["sre"]` (remote `--server` commands).
+const ADMIN_TOML: &str = "[[admin]]\nissuer = \"ci\"\n[admin.claims]\ngroups = \"sre\"\n";
+
 #[test]
 fn revoke_wait_returns_once_the_host_synced_and_times_out_otherwise() {
-    let env = env();
+    let env = env_on(ADMIN_TOML);
     let h = env.host("node1");
     assert!(env.sync(&h).status.success());
 
@@ -537,6 +540,44 @@ fn revoke_wait_returns_once_the_host_synced_and_times_out_otherwise() {
     );
     // One line per change, not a line per poll.
     assert_eq!(text.matches(": waiting").count(), 1, "{text}");
+
+    // The same from an operator's machine, through the admin API: `hosts
+    // --server` shows what `hosts --config` shows, and `revoke --server
+    // --wait` follows the hosts' reports as the CA judges them.
+    let token = env.dir.path().join("sre.tok");
+    std::fs::write(&token, env.token("ops", json!({"groups": ["sre"]}))).expect("token");
+    let token = token.to_str().expect("utf8").to_string();
+    let url = env.ca.url();
+    let remote = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--server", &url, "--token-file", &token]);
+        mayfly(&all)
+    };
+    let out = remote(&["hosts", "--json"]);
+    assert!(out.status.success(), "{}", all_output(&out));
+    let view: Value = serde_json::from_slice(&out.stdout).expect("hosts --json");
+    assert_eq!(
+        host_state(&view, &h.name)["krl_version"],
+        env.hosts_json()["hosts"][0]["krl_version"]
+    );
+    let serial = env.issue();
+    let out = remote(&[
+        "revoke",
+        "--serial",
+        &serial.to_string(),
+        "--wait",
+        "--wait-timeout",
+        "3s",
+    ]);
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(9), "{text}");
+    assert!(
+        text.contains("timed out") && text.contains(&h.name),
+        "{text}"
+    );
+    assert!(env.sync(&h).status.success());
+    let out = remote(&["hosts"]);
+    assert!(out.status.success(), "{}", all_output(&out));
 }
 
 #[test]

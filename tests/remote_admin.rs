@@ -399,12 +399,11 @@ fn a_bot_token_or_no_token_administers_nothing_remotely() {
             "/dev/null",
         ],
         vec![
-            "revoke",
-            "--serial",
-            &s,
+            "hosts",
             "--server",
             "http://127.0.0.1:1",
-            "--wait",
+            "--expect",
+            "/dev/null",
         ],
         vec![
             "ca",

@@ -393,3 +393,20 @@ pub async fn audit_search(
     }
     Ok(Json(answer))
 }
+
+/// `GET /v1/admin/hosts`: the hosts that report after `mayfly host sync`,
+/// their KRL lag, the stale ones and the expected ones that never reported
+/// (the JSON of `mayfly hosts --json`).
+pub async fn hosts(
+    State(s): State<AppState>,
+    _caller: AdminCaller,
+) -> Result<Json<crate::fleet::FleetView>, ApiError> {
+    let now = crate::clock::unix_secs(s.service.clock().now());
+    s.service.fleet_view(now).await.map(Json).map_err(|e| {
+        ApiError::store_unavailable(
+            &e,
+            "the hosts' reports cannot be read",
+            "the hosts' reports cannot be read right now; retry later",
+        )
+    })
+}

@@ -107,6 +107,7 @@ fn admin_routes() -> admin::AdminRoutes {
         .route("/v1/admin/disabled", get(admin::list_disabled))
         .route("/v1/admin/replicas", get(admin::replicas))
         .route("/v1/admin/ca", get(admin::ca_status))
+        .route("/v1/admin/hosts", get(admin::hosts))
         .route("/v1/admin/audit", get(admin::audit_search))
         .route("/v1/identities", get(inventory::list_identities))
 }

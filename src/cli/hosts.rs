@@ -20,20 +20,23 @@ use super::load_config;
 /// `mayfly hosts`.
 #[derive(Args)]
 pub struct HostsArgs {
-    /// The CA's mayfly.toml.
-    #[arg(long)]
-    config: PathBuf,
+    /// The CA's mayfly.toml (on the CA host; or --server).
+    #[arg(long, required_unless_present = "server")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    remote: super::remote::RemoteArgs,
     /// JSON output.
     #[arg(long)]
     json: bool,
     /// Call a host stale after this many sync intervals without a report
-    /// (default: `[hosts] stale_intervals`, 3).
-    #[arg(long)]
+    /// (default: `[hosts] stale_intervals`, 3). With --config only: with
+    /// --server the CA's own `[hosts]` applies.
+    #[arg(long, conflicts_with = "server")]
     stale_intervals: Option<u64>,
     /// The hosts that should report, one name per line (`#` comments);
     /// those that never did are listed as never_reported (default:
-    /// `[hosts] expected_file`).
-    #[arg(long, value_name = "FILE")]
+    /// `[hosts] expected_file`). With --config only.
+    #[arg(long, value_name = "FILE", conflicts_with = "server")]
     expect: Option<PathBuf>,
 }
 
@@ -42,7 +45,14 @@ const EXIT_LAGGING: super::exit::Exit = super::exit::Exit::Drift;
 
 /// Runs `mayfly hosts`.
 pub fn run(a: HostsArgs) -> anyhow::Result<ExitCode> {
-    let cfg = load_config(&a.config)?;
+    let config = match a.remote.target(a.config.clone())? {
+        super::remote::Target::Local(c) => c,
+        super::remote::Target::Remote(opts) => {
+            let view = super::runtime()?.block_on(mayfly::client::operator::hosts(&opts))?;
+            return print_view(&view, a.json);
+        }
+    };
+    let cfg = load_config(&config)?;
     let mut s = fleet::Staleness::of(&cfg.hosts);
     if let Some(n) = a.stale_intervals {
         if n < 1 {
@@ -61,10 +71,15 @@ pub fn run(a: HostsArgs) -> anyhow::Result<ExitCode> {
     let now = super::unix_now();
     let view =
         mayfly::store::block_on(mayfly::store::hosts::fleet_view(&store, s, now, &expected))??;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+    print_view(&view, a.json)
+}
+
+/// The view on stdout (table or JSON); exit 9 while a host needs a look.
+fn print_view(view: &FleetView, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(view)?);
     } else {
-        print!("{}", render(&view));
+        print!("{}", render(view));
     }
     Ok(if view.attention() > 0 {
         EXIT_LAGGING.into()

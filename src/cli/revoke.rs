@@ -48,9 +48,8 @@ pub struct RevokeArgs {
     #[arg(long)]
     json: bool,
     /// Then wait until every known, non-stale host reports a KRL with this
-    /// revocation (`mayfly host sync` reports after each run). Reads the
-    /// hosts' reports from the CA's database: with --config.
-    #[arg(long, conflicts_with = "server")]
+    /// revocation (`mayfly host sync` reports after each run).
+    #[arg(long)]
     wait: bool,
     /// Give up waiting after this long (exit code 9).
     #[arg(long, default_value = "10m", requires = "wait")]
@@ -83,12 +82,7 @@ pub fn run(a: RevokeArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         eprintln!("warning: {why}");
     }
     let filter = filter_of(&a)?;
-    let wait_timeout = match a.wait {
-        true => Some(humantime::parse_duration(&a.wait_timeout).map_err(|e| {
-            anyhow::anyhow!("--wait-timeout {:?}: {e}; write e.g. 5m", a.wait_timeout)
-        })?),
-        false => None,
-    };
+    let wait_timeout = wait_timeout_of(&a)?;
     let actor = revocation::cli_actor(&env);
     let outcome = runtime()?.block_on(async {
         let store = revocation::open_store(&cfg)?;
@@ -96,9 +90,30 @@ pub fn run(a: RevokeArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     })?;
     print_outcome(&outcome, a.json)?;
     match wait_timeout {
-        Some(t) => wait_for_hosts(&cfg, outcome.krl_version, t),
+        Some(t) => {
+            let store = mayfly::store::open(&mayfly::store::StoreConfig::from_config(
+                &cfg,
+                mayfly::store::OpenMode::ReadOnly,
+            ))?;
+            let s = mayfly::fleet::Staleness::of(&cfg.hosts);
+            let view_now = || {
+                let fleet = mayfly::store::hosts::fleet_view(&store, s, now_secs(), &[]);
+                Ok(mayfly::store::block_on(fleet)??)
+            };
+            wait_for_hosts(view_now, outcome.krl_version, t)
+        }
         None => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// `--wait-timeout`, when `--wait` is given.
+fn wait_timeout_of(a: &RevokeArgs) -> anyhow::Result<Option<std::time::Duration>> {
+    Ok(match a.wait {
+        true => Some(humantime::parse_duration(&a.wait_timeout).map_err(|e| {
+            anyhow::anyhow!("--wait-timeout {:?}: {e}; write e.g. 5m", a.wait_timeout)
+        })?),
+        false => None,
+    })
 }
 
 /// What the arguments name, or a usage error.
@@ -136,6 +151,7 @@ fn filter_of(a: &RevokeArgs) -> anyhow::Result<CertFilter> {
 /// `revoke --server`: through `POST /v1/admin/revoke`, as the token's identity.
 fn run_remote(a: RevokeArgs, opts: &OperatorOptions) -> anyhow::Result<ExitCode> {
     filter_of(&a)?;
+    let wait_timeout = wait_timeout_of(&a)?;
     let what = operator::RevokeRequest {
         serial: a.serial,
         key_id: a.key_id,
@@ -144,9 +160,18 @@ fn run_remote(a: RevokeArgs, opts: &OperatorOptions) -> anyhow::Result<ExitCode>
         subject: a.subject,
         reason: a.reason,
     };
-    let outcome = runtime()?.block_on(operator::revoke(opts, &what))?;
+    let rt = runtime()?;
+    let outcome = rt.block_on(operator::revoke(opts, &what))?;
     print_outcome(&outcome, a.json)?;
-    Ok(ExitCode::SUCCESS)
+    match wait_timeout {
+        // The hosts' reports, as the CA judges them (`GET /v1/admin/hosts`).
+        Some(t) => wait_for_hosts(
+            || Ok(rt.block_on(operator::hosts(opts))?),
+            outcome.krl_version,
+            t,
+        ),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// The outcome on stdout (lines, or one JSON object), the count and KRL
@@ -177,21 +202,15 @@ enum Seen {
 /// least `version`; one line on stderr per host state change (CI logs
 /// read well, nothing is redrawn).
 fn wait_for_hosts(
-    cfg: &mayfly::config::Config,
+    mut view_now: impl FnMut() -> anyhow::Result<mayfly::fleet::FleetView>,
     version: u64,
     timeout: std::time::Duration,
 ) -> anyhow::Result<ExitCode> {
     use std::collections::BTreeMap;
-    let store = mayfly::store::open(&mayfly::store::StoreConfig::from_config(
-        cfg,
-        mayfly::store::OpenMode::ReadOnly,
-    ))?;
-    let s = mayfly::fleet::Staleness::of(&cfg.hosts);
     let deadline = std::time::Instant::now() + timeout;
     let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
     loop {
-        let view =
-            mayfly::store::block_on(mayfly::store::hosts::fleet_view(&store, s, now_secs(), &[]))??;
+        let view = view_now()?;
         if view.hosts.is_empty() {
             eprintln!(
                 "no host has reported to this CA yet (`mayfly host sync` with a host certificate \

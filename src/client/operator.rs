@@ -246,6 +246,12 @@ pub async fn ca_status(
     opts.session().await?.get("v1/admin/ca").await
 }
 
+/// The hosts that report to the CA, their lag, and the stale and
+/// never-reported ones, judged by the CA's `[hosts]`.
+pub async fn hosts(opts: &OperatorOptions) -> Result<crate::fleet::FleetView, ClientError> {
+    opts.session().await?.get("v1/admin/hosts").await
+}
+
 /// The replicas of the CA's store and whether they run one policy.
 pub async fn replicas(opts: &OperatorOptions) -> Result<crate::replica::StatusReport, ClientError> {
     opts.session().await?.get("v1/admin/replicas").await

@@ -77,12 +77,25 @@ fn person_name(c: &Caller) -> String {
 
 /// A page with the navigation, the person, and the logout form.
 fn page(c: &Caller, title: &str, body: Markup) -> Markup {
+    page_with(c, title, None, body)
+}
+
+/// How often the live pages (overview, feed) reload themselves, in
+/// seconds: live refresh without any script (a `<meta http-equiv=refresh>`,
+/// which the CSP does not need to allow), so the pages stay script-free.
+pub(super) const LIVE_REFRESH_SECS: u32 = 5;
+
+/// [`page`], reloading itself every `refresh` seconds when given.
+fn page_with(c: &Caller, title: &str, refresh: Option<u32>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                @if let Some(secs) = refresh {
+                    meta http-equiv="refresh" content=(secs);
+                }
                 title { "mayfly: " (title) }
                 link rel="stylesheet" href="/console/assets/console.css";
             }
@@ -339,11 +352,12 @@ async fn latest_decisions(con: &Console, limit: usize) -> Result<Vec<StoredRecor
 pub(super) async fn feed(State(con): St, c: Caller) -> Result<Markup, ConsoleError> {
     let records = latest_decisions(&con, 100).await?;
     let refs: Vec<&StoredRecord> = records.iter().collect();
-    Ok(page(
+    Ok(page_with(
         &c,
         "Live feed",
+        Some(LIVE_REFRESH_SECS),
         html! {
-            p { "The latest 100 issuances and refusals, newest first. A refusal shows the reason the bot got." }
+            p { "The latest 100 issuances and refusals, newest first, refreshed every " (LIVE_REFRESH_SECS) " s. A refusal shows the reason the bot got." }
             (feed_table(&refs))
         },
     ))

@@ -110,6 +110,19 @@ pub struct Service {
     error_detail: crate::config::ErrorDetail,
     /// Notifies approvers of new approval requests (`None`: no webhook).
     webhook: Option<Arc<webhook::Notifier>>,
+    /// `[hosts]`: when a host is stale, and the expected-hosts file.
+    hosts: crate::config::HostsConfig,
+}
+
+/// Why the fleet view cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetViewError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The `[hosts] expected_file` cannot be read.
+    #[error("{0}")]
+    ExpectedHosts(String),
 }
 
 /// Revocation/deactivation state cached from the store, reloaded whenever
@@ -170,6 +183,7 @@ impl Service {
             unauthenticated: crate::audit::sampling::RefusalSampler::new(),
             error_detail: crate::config::ErrorDetail::Full,
             webhook: None,
+            hosts: crate::config::HostsConfig::default(),
             admins: p
                 .admins
                 .into_iter()
@@ -195,6 +209,32 @@ impl Service {
     pub fn with_error_detail(mut self, detail: crate::config::ErrorDetail) -> Service {
         self.error_detail = detail;
         self
+    }
+
+    /// Judges the hosts' sync reports by `[hosts]` (default: the shipped
+    /// timer's interval, no expected-hosts file).
+    pub fn with_hosts_config(mut self, hosts: crate::config::HostsConfig) -> Service {
+        self.hosts = hosts;
+        self
+    }
+
+    /// The fleet as the hosts' reports show it as of `now` (unix seconds):
+    /// `GET /v1/admin/hosts`, the answer of `mayfly hosts --json`. The
+    /// expected-hosts file is read again on each call, as `/metrics` does.
+    pub async fn fleet_view(&self, now: u64) -> Result<crate::fleet::FleetView, FleetViewError> {
+        let expected = match &self.hosts.expected_file {
+            Some(p) => {
+                crate::config::read_expected_hosts(p).map_err(FleetViewError::ExpectedHosts)?
+            }
+            None => Vec::new(),
+        };
+        Ok(crate::store::hosts::fleet_view(
+            &self.store,
+            crate::fleet::Staleness::of(&self.hosts),
+            now,
+            &expected,
+        )
+        .await?)
     }
 
     /// How much refusals tell the caller.
