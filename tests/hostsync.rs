@@ -988,10 +988,17 @@ fn ca_file_lines_that_sshd_cannot_read_are_refused() {
 
     // Lines sshd reads fine are still accepted: CRLF key lines, comments
     // indented with spaces and tabs, blank lines of spaces.
+    // A host that already holds these keys keeps its file (the key set is
+    // unchanged); a fresh host installs the lines as served.
     let fine = format!(" \t# mayfly user CA\n  \n{ca_line}\r\n");
     ca.route("/v1/ca/user.pub", Canned::ok(fine.clone()));
     assert_ok(&host_sync(&ca.url(), dir, &[]));
-    let installed = std::fs::read_to_string(dir.join("user_ca.pub")).expect("user_ca.pub");
+    let kept = std::fs::read_to_string(dir.join("user_ca.pub")).expect("user_ca.pub");
+    assert_eq!(kept, format!("{ca_line}\n"));
+    let fresh_tmp = support::temp_dir("hostsync");
+    let fresh = fresh_tmp.path();
+    assert_ok(&host_sync(&ca.url(), fresh, &[]));
+    let installed = std::fs::read_to_string(fresh.join("user_ca.pub")).expect("user_ca.pub");
     assert_eq!(installed, fine);
     let sshd = Sshd::start_with_revoked_keys(&installed, &krl);
     assert!(sshd.ssh("deploy", &key, &cert, "true").status.success());
