@@ -625,3 +625,131 @@ fn the_policy_repo_example_passes_its_own_ci() {
     assert!(workflow.contains("run: mayfly policy check --deny-warnings ca-policy"));
     assert!(workflow.contains("run: mayfly policy test ca-policy --cases ca-policy/cases.toml"));
 }
+
+/// `--json` on check, test (one request and --cases) and explain: the
+/// facts the text gives, with the same exit codes.
+#[test]
+fn check_test_and_explain_speak_json_with_the_same_exit_codes() {
+    let (_t, dir) = policy_dir(&[("deploy.toml", DEPLOY), ("nightly.toml", NIGHTLY)]);
+    let d = dir.to_str().expect("utf-8");
+    let json = |r: &Run| -> serde_json::Value {
+        serde_json::from_str(&r.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", r.stdout, r.stderr))
+    };
+
+    // check: the roles and the digest the text prints.
+    let text = mayfly(repo(), None, &["policy", "check", d]);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    let r = mayfly(repo(), None, &["policy", "check", d, "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v = json(&r);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["roles"], serde_json::json!(["deploy", "nightly"]));
+    let digest = v["digest"].as_str().expect("digest");
+    assert!(
+        text.stdout.contains(&format!("digest {digest}")),
+        "{}",
+        text.stdout
+    );
+    // A broken role: ok false, the error with its file, exit 1.
+    let (_t2, bad) = policy_dir(&[("deploy.toml", "principals = 3\n")]);
+    let r = mayfly(
+        repo(),
+        None,
+        &["policy", "check", bad.to_str().expect("utf-8"), "--json"],
+    );
+    assert_eq!(r.code, 1);
+    let v = json(&r);
+    assert_eq!(v["ok"], false);
+    assert!(
+        v["errors"][0]
+            .as_str()
+            .expect("error")
+            .contains("deploy.toml"),
+        "{v}"
+    );
+
+    // test, one request: allow, then deny with code and rule (exit 3).
+    let claims = dir.join("claims.json");
+    std::fs::write(
+        &claims,
+        r#"{"sub": "repo:acme/api:ref:refs/heads/main", "repository": "acme/api"}"#,
+    )
+    .expect("write claims");
+    let c = claims.to_str().expect("utf-8");
+    let test = [
+        "policy", "test", "--dir", d, "--role", "deploy", "--issuer", "github", "--claims", c,
+        "--json",
+    ];
+    let r = mayfly(repo(), None, &test);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v = json(&r);
+    assert_eq!(v["decision"], "allow");
+    assert_eq!(v["principals"], serde_json::json!(["deploy"]));
+    assert_eq!(v["ttl_seconds"], 300);
+    let mut deny = test.to_vec();
+    deny.extend(["--principal", "root"]);
+    let r = mayfly(repo(), None, &deny);
+    assert_eq!(r.code, 3);
+    let v = json(&r);
+    assert_eq!(v["decision"], "deny");
+    assert_eq!(v["code"], "principal_not_allowed");
+    assert_eq!(v["rule"], "deploy.toml principals");
+
+    // --cases: every case with its result; exit 1 on a mismatch.
+    let cases = dir.join("cases.toml");
+    std::fs::write(&cases, CASES).expect("write cases");
+    let r = mayfly(
+        repo(),
+        None,
+        &[
+            "policy",
+            "test",
+            d,
+            "--cases",
+            cases.to_str().expect("utf-8"),
+            "--at",
+            "2026-11-24T12:00:00+01:00",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 1);
+    let v = json(&r);
+    assert_eq!(v["total"], 5);
+    assert_eq!(v["failed"], 3);
+    assert_eq!(v["cases"][0]["passed"], true);
+    assert_eq!(v["cases"][1]["result"]["code"], "claim_mismatch");
+
+    // explain: the steps and the decision.
+    let db = dir.join("claims-db.json");
+    std::fs::write(&db, r#"{"sub": "repo:acme/db:ref:refs/heads/main"}"#).expect("write claims");
+    let r = mayfly(
+        repo(),
+        None,
+        &[
+            "policy",
+            "explain",
+            "--dir",
+            d,
+            "--role",
+            "nightly",
+            "--issuer",
+            "github",
+            "--claims",
+            db.to_str().expect("utf-8"),
+            "--at",
+            "2026-11-27T15:00:00Z",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 3);
+    let v = json(&r);
+    let steps = v["steps"].as_array().expect("steps");
+    assert!(
+        steps
+            .iter()
+            .any(|s| s["verdict"] == "fail" && s["check"] == "window"),
+        "{v}"
+    );
+    assert_eq!(v["result"]["decision"], "deny");
+}

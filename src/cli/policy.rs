@@ -113,6 +113,9 @@ pub enum PolicyCmd {
         /// The CA's mayfly.toml: also apply its deactivations, as the server does.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// One JSON object on stdout: the steps and the decision.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -217,6 +220,7 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             rsa_bits,
             hostnames,
             config,
+            json,
         } => {
             let disabled = config.as_deref().map(deactivations).transpose()?;
             let check = disabled.as_ref().map(|d| d.check());
@@ -241,7 +245,11 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                     disabled: check.as_ref().map(|c| c as DisabledCheck<'_>),
                 },
             );
-            println!("{e}");
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e.to_json())?);
+            } else {
+                println!("{e}");
+            }
             Ok(if e.decision.is_ok() {
                 ExitCode::SUCCESS
             } else {

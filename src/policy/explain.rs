@@ -105,6 +105,33 @@ pub struct Explanation {
     pub pending: Option<String>,
 }
 
+impl Explanation {
+    /// The explanation as JSON (`mayfly policy explain --json`): the role,
+    /// its file, the instant, each step (`pass`, `fail` or `info`, the
+    /// check and the detail) and the decision as `policy test --json`
+    /// gives it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let steps: Vec<serde_json::Value> = self
+            .steps
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "verdict": s.verdict.as_str().to_ascii_lowercase(),
+                    "check": s.check,
+                    "detail": s.detail,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "role": self.role,
+            "file": self.file,
+            "at": self.at,
+            "steps": steps,
+            "result": super::cases::decision_json(&self.decision, self.pending.as_deref()),
+        })
+    }
+}
+
 /// Whether a deactivation blocks an identity in a role: `(issuer,
 /// subject, role)` to the refusal's message, if any.
 pub type DisabledCheck<'a> = &'a dyn Fn(&str, &str, &str) -> Option<String>;
