@@ -314,6 +314,28 @@ pub(crate) fn send_error(e: &reqwest::Error, ca_file: Option<&Path>) -> String {
     msg
 }
 
+/// Sends `req` (for `url`) and reads the whole answer. A redirect is
+/// refused (the client never follows one, see [`http`]); failing to send or
+/// to read is [`ClientError::Unreachable`] with the causes and, for a TLS
+/// trust failure, what to do about `ca_file`.
+pub(crate) async fn send(
+    req: reqwest::RequestBuilder,
+    url: &url::Url,
+    ca_file: Option<&Path>,
+) -> Result<(reqwest::StatusCode, Vec<u8>), ClientError> {
+    let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+        url: url.to_string(),
+        reason: send_error(&e, ca_file),
+    };
+    let resp = req.send().await.map_err(unreachable)?;
+    if let Some(e) = refused_redirect(&resp) {
+        return Err(e);
+    }
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(unreachable)?;
+    Ok((status, bytes.to_vec()))
+}
+
 /// A fresh Ed25519 key pair, made in memory.
 pub fn fresh_key() -> Result<ssh_key::PrivateKey, ClientError> {
     ssh_key::PrivateKey::random(&mut OsRng, ssh_key::Algorithm::Ed25519).map_err(|e| {
@@ -383,24 +405,11 @@ pub async fn request_cert_as(
                 signature: &r.signature,
             }),
         };
-        let resp = http
+        let req = http
             .post(url.clone())
             .bearer_auth(token.expose())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                url: url.to_string(),
-                reason: send_error(&e, opts.ca_file.as_deref()),
-            })?;
-        if let Some(e) = refused_redirect(&resp) {
-            return Err(e);
-        }
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
-            url: url.to_string(),
-            reason: e.to_string(),
-        })?;
+            .json(&body);
+        let (status, bytes) = send(req, &url, opts.ca_file.as_deref()).await?;
         if status == reqwest::StatusCode::ACCEPTED {
             let p: PendingAnswer = serde_json::from_slice(&bytes)
                 .map_err(|e| ClientError::BadAnswer(format!("202 answer: {e}")))?;
@@ -682,34 +691,11 @@ where
         url: base.to_string(),
         reason: e.to_string(),
     })?;
-    let unreachable = |e: reqwest::Error| {
-        let mut reason = e.to_string();
-        let mut cause = std::error::Error::source(&e);
-        while let Some(c) = cause {
-            let text = c.to_string();
-            if !reason.contains(&text) {
-                reason.push_str(": ");
-                reason.push_str(&text);
-            }
-            cause = c.source();
-        }
-        ClientError::Unreachable {
-            url: url.to_string(),
-            reason,
-        }
-    };
-    let resp = http
+    let req = http
         .post(url.clone())
         .bearer_auth(token.expose())
-        .json(body)
-        .send()
-        .await
-        .map_err(unreachable)?;
-    if let Some(e) = refused_redirect(&resp) {
-        return Err(e);
-    }
-    let status = resp.status();
-    let bytes = resp.bytes().await.map_err(unreachable)?;
+        .json(body);
+    let (status, bytes) = send(req, &url, None).await?;
     if !status.is_success() {
         return Err(refused(status, &bytes));
     }

@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{
-    cancel_with, check_request_id, check_server, http_client_with, refused, refused_redirect,
-    send_error, token, ClientError,
+    cancel_with, check_request_id, check_server, http_client_with, refused, send, token,
+    ClientError,
 };
 use crate::approval::ApprovalRequest;
 use crate::audit::search::AuditQuery;
@@ -87,22 +87,8 @@ impl Session {
             Some(b) => self.http.post(url.clone()).json(&b),
             None => self.http.get(url.clone()),
         };
-        let resp = req
-            .bearer_auth(self.token.expose())
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                url: url.to_string(),
-                reason: send_error(&e, self.ca_file.as_deref()),
-            })?;
-        if let Some(e) = refused_redirect(&resp) {
-            return Err(e);
-        }
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
-            url: url.to_string(),
-            reason: e.to_string(),
-        })?;
+        let req = req.bearer_auth(self.token.expose());
+        let (status, bytes) = send(req, &url, self.ca_file.as_deref()).await?;
         if !status.is_success() {
             return Err(refused(status, &bytes));
         }
