@@ -106,6 +106,37 @@ pub struct BenchReport {
     pub server: Option<ServerCpu>,
 }
 
+impl BenchReport {
+    /// The report as JSON (`mayfly bench --json`, one object per run).
+    pub fn to_json(&self) -> serde_json::Value {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let per_cert = |cpu: Option<Duration>| {
+            cpu.filter(|_| self.ok > 0)
+                .map(|c| c.as_secs_f64() * 1e6 / self.ok as f64)
+        };
+        serde_json::json!({
+            "store": self.store,
+            "replicas": self.replicas,
+            "clients": self.concurrency,
+            "ok": self.ok,
+            "failed": self.failed,
+            "audited": self.audited,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "certs_per_s": self.ok as f64 / self.elapsed.as_secs_f64(),
+            "latency_ms": {
+                "p50": ms(self.latency[0]), "p90": ms(self.latency[1]),
+                "p99": ms(self.latency[2]), "max": ms(self.latency[3]),
+            },
+            "process_cpu_us_per_cert": per_cert(self.cpu),
+            "server": self.server.as_ref().map(|s| serde_json::json!({
+                "pid": s.pid,
+                "tls": s.tls,
+                "cpu_us_per_cert": per_cert(s.cpu),
+            })),
+        })
+    }
+}
+
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let rate = self.ok as f64 / self.elapsed.as_secs_f64();

@@ -56,6 +56,35 @@ fn bench_over_https_reports_the_server_process_cpu_per_certificate_for_each_conc
     assert_eq!(cpu.len(), 2, "the server's CPU per certificate:\n{report}");
     assert!(cpu.iter().all(|&us| us > 0.0), "{report}");
     assert_eq!(figures(&report, "load cpu:").len(), 2, "{report}");
+
+    // --json: one object per run, with the same facts.
+    let lines = ok(mayfly(&[
+        "bench",
+        "--tls",
+        "--requests",
+        "100",
+        "--concurrency",
+        "2,4",
+        "--json",
+    ]));
+    let runs: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(runs.len(), 2, "{lines}");
+    for (run, clients) in runs.iter().zip([2, 4]) {
+        assert_eq!(run["clients"], clients, "{run}");
+        assert_eq!(run["ok"], 100, "{run}");
+        assert_eq!(run["audited"], 100, "{run}");
+        assert_eq!(run["server"]["tls"], true, "{run}");
+        assert!(
+            run["server"]["cpu_us_per_cert"]
+                .as_f64()
+                .is_some_and(|us| us > 0.0),
+            "{run}"
+        );
+        assert!(run["latency_ms"]["p99"].as_f64().is_some(), "{run}");
+    }
 }
 
 #[test]

@@ -1179,6 +1179,19 @@ fn host_cert_writes_the_certificate_next_to_the_key() {
     // ssh-keygen reads it as a host certificate.
     let shown = run_ssh_keygen(&["-L", "-f", expected_path.to_str().expect("utf-8")]);
     assert!(String::from_utf8_lossy(&shown.stdout).contains("host certificate"));
+    // --json: what was issued and where it went.
+    let out = host_cert_cmd(
+        &ca,
+        &pub_path,
+        &token_file,
+        &["--hostname", "web1.example.com", "--json"],
+    );
+    assert_ok(&out);
+    let facts: serde_json::Value = serde_json::from_slice(&out.stdout).expect("host cert --json");
+    assert_eq!(facts["serial"], 77, "{facts}");
+    assert_eq!(facts["principals"], serde_json::json!(["web1.example.com"]));
+    assert_eq!(facts["certificate"], expected_path.display().to_string());
+    assert_eq!(facts["valid_before"], "2096-10-02T07:06:40Z");
 
     let req = ca
         .seen()

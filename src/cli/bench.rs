@@ -13,6 +13,10 @@ use super::{init_logging, runtime};
 // Arguments of `mayfly bench`.
 #[derive(Args)]
 pub struct BenchArgs {
+    /// One JSON object per run (per --concurrency entry) on stdout: clients,
+    /// certificates/s, latency percentiles (ms), CPU per certificate (µs).
+    #[arg(long)]
+    json: bool,
     /// Total requests.
     #[arg(long, default_value_t = 5000)]
     requests: usize,
@@ -72,6 +76,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
                 tls: a.tls,
             }))
             .map_err(anyhow::Error::msg)?;
+        if a.json {
+            println!("{}", report.to_json());
+            continue;
+        }
         if i > 0 {
             println!();
         }

@@ -98,6 +98,10 @@ pub struct HostCertArgs {
     /// Allow plain http to a non-loopback CA (sends the token in clear).
     #[arg(long)]
     insecure_http: bool,
+    /// Print what was issued (serial, key id, host names, validity) and the
+    /// path written, as one JSON object, instead of the path.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `mayfly known-hosts`.
@@ -257,7 +261,19 @@ fn cert(a: HostCertArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         insecure_http: a.insecure_http,
     };
     let (answer, path) = runtime()?.block_on(hostsync::host_cert(&opts))?;
-    super::print_cert_written("host certificate", &answer, &path, verbose);
+    if a.json {
+        let facts = serde_json::json!({
+            "serial": answer.serial,
+            "key_id": answer.key_id,
+            "principals": answer.principals,
+            "valid_after": mayfly::time::rfc3339(answer.valid_after),
+            "valid_before": mayfly::time::rfc3339(answer.valid_before),
+            "certificate": path.display().to_string(),
+        });
+        println!("{facts}");
+    } else {
+        super::print_cert_written("host certificate", &answer, &path, verbose);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
