@@ -941,6 +941,22 @@ pub fn is_loopback_http(url: &url::Url) -> bool {
     }
 }
 
+/// Why `issuer` names none of the configured issuers `names`, listing
+/// them (`{issuer:?} is not an [[issuer]] of this CA ...`); `None` when it
+/// is one. The CLI's `--issuer` and the admin API word their refusals with it.
+pub fn unknown_issuer(names: &[&str], issuer: &str) -> Option<String> {
+    (!names.contains(&issuer)).then(|| {
+        format!(
+            "{issuer:?} is not an [[issuer]] of this CA (its issuers: {}); give the issuer's name from mayfly.toml, not its URL",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        )
+    })
+}
+
 impl Config {
     /// The names of the configured `[[issuer]]`s, as role files name them.
     pub fn issuer_names(&self) -> Vec<&str> {

@@ -224,14 +224,11 @@ async fn set_disabled(
     // possible, for an entry left from an issuer removed since.
     if let (false, Some(issuer)) = (enable, b.issuer.as_deref().filter(|i| !i.is_empty())) {
         let names = s.service.verifier().issuer_names();
-        if !names.contains(&issuer) {
+        if let Some(why) = crate::config::unknown_issuer(&names, issuer) {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "unknown_issuer",
-                format!(
-                    "issuer {issuer:?} is not an [[issuer]] of this CA (its issuers: {}); give the issuer's name from mayfly.toml, not its URL",
-                    if names.is_empty() { "none".to_string() } else { names.join(", ") }
-                ),
+                format!("issuer {why}"),
             ));
         }
     }
@@ -350,16 +347,7 @@ pub async fn audit_search(
         }
     };
     if let Some(e) = q.event.as_deref() {
-        if crate::audit::EventKind::parse(e).is_none() {
-            let names: Vec<&str> = crate::audit::EventKind::ALL
-                .iter()
-                .map(|e| e.as_str())
-                .collect();
-            return Err(bad(format!(
-                "event {e:?} is not an event; use one of: {}",
-                names.join(", ")
-            )));
-        }
+        crate::audit::EventKind::parse_named(e).map_err(|why| bad(format!("event {why}")))?;
     }
     let limit = q.limit.unwrap_or(crate::audit::search::DEFAULT_LIMIT);
     if limit == 0 || limit > AUDIT_SEARCH_MAX {

@@ -104,6 +104,16 @@ impl EventKind {
         EventKind::ALL.into_iter().find(|e| e.as_str() == s)
     }
 
+    /// The event named `s`, or why there is none, listing every name (for
+    /// a filter a person typed: `audit search --event`, the admin API, the
+    /// console).
+    pub fn parse_named(s: &str) -> Result<EventKind, String> {
+        EventKind::parse(s).ok_or_else(|| {
+            let names: Vec<&str> = EventKind::ALL.iter().map(|e| e.as_str()).collect();
+            format!("{s:?} is not an event; use one of: {}", names.join(", "))
+        })
+    }
+
     /// Stable name stored and exported.
     pub fn as_str(self) -> &'static str {
         match self {

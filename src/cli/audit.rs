@@ -154,16 +154,8 @@ pub fn run(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 eprintln!("warning: {why}");
             }
             if let Some(e) = event.as_deref() {
-                if mayfly::audit::EventKind::parse(e).is_none() {
-                    let names: Vec<&str> = mayfly::audit::EventKind::ALL
-                        .iter()
-                        .map(|e| e.as_str())
-                        .collect();
-                    anyhow::bail!(
-                        "--event {e:?} is not an event; use one of: {}",
-                        names.join(", ")
-                    );
-                }
+                mayfly::audit::EventKind::parse_named(e)
+                    .map_err(|why| anyhow::anyhow!("--event {why}"))?;
             }
             let detail = key_id.is_some() || serial.is_some();
             let q = AuditQuery {

@@ -179,16 +179,11 @@ pub fn run_cert(a: CertArgs, verbose: bool) -> anyhow::Result<ExitCode> {
 /// `mayfly cert --json`: what was issued and where it was written.
 fn cert_facts(answer: &client::CertAnswer, out: &Path) -> serde_json::Value {
     let at = |name: &str| out.join(name).display().to_string();
-    serde_json::json!({
-        "serial": answer.serial,
-        "key_id": answer.key_id,
-        "principals": answer.principals,
-        "valid_after": mayfly::time::rfc3339(answer.valid_after),
-        "valid_before": mayfly::time::rfc3339(answer.valid_before),
-        "private_key": at(client::KEY_FILE),
-        "public_key": at(client::PUB_FILE),
-        "certificate": at(client::CERT_FILE),
-    })
+    let mut facts = super::issued_facts(answer);
+    facts["private_key"] = at(client::KEY_FILE).into();
+    facts["public_key"] = at(client::PUB_FILE).into();
+    facts["certificate"] = at(client::CERT_FILE).into();
+    facts
 }
 
 /// No `--out`: the current directory, only if a person at the terminal

@@ -262,14 +262,8 @@ fn cert(a: HostCertArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     };
     let (answer, path) = runtime()?.block_on(hostsync::host_cert(&opts))?;
     if a.json {
-        let facts = serde_json::json!({
-            "serial": answer.serial,
-            "key_id": answer.key_id,
-            "principals": answer.principals,
-            "valid_after": mayfly::time::rfc3339(answer.valid_after),
-            "valid_before": mayfly::time::rfc3339(answer.valid_before),
-            "certificate": path.display().to_string(),
-        });
+        let mut facts = super::issued_facts(&answer);
+        facts["certificate"] = path.display().to_string().into();
         println!("{facts}");
     } else {
         super::print_cert_written("host certificate", &answer, &path, verbose);

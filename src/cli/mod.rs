@@ -53,17 +53,7 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
 /// Why `issuer` (an `--issuer` argument) names no `[[issuer]]` of `cfg`,
 /// listing the ones it has; `None` when it does.
 pub fn unknown_issuer(cfg: &Config, issuer: &str) -> Option<String> {
-    let names = cfg.issuer_names();
-    (!names.contains(&issuer)).then(|| {
-        format!(
-            "--issuer {issuer:?} is not an [[issuer]] of this CA (its issuers: {}); give the issuer's name from mayfly.toml, not its URL",
-            if names.is_empty() {
-                "none".to_string()
-            } else {
-                names.join(", ")
-            }
-        )
-    })
+    mayfly::config::unknown_issuer(&cfg.issuer_names(), issuer).map(|why| format!("--issuer {why}"))
 }
 
 /// Refuses to run `command` as root on a data dir another user owns (the
@@ -132,6 +122,19 @@ pub fn parse_ttl(s: &Option<String>) -> anyhow::Result<Option<Duration>> {
             humantime::parse_duration(t).with_context(|| format!("--ttl {t:?}: write e.g. 5m"))
         })
         .transpose()
+}
+
+/// What a certificate answer says, for `--json` (`cert`, `host cert`):
+/// serial, key id, principals and validity in RFC 3339; each command adds
+/// the paths it wrote.
+pub fn issued_facts(answer: &mayfly::client::CertAnswer) -> serde_json::Value {
+    serde_json::json!({
+        "serial": answer.serial,
+        "key_id": answer.key_id,
+        "principals": answer.principals,
+        "valid_after": mayfly::time::rfc3339(answer.valid_after),
+        "valid_before": mayfly::time::rfc3339(answer.valid_before),
+    })
 }
 
 /// Prints where a certificate was written (stdout) and, with `--verbose`,

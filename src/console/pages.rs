@@ -1002,16 +1002,8 @@ pub(super) async fn audit(
         ..AuditQuery::default()
     };
     if let Some(e) = &aq.event {
-        if !crate::audit::EventKind::ALL.iter().any(|k| k.as_str() == e) {
-            let names: Vec<&str> = crate::audit::EventKind::ALL
-                .iter()
-                .map(|k| k.as_str())
-                .collect();
-            return Err(ConsoleError::bad(format!(
-                "there is no audit event {e:?}; events are {}",
-                names.join(", ")
-            )));
-        }
+        crate::audit::EventKind::parse_named(e)
+            .map_err(|why| ConsoleError::bad(format!("there is no audit event: {why}")))?;
     }
     if let Some(s) = opt("serial") {
         aq.serial = Some(
