@@ -355,6 +355,22 @@ pub enum SyncError {
         /// The parser's reason.
         reason: String,
     },
+    /// The CA's KRL has the installed version but revokes what the
+    /// installed one does not.
+    #[error(
+        "the KRL from {url} has the installed {}'s version ({version}) but revokes certificates \
+         that one does not: it comes from another or a rebuilt CA; refusing to guess which \
+         revocations hold (if the CA was rebuilt on purpose, delete that file and sync again)",
+        path.display()
+    )]
+    OtherKrl {
+        /// Where it came from.
+        url: String,
+        /// Its `krl_version`, the installed one's too.
+        version: u64,
+        /// The installed file.
+        path: PathBuf,
+    },
     /// The CA's KRL is older than the installed one.
     #[error(
         "the KRL from {url} (version {server}) is older than the installed {} (version {installed}); \
@@ -786,6 +802,25 @@ pub async fn sync(opts: &SyncOptions) -> Result<SyncOutcome, SyncError> {
                     })
                 }
                 KrlDecision::Unchanged => {
+                    // A CA revokes nothing new without a new version: its
+                    // KRL of one version is the same bytes (older CAs left
+                    // out entries that had expired since). A KRL of the
+                    // installed version revoking more comes from another
+                    // or a rebuilt CA, whose revocations this host would
+                    // otherwise never install.
+                    if let Some(old) = read_optional(&krl_path)?.filter(|b| *b != bytes) {
+                        let within = match (krl::parse(&bytes), krl::parse(&old)) {
+                            (Ok(served), Ok(old)) => served.is_within(&old),
+                            _ => false,
+                        };
+                        if !within {
+                            return Err(SyncError::OtherKrl {
+                                url: krl_url.to_string(),
+                                version: info.version,
+                                path: krl_path.clone(),
+                            });
+                        }
+                    }
                     if etag.is_some() && etag != installed_etag {
                         new_etag = etag;
                     }

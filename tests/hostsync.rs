@@ -770,11 +770,17 @@ fn unchanged_krl_version_is_not_rewritten_and_new_ca_key_is_installed() {
     let ca = FakeCa::start();
     let tmp = support::temp_dir("hostsync");
     let dir = tmp.path();
-    let before = synced_dir(&ca, &ca_line, dir);
-    // Same version, different bytes: equal means unchanged.
+    ca.serve(
+        &format!("{ca_line}\n"),
+        &make_krl(5, Some(&ca_pub_path), &[1]),
+    );
+    assert_ok(&host_sync(&ca.url(), dir, &[]));
+    let before = snapshot(dir, &[]);
+    // Same version, other bytes revoking nothing more (earlier CAs left
+    // out revocations that had expired since): unchanged.
     ca.serve(
         &format!("{ca_line}\n{next_line}\n"),
-        &make_krl(5, Some(&ca_pub_path), &[1]),
+        &make_krl(5, None, &[]),
     );
     let out = host_sync(&ca.url(), dir, &["-v"]);
     assert_ok(&out);
@@ -1033,6 +1039,34 @@ fn older_krl_than_installed_is_refused_and_files_kept() {
     let out = host_sync(&ca.url(), dir, &[]);
     assert_failed_and_kept(&out, "older", dir, &before, &[]);
     assert!(stderr(&out).contains("version 4"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_krl_of_the_installed_version_with_other_contents_is_refused_and_files_kept() {
+    let (_k, _key, _pub, ca_line) = fake_ca_key();
+    let (_k2, _key2, other_pub, other_line) = fake_ca_key();
+    let ca = FakeCa::start();
+    let tmp = support::temp_dir("hostsync");
+    let dir = tmp.path();
+    // Installed: version 5, revoking nothing.
+    let before = synced_dir(&ca, &ca_line, dir);
+    // A rebuilt CA reached version 5 too, revoking serial 9: the host must
+    // not keep the old KRL as if nothing changed.
+    ca.serve(
+        &format!("{other_line}\n"),
+        &make_krl(5, Some(&other_pub), &[9]),
+    );
+    let out = host_sync(&ca.url(), dir, &[]);
+    assert_failed_and_kept(
+        &out,
+        "revokes certificates that one does not",
+        dir,
+        &before,
+        &[],
+    );
+    // The same KRL again is no change.
+    ca.serve(&format!("{ca_line}\n"), &make_krl(5, None, &[]));
+    assert_ok(&host_sync(&ca.url(), dir, &[]));
 }
 
 #[test]

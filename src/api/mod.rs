@@ -201,7 +201,7 @@ async fn host_ca(State(s): State<AppState>) -> Response {
 }
 
 async fn krl_handler(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let snap = s.service.krl(s.service.clock().now()).await.map_err(|e| {
+    let snap = s.service.krl().await.map_err(|e| {
         ApiError::store_unavailable(
             &e,
             "cannot build the KRL",
@@ -259,7 +259,7 @@ async fn krl_handler(State(s): State<AppState>, headers: HeaderMap) -> Result<Re
 async fn metrics(State(s): State<AppState>) -> Response {
     // The KRL as hosts would fetch it now (cached until revocations
     // change), so its version and size gauges are current.
-    if let Err(e) = s.service.krl(s.service.clock().now()).await {
+    if let Err(e) = s.service.krl().await {
         tracing::warn!(error = %e, "metrics: cannot build the KRL");
     }
     let p = s.service.policy();

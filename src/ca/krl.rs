@@ -763,6 +763,31 @@ impl Krl {
         self.is_serial_revoked(ca_key_blob, serial) || self.is_key_id_revoked(ca_key_blob, key_id)
     }
 
+    /// Whether `other` revokes everything this KRL revokes. A KRL that
+    /// leaves out entries another one holds (one built after some of its
+    /// revocations expired) is within it; a KRL of another CA is not.
+    pub fn is_within(&self, other: &Krl) -> bool {
+        self.certs.iter().all(|c| {
+            c.serials
+                .iter()
+                .all(|&s| other.is_serial_revoked(&c.ca_key_blob, s))
+                && c.key_ids
+                    .iter()
+                    .all(|k| other.is_key_id_revoked(&c.ca_key_blob, k))
+        }) && self
+            .explicit_keys
+            .iter()
+            .all(|k| other.explicit_keys.contains(k))
+            && self
+                .sha256_fingerprints
+                .iter()
+                .all(|f| other.sha256_fingerprints.contains(f))
+            && self
+                .sha1_fingerprints
+                .iter()
+                .all(|f| other.sha1_fingerprints.contains(f))
+    }
+
     fn sections_for<'s>(&'s self, ca_key_blob: &'s [u8]) -> impl Iterator<Item = &'s CertSection> {
         self.certs
             .iter()
@@ -1236,6 +1261,36 @@ mod tests {
             serials,
             key_ids: vec![],
         }
+    }
+
+    #[test]
+    fn a_krl_leaving_out_entries_is_within_and_one_revoking_more_is_not() {
+        let krl = |certs: Vec<CertSection>| parse(&encode(&spec_with(certs))).unwrap();
+        let section = |seed: u8, serials: Vec<u64>, key_ids: Vec<&str>| CertSection {
+            ca_key_blob: ca_blob(seed),
+            serials,
+            key_ids: key_ids.into_iter().map(str::to_string).collect(),
+        };
+        let full = krl(vec![section(1, vec![3, 4, 9], vec!["mayfly:r:i:s:5"])]);
+        let pruned = krl(vec![section(1, vec![4], vec![])]);
+        assert!(pruned.is_within(&full));
+        assert!(full.is_within(&full));
+        assert!(krl(vec![]).is_within(&full));
+        assert!(!full.is_within(&pruned));
+        // The same serial under another CA key, or a key id the other
+        // does not name, is more.
+        assert!(!krl(vec![section(2, vec![4], vec![])]).is_within(&full));
+        assert!(!krl(vec![section(1, vec![], vec!["mayfly:r:i:s:6"])]).is_within(&full));
+        // An any-CA section covers every CA's entries, not the reverse.
+        let any = krl(vec![section(0, vec![], vec![])]);
+        let any_ca = krl(vec![CertSection {
+            ca_key_blob: Vec::new(),
+            serials: vec![4],
+            key_ids: vec![],
+        }]);
+        assert!(pruned.is_within(&any_ca));
+        assert!(!any_ca.is_within(&pruned));
+        assert!(krl(vec![]).is_within(&any));
     }
 
     /// What `parse(encode(spec))` must give.

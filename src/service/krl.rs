@@ -2,9 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use crate::clock::unix_secs as unix;
 use crate::store::{Revocation, StateVersion, StoreError};
 
 use super::Service;
@@ -22,9 +20,22 @@ pub struct KrlSnapshot {
     pub etag: String,
 }
 
+/// The strong ETag of a KRL: its version and a hash of its bytes. The
+/// version alone is not enough: a CA rebuilt from scratch counts versions
+/// from 0 again, and its KRL of version N must not answer 304 to a host
+/// that holds the old CA's KRL of version N (the host would keep the old
+/// revocations and miss the new ones). Replicas serving the same bytes
+/// give the same ETag.
+pub fn krl_etag(version: u64, bytes: &[u8]) -> String {
+    use sha2::{Digest as _, Sha256};
+    let digest = Sha256::digest(bytes);
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"krl-{version}-{hex}\"")
+}
+
 impl Service {
     /// The current KRL (rebuilt when revocations changed).
-    pub async fn krl(&self, now: SystemTime) -> Result<Arc<KrlSnapshot>, StoreError> {
+    pub async fn krl(&self) -> Result<Arc<KrlSnapshot>, StoreError> {
         self.refresh_admin().await?;
         let version = {
             let g = self.admin.lock().unwrap_or_else(|p| p.into_inner());
@@ -33,12 +44,21 @@ impl Service {
             }
             g.version.unwrap_or_default()
         };
-        let revocations = self.store.access().live_revocations(unix(now)).await?;
+        // The revocations live when this version was made, not now: the
+        // KRL of a version is then the same bytes whenever and wherever it
+        // is built (every replica, after every restart). Entries that
+        // expired since stay until the next change; revoking an expired
+        // certificate changes nothing for sshd.
+        let revocations = self
+            .store
+            .access()
+            .live_revocations(version.changed_at)
+            .await?;
         let bytes = encode_krl(&revocations, version);
         let snap = Arc::new(KrlSnapshot {
             version: version.version,
             generated_date: version.changed_at,
-            etag: format!("\"krl-{}-{}\"", version.version, bytes.len()),
+            etag: krl_etag(version.version, &bytes),
             bytes,
         });
         self.metrics
@@ -88,4 +108,18 @@ pub fn encode_krl(revocations: &[Revocation], version: StateVersion) -> Vec<u8> 
         explicit_keys: Vec::new(),
         sha256_fingerprints: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod etag_tests {
+    use super::krl_etag;
+
+    #[test]
+    fn krls_of_one_version_and_length_but_other_bytes_have_other_etags() {
+        let a = krl_etag(1, b"revokes serial 1");
+        let b = krl_etag(1, b"revokes serial 2");
+        assert_ne!(a, b);
+        assert_eq!(a, krl_etag(1, b"revokes serial 1"));
+        assert!(a.starts_with("\"krl-1-") && a.ends_with('"'), "{a}");
+    }
 }

@@ -194,6 +194,7 @@ sub = "system:serviceaccount:backup:restic"
 struct Rig {
     service: Service,
     rec: Arc<Recording>,
+    clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
 }
 
@@ -205,7 +206,8 @@ async fn rig() -> Rig {
     std::fs::create_dir(&policy_dir).expect("policy dir");
     std::fs::write(policy_dir.join("backup.toml"), ROLE).expect("role");
     let policy = crate::policy::load_dir(&policy_dir).expect("policy loads");
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::at(NOW));
+    let manual = Arc::new(ManualClock::at(NOW));
+    let clock: Arc<dyn Clock> = manual.clone();
     let issuer = IssuerConfig {
         name: "k8s".into(),
         url: "https://kubernetes.default.svc".into(),
@@ -290,6 +292,7 @@ async fn rig() -> Rig {
     Rig {
         service,
         rec,
+        clock: manual,
         _dir: dir,
     }
 }
@@ -422,4 +425,32 @@ async fn no_certificate_leaves_when_the_durable_record_fails() {
         .await
         .expect("count");
     assert_eq!(live, 0);
+}
+
+/// The KRL of one version is the same bytes whenever it is built: a
+/// replica starting after a revocation expired serves what the others
+/// serve, so a host never sees two KRLs under one version from one CA.
+#[tokio::test]
+async fn a_krl_built_after_its_revocations_expired_still_holds_them() {
+    let rig = rig().await;
+    let issued = match rig.issue(token(SUB, "krl-1")).await {
+        Ok(Issuance::Issued(i)) => i,
+        other => panic!("expected a certificate, got {other:?}"),
+    };
+    crate::revocation::revoke(
+        rig.service.store(),
+        CertFilter::Serial(issued.serial),
+        "leaked",
+        "admin",
+        NOW,
+    )
+    .await
+    .expect("revoke");
+    // Nothing built the KRL yet; the certificate (and with it its
+    // revocation) has expired when it is first built.
+    rig.clock.advance(Duration::from_secs(3600));
+    let snap = rig.service.krl().await.expect("krl");
+    let krl = crate::ca::krl::parse(&snap.bytes).expect("parses");
+    assert_eq!(krl.krl_version, 1);
+    assert_eq!(krl.serial_count(), 1, "the expired revocation left the KRL");
 }
