@@ -77,6 +77,8 @@ pub struct ServerCpu {
     pub tls: bool,
     /// User plus system CPU time it used during the run.
     pub cpu: Option<Duration>,
+    /// What it wrote during the run, where `/proc/PID/io` tells it.
+    pub io: Option<ProcessIo>,
 }
 
 /// What was measured.
@@ -132,6 +134,10 @@ impl BenchReport {
                 "pid": s.pid,
                 "tls": s.tls,
                 "cpu_us_per_cert": per_cert(s.cpu),
+                "write_bytes_per_cert": s.io.filter(|_| self.ok > 0)
+                    .map(|io| io.write_bytes as f64 / self.ok as f64),
+                "write_calls_per_cert": s.io.filter(|_| self.ok > 0)
+                    .map(|io| io.write_calls as f64 / self.ok as f64),
             })),
         })
     }
@@ -181,6 +187,15 @@ impl std::fmt::Display for BenchReport {
                         "server cpu:          {:.0} us per certificate ({:.2} s user+system in the server process)",
                         per_cert(cpu),
                         cpu.as_secs_f64()
+                    )?;
+                }
+                if let Some(io) = s.io {
+                    let n = self.ok.max(1) as f64;
+                    writeln!(
+                        f,
+                        "server writes:       {:.0} bytes to storage and {:.1} write calls per certificate",
+                        io.write_bytes as f64 / n,
+                        io.write_calls as f64 / n
                     )?;
                 }
                 if let Some(cpu) = load {
@@ -551,6 +566,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         Servers::InProcess { .. } => None,
     };
     let server_before = server_pid.and_then(|p| process_cpu(Some(p)));
+    let io_before = server_pid.and_then(process_io);
     let cpu_before = process_cpu(None);
     let started = Instant::now();
     let mut workers = Vec::new();
@@ -624,6 +640,9 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     };
     let cpu = since(cpu_before, process_cpu(None));
     let server_cpu = since(server_before, server_pid.and_then(|p| process_cpu(Some(p))));
+    let server_io = io_before
+        .zip(server_pid.and_then(process_io))
+        .map(|(before, after)| after.since(before));
     serials.sort_unstable();
     serials.dedup();
     if serials.len() != lat.len() {
@@ -663,7 +682,46 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
             pid,
             tls: opts.tls,
             cpu: server_cpu,
+            io: server_io,
         }),
+    })
+}
+
+/// What a process wrote, from `/proc/PID/io`: the storage figures behind
+/// the durable audit append (the database and its WAL, the log).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessIo {
+    /// Bytes sent towards storage (`write_bytes`: pages dirtied in files).
+    pub write_bytes: u64,
+    /// Write system calls of any kind, sockets included (`syscw`).
+    pub write_calls: u64,
+}
+
+impl ProcessIo {
+    fn since(self, before: ProcessIo) -> ProcessIo {
+        ProcessIo {
+            write_bytes: self.write_bytes.saturating_sub(before.write_bytes),
+            write_calls: self.write_calls.saturating_sub(before.write_calls),
+        }
+    }
+}
+
+/// [`ProcessIo`] of process `pid` so far; `None` where there is no procfs
+/// (or it is not readable).
+fn process_io(pid: u32) -> Option<ProcessIo> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let field = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(": ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+    };
+    Some(ProcessIo {
+        write_bytes: field("write_bytes")?,
+        write_calls: field("syscw")?,
     })
 }
 

@@ -56,6 +56,14 @@ fn bench_over_https_reports_the_server_process_cpu_per_certificate_for_each_conc
     assert_eq!(cpu.len(), 2, "the server's CPU per certificate:\n{report}");
     assert!(cpu.iter().all(|&us| us > 0.0), "{report}");
     assert_eq!(figures(&report, "load cpu:").len(), 2, "{report}");
+    // Every record is made durable, so the server wrote to storage.
+    let writes = figures(&report, "server writes:");
+    assert_eq!(
+        writes.len(),
+        2,
+        "the server's writes per certificate:\n{report}"
+    );
+    assert!(writes.iter().all(|&bytes| bytes > 0.0), "{report}");
 
     // --json: one object per run, with the same facts.
     let lines = ok(mayfly(&[
@@ -84,6 +92,12 @@ fn bench_over_https_reports_the_server_process_cpu_per_certificate_for_each_conc
             "{run}"
         );
         assert!(run["latency_ms"]["p99"].as_f64().is_some(), "{run}");
+        assert!(
+            run["server"]["write_bytes_per_cert"]
+                .as_f64()
+                .is_some_and(|b| b > 0.0),
+            "{run}"
+        );
     }
 }
 

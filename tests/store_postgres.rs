@@ -844,6 +844,22 @@ async fn search_returns_exactly_what_audit_query_matches() {
     let db = Postgres::shared().create_database();
     let s = open(&db, OpenMode::Create).expect("store");
     varied_log(&s).await;
+    // Key ids the partial key-id index holds and leaves out (see
+    // store::key_id_index): issuances whose key id ends in their serial,
+    // one that does not, one that repeats another's, and a revocation.
+    for (serial, key) in [
+        (40u64, "custom-40"),
+        (41, "mayfly:deploy:ci:alice:041"),
+        (42, "mayfly:deploy:ci:bob:4"),
+    ] {
+        let mut r = issued(serial, "bob");
+        r.key_id = Some(key.into());
+        s.audit().append(r).await.expect("append");
+    }
+    let mut rv = AuditRecord::new(EventKind::CertRevoked, 4_000_000, "admin");
+    rv.key_id = Some("mayfly:deploy:ci:bob:4".into());
+    rv.reason = Some("key id 4".into());
+    s.audit().append(rv).await.expect("append");
     let all: Vec<_> = s
         .audit()
         .scan(1, 10_000)
@@ -876,10 +892,20 @@ async fn search_returns_exactly_what_audit_query_matches() {
         event: Some("cert_denied".into()),
         ..AuditQuery::default()
     });
-    queries.push(AuditQuery {
-        key_id: Some("mayfly:deploy:ci:alice:3".into()),
-        ..AuditQuery::default()
-    });
+    for key in [
+        "mayfly:deploy:ci:alice:3",
+        "mayfly:deploy:ci:bob:4",
+        "custom-40",
+        "mayfly:deploy:ci:alice:041",
+        "mayfly:deploy:ci:alice:41",
+        "mayfly:deploy:ci:bob:42",
+        "nothing",
+    ] {
+        queries.push(AuditQuery {
+            key_id: Some(key.into()),
+            ..AuditQuery::default()
+        });
+    }
     queries.push(AuditQuery {
         since_ms: Some(1_020_000),
         limit: 7,
@@ -912,6 +938,32 @@ async fn search_returns_exactly_what_audit_query_matches() {
             .collect();
         assert_eq!(got, want, "{q:?}");
     }
+    // Revoking by key id finds both issuances that carry it: one through
+    // the serial, one through the partial index.
+    let (revoked, _) = s
+        .access()
+        .revoke_matching(
+            CertFilter::KeyId("mayfly:deploy:ci:bob:4".into()),
+            now_s(),
+            revoker(),
+        )
+        .await
+        .expect("revoke");
+    let mut serials: Vec<u64> = revoked.iter().map(|c| c.serial).collect();
+    serials.sort_unstable();
+    assert_eq!(serials, vec![4, 42]);
+    // The planner can answer a key-id lookup from the partial index: the
+    // query repeats the index's predicate.
+    let cond = mayfly::store::key_id_index::condition(
+        mayfly::store::key_id_index::PG_INDEXED,
+        "'custom-40'",
+        Some("40"),
+    );
+    let plan = db.psql(&format!(
+        "SET enable_seqscan = off; EXPLAIN SELECT seq FROM audit WHERE {cond}"
+    ));
+    assert!(plan.contains("audit_key_id_rest"), "{plan}");
+    assert!(!plan.contains("audit_key_id "), "{plan}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

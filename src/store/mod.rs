@@ -19,6 +19,7 @@ pub mod approvals;
 pub mod hosts;
 pub mod import;
 pub mod key_files;
+pub mod key_id_index;
 pub mod key_memory;
 pub mod memory;
 pub mod postgres;

@@ -488,21 +488,46 @@ fn live_certs_on(
     filter: &CertFilter,
     now: u64,
 ) -> Result<Vec<IssuedCert>, StoreError> {
+    let (sql, args) = live_sql(filter, now);
+    let mut st = conn.prepare_cached(&sql).map_err(err)?;
+    let rows = st
+        .query_map(rusqlite::params_from_iter(args), |r| {
+            Ok(IssuedCert {
+                serial: r.get::<_, i64>(0)? as u64,
+                key_id: r.get(1)?,
+                cert_type: r.get(2)?,
+                role: r.get(3)?,
+                issuer: r.get(4)?,
+                subject: r.get(5)?,
+                valid_before: r.get::<_, i64>(6)? as u64,
+                ca_key: r.get(7)?,
+            })
+        })
+        .map_err(err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(err)
+}
+
+/// The SQL of [`live_certs_on`] and its parameters.
+fn live_sql(filter: &CertFilter, now: u64) -> (String, Vec<rusqlite::types::Value>) {
     let base = "SELECT serial, COALESCE(key_id, ''), COALESCE(cert_type, 'user'), COALESCE(role, ''),
                 COALESCE(issuer, ''), COALESCE(subject, ''), valid_before, COALESCE(ca_key, '')
                 FROM audit a WHERE event = 'cert_issued' AND valid_before > ?1 AND serial IS NOT NULL
                 AND NOT EXISTS (SELECT 1 FROM revocations r
                     WHERE r.ca_key = a.ca_key AND (r.serial = a.serial OR r.key_id = a.key_id))";
     let now = now as i64;
-    let (sql, args): (String, Vec<rusqlite::types::Value>) = match filter {
+    match filter {
         CertFilter::Serial(n) => (
             format!("{base} AND serial = ?2"),
             vec![now.into(), (*n as i64).into()],
         ),
-        CertFilter::KeyId(k) => (
-            format!("{base} AND key_id = ?2"),
-            vec![now.into(), k.clone().into()],
-        ),
+        CertFilter::KeyId(k) => {
+            use super::key_id_index::{condition, serial_of, SQLITE_INDEXED};
+            let serial = serial_of(k);
+            let cond = condition(SQLITE_INDEXED, "?2", serial.map(|_| "?3"));
+            let mut args = vec![now.into(), k.clone().into()];
+            args.extend(serial.map(Into::into));
+            (format!("{base} AND {cond}"), args)
+        }
         CertFilter::Role(r) => (
             format!("{base} AND role = ?2"),
             vec![now.into(), r.clone().into()],
@@ -528,23 +553,7 @@ fn live_certs_on(
                 role.clone().into(),
             ],
         ),
-    };
-    let mut st = conn.prepare_cached(&sql).map_err(err)?;
-    let rows = st
-        .query_map(rusqlite::params_from_iter(args), |r| {
-            Ok(IssuedCert {
-                serial: r.get::<_, i64>(0)? as u64,
-                key_id: r.get(1)?,
-                cert_type: r.get(2)?,
-                role: r.get(3)?,
-                issuer: r.get(4)?,
-                subject: r.get(5)?,
-                valid_before: r.get::<_, i64>(6)? as u64,
-                ca_key: r.get(7)?,
-            })
-        })
-        .map_err(err)?;
-    rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    }
 }
 
 /// Inserts revocations (already-revoked entries are kept once).
@@ -613,9 +622,8 @@ pub(crate) fn chain_head(conn: &Connection) -> Result<(u64, Hash), StoreError> {
     Ok((seq, prev))
 }
 
-/// Audit-chain schema added in schema version 3: the chain columns, signed
-/// checkpoints, and the key-id index behind `audit search --key-id` ("which
-/// job was this login?"). There is deliberately no index on time: every
+/// Audit-chain schema added in schema version 3: the chain columns and
+/// signed checkpoints. There is deliberately no index on time: every
 /// index slows each insert, and `export --since` scans once.
 const CHAIN_SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
@@ -626,8 +634,18 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
     key_fingerprint TEXT NOT NULL,
     signature       TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS audit_key_id ON audit(key_id) WHERE key_id IS NOT NULL;
 "#;
+
+/// The index behind `audit search --key-id` and `revoke --key-id` ("which
+/// job was this login?"): partial, see [`super::key_id_index`]. A database
+/// written before holds the full index, which is replaced once.
+fn key_id_index_schema() -> String {
+    use super::key_id_index::{INDEX, OLD_INDEX, SQLITE_INDEXED};
+    format!(
+        "DROP INDEX IF EXISTS {OLD_INDEX};
+         CREATE INDEX IF NOT EXISTS {INDEX} ON audit(key_id) WHERE {SQLITE_INDEXED};"
+    )
+}
 
 /// Columns of the audit table that the chain hash covers, in encoding
 /// order, followed by the chain columns. Reads select exactly these.
@@ -664,6 +682,7 @@ fn migrate_chain(conn: &Connection) -> Result<(), StoreError> {
         }
     }
     conn.execute_batch(CHAIN_SCHEMA).map_err(err)?;
+    conn.execute_batch(&key_id_index_schema()).map_err(err)?;
     if legacy_rows_unchained(conn)? {
         chain_legacy_rows(conn)?;
     }
@@ -1208,43 +1227,7 @@ impl Sqlite {
         &self,
         q: &AuditQuery,
     ) -> Result<Vec<Result<StoredRecord, BadRow>>, StoreError> {
-        use rusqlite::types::Value;
-        let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE 1 = 1");
-        let mut args: Vec<Value> = Vec::new();
-        let mut add = |cond: &str, v: Value| {
-            args.push(v);
-            sql.push_str(&format!(" AND {cond} ?{}", args.len()));
-        };
-        if let Some(s) = &q.subject {
-            add("subject =", s.clone().into());
-        }
-        if let Some(s) = &q.issuer {
-            add("issuer =", s.clone().into());
-        }
-        if let Some(s) = &q.role {
-            add("role =", s.clone().into());
-        }
-        if let Some(s) = &q.key_id {
-            add("key_id =", s.clone().into());
-        }
-        if let Some(s) = &q.event {
-            add("event =", s.clone().into());
-        }
-        if let Some(t) = q.since_ms {
-            add("time_ms >=", t.into());
-        }
-        if let Some(n) = q.serial {
-            // A revocation keeps the serial it revoked in its reason
-            // ("serial N: ..."), since only issuance claims the column.
-            args.push((n as i64).into());
-            args.push(format!("serial {n}:%").into());
-            sql.push_str(&format!(
-                " AND (serial = ?{} OR (event = 'cert_revoked' AND serial IS NULL AND reason LIKE ?{}))",
-                args.len() - 1,
-                args.len()
-            ));
-        }
-        sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", q.limit.max(1)));
+        let (sql, args) = search_sql(q);
         let mut st = self.conn.prepare(&sql).map_err(err)?;
         let mut rows = st.query(rusqlite::params_from_iter(args)).map_err(err)?;
         let mut out = Vec::new();
@@ -1253,6 +1236,57 @@ impl Sqlite {
         }
         Ok(out)
     }
+}
+
+/// The SQL of [`Sqlite::search_audit`] and its parameters.
+fn search_sql(q: &AuditQuery) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE 1 = 1");
+    let mut args: Vec<Value> = Vec::new();
+    let mut add = |cond: &str, v: Value| {
+        args.push(v);
+        sql.push_str(&format!(" AND {cond} ?{}", args.len()));
+    };
+    if let Some(s) = &q.subject {
+        add("subject =", s.clone().into());
+    }
+    if let Some(s) = &q.issuer {
+        add("issuer =", s.clone().into());
+    }
+    if let Some(s) = &q.role {
+        add("role =", s.clone().into());
+    }
+    if let Some(s) = &q.event {
+        add("event =", s.clone().into());
+    }
+    if let Some(t) = q.since_ms {
+        add("time_ms >=", t.into());
+    }
+    if let Some(n) = q.serial {
+        // A revocation keeps the serial it revoked in its reason
+        // ("serial N: ..."), since only issuance claims the column.
+        args.push((n as i64).into());
+        args.push(format!("serial {n}:%").into());
+        sql.push_str(&format!(
+                " AND (serial = ?{} OR (event = 'cert_revoked' AND serial IS NULL AND reason LIKE ?{}))",
+                args.len() - 1,
+                args.len()
+            ));
+    }
+    if let Some(k) = &q.key_id {
+        use super::key_id_index::{condition, serial_of, SQLITE_INDEXED};
+        let serial = serial_of(k);
+        args.push(k.clone().into());
+        let key = format!("?{}", args.len());
+        let serial_at = serial.map(|n| {
+            args.push(n.into());
+            format!("?{}", args.len())
+        });
+        sql.push_str(" AND ");
+        sql.push_str(&condition(SQLITE_INDEXED, &key, serial_at.as_deref()));
+    }
+    sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", q.limit.max(1)));
+    (sql, args)
 }
 
 fn bump_version(tx: &rusqlite::Transaction<'_>, now: u64) -> Result<StateVersion, StoreError> {
@@ -2175,5 +2209,194 @@ mod chain_tests {
             })
             .expect("search");
         assert_eq!(limited.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod key_id_index_tests {
+    use super::*;
+    use crate::audit::search::AuditQuery;
+    use crate::audit::EventKind;
+
+    fn row(event: EventKind, serial: Option<u64>, key_id: &str) -> AuditRecord {
+        let mut r = AuditRecord::new(event, 1_000_000, "req");
+        r.serial = serial;
+        r.key_id = Some(key_id.into());
+        r.issuer = Some("ci".into());
+        r.subject = Some("bot".into());
+        r.role = Some("deploy".into());
+        r.ca_key = Some("ssh-ed25519 AAAA ca".into());
+        r.valid_before = Some(2_000);
+        r
+    }
+
+    /// Every way a key id sits in the log: issuances as mayfly writes them
+    /// (left out of the index), a revocation naming one, issuances whose
+    /// key id does not end in their serial, one without a serial, and a
+    /// refusal.
+    fn filled() -> (tempfile::TempDir, Sqlite) {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut db = Sqlite::open(&d.path().join("m.db"), Duration::from_secs(1)).expect("open");
+        use EventKind::{CertDenied, CertIssued, CertRevoked};
+        db.append_batch(&[
+            row(CertIssued, Some(1), "mayfly:deploy:ci:bot:1"),
+            row(CertIssued, Some(2), "mayfly:deploy:ci:bot:2"),
+            row(CertIssued, Some(3), "mayfly:deploy:ci:bot:03"),
+            row(CertIssued, Some(4), "custom-4"),
+            row(CertIssued, Some(5), "mayfly:deploy:ci:bot:1"),
+            row(CertIssued, Some(16), "mayfly:deploy:ci:bot:6"),
+            row(CertIssued, Some(26), "mayfly:deploy:ci:bot:26"),
+            row(CertRevoked, Some(1), "mayfly:deploy:ci:bot:1"),
+            row(CertDenied, None, "mayfly:deploy:ci:bot:2"),
+        ])
+        .expect("append");
+        (d, db)
+    }
+
+    const KEYS: [&str; 10] = [
+        "mayfly:deploy:ci:bot:1",
+        "mayfly:deploy:ci:bot:2",
+        "mayfly:deploy:ci:bot:03",
+        "mayfly:deploy:ci:bot:3",
+        "custom-4",
+        "mayfly:deploy:ci:bot:6",
+        "mayfly:deploy:ci:bot:26",
+        "mayfly:deploy:ci:bot:16",
+        "1",
+        "nothing",
+    ];
+
+    /// The rows with `key_id = k`, read without any index.
+    fn truth(db: &Sqlite, sql: &str, k: &str) -> Vec<i64> {
+        let mut st = db.conn.prepare(sql).expect("prepare");
+        let rows = st.query_map([k], |r| r.get(0)).expect("query");
+        rows.collect::<Result<_, _>>().expect("rows")
+    }
+
+    #[test]
+    fn key_id_lookups_find_exactly_the_rows_with_that_key_id() {
+        let (_d, db) = filled();
+        let mut found = 0;
+        for k in KEYS {
+            let q = AuditQuery {
+                key_id: Some(k.into()),
+                limit: 100,
+                ..AuditQuery::default()
+            };
+            let got: Vec<i64> = db
+                .search_audit(&q)
+                .expect("search")
+                .into_iter()
+                .map(|r| r.expect("row").seq as i64)
+                .collect();
+            let want = truth(
+                &db,
+                "SELECT seq FROM audit NOT INDEXED WHERE key_id = ?1 ORDER BY seq DESC",
+                k,
+            );
+            assert_eq!(got, want, "audit search --key-id {k}");
+            found += got.len();
+
+            let live: Vec<i64> = live_certs_on(&db.conn, &CertFilter::KeyId(k.into()), 1_000)
+                .expect("live")
+                .into_iter()
+                .map(|c| c.serial as i64)
+                .collect();
+            let want = truth(
+                &db,
+                "SELECT serial FROM audit NOT INDEXED WHERE key_id = ?1 \
+                 AND event = 'cert_issued' AND serial IS NOT NULL ORDER BY serial",
+                k,
+            );
+            let mut live = live;
+            live.sort_unstable();
+            assert_eq!(live, want, "revoke --key-id {k}");
+        }
+        // The cases above are not all empty answers.
+        assert_eq!(found, 9);
+    }
+
+    /// The plan of `sql`, one line per step.
+    fn plan(db: &Sqlite, sql: &str, args: Vec<rusqlite::types::Value>) -> String {
+        let mut st = db
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("prepare");
+        let rows = st
+            .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+            .expect("plan");
+        rows.collect::<Result<Vec<_>, _>>()
+            .expect("rows")
+            .join("\n")
+    }
+
+    #[test]
+    fn key_id_lookups_read_the_partial_index_and_the_serial_not_the_table() {
+        let (_d, db) = filled();
+        let names: Vec<String> = db
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit'")
+            .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+            .expect("indexes");
+        assert!(names.iter().any(|n| n == "audit_key_id_rest"), "{names:?}");
+        assert!(!names.iter().any(|n| n == "audit_key_id"), "{names:?}");
+        let q = AuditQuery {
+            key_id: Some("mayfly:deploy:ci:bot:2".into()),
+            ..AuditQuery::default()
+        };
+        let (sql, args) = search_sql(&q);
+        let (live, live_args) = live_sql(&CertFilter::KeyId("mayfly:deploy:ci:bot:2".into()), 1);
+        for p in [plan(&db, &sql, args), plan(&db, &live, live_args)] {
+            assert!(
+                p.contains("USING INDEX audit_key_id_rest (key_id=?)"),
+                "{p}"
+            );
+            assert!(p.contains("USING INDEX audit_serial (serial=?)"), "{p}");
+            let scans = |l: &str| {
+                ["SCAN audit", "SCAN a"]
+                    .iter()
+                    .any(|t| l == *t || l.starts_with(&format!("{t} ")))
+            };
+            assert!(!p.lines().any(scans), "{p}");
+        }
+    }
+
+    #[test]
+    fn issuances_written_as_mayfly_writes_them_stay_out_of_the_key_id_index() {
+        let (_d, db) = filled();
+        let indexed: Vec<i64> = db
+            .conn
+            .prepare(&format!(
+                "SELECT serial FROM audit INDEXED BY audit_key_id_rest \
+                 WHERE key_id > '' AND {} AND event = 'cert_issued' ORDER BY serial",
+                super::super::key_id_index::SQLITE_INDEXED
+            ))
+            .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+            .expect("indexed");
+        assert_eq!(indexed, vec![3, 4, 5, 16]);
+    }
+
+    #[test]
+    fn a_database_with_the_full_key_id_index_gets_the_partial_one() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("m.db");
+        drop(Sqlite::open(&p, Duration::from_secs(1)).expect("open"));
+        {
+            let c = Connection::open(&p).expect("raw");
+            c.execute_batch(
+                "DROP INDEX audit_key_id_rest;
+                 CREATE INDEX audit_key_id ON audit(key_id) WHERE key_id IS NOT NULL;",
+            )
+            .expect("old index");
+        }
+        let db = Sqlite::open(&p, Duration::from_secs(1)).expect("reopen");
+        let names: Vec<String> = db
+            .conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'audit_key_id%'",
+            )
+            .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+            .expect("indexes");
+        assert_eq!(names, vec!["audit_key_id_rest".to_string()]);
     }
 }

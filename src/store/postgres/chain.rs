@@ -464,7 +464,6 @@ pub fn search_sql(q: &AuditQuery) -> (String, Vec<SearchArg>) {
         ("subject", &q.subject),
         ("issuer", &q.issuer),
         ("role", &q.role),
-        ("key_id", &q.key_id),
         ("event", &q.event),
     ] {
         if let Some(v) = v {
@@ -488,6 +487,18 @@ pub fn search_sql(q: &AuditQuery) -> (String, Vec<SearchArg>) {
             " AND (serial = ${a} OR (event = 'cert_revoked' AND serial IS NULL \
              AND translate(left(reason, char_length(${b})), 'SERIAL', 'serial') = ${b}))"
         ));
+    }
+    if let Some(k) = &q.key_id {
+        use crate::store::key_id_index::{condition, serial_of, PG_INDEXED};
+        let serial = serial_of(k);
+        args.push(SearchArg::Text(k.clone()));
+        let key = format!("${}", args.len());
+        let serial_at = serial.map(|n| {
+            args.push(SearchArg::Int(n));
+            format!("${}", args.len())
+        });
+        sql.push_str(" AND ");
+        sql.push_str(&condition(PG_INDEXED, &key, serial_at.as_deref()));
     }
     sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", q.limit.max(1)));
     (sql, args)

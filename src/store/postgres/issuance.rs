@@ -2,6 +2,7 @@
 //! queries, and the counters that SQLite mode keeps in memory (serials,
 //! used tokens, rate-limit buckets), here shared by every replica.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -23,17 +24,24 @@ const LIVE_COLUMNS: &str = "SELECT serial, COALESCE(key_id, ''), COALESCE(cert_t
     COALESCE(ca_key, '')";
 
 /// The filter's condition and its parameters after `$1` (the time).
-fn filter_sql(filter: &CertFilter) -> (&'static str, Vec<FilterArg<'_>>) {
+fn filter_sql(filter: &CertFilter) -> (Cow<'static, str>, Vec<FilterArg<'_>>) {
     match filter {
-        CertFilter::Serial(n) => (" AND serial = $2", vec![FilterArg::Int(*n as i64)]),
-        CertFilter::KeyId(k) => (" AND key_id = $2", vec![FilterArg::Text(k)]),
-        CertFilter::Role(r) => (" AND role = $2", vec![FilterArg::Text(r)]),
+        CertFilter::Serial(n) => (" AND serial = $2".into(), vec![FilterArg::Int(*n as i64)]),
+        CertFilter::KeyId(k) => {
+            use crate::store::key_id_index::{condition, serial_of, PG_INDEXED};
+            let serial = serial_of(k);
+            let cond = condition(PG_INDEXED, "$2", serial.map(|_| "$3"));
+            let mut args = vec![FilterArg::Text(k)];
+            args.extend(serial.map(FilterArg::Int));
+            (format!(" AND {cond}").into(), args)
+        }
+        CertFilter::Role(r) => (" AND role = $2".into(), vec![FilterArg::Text(r)]),
         CertFilter::Identity {
             issuer,
             subject,
             role: None,
         } => (
-            " AND issuer = $2 AND subject = $3",
+            " AND issuer = $2 AND subject = $3".into(),
             vec![FilterArg::Text(issuer), FilterArg::Text(subject)],
         ),
         CertFilter::Identity {
@@ -41,7 +49,7 @@ fn filter_sql(filter: &CertFilter) -> (&'static str, Vec<FilterArg<'_>>) {
             subject,
             role: Some(role),
         } => (
-            " AND issuer = $2 AND subject = $3 AND role = $4",
+            " AND issuer = $2 AND subject = $3 AND role = $4".into(),
             vec![
                 FilterArg::Text(issuer),
                 FilterArg::Text(subject),

@@ -84,7 +84,20 @@ const MIGRATIONS: &[Migration] = &[
         name: "console sessions",
         sql: super::sessions::SCHEMA,
     },
+    Migration {
+        version: 6,
+        name: "a partial key-id index on the audit log",
+        sql: V6,
+    },
 ];
+
+/// The key-id index leaves out the issuance rows the serial finds (see
+/// `store::key_id_index`); its predicate is `key_id_index::PG_INDEXED`
+/// word for word (a unit test compares them).
+const V6: &str = r#"
+DROP INDEX IF EXISTS audit_key_id;
+CREATE INDEX audit_key_id_rest ON audit (key_id) WHERE key_id IS NOT NULL AND NOT (event = 'cert_issued' AND serial IS NOT NULL AND right(key_id, length(serial::text) + 1) = ':' || serial::text);
+"#;
 
 /// The schema version this build needs.
 pub fn current_version() -> i32 {
@@ -342,4 +355,22 @@ async fn migrate(c: &mut Client, location: &str, want: i32) -> Result<(), StoreE
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::key_id_index::{INDEX, OLD_INDEX, PG_INDEXED};
+
+    #[test]
+    fn the_key_id_index_is_built_with_the_predicate_queries_repeat() {
+        assert!(
+            V6.contains(&format!(
+                "CREATE INDEX {INDEX} ON audit (key_id) WHERE {PG_INDEXED};"
+            )),
+            "{V6}"
+        );
+        assert!(V6.contains(&format!("DROP INDEX IF EXISTS {OLD_INDEX};")));
+        assert_eq!(current_version(), 6);
+    }
 }
