@@ -15,7 +15,7 @@ use super::{find_program, free_port, require_root, run_locked, shared_tmp, temp_
 pub const TEST_USERS: &[&str] = &["deploy", "backup"];
 
 /// How long sshd may take to listen.
-const START_TIMEOUT: Duration = Duration::from_secs(15);
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running sshd; killed on drop.
 pub struct Sshd {

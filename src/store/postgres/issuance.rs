@@ -172,6 +172,14 @@ pub async fn approval_write(db: Db<'_>, req: &ApprovalRequest) -> PgResult<()> {
     Ok(())
 }
 
+/// Whether any identity, role or issuer is deactivated.
+async fn any_disabled(db: Db<'_>) -> PgResult<bool> {
+    Ok(db
+        .one("SELECT EXISTS (SELECT 1 FROM disabled)", &[])
+        .await?
+        .try_get(0)?)
+}
+
 /// What a guard needs from the database, read for every guarded record of
 /// a batch at once (pipelined) after the chain lock.
 struct Facts {
@@ -181,7 +189,6 @@ struct Facts {
 }
 
 async fn facts(db: Db<'_>, g: &crate::store::IssueGuard, now: u64) -> PgResult<Facts> {
-    let disabled = disabled_entry(db, &g.issuer, &g.subject, &g.role).await?;
     let live = match g.max_active {
         Some(_) => {
             let filter = CertFilter::Identity {
@@ -204,7 +211,7 @@ async fn facts(db: Db<'_>, g: &crate::store::IssueGuard, now: u64) -> PgResult<F
         None => false,
     };
     Ok(Facts {
-        disabled,
+        disabled: None,
         live,
         renews_revoked,
     })
@@ -224,14 +231,39 @@ pub async fn commit_group(
     let db = Db::Tx(&tx);
     let mut head = chain::lock_head(db).await?;
     // Every writer of the facts below holds the chain lock while it writes,
-    // so they cannot change until this transaction ends.
-    let facts: Vec<Option<Facts>> = try_join_all(records.iter().map(|(r, g)| async move {
-        match g {
-            Some(g) => facts(db, g, r.time_ms / 1000).await.map(Some),
-            None => Ok(None),
-        }
-    }))
+    // so they cannot change until this transaction ends. Deactivations are
+    // looked up per record only when one exists (one statement per group
+    // instead of one per record; usually none exists).
+    let guarded = records.iter().any(|(_, g)| g.is_some());
+    let (look_up_disabled, mut facts) = futures_util::future::try_join(
+        async move {
+            match guarded {
+                true => any_disabled(db).await,
+                false => Ok(false),
+            }
+        },
+        try_join_all(records.iter().map(|(r, g)| async move {
+            match g {
+                Some(g) => facts(db, g, r.time_ms / 1000).await.map(Some),
+                None => Ok(None),
+            }
+        })),
+    )
     .await?;
+    if look_up_disabled {
+        let disabled = try_join_all(records.iter().map(|(_, g)| async move {
+            match g {
+                Some(g) => disabled_entry(db, &g.issuer, &g.subject, &g.role).await,
+                None => Ok(None),
+            }
+        }))
+        .await?;
+        for (f, d) in facts.iter_mut().zip(disabled) {
+            if let Some(f) = f {
+                f.disabled = d;
+            }
+        }
+    }
     // `valid_before` of the certificates this group accepted so far, by
     // identity and role: a guard counts them as the database would.
     let mut accepted: HashMap<(&str, &str, &str), Vec<u64>> = HashMap::new();
