@@ -15,6 +15,7 @@ pub mod exit;
 pub mod host;
 pub mod hosts;
 pub mod identity;
+pub mod log_sink;
 pub mod policy;
 pub mod remote;
 pub mod report;
@@ -83,6 +84,22 @@ pub fn as_data_dir_owner(data_dir: &Path, command: &str) -> anyhow::Result<()> {
 
 /// Sends `tracing` output to stderr: `RUST_LOG` if set, else `default`.
 pub fn init_logging(default: &str, format: LogFormat) {
+    init_logging_to(default, format, std::io::stderr);
+}
+
+/// As [`init_logging`], for `mayfly serve`: lines are written by a thread
+/// of their own, many per write (see [`log_sink`]). Keep the returned
+/// value until the server returns; dropping it writes what is left.
+pub fn init_server_logging(default: &str, format: LogFormat) -> log_sink::Flush {
+    let (sink, flush) = log_sink::LogSink::start();
+    init_logging_to(default, format, sink);
+    flush
+}
+
+fn init_logging_to<W>(default: &str, format: LogFormat, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colour only for a person at a terminal: journald, CI logs and log
@@ -91,7 +108,7 @@ pub fn init_logging(default: &str, format: LogFormat) {
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Json => b.json().init(),
         LogFormat::Text => b.init(),

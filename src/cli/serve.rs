@@ -7,7 +7,7 @@ use clap::Args;
 
 use mayfly::config::Config;
 
-use super::{env, init_logging, runtime};
+use super::{env, init_server_logging, runtime};
 
 // Arguments of `mayfly serve` (its help text is the doc comment of
 // `Cmd::Serve` in main.rs).
@@ -26,7 +26,7 @@ pub struct ServeArgs {
 pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = Config::load(a.config.as_deref(), &env)?;
     cfg.insecure_http |= a.insecure_http;
-    init_logging("info", cfg.log_format);
+    let _flush = init_server_logging("info", cfg.log_format);
     if a.config.is_none() {
         tracing::info!("no --config given: using embedded defaults (listen 127.0.0.1:8400, data ./mayfly-data, policies ./ca-policy)");
     }
