@@ -793,6 +793,119 @@ async fn a_state_change_on_one_replica_reaches_the_other_within_a_second() {
     }
 }
 
+/// The state version a request reads is never older than a change that
+/// returned before it asked, while many reads run at once and share
+/// queries (each read answers only those who asked before it was sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_read_begun_after_a_change_returned_sees_it_while_others_read_at_once() {
+    let (_db, a, b) = two_replicas();
+    let b = Arc::new(b);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut busy = Vec::new();
+    for _ in 0..8 {
+        let (b, stop) = (b.clone(), stop.clone());
+        busy.push(tokio::spawn(async move {
+            let mut reads = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                b.access().state_version().await.expect("read");
+                reads += 1;
+            }
+            reads
+        }));
+    }
+    let v0 = a
+        .access()
+        .state_version()
+        .await
+        .expect("version on a")
+        .version;
+    for round in 0..100u64 {
+        let key = DisableTarget::Role(format!("role{round}"));
+        let entry = DisabledEntry {
+            key: key.clone(),
+            time_ms: 1,
+            reason: "r".into(),
+            actor: "a".into(),
+        };
+        a.access()
+            .set_disabled(
+                key,
+                Some(entry),
+                AuditRecord::new(EventKind::Disabled, now_s() * 1000, "admin"),
+                now_s(),
+            )
+            .await
+            .expect("disable");
+        // Each change bumps the version by one.
+        let seen = b.access().state_version().await.expect("version on b");
+        assert_eq!(
+            seen.version,
+            v0 + round + 1,
+            "round {round}: replica b answered a version older than a change that had returned"
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in busy {
+        assert!(t.await.expect("reader") > 0);
+    }
+}
+
+/// Requests asking for the state version at once share one query: with
+/// the `state` table locked, 40 waiting requests hold one query (two, if
+/// the change listener's once-a-second poll came too), not one per pooled
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reading_the_state_version_at_once_share_one_query() {
+    let db = Postgres::shared().create_database();
+    let b = Arc::new(open(&db, OpenMode::Create).expect("store"));
+    let before = b.access().state_version().await.expect("version");
+    let locker = {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            db.psql("BEGIN; LOCK TABLE state IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(3); COMMIT;")
+        })
+    };
+    let locked = |db: &PgDb| {
+        db.psql(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE c.relname = 'state' AND l.mode = 'AccessExclusiveLock' AND l.granted",
+        )
+        .trim()
+            == "1"
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !locked(&db) {
+        assert!(
+            Instant::now() < deadline,
+            "the test could not lock the state table"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let readers: Vec<_> = (0..40)
+        .map(|_| {
+            let b = b.clone();
+            tokio::spawn(async move { b.access().state_version().await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let waiting: u32 = db
+        .psql(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE query = 'SELECT version, changed_at FROM state' AND wait_event_type = 'Lock'",
+        )
+        .trim()
+        .parse()
+        .expect("a count");
+    assert!(
+        (1..=2).contains(&waiting),
+        "{waiting} state-version queries wait for the lock; 40 requests asking at once share one"
+    );
+    locker.join().expect("locking psql");
+    for r in readers {
+        assert_eq!(r.await.expect("task").expect("version"), before);
+    }
+}
+
 /// A varied log: issuance, refusals, revocations (the serial in the
 /// reason), and reasons that only look like a revoked serial.
 async fn varied_log(s: &Store) {

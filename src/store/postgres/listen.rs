@@ -6,8 +6,10 @@
 //! hooks, as a local commit does.
 //!
 //! Requests do not depend on this: the service reads the state version
-//! from the database at the start of each request, so a change that
-//! returned on one replica is honoured by the next request on any replica.
+//! from the database at the start of each request (one query for the
+//! requests that ask at once, see [`super::version_reads`]), so a change
+//! that returned on one replica is honoured by the next request on any
+//! replica.
 //! This is for what is cached between requests (the KRL, the audit
 //! stream's wake-up).
 

@@ -38,6 +38,7 @@ pub mod schema;
 pub mod sessions;
 pub mod tls;
 pub mod url;
+pub mod version_reads;
 pub mod writer;
 
 use std::future::Future;
@@ -222,6 +223,7 @@ impl Inner {
 /// The PostgreSQL store of one process.
 pub struct PgStore {
     inner: Arc<Inner>,
+    versions: version_reads::VersionReads,
     writer: Option<mpsc::UnboundedSender<writer::Pending>>,
     background: Vec<tokio::task::AbortHandle>,
     // Last: its runtime (if its own) shuts down after the tasks are told to end.
@@ -329,6 +331,10 @@ impl PgStore {
             serials: tokio::sync::Mutex::new((0, 0)),
         });
         let mut background = Vec::new();
+        let versions = {
+            let _guard = exec.handle.enter();
+            version_reads::VersionReads::start(pool.clone(), connector.display.clone())
+        };
         // The writer is not aborted on drop: it ends when its sender is
         // dropped, after answering what it has.
         let writer_tx = (cfg.mode != OpenMode::ReadOnly).then(|| {
@@ -346,6 +352,7 @@ impl PgStore {
         }
         Ok(PgStore {
             inner,
+            versions,
             writer: writer_tx,
             background,
             exec,
@@ -807,7 +814,9 @@ impl AccessStore for PgStore {
     }
 
     fn state_version(&self) -> StoreFuture<'_, StateVersion> {
-        read!(self, |db| access::state_version(db))
+        // One query for every request asking at once (see version_reads).
+        let versions = self.versions.clone();
+        Box::pin(async move { versions.read().await })
     }
 }
 
