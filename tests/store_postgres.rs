@@ -752,6 +752,26 @@ async fn text_with_nul_from_a_request_is_recorded_and_chained() {
     assert!(report.is_intact(), "{report}");
 }
 
+/// Disables `role` through `s`, which bumps the state version by one.
+async fn disable_role(s: &Store, role: &str) {
+    let key = DisableTarget::Role(role.into());
+    let entry = DisabledEntry {
+        key: key.clone(),
+        time_ms: 1,
+        reason: "r".into(),
+        actor: "a".into(),
+    };
+    s.access()
+        .set_disabled(
+            key,
+            Some(entry),
+            AuditRecord::new(EventKind::Disabled, now_s() * 1000, "admin"),
+            now_s(),
+        )
+        .await
+        .expect("disable");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_change_on_one_replica_reaches_the_other_within_a_second() {
     let (_db, a, b) = two_replicas();
@@ -764,23 +784,8 @@ async fn a_state_change_on_one_replica_reaches_the_other_within_a_second() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for round in 0..3 {
         let before = calls.load(Ordering::SeqCst);
-        let key = DisableTarget::Role(format!("role{round}"));
-        let entry = DisabledEntry {
-            key: key.clone(),
-            time_ms: 1,
-            reason: "r".into(),
-            actor: "a".into(),
-        };
         let changed_at = Instant::now();
-        a.access()
-            .set_disabled(
-                key,
-                Some(entry),
-                AuditRecord::new(EventKind::Disabled, now_s() * 1000, "admin"),
-                now_s(),
-            )
-            .await
-            .expect("disable");
+        disable_role(&a, &format!("role{round}")).await;
         let v = a.access().state_version().await.expect("version");
         while calls.load(Ordering::SeqCst) == before {
             assert!(
@@ -820,22 +825,7 @@ async fn a_state_read_begun_after_a_change_returned_sees_it_while_others_read_at
         .expect("version on a")
         .version;
     for round in 0..100u64 {
-        let key = DisableTarget::Role(format!("role{round}"));
-        let entry = DisabledEntry {
-            key: key.clone(),
-            time_ms: 1,
-            reason: "r".into(),
-            actor: "a".into(),
-        };
-        a.access()
-            .set_disabled(
-                key,
-                Some(entry),
-                AuditRecord::new(EventKind::Disabled, now_s() * 1000, "admin"),
-                now_s(),
-            )
-            .await
-            .expect("disable");
+        disable_role(&a, &format!("role{round}")).await;
         // Each change bumps the version by one.
         let seen = b.access().state_version().await.expect("version on b");
         assert_eq!(

@@ -10,11 +10,16 @@
 //! That thread waits a few milliseconds for more lines, then writes the
 //! whole buffer at once.
 //!
+//! Only those per-certificate lines wait ([`ISSUANCE_TARGET`], at INFO or
+//! below). Any other line (start-up, reloads, warnings, errors) is written
+//! at once by the thread that logs it, together with the lines buffered
+//! before it, so the order is kept and a warning is never late.
+//!
 //! Lines are never dropped: a buffer that grows past [`MAX_BUFFERED`]
 //! makes the logging worker write it itself. A line reaches stderr at
 //! most [`GATHER`] after it was logged, and [`Flush`] (held by `serve`
 //! until it returns) writes what is left before the process exits. A
-//! process killed with SIGKILL loses the lines of its last few
+//! process killed with SIGKILL loses the issuance lines of its last few
 //! milliseconds; the audit log, which is written before any certificate
 //! leaves the CA, loses nothing.
 
@@ -22,6 +27,9 @@ use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+/// The target (module) of the per-certificate log lines, the only ones
+/// that wait for the writer thread.
+pub const ISSUANCE_TARGET: &str = mayfly::service::ISSUANCE_LOG_TARGET;
 /// How long the writer thread gathers lines after the first one.
 const GATHER: Duration = Duration::from_millis(10);
 /// Buffered bytes past which the logging thread writes them itself.
@@ -56,6 +64,8 @@ pub struct Flush {
 /// one `write_all`, so a line is appended whole.
 pub struct Line<'a> {
     sink: &'a LogSink,
+    /// Waits for the writer thread (else written at once).
+    batched: bool,
 }
 
 impl LogSink {
@@ -91,7 +101,7 @@ impl LogSink {
         (sink, Flush { shared })
     }
 
-    fn append(&self, line: &[u8]) {
+    fn append(&self, line: &[u8], batched: bool) {
         let sh = &*self.shared;
         if sh.direct {
             (sh.out)(line);
@@ -100,7 +110,7 @@ impl LogSink {
         let mut g = sh.buf.lock().unwrap_or_else(|p| p.into_inner());
         let was_empty = g.is_empty();
         g.extend_from_slice(line);
-        if g.len() > MAX_BUFFERED {
+        if !batched || g.len() > MAX_BUFFERED {
             // Written under the lock, so lines keep their order.
             (sh.out)(&g);
             g.clear();
@@ -148,7 +158,7 @@ impl Drop for Flush {
 
 impl Write for Line<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.sink.append(buf);
+        self.sink.append(buf, self.batched);
         Ok(buf.len())
     }
 
@@ -161,7 +171,17 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogSink {
     type Writer = Line<'a>;
 
     fn make_writer(&'a self) -> Line<'a> {
-        Line { sink: self }
+        Line {
+            sink: self,
+            batched: false,
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Line<'a> {
+        Line {
+            sink: self,
+            batched: meta.target() == ISSUANCE_TARGET && *meta.level() >= tracing::Level::INFO,
+        }
     }
 }
 
@@ -199,8 +219,7 @@ mod tests {
     fn lines_are_kept_whole_and_in_order_until_flushed() {
         let s = idle(ignore);
         for i in 0..3 {
-            let mut w = tracing_subscriber::fmt::MakeWriter::make_writer(&s);
-            w.write_all(format!("line {i}\n").as_bytes()).unwrap();
+            s.append(format!("line {i}\n").as_bytes(), true);
         }
         assert_eq!(buffered(&s), b"line 0\nline 1\nline 2\n");
         flush(&s.shared);
@@ -211,7 +230,7 @@ mod tests {
     fn the_writer_thread_writes_lines_logged_together_in_one_write() {
         let (s, _flush) = LogSink::start_to(collect);
         for i in 0..50 {
-            s.append(format!("line {i}\n").as_bytes());
+            s.append(format!("line {i}\n").as_bytes(), true);
         }
         let want: String = (0..50).map(|i| format!("line {i}\n")).collect();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -238,11 +257,60 @@ mod tests {
         let s = idle(ignore);
         let line = vec![b'x'; 4096];
         for _ in 0..(MAX_BUFFERED / line.len() + 1) {
-            s.append(&line);
+            s.append(&line, true);
         }
         assert!(
             buffered(&s).len() <= MAX_BUFFERED,
             "the buffer stays bounded"
+        );
+    }
+
+    static URGENT: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+    fn collect_urgent(bytes: &[u8]) {
+        URGENT.lock().unwrap().extend_from_slice(bytes);
+    }
+
+    #[test]
+    fn only_issuance_lines_wait_and_any_other_line_writes_them_first() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let s = idle(collect_urgent);
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .without_time()
+                .with_writer(s.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: ISSUANCE_TARGET, "certificate issued 1");
+            tracing::info!(target: ISSUANCE_TARGET, "certificate issued 2");
+            assert!(URGENT.lock().unwrap().is_empty(), "issuance lines wait");
+            tracing::warn!(target: ISSUANCE_TARGET, "a warning");
+        });
+        let written = String::from_utf8(URGENT.lock().unwrap().clone()).unwrap();
+        let order: Vec<_> = ["issued 1", "issued 2", "a warning"]
+            .iter()
+            .map(|w| {
+                written
+                    .find(w)
+                    .unwrap_or_else(|| panic!("{w} not written: {written}"))
+            })
+            .collect();
+        assert!(order.windows(2).all(|p| p[0] < p[1]), "in order: {written}");
+        assert!(buffered(&s).is_empty());
+        tracing::subscriber::with_default(
+            tracing_subscriber::registry().with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(s.clone()),
+            ),
+            || tracing::info!(target: "mayfly::server", "mayfly CA serving"),
+        );
+        assert!(
+            String::from_utf8(URGENT.lock().unwrap().clone())
+                .unwrap()
+                .contains("mayfly CA serving"),
+            "a start-up line is written at once"
         );
     }
 }

@@ -1,5 +1,7 @@
 //! The issuance pipeline: token, policy, limits, replay, mint, durable record.
 
+/// The target of this module's log lines (see `ISSUANCE_LOG_TARGET`).
+pub(super) const LOG_TARGET: &str = module_path!();
 use std::time::SystemTime;
 
 use crate::audit::{AuditRecord, EventKind};

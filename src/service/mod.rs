@@ -12,6 +12,11 @@ mod hosts;
 pub use hosts::HostReportError;
 mod approvals;
 mod issue;
+
+/// The log target (module) of the one line logged per certificate
+/// request (issued, refused, waiting for approval): `mayfly serve` writes
+/// these in batches from a thread of its own.
+pub const ISSUANCE_LOG_TARGET: &str = issue::LOG_TARGET;
 mod keys;
 mod krl;
 mod limits;

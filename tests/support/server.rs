@@ -102,7 +102,11 @@ impl Mayfly {
     }
 
     /// Everything the server wrote on stderr (its logs), across restarts.
+    /// The per-certificate lines reach it within 10 ms of being logged
+    /// (`mayfly serve` writes them in batches): this waits 50 ms first, so
+    /// the lines of requests already answered are in it.
     pub fn stderr_log(&self) -> String {
+        std::thread::sleep(std::time::Duration::from_millis(50));
         std::fs::read_to_string(self.dir.path().join("mayfly.stderr")).unwrap_or_default()
     }
 
