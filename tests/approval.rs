@@ -120,7 +120,16 @@ impl Env {
     }
     /// Starts `mayfly ssh` for the bot against a host that is never
     /// reached, and returns it with its stderr collected as it comes.
-    fn spawn_bot_ssh(&self, timeout: &str) -> (std::process::Child, Arc<Mutex<String>>) {
+    /// Starts `mayfly ssh` as a bot; its stderr collects in the string as
+    /// it comes. Join the thread after the bot exits to have all of it.
+    fn spawn_bot_ssh(
+        &self,
+        timeout: &str,
+    ) -> (
+        std::process::Child,
+        Arc<Mutex<String>>,
+        std::thread::JoinHandle<()>,
+    ) {
         let mut child = Command::new(Mayfly::bin())
             .args([
                 "ssh",
@@ -146,7 +155,7 @@ impl Env {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut pipe = child.stderr.take().expect("stderr");
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             while let Ok(n) = pipe.read(&mut buf) {
                 if n == 0 {
@@ -157,7 +166,7 @@ impl Env {
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        (child, stderr)
+        (child, stderr, reader)
     }
     fn token_file(&self, who: &str) -> String {
         let p = self.dir.path().join(format!("{who}.token"));
@@ -413,7 +422,7 @@ fn wait_for_request_id(stderr: &Arc<Mutex<String>>) -> String {
 #[test]
 fn the_bot_is_told_who_denied_its_request_and_why() {
     let env = setup();
-    let (mut child, stderr) = env.spawn_bot_ssh("60s");
+    let (mut child, stderr, reader) = env.spawn_bot_ssh("60s");
     let id = wait_for_request_id(&stderr);
     let out = env.request_cli(
         "alice",
@@ -425,6 +434,8 @@ fn the_bot_is_told_who_denied_its_request_and_why() {
         String::from_utf8_lossy(&out.stderr)
     );
     let status = child.wait().expect("wait");
+    // Everything the bot wrote, up to its end of stderr.
+    reader.join().expect("reader");
     let text = stderr.lock().expect("lock").clone();
     assert!(!status.success(), "{text}");
     assert!(
@@ -465,9 +476,11 @@ fn the_bot_is_told_who_denied_its_request_and_why() {
 #[test]
 fn a_bot_that_gives_up_cancels_its_request() {
     let env = setup();
-    let (mut child, stderr) = env.spawn_bot_ssh("3s");
+    let (mut child, stderr, reader) = env.spawn_bot_ssh("3s");
     let id = wait_for_request_id(&stderr);
     let status = child.wait().expect("wait");
+    // Everything the bot wrote, up to its end of stderr.
+    reader.join().expect("reader");
     let text = stderr.lock().expect("lock").clone();
     assert!(!status.success(), "{text}");
     assert!(
