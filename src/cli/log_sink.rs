@@ -103,14 +103,11 @@ impl LogSink {
 
     fn append(&self, line: &[u8], batched: bool) {
         let sh = &*self.shared;
-        if sh.direct {
-            (sh.out)(line);
-            return;
-        }
         let mut g = sh.buf.lock().unwrap_or_else(|p| p.into_inner());
         let was_empty = g.is_empty();
         g.extend_from_slice(line);
-        if !batched || g.len() > MAX_BUFFERED {
+        // Without a writer thread every line is written at once.
+        if !batched || sh.direct || g.len() > MAX_BUFFERED {
             // Written under the lock, so lines keep their order.
             (sh.out)(&g);
             g.clear();
