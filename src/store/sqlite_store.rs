@@ -984,15 +984,23 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn commit_hooks_run_after_each_commit() {
+        // The writer calls the hooks after it has answered the waiting
+        // requests, so an append can return before its hook has run: wait
+        // for each call rather than count right after the append.
         let d = tempfile::tempdir().unwrap();
         let s = store(d.path(), OpenMode::Create).unwrap();
-        let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let seen = n.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let tx = Mutex::new(tx);
         s.audit().on_commit(Box::new(move || {
-            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = tx.lock().unwrap().send(());
         }));
+        let wait = std::time::Duration::from_secs(10);
         s.audit().append(issued(1, "bot")).await.unwrap();
-        assert!(n.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        rx.recv_timeout(wait)
+            .expect("the hook ran after the first commit");
+        s.audit().append(issued(2, "bot")).await.unwrap();
+        rx.recv_timeout(wait)
+            .expect("the hook ran after the second commit");
     }
 
     #[tokio::test(flavor = "current_thread")]
