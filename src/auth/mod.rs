@@ -382,15 +382,25 @@ fn parse_front(token: &str) -> Result<Front<'_>, TokenError> {
         ));
     };
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let header_json: Value = b64
+    let header_json: Map<String, Value> = b64
         .decode(h64)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| TokenError::Malformed("header is not base64url JSON".into()))?;
+        .ok_or_else(|| TokenError::Malformed("header is not a base64url JSON object".into()))?;
     let alg_name = header_json
         .get("alg")
         .and_then(|a| a.as_str())
         .ok_or_else(|| TokenError::Malformed("header has no alg".into()))?;
+    // RFC 7515's string-valued header parameters: one of another type is
+    // a malformed token, not an absent parameter (a `kid` of 7 must not
+    // make the token try every key of its issuer).
+    for name in ["kid", "typ", "cty", "jku", "x5u", "x5t", "x5t#S256"] {
+        if header_json.get(name).is_some_and(|v| !v.is_string()) {
+            return Err(TokenError::Malformed(format!(
+                "header {name} is not a string"
+            )));
+        }
+    }
     let alg: Algorithm = alg_name.parse().map_err(|_| {
         // Echoed to the caller and logged: bounded like the other echoes.
         let shown: String = alg_name.chars().take(32).collect();
@@ -930,6 +940,41 @@ mod tests {
             assert_eq!(e.code(), "unsupported_critical_header", "{crit}: {e}");
             assert!(e.to_string().contains(says), "{crit}: {e}");
             assert!(e.to_string().contains("RFC 7515"), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_header_parameter_of_the_wrong_type_is_malformed() {
+        let d = tempfile::tempdir().unwrap();
+        let v = verifier(&d);
+        // Without the parameter the token verifies: the refusal is its type.
+        v.verify(&sign_header(json!({"alg": "EdDSA"}), &good()), NOW)
+            .await
+            .unwrap();
+        for (name, value) in [
+            ("kid", json!(7)),
+            ("kid", json!(["k1"])),
+            ("kid", json!(null)),
+            ("typ", json!({"a": 1})),
+            ("cty", json!(true)),
+            ("jku", json!(1)),
+        ] {
+            let mut h = json!({"alg": "EdDSA"});
+            h[name] = value.clone();
+            let e = v.verify(&sign_header(h, &good()), NOW).await.unwrap_err();
+            assert_eq!(e.code(), "malformed_token", "{name}={value}: {e}");
+            assert!(
+                e.to_string()
+                    .contains(&format!("header {name} is not a string")),
+                "{e}"
+            );
+        }
+        for header in [json!(["EdDSA"]), json!("EdDSA")] {
+            let e = v
+                .verify(&sign_header(header, &good()), NOW)
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), "malformed_token", "{e}");
         }
     }
 
