@@ -361,6 +361,20 @@ pub struct KeyStatus {
     pub signs: bool,
 }
 
+impl KeyStatus {
+    /// The row of key `a` in `slot` of CA `ca`, `age_seconds` old if known.
+    pub fn of(ca: &str, slot: Slot, a: &Authority, age_seconds: Option<u64>) -> KeyStatus {
+        KeyStatus {
+            ca: ca.to_string(),
+            slot,
+            fingerprint: a.fingerprint(),
+            location: a.describe(),
+            age_seconds,
+            signs: slot == Slot::Active,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -212,13 +212,8 @@ impl KeyLoader {
         ca: &str,
         now: u64,
     ) -> Result<Vec<KeyStatus>, RotationError> {
-        let row = |slot: Slot, a: &Authority, created_at: Option<u64>| KeyStatus {
-            ca: ca.to_string(),
-            slot,
-            fingerprint: a.fingerprint(),
-            location: a.describe(),
-            age_seconds: created_at.map(|t| now.saturating_sub(t)),
-            signs: slot == Slot::Active,
+        let row = |slot: Slot, a: &Authority, created_at: Option<u64>| {
+            KeyStatus::of(ca, slot, a, created_at.map(|t| now.saturating_sub(t)))
         };
         if let CaKeyConfig::Pkcs11(_) = &self.cfg {
             let (ring, _) = self.open_in_token(base).await?;
@@ -365,14 +360,7 @@ impl Service {
                 (Slot::Previous, ring.previous.as_ref()),
             ] {
                 if let Some(a) = a {
-                    out.push(KeyStatus {
-                        ca: ca.to_string(),
-                        slot,
-                        fingerprint: a.fingerprint(),
-                        location: a.describe(),
-                        age_seconds: None,
-                        signs: slot == Slot::Active,
-                    });
+                    out.push(KeyStatus::of(ca, slot, a, None));
                 }
             }
         }
