@@ -223,17 +223,28 @@ pub struct KrlInfo {
 /// public-key login when it cannot parse its `RevokedKeys` file, so a KRL cut
 /// short in its sections is as dangerous as a missing one.
 pub fn check_krl(bytes: &[u8]) -> Result<KrlInfo, String> {
+    parse_krl(bytes).map(|k| KrlInfo::of(&k))
+}
+
+/// Parses a whole KRL of at most [`MAX_KRL_BYTES`] ([`check_krl`]).
+fn parse_krl(bytes: &[u8]) -> Result<krl::Krl, String> {
     if bytes.len() > MAX_KRL_BYTES {
         return Err(format!(
             "{} bytes is more than the {MAX_KRL_BYTES}-byte limit",
             bytes.len()
         ));
     }
-    let parsed = krl::parse(bytes).map_err(|e| e.to_string())?;
-    Ok(KrlInfo {
-        version: parsed.krl_version,
-        generated_date: parsed.generated_date,
-    })
+    krl::parse(bytes).map_err(|e| e.to_string())
+}
+
+impl KrlInfo {
+    /// The header of a parsed KRL.
+    fn of(k: &krl::Krl) -> KrlInfo {
+        KrlInfo {
+            version: k.krl_version,
+            generated_date: k.generated_date,
+        }
+    }
 }
 
 /// What to do with the CA's KRL given the installed one.
@@ -611,7 +622,13 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, SyncError> {
 
 /// The installed KRL's header, `None` if there is no valid one.
 fn installed_krl(dir: &Path) -> Result<Option<KrlInfo>, SyncError> {
-    Ok(read_optional(&dir.join(KRL_FILE))?.and_then(|b| check_krl(&b).ok()))
+    Ok(installed_krl_file(dir)?.map(|(_, k)| KrlInfo::of(&k)))
+}
+
+/// The installed KRL's bytes and what they say, `None` if there is no
+/// valid one.
+fn installed_krl_file(dir: &Path) -> Result<Option<(Vec<u8>, krl::Krl)>, SyncError> {
+    Ok(read_optional(&dir.join(KRL_FILE))?.and_then(|b| parse_krl(&b).ok().map(|k| (b, k))))
 }
 
 /// One file written to a temporary name in its directory, fsynced, mode
@@ -724,7 +741,8 @@ pub async fn sync(opts: &SyncOptions) -> Result<SyncOutcome, SyncError> {
     let krl_path = dir.join(KRL_FILE);
     let ca_path = dir.join(USER_CA_FILE);
     let etag_path = dir.join(ETAG_FILE);
-    let installed = installed_krl(dir)?;
+    let installed_file = installed_krl_file(dir)?;
+    let installed = installed_file.as_ref().map(|(_, k)| KrlInfo::of(k));
     let installed_ca = read_optional(&ca_path)?;
     // An ETag only means something while the KRL it belongs to is intact;
     // otherwise a 304 would leave the host without a valid KRL.
@@ -788,10 +806,11 @@ pub async fn sync(opts: &SyncOptions) -> Result<SyncOutcome, SyncError> {
             info.version
         }
         (Fetched::Body { bytes, etag }, installed) => {
-            let info = check_krl(&bytes).map_err(|reason| SyncError::BadKrl {
+            let served = parse_krl(&bytes).map_err(|reason| SyncError::BadKrl {
                 url: krl_url.to_string(),
                 reason,
             })?;
+            let info = KrlInfo::of(&served);
             match decide_krl(installed.map(|i| i.version), info.version) {
                 KrlDecision::Older => {
                     return Err(SyncError::OlderKrl {
@@ -808,12 +827,9 @@ pub async fn sync(opts: &SyncOptions) -> Result<SyncOutcome, SyncError> {
                     // installed version revoking more comes from another
                     // or a rebuilt CA, whose revocations this host would
                     // otherwise never install.
-                    if let Some(old) = read_optional(&krl_path)?.filter(|b| *b != bytes) {
-                        let within = match (krl::parse(&bytes), krl::parse(&old)) {
-                            (Ok(served), Ok(old)) => served.is_within(&old),
-                            _ => false,
-                        };
-                        if !within {
+                    let other = installed_file.as_ref().filter(|(old, _)| *old != bytes);
+                    if let Some((_, old)) = other {
+                        if !served.is_within(old) {
                             return Err(SyncError::OtherKrl {
                                 url: krl_url.to_string(),
                                 version: info.version,
