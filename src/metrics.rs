@@ -319,11 +319,7 @@ pub struct Metrics {
     /// Report the process's own stats from /proc/self.
     process: bool,
     /// The hosts' sync reports, read at scrape time.
-    hosts: Option<(
-        crate::store::Store,
-        crate::fleet::Staleness,
-        Option<std::path::PathBuf>,
-    )>,
+    hosts: Option<crate::store::hosts::Fleet>,
     /// Written by the issuers' key caches.
     jwks: Arc<JwksMetrics>,
     /// The listener's connection counters, shared with the serve loop.
@@ -533,16 +529,11 @@ impl Metrics {
         }
     }
 
-    /// Also reports the hosts that sync (total, lagging, stale), read from
-    /// `store` at scrape time, and the hosts of `expected` (an
-    /// expected-hosts file, read at each scrape) that never reported.
-    pub fn with_hosts(
-        mut self,
-        store: crate::store::Store,
-        s: crate::fleet::Staleness,
-        expected: Option<std::path::PathBuf>,
-    ) -> Metrics {
-        self.hosts = Some((store, s, expected));
+    /// Also reports the hosts of `fleet` that sync (total, lagging, stale),
+    /// read at scrape time, and the expected hosts (the expected-hosts
+    /// file, read at each scrape) that never reported.
+    pub fn with_hosts(mut self, fleet: crate::store::hosts::Fleet) -> Metrics {
+        self.hosts = Some(fleet);
         self
     }
 
@@ -640,26 +631,19 @@ impl Metrics {
             tracing::warn!(error = %e, "metrics: cannot read the replicas' heartbeats");
         }
         let hosts = match &self.hosts {
-            Some((store, s, expected_file)) => {
+            Some(fleet) => {
                 // Without its list the never-reported count is unknown, not
                 // 0: the gauge is left out rather than reading "all fine".
-                let expected = match expected_file {
-                    None => Some(Vec::new()),
-                    Some(p) => match crate::config::read_expected_hosts(p) {
-                        Ok(v) => Some(v),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "metrics: cannot read [hosts] expected_file");
-                            None
-                        }
-                    },
+                let expected = match fleet.expected() {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics: cannot read [hosts] expected_file");
+                        None
+                    }
                 };
-                match crate::store::hosts::fleet_view(
-                    store,
-                    *s,
-                    unix,
-                    expected.as_deref().unwrap_or_default(),
-                )
-                .await
+                match fleet
+                    .view_with(unix, expected.as_deref().unwrap_or_default())
+                    .await
                 {
                     Ok(v) => Some((v, expected.is_some())),
                     Err(e) => {

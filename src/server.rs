@@ -258,9 +258,10 @@ pub async fn build_with_audit(
         .redirect(crate::auth::jwks::redirect_policy())
         .build()
         .map_err(std::io::Error::other)?;
-    if let Some(p) = &cfg.hosts.expected_file {
-        crate::config::read_expected_hosts(p).map_err(StartError::ExpectedHosts)?;
-    }
+    let fleet = crate::store::hosts::Fleet::new(store.clone(), &cfg.hosts);
+    fleet
+        .expected()
+        .map_err(|e| StartError::ExpectedHosts(e.to_string()))?;
     let metrics = Arc::new(
         Metrics::for_data_dir(&cfg.data_dir, store.reports_shared())
             .with_keys(store.keys_shared())
@@ -268,11 +269,7 @@ pub async fn build_with_audit(
             .with_approvals(store.approvals_shared())
             .with_audit_stream(audit.stats(), store.audit_shared())
             .with_process_stats()
-            .with_hosts(
-                store.clone(),
-                crate::fleet::Staleness::of(&cfg.hosts),
-                cfg.hosts.expected_file.clone(),
-            ),
+            .with_hosts(fleet.clone()),
     );
     let verifier = Verifier::new(&cfg.issuers, http, metrics.jwks(), clock.clone());
     tracing::info!(roles = policy.roles.len(), digest = %policy.digest, dir = %cfg.policy_dir.display(), "policy loaded");
@@ -289,7 +286,7 @@ pub async fn build_with_audit(
         clock: Arc::new(crate::clock::SystemClock::new()),
     })
     .with_error_detail(cfg.error_detail)
-    .with_hosts_config(cfg.hosts.clone());
+    .with_fleet(fleet);
     let notifier = crate::service::webhook::Notifier::new(
         cfg.approval_webhook.clone(),
         audit_log,

@@ -115,20 +115,12 @@ pub struct Service {
     error_detail: crate::config::ErrorDetail,
     /// Notifies approvers of new approval requests (`None`: no webhook).
     webhook: Option<Arc<webhook::Notifier>>,
-    /// `[hosts]`: when a host is stale, and the expected-hosts file.
-    hosts: crate::config::HostsConfig,
+    /// The fleet as `[hosts]` defines it: when a host is stale, and the
+    /// expected-hosts file.
+    fleet: crate::store::hosts::Fleet,
 }
 
-/// Why the fleet view cannot be had.
-#[derive(Debug, thiserror::Error)]
-pub enum FleetViewError {
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The `[hosts] expected_file` cannot be read.
-    #[error("{0}")]
-    ExpectedHosts(String),
-}
+pub use crate::store::hosts::FleetViewError;
 
 /// Revocation/deactivation state cached from the store, reloaded whenever
 /// the store's state version changes (also by `mayfly revoke` on the CA host).
@@ -173,6 +165,9 @@ impl Service {
 
     /// Assembles the service.
     pub fn new(p: ServiceParts) -> Service {
+        let store = p.store;
+        let fleet =
+            crate::store::hosts::Fleet::new(store.clone(), &crate::config::HostsConfig::default());
         Service {
             verifier: p.verifier,
             policy: RwLock::new(Arc::new(p.policy)),
@@ -180,7 +175,7 @@ impl Service {
             host_keys: RwLock::new(Arc::new(p.host_keys)),
             group_keys: RwLock::new(Default::default()),
             key_loader: p.key_loader,
-            store: p.store,
+            store,
             backdate: p.backdate,
             metrics: p.metrics,
             admin: Mutex::new(AdminCache::default()),
@@ -188,7 +183,7 @@ impl Service {
             unauthenticated: crate::audit::sampling::RefusalSampler::new(),
             error_detail: crate::config::ErrorDetail::Full,
             webhook: None,
-            hosts: crate::config::HostsConfig::default(),
+            fleet,
             admins: p
                 .admins
                 .into_iter()
@@ -216,10 +211,10 @@ impl Service {
         self
     }
 
-    /// Judges the hosts' sync reports by `[hosts]` (default: the shipped
-    /// timer's interval, no expected-hosts file).
-    pub fn with_hosts_config(mut self, hosts: crate::config::HostsConfig) -> Service {
-        self.hosts = hosts;
+    /// Judges the hosts' sync reports as `fleet` does (default: the
+    /// shipped timer's interval, no expected-hosts file).
+    pub fn with_fleet(mut self, fleet: crate::store::hosts::Fleet) -> Service {
+        self.fleet = fleet;
         self
     }
 
@@ -227,19 +222,7 @@ impl Service {
     /// `GET /v1/admin/hosts`, the answer of `mayfly hosts --json`. The
     /// expected-hosts file is read again on each call, as `/metrics` does.
     pub async fn fleet_view(&self, now: u64) -> Result<crate::fleet::FleetView, FleetViewError> {
-        let expected = match &self.hosts.expected_file {
-            Some(p) => {
-                crate::config::read_expected_hosts(p).map_err(FleetViewError::ExpectedHosts)?
-            }
-            None => Vec::new(),
-        };
-        Ok(crate::store::hosts::fleet_view(
-            &self.store,
-            crate::fleet::Staleness::of(&self.hosts),
-            now,
-            &expected,
-        )
-        .await?)
+        self.fleet.view(now).await
     }
 
     /// How much refusals tell the caller.

@@ -20,6 +20,58 @@ pub async fn fleet_view(
     Ok(crate::fleet::view_of(&rows, ca, s, now, expected))
 }
 
+/// The fleet of a running CA as `[hosts]` defines it: the store, when a
+/// host is stale, and the expected-hosts file. One value, shared by the
+/// admin API and `/metrics`, so both judge the hosts alike.
+#[derive(Clone)]
+pub struct Fleet {
+    store: super::Store,
+    staleness: Staleness,
+    expected_file: Option<std::path::PathBuf>,
+}
+
+/// Why the fleet cannot be shown.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetViewError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The `[hosts] expected_file` cannot be read.
+    #[error("{0}")]
+    ExpectedHosts(String),
+}
+
+impl Fleet {
+    /// The fleet in `store` as `[hosts]` (`hosts`) defines it.
+    pub fn new(store: super::Store, hosts: &crate::config::HostsConfig) -> Fleet {
+        Fleet {
+            store,
+            staleness: Staleness::of(hosts),
+            expected_file: hosts.expected_file.clone(),
+        }
+    }
+
+    /// The hosts the expected-hosts file lists (none without one), read
+    /// again on each call so editing it needs no restart.
+    pub fn expected(&self) -> Result<Vec<String>, FleetViewError> {
+        match &self.expected_file {
+            Some(p) => crate::config::read_expected_hosts(p).map_err(FleetViewError::ExpectedHosts),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The fleet as of `now` (unix seconds), against the `expected` hosts.
+    pub async fn view_with(&self, now: u64, expected: &[String]) -> Result<FleetView, StoreError> {
+        fleet_view(&self.store, self.staleness, now, expected).await
+    }
+
+    /// The fleet as of `now`, against the expected-hosts file.
+    pub async fn view(&self, now: u64) -> Result<FleetView, FleetViewError> {
+        let expected = self.expected()?;
+        Ok(self.view_with(now, &expected).await?)
+    }
+}
+
 /// The host reports table, added to databases of older versions when they
 /// are opened for writing (a read-only open of an older one sees no hosts).
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS host_reports (
