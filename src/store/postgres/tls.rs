@@ -37,13 +37,19 @@ pub fn connector(
     let config = match mode {
         SslMode::Disable | SslMode::Prefer | SslMode::Require => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unverified { provider }))
+            .with_custom_certificate_verifier(Arc::new(CertCheck {
+                roots: None,
+                provider,
+            }))
             .with_no_client_auth(),
         SslMode::VerifyCa => {
             let roots = Arc::new(load_roots(roots)?);
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly { roots, provider }))
+                .with_custom_certificate_verifier(Arc::new(CertCheck {
+                    roots: Some(roots),
+                    provider,
+                }))
                 .with_no_client_auth()
         }
         SslMode::VerifyFull => builder
@@ -107,67 +113,18 @@ fn signature_schemes(provider: &CryptoProvider) -> Vec<SignatureScheme> {
         .supported_schemes()
 }
 
-/// `prefer`/`require`: any certificate, as libpq; handshake signatures are
-/// still verified against it.
+/// The server certificate check of `prefer`/`require` (`roots: None`: any
+/// certificate, as libpq) and of `verify-ca` (the chain must reach a trusted
+/// root, validity dates and key usage included; the names in the
+/// certificate are not checked). Handshake signatures are verified against
+/// the certificate either way.
 #[derive(Debug)]
-struct Unverified {
+struct CertCheck {
+    roots: Option<Arc<RootCertStore>>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        signature_schemes(&self.provider)
-    }
-}
-
-/// `verify-ca`: the chain must reach a trusted root (validity dates and
-/// key usage included); the names in the certificate are not checked.
-#[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for CertCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -176,14 +133,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
+        if let Some(roots) = &self.roots {
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
