@@ -34,7 +34,12 @@ pub struct RequestId(Arc<str>);
 
 impl RequestId {
     fn fresh() -> RequestId {
-        RequestId(uuid::Uuid::new_v4().to_string().into())
+        // A version 4 UUID from the thread's CSPRNG, written straight
+        // into the shared string.
+        let bytes: [u8; 16] = rand::Rng::gen(&mut rand::thread_rng());
+        let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        RequestId(Arc::from(&*id.hyphenated().encode_lower(&mut text)))
     }
 
     /// The id as text.

@@ -24,7 +24,6 @@ pub use spec::{
     SubjectKeyError, MAX_HOST_CERT_TTL, MAX_PRINCIPALS, MAX_USER_CERT_TTL,
 };
 
-use rand_core::OsRng;
 use ssh_key::certificate::{Builder, CertType};
 
 /// Why minting refused a spec (a bug upstream, never a user error).
@@ -132,8 +131,10 @@ impl Authority {
     /// Signs `spec` into an OpenSSH user certificate.
     pub fn mint(&self, spec: &CertSpec) -> Result<ssh_key::Certificate, MintError> {
         check_bounds(spec)?;
+        // The nonce comes from the thread's CSPRNG (seeded and reseeded
+        // from the OS), not a getrandom call per certificate.
         let mut b = Builder::new_with_random_nonce(
-            &mut OsRng,
+            &mut rand::thread_rng(),
             spec.subject.0.key_data().clone(),
             spec.valid_after.get(),
             spec.valid_before.get(),
@@ -221,7 +222,8 @@ mod tests {
     }
 
     fn subject() -> SubjectKey {
-        let k = ssh_key::PrivateKey::random(&mut OsRng, ssh_key::Algorithm::Ed25519).unwrap();
+        let k = ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+            .unwrap();
         SubjectKey::parse(&k.public_key().to_openssh().unwrap()).unwrap()
     }
 
