@@ -29,7 +29,7 @@ const MAX_BATCH: usize = 512;
 
 /// How long the writer waits for more records after the first one of a
 /// batch, when the last commit showed concurrent requests. Measured with
-/// `mayfly bench --tls` at 64 clients on two cores: commits carry about 30
+/// `mayfly bench --tls` at 64 clients on two cores: commits carry about 19
 /// records instead of 8, and the server spends about 5% less CPU per
 /// certificate with a lower p99. A waiting request still gets its answer
 /// only once its record is durable.
