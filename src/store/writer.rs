@@ -7,10 +7,7 @@
 //! is durable, but concurrent requests share one fsync instead of queueing
 //! for their own. Administrative changes (revocations, deactivations) run on
 //! the same thread, each in its own transaction together with its audit
-//! record. Under load (the last commit carried more than one record), the
-//! writer waits [`GATHER`] after the first record of a batch before it
-//! commits, so more requests share each commit; a lone request never
-//! waits. Reads run on reader threads with their own connections; callers
+//! record. Reads run on reader threads with their own connections; callers
 //! await a oneshot answer, so the async executor never blocks on a lock or
 //! a query, and any executor (a CLI's current-thread runtime included) can
 //! drive them.
@@ -26,14 +23,6 @@ pub use super::sqlite::Backend;
 
 /// Most records committed in one transaction.
 const MAX_BATCH: usize = 512;
-
-/// How long the writer waits for more records after the first one of a
-/// batch, when the last commit showed concurrent requests. Measured with
-/// `mayfly bench --tls` at 64 clients on two cores: commits carry about 19
-/// records instead of 8, and the server spends about 5% less CPU per
-/// certificate with a lower p99. A waiting request still gets its answer
-/// only once its record is durable.
-const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 
 type Reply<T> = tokio::sync::oneshot::Sender<Result<T, StoreError>>;
 type Task = Box<dyn FnOnce(&mut dyn Backend) + Send>;
@@ -72,9 +61,6 @@ impl Writer {
                 let mut records = Vec::with_capacity(MAX_BATCH);
                 let mut replies = Vec::with_capacity(MAX_BATCH);
                 let mut pending: Option<Job> = None;
-                // Records in the last group commit: more than one means
-                // requests are arriving together, and waiting pays.
-                let mut last_batch = 0usize;
                 loop {
                     let job = match pending.take() {
                         Some(j) => j,
@@ -91,9 +77,6 @@ impl Writer {
                         Job::Append(r, reply) => {
                             records.push(*r);
                             replies.push(reply);
-                            if last_batch > 1 {
-                                thread::sleep(GATHER);
-                            }
                             while records.len() < MAX_BATCH {
                                 match rx.try_recv() {
                                     Ok(Job::Append(r, reply)) => {
@@ -107,7 +90,6 @@ impl Writer {
                                     Err(_) => break,
                                 }
                             }
-                            last_batch = records.len();
                             let results = commit(backend.as_mut(), &records);
                             for (reply, res) in replies.drain(..).zip(results) {
                                 let _ = reply.send(res);
