@@ -152,20 +152,7 @@ impl Env {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn mayfly ssh");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("stderr");
-        let sink = stderr.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 512];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .expect("lock")
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let (stderr, reader) = support::process::capture_stderr(&mut child);
         (child, stderr, reader)
     }
     fn token_file(&self, who: &str) -> String {
@@ -318,33 +305,8 @@ fn mayfly_ssh_waits_for_approval_and_then_logs_in() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn mayfly ssh");
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let mut pipe = child.stderr.take().expect("stderr");
-    let sink = stderr.clone();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .expect("lock")
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let start = Instant::now();
-    let id = loop {
-        let text = stderr.lock().expect("lock").clone();
-        if let Some(pos) = text.find("mayfly request approve apr_") {
-            let rest = &text[pos + "mayfly request approve ".len()..];
-            break rest.split_whitespace().next().expect("id").to_string();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no approval prompt: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (stderr, reader) = support::process::capture_stderr(&mut child);
+    let id = support::process::approval_id_in(&stderr);
     // The progress line is visible while it waits. Not a terminal (a CI
     // log): one line per change of state, no carriage-return redraws.
     std::thread::sleep(Duration::from_millis(2500));

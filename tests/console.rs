@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::Read;
 use std::process::{Command, Stdio};
 use std::str::FromStr as _;
 use std::sync::{Arc, Mutex};
@@ -236,33 +235,8 @@ fn start_mayfly_ssh(
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn mayfly ssh");
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let mut pipe = child.stderr.take().expect("stderr");
-    let sink = stderr.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .expect("lock")
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let start = Instant::now();
-    let id = loop {
-        let text = stderr.lock().expect("lock").clone();
-        if let Some(pos) = text.find("mayfly request approve apr_") {
-            let rest = &text[pos + "mayfly request approve ".len()..];
-            break rest.split_whitespace().next().expect("id").to_string();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no approval prompt: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (stderr, _reader) = support::process::capture_stderr(&mut child);
+    let id = support::process::approval_id_in(&stderr);
     (child, stderr, id)
 }
 

@@ -115,3 +115,49 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// The stderr of `child` (spawned with `Stdio::piped()` there), read into
+/// a shared string by a thread of its own. Join the thread before reading
+/// the end of the output: it can lag behind the child's exit.
+pub fn capture_stderr(
+    child: &mut Child,
+) -> (
+    std::sync::Arc<std::sync::Mutex<String>>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::io::Read as _;
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut pipe = child.stderr.take().expect("stderr is piped");
+    let sink = text.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .expect("lock")
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    (text, reader)
+}
+
+/// Waits up to 20 s for `mayfly ssh` to print its approval prompt into
+/// `stderr` and returns the request id it names.
+pub fn approval_id_in(stderr: &std::sync::Mutex<String>) -> String {
+    const PROMPT: &str = "mayfly request approve ";
+    let start = std::time::Instant::now();
+    loop {
+        let text = stderr.lock().expect("lock").clone();
+        if let Some(pos) = text.find("mayfly request approve apr_") {
+            let rest = &text[pos + PROMPT.len()..];
+            return rest.split_whitespace().next().expect("id").to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no approval prompt: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
