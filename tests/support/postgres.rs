@@ -296,6 +296,17 @@ impl Postgres {
 
     /// Stops the server (fast shutdown: open sessions are cut).
     pub fn stop(&self) {
+        self.stop_mode("fast");
+    }
+
+    /// Crashes the server: immediate shutdown, as a power cut looks to
+    /// PostgreSQL. Nothing is written on the way out; WAL not yet written
+    /// is lost, and the next start recovers from the WAL on disk.
+    pub fn crash(&self) {
+        self.stop_mode("immediate");
+    }
+
+    fn stop_mode(&self, mode: &str) {
         let data = self.data_dir();
         as_postgres(
             &self.bin,
@@ -304,7 +315,7 @@ impl Postgres {
                 "stop",
                 "-w",
                 "-m",
-                "fast",
+                mode,
                 "-D",
                 data.to_str().expect("utf-8 path"),
             ],
