@@ -303,7 +303,7 @@ impl FleetView {
 }
 
 /// The fleet from the hosts' last reports and the CA's KRL version
-/// (read from a store by [`crate::store::hosts::fleet_view`]), and the
+/// (read from a store by [`crate::store::hosts::Fleet`]), and the
 /// host names the CA expects to hear from (empty: none given). A reported
 /// name matches an expected one without regard to case, as host names do.
 pub fn view_of(

@@ -297,6 +297,22 @@ fn a_host_that_stops_reporting_is_stale_in_hosts_and_metrics() {
     std::thread::sleep(Duration::from_secs(11));
     let view = env.hosts_json();
     assert_eq!(host_state(&view, &h.name)["stale"], true, "{view}");
+    // `--stale-intervals` overrides `[hosts] stale_intervals`: five
+    // missed 10 s intervals have not passed yet.
+    let out = mayfly(&[
+        "hosts",
+        "--config",
+        &env.config(),
+        "--json",
+        "--stale-intervals",
+        "5",
+    ]);
+    let view: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("hosts --json: {e}\n{}", all_output(&out)));
+    assert_eq!(host_state(&view, &h.name)["stale"], false, "{view}");
+    assert_eq!(out.status.code(), Some(0), "{}", all_output(&out));
+    let out = mayfly(&["hosts", "--config", &env.config(), "--stale-intervals", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", all_output(&out));
     let m = env.metrics();
     assert!(m.contains("mayfly_hosts_stale 1\n"), "{m}");
     let out = mayfly(&["hosts", "--config", &env.config()]);

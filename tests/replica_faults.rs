@@ -303,7 +303,10 @@ fn postgres_crashing_under_load_loses_no_record_of_a_returned_certificate() {
         }
         std::thread::sleep(Duration::from_millis(500));
         stop.store(true, Ordering::SeqCst);
-        assert!(loaded.is_some(), "the load never reached {BEFORE_CRASH} certificates");
+        assert!(
+            loaded.is_some(),
+            "the load never reached {BEFORE_CRASH} certificates"
+        );
     });
     pg.restart();
     r.wait_health(0, 200, RECOVER_WITHIN);

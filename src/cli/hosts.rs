@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use mayfly::fleet::{self, FleetView};
+use mayfly::fleet::FleetView;
+use mayfly::store::hosts::Fleet;
 use mayfly::store::{OpenMode, StoreConfig};
 
 use super::load_config;
@@ -53,7 +54,8 @@ pub fn run(a: HostsArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let cfg = load_config(&config)?;
-    let mut s = fleet::Staleness::of(&cfg.hosts);
+    let store = mayfly::store::open(&StoreConfig::from_config(&cfg, OpenMode::ReadOnly))?;
+    let mut fleet = Fleet::new(store, &cfg.hosts);
     if let Some(n) = a.stale_intervals {
         if n < 1 {
             return Err(super::exit::fail(
@@ -61,16 +63,12 @@ pub fn run(a: HostsArgs) -> anyhow::Result<ExitCode> {
                 "--stale-intervals must be at least 1",
             ));
         }
-        s.intervals = n;
+        fleet = fleet.stale_after_intervals(n);
     }
-    let expected = match a.expect.as_ref().or(cfg.hosts.expected_file.as_ref()) {
-        Some(p) => mayfly::config::read_expected_hosts(p).map_err(anyhow::Error::msg)?,
-        None => Vec::new(),
-    };
-    let store = mayfly::store::open(&StoreConfig::from_config(&cfg, OpenMode::ReadOnly))?;
-    let now = super::unix_now();
-    let view =
-        mayfly::store::block_on(mayfly::store::hosts::fleet_view(&store, s, now, &expected))??;
+    if let Some(p) = a.expect {
+        fleet = fleet.expected_from(p);
+    }
+    let view = mayfly::store::block_on(fleet.view(super::unix_now()))??;
     print_view(&view, a.json)
 }
 

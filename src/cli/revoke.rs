@@ -95,11 +95,10 @@ pub fn run(a: RevokeArgs, verbose: bool) -> anyhow::Result<ExitCode> {
                 &cfg,
                 mayfly::store::OpenMode::ReadOnly,
             ))?;
-            let s = mayfly::fleet::Staleness::of(&cfg.hosts);
-            let view_now = || {
-                let fleet = mayfly::store::hosts::fleet_view(&store, s, now_secs(), &[]);
-                Ok(mayfly::store::block_on(fleet)??)
-            };
+            let fleet = mayfly::store::hosts::Fleet::new(store, &cfg.hosts);
+            // Every host that reports, expected or not: a host that never
+            // reported cannot say it has the KRL.
+            let view_now = || Ok(mayfly::store::block_on(fleet.view_with(now_secs(), &[]))??);
             wait_for_hosts(view_now, outcome.krl_version, t)
         }
         None => Ok(ExitCode::SUCCESS),

@@ -8,8 +8,9 @@ use super::StoreError;
 use crate::fleet::{FleetView, HostRow, Staleness};
 
 /// Reads the hosts' last reports and the CA's KRL version from `store`:
-/// the fleet as `mayfly hosts`, `revoke --wait` and `/metrics` show it.
-pub async fn fleet_view(
+/// the fleet as `mayfly hosts`, `revoke --wait` and `/metrics` show it
+/// (through [`Fleet`]).
+async fn fleet_view(
     store: &super::Store,
     s: Staleness,
     now: u64,
@@ -49,6 +50,21 @@ impl Fleet {
             staleness: Staleness::of(hosts),
             expected_file: hosts.expected_file.clone(),
         }
+    }
+
+    /// Calls a host stale after `n` sync intervals without a report
+    /// instead of `[hosts] stale_intervals` (`mayfly hosts
+    /// --stale-intervals`).
+    pub fn stale_after_intervals(mut self, n: u64) -> Fleet {
+        self.staleness.intervals = n;
+        self
+    }
+
+    /// Reads the expected hosts from `path` instead of `[hosts]
+    /// expected_file` (`mayfly hosts --expect`).
+    pub fn expected_from(mut self, path: std::path::PathBuf) -> Fleet {
+        self.expected_file = Some(path);
+        self
     }
 
     /// The hosts the expected-hosts file lists (none without one), read
