@@ -35,6 +35,11 @@ fn serials_audited(r: &Replicas) -> Vec<u64> {
         .collect()
 }
 
+/// The serials of `received` that have no audit record in `audited`.
+fn unaudited<'a>(received: impl Iterator<Item = &'a u64>, audited: &BTreeSet<u64>) -> Vec<u64> {
+    received.filter(|s| !audited.contains(s)).copied().collect()
+}
+
 /// What one client request of the load saw.
 enum Seen {
     Cert(Issued),
@@ -160,11 +165,7 @@ fn kill_9_of_a_replica_under_load_loses_no_audit_record_and_the_others_keep_serv
 
     // Every certificate a client received has its audit record.
     let audited: BTreeSet<u64> = serials_audited(&r).into_iter().collect();
-    let missing: Vec<u64> = received
-        .keys()
-        .filter(|s| !audited.contains(s))
-        .copied()
-        .collect();
+    let missing = unaudited(received.keys(), &audited);
     assert!(
         missing.is_empty(),
         "certificates returned without an audit record: {missing:?} (replicas {:?})",
@@ -313,11 +314,7 @@ fn postgres_crashing_under_load_loses_no_record_of_a_returned_certificate() {
 
     let received = received.into_inner().expect("lock");
     let audited: BTreeSet<u64> = serials_audited(&r).into_iter().collect();
-    let missing: Vec<u64> = received
-        .iter()
-        .filter(|s| !audited.contains(s))
-        .copied()
-        .collect();
+    let missing = unaudited(received.iter(), &audited);
     assert!(
         missing.is_empty(),
         "{} of {} certificates returned before the crash have no audit record after it: {:?}",
