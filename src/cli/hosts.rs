@@ -53,16 +53,16 @@ pub fn run(a: HostsArgs) -> anyhow::Result<ExitCode> {
             return print_view(&view, a.json);
         }
     };
+    if a.stale_intervals == Some(0) {
+        return Err(super::exit::fail(
+            super::exit::Exit::Usage,
+            "--stale-intervals must be at least 1",
+        ));
+    }
     let cfg = load_config(&config)?;
     let store = mayfly::store::open(&StoreConfig::from_config(&cfg, OpenMode::ReadOnly))?;
     let mut fleet = Fleet::new(store, &cfg.hosts);
     if let Some(n) = a.stale_intervals {
-        if n < 1 {
-            return Err(super::exit::fail(
-                super::exit::Exit::Usage,
-                "--stale-intervals must be at least 1",
-            ));
-        }
         fleet = fleet.stale_after_intervals(n);
     }
     if let Some(p) = a.expect {

@@ -150,7 +150,7 @@ pub fn approval_id_in(stderr: &std::sync::Mutex<String>) -> String {
     let start = std::time::Instant::now();
     loop {
         let text = stderr.lock().expect("lock").clone();
-        if let Some(pos) = text.find("mayfly request approve apr_") {
+        if let Some(pos) = text.find(&format!("{PROMPT}apr_")) {
             let rest = &text[pos + PROMPT.len()..];
             return rest.split_whitespace().next().expect("id").to_string();
         }
