@@ -91,6 +91,8 @@ fn guard(max: Option<u32>) -> IssueGuard {
         max_active: max,
         redeem: None,
         renews: None,
+        acted_on: None,
+        claims: Vec::new(),
     }
 }
 
@@ -145,6 +147,145 @@ async fn a_token_sent_to_two_replicas_at_once_mints_one_certificate() {
         .claim_token("ci:jti-race-7", now + 900, now + 301)
         .await
         .expect("claim"));
+}
+
+/// The way certificate requests claim their token on PostgreSQL: in the
+/// group commit of the certificate's record, not in a statement of its
+/// own. One token in two replicas' commits at once: one certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_claimed_in_two_replicas_commits_at_once_gives_one_certificate() {
+    let (_db, a, b) = two_replicas();
+    assert!(a.counters().claims_at_commit() && b.counters().claims_at_commit());
+    let now = now_s();
+    let claiming = |id: &str, exp: u64| IssueGuard {
+        claims: vec![(id.to_string(), exp)],
+        ..guard(None)
+    };
+    let mut tasks = Vec::new();
+    for n in 0..200u64 {
+        let (a, b) = (a.clone(), b.clone());
+        let (ga, gb) = (
+            claiming(&format!("ci:jti-commit-{n}"), now + 300),
+            claiming(&format!("ci:jti-commit-{n}"), now + 300),
+        );
+        tasks.push(tokio::spawn(async move {
+            let (x, y) = tokio::join!(
+                a.issuance().issue(issued(1000 + 2 * n, "bot"), Some(ga)),
+                b.issuance().issue(issued(1001 + 2 * n, "bot"), Some(gb))
+            );
+            let (x, y) = (x.expect("store a"), y.expect("store b"));
+            for r in [&x, &y] {
+                assert!(matches!(r, Ok(()) | Err(GuardRefusal::Replayed)), "{r:?}");
+            }
+            u8::from(x.is_ok()) + u8::from(y.is_ok())
+        }));
+    }
+    for (n, t) in tasks.into_iter().enumerate() {
+        assert_eq!(
+            t.await.expect("task"),
+            1,
+            "token {n}: exactly one certificate"
+        );
+    }
+    // Exactly the accepted records were written.
+    let live = a
+        .issuance()
+        .live_certs(
+            &CertFilter::Identity {
+                issuer: "ci".into(),
+                subject: "bot".into(),
+                role: None,
+            },
+            now,
+        )
+        .await
+        .expect("live");
+    assert_eq!(live.len(), 200);
+    // One group with the same token twice: the first record gets it.
+    let (x, y) = tokio::join!(
+        a.issuance().issue(
+            issued(5000, "bot"),
+            Some(claiming("ci:jti-twice", now + 300))
+        ),
+        a.issuance().issue(
+            issued(5001, "bot"),
+            Some(claiming("ci:jti-twice", now + 300))
+        )
+    );
+    let mut answers = [x.expect("store"), y.expect("store")];
+    answers.sort_by_key(|r| r.is_err());
+    assert_eq!(answers, [Ok(()), Err(GuardRefusal::Replayed)]);
+    // The separate claim sees what the commits claimed.
+    assert!(!b
+        .counters()
+        .claim_token("ci:jti-commit-7", now + 300, now + 1)
+        .await
+        .expect("claim"));
+}
+
+/// A commit that read the CA keys before they last changed (a rotation
+/// step, on any replica) is refused and writes nothing, its token claim
+/// included; one that read them after commits. A revocation or a
+/// deactivation does not refuse it: the guard reads those itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_read_the_ca_keys_before_they_changed_writes_nothing() {
+    let (_db, a, b) = two_replicas();
+    let before = b.access().state_version().await.expect("version");
+    let after = a
+        .audit()
+        .record_change(
+            AuditRecord::new(EventKind::CaKeyRotated, now_s() * 1000, "admin"),
+            now_s(),
+        )
+        .await
+        .expect("change");
+    assert!(after.version > before.version);
+    let stale = IssueGuard {
+        acted_on: Some(before.version),
+        claims: vec![("ci:jti-stale".into(), now_s() + 300)],
+        ..guard(None)
+    };
+    assert_eq!(
+        b.issuance()
+            .issue(issued(1, "bot"), Some(stale.clone()))
+            .await
+            .expect("store"),
+        Err(GuardRefusal::Stale {
+            acted_on: before.version,
+            keys_changed: after.version
+        })
+    );
+    assert_eq!(
+        b.issuance().max_serial().await.expect("max"),
+        0,
+        "nothing written"
+    );
+    let current = IssueGuard {
+        acted_on: Some(after.version),
+        ..stale
+    };
+    assert_eq!(
+        b.issuance()
+            .issue(issued(1, "bot"), Some(current.clone()))
+            .await
+            .expect("store"),
+        Ok(()),
+        "the token was not claimed by the refused commit"
+    );
+    // A deactivation (of someone else) moves the state version, not the keys.
+    disable_role(&a, "other").await;
+    assert!(b.access().state_version().await.expect("version").version > after.version);
+    let fresh_token = IssueGuard {
+        claims: vec![("ci:jti-after-disable".into(), now_s() + 300)],
+        ..current
+    };
+    assert_eq!(
+        b.issuance()
+            .issue(issued(2, "bot"), Some(fresh_token))
+            .await
+            .expect("store"),
+        Ok(())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,8 +7,10 @@
 //! issuer's JWKS once, rate-limited, for an unknown kid), `alg` equal to the
 //! key's pinned algorithm, signature, `aud` contains our audience, `exp`,
 //! `nbf`, `iat` with bounded leeway, `sub` present. Replay is checked
-//! separately (the store's [`crate::store::IssuanceCounters::claim_token`]) right before minting, so a token that
-//! policy refuses is not burnt.
+//! separately, after policy, so a token that policy refuses is not burnt:
+//! by the store's [`crate::store::IssuanceCounters::claim_token`] right
+//! before minting, or, on a shared database, in the commit of the
+//! certificate's record ([`crate::store::IssueGuard::claims`]).
 //!
 //! A token's replay identity is `issuer:jti`, or, without a `jti`, a hash of
 //! what the signature covers (the JWS signing input `header.payload`), never

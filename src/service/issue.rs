@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use crate::audit::{AuditRecord, EventKind};
 use crate::auth::{TokenError, VerifiedToken};
 use crate::clock::{unix_ms, unix_secs as unix};
-use crate::store::StoreError;
+use crate::store::{GuardRefusal, StoreError};
 
 use super::{IssueError, Service};
 use std::net::SocketAddr;
@@ -252,20 +252,27 @@ impl Service {
         };
         grant.admit_key(&crate::policy::KeyFacts::from(&subject))?;
         let role_def = policy.roles.get(&req.role);
-        let previous = match &req.renewal {
-            None => None,
-            Some(proof) => {
-                Some(self.check_renewal(proof, req, &verified, &subject, role_def, now_s)?)
-            }
-        };
-        if let Some(d) = self
-            .disabled_for(verified.issuer(), verified.subject(), &req.role)
-            .await?
-        {
-            return Err(disabled_denial(&d));
-        }
-
         let approval = role_def.and_then(|r| r.approval.as_ref());
+        // Deactivations and CA keys as of the cache, without a store read:
+        // the commit reads the deactivations itself, and refuses the
+        // certificate if the CA keys changed since (then they are read and
+        // the request decided again). An approval request writes no
+        // certificate and has no such checks, so it reads them now; so
+        // does a refusal that came from the cache.
+        let opens_approval = approval.is_some() && req.approval_request.is_none();
+        let fresh = opens_approval;
+        let mut state = match fresh {
+            true => self.refresh_admin().await?,
+            false => self.version_for_request().await?,
+        };
+        let previous = match self.state_checks(req, &verified, &subject, role_def, now_s) {
+            Err(_) if !fresh => {
+                state = self.refresh_admin().await?;
+                self.state_checks(req, &verified, &subject, role_def, now_s)?
+            }
+            checked => checked?,
+        };
+
         let mut grant = grant;
         let mut redeem = None;
         match (approval, &req.approval_request) {
@@ -335,19 +342,28 @@ impl Service {
                 });
             }
         }
-        let guard = crate::store::IssueGuard {
+        let mut guard = crate::store::IssueGuard {
             issuer: verified.issuer().to_string(),
             subject: verified.subject().to_string(),
             role: req.role.clone(),
             max_active: role_def.and_then(|r| r.max_active_certs),
             redeem,
             renews: previous,
+            acted_on: Some(state.version),
+            claims: Vec::new(),
         };
 
-        if verified.replay_protection() {
-            // The id older versions recorded for a jti-less token, so one
-            // used just before an upgrade stays single-use after it.
-            let counters = self.store.counters();
+        // The id older versions recorded for a jti-less token, so one used
+        // just before an upgrade stays single-use after it.
+        let counters = self.store.counters();
+        if verified.replay_protection() && counters.claims_at_commit() {
+            guard.claims = verified
+                .legacy_replay_id()
+                .into_iter()
+                .chain([verified.replay_id()])
+                .map(|id| (id.to_string(), verified.expires_at()))
+                .collect();
+        } else if verified.replay_protection() {
             let legacy_used = match verified.legacy_replay_id() {
                 Some(l) => {
                     !counters
@@ -367,16 +383,6 @@ impl Service {
 
         let serial = self.store.counters().next_serial().await?;
         let group = role_def.and_then(|r| r.ca_group.as_deref());
-        let ring = match spec::ca_choice(req.kind, group) {
-            spec::CaChoice::User => self.user_keys(),
-            spec::CaChoice::Group(g) => self.group_keys(&g).ok_or_else(|| {
-                IssueError::Store(StoreError::Backend(format!(
-                    "CA group {g:?} has no key loaded"
-                )))
-            })?,
-            spec::CaChoice::Host => self.host_keys(),
-        };
-        let authority = &ring.active;
         let who = spec::Requester {
             role: &req.role,
             issuer: verified.issuer(),
@@ -391,36 +397,99 @@ impl Service {
             UnixSecs(now_s),
             self.backdate,
         );
-        let cert = authority.mint(&spec)?;
-        let line = cert
-            .to_openssh()
-            .map_err(|e| IssueError::Mint(MintError::Sign(e)))?;
-        let principals: Vec<String> = spec.principals.iter().map(|p| p.to_string()).collect();
-        rec.event = EventKind::CertIssued;
-        rec.serial = Some(serial);
-        rec.key_id = Some(spec.key_id.clone());
-        rec.principals = principals.clone();
-        rec.valid_after = Some(spec.valid_after.get());
-        rec.valid_before = Some(spec.valid_before.get());
-        rec.ca_key = Some(authority.public_key_line());
-        let commit_started = self.clock.monotonic();
-        let stored = self.store.issuance().issue(rec.clone(), Some(guard)).await;
-        self.metrics
-            .observe_store_commit(self.clock.monotonic().saturating_sub(commit_started));
-        // The guard is checked again in the commit itself: a deactivation,
-        // a second redemption or a parallel request that landed after the
-        // checks above refuses this certificate instead of racing it.
-        stored?.map_err(|refusal| guard_refusal(refusal, &req.role))?;
-        Ok(Issuance::Issued(Issued {
-            certificate: line,
-            serial,
-            key_id: spec.key_id,
-            principals,
-            valid_after: spec.valid_after,
-            valid_before: spec.valid_before,
-        }))
+        let mut stale_retries = 0;
+        loop {
+            let ring = match spec::ca_choice(req.kind, group) {
+                spec::CaChoice::User => self.user_keys(),
+                spec::CaChoice::Group(g) => self.group_keys(&g).ok_or_else(|| {
+                    IssueError::Store(StoreError::Backend(format!(
+                        "CA group {g:?} has no key loaded"
+                    )))
+                })?,
+                spec::CaChoice::Host => self.host_keys(),
+            };
+            let authority = &ring.active;
+            let cert = authority.mint(&spec)?;
+            let line = cert
+                .to_openssh()
+                .map_err(|e| IssueError::Mint(MintError::Sign(e)))?;
+            let principals: Vec<String> = spec.principals.iter().map(|p| p.to_string()).collect();
+            rec.event = EventKind::CertIssued;
+            rec.serial = Some(serial);
+            rec.key_id = Some(spec.key_id.clone());
+            rec.principals = principals.clone();
+            rec.valid_after = Some(spec.valid_after.get());
+            rec.valid_before = Some(spec.valid_before.get());
+            rec.ca_key = Some(authority.public_key_line());
+            let commit_started = self.clock.monotonic();
+            let stored = self
+                .store
+                .issuance()
+                .issue(rec.clone(), Some(guard.clone()))
+                .await;
+            self.metrics
+                .observe_store_commit(self.clock.monotonic().saturating_sub(commit_started));
+            // The guard is checked again in the commit itself: a deactivation,
+            // a second redemption or a parallel request that landed after the
+            // checks above refuses this certificate instead of racing it.
+            match stored? {
+                Ok(()) => {
+                    return Ok(Issuance::Issued(Issued {
+                        certificate: line,
+                        serial,
+                        key_id: spec.key_id,
+                        principals,
+                        valid_after: spec.valid_after,
+                        valid_before: spec.valid_before,
+                    }))
+                }
+                Err(GuardRefusal::Stale {
+                    acted_on,
+                    keys_changed,
+                }) if stale_retries < MAX_STALE_RETRIES => {
+                    // Nothing was written and the certificate is dropped:
+                    // decide again on the current state, sign again.
+                    stale_retries += 1;
+                    tracing::debug!(request_id = %req.request_id, acted_on, keys_changed,
+                        "the CA keys changed during the request; deciding again");
+                    state = self.refresh_admin().await?;
+                    guard.renews =
+                        self.state_checks(req, &verified, &spec.subject, role_def, now_s)?;
+                    guard.acted_on = Some(state.version);
+                }
+                Err(refusal) => return Err(guard_refusal(refusal, &req.role)),
+            }
+        }
+    }
+
+    /// What a request's answer takes from the CA's state (see
+    /// [`Service::refresh_admin`]): the CA keys a renewal's certificate
+    /// must be signed by, and the deactivations. Returns the certificate
+    /// a renewal replaces.
+    fn state_checks(
+        &self,
+        req: &UserCertRequest,
+        verified: &VerifiedToken,
+        subject: &SubjectKey,
+        role_def: Option<&crate::policy::Role>,
+        now_s: u64,
+    ) -> Result<Option<ca::renewal::PreviousCert>, IssueError> {
+        let previous = match &req.renewal {
+            None => None,
+            Some(proof) => {
+                Some(self.check_renewal(proof, req, verified, subject, role_def, now_s)?)
+            }
+        };
+        if let Some(d) = self.disabled_for(verified.issuer(), verified.subject(), &req.role) {
+            return Err(disabled_denial(&d));
+        }
+        Ok(previous)
     }
 }
+
+/// How often one request is decided again because the CA keys changed
+/// between its decision and its commit, before it fails (503).
+const MAX_STALE_RETRIES: u32 = 3;
 
 impl Service {
     /// Checks a renewal proof against the CA keys that sign this role's

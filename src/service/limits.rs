@@ -100,6 +100,13 @@ pub(super) fn guard_refusal(refusal: crate::store::GuardRefusal, role: &str) -> 
             ),
         }
         .into(),
+        GuardRefusal::Replayed => crate::auth::TokenError::Replayed.into(),
+        GuardRefusal::Stale {
+            acted_on,
+            keys_changed,
+        } => IssueError::Store(crate::store::StoreError::Backend(format!(
+            "the CA keys kept changing while the request was signed (last at state version {keys_changed}, read at {acted_on}); send it again"
+        ))),
     }
 }
 

@@ -109,6 +109,8 @@ pub struct Service {
     backdate: Duration,
     metrics: Arc<Metrics>,
     admin: Mutex<AdminCache>,
+    /// Held while the cache is reloaded ([`Service::refresh_admin`]).
+    refreshing: tokio::sync::Mutex<()>,
     admins: Vec<(String, Vec<crate::policy::ClaimRule>)>,
     clock: Arc<dyn Clock>,
     unauthenticated: crate::audit::sampling::RefusalSampler,
@@ -179,6 +181,7 @@ impl Service {
             backdate: p.backdate,
             metrics: p.metrics,
             admin: Mutex::new(AdminCache::default()),
+            refreshing: tokio::sync::Mutex::new(()),
             clock: p.clock,
             unauthenticated: crate::audit::sampling::RefusalSampler::new(),
             error_detail: crate::config::ErrorDetail::Full,
@@ -258,48 +261,73 @@ impl Service {
     /// Picks up changes made by other processes (revocations, rotations);
     /// errors are logged and the state in force is kept.
     pub async fn refresh(&self) {
-        if let Err(e) = self.refresh_admin().await {
+        if let Err(e) = self.refresh_admin().await.map(drop) {
             tracing::warn!(error = %e, "cannot read the store's state version");
         }
     }
 
-    /// Reloads the revocation/deactivation cache if the store changed.
-    pub(super) async fn refresh_admin(&self) -> Result<(), StoreError> {
+    /// Reads the store's state version and, if it moved, reloads the
+    /// revocation/deactivation cache and the CA key rings; returns the
+    /// version the cache now holds.
+    ///
+    /// The cache's version is published last, after the deactivations and
+    /// the keys it stands for were read (each read after the version was):
+    /// whoever sees version `v` in the cache sees state at least as new as
+    /// `v`. An issuance names the version it acted on in its guard, and
+    /// the commit refuses it if the store's version differs
+    /// ([`crate::store::IssueGuard::acted_on`]).
+    pub(super) async fn refresh_admin(&self) -> Result<StateVersion, StoreError> {
         let v = self.store.access().state_version().await?;
-        if self.admin.lock().unwrap_or_else(|p| p.into_inner()).version == Some(v) {
-            return Ok(());
+        if self.cached_version() == Some(v) {
+            return Ok(v);
+        }
+        // One reload at a time, so an older one cannot publish after a
+        // newer one.
+        let _one = self.refreshing.lock().await;
+        let v = self.store.access().state_version().await?;
+        if self.cached_version() == Some(v) {
+            return Ok(v);
         }
         let disabled = self.store.access().disabled().await?;
-        {
-            let mut g = self.admin.lock().unwrap_or_else(|p| p.into_inner());
-            if g.version == Some(v) {
-                return Ok(());
-            }
-            g.disabled = disabled.into_iter().map(|d| d.key).collect();
-            g.krl = None;
-            g.version = Some(v);
-        }
         // Also on the first version seen: a rotation may have come between
         // loading the keys at start and now. Unchanged keys cost one read.
         self.reload_keys().await;
-        Ok(())
+        let mut g = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        g.disabled = disabled.into_iter().map(|d| d.key).collect();
+        g.krl = None;
+        g.version = Some(v);
+        Ok(v)
     }
 
-    /// Which disabled entry, if any, blocks this identity in this role.
-    pub(super) async fn disabled_for(
+    /// The state version the cache holds (`None` before the first read).
+    fn cached_version(&self) -> Option<StateVersion> {
+        self.admin.lock().unwrap_or_else(|p| p.into_inner()).version
+    }
+
+    /// The state version a request acts on: the cache's, without a store
+    /// read. The commit checks it (see [`Service::refresh_admin`]).
+    pub(super) async fn version_for_request(&self) -> Result<StateVersion, StoreError> {
+        match self.cached_version() {
+            Some(v) => Ok(v),
+            None => self.refresh_admin().await,
+        }
+    }
+
+    /// Which disabled entry, if any, blocks this identity in this role, as
+    /// the cache has it.
+    pub(super) fn disabled_for(
         &self,
         issuer: &str,
         subject: &str,
         role: &str,
-    ) -> Result<Option<DisableTarget>, StoreError> {
-        self.refresh_admin().await?;
+    ) -> Option<DisableTarget> {
         let g = self.admin.lock().unwrap_or_else(|p| p.into_inner());
         // Usually nothing is disabled: skip building the candidates.
         if g.disabled.is_empty() {
-            return Ok(None);
+            return None;
         }
         let candidates = DisableTarget::blocking(issuer, subject, role);
-        Ok(candidates.into_iter().find(|k| g.disabled.contains(k)))
+        candidates.into_iter().find(|k| g.disabled.contains(k))
     }
 
     /// The time source every request of this service uses.

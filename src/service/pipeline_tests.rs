@@ -35,6 +35,9 @@ const NOW: u64 = 1_800_000_000;
 const BOT_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl bot";
 const SUB: &str = "system:serviceaccount:backup:restic";
+/// The issuer's name (`[[issuer]] name`), as records and deactivations
+/// name it.
+const ISSUER: &str = "k8s";
 
 /// Records the calls the pipeline makes; delegates to the real store.
 struct Recording {
@@ -107,6 +110,9 @@ impl IssuanceCounters for Recording {
     fn claim_token(&self, id: &str, expires_at: u64, now: u64) -> StoreFuture<'_, bool> {
         self.note("claim_token");
         self.counters.claim_token(id, expires_at, now)
+    }
+    fn claims_at_commit(&self) -> bool {
+        self.counters.claims_at_commit()
     }
     fn take_rate(
         &self,
@@ -421,7 +427,7 @@ async fn no_certificate_leaves_when_the_durable_record_fails() {
         .service
         .store()
         .issuance()
-        .active_certs("https://kubernetes.default.svc", SUB, "backup", NOW)
+        .active_certs(ISSUER, SUB, "backup", NOW)
         .await
         .expect("count");
     assert_eq!(live, 0);
@@ -453,4 +459,135 @@ async fn a_krl_built_after_its_revocations_expired_still_holds_them() {
     let krl = crate::ca::krl::parse(&snap.bytes).expect("parses");
     assert_eq!(krl.krl_version, 1);
     assert_eq!(krl.serial_count(), 1, "the expired revocation left the KRL");
+}
+
+/// A change of the CA keys committed after the service last read them (as
+/// `mayfly ca rotate` in another process does) is not missed although no
+/// request reads the state first: the commit finds the keys changed,
+/// writes nothing, and the request is decided and signed again.
+#[tokio::test]
+async fn a_key_change_after_the_cache_was_read_makes_the_commit_decide_again() {
+    let r = rig().await;
+    r.issue(token(SUB, "j1")).await.expect("issued");
+    r.rec.take();
+    let moved = r
+        .service
+        .store()
+        .audit()
+        .record_change(
+            crate::audit::AuditRecord::new(
+                crate::audit::EventKind::CaKeyRotated,
+                NOW * 1000,
+                "cli",
+            ),
+            NOW,
+        )
+        .await
+        .expect("change");
+    let out = r.issue(token(SUB, "j2")).await.expect("issued");
+    let Issuance::Issued(issued) = out else {
+        panic!("expected a certificate, got {out:?}")
+    };
+    assert_eq!(
+        r.rec.take(),
+        [
+            "take_rate",
+            "active_certs",
+            "claim_token",
+            "next_serial",
+            "issue", // refused: the keys changed since the cache was read
+            "issue", // decided and signed again on the current state
+        ]
+    );
+    assert_eq!(r.service.cached_version(), Some(moved));
+    // One certificate, one record: the refused commit wrote nothing.
+    let live = r
+        .service
+        .store()
+        .issuance()
+        .live_certs(&CertFilter::Serial(issued.serial), NOW)
+        .await
+        .expect("live");
+    assert_eq!(live.len(), 1);
+    assert_eq!(
+        r.service
+            .store()
+            .issuance()
+            .active_certs(ISSUER, SUB, "backup", NOW)
+            .await
+            .expect("count"),
+        2
+    );
+    // A deactivation (of another role) moves the state version but not
+    // the keys: the guard reads deactivations itself, so one commit.
+    let other = DisableTarget::Role("other".into());
+    let entry = crate::store::DisabledEntry {
+        key: other.clone(),
+        time_ms: NOW * 1000,
+        reason: "incident".into(),
+        actor: "admin".into(),
+    };
+    r.service
+        .store()
+        .access()
+        .set_disabled(
+            other,
+            Some(entry),
+            crate::audit::AuditRecord::new(crate::audit::EventKind::Disabled, NOW * 1000, "cli"),
+            NOW,
+        )
+        .await
+        .expect("disable");
+    r.clock.advance(Duration::from_secs(61)); // the role's rate limit
+    r.rec.take();
+    r.issue(token(SUB, "j3")).await.expect("issued");
+    assert_eq!(
+        r.rec.take(),
+        [
+            "take_rate",
+            "active_certs",
+            "claim_token",
+            "next_serial",
+            "issue"
+        ]
+    );
+}
+
+/// A refusal that came from the cache is checked against the store before
+/// it is given: an identity enabled again (in another process, say) gets
+/// its certificate on its very next request.
+#[tokio::test]
+async fn an_identity_enabled_after_the_cache_was_read_is_served_at_once() {
+    let r = rig().await;
+    let key = DisableTarget::Identity {
+        issuer: ISSUER.into(),
+        subject: SUB.into(),
+        role: None,
+    };
+    let note = |event| crate::audit::AuditRecord::new(event, NOW * 1000, "cli");
+    let entry = crate::store::DisabledEntry {
+        key: key.clone(),
+        time_ms: NOW * 1000,
+        reason: "incident".into(),
+        actor: "admin".into(),
+    };
+    let access = r.service.store().access();
+    assert!(access
+        .set_disabled(
+            key.clone(),
+            Some(entry),
+            note(crate::audit::EventKind::Disabled),
+            NOW
+        )
+        .await
+        .expect("disable"));
+    let e = r.issue(token(SUB, "j1")).await.expect_err("disabled");
+    assert!(matches!(e, IssueError::Denied(_)), "{e:?}");
+    assert!(r.service.disabled_for(ISSUER, SUB, "backup").is_some());
+    assert!(access
+        .set_disabled(key, None, note(crate::audit::EventKind::Enabled), NOW)
+        .await
+        .expect("enable"));
+    let out = r.issue(token(SUB, "j2")).await.expect("enabled again");
+    assert!(matches!(out, Issuance::Issued(_)), "{out:?}");
 }

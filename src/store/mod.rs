@@ -181,6 +181,37 @@ pub struct IssueGuard {
     /// it was revoked, and not counted against `max_active` (the pair
     /// counts once).
     pub renews: Option<crate::ca::renewal::PreviousCert>,
+    /// The state version of the cached state (CA keys, deactivations) the
+    /// request was decided and signed under. Refused as
+    /// [`GuardRefusal::Stale`] when the CA keys changed at a later version
+    /// (a rotation step): so a rotation that returned before the request
+    /// began always applies to it, without a store read on every request.
+    /// Revocations and deactivations need no such check: the guard reads
+    /// them itself in the commit. `None`: not checked.
+    pub acted_on: Option<u64>,
+    /// Token replay ids (with their expiry, unix seconds) to mark used in
+    /// the commit, on a store that claims tokens there
+    /// ([`crate::store::IssuanceCounters::claims_at_commit`]): refused as
+    /// [`GuardRefusal::Replayed`] if one was used already. Empty: the
+    /// tokens were claimed before signing.
+    pub claims: Vec<(String, u64)>,
+}
+
+impl IssueGuard {
+    /// [`GuardRefusal::Stale`] when the CA keys changed at state version
+    /// `keys_changed` (the store's, read in the commit; `None`: not read),
+    /// later than the version this guard acted on.
+    pub fn stale(&self, keys_changed: Option<u64>) -> Option<GuardRefusal> {
+        match (self.acted_on, keys_changed) {
+            (Some(acted_on), Some(keys_changed)) if keys_changed > acted_on => {
+                Some(GuardRefusal::Stale {
+                    acted_on,
+                    keys_changed,
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// An approval redeemed together with an issuance.
@@ -223,6 +254,19 @@ pub enum GuardRefusal {
         /// Its key id.
         key_id: String,
     },
+    /// The CA keys changed since the request read them
+    /// ([`IssueGuard::acted_on`]): nothing was written, and the request is
+    /// decided and signed again on the current keys.
+    #[error("the CA keys changed at state version {keys_changed}, after the request read them at version {acted_on}")]
+    Stale {
+        /// The state version the request acted on.
+        acted_on: u64,
+        /// The state version of the last change of the CA keys.
+        keys_changed: u64,
+    },
+    /// A token of [`IssueGuard::claims`] was used already.
+    #[error("the token was used already")]
+    Replayed,
 }
 
 /// One record to append, with the conditions its commit depends on.

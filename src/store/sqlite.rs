@@ -93,7 +93,8 @@ pub trait Backend: super::sqlite_import::ImportBackend + Send + 'static {
     /// Latest `valid_before` of any certificate signed by `ca_key` (0 if none).
     fn last_expiry_by_ca(&mut self, ca_key: &str) -> Result<u64, StoreError>;
     /// Appends `audit` and bumps the state version in one transaction (for
-    /// changes other processes must notice, such as CA key rotation).
+    /// changes other processes must notice, such as CA key rotation), and
+    /// records the new version as the last change of the CA keys.
     fn record_change(&mut self, audit: &AuditRecord, now: u64) -> Result<StateVersion, StoreError>;
     /// Inserts or replaces an approval request, with its audit records, in one transaction.
     fn approval_put(
@@ -1304,6 +1305,17 @@ fn bump_version(tx: &rusqlite::Transaction<'_>, now: u64) -> Result<StateVersion
     read_version(tx)
 }
 
+/// The state version at which the CA keys last changed (0: never, or
+/// before this was recorded; a server loads its keys at start anyway).
+fn keys_changed(conn: &Connection) -> Result<u64, StoreError> {
+    conn.prepare_cached(
+        "SELECT COALESCE((SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'keys_changed'), 0)",
+    )
+    .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)))
+    .map(|v| v as u64)
+    .map_err(err)
+}
+
 fn read_version(conn: &Connection) -> Result<StateVersion, StoreError> {
     // Cached: a server reads this whenever another connection committed.
     let get = |k: &str| -> Result<u64, StoreError> {
@@ -1399,6 +1411,16 @@ impl Backend for Sqlite {
     ) -> Result<Vec<Result<(), GuardRefusal>>, StoreError> {
         if records
             .iter()
+            .any(|(_, g)| g.as_ref().is_some_and(|g| !g.claims.is_empty()))
+        {
+            // This store's tokens are claimed before signing
+            // (`claims_at_commit` is false): never commit unclaimed ones.
+            return Err(StoreError::Backend(
+                "token claims sent to a store that takes them before signing".into(),
+            ));
+        }
+        if records
+            .iter()
             .any(|(_, g)| g.as_ref().is_some_and(|g| g.redeem.is_some()))
         {
             self.approvals_schema()?;
@@ -1412,9 +1434,22 @@ impl Backend for Sqlite {
         // lock keeps others from adding one: with none at its start, no
         // guard of the batch needs to look one up.
         let look_up_disabled = records.iter().any(|(_, g)| g.is_some()) && any_disabled(&tx)?;
+        // A change of the CA keys takes the write lock too: what is read
+        // here holds until this transaction commits.
+        let current = match records
+            .iter()
+            .any(|(_, g)| g.as_ref().is_some_and(|g| g.acted_on.is_some()))
+        {
+            true => Some(keys_changed(&tx)?),
+            false => None,
+        };
         let mut out = Vec::with_capacity(records.len());
         for (record, guard) in records {
             if let Some(g) = guard {
+                if let Some(refusal) = g.stale(current) {
+                    out.push(Err(refusal));
+                    continue;
+                }
                 let now = record.time_ms / 1000;
                 if let Err(refusal) = check_guard(&tx, &mut head, g, look_up_disabled, now)? {
                     out.push(Err(refusal));
@@ -1635,6 +1670,13 @@ impl Backend for Sqlite {
             .map_err(err)?;
         insert_audit(&tx, std::slice::from_ref(audit))?;
         let v = bump_version(&tx, now)?;
+        // A change made this way may be one of the CA keys: issuances that
+        // read the keys before it are refused at commit (`keys_changed`).
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (k, v) VALUES ('keys_changed', ?1)",
+            [v.version.to_string()],
+        )
+        .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(v)
     }
@@ -1685,6 +1727,8 @@ mod tests {
             max_active,
             redeem: None,
             renews: None,
+            acted_on: None,
+            claims: Vec::new(),
         }
     }
 

@@ -749,6 +749,8 @@ mod tests {
             max_active: None,
             redeem: None,
             renews: None,
+            acted_on: None,
+            claims: Vec::new(),
         };
         assert!(matches!(
             dst.issuance()

@@ -881,6 +881,8 @@ mod tests {
             max_active: max,
             redeem: None,
             renews: None,
+            acted_on: None,
+            claims: Vec::new(),
         };
         s.issuance()
             .issue(issued(1, "bot"), Some(guard(Some(1))))

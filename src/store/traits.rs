@@ -106,6 +106,15 @@ pub trait IssuanceCounters: Send + Sync {
     /// Marks token `id` (valid until `expires_at`) as used at `now`.
     /// `false`: it was used already, and the request must be refused.
     fn claim_token(&self, id: &str, expires_at: u64, now: u64) -> StoreFuture<'_, bool>;
+    /// Whether tokens are better claimed in the issuance's commit
+    /// ([`crate::store::IssueGuard::claims`]) than by [`Self::claim_token`]
+    /// before signing: a shared database, where a separate claim is a
+    /// round trip and a commit of its own per certificate. The commit
+    /// claims them after the other guards' checks that need no claim, so
+    /// two requests with one token still give exactly one certificate.
+    fn claims_at_commit(&self) -> bool {
+        false
+    }
     /// Takes one token from `key`'s bucket at `now` (seconds, any
     /// monotonic origin). `Err(wait)`: how long until one is available.
     fn take_rate(
@@ -125,6 +134,9 @@ pub trait AuditLog: Send + Sync {
     fn append(&self, record: AuditRecord) -> StoreFuture<'_, ()>;
     /// Appends `record` and bumps the state version in one transaction
     /// (changes other processes must notice, such as a CA key rotation).
+    /// The new version also counts as a change of the CA keys: issuances
+    /// that read the keys before it are refused at commit
+    /// ([`crate::store::IssueGuard::acted_on`]).
     fn record_change(&self, record: AuditRecord, now: u64) -> StoreFuture<'_, StateVersion>;
     /// Up to `limit` records from `from_seq` on, in seq order. Rows that
     /// cannot be read as records come as `Err`.

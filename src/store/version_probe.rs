@@ -1,12 +1,13 @@
 //! The state version of a SQLite store, read on the request path without
 //! a trip to a reader thread.
 //!
-//! Every certificate request asks for the state version, so that a
-//! revocation, deactivation or key rotation committed by anyone (this
-//! server's admin API, or `mayfly revoke`/`identity`/`ca rotate` in
-//! another process) applies to the very next request. Asking a reader
-//! thread for it cost two thread wake-ups and two queries per request:
-//! about a tenth of a certificate's server CPU under load.
+//! The KRL, the CA key endpoints and `/healthz` ask for the state version
+//! on every call, so that a revocation, deactivation or key rotation
+//! committed by anyone (this server's admin API, or `mayfly revoke`/
+//! `identity`/`ca rotate` in another process) shows at once. (Certificate
+//! requests no longer ask: their commit checks the version they acted on,
+//! see [`super::IssueGuard::acted_on`].) Asking a reader thread for it
+//! cost two thread wake-ups and two queries per call.
 //!
 //! The probe holds its own connection and asks it SQLite's
 //! `PRAGMA data_version`, which changes exactly when another connection

@@ -37,6 +37,16 @@ pub async fn bump_version(tx: Db<'_>, now: u64) -> PgResult<StateVersion> {
     })
 }
 
+/// [`bump_version`] for a change of the CA keys: also records the new
+/// version as the keys' last change (`state.keys_changed`), which the
+/// group commit compares with the version each issuance acted on.
+pub async fn bump_keys_version(tx: Db<'_>, now: u64) -> PgResult<StateVersion> {
+    let v = bump_version(tx, now).await?;
+    tx.execute("UPDATE state SET keys_changed = version", &[])
+        .await?;
+    Ok(v)
+}
+
 /// The current state version.
 pub async fn state_version(db: Db<'_>) -> PgResult<StateVersion> {
     let row = db.one("SELECT version, changed_at FROM state", &[]).await?;

@@ -173,11 +173,16 @@ pub async fn approval_write(db: Db<'_>, req: &ApprovalRequest) -> PgResult<()> {
 }
 
 /// Whether any identity, role or issuer is deactivated.
-async fn any_disabled(db: Db<'_>) -> PgResult<bool> {
-    Ok(db
-        .one("SELECT EXISTS (SELECT 1 FROM disabled)", &[])
-        .await?
-        .try_get(0)?)
+/// Whether any deactivation exists, and the state version of the last
+/// change of the CA keys, in one statement.
+async fn disabled_and_version(db: Db<'_>) -> PgResult<(bool, u64)> {
+    let row = db
+        .one(
+            "SELECT EXISTS (SELECT 1 FROM disabled), (SELECT keys_changed FROM state)",
+            &[],
+        )
+        .await?;
+    Ok((row.try_get(0)?, u(row.try_get(1)?)))
 }
 
 /// What a guard needs from the database, read for every guarded record of
@@ -234,12 +239,14 @@ pub async fn commit_group(
     // so they cannot change until this transaction ends. Deactivations are
     // looked up per record only when one exists (one statement per group
     // instead of one per record; usually none exists).
+    // The CA keys' last change too: every change of them holds the chain
+    // lock.
     let guarded = records.iter().any(|(_, g)| g.is_some());
-    let (look_up_disabled, mut facts) = futures_util::future::try_join(
+    let ((look_up_disabled, current), mut facts) = futures_util::future::try_join(
         async move {
             match guarded {
-                true => any_disabled(db).await,
-                false => Ok(false),
+                true => disabled_and_version(db).await.map(|(d, v)| (d, Some(v))),
+                false => Ok((false, None)),
             }
         },
         try_join_all(records.iter().map(|(r, g)| async move {
@@ -264,14 +271,23 @@ pub async fn commit_group(
             }
         }
     }
+    let claimed = claim_tokens(db, records, current).await?;
     // `valid_before` of the certificates this group accepted so far, by
     // identity and role: a guard counts them as the database would.
     let mut accepted: HashMap<(&str, &str, &str), Vec<u64>> = HashMap::new();
     let mut redeemed: HashMap<String, ApprovalRequest> = HashMap::new();
     let mut to_insert: Vec<AuditRecord> = Vec::with_capacity(records.len());
     let mut out = Vec::with_capacity(records.len());
-    for ((record, guard), fact) in records.iter().zip(&facts) {
+    for (((record, guard), fact), claimed) in records.iter().zip(&facts).zip(claimed) {
         if let (Some(g), Some(f)) = (guard, fact) {
+            if let Some(refusal) = g.stale(current) {
+                out.push(Err(refusal));
+                continue;
+            }
+            if !claimed {
+                out.push(Err(GuardRefusal::Replayed));
+                continue;
+            }
             let now = record.time_ms / 1000;
             if let Some(d) = &f.disabled {
                 out.push(Err(GuardRefusal::Disabled(d.clone())));
@@ -337,6 +353,65 @@ pub async fn commit_group(
     }
     tx.commit().await?;
     Ok(out)
+}
+
+/// Marks the tokens of the group's guards used, in one statement; per
+/// record, whether it got every token it names
+/// ([`crate::store::IssueGuard::claims`]). A record refused as stale
+/// claims nothing (it comes again); of two records of the group with one
+/// token, the first gets it. A used token counts as free again once it
+/// expired, as of the group's earliest request time.
+async fn claim_tokens(
+    db: Db<'_>,
+    records: &[GuardedRecord],
+    current: Option<u64>,
+) -> PgResult<Vec<bool>> {
+    let mut owner: HashMap<&str, usize> = HashMap::new();
+    let mut ids: Vec<&[u8]> = Vec::new();
+    let mut expiries: Vec<i64> = Vec::new();
+    let mut now = u64::MAX;
+    for (k, (record, guard)) in records.iter().enumerate() {
+        let Some(g) = guard else { continue };
+        if g.claims.is_empty() || g.stale(current).is_some() {
+            continue;
+        }
+        now = now.min(record.time_ms / 1000);
+        for (id, expires_at) in &g.claims {
+            if owner.contains_key(id.as_str()) {
+                continue;
+            }
+            owner.insert(id, k);
+            ids.push(id.as_bytes());
+            expiries.push(i(*expires_at));
+        }
+    }
+    let won: std::collections::HashSet<Vec<u8>> = match ids.is_empty() {
+        true => Default::default(),
+        false => db
+            .query(
+                "INSERT INTO used_tokens AS t (id, expires_at)
+                 SELECT * FROM unnest($1::bytea[], $2::int8[])
+                 ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at
+                    WHERE t.expires_at <= $3
+                 RETURNING id",
+                &[&ids, &expiries, &i(now)],
+            )
+            .await?
+            .iter()
+            .map(|r| r.try_get::<_, Vec<u8>>(0))
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(records
+        .iter()
+        .enumerate()
+        .map(|(k, (_, guard))| {
+            guard.as_ref().is_none_or(|g| {
+                g.claims.iter().all(|(id, _)| {
+                    owner.get(id.as_str()) == Some(&k) && won.contains(id.as_bytes())
+                })
+            })
+        })
+        .collect())
 }
 
 /// Whether approval `current` can be redeemed by this issuance; if so, the

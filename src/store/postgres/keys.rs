@@ -13,7 +13,7 @@
 
 use tokio_postgres::Row;
 
-use super::access::bump_version;
+use super::access::bump_keys_version;
 use super::chain;
 use super::db::{i, u, Db, PgResult};
 use super::issuance::last_expiry_by_ca;
@@ -210,7 +210,7 @@ pub async fn rotate(
             .await?;
         }
     }
-    Ok(Ok(bump_version(tx, change.now).await?))
+    Ok(Ok(bump_keys_version(tx, change.now).await?))
 }
 
 /// Stores the keys of `base` as they are (a migration into an empty

@@ -5,11 +5,12 @@
 //! Either way, a version this process has not seen calls the `on_commit`
 //! hooks, as a local commit does.
 //!
-//! Requests do not depend on this: the service reads the state version
-//! from the database at the start of each request (one query for the
-//! requests that ask at once, see [`super::version_reads`]), so a change
-//! that returned on one replica is honoured by the next request on any
-//! replica.
+//! Requests do not depend on this: each certificate request names the
+//! state version it acted on, and its group commit, under the chain lock
+//! that every state change takes too, refuses it if the database's
+//! version differs ([`crate::store::IssueGuard::acted_on`]); the request
+//! is then decided again on the current state. So a change that returned
+//! on one replica is honoured by the next request on any replica.
 //! This is for what is cached between requests (the KRL, the audit
 //! stream's wake-up).
 

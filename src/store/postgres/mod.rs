@@ -502,6 +502,10 @@ impl IssuanceCounters for PgStore {
         })
     }
 
+    fn claims_at_commit(&self) -> bool {
+        true
+    }
+
     fn take_rate(
         &self,
         key: &str,
@@ -553,7 +557,7 @@ impl AuditLog for PgStore {
             self,
             |db| async move {
                 chain::append(db, std::slice::from_ref(&record)).await?;
-                access::bump_version(db, now).await
+                access::bump_keys_version(db, now).await
             },
             |v: &StateVersion| Some(*v)
         )

@@ -89,7 +89,18 @@ const MIGRATIONS: &[Migration] = &[
         name: "a partial key-id index on the audit log",
         sql: V6,
     },
+    Migration {
+        version: 7,
+        name: "the state version of the CA keys' last change",
+        sql: V7,
+    },
 ];
+
+/// The state version at which the CA keys last changed: a group commit
+/// refuses an issuance that read the keys at an earlier version
+/// (`IssueGuard::acted_on`). 0 on an upgraded database: its replicas load
+/// their keys at start.
+const V7: &str = "ALTER TABLE state ADD COLUMN keys_changed BIGINT NOT NULL DEFAULT 0;";
 
 /// The key-id index leaves out the issuance rows the serial finds (see
 /// `store::key_id_index`); its predicate is `key_id_index::PG_INDEXED`
@@ -371,6 +382,14 @@ mod tests {
             "{V6}"
         );
         assert!(V6.contains(&format!("DROP INDEX IF EXISTS {OLD_INDEX};")));
-        assert_eq!(current_version(), 6);
+        assert_eq!(MIGRATIONS[5].version, 6);
+    }
+
+    #[test]
+    fn migrations_are_numbered_in_order_and_the_last_is_current() {
+        for (n, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, n + 1, "{}", m.name);
+        }
+        assert_eq!(current_version(), 7);
     }
 }

@@ -1,12 +1,13 @@
-//! The state version for every request, with one query for all the
-//! requests that ask at once.
+//! The state version for every caller, with one query for all the
+//! callers that ask at once.
 //!
-//! Each certificate request reads the state version from the database,
-//! so that a revocation, deactivation or key rotation that returned on any
-//! replica is honoured by the next request on every replica (see
+//! The KRL, the CA key endpoints and `/healthz` read the state version
+//! from the database, so that a revocation, deactivation or key rotation
+//! that returned on any replica shows at once on every replica (see
 //! [`super::listen`] for why notifications alone cannot promise that).
-//! One query per request was a PostgreSQL round trip per certificate, on
-//! the same cores as the server under load.
+//! Certificate requests do not read it: their group commit compares the
+//! version they acted on with the database's
+//! ([`crate::store::IssueGuard::acted_on`]).
 //!
 //! Here callers queue for a read. One task takes everyone queued, runs one
 //! `SELECT`, and answers them all; whoever queues while that query runs
