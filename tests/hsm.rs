@@ -15,7 +15,7 @@ use mayfly::ca::keys::{open_ca_signer, Secret};
 use mayfly::ca::pkcs11::{Pkcs11Error, Pkcs11Signer};
 use mayfly::ca::{Authority, CaSigner, CertKind, CertSpec, Extension, Principal, SubjectKey};
 use mayfly::config::{CaKeyConfig, CaKeyType, Pkcs11Config};
-use softhsm::{softhsm, IMPORTED_LABEL, PIN, PIN_TEST_TOKEN, TOKEN};
+use softhsm::{softhsm, IMPORTED_LABEL, PIN, PIN_TEST_TOKEN, SERVE_TOKEN, TOKEN};
 use support::now;
 use support::{keygen_ed25519, temp_dir, Sshd};
 use zeroize::Zeroizing;
@@ -377,7 +377,7 @@ fn mayfly_serve_signs_with_the_token_key_and_rotation_of_it_is_refused() {
     )
     .expect("chmod PIN file");
     let extra = format!(
-        "[ca]\nbackend = \"pkcs11\"\npkcs11_module = {:?}\ntoken_label = {TOKEN:?}\n\
+        "[ca]\nbackend = \"pkcs11\"\npkcs11_module = {:?}\ntoken_label = {SERVE_TOKEN:?}\n\
          user_key_label = \"serve-user-ca\"\nhost_key_label = \"serve-host-ca\"\n\
          pin_file = {:?}\ngenerate_if_missing = true\n",
         softhsm().module().display().to_string(),

@@ -22,9 +22,14 @@ pub const TOKEN: &str = "mayfly-test";
 /// A second token, only for the wrong-PIN test: a login elsewhere on the
 /// main token would make any PIN look right (login state is per process).
 pub const PIN_TEST_TOKEN: &str = "mayfly-pin-test";
-/// The user PIN of both tokens.
+/// A token only `mayfly serve` and the CLI, in processes of their own,
+/// use. SoftHSM's file store is read by each process on its own: a token
+/// that a test of this process is writing (a new key) at that moment is
+/// not found by another process, so no in-process test writes this one.
+pub const SERVE_TOKEN: &str = "mayfly-serve-test";
+/// The user PIN of every token.
 pub const PIN: &str = "mayfly-user-pin-1234";
-/// The security officer PIN of both tokens.
+/// The security officer PIN of every token.
 pub const SO_PIN: &str = "mayfly-so-pin-5678";
 /// Label of the ECDSA P-256 key made by `ssh-keygen` and imported with
 /// `softhsm2-util --import` before the module is loaded.
@@ -126,7 +131,7 @@ fn setup() -> SoftHsm {
     // Before any thread loads the module: SoftHSM reads this in C_Initialize.
     std::env::set_var("SOFTHSM2_CONF", &conf);
 
-    for label in [TOKEN, PIN_TEST_TOKEN] {
+    for label in [TOKEN, PIN_TEST_TOKEN, SERVE_TOKEN] {
         run(
             "softhsm2-util --init-token",
             Command::new("softhsm2-util")
