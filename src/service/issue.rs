@@ -259,8 +259,7 @@ impl Service {
         // the request decided again). An approval request writes no
         // certificate and has no such checks, so it reads them now; so
         // does a refusal that came from the cache.
-        let opens_approval = approval.is_some() && req.approval_request.is_none();
-        let fresh = opens_approval;
+        let fresh = approval.is_some() && req.approval_request.is_none();
         let mut state = match fresh {
             true => self.refresh_admin().await?,
             false => self.version_for_request().await?,

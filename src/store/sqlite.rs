@@ -1436,7 +1436,7 @@ impl Backend for Sqlite {
         let look_up_disabled = records.iter().any(|(_, g)| g.is_some()) && any_disabled(&tx)?;
         // A change of the CA keys takes the write lock too: what is read
         // here holds until this transaction commits.
-        let current = match records
+        let keys_changed_at = match records
             .iter()
             .any(|(_, g)| g.as_ref().is_some_and(|g| g.acted_on.is_some()))
         {
@@ -1446,7 +1446,7 @@ impl Backend for Sqlite {
         let mut out = Vec::with_capacity(records.len());
         for (record, guard) in records {
             if let Some(g) = guard {
-                if let Some(refusal) = g.stale(current) {
+                if let Some(refusal) = g.stale(keys_changed_at) {
                     out.push(Err(refusal));
                     continue;
                 }

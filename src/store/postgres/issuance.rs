@@ -175,7 +175,7 @@ pub async fn approval_write(db: Db<'_>, req: &ApprovalRequest) -> PgResult<()> {
 /// Whether any identity, role or issuer is deactivated.
 /// Whether any deactivation exists, and the state version of the last
 /// change of the CA keys, in one statement.
-async fn disabled_and_version(db: Db<'_>) -> PgResult<(bool, u64)> {
+async fn disabled_and_keys_changed(db: Db<'_>) -> PgResult<(bool, u64)> {
     let row = db
         .one(
             "SELECT EXISTS (SELECT 1 FROM disabled), (SELECT keys_changed FROM state)",
@@ -242,10 +242,12 @@ pub async fn commit_group(
     // The CA keys' last change too: every change of them holds the chain
     // lock.
     let guarded = records.iter().any(|(_, g)| g.is_some());
-    let ((look_up_disabled, current), mut facts) = futures_util::future::try_join(
+    let ((look_up_disabled, keys_changed), mut facts) = futures_util::future::try_join(
         async move {
             match guarded {
-                true => disabled_and_version(db).await.map(|(d, v)| (d, Some(v))),
+                true => disabled_and_keys_changed(db)
+                    .await
+                    .map(|(d, v)| (d, Some(v))),
                 false => Ok((false, None)),
             }
         },
@@ -271,7 +273,7 @@ pub async fn commit_group(
             }
         }
     }
-    let claimed = claim_tokens(db, records, current).await?;
+    let claimed = claim_tokens(db, records, keys_changed).await?;
     // `valid_before` of the certificates this group accepted so far, by
     // identity and role: a guard counts them as the database would.
     let mut accepted: HashMap<(&str, &str, &str), Vec<u64>> = HashMap::new();
@@ -280,7 +282,7 @@ pub async fn commit_group(
     let mut out = Vec::with_capacity(records.len());
     for (((record, guard), fact), claimed) in records.iter().zip(&facts).zip(claimed) {
         if let (Some(g), Some(f)) = (guard, fact) {
-            if let Some(refusal) = g.stale(current) {
+            if let Some(refusal) = g.stale(keys_changed) {
                 out.push(Err(refusal));
                 continue;
             }
@@ -364,7 +366,7 @@ pub async fn commit_group(
 async fn claim_tokens(
     db: Db<'_>,
     records: &[GuardedRecord],
-    current: Option<u64>,
+    keys_changed: Option<u64>,
 ) -> PgResult<Vec<bool>> {
     let mut owner: HashMap<&str, usize> = HashMap::new();
     let mut ids: Vec<&[u8]> = Vec::new();
@@ -372,7 +374,7 @@ async fn claim_tokens(
     let mut now = u64::MAX;
     for (k, (record, guard)) in records.iter().enumerate() {
         let Some(g) = guard else { continue };
-        if g.claims.is_empty() || g.stale(current).is_some() {
+        if g.claims.is_empty() || g.stale(keys_changed).is_some() {
             continue;
         }
         now = now.min(record.time_ms / 1000);
