@@ -274,8 +274,9 @@ impl Service {
     /// the keys it stands for were read (each read after the version was):
     /// whoever sees version `v` in the cache sees state at least as new as
     /// `v`. An issuance names the version it acted on in its guard, and
-    /// the commit refuses it if the store's version differs
-    /// ([`crate::store::IssueGuard::acted_on`]).
+    /// the commit refuses it if the CA keys changed at a later version
+    /// ([`crate::store::IssueGuard::acted_on`]); deactivations the commit
+    /// reads itself.
     pub(super) async fn refresh_admin(&self) -> Result<StateVersion, StoreError> {
         let v = self.store.access().state_version().await?;
         if self.cached_version() == Some(v) {

@@ -110,8 +110,9 @@ pub trait IssuanceCounters: Send + Sync {
     /// ([`crate::store::IssueGuard::claims`]) than by [`Self::claim_token`]
     /// before signing: a shared database, where a separate claim is a
     /// round trip and a commit of its own per certificate. The commit
-    /// claims them after the other guards' checks that need no claim, so
-    /// two requests with one token still give exactly one certificate.
+    /// claims the tokens of every record it does not refuse as stale, in
+    /// order, so two requests with one token still give exactly one
+    /// certificate.
     fn claims_at_commit(&self) -> bool {
         false
     }

@@ -5,8 +5,9 @@
 //! on every call, so that a revocation, deactivation or key rotation
 //! committed by anyone (this server's admin API, or `mayfly revoke`/
 //! `identity`/`ca rotate` in another process) shows at once. (Certificate
-//! requests no longer ask: their commit checks the version they acted on,
-//! see [`super::IssueGuard::acted_on`].) Asking a reader thread for it
+//! requests no longer ask: their commit reads the deactivations and checks
+//! that the CA keys did not change after the version they acted on, see
+//! [`super::IssueGuard::acted_on`].) Asking a reader thread for it
 //! cost two thread wake-ups and two queries per call.
 //!
 //! The probe holds its own connection and asks it SQLite's

@@ -7,10 +7,11 @@
 //!
 //! Requests do not depend on this: each certificate request names the
 //! state version it acted on, and its group commit, under the chain lock
-//! that every state change takes too, refuses it if the database's
-//! version differs ([`crate::store::IssueGuard::acted_on`]); the request
-//! is then decided again on the current state. So a change that returned
-//! on one replica is honoured by the next request on any replica.
+//! that every state change takes too, reads the deactivations and refuses
+//! it if the CA keys changed at a later version
+//! ([`crate::store::IssueGuard::acted_on`]); the request is then decided
+//! again on the current keys. So a change that returned on one replica is
+//! honoured by the next request on any replica.
 //! This is for what is cached between requests (the KRL, the audit
 //! stream's wake-up).
 

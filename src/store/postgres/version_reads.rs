@@ -5,9 +5,9 @@
 //! from the database, so that a revocation, deactivation or key rotation
 //! that returned on any replica shows at once on every replica (see
 //! [`super::listen`] for why notifications alone cannot promise that).
-//! Certificate requests do not read it: their group commit compares the
-//! version they acted on with the database's
-//! ([`crate::store::IssueGuard::acted_on`]).
+//! Certificate requests do not read it: their group commit reads the
+//! deactivations and compares the version they acted on with the version
+//! of the CA keys' last change ([`crate::store::IssueGuard::acted_on`]).
 //!
 //! Here callers queue for a read. One task takes everyone queued, runs one
 //! `SELECT`, and answers them all; whoever queues while that query runs
