@@ -252,12 +252,7 @@ pub async fn build_with_audit(
     };
     store.audit().on_commit(audit.hook());
     let audit_log = store.audit_shared();
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .redirect(crate::auth::jwks::redirect_policy())
-        .build()
-        .map_err(std::io::Error::other)?;
+    let http = crate::auth::jwks::issuer_http_client().map_err(std::io::Error::other)?;
     let fleet = crate::store::hosts::Fleet::new(store.clone(), &cfg.hosts);
     fleet
         .expected()
@@ -340,12 +335,7 @@ fn console_router(
             Some(s)
         }
     };
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .redirect(crate::auth::jwks::redirect_policy())
-        .build()
-        .map_err(std::io::Error::other)?;
+    let http = crate::auth::jwks::issuer_http_client().map_err(std::io::Error::other)?;
     let oidc = crate::console::oidc::OidcClient::new(
         cc,
         issuer,

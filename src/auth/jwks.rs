@@ -205,6 +205,24 @@ pub fn redirect_policy() -> reqwest::redirect::Policy {
     })
 }
 
+/// The HTTP client for identity providers (discovery, JWKS, the console's
+/// token exchange): the redirect policy above, 5 s to connect, 10 s per
+/// request, and no idle connection kept for later.
+///
+/// These requests are seconds or hours apart. A kept connection is reused
+/// when the provider may be closing it at that very moment (Node's HTTP
+/// server closes idle connections after 5 s, and a person takes about that
+/// long to log in), and the request then fails with nothing to retry.
+/// A fresh connection per request costs one handshake on a rare call.
+pub fn issuer_http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .redirect(redirect_policy())
+        .pool_max_idle_per_host(0)
+        .build()
+}
+
 /// A reqwest error with its causes (reqwest's own message hides the cause,
 /// e.g. why a redirect was refused, in its sources).
 fn describe(e: &reqwest::Error) -> String {
@@ -621,6 +639,55 @@ mod tests {
     fn declared_alg_must_agree_with_key_type() {
         let doc = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","alg":"RS256","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"e"}]}"#;
         assert!(KeySet::parse(doc).is_err());
+    }
+
+    /// A server that answers the first request on a connection and closes
+    /// the connection when a second request arrives on it, as a server
+    /// does that times out an idle connection while the client reuses it.
+    async fn one_request_per_connection_server() -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let reply =
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n{}";
+                    if sock.write_all(reply).await.is_err() {
+                        return;
+                    }
+                    // The next request on this connection gets no answer.
+                    let _ = sock.read(&mut chunk).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_request_to_an_issuer_never_reuses_a_connection_the_issuer_may_be_closing() {
+        let addr = one_request_per_connection_server().await;
+        let http = issuer_http_client().unwrap();
+        let url = format!("http://{addr}/jwks");
+        for i in 0..3 {
+            let body = get_limited(&http, &url).await;
+            assert_eq!(
+                body.as_deref().ok(),
+                Some(&b"{}"[..]),
+                "request {i}: {body:?}"
+            );
+        }
     }
 
     fn u(s: &str) -> url::Url {
