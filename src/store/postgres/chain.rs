@@ -44,13 +44,24 @@ fn as_hash(v: &[u8]) -> Option<Hash> {
     <[u8; 32]>::try_from(v).ok()
 }
 
+/// The statement of [`lock_head`].
+pub const LOCK_HEAD: &str = "SELECT seq, hash FROM chain_head FOR UPDATE";
+
 /// Locks the chain head row until the transaction ends and reads it. Every
 /// writer that appends records, and every guarded read-then-write, calls
 /// this first.
 pub async fn lock_head(tx: Db<'_>) -> PgResult<Head> {
-    let row = tx
-        .one("SELECT seq, hash FROM chain_head FOR UPDATE", &[])
-        .await?;
+    let st = tx.statement(LOCK_HEAD).await?;
+    lock_head_prepared(tx, &st).await
+}
+
+/// [`lock_head`] with its statement prepared already: the lock request is
+/// sent on the first poll, so statements polled after it in the same
+/// pipeline run after the lock is held (the server runs one connection's
+/// statements in the order they arrive, each on a snapshot taken when it
+/// starts).
+pub async fn lock_head_prepared(tx: Db<'_>, lock: &tokio_postgres::Statement) -> PgResult<Head> {
+    let row = tx.one_prepared(lock, &[]).await?;
     let seq: i64 = row.try_get(0)?;
     let hash: Vec<u8> = row.try_get(1)?;
     let Some(hash) = as_hash(&hash) else {

@@ -78,7 +78,11 @@ pub enum Db<'a> {
 }
 
 impl Db<'_> {
-    async fn statement(&self, sql: &str) -> PgResult<tokio_postgres::Statement> {
+    /// `sql` prepared on this connection (cached). A statement prepared
+    /// beforehand is sent on the first poll of the future that runs it
+    /// ([`Db::one_prepared`]), which is what makes the order of statements
+    /// sent together (pipelined) the order in which they were polled.
+    pub async fn statement(&self, sql: &str) -> PgResult<tokio_postgres::Statement> {
         Ok(match self {
             Db::Client(c) => c.prepare_cached(sql).await,
             Db::Tx(t) => t.prepare_cached(sql).await,
@@ -100,6 +104,19 @@ impl Db<'_> {
         Ok(match self {
             Db::Client(c) => c.query_one(&st, params).await,
             Db::Tx(t) => t.query_one(&st, params).await,
+        }?)
+    }
+
+    /// The one row prepared statement `st` returns. Its message is sent
+    /// on the first poll, before the future waits for anything.
+    pub async fn one_prepared(
+        &self,
+        st: &tokio_postgres::Statement,
+        params: Params<'_>,
+    ) -> PgResult<Row> {
+        Ok(match self {
+            Db::Client(c) => c.query_one(st, params).await,
+            Db::Tx(t) => t.query_one(st, params).await,
         }?)
     }
 

@@ -234,31 +234,40 @@ pub async fn commit_group(
 ) -> PgResult<Vec<Result<(), GuardRefusal>>> {
     let tx = client.transaction().await?;
     let db = Db::Tx(&tx);
-    let mut head = chain::lock_head(db).await?;
-    // Every writer of the facts below holds the chain lock while it writes,
+    // The chain lock, the reads of the facts below and the token claims go
+    // to the server together, one round trip while other replicas wait for
+    // the lock. The server runs them in the order sent, each on a snapshot
+    // taken when it starts, so everything after the lock sees what the
+    // lock's previous holder committed. The lock's statement is prepared
+    // first, so that it is the first one sent.
+    //
+    // Every writer of these facts holds the chain lock while it writes,
     // so they cannot change until this transaction ends. Deactivations are
     // looked up per record only when one exists (one statement per group
-    // instead of one per record; usually none exists).
-    // The CA keys' last change too: every change of them holds the chain
-    // lock.
+    // instead of one per record; usually none exists). The CA keys' last
+    // change too: every change of them holds the chain lock.
+    let lock = db.statement(chain::LOCK_HEAD).await?;
     let guarded = records.iter().any(|(_, g)| g.is_some());
-    let ((look_up_disabled, keys_changed), mut facts) = futures_util::future::try_join(
-        async move {
-            match guarded {
-                true => disabled_and_keys_changed(db)
-                    .await
-                    .map(|(d, v)| (d, Some(v))),
-                false => Ok((false, None)),
-            }
-        },
-        try_join_all(records.iter().map(|(r, g)| async move {
-            match g {
-                Some(g) => facts(db, g, r.time_ms / 1000).await.map(Some),
-                None => Ok(None),
-            }
-        })),
-    )
-    .await?;
+    let (mut head, (look_up_disabled, keys_changed), mut facts, claimed) =
+        futures_util::future::try_join4(
+            chain::lock_head_prepared(db, &lock),
+            async move {
+                match guarded {
+                    true => disabled_and_keys_changed(db)
+                        .await
+                        .map(|(d, v)| (d, Some(v))),
+                    false => Ok((false, None)),
+                }
+            },
+            try_join_all(records.iter().map(|(r, g)| async move {
+                match g {
+                    Some(g) => facts(db, g, r.time_ms / 1000).await.map(Some),
+                    None => Ok(None),
+                }
+            })),
+            claim_tokens(db, records),
+        )
+        .await?;
     if look_up_disabled {
         let disabled = try_join_all(records.iter().map(|(_, g)| async move {
             match g {
@@ -273,7 +282,6 @@ pub async fn commit_group(
             }
         }
     }
-    let claimed = claim_tokens(db, records, keys_changed).await?;
     // `valid_before` of the certificates this group accepted so far, by
     // identity and role: a guard counts them as the database would.
     let mut accepted: HashMap<(&str, &str, &str), Vec<u64>> = HashMap::new();
@@ -350,8 +358,13 @@ pub async fn commit_group(
     }
     if !to_insert.is_empty() {
         let rows = chain::chain_records(&mut head, &to_insert);
-        chain::insert_rows(db, &rows).await?;
-        chain::save_head(db, &head).await?;
+        // Sent together; the insert's error, if any, is the one reported
+        // (a refused row is retried record by record, see the writer).
+        let (inserted, saved) =
+            futures_util::future::join(chain::insert_rows(db, &rows), chain::save_head(db, &head))
+                .await;
+        inserted?;
+        saved?;
     }
     tx.commit().await?;
     Ok(out)
@@ -359,22 +372,23 @@ pub async fn commit_group(
 
 /// Marks the tokens of the group's guards used, in one statement; per
 /// record, whether it got every token it names
-/// ([`crate::store::IssueGuard::claims`]). A record refused as stale
-/// claims nothing (it comes again); of two records of the group with one
-/// token, the first gets it. A used token counts as free again once it
-/// expired, as of the group's earliest request time.
-async fn claim_tokens(
-    db: Db<'_>,
-    records: &[GuardedRecord],
-    keys_changed: Option<u64>,
-) -> PgResult<Vec<bool>> {
+/// ([`crate::store::IssueGuard::claims`]). A record that the commit
+/// refuses as stale (the CA keys changed after the version it acted on)
+/// claims nothing, since it comes again: the statement itself compares
+/// with the keys' last change, read under the chain lock like the rest.
+/// Of two records of the group with one token, the first gets it (or, if
+/// the first is stale, neither does now; the first gets it when it comes
+/// again). A used token counts as free again once it expired, as of the
+/// group's earliest request time.
+async fn claim_tokens(db: Db<'_>, records: &[GuardedRecord]) -> PgResult<Vec<bool>> {
     let mut owner: HashMap<&str, usize> = HashMap::new();
     let mut ids: Vec<&[u8]> = Vec::new();
     let mut expiries: Vec<i64> = Vec::new();
+    let mut acted_on: Vec<Option<i64>> = Vec::new();
     let mut now = u64::MAX;
     for (k, (record, guard)) in records.iter().enumerate() {
         let Some(g) = guard else { continue };
-        if g.claims.is_empty() || g.stale(keys_changed).is_some() {
+        if g.claims.is_empty() {
             continue;
         }
         now = now.min(record.time_ms / 1000);
@@ -385,6 +399,7 @@ async fn claim_tokens(
             owner.insert(id, k);
             ids.push(id.as_bytes());
             expiries.push(i(*expires_at));
+            acted_on.push(g.acted_on.map(i));
         }
     }
     let won: std::collections::HashSet<Vec<u8>> = match ids.is_empty() {
@@ -392,11 +407,13 @@ async fn claim_tokens(
         false => db
             .query(
                 "INSERT INTO used_tokens AS t (id, expires_at)
-                 SELECT * FROM unnest($1::bytea[], $2::int8[])
+                 SELECT u.id, u.expires_at
+                   FROM unnest($1::bytea[], $2::int8[], $3::int8[]) AS u(id, expires_at, acted_on)
+                  WHERE u.acted_on IS NULL OR u.acted_on >= (SELECT keys_changed FROM state)
                  ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at
-                    WHERE t.expires_at <= $3
+                    WHERE t.expires_at <= $4
                  RETURNING id",
-                &[&ids, &expiries, &i(now)],
+                &[&ids, &expiries, &acted_on, &i(now)],
             )
             .await?
             .iter()
@@ -446,8 +463,11 @@ pub async fn max_serial(db: Db<'_>) -> PgResult<u64> {
     Ok(v.unwrap_or(0) as u64)
 }
 
-/// How many serials a process reserves at a time.
-pub const SERIAL_BLOCK: u64 = 32;
+/// How many serials a process reserves at a time. Each reservation is a
+/// transaction with a WAL flush of its own, and requests wait for it, so
+/// it should come rarely; a process that stops leaves at most this many
+/// serials unused, which costs nothing (serials are unique, not dense).
+pub const SERIAL_BLOCK: u64 = 1024;
 
 /// Reserves `SERIAL_BLOCK` serials above `floor` and above every block
 /// reserved before, by any replica: the counter row only moves up, and its
