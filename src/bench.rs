@@ -265,6 +265,18 @@ fn issuer_key(alg: BenchAlg) -> Result<(EncodingKey, Algorithm), String> {
     }
 }
 
+/// The body of a successful `GET url`; the error names the URL.
+async fn get_text(http: &reqwest::Client, url: &str) -> Result<String, String> {
+    http.get(url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| format!("GET {url}: {e}"))?
+        .text()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -536,15 +548,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let ca_url = urls[0].replace("/v1/certs/user", "/v1/ca/user.pub");
-    let ca_line = http
-        .get(&ca_url)
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| format!("GET {ca_url}: {e}"))?
-        .text()
-        .await
-        .map_err(|e| e.to_string())?;
+    let ca_line = get_text(&http, &ca_url).await?;
     let ca = ssh_key::PublicKey::from_openssh(ca_line.trim())
         .map_err(|e| format!("GET {ca_url}: {e}"))?
         .key_data()
@@ -559,10 +563,6 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     let shots = Arc::new(shots(&f, opts.requests, &run)?);
     let ca = Arc::new(ca);
     let next = Arc::new(AtomicUsize::new(0));
-    eprintln!(
-        "running {} requests with {concurrency} clients...",
-        opts.requests
-    );
     // The clients' connections are opened (and with TLS, handshaken)
     // before the clock and the CPU counters start: the run measures
     // certificates over keep-alive connections, not a burst of
@@ -572,21 +572,16 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     let opened = futures_util::future::join_all((0..concurrency).map(|c| {
         let url = urls[c % urls.len()].replace("/v1/certs/user", "/v1/ca/user.pub");
         let http = http.clone();
-        async move {
-            http.get(&url)
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-                .map_err(|e| format!("GET {url}: {e}"))?
-                .bytes()
-                .await
-                .map_err(|e| format!("GET {url}: {e}"))
-        }
+        async move { get_text(&http, &url).await }
     }))
     .await;
     if let Some(Err(e)) = opened.into_iter().find(|r| r.is_err()) {
         return Err(e);
     }
+    eprintln!(
+        "running {} requests with {concurrency} clients...",
+        opts.requests
+    );
     let server_pid = match &servers {
         Servers::Process { server, .. } => Some(server.pid()),
         Servers::InProcess { .. } => None,
