@@ -21,7 +21,7 @@ pub use crate::audit::chain::{BadRow, ChainMeta};
 
 /// The blocking interface of the SQLite connection, driven from the
 /// writer thread or a reader thread ([`super::writer`]). The import steps
-/// of `mayfly store migrate` are in [`super::sqlite_import`].
+/// of `mayfly store migrate` are in `store::sqlite_import`.
 pub trait Backend: super::sqlite_import::ImportBackend + Send + 'static {
     /// Appends records in one durable transaction: all or none.
     fn append_batch(&mut self, records: &[AuditRecord]) -> Result<(), StoreError>;
