@@ -27,8 +27,11 @@ pub const AUDIENCE: &str = "mayfly";
 /// Lifetime of issued access tokens, in seconds.
 pub const ACCESS_TOKEN_TTL: u64 = 300;
 
-/// How long node may take to print READY.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long node may take to print READY. It starts in about a second
+/// alone; the test binaries run in parallel, each starting providers, with
+/// the fuzz targets building beside them on two cores, and once a start
+/// took over a minute. A provider that does not start still fails the test.
+const START_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// One OAuth client of the provider: a workload with its token claims.
 #[derive(Debug, Clone)]
@@ -108,8 +111,7 @@ pub struct Oidc {
 
 impl Oidc {
     /// Starts a provider that knows `clients`. Panics, with node's output,
-    /// if it is not ready within a minute (node starts slowly while the
-    /// fuzz targets build beside the tests).
+    /// if it is not ready within [`START_TIMEOUT`].
     pub fn start(clients: &[ClientSpec]) -> Oidc {
         Oidc::start_with_people(clients, &json!([]), &json!({}))
     }
