@@ -68,6 +68,9 @@ pub struct BenchOptions {
     pub server: Option<std::path::PathBuf>,
     /// Serve HTTPS (needs `server`).
     pub tls: bool,
+    /// `worker_threads` of the `mayfly serve` process (needs `server`;
+    /// `None`: one per CPU).
+    pub server_workers: Option<usize>,
 }
 
 /// CPU time of a CA that ran in its own process.
@@ -489,7 +492,10 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     let mut http = reqwest::Client::builder();
     let servers = match &opts.server {
         Some(exe) => {
-            let body = config_body(&dir.path().join("data"), &f, &store_toml);
+            let mut body = config_body(&dir.path().join("data"), &f, &store_toml);
+            if let Some(n) = opts.server_workers {
+                body = format!("worker_threads = {n}\n{body}");
+            }
             let server = process::ServerProcess::start(exe, dir.path(), &body, opts.tls).await?;
             http = server.client_builder()?;
             urls.push(format!("{}/v1/certs/user", server.base));

@@ -47,6 +47,7 @@ struct RawConfig {
     max_body_bytes: Option<usize>,
     header_read_timeout: Option<String>,
     max_connections: Option<usize>,
+    worker_threads: Option<usize>,
     store_busy_timeout: Option<String>,
     log_format: Option<String>,
     error_detail: Option<String>,
@@ -594,6 +595,11 @@ pub struct Config {
     /// Most client connections open at once (TLS handshakes included);
     /// further clients wait in the listen backlog until one closes.
     pub max_connections: usize,
+    /// Threads that serve requests (`None`: one per CPU the process may
+    /// use). Fewer leave CPUs to other work on the machine: on two cores
+    /// shared with a load generator, one served more certificates per
+    /// second than two, at less CPU each (docs/performance.md).
+    pub worker_threads: Option<usize>,
     /// How long a store write waits for a lock before the request fails (503).
     pub store_busy_timeout: Duration,
     /// `text` or `json` log lines.
@@ -874,6 +880,8 @@ pub const MIN_HEADER_READ_TIMEOUT: Duration = Duration::from_millis(100);
 pub const MAX_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(300);
 /// Highest `max_connections` accepted (each connection holds a descriptor).
 pub const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;
+/// Highest `worker_threads` accepted.
+pub const MAX_WORKER_THREADS: usize = 1024;
 
 /// Longest leeway an operator may configure: more would make `exp` meaningless.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
@@ -891,6 +899,7 @@ impl Default for Config {
             max_body_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            worker_threads: None,
             store_busy_timeout: Duration::from_secs(2),
             log_format: LogFormat::Text,
             error_detail: ErrorDetail::Full,
@@ -1080,6 +1089,15 @@ impl Config {
                      longer lets idle clients hold connection slots"
                 )));
             }
+        }
+        if let Some(n) = raw.worker_threads {
+            if !(1..=MAX_WORKER_THREADS).contains(&n) {
+                return Err(ConfigError::Invalid(format!(
+                    "worker_threads = {n} must be between 1 and {MAX_WORKER_THREADS}; \
+                     leave it out for one per CPU"
+                )));
+            }
+            c.worker_threads = Some(n);
         }
         if let Some(m) = raw.max_connections {
             if !(1..=MAX_CONNECTIONS_LIMIT).contains(&m) {
@@ -2107,6 +2125,18 @@ mod connection_key_tests {
         let c = Config::parse("").expect("test step");
         assert_eq!(c.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.max_connections, 1024);
+        assert_eq!(c.worker_threads, None, "one worker per CPU unless set");
+    }
+
+    #[test]
+    fn worker_threads_is_read_and_bounded() {
+        let c = Config::parse("worker_threads = 1\n").expect("test step");
+        assert_eq!(c.worker_threads, Some(1));
+        for text in ["worker_threads = 0", "worker_threads = 5000"] {
+            let err = Config::parse(text).expect_err(text).to_string();
+            assert!(err.contains("between 1 and 1024"), "{text}: {err}");
+        }
+        assert!(Config::parse("worker_threads = -2").is_err());
     }
 
     #[test]

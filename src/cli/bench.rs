@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// report its CPU alone (as `--tls` does, without TLS).
     #[arg(long, conflicts_with = "store_url")]
     server_process: bool,
+    /// `worker_threads` of the separate `mayfly serve` process (with
+    /// --tls or --server-process); default one per CPU.
+    #[arg(long, value_name = "N")]
+    server_workers: Option<usize>,
 }
 
 /// Runs the load generator and prints its report on stdout.
@@ -62,6 +66,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    if a.server_workers.is_some() && server.is_none() {
+        anyhow::bail!(
+            "--server-workers sets the separate server's threads: add --tls or --server-process"
+        );
+    }
     let rt = runtime()?;
     for (i, &concurrency) in a.concurrency.iter().enumerate() {
         let report = rt
@@ -74,6 +83,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
                 replicas: a.replicas,
                 server: server.clone(),
                 tls: a.tls,
+                server_workers: a.server_workers,
             }))
             .map_err(anyhow::Error::msg)?;
         if a.json {

@@ -132,6 +132,17 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// The runtime of `mayfly serve`: `workers` threads serve requests
+/// (`worker_threads` in mayfly.toml; `None`: one per CPU).
+pub fn server_runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    if let Some(n) = workers {
+        b.worker_threads(n);
+    }
+    b.build().context("starting the async runtime")
+}
+
 /// Parses `--ttl` (e.g. `5m`).
 pub fn parse_ttl(s: &Option<String>) -> anyhow::Result<Option<Duration>> {
     s.as_deref()

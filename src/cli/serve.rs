@@ -7,7 +7,7 @@ use clap::Args;
 
 use mayfly::config::Config;
 
-use super::{env, init_server_logging, runtime};
+use super::{env, init_server_logging, server_runtime};
 
 // Arguments of `mayfly serve` (its help text is the doc comment of
 // `Cmd::Serve` in main.rs).
@@ -30,6 +30,11 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     if a.config.is_none() {
         tracing::info!("no --config given: using embedded defaults (listen 127.0.0.1:8400, data ./mayfly-data, policies ./ca-policy)");
     }
-    runtime()?.block_on(mayfly::server::serve(cfg))?;
+    let rt = server_runtime(cfg.worker_threads)?;
+    tracing::info!(
+        worker_threads = rt.metrics().num_workers(),
+        "threads serving requests"
+    );
+    rt.block_on(mayfly::server::serve(cfg))?;
     Ok(ExitCode::SUCCESS)
 }
