@@ -353,3 +353,20 @@ fn postgres_cluster_serves_fresh_databases_stops_restarts_and_promotes_a_standby
     pg.restart();
     assert_eq!(a.psql("SELECT count(*) FROM t").trim(), "2");
 }
+
+#[test]
+fn a_running_program_is_described_by_its_state_and_where_it_waits() {
+    let dir = support::temp_dir("where-it-waits");
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("30");
+    let mut proc = support::process::Proc::spawn("sleeper", cmd, dir.path());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let waits = proc.where_it_waits();
+    assert!(waits.contains("State:"), "{waits}");
+    assert!(waits.contains("sleep:"), "{waits}");
+    proc.kill();
+    assert!(
+        !proc.where_it_waits().contains("State:"),
+        "an exited program has no state"
+    );
+}

@@ -27,11 +27,15 @@ pub const AUDIENCE: &str = "mayfly";
 /// Lifetime of issued access tokens, in seconds.
 pub const ACCESS_TOKEN_TTL: u64 = 300;
 
-/// How long node may take to print READY. It starts in about a second
-/// alone; the test binaries run in parallel, each starting providers, with
-/// the fuzz targets building beside them on two cores, and once a start
-/// took over a minute. A provider that does not start still fails the test.
-const START_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long one node process may take to print READY before it is killed
+/// and another one is started (up to [`START_ATTEMPTS`] in all). Alone it
+/// starts in about a second. Twice in CI a provider printed nothing within
+/// 60 s and then 180 s while the other providers of the same test binary
+/// started; the report of such a start says where its threads waited.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Node processes tried before a test fails because its provider does not
+/// start (a port taken by another program, or a start that hangs).
+const START_ATTEMPTS: usize = 3;
 
 /// One OAuth client of the provider: a workload with its token claims.
 #[derive(Debug, Clone)]
@@ -111,7 +115,8 @@ pub struct Oidc {
 
 impl Oidc {
     /// Starts a provider that knows `clients`. Panics, with node's output,
-    /// if it is not ready within [`START_TIMEOUT`].
+    /// if none of [`START_ATTEMPTS`] node processes is ready within
+    /// [`START_TIMEOUT`].
     pub fn start(clients: &[ClientSpec]) -> Oidc {
         Oidc::start_with_people(clients, &json!([]), &json!({}))
     }
@@ -124,8 +129,8 @@ impl Oidc {
         ensure_node_modules();
         let node = find_program("node", &[], "nodejs (version 20 or later)");
         let dir = temp_dir("oidc");
-        let mut last_failure = String::new();
-        for _attempt in 0..3 {
+        let mut failures = Vec::new();
+        for _attempt in 0..START_ATTEMPTS {
             let port = free_port();
             match start_on(&node, dir.path(), port, clients, people, accounts) {
                 Ok((proc, keys)) => {
@@ -142,15 +147,18 @@ impl Oidc {
                     oidc.discover();
                     return oidc;
                 }
-                Err((report, port_taken)) => {
-                    last_failure = report;
-                    if !port_taken {
+                Err((report, retry)) => {
+                    failures.push(report);
+                    if !retry {
                         break;
                     }
                 }
             }
         }
-        panic!("the OIDC provider (node tests/oidc/provider.mjs) did not start:\n{last_failure}");
+        panic!(
+            "the OIDC provider (node tests/oidc/provider.mjs) did not start:\n{}",
+            failures.join("\n--- next attempt\n")
+        );
     }
 
     fn discover(&mut self) {
@@ -332,7 +340,8 @@ impl Oidc {
 }
 
 /// Starts node once on `port`. On failure returns node's report and
-/// whether the port was taken (worth another try).
+/// whether another try is worth it (the port was taken, or node printed
+/// nothing within [`START_TIMEOUT`]).
 fn start_on(
     node: &Path,
     dir: &Path,
@@ -385,10 +394,14 @@ fn start_on(
     if outcome != Some(true) {
         let port_taken = proc.stderr().contains("EADDRINUSE");
         if outcome.is_none() {
+            let waits = proc.where_it_waits();
             proc.kill();
             return Err((
-                format!("no READY line within {START_TIMEOUT:?}\n{}", proc.report()),
-                false,
+                format!(
+                    "no READY line within {START_TIMEOUT:?} ({waits})\n{}",
+                    proc.report()
+                ),
+                true,
             ));
         }
         return Err((proc.report(), port_taken));

@@ -91,6 +91,38 @@ impl Proc {
             .unwrap_or_else(|e| panic!("wait for {}: {e}", self.name))
     }
 
+    /// What the kernel says of a program that is still running: its state,
+    /// CPU time and where each thread waits, to tell a hung program from a
+    /// slow one in a failure message. Empty once it has exited.
+    pub fn where_it_waits(&self) -> String {
+        let base = PathBuf::from(format!("/proc/{}", self.pid()));
+        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+        let state = read(base.join("status"))
+            .lines()
+            .filter(|l| l.starts_with("State:") || l.starts_with("Threads:"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // utime and stime, fields 14 and 15 of stat (after the command name).
+        let stat = read(base.join("stat"));
+        let ticks: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().skip(11).take(2).collect())
+            .unwrap_or_default();
+        let mut threads: Vec<String> = std::fs::read_dir(base.join("task"))
+            .map(|d| {
+                d.flatten()
+                    .map(|t| {
+                        let comm = read(t.path().join("comm"));
+                        let wchan = read(t.path().join("wchan"));
+                        format!("{}:{}", comm.trim(), wchan.trim())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        threads.sort();
+        format!("{state}, cpu ticks (user system) {ticks:?}, threads waiting in {threads:?}")
+    }
+
     /// A description for failure messages: how it ended and its output.
     pub fn report(&mut self) -> String {
         let state = match self.exited() {
