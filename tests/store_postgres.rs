@@ -112,6 +112,14 @@ fn revoker() -> Revoker {
     })
 }
 
+/// Awaits race tasks, one per token, each counting how many of the two
+/// replicas accepted its token: exactly one must have.
+async fn one_winner_per_token(tasks: Vec<tokio::task::JoinHandle<u8>>, what: &str) {
+    for (n, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.expect("task"), 1, "token {n}: {what}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_sent_to_two_replicas_at_once_mints_one_certificate() {
     let (_db, a, b) = two_replicas();
@@ -128,13 +136,7 @@ async fn a_token_sent_to_two_replicas_at_once_mints_one_certificate() {
             u8::from(x.expect("claim on a")) + u8::from(y.expect("claim on b"))
         }));
     }
-    for (n, t) in tasks.into_iter().enumerate() {
-        assert_eq!(
-            t.await.expect("task"),
-            1,
-            "token {n}: exactly one replica may accept it"
-        );
-    }
+    one_winner_per_token(tasks, "exactly one replica may accept it").await;
     // Used means used, on either replica, until the token expires.
     assert!(!b
         .counters()
@@ -180,13 +182,7 @@ async fn a_token_claimed_in_two_replicas_commits_at_once_gives_one_certificate()
             u8::from(x.is_ok()) + u8::from(y.is_ok())
         }));
     }
-    for (n, t) in tasks.into_iter().enumerate() {
-        assert_eq!(
-            t.await.expect("task"),
-            1,
-            "token {n}: exactly one certificate"
-        );
-    }
+    one_winner_per_token(tasks, "exactly one certificate").await;
     // Exactly the accepted records were written.
     let live = a
         .issuance()
