@@ -575,15 +575,12 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     // `concurrency` handshakes at once, which would otherwise be the
     // first answer of every client and, at 256 clients, over 1% of them.
     eprintln!("opening {concurrency} connections...");
-    let opened = futures_util::future::join_all((0..concurrency).map(|c| {
+    futures_util::future::try_join_all((0..concurrency).map(|c| {
         let url = urls[c % urls.len()].replace("/v1/certs/user", "/v1/ca/user.pub");
         let http = http.clone();
         async move { get_text(&http, &url).await }
     }))
-    .await;
-    if let Some(Err(e)) = opened.into_iter().find(|r| r.is_err()) {
-        return Err(e);
-    }
+    .await?;
     eprintln!(
         "running {} requests with {concurrency} clients...",
         opts.requests
