@@ -96,6 +96,26 @@ pub async fn insert_rows(tx: Db<'_>, rows: &[StoredRecord]) -> PgResult<()> {
     if rows.is_empty() {
         return Ok(());
     }
+    let st = tx.statement(INSERT).await?;
+    insert_rows_prepared(tx, &st, rows).await
+}
+
+/// The statement of [`insert_rows_prepared`].
+pub async fn insert_statement(tx: Db<'_>) -> PgResult<tokio_postgres::Statement> {
+    tx.statement(INSERT).await
+}
+
+/// [`insert_rows`] with its statement prepared ([`insert_statement`]): the
+/// insert is sent on the first poll, so that a statement polled after it
+/// in a pipeline (the COMMIT) runs after it.
+pub async fn insert_rows_prepared(
+    tx: Db<'_>,
+    st: &tokio_postgres::Statement,
+    rows: &[StoredRecord],
+) -> PgResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     let seq: Vec<i64> = rows.iter().map(|r| i(r.seq)).collect();
     let time_ms: Vec<i64> = rows.iter().map(|r| r.time_ms).collect();
     let event: Vec<&str> = rows.iter().map(|r| r.event.as_str()).collect();
@@ -135,8 +155,8 @@ pub async fn insert_rows(tx: Db<'_>, rows: &[StoredRecord]) -> PgResult<()> {
         .iter()
         .map(|r| r.hash.as_ref().map(|h| &h[..]))
         .collect();
-    tx.execute(
-        INSERT,
+    tx.execute_prepared(
+        st,
         &[
             &seq,
             &time_ms,
@@ -169,13 +189,27 @@ pub async fn insert_rows(tx: Db<'_>, rows: &[StoredRecord]) -> PgResult<()> {
     Ok(())
 }
 
+const SAVE_HEAD: &str = "UPDATE chain_head SET seq = $1, hash = $2";
+
 /// Saves the advanced head (same transaction as the rows).
 pub async fn save_head(tx: Db<'_>, head: &Head) -> PgResult<()> {
-    tx.execute(
-        "UPDATE chain_head SET seq = $1, hash = $2",
-        &[&i(head.seq), &&head.hash[..]],
-    )
-    .await?;
+    let st = tx.statement(SAVE_HEAD).await?;
+    save_head_prepared(tx, &st, head).await
+}
+
+/// The statement of [`save_head_prepared`].
+pub async fn save_head_statement(tx: Db<'_>) -> PgResult<tokio_postgres::Statement> {
+    tx.statement(SAVE_HEAD).await
+}
+
+/// [`save_head`] with its statement prepared: sent on the first poll.
+pub async fn save_head_prepared(
+    tx: Db<'_>,
+    st: &tokio_postgres::Statement,
+    head: &Head,
+) -> PgResult<()> {
+    tx.execute_prepared(st, &[&i(head.seq), &&head.hash[..]])
+        .await?;
     Ok(())
 }
 

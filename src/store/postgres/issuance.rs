@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::future::try_join_all;
 
 use super::chain;
-use super::db::{i, u, Db, PgError, PgResult};
+use super::db::{i, u, Db, PgError, PgResult, PipelinedTx};
 use crate::approval::{ApprovalError, ApprovalRequest};
 use crate::audit::AuditRecord;
 use crate::policy::limits::RateLimit;
@@ -228,12 +228,28 @@ async fn facts(db: Db<'_>, g: &crate::store::IssueGuard, now: u64) -> PgResult<F
 /// records, and commits. The caller answers each record only after this
 /// returned, so an issuance is acknowledged only once its record is
 /// durable. `Err`: nothing was written.
+///
+/// The connection is in `slot`; if the transaction could not be ended
+/// cleanly, it is closed and `slot` left empty.
 pub async fn commit_group(
-    client: &mut deadpool_postgres::Client,
+    slot: &mut Option<deadpool_postgres::Client>,
     records: &[GuardedRecord],
 ) -> PgResult<Vec<Result<(), GuardRefusal>>> {
-    let tx = client.transaction().await?;
-    let db = Db::Tx(&tx);
+    let mut tx = PipelinedTx::new(slot)?;
+    let res = group(&tx, records).await;
+    if res.is_err() {
+        tx.rollback().await;
+    }
+    res
+}
+
+/// The transaction of [`commit_group`]: two pipelines, BEGIN with the
+/// chain lock and the reads, then the writes with COMMIT.
+async fn group(
+    tx: &PipelinedTx<'_>,
+    records: &[GuardedRecord],
+) -> PgResult<Vec<Result<(), GuardRefusal>>> {
+    let db = tx.db();
     // The chain lock, the reads of the facts below and the token claims go
     // to the server together, one round trip while other replicas wait for
     // the lock. The server runs them in the order sent, each on a snapshot
@@ -248,24 +264,27 @@ pub async fn commit_group(
     // change too: every change of them holds the chain lock.
     let lock = db.statement(chain::LOCK_HEAD).await?;
     let guarded = records.iter().any(|(_, g)| g.is_some());
-    let (mut head, (look_up_disabled, keys_changed), mut facts, claimed) =
-        futures_util::future::try_join4(
-            chain::lock_head_prepared(db, &lock),
-            async move {
-                match guarded {
-                    true => disabled_and_keys_changed(db)
-                        .await
-                        .map(|(d, v)| (d, Some(v))),
-                    false => Ok((false, None)),
-                }
-            },
-            try_join_all(records.iter().map(|(r, g)| async move {
-                match g {
-                    Some(g) => facts(db, g, r.time_ms / 1000).await.map(Some),
-                    None => Ok(None),
-                }
-            })),
-            claim_tokens(db, records),
+    let (_, (mut head, (look_up_disabled, keys_changed), mut facts, claimed)) =
+        futures_util::future::try_join(
+            tx.begin(),
+            futures_util::future::try_join4(
+                chain::lock_head_prepared(db, &lock),
+                async move {
+                    match guarded {
+                        true => disabled_and_keys_changed(db)
+                            .await
+                            .map(|(d, v)| (d, Some(v))),
+                        false => Ok((false, None)),
+                    }
+                },
+                try_join_all(records.iter().map(|(r, g)| async move {
+                    match g {
+                        Some(g) => facts(db, g, r.time_ms / 1000).await.map(Some),
+                        None => Ok(None),
+                    }
+                })),
+                claim_tokens(db, records),
+            ),
         )
         .await?;
     if look_up_disabled {
@@ -356,17 +375,39 @@ pub async fn commit_group(
     for a in redeemed.values() {
         approval_write(db, a).await?;
     }
-    if !to_insert.is_empty() {
-        let rows = chain::chain_records(&mut head, &to_insert);
-        // Sent together; the insert's error, if any, is the one reported
-        // (a refused row is retried record by record, see the writer).
-        let (inserted, saved) =
-            futures_util::future::join(chain::insert_rows(db, &rows), chain::save_head(db, &head))
-                .await;
-        inserted?;
-        saved?;
-    }
-    tx.commit().await?;
+    // The writes and COMMIT go together, in this order, which their
+    // statements being prepared beforehand guarantees (each is sent on
+    // its first poll). The insert's error, if any, is the one reported (a
+    // refused row is retried record by record, see the writer); after a
+    // failed statement the COMMIT rolls back.
+    let rows = chain::chain_records(&mut head, &to_insert);
+    let (insert, save) = match rows.is_empty() {
+        true => (None, None),
+        false => (
+            Some(chain::insert_statement(db).await?),
+            Some(chain::save_head_statement(db).await?),
+        ),
+    };
+    let (inserted, saved, committed) = futures_util::future::join3(
+        async {
+            match &insert {
+                Some(st) => chain::insert_rows_prepared(db, st, &rows).await,
+                None => Ok(()),
+            }
+        },
+        async {
+            match &save {
+                Some(st) => chain::save_head_prepared(db, st, &head).await,
+                None => Ok(()),
+            }
+        },
+        tx.commit(),
+    )
+    .await;
+    committed?;
+    tx.ended();
+    inserted?;
+    saved?;
     Ok(out)
 }
 

@@ -69,7 +69,7 @@ async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Pending>, hooks: Hooks,
 async fn commit(pool: &Pool, records: &[GuardedRecord], display: &str) -> Vec<Outcome> {
     let n = records.len();
     let mut client = match pool.get().await {
-        Ok(c) => c,
+        Ok(c) => Some(c),
         Err(e) => return vec![Err(super::pool_error(display, e)); n],
     };
     match super::issuance::commit_group(&mut client, records).await {
@@ -83,6 +83,15 @@ async fn commit(pool: &Pool, records: &[GuardedRecord], display: &str) -> Vec<Ou
         Err(e) if n > 1 && e.is_data_error() => {
             let mut out = Vec::with_capacity(n);
             for r in records {
+                if client.is_none() {
+                    match pool.get().await {
+                        Ok(c) => client = Some(c),
+                        Err(e) => {
+                            out.push(Err(super::pool_error(display, e)));
+                            continue;
+                        }
+                    }
+                }
                 let one = super::issuance::commit_group(&mut client, std::slice::from_ref(r))
                     .await
                     .map_err(StoreError::from)
