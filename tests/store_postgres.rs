@@ -339,7 +339,7 @@ async fn serials_are_unique_across_replicas_and_above_every_recorded_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_serial_fails_alone_in_its_group_commit() {
-    let (_db, a, _b) = two_replicas();
+    let (_db, a, b) = two_replicas();
     let mut tasks = Vec::new();
     for i in 1..=100u64 {
         let s = a.clone();
@@ -361,6 +361,76 @@ async fn a_duplicate_serial_fails_alone_in_its_group_commit() {
             .await
             .expect("count"),
         99
+    );
+    // The failed group's transaction ended: no pooled connection of `a`
+    // is left inside it holding the chain lock, so both replicas commit
+    // at once again (more appends than `a` has connections).
+    let mut tasks = Vec::new();
+    for i in 0..20u64 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                s.audit().append(issued(1000 + i, "bot")),
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await
+            .expect("task")
+            .expect("an append after the failed group waited 10 s for the chain lock")
+            .expect("an append after the failed group");
+    }
+    assert_eq!(
+        b.reports()
+            .count_events("cert_issued")
+            .await
+            .expect("count"),
+        119
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_commit_that_fails_inside_its_transaction_leaves_no_lock_behind() {
+    let (db, a, b) = two_replicas();
+    // A damaged deactivation (a subject without its issuer) that
+    // the guard of this identity reads after taking the chain lock: the
+    // commit fails between BEGIN and COMMIT.
+    db.psql(
+        "INSERT INTO disabled (issuer, subject, role, time_ms, reason, actor) \
+         VALUES ('', 'bot', 'deploy', 0, 'damaged', 'test')",
+    );
+    let half = || IssueGuard {
+        issuer: String::new(),
+        ..guard(None)
+    };
+    // More failures than `a` has pooled connections.
+    for i in 0..10u64 {
+        let res = a.issuance().issue(issued(i + 1, "bot"), Some(half())).await;
+        assert!(
+            matches!(res, Err(StoreError::Backend(ref m)) if m.contains("damaged")),
+            "{res:?}"
+        );
+    }
+    db.psql("DELETE FROM disabled");
+    // Had a failed transaction gone back to the pool still open, it would
+    // hold the chain lock, and these would wait for it.
+    for (s, serial) in [(&b, 100), (&a, 101), (&b, 102)] {
+        let res = tokio::time::timeout(
+            Duration::from_secs(10),
+            s.issuance().issue(issued(serial, "bot"), Some(guard(None))),
+        )
+        .await
+        .expect("an issuance after the failed commits waited 10 s for the chain lock");
+        assert_eq!(res.expect("store"), Ok(()));
+    }
+    assert_eq!(
+        b.reports()
+            .count_events("cert_issued")
+            .await
+            .expect("count"),
+        3
     );
 }
 
