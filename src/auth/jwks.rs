@@ -29,6 +29,12 @@ use crate::config::{is_loopback_http, IssuerConfig};
 const MAX_DOC_BYTES: usize = 1024 * 1024;
 /// At most one refetch per issuer in this interval (unknown `kid` storms).
 pub const REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// While an issuer has no keys at all (every fetch so far failed: say the
+/// CA started before its issuer), a token of it may retry the fetch after
+/// this long instead of [`REFETCH_INTERVAL`]. Every token of that issuer
+/// fails until a fetch succeeds, and fetches are single-flight, so the
+/// issuer sees at most one request a second from each CA process.
+pub const NO_KEYS_REFETCH: Duration = Duration::from_secs(1);
 /// Keys older than this are refreshed on the next use.
 pub const MAX_KEY_AGE: Duration = Duration::from_secs(600);
 /// Most redirects followed for one discovery or JWKS fetch.
@@ -513,7 +519,10 @@ impl IssuerKeys {
         // A short max_stale_keys shortens the interval too: keys must be
         // refreshable before they become too old, or a healthy issuer's
         // tokens would be refused.
-        let interval = self.refetch_interval.min(self.refresh_after());
+        let mut interval = self.refetch_interval.min(self.refresh_after());
+        if st.keys.is_none() {
+            interval = interval.min(NO_KEYS_REFETCH);
+        }
         let may_fetch = st
             .last_attempt
             .is_none_or(|t| self.clock.monotonic().saturating_sub(t) >= interval);

@@ -981,6 +981,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_issuer_without_keys_is_fetched_again_after_a_second_not_the_refetch_interval() {
+        let d = tempfile::tempdir().unwrap();
+        let clock = Arc::new(crate::clock::ManualClock::at(NOW));
+        let v = verifier_with(
+            &d,
+            crate::config::DEFAULT_MAX_STALE_KEYS,
+            Default::default(),
+            clock.clone(),
+        );
+        // The CA starts before its issuer publishes keys.
+        let jwks = d.path().join("jwks.json");
+        std::fs::remove_file(&jwks).unwrap();
+        let e = v.verify(&sign(good(), "k1"), NOW).await.unwrap_err();
+        assert_eq!(e.code(), "issuer_unavailable", "{e}");
+        std::fs::write(&jwks, JWKS).unwrap();
+        // Within the second the failed fetch is not repeated...
+        clock.advance(Duration::from_millis(500));
+        let e = v.verify(&sign(good(), "k1"), NOW).await.unwrap_err();
+        assert_eq!(e.code(), "issuer_unavailable", "{e}");
+        // ...after it, long before the 30 s refetch interval, it is.
+        clock.advance(Duration::from_millis(600));
+        v.verify(&sign(good(), "k1"), NOW).await.unwrap();
+        // With keys in hand, a new kid waits for the full interval again.
+        let rotated = JWKS.replace("\"kid\":\"k1\"}", "\"kid\":\"k1\"},{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"x\":\"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo\",\"kid\":\"k2\"}");
+        assert_ne!(rotated, JWKS);
+        std::fs::write(&jwks, rotated).unwrap();
+        clock.advance(Duration::from_secs(2));
+        let e = v.verify(&sign(good(), "k2"), NOW).await.unwrap_err();
+        assert_eq!(e.code(), "unknown_key", "{e}");
+        clock.advance(jwks::REFETCH_INTERVAL);
+        v.verify(&sign(good(), "k2"), NOW).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn keys_older_than_max_stale_keys_are_refused_until_a_fetch_succeeds() {
         let d = tempfile::tempdir().unwrap();
         let m = Arc::new(JwksMetrics::default());
