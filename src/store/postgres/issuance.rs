@@ -250,12 +250,13 @@ async fn group(
     records: &[GuardedRecord],
 ) -> PgResult<Vec<Result<(), GuardRefusal>>> {
     let db = tx.db();
-    // The chain lock, the reads of the facts below and the token claims go
-    // to the server together, one round trip while other replicas wait for
-    // the lock. The server runs them in the order sent, each on a snapshot
-    // taken when it starts, so everything after the lock sees what the
-    // lock's previous holder committed. The lock's statement is prepared
-    // first, so that it is the first one sent.
+    // BEGIN, the chain lock, the reads of the facts below and the token
+    // claims go to the server together, one round trip while other
+    // replicas wait for the lock. The server runs them in the order sent,
+    // each on a snapshot taken when it starts, so everything after the
+    // lock sees what the lock's previous holder committed. BEGIN is sent
+    // first, and the lock's statement is prepared beforehand so that it
+    // is the next one sent.
     //
     // Every writer of these facts holds the chain lock while it writes,
     // so they cannot change until this transaction ends. Deactivations are
