@@ -126,10 +126,7 @@ pub fn quiet(verbose: bool) -> &'static str {
 
 /// A multi-threaded async runtime for one command.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
+    server_runtime(None)
 }
 
 /// The runtime of `mayfly serve`: `workers` threads serve requests

@@ -93,9 +93,6 @@ pub fn chain_records(head: &mut Head, records: &[AuditRecord]) -> Vec<StoredReco
 
 /// Inserts chained rows with one statement.
 pub async fn insert_rows(tx: Db<'_>, rows: &[StoredRecord]) -> PgResult<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
     let st = tx.statement(INSERT).await?;
     insert_rows_prepared(tx, &st, rows).await
 }

@@ -382,26 +382,16 @@ async fn group(
     // refused row is retried record by record, see the writer); after a
     // failed statement the COMMIT rolls back.
     let rows = chain::chain_records(&mut head, &to_insert);
-    let (insert, save) = match rows.is_empty() {
-        true => (None, None),
-        false => (
-            Some(chain::insert_statement(db).await?),
-            Some(chain::save_head_statement(db).await?),
-        ),
-    };
+    if rows.is_empty() {
+        tx.commit().await?;
+        tx.ended();
+        return Ok(out);
+    }
+    let insert = chain::insert_statement(db).await?;
+    let save = chain::save_head_statement(db).await?;
     let (inserted, saved, committed) = futures_util::future::join3(
-        async {
-            match &insert {
-                Some(st) => chain::insert_rows_prepared(db, st, &rows).await,
-                None => Ok(()),
-            }
-        },
-        async {
-            match &save {
-                Some(st) => chain::save_head_prepared(db, st, &head).await,
-                None => Ok(()),
-            }
-        },
+        chain::insert_rows_prepared(db, &insert, &rows),
+        chain::save_head_prepared(db, &save, &head),
         tx.commit(),
     )
     .await;
