@@ -76,6 +76,10 @@ use crate::ca::rotation::{CaKeys, RotationError};
 use crate::policy::limits::RateLimit;
 use crate::replica::Heartbeat;
 
+/// Connections of the group-commit writer (one in use; a second when a
+/// failed transaction's connection is being closed).
+const WRITER_POOL: usize = 2;
+
 /// How often expired used-token rows and full rate buckets are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -337,10 +341,16 @@ impl PgStore {
         };
         // The writer is not aborted on drop: it ends when its sender is
         // dropped, after answering what it has.
-        let writer_tx = (cfg.mode != OpenMode::ReadOnly).then(|| {
-            let _guard = exec.handle.enter();
-            writer::start(pool.clone(), hooks.clone(), connector.display.clone()).0
-        });
+        let writer_tx = if cfg.mode == OpenMode::ReadOnly {
+            None
+        } else {
+            let own = connect::pool(&connector, WRITER_POOL, cfg.busy_timeout)?;
+            Some(
+                writer::start(own, hooks.clone(), connector.display.clone()).map_err(|e| {
+                    StoreError::Backend(format!("starting the store's writer thread: {e}"))
+                })?,
+            )
+        };
         if cfg.mode == OpenMode::Create {
             let _guard = exec.handle.enter();
             let l = listen::start(connector.clone(), pool.clone(), hooks, seen);

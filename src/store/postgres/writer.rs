@@ -1,10 +1,18 @@
-//! The group-commit writer of one replica: a task that commits whatever
-//! issuance and audit records arrived while the previous commit was in
-//! flight as one transaction ([`super::issuance::commit_group`]). Each
-//! caller waits for *its* record's COMMIT; concurrent requests share one
-//! transaction and one WAL flush instead of queueing for their own. Across
-//! replicas, the chain lock taken inside the transaction orders the
-//! groups.
+//! The group-commit writer of one replica: it commits whatever issuance
+//! and audit records arrived while the previous commit was in flight as
+//! one transaction ([`super::issuance::commit_group`]). Each caller waits
+//! for *its* record's COMMIT; concurrent requests share one transaction
+//! and one WAL flush instead of queueing for their own. Across replicas,
+//! the chain lock taken inside the transaction orders the groups.
+//!
+//! The writer runs on a thread of its own, with a single-threaded runtime
+//! that drives its own connections. The chain lock is held from the first
+//! round trip of a group commit to its COMMIT, so every wait between the
+//! two is a wait for every replica. On the server's runtime, the answer
+//! to the first round trip queued behind request tasks (token checks,
+//! signing) before the writer could send the second; measured on two
+//! cores at 64 clients, two replicas waited ~2.1 ms per lock, ~1.8 ms on
+//! the writer's own thread.
 
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
@@ -26,16 +34,23 @@ pub struct Pending {
     pub reply: oneshot::Sender<Outcome>,
 }
 
-/// Starts the writer on the current runtime; it ends when every sender is
+/// Starts the writer on a thread of its own, with a single-threaded
+/// runtime and the connections of `pool` (which must not be shared: its
+/// connections are driven by that runtime). It ends when every sender is
 /// dropped, after answering what it received.
 pub fn start(
     pool: Pool,
     hooks: Hooks,
     display: String,
-) -> (mpsc::UnboundedSender<Pending>, tokio::task::JoinHandle<()>) {
+) -> std::io::Result<mpsc::UnboundedSender<Pending>> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run(pool, rx, hooks, display));
-    (tx, task)
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("mayfly-pg-writer".into())
+        .spawn(move || rt.block_on(run(pool, rx, hooks, display)))?;
+    Ok(tx)
 }
 
 async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Pending>, hooks: Hooks, display: String) {
