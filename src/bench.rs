@@ -336,6 +336,9 @@ enum Servers {
     InProcess {
         services: Vec<Arc<crate::service::Service>>,
         tasks: Vec<tokio::task::JoinHandle<()>>,
+        /// Each replica's audit stream, stopped at the end (as `serve`
+        /// does) rather than left to fail once the runtime is gone.
+        audits: Vec<crate::evidence::stream::AuditStream>,
     },
     /// One `mayfly serve` child process; its store is opened here only to
     /// count the audit records.
@@ -490,7 +493,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     };
     let mut urls = Vec::new();
     let mut http = reqwest::Client::builder();
-    let servers = match &opts.server {
+    let mut servers = match &opts.server {
         Some(exe) => {
             let mut body = config_body(&dir.path().join("data"), &f, &store_toml);
             if let Some(n) = opts.server_workers {
@@ -514,15 +517,16 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         None => {
             let mut services = Vec::new();
             let mut tasks = Vec::new();
+            let mut audits = Vec::new();
             for r in 0..replicas {
                 let body = config_body(&dir.path().join(format!("data-{r}")), &f, &store_toml);
                 let cfg = Config::parse(&format!("listen = \"127.0.0.1:0\"\n{body}"))
                     .map_err(|e| e.to_string())?;
-                let service = Arc::new(
-                    crate::server::build(&cfg)
-                        .await
-                        .map_err(|e| format!("starting replica {r}: {e}"))?,
-                );
+                let (service, audit) = crate::server::build_with_audit(&cfg)
+                    .await
+                    .map_err(|e| format!("starting replica {r}: {e}"))?;
+                let service = Arc::new(service);
+                audits.push(audit);
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
                     .map_err(|e| e.to_string())?;
@@ -545,7 +549,11 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
                 services.push(service);
                 urls.push(format!("http://{addr}/v1/certs/user"));
             }
-            Servers::InProcess { services, tasks }
+            Servers::InProcess {
+                services,
+                tasks,
+                audits,
+            }
         }
     };
     let concurrency = opts.concurrency.max(1);
@@ -678,9 +686,12 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     }
     lat.sort();
     let audited = servers.count_issued().await?.saturating_sub(before);
-    if let Servers::InProcess { tasks, .. } = &servers {
-        for t in tasks {
+    if let Servers::InProcess { tasks, audits, .. } = &mut servers {
+        for t in tasks.iter() {
             t.abort();
+        }
+        for a in audits.drain(..) {
+            let _ = tokio::task::spawn_blocking(move || a.shutdown()).await;
         }
     }
     Ok(BenchReport {

@@ -726,6 +726,6 @@ fn admin_endpoints_can_require_a_client_certificate_in_addition_to_the_admin_tok
 
 /// A private directory path for `--out` that a failing request never uses.
 fn unused_out() -> String {
-    let d = support::temp_dir("tls-out").keep();
+    let d = support::binary_temp_dir("tls-out");
     d.join("out").display().to_string()
 }

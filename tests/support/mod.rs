@@ -57,6 +57,30 @@ pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
         .expect("create a temporary directory")
 }
 
+/// A temporary directory that lives as long as the test binary, for what
+/// a `static` holds (statics are never dropped, so a [`temp_dir`] guard
+/// in one would leave its directory behind): a watchdog process removes
+/// it once the binary has exited.
+// The watchdog outlives this process by design: nothing here can wait for it.
+#[allow(clippy::zombie_processes)]
+pub fn binary_temp_dir(prefix: &str) -> PathBuf {
+    let dir = temp_dir(prefix).keep();
+    Command::new("sh")
+        .args([
+            "-c",
+            r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done; rm -rf "$2""#,
+            "tmp-watchdog",
+        ])
+        .arg(std::process::id().to_string())
+        .arg(&dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the watchdog of a temporary directory");
+    dir
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 ///
 /// The port is closed again before it is returned, so another process could

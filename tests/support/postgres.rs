@@ -455,21 +455,20 @@ pub const CA_PASSPHRASE: &str = "one CA for every replica";
 
 /// A `[ca]` section with passphrase-encrypted CA keys, which a store shared
 /// by replicas requires. The passphrase file lives as long as the test
-/// binary.
+/// binary, and is removed after it.
 pub fn encrypted_ca_toml() -> String {
     use std::os::unix::fs::PermissionsExt;
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let d = super::temp_dir("ca-passphrase");
-        let f = d.path().join("passphrase");
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    let file = FILE.get_or_init(|| {
+        let f = super::binary_temp_dir("ca-passphrase").join("passphrase");
         std::fs::write(&f, CA_PASSPHRASE).expect("write the CA passphrase");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600))
             .expect("chmod the CA passphrase");
-        d
+        f
     });
     format!(
         "[ca]\nkey_protection = \"passphrase\"\npassphrase_file = {:?}\n",
-        dir.path().join("passphrase").display().to_string()
+        file.display().to_string()
     )
 }
 
