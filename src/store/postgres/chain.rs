@@ -22,7 +22,9 @@ const AUDIT_COLUMNS: &str = "seq, time_ms, event, request_id, client_addr, issue
     key_fingerprint, token_id, token_exp, policy_digest, cert_type, ca_key, actor, claims, \
     prev_hash, hash";
 
-const INSERT: &str = "INSERT INTO audit (seq, time_ms, event, request_id, client_addr, issuer, \
+/// The statement of [`insert_rows`].
+pub const INSERT: &str =
+    "INSERT INTO audit (seq, time_ms, event, request_id, client_addr, issuer, \
     subject, role, reason_code, reason, serial, key_id, principals, valid_after, valid_before, \
     key_fingerprint, token_id, token_exp, policy_digest, cert_type, ca_key, actor, claims, \
     prev_hash, hash) \
@@ -97,12 +99,7 @@ pub async fn insert_rows(tx: Db<'_>, rows: &[StoredRecord]) -> PgResult<()> {
     insert_rows_prepared(tx, &st, rows).await
 }
 
-/// The statement of [`insert_rows_prepared`].
-pub async fn insert_statement(tx: Db<'_>) -> PgResult<tokio_postgres::Statement> {
-    tx.statement(INSERT).await
-}
-
-/// [`insert_rows`] with its statement prepared ([`insert_statement`]): the
+/// [`insert_rows`] with its statement ([`INSERT`]) prepared: the
 /// insert is sent on the first poll, so that a statement polled after it
 /// in a pipeline (the COMMIT) runs after it.
 pub async fn insert_rows_prepared(
@@ -186,7 +183,8 @@ pub async fn insert_rows_prepared(
     Ok(())
 }
 
-const SAVE_HEAD: &str = "UPDATE chain_head SET seq = $1, hash = $2";
+/// The statement of [`save_head`].
+pub const SAVE_HEAD: &str = "UPDATE chain_head SET seq = $1, hash = $2";
 
 /// Saves the advanced head (same transaction as the rows).
 pub async fn save_head(tx: Db<'_>, head: &Head) -> PgResult<()> {
@@ -194,12 +192,8 @@ pub async fn save_head(tx: Db<'_>, head: &Head) -> PgResult<()> {
     save_head_prepared(tx, &st, head).await
 }
 
-/// The statement of [`save_head_prepared`].
-pub async fn save_head_statement(tx: Db<'_>) -> PgResult<tokio_postgres::Statement> {
-    tx.statement(SAVE_HEAD).await
-}
-
-/// [`save_head`] with its statement prepared: sent on the first poll.
+/// [`save_head`] with its statement ([`SAVE_HEAD`]) prepared: sent on the
+/// first poll.
 pub async fn save_head_prepared(
     tx: Db<'_>,
     st: &tokio_postgres::Statement,

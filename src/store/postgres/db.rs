@@ -101,10 +101,7 @@ impl Db<'_> {
     /// The one row `sql` returns.
     pub async fn one(&self, sql: &str, params: Params<'_>) -> PgResult<Row> {
         let st = self.statement(sql).await?;
-        Ok(match self {
-            Db::Client(c) => c.query_one(&st, params).await,
-            Db::Tx(t) => t.query_one(&st, params).await,
-        }?)
+        self.one_prepared(&st, params).await
     }
 
     /// The one row prepared statement `st` returns. Its message is sent
@@ -145,10 +142,7 @@ impl Db<'_> {
     /// Runs `sql`; returns the number of rows it changed.
     pub async fn execute(&self, sql: &str, params: Params<'_>) -> PgResult<u64> {
         let st = self.statement(sql).await?;
-        Ok(match self {
-            Db::Client(c) => c.execute(&st, params).await,
-            Db::Tx(t) => t.execute(&st, params).await,
-        }?)
+        self.execute_prepared(&st, params).await
     }
 }
 

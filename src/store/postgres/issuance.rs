@@ -387,8 +387,8 @@ async fn group(
         tx.ended();
         return Ok(out);
     }
-    let insert = chain::insert_statement(db).await?;
-    let save = chain::save_head_statement(db).await?;
+    let insert = db.statement(chain::INSERT).await?;
+    let save = db.statement(chain::SAVE_HEAD).await?;
     let (inserted, saved, committed) = futures_util::future::join3(
         chain::insert_rows_prepared(db, &insert, &rows),
         chain::save_head_prepared(db, &save, &head),
